@@ -1,0 +1,34 @@
+# cvaudit: labelled images + a list of models -> one audit report per model.
+# Wiring only: logic lives in scripts/cvaudit (an importable package that never imports snakemake).
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+from cvaudit import CvauditError
+from cvaudit.config import validate_config
+
+
+# The demo config is the default. Only when no --configfile/--config is given: Snakemake would
+# otherwise deep-merge it into the user's config (demo models and datasets would leak in).
+if not config:
+
+    configfile: "config/config.yaml"
+
+
+try:
+    validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
+except CvauditError as e:
+    raise ValueError(f"cvaudit: {e}") from None
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/model.smk"
+include: "rules/explain.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        all_reports(),
+    default_target: True

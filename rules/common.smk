@@ -1,0 +1,46 @@
+# Input functions and wildcard constraints shared by the rules.
+import re
+from pathlib import Path
+
+from cvaudit.data import source_files
+
+
+wildcard_constraints:
+    dataset="|".join(re.escape(d) for d in config["datasets"]),
+    model="|".join(re.escape(m) for m in config["models"]),
+    method="|".join(re.escape(m) for m in config["explain"]["methods"]),
+
+
+# Workflow files (templates) resolved against the Snakefile, so --directory elsewhere works.
+TEMPLATES = Path(workflow.basedir) / "templates"
+
+
+def dataset_of(model):
+    return config["models"][model]["dataset"]
+
+
+def manifest_of(wildcards):
+    return f"results/data/{dataset_of(wildcards.model)}/manifest.csv"
+
+
+def dataset_sources(wildcards):
+    """The image files themselves: adding, removing or changing one reruns ingestion."""
+    try:
+        return source_files(config["datasets"][wildcards.dataset])
+    except CvauditError as e:
+        raise ValueError(f"cvaudit: dataset '{wildcards.dataset}': {e}") from None
+
+
+def explain_maps(wildcards):
+    return {m: f"results/{wildcards.model}/explain/{m}/maps.npz" for m in config["explain"]["methods"]}
+
+
+def report_files(model):
+    files = [f"results/{model}/report/report.html", f"results/{model}/report/summary.json"]
+    if config["report"]["pdf"]:
+        files.append(f"results/{model}/report/report.pdf")
+    return files
+
+
+def all_reports():
+    return [f for m in config["models"] for f in report_files(m)]

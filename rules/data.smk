@@ -1,0 +1,37 @@
+rule ingest_dataset:
+    input:
+        dataset_sources,
+    output:
+        manifest="results/data/{dataset}/manifest.csv",
+        rejected="results/data/{dataset}/rejected.csv",
+        info="results/data/{dataset}/dataset.json",
+        images=directory("results/data/{dataset}/images"),
+    params:
+        dataset=lambda wc: config["datasets"][wc.dataset],
+        seed=config["seed"],
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/ingest_dataset/{dataset}.log",
+    benchmark:
+        "benchmarks/ingest_dataset/{dataset}.tsv"
+    script:
+        "../scripts/ingest_dataset.py"
+
+
+rule fit_baseline:
+    input:
+        manifest="results/data/{dataset}/manifest.csv",
+    output:
+        metrics="results/data/{dataset}/baseline.json",
+    params:
+        options=config["baseline"],
+        seed=config["seed"],
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/fit_baseline/{dataset}.log",
+    benchmark:
+        "benchmarks/fit_baseline/{dataset}.tsv"
+    script:
+        "../scripts/fit_baseline.py"

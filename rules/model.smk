@@ -1,0 +1,50 @@
+rule train_model:
+    input:
+        manifest=manifest_of,
+    output:
+        model="results/{model}/model.safetensors",
+        history="results/{model}/train/history.csv",
+        metrics="results/{model}/train/metrics.json",
+    params:
+        cfg=lambda wc: config["models"][wc.model],
+        seed=config["seed"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/train_model/{model}.log",
+    benchmark:
+        "benchmarks/train_model/{model}.tsv"
+    script:
+        "../scripts/train_model.py"
+
+
+rule evaluate_model:
+    input:
+        model="results/{model}/model.safetensors",
+        manifest=manifest_of,
+        baseline=lambda wc: f"results/data/{dataset_of(wc.model)}/baseline.json",
+    output:
+        predictions="results/{model}/eval/predictions.csv",
+        metrics="results/{model}/eval/metrics.json",
+        audit_set="results/{model}/eval/audit_set.npz",
+    params:
+        audit=config["audit"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/evaluate_model/{model}.log",
+    benchmark:
+        "benchmarks/evaluate_model/{model}.tsv"
+    script:
+        "../scripts/evaluate_model.py"

@@ -1,0 +1,75 @@
+"""Config validation against config/schema.yaml, filling defaults, with messages that name the key.
+
+jsonschema does the validation; the default-filling validator is jsonschema's documented recipe.
+We do not use snakemake.utils.validate because cvaudit never imports snakemake and its messages
+do not name the offending key's full path.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from . import CvauditError
+
+SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+def _with_defaults(cls):
+    validate_properties = cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(cls, {"properties": set_defaults})
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
+    """Validate `config` in place (filling defaults) and return it; raise CvauditError naming the key."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    cls = _with_defaults(jsonschema.validators.validator_for(schema))
+    errors = sorted(cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for e in errors[:10]:
+            best = jsonschema.exceptions.best_match([e])
+            msg = best.message
+            if best.validator == "anyOf" and e.absolute_path and e.absolute_path[-1] == "train":
+                msg = "must be false (audit as is) or a mapping of training settings: " + "; ".join(
+                    c.message for c in (best.context or [])[-3:])
+            lines.append(f"  config key '{_key(best.absolute_path)}': {msg}")
+        raise CvauditError("invalid config (see config/schema.yaml for every key):\n" + "\n".join(lines))
+    for name, model in config["models"].items():
+        if model["dataset"] not in config["datasets"]:
+            raise CvauditError(
+                f"config key 'models.{name}.dataset': unknown dataset '{model['dataset']}'; "
+                f"defined datasets: {', '.join(sorted(config['datasets']))}")
+        if model["train"] is not False and model.get("weights", "none").startswith("packaged:") \
+                and model["weights"] != "packaged:efficientnet_lite0":
+            raise CvauditError(f"config key 'models.{name}.weights': unknown packaged weights "
+                               f"'{model['weights']}'; available: packaged:efficientnet_lite0")
+    for name, ds in config["datasets"].items():
+        if ds["source"] in ("imagefolder", "csv", "idx") and "path" not in ds:
+            raise CvauditError(f"config key 'datasets.{name}.path' is required for source '{ds['source']}'")
+        split = ds.get("split", {})
+        if split.get("val", 0) + split.get("test", 0) > 1.0 + 1e-9:
+            raise CvauditError(f"config key 'datasets.{name}.split': val + test must be at most 1")
+    return config
+
+
+def model_ids(config: dict) -> list[str]:
+    return list(config["models"])
+
+
+def trained(config: dict, model: str) -> bool:
+    return config["models"][model]["train"] is not False

@@ -1,0 +1,178 @@
+"""Test-set evaluation, the classic-ML baseline, and the fixed audit set later stages explain."""
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import CvauditError
+from .data import ImageDataset, load_rgb, read_dataset_info, read_manifest
+from .io import atomic_path, write_json
+from .models import display_transform, eval_transform, load_model, resolve_device
+from .train import seed_everything
+
+log = logging.getLogger("cvaudit.evaluate")
+
+
+@torch.no_grad()
+def predict_proba(model, rows, spec, device, batch_size: int = 64) -> np.ndarray:
+    """Softmax probabilities for `rows`, streamed from disk in batches: (N, num_classes)."""
+    ds = ImageDataset(rows, spec["class_names"], eval_transform(spec))
+    out = []
+    for x, _ in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0):
+        out.append(torch.softmax(model(x.to(device)).float(), 1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, spec["num_classes"]), np.float32)
+
+
+def classification_metrics(probs: np.ndarray, targets: np.ndarray, class_idx: list[int],
+                           class_names: list[str]) -> dict:
+    """Accuracy, top-5 (>= 5 outputs), per-class P/R/F1 and a confusion matrix over the dataset's
+    classes, with an 'other' column for predictions outside them (e.g. an ImageNet head)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    preds = probs.argmax(1)
+    acc = float((preds == targets).mean())
+    top5 = None
+    if probs.shape[1] >= 5:
+        top5 = float(np.mean([t in row for t, row in zip(targets, np.argsort(-probs, 1)[:, :5])]))
+    p, r, f, s = precision_recall_fscore_support(targets, preds, labels=class_idx, zero_division=0)
+    pos = {c: i for i, c in enumerate(class_idx)}
+    other = any(int(q) not in pos for q in preds)
+    cm = np.zeros((len(class_idx), len(class_idx) + int(other)), dtype=int)
+    for t, q in zip(targets, preds):
+        cm[pos[int(t)], pos.get(int(q), len(class_idx))] += 1
+    names = [class_names[c] for c in class_idx]
+    return {
+        "accuracy": acc,
+        "top5_accuracy": top5,
+        "macro_f1": float(np.mean(f)),
+        "per_class": [{"class": n, "precision": float(a), "recall": float(b), "f1": float(c), "support": int(d)}
+                      for n, a, b, c, d in zip(names, p, r, f, s)],
+        "confusion": {"rows": names, "columns": names + (["other"] if other else []), "matrix": cm.tolist()},
+    }
+
+
+def choose_audit_set(targets: np.ndarray, correct: np.ndarray, per_class: int, max_images: int,
+                     seed: int) -> np.ndarray:
+    """Seeded indices: per class up to per_class images, about half of them mistakes where the model
+    made any, the rest correct; classes take turns so a cap keeps the set balanced."""
+    rng = np.random.default_rng(seed)
+    per = []
+    for c in np.unique(targets):
+        wrong = rng.permutation(np.flatnonzero((targets == c) & ~correct)).tolist()
+        right = rng.permutation(np.flatnonzero((targets == c) & correct)).tolist()
+        n_wrong = min(len(wrong), max(per_class // 2, 1 if per_class > 1 else 0))
+        pick = wrong[:n_wrong] + right[:per_class - n_wrong]
+        pick += wrong[n_wrong:n_wrong + per_class - len(pick)]
+        per.append(pick)
+    chosen = []
+    for k in range(per_class):
+        for pick in per:
+            if k < len(pick) and len(chosen) < max_images:
+                chosen.append(pick[k])
+    return np.array(sorted(chosen), dtype=int)
+
+
+def evaluate_model(name: str, model_path, manifest, baseline, audit_cfg: dict, seed: int, device: str,
+                   threads: int, out_predictions, out_metrics, out_audit) -> dict:
+    t0 = time.time()
+    seed_everything(seed, threads)
+    dev = resolve_device(device)
+    model, spec = load_model(model_path, dev)
+    rows = read_manifest(manifest, "test")
+    if not rows:
+        raise CvauditError(f"model '{name}': the dataset has no test images; raise config key datasets.*.split.test")
+    info = read_dataset_info(manifest)
+    index = {c: i for i, c in enumerate(spec["class_names"])}
+    class_idx = [index[c] for c in info["classes"] if c in index]
+    if len(class_idx) != len(info["classes"]):
+        missing = [c for c in info["classes"] if c not in index]
+        raise CvauditError(f"model '{name}' does not know dataset classes {missing[:5]}; with train: false "
+                           "the dataset's labels must be names of the model's outputs")
+    log.info("%s: predicting %d test images on %s", name, len(rows), dev)
+    probs = predict_proba(model, rows, spec, dev)
+    targets = np.array([index[r["label"]] for r in rows])
+    preds = probs.argmax(1)
+    correct = preds == targets
+    m = classification_metrics(probs, targets, class_idx, spec["class_names"])
+
+    with atomic_path(out_predictions) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "pred_label", "confidence", "p_true", "correct"])
+        for r, t, q, pr in zip(rows, targets, preds, probs):
+            w.writerow([r["path"], r["label"], spec["class_names"][q], f"{pr[q]:.6f}", f"{pr[t]:.6f}", int(t == q)])
+
+    conf = probs[np.arange(len(preds)), preds]
+    wrong = np.flatnonzero(~correct)
+    worst = wrong[np.argsort(-conf[wrong])][:audit_cfg["mistakes"]]
+    m["mistakes"] = [{"path": rows[i]["path"], "label": rows[i]["label"], "pred_label": spec["class_names"][preds[i]],
+                      "confidence": float(conf[i])} for i in worst]
+
+    base = _read_json_or_none(baseline)
+    m["baseline"] = base
+    m["gain_over_baseline"] = (m["accuracy"] - base["accuracy"]) if base and base.get("available") else None
+
+    pick = choose_audit_set(targets, correct, audit_cfg["per_class"], audit_cfg["max_images"], seed)
+    show = display_transform(spec)
+    images = np.stack([show(load_rgb(rows[i]["path"])).permute(1, 2, 0).numpy() for i in pick]).astype(np.uint8)
+    with atomic_path(out_audit) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, images=images, targets=targets[pick], preds=preds[pick],
+                            confidence=conf[pick], p_true=probs[pick, targets[pick]],
+                            paths=np.array([rows[i]["path"] for i in pick]),
+                            class_names=np.array(spec["class_names"]))
+    m.update(model=name, n_test=len(rows), n_audit=len(pick), device=str(dev), seconds=round(time.time() - t0, 2),
+             class_names_subset=[spec["class_names"][c] for c in class_idx])
+    write_json(out_metrics, m)
+    log.info("%s: accuracy %.4f on %d test images (%.1fs)", name, m["accuracy"], len(rows), m["seconds"])
+    return m
+
+
+def load_audit_set(path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _read_json_or_none(path):
+    import json
+    return json.loads(Path(path).read_text()) if path else None
+
+
+# ----------------------------------------------------------------------------- baseline
+def _pixels(rows, size: int) -> np.ndarray:
+    from PIL import Image
+    out = np.empty((len(rows), size * size), np.float32)
+    for i, r in enumerate(rows):
+        with Image.open(r["path"]) as im:
+            out[i] = np.asarray(im.convert("L").resize((size, size), Image.BILINEAR), np.float32).ravel() / 255
+    return out
+
+
+def fit_baseline(manifest, size: int, max_train: int, seed: int, out) -> dict:
+    """Logistic regression on downsampled grey pixels, trained on the same split as the models."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    t0 = time.time()
+    train, test = read_manifest(manifest, "train"), read_manifest(manifest, "test")
+    res = {"name": f"logistic regression on {size}x{size} grey pixels", "available": False}
+    if len({r["label"] for r in train}) < 2 or not test:
+        res["reason"] = "the dataset has no training split with two classes (all images are test images)"
+        write_json(out, res)
+        return res
+    rng = np.random.default_rng(seed)
+    if len(train) > max_train:
+        train = [train[i] for i in sorted(rng.choice(len(train), max_train, replace=False))]
+    x_tr, x_te = _pixels(train, size), _pixels(test, size)
+    y_tr, y_te = [r["label"] for r in train], [r["label"] for r in test]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, C=0.1, random_state=seed))
+    clf.fit(x_tr, y_tr)
+    res.update(available=True, accuracy=float(np.mean(clf.predict(x_te) == np.array(y_te))), n_train=len(train),
+               n_test=len(test), seconds=round(time.time() - t0, 2))
+    write_json(out, res)
+    return res

@@ -1,0 +1,93 @@
+"""Figures for the report: plots as SVG, image tiles as PNG, all as data URIs (self-contained HTML)."""
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
+
+
+def fig_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def png_uri(arr: np.ndarray, min_size: int = 112) -> str:
+    """uint8 (H, W[, 3]) -> PNG data URI, upscaled (nearest) so tiny images stay visible."""
+    im = Image.fromarray(arr)
+    if max(im.size) < min_size:
+        k = int(np.ceil(min_size / max(im.size)))
+        im = im.resize((im.width * k, im.height * k), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def thumbnail(path: str, size: int = 96) -> np.ndarray:
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((size, size))
+        return np.asarray(im)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, vmax: float | None = None, alpha: float = 0.5,
+            cmap: str = "jet") -> np.ndarray:
+    """Blend a heat map (H, W) in [0, vmax] over a uint8 RGB image."""
+    vmax = float(np.nanmax(heat)) if vmax is None else vmax
+    h = np.clip(np.nan_to_num(heat) / vmax, 0, 1) if vmax > 0 else np.zeros_like(heat)
+    colour = plt.get_cmap(cmap)(h)[..., :3] * 255
+    return (alpha * colour + (1 - alpha) * image.astype(np.float32)).clip(0, 255).astype(np.uint8)
+
+
+def learning_curves(history: list[dict]) -> str:
+    ep = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 2.6))
+    for ax, key, title in ((axes[0], "loss", "Loss"), (axes[1], "acc", "Accuracy")):
+        ax.plot(ep, [r[f"train_{key}"] for r in history], "o-", ms=3, label="train")
+        ax.plot(ep, [r[f"val_{key}"] for r in history], "s-", ms=3, label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        phases = [r["phase"] for r in history]
+        for i in range(1, len(phases)):
+            if phases[i] != phases[i - 1]:
+                ax.axvline(ep[i] - 0.5, color="grey", ls="--", lw=0.8)
+                ax.text(ep[i] - 0.45, ax.get_ylim()[1], " fine-tune →", va="top", fontsize=7, color="grey")
+    axes[1].legend(frameon=False)
+    fig.tight_layout()
+    return fig_uri(fig)
+
+
+def confusion(rows: list[str], columns: list[str], matrix: list[list[int]]) -> str:
+    m = np.asarray(matrix, dtype=float)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    n = max(len(rows), len(columns))
+    size = min(7.2, 1.6 + 0.38 * n)
+    fig, ax = plt.subplots(figsize=(size, size * len(rows) / max(len(columns), 1) + 0.4))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(columns)), columns, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                if m[i, j]:
+                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    return fig_uri(fig)
+
+
+def colourbar(cmap: str = "jet", label: str = "relevance (0 = none, 1 = the image's maximum)") -> str:
+    fig, ax = plt.subplots(figsize=(3.2, 0.35))
+    fig.colorbar(plt.cm.ScalarMappable(cmap=cmap), cax=ax, orientation="horizontal", label=label)
+    return fig_uri(fig)

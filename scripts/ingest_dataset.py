@@ -1,0 +1,17 @@
+import logging
+import os
+
+from cvaudit.data import ingest
+
+
+def main(sm):
+    log = logging.getLogger("cvaudit.ingest")
+    info = ingest(sm.params.dataset, sm.wildcards.dataset, sm.params.seed, out_dir=os.path.dirname(sm.output.manifest), progress=log.info)
+    log.info("%s: %d images in %d classes, %d rejected", sm.wildcards.dataset, info["n_images"],
+             len(info["classes"]), info["n_rejected"])
+
+
+if __name__ == "__main__":
+    from cvaudit.runlog import run
+
+    run(main, snakemake)  # noqa: F821 — injected by Snakemake

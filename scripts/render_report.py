@@ -1,0 +1,14 @@
+from cvaudit.report import render_report
+
+
+def main(sm):
+    inputs = dict(sm.input.items())
+    render_report(sm.wildcards.model, inputs, sm.params.model_cfg, sm.params.dataset_cfg, sm.params.settings,
+                  template=sm.input.template, css=sm.input.css, out_html=sm.output.html,
+                  out_summary=sm.output.summary, out_pdf=sm.output.get("pdf") or None)
+
+
+if __name__ == "__main__":
+    from cvaudit.runlog import run
+
+    run(main, snakemake)  # noqa: F821 — injected by Snakemake
