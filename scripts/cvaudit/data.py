@@ -27,22 +27,14 @@ MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "width", "height", "mode
 
 # ----------------------------------------------------------------------------- class names
 def imagenet_categories() -> list[str]:
-    """The 1000 ImageNet class names that ship with torchvision, made unique.
-
-    Two names occur twice in that list ('crane', 'maillot'); the second gets its index appended
-    so that a label name maps to exactly one output of an ImageNet head.
-    """
+    """The 1000 ImageNet class names that ship with torchvision (unique, so a name is one output)."""
     from torchvision.models import ResNet18_Weights
 
-    names, seen = [], set()
-    for i, n in enumerate(ResNet18_Weights.IMAGENET1K_V1.meta["categories"]):
-        names.append(f"{n} ({i})" if n in seen else n)
-        seen.add(n)
-    return names
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 # ----------------------------------------------------------------------------- sources
-def _foolbox_dir() -> Path:
+def foolbox_dir() -> Path:
     import importlib.util
 
     spec = importlib.util.find_spec("foolbox")
@@ -94,7 +86,7 @@ def source_files(ds: dict) -> list[str]:
     if src == "idx":
         return [str(p) for pair in _idx_pairs(Path(ds["path"])) for p in pair]
     if src == "foolbox_imagenet":
-        return sorted(str(p) for p in _foolbox_dir().glob("imagenet_*.jpg"))
+        return sorted(str(p) for p in foolbox_dir().glob("imagenet_*.jpg"))
     if src == "lfw_subset":
         return [str(_lfw_file())]
     raise CvauditError(f"unknown dataset source '{src}'")
@@ -145,7 +137,7 @@ def _candidates(ds: dict, images_dir: Path, rng: np.random.Generator) -> tuple[l
     if src == "foolbox_imagenet":
         cats = imagenet_categories()
         cands = []
-        for p in sorted(_foolbox_dir().glob("imagenet_*.jpg")):
+        for p in sorted(foolbox_dir().glob("imagenet_*.jpg")):
             cands.append(Candidate(p, cats[int(p.stem.rsplit("_", 1)[1])]))
         order = sorted({c.label for c in cands}, key=cats.index)
         return cands, order

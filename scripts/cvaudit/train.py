@@ -60,11 +60,13 @@ def _freeze_backbone(model: nn.Module, frozen: bool) -> list[nn.Parameter]:
     return trainable
 
 
-def _set_train_mode(model: nn.Module, frozen: bool) -> None:
+def _set_train_mode(model: nn.Module, frozen: bool, freeze_bn: bool) -> None:
+    """Train mode, except BatchNorm layers that are frozen (head phase) or, with freeze_bn, all of them:
+    pretrained BatchNorm keeps its ImageNet statistics so fine-tuning does not undo the head phase."""
     model.train()
-    if frozen:  # frozen BatchNorm keeps its ImageNet statistics
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if freeze_bn or not any(p.requires_grad for p in m.parameters()):
                 m.eval()
 
 
@@ -134,7 +136,7 @@ def train_model(name: str, model_cfg: dict, manifest: str | Path, seed: int, dev
         stale = 0
         for epoch in range(1, epochs + 1):
             te = time.time()
-            _set_train_mode(model, frozen)
+            _set_train_mode(model, frozen, pretrained and tcfg["freeze_bn"])
             loss_sum, correct, n = 0.0, 0, 0
             bar = tqdm(train_dl, desc=f"{name} {phase} {epoch}/{epochs}", file=sys.stderr, leave=False,
                        mininterval=5 if not sys.stderr.isatty() else 0.1, disable=None)

@@ -1,0 +1,37 @@
+import copy
+
+import pytest
+import yaml
+
+from conftest import REPO
+from cvaudit import CvauditError
+from cvaudit.config import validate_config
+
+DEMO = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def test_demo_and_test_configs_validate_and_get_defaults():
+    c = validate_config(copy.deepcopy(DEMO))
+    assert c["models"]["lite0_imagenet"]["train"] is False
+    t = c["models"]["cnn_fmnist"]["train"]
+    assert t["patience"] == 3 and t["augment"]["erasing"] == 0.0  # defaults filled from the schema, nested too
+    assert c["explain"]["gradcam"]["layer"] == "auto"
+    assert c["datasets"]["imagenet_samples"]["split"] == {"val": 0.0, "test": 1.0}
+    validate_config(yaml.safe_load((REPO / "config" / "test.yaml").read_text()))
+
+
+@pytest.mark.parametrize("mutate, key, words", [
+    (lambda c: c["models"]["cnn_fmnist"].update(epochz=3), "models.cnn_fmnist", "epochz"),
+    (lambda c: c["models"]["cnn_fmnist"]["train"].update(batch_size="big"), "models.cnn_fmnist.train", "batch_size"),
+    (lambda c: c["models"]["cnn_fmnist"].update(dataset="nope"), "models.cnn_fmnist.dataset", "unknown dataset 'nope'"),
+    (lambda c: c["datasets"]["fmnist"].update(source="zip"), "datasets.fmnist.source", "zip"),
+    (lambda c: c.update(seeed=1), "<top level>", "seeed"),
+    (lambda c: c["models"]["mlp_fmnist"].update(arch="resnet"), "models.mlp_fmnist.arch", "resnet"),
+    (lambda c: c["datasets"]["fmnist"]["split"].update(val=0.6, test=0.6), "datasets.fmnist.split", "at most 1"),
+])
+def test_bad_config_names_the_key(mutate, key, words):
+    c = copy.deepcopy(DEMO)
+    mutate(c)
+    with pytest.raises(CvauditError) as e:
+        validate_config(c)
+    assert f"'{key}" in str(e.value) and words in str(e.value)

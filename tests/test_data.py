@@ -1,0 +1,94 @@
+import csv
+
+import numpy as np
+import pytest
+
+from conftest import FMNIST
+from cvaudit import CvauditError
+from cvaudit.data import check_image, imagenet_categories, ingest, read_manifest, source_files, split_counts
+
+
+def test_bad_files_are_rejected_with_reasons_never_a_crash(tiny_copy, tmp_path):
+    info = ingest({"source": "imagefolder", "path": str(tiny_copy), "split": {"val": 0.2, "test": 0.3}},
+                  "tiny", seed=1, out_dir=tmp_path / "out")
+    rejected = {r["path"].rsplit("/", 1)[1]: r["reason"] for r in csv.DictReader(open(tmp_path / "out/rejected.csv"))}
+    assert set(rejected) == {"corrupt.png", "truncated.png", "empty.jpg", "notes.txt"}
+    assert "0 bytes" in rejected["empty.jpg"] and "extension" in rejected["notes.txt"]
+    assert "decoded" in rejected["corrupt.png"] and "decoded" in rejected["truncated.png"]
+    rows = read_manifest(tmp_path / "out/manifest.csv")
+    assert len(rows) == 42 == info["n_images"] and info["classes"] == ["bag", "sneaker", "trouser"]
+    assert all(len(r["sha256"]) == 64 and r["width"] == "28" and r["mode"] == "L" for r in rows)
+
+
+def test_split_is_stratified_and_seeded(clean_folder, tmp_path):
+    ds = {"source": "imagefolder", "path": str(clean_folder), "split": {"val": 0.2, "test": 0.3}}
+    ingest(ds, "a", seed=3, out_dir=tmp_path / "a")
+    ingest(ds, "b", seed=3, out_dir=tmp_path / "b")
+    ingest(ds, "c", seed=4, out_dir=tmp_path / "c")
+    a, b, c = (read_manifest(tmp_path / x / "manifest.csv") for x in "abc")
+    assert a == b and a != c
+    for label in ("bag", "sneaker", "trouser"):  # 14 per class -> 7 train / 3 val / 4 test in every class
+        got = [r["split"] for r in a if r["label"] == label]
+        assert (got.count("train"), got.count("val"), got.count("test")) == (7, 3, 4)
+
+
+@pytest.mark.parametrize("n, val, test, want", [(1, 0, 1.0, (0, 0, 1)), (2, 0.15, 0.25, (1, 0, 1)),
+                                                (10, 0.15, 0.25, (6, 2, 2)), (3, 0.2, 0.2, (1, 1, 1))])
+def test_split_counts(n, val, test, want):
+    assert split_counts(n, val, test) == want
+
+
+def test_empty_class_and_single_class_are_clear_errors(tiny_copy, tmp_path):
+    for p in (tiny_copy / "bag").iterdir():
+        p.unlink()
+    (tiny_copy / "bag" / "broken.png").write_bytes(b"\x89PNG nope")
+    with pytest.raises(CvauditError, match=r"class\(es\) with no usable image: bag"):
+        ingest({"source": "imagefolder", "path": str(tiny_copy)}, "t", 0, tmp_path / "o1")
+    single = tmp_path / "single"
+    (single / "only").mkdir(parents=True)
+    for p in list((tiny_copy / "trouser").glob("fm*.png"))[:3]:
+        p.rename(single / "only" / p.name)
+    with pytest.raises(CvauditError, match="at least two"):
+        ingest({"source": "imagefolder", "path": str(single)}, "s", 0, tmp_path / "o2")
+
+
+def test_csv_source_resolves_relative_paths_and_lists_missing_files(clean_folder, tmp_path):
+    table = clean_folder / "labels.csv"
+    lines = ["path,label"] + [f"{p.parent.name}/{p.name},{p.parent.name}" for p in sorted(clean_folder.glob("*/*.png"))]
+    table.write_text("\n".join(lines + ["bag/missing.png,bag"]) + "\n")
+    files = source_files({"source": "csv", "path": str(table)})
+    assert str(table) in files and len(files) == 1 + 42
+    info = ingest({"source": "csv", "path": str(table)}, "c", 0, tmp_path / "o")
+    assert info["n_images"] == 42 and info["n_rejected"] == 1
+
+
+@pytest.mark.skipif(not FMNIST.exists(), reason="Debian dataset-fashion-mnist not installed (make setup)")
+def test_idx_source_writes_only_the_kept_images(tmp_path):
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    info = ingest({"source": "idx", "path": str(FMNIST), "class_names": names, "max_per_class": 5,
+                   "split": {"val": 0.2, "test": 0.2}}, "f", 0, tmp_path / "o")
+    assert info["classes"] == names and info["n_images"] == 50
+    assert len(list((tmp_path / "o" / "images").rglob("*.png"))) == 50
+
+
+def test_sample_sets(tmp_path):
+    info = ingest({"source": "foolbox_imagenet", "split": {"val": 0.0, "test": 1.0}}, "im", 0, tmp_path / "im")
+    assert info["n_images"] == 20 and len(info["classes"]) == 19  # two photos of class 609 (jeep)
+    assert all(r["split"] == "test" for r in read_manifest(tmp_path / "im" / "manifest.csv"))
+    assert "bald eagle" in info["classes"] and set(info["classes"]) <= set(imagenet_categories())
+    lfw = ingest({"source": "lfw_subset"}, "lfw", 0, tmp_path / "lfw")
+    assert lfw["classes"] == ["face", "non-face"] and lfw["n_images"] == 200
+
+
+def test_imagenet_names_are_unique():
+    names = imagenet_categories()
+    assert len(names) == len(set(names)) == 1000 and names[609] == "jeep"
+
+
+def test_check_image_accepts_every_listed_format(tmp_path):
+    from PIL import Image
+    arr = (np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8)
+    for ext in ("png", "jpg", "bmp", "webp", "tif"):
+        Image.fromarray(arr).save(tmp_path / f"x.{ext}")
+        info, reason = check_image(tmp_path / f"x.{ext}")
+        assert reason is None and (info["width"], info["height"]) == (30, 20), ext

@@ -1,0 +1,102 @@
+"""End to end through snakemake on the tiny real-image config: reports, PDF, numbers, reruns, lint."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, TINY
+
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+MODELS = ("cnn_tiny", "lite0_tiny")
+pytestmark = pytest.mark.e2e
+
+
+def smk(workdir, *args, check=True):
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return p
+
+
+def planned(workdir) -> dict:
+    """Jobs a dry run would run, per rule (from Snakemake's job stats table)."""
+    out = smk(workdir, "--dry-run", "--configfile", str(workdir / "config.yaml")).stdout
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1].split("\n\n")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    shutil.copytree(TINY, work / "images")
+    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    cfg["datasets"]["tiny"]["path"] = str(work / "images")
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    smk(work, "--configfile", str(work / "config.yaml"))
+    return work
+
+
+def test_both_reports_exist_with_pdf_pages(run):
+    from pypdf import PdfReader
+    for m in MODELS:
+        rep = run / "results" / m / "report"
+        assert (rep / "report.html").stat().st_size > 10_000
+        pdf = PdfReader(rep / "report.pdf")
+        assert len(pdf.pages) >= 3
+        assert m in pdf.pages[0].extract_text()
+        summary = json.loads((rep / "summary.json").read_text())
+        assert summary["status"] in {"pass", "warn", "fail"} and summary["model"] == m
+
+
+def test_html_shows_the_numbers_in_metrics_json(run):
+    for m in MODELS:
+        metrics = json.loads((run / "results" / m / "eval" / "metrics.json").read_text())
+        html = (run / "results" / m / "report" / "report.html").read_text()
+        assert f"<b>{metrics['accuracy']:.4f}</b>" in html
+        assert f"{metrics['macro_f1']:.4f}" in html and f"{metrics['baseline']['accuracy']:.4f}" in html
+        for c in metrics["per_class"]:
+            assert f"{c['recall']:.3f}" in html
+        summary = json.loads((run / "results" / m / "report" / "summary.json").read_text())
+        assert summary["metrics"]["accuracy"] == metrics["accuracy"]
+        assert "<script" not in html.lower() and "src=\"http" not in html  # self-contained, no scripts
+
+
+def test_rejected_images_are_listed_in_the_report(run):
+    html = (run / "results" / "cnn_tiny" / "report" / "report.html").read_text()
+    assert "Rejected files (4)" in html
+    for name in ("corrupt.png", "truncated.png", "empty.jpg", "notes.txt"):
+        assert name in html
+
+
+def test_second_run_does_nothing_and_a_changed_image_reruns_its_chain(run):
+    assert planned(run) == {}
+    img = next((run / "images" / "bag").glob("fm*.png"))
+    img.write_bytes(next((run / "images" / "sneaker").glob("fm*.png")).read_bytes())  # content changes
+    jobs = planned(run)
+    assert jobs == {"ingest_dataset": 1, "fit_baseline": 1, "train_model": 2, "evaluate_model": 2, "explain": 2,
+                    "render_report": 2, "all": 1}
+    smk(run, "--configfile", str(run / "config.yaml"), "--touch")  # mark up to date again
+    shutil.copy(img, run / "images" / "trouser" / "added.png")  # a new file is a new input
+    assert planned(run).get("ingest_dataset") == 1
+
+
+def test_bad_config_stops_with_the_key_named(tmp_path):
+    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    cfg["models"]["cnn_tiny"]["dataset"] = "missing"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    p = smk(tmp_path, "--dry-run", "--configfile", str(tmp_path / "bad.yaml"), check=False)
+    assert p.returncode != 0
+    assert "models.cnn_tiny.dataset" in p.stdout + p.stderr and "unknown dataset 'missing'" in p.stdout + p.stderr
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    p = smk(REPO, "--lint")
+    assert p.returncode == 0 and "Congratulations" in p.stdout + p.stderr, p.stdout + p.stderr
