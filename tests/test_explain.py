@@ -65,3 +65,16 @@ def test_run_explain_explains_pred_and_true_class_and_skips_mlps(tmp_path):
     meta = run_explain("gradcam", tmp_path / "mlp.safetensors", tmp_path / "audit.npz", {}, 0, "cpu", 1,
                        tmp_path / "mlp_maps.npz")
     assert not meta["applicable"] and "no Conv2d" in meta["reason"]
+
+
+def test_auto_layer_skips_conv_layers_too_small_to_localise():
+    from cvaudit.models import build_model as bm
+    lite = bm({"arch": "timm:tf_efficientnet_lite0", "weights": "none", "input_size": 64, "num_classes": 3}).eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert get_method("gradcam", min_resolution=1).layer_name(lite, x) == "conv_head"  # 2x2 at 64 px
+    chosen = get_method("gradcam").layer_name(lite, x)
+    assert chosen == "blocks.3.0.conv_pw"  # the last conv still at 8x8 (before the stride-2 depthwise conv)
+    big = torch.randn(1, 3, 224, 224)
+    assert get_method("gradcam").layer_name(lite, big) == "conv_head"  # 7x7 at 224 px
+    maps = get_method("gradcam").attribute(lite, x, torch.tensor([0, 1]))
+    assert maps.shape == (2, 64, 64) and _hooks(lite) == 0

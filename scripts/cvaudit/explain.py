@@ -48,26 +48,47 @@ class GradCAM(AttributionMethod):
     name, label = "gradcam", "Grad-CAM"
     reads = ("Grad-CAM weights the chosen layer's feature maps by the average gradient of the class score and "
              "keeps the positive part: bright regions raised the score of the explained class. Its resolution is "
-             "that of the layer (coarse for the last conv layer).")
+             "that of the layer; by default the last conv layer whose maps are at least 7 pixels across "
+             "(explain.gradcam.min_resolution), since a deeper but smaller one would colour the whole image.")
 
-    def layer_name(self, model: nn.Module) -> str:
+    def layer_name(self, model: nn.Module, x: torch.Tensor | None = None) -> str:
+        """The configured layer, or (auto) the last Conv2d whose output is at least `min_resolution`
+        pixels on its short side for inputs like `x`: a 2x2 last layer (small inputs) makes a map
+        that covers the whole image and says nothing. Falls back to the last Conv2d."""
+        if getattr(self, "_layer", None):
+            return self._layer
         layer = self.options.get("layer", "auto")
-        if layer == "auto":
-            layer = last_conv_layer(model)
-            if layer is None:
-                raise NotApplicable("the model has no Conv2d layer (Grad-CAM needs spatial feature maps)")
-            return layer
         names = dict(model.named_modules())
-        if layer not in names:
-            convs = [n for n, m in names.items() if isinstance(m, nn.Conv2d)][-5:]
-            raise CvauditError(f"config key explain.gradcam.layer: no module '{layer}' in the model; "
-                               f"last conv layers: {convs}")
-        return layer
+        if layer != "auto":
+            if layer not in names:
+                convs = [n for n, m in names.items() if isinstance(m, nn.Conv2d)][-5:]
+                raise CvauditError(f"config key explain.gradcam.layer: no module '{layer}' in the model; "
+                                   f"last conv layers: {convs}")
+            self._layer = layer
+            return layer
+        convs = [n for n, m in names.items() if isinstance(m, nn.Conv2d)]
+        if not convs:
+            raise NotApplicable("the model has no Conv2d layer (Grad-CAM needs spatial feature maps)")
+        self._layer = convs[-1]
+        if x is not None:
+            sizes: dict[str, int] = {}
+            hooks = [names[n].register_forward_hook(lambda m, i, o, n=n: sizes.__setitem__(n, min(o.shape[-2:])))
+                     for n in convs]
+            try:
+                with torch.no_grad():
+                    model(x[:1])
+            finally:
+                for h in hooks:
+                    h.remove()
+            big = [n for n in convs if sizes.get(n, 0) >= self.options.get("min_resolution", 7)]
+            if big:
+                self._layer = big[-1]
+        return self._layer
 
     def attribute(self, model, x, target):
         from captum.attr import LayerAttribution, LayerGradCam
 
-        layer = model.get_submodule(self.layer_name(model))
+        layer = model.get_submodule(self.layer_name(model, x))
         cam = LayerGradCam(model, layer).attribute(x, target=target, relu_attributions=True)
         return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0].detach()
 
