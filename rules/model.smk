@@ -32,6 +32,7 @@ rule evaluate_model:
         predictions="results/{model}/eval/predictions.csv",
         metrics="results/{model}/eval/metrics.json",
         audit_set="results/{model}/eval/audit_set.npz",
+        probs="results/{model}/eval/probs.npz",
     params:
         audit=config["audit"],
         seed=config["seed"],

@@ -13,7 +13,7 @@ DEMO = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 def test_demo_and_test_configs_validate_and_get_defaults():
     c = validate_config(copy.deepcopy(DEMO))
     assert c["models"]["lite0_imagenet"]["train"] is False
-    t = c["models"]["cnn_fmnist"]["train"]
+    t = c["models"]["mlp_fmnist"]["train"]
     assert t["patience"] == 3 and t["augment"]["erasing"] == 0.0  # defaults filled from the schema, nested too
     assert c["explain"]["gradcam"]["layer"] == "auto"
     assert c["datasets"]["imagenet_samples"]["split"] == {"val": 0.0, "test": 1.0}

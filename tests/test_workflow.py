@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -66,6 +67,9 @@ def test_html_shows_the_numbers_in_metrics_json(run):
             assert f"{c['recall']:.3f}" in html
         summary = json.loads((run / "results" / m / "report" / "summary.json").read_text())
         assert summary["metrics"]["accuracy"] == metrics["accuracy"]
+        with np.load(run / "results" / m / "eval" / "probs.npz") as z:  # saved probabilities agree too
+            assert np.mean(z["probs"].argmax(1) == z["targets"]) == pytest.approx(metrics["accuracy"])
+            assert np.allclose(z["probs"].sum(1), 1, atol=1e-4)
         assert "<script" not in html.lower() and "src=\"http" not in html  # self-contained, no scripts
 
 

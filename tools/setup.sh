@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: Fashion-MNIST (demo data), poppler-utils (pdftoppm for PDF checks),
-# chromium (looking at the HTML report headless). WeasyPrint's Pango comes with these.
-DEBS=(dataset-fashion-mnist poppler-utils chromium fonts-dejavu-core)
+# Debian packages: Fashion-MNIST (demo data, IDX tests), DejaVu fonts (the report's fonts, in HTML
+# and in the PDF WeasyPrint makes with the system's Pango).
+DEBS=(dataset-fashion-mnist fonts-dejavu-core libpango-1.0-0 libpangoft2-1.0-0)
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -79,7 +79,7 @@ def choose_audit_set(targets: np.ndarray, correct: np.ndarray, per_class: int, m
 
 
 def evaluate_model(name: str, model_path, manifest, baseline, audit_cfg: dict, seed: int, device: str,
-                   threads: int, out_predictions, out_metrics, out_audit) -> dict:
+                   threads: int, out_predictions, out_metrics, out_audit, out_probs) -> dict:
     t0 = time.time()
     seed_everything(seed, threads)
     dev = resolve_device(device)
@@ -106,6 +106,10 @@ def evaluate_model(name: str, model_path, manifest, baseline, audit_cfg: dict, s
         w.writerow(["path", "label", "pred_label", "confidence", "p_true", "correct"])
         for r, t, q, pr in zip(rows, targets, preds, probs):
             w.writerow([r["path"], r["label"], spec["class_names"][q], f"{pr[q]:.6f}", f"{pr[t]:.6f}", int(t == q)])
+
+    with atomic_path(out_probs) as tmp, open(tmp, "wb") as f:  # for calibration and later stages
+        np.savez_compressed(f, probs=probs.astype(np.float32), targets=targets,
+                            paths=np.array([r["path"] for r in rows]), class_names=np.array(spec["class_names"]))
 
     conf = probs[np.arange(len(preds)), preds]
     wrong = np.flatnonzero(~correct)
