@@ -28,6 +28,8 @@ def test_demo_and_test_configs_validate_and_get_defaults():
     (lambda c: c.update(seeed=1), "<top level>", "seeed"),
     (lambda c: c["models"]["mlp_fmnist"].update(arch="resnet"), "models.mlp_fmnist.arch", "resnet"),
     (lambda c: c["datasets"]["fmnist"]["split"].update(val=0.6, test=0.6), "datasets.fmnist.split", "at most 1"),
+    (lambda c: c["models"]["lite0_imagenet"].update(weights="packaged:vgg"), "models.lite0_imagenet.weights", "vgg"),
+    (lambda c: c["explain"].update(methods=["gradcam", "magic"]), "explain.methods.1", "magic"),
 ])
 def test_bad_config_names_the_key(mutate, key, words):
     c = copy.deepcopy(DEMO)

@@ -46,6 +46,13 @@ def test_unknown_arch_is_a_clear_error(arch, words):
         build_model(_spec(arch=arch, arch_options={}))
 
 
+@pytest.mark.parametrize("arch, weights", [("timm:tf_efficientnet_lite0", "packaged:resnet50"),
+                                           ("torchvision:resnet18", "packaged:efficientnet_lite0")])
+def test_packaged_weights_never_silently_fall_back_to_random(arch, weights):
+    with pytest.raises(CvauditError, match="only packaged weights"):
+        build_model(_spec(arch=arch, weights=weights, arch_options={}))
+
+
 def test_missing_or_pickled_weights_are_refused(tmp_path):
     with pytest.raises(CvauditError, match="not found"):
         build_model(_spec(weights=str(tmp_path / "nope.pt")))

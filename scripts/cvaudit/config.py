@@ -38,7 +38,7 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     """Validate `config` in place (filling defaults) and return it; raise CvauditError naming the key."""
     schema = yaml.safe_load(Path(schema_path).read_text())
     cls = _with_defaults(jsonschema.validators.validator_for(schema))
-    errors = sorted(cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    errors = sorted(cls(schema).iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         lines = []
         for e in errors[:10]:
@@ -54,8 +54,7 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
             raise CvauditError(
                 f"config key 'models.{name}.dataset': unknown dataset '{model['dataset']}'; "
                 f"defined datasets: {', '.join(sorted(config['datasets']))}")
-        if model["train"] is not False and model.get("weights", "none").startswith("packaged:") \
-                and model["weights"] != "packaged:efficientnet_lite0":
+        if model["weights"].startswith("packaged:") and model["weights"] != "packaged:efficientnet_lite0":
             raise CvauditError(f"config key 'models.{name}.weights': unknown packaged weights "
                                f"'{model['weights']}'; available: packaged:efficientnet_lite0")
     for name, ds in config["datasets"].items():

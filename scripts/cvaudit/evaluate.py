@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from . import CvauditError
 from .data import ImageDataset, load_rgb, read_dataset_info, read_manifest
-from .io import atomic_path, write_json
+from .io import atomic_path, read_json, write_json
 from .models import display_transform, eval_transform, load_model, resolve_device
 from .train import seed_everything
 
@@ -142,8 +141,7 @@ def load_audit_set(path) -> dict:
 
 
 def _read_json_or_none(path):
-    import json
-    return json.loads(Path(path).read_text()) if path else None
+    return read_json(path) if path else None
 
 
 # ----------------------------------------------------------------------------- baseline

@@ -122,6 +122,9 @@ def build_model(spec: dict) -> nn.Module:
     """
     arch, opts, weights = spec["arch"], dict(spec.get("arch_options") or {}), spec.get("weights", "none")
     n, keep_head = spec["num_classes"], spec.get("keep_head", False)
+    if weights.startswith("packaged:") and (weights, arch) != ("packaged:efficientnet_lite0", "timm:tf_efficientnet_lite0"):
+        raise CvauditError(f"weights '{weights}' (config key models.*.weights): the only packaged weights are "
+                           "packaged:efficientnet_lite0, for arch timm:tf_efficientnet_lite0")
     if arch == "simple_cnn":
         model = SimpleCNN(n, **opts)
     elif arch == "mlp":
