@@ -5,10 +5,14 @@ from pathlib import Path
 from cvaudit.data import source_files
 
 
+# Every configured attribution method, plus a random map: the floor of the faithfulness checks.
+EXPLAIN_METHODS = list(config["explain"]["methods"]) + ["random"]
+
+
 wildcard_constraints:
     dataset="|".join(re.escape(d) for d in config["datasets"]),
     model="|".join(re.escape(m) for m in config["models"]),
-    method="|".join(re.escape(m) for m in config["explain"]["methods"]),
+    method="|".join(re.escape(m) for m in EXPLAIN_METHODS),
 
 
 # Workflow files (templates) resolved against the Snakefile, so --directory elsewhere works.
@@ -32,7 +36,7 @@ def dataset_sources(wildcards):
 
 
 def explain_maps(wildcards):
-    return {m: f"results/{wildcards.model}/explain/{m}/maps.npz" for m in config["explain"]["methods"]}
+    return {m: f"results/{wildcards.model}/explain/{m}/maps.npz" for m in EXPLAIN_METHODS}
 
 
 def report_files(model):

@@ -6,12 +6,13 @@ rule explain:
         maps="results/{model}/explain/{method}/maps.npz",
     params:
         options=lambda wc: config["explain"].get(wc.method, {}),
+        trust=config["explain"]["trust"],
         seed=config["seed"],
         device=config["device"],
-    threads: config["threads"]
+    threads: 1  # many small jobs: two run side by side on two cores instead of one on both
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=6000,
+        runtime=120,
     conda:
         "../envs/cvaudit.yaml"
     log:

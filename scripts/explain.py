@@ -2,7 +2,8 @@ from cvaudit.explain import run_explain
 
 
 def main(sm):
-    run_explain(sm.wildcards.method, sm.input.model, sm.input.audit_set, sm.params.options, seed=sm.params.seed,
+    run_explain(sm.wildcards.method, sm.input.model, sm.input.audit_set, sm.params.options, sm.params.trust,
+                seed=sm.params.seed,
                 device=sm.params.device, threads=sm.threads, out_maps=sm.output.maps)
 
 

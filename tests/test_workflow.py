@@ -73,6 +73,23 @@ def test_html_shows_the_numbers_in_metrics_json(run):
         assert "<script" not in html.lower() and "src=\"http" not in html  # self-contained, no scripts
 
 
+def test_attribution_section_shows_every_method_and_its_trust_scores(run):
+    html = (run / "results" / "cnn_tiny" / "report" / "report.html").read_text()
+    summary = json.loads((run / "results" / "cnn_tiny" / "report" / "summary.json").read_text())
+    labels = ["Vanilla gradient", "Deconvnet", "Guided backprop", "CAM", "Grad-CAM", "Guided Grad-CAM", "Occlusion",
+              "Integrated gradients", "LIME", "SHAP (partition)"]
+    for label in labels:
+        assert f"<th>{label}</th>" in html, label
+    assert set(summary["attributions"]) == {"saliency", "deconvnet", "guided_backprop", "cam", "gradcam",
+                                            "guided_gradcam", "occlusion", "integrated_gradients", "lime", "shap"}
+    for method, a in summary["attributions"].items():
+        assert f"{a['deletion_auc']:.3f}" in html and f"{a['insertion_auc']:.3f}" in html, method
+        assert a["sanity_final_rank_corr"] is not None
+    checks = {v["name"] for v in summary["verdicts"]}
+    assert "sanity_similarity:gradcam" in checks and "faithfulness_gain:lime" in checks
+    assert "passes its input but not its model" in html or "passes both checks" in html or "not reliable" in html
+
+
 def test_rejected_images_are_listed_in_the_report(run):
     html = (run / "results" / "cnn_tiny" / "report" / "report.html").read_text()
     assert "Rejected files (4)" in html
@@ -85,8 +102,8 @@ def test_second_run_does_nothing_and_a_changed_image_reruns_its_chain(run):
     img = next((run / "images" / "bag").glob("fm*.png"))
     img.write_bytes(next((run / "images" / "sneaker").glob("fm*.png")).read_bytes())  # content changes
     jobs = planned(run)
-    assert jobs == {"ingest_dataset": 1, "fit_baseline": 1, "train_model": 2, "evaluate_model": 2, "explain": 2,
-                    "render_report": 2, "all": 1}
+    assert jobs == {"ingest_dataset": 1, "fit_baseline": 1, "train_model": 2, "evaluate_model": 2, "explain": 22,
+                    "render_report": 2, "all": 1}  # 10 methods + the random floor, per model
     smk(run, "--configfile", str(run / "config.yaml"), "--touch")  # mark up to date again
     shutil.copy(img, run / "images" / "trouser" / "added.png")  # a new file is a new input
     assert planned(run).get("ingest_dataset") == 1

@@ -1,19 +1,28 @@
-"""Attribution methods behind one interface: a registry from config name to a method whose
-`attribute(model, x, target)` returns maps of shape (N, H, W). Captum does the work."""
+"""Attribution methods behind one interface.
+
+A registry maps each config name to a method whose `attribute(net, x, target)` takes a batch of
+images in pixel space ([0, 1], N x 3 x H x W; `net` normalises them itself, see PixelSpace) and
+the class to explain for each, and returns maps of shape (N, H, W) where higher means more
+evidence for that class. Captum, lime and shap do the work; written here is only what none of
+them does: guided backprop / deconvnet for ReLU6 (captum's only override nn.ReLU), CAM, and the
+glue that batches every model call.
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import CvauditError
 from .evaluate import load_audit_set
 from .io import atomic_path
-from .models import last_conv_layer, load_model, resolve_device
+from .models import load_model, resolve_device
 from .train import seed_everything
 
 log = logging.getLogger("cvaudit.explain")
@@ -23,16 +32,52 @@ class NotApplicable(Exception):
     """The method cannot explain this model (e.g. Grad-CAM on a model without conv layers)."""
 
 
+class PixelSpace(nn.Module):
+    """The model with its input normalisation in front: takes images in [0, 1]."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return self.model((x - self.mean) / self.std)
+
+
+def inner(net: nn.Module) -> nn.Module:
+    return net.model if isinstance(net, PixelSpace) else net
+
+
+@torch.no_grad()
+def class_probability(net: nn.Module, x: torch.Tensor, target: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Softmax probability of `target` (one class per image, broadcast if one) in batches."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        p = torch.softmax(net(x[i:i + batch_size]).float(), 1)
+        t = target[i:i + batch_size] if target.numel() > 1 else target.expand(len(p))
+        out.append(p.gather(1, t.view(-1, 1))[:, 0])
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------- registry
 class AttributionMethod:
-    name: str = ""
-    label: str = ""
-    reads = ""  # one line for the report: how to read the maps
+    name = ""
+    label = ""
+    kind = "gradient"  # gradient | cam | perturbation | reference
+    reads = ""  # one sentence for the report: how to read the maps
+    defaults: dict = {}
 
-    def __init__(self, **options):
-        self.options = options
+    def __init__(self, batch_size: int = 64, **options):
+        self.options = {**self.defaults, **options}
+        self.batch_size = batch_size
 
-    def attribute(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def attribute(self, net: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def model_passes(self, h: int, w: int) -> int:
+        """Model passes per image (forward, or forward + backward for gradient methods)."""
+        return 1
 
 
 METHODS: dict[str, type[AttributionMethod]] = {}
@@ -43,56 +88,6 @@ def register(cls):
     return cls
 
 
-@register
-class GradCAM(AttributionMethod):
-    name, label = "gradcam", "Grad-CAM"
-    reads = ("Grad-CAM weights the chosen layer's feature maps by the average gradient of the class score and "
-             "keeps the positive part: bright regions raised the score of the explained class. Its resolution is "
-             "that of the layer; by default the last conv layer whose maps are at least 7 pixels across "
-             "(explain.gradcam.min_resolution), since a deeper but smaller one would colour the whole image.")
-
-    def layer_name(self, model: nn.Module, x: torch.Tensor | None = None) -> str:
-        """The configured layer, or (auto) the last Conv2d whose output is at least `min_resolution`
-        pixels on its short side for inputs like `x`: a 2x2 last layer (small inputs) makes a map
-        that covers the whole image and says nothing. Falls back to the last Conv2d."""
-        if getattr(self, "_layer", None):
-            return self._layer
-        layer = self.options.get("layer", "auto")
-        names = dict(model.named_modules())
-        if layer != "auto":
-            if layer not in names:
-                convs = [n for n, m in names.items() if isinstance(m, nn.Conv2d)][-5:]
-                raise CvauditError(f"config key explain.gradcam.layer: no module '{layer}' in the model; "
-                                   f"last conv layers: {convs}")
-            self._layer = layer
-            return layer
-        convs = [n for n, m in names.items() if isinstance(m, nn.Conv2d)]
-        if not convs:
-            raise NotApplicable("the model has no Conv2d layer (Grad-CAM needs spatial feature maps)")
-        self._layer = convs[-1]
-        if x is not None:
-            sizes: dict[str, int] = {}
-            hooks = [names[n].register_forward_hook(lambda m, i, o, n=n: sizes.__setitem__(n, min(o.shape[-2:])))
-                     for n in convs]
-            try:
-                with torch.no_grad():
-                    model(x[:1])
-            finally:
-                for h in hooks:
-                    h.remove()
-            big = [n for n in convs if sizes.get(n, 0) >= self.options.get("min_resolution", 7)]
-            if big:
-                self._layer = big[-1]
-        return self._layer
-
-    def attribute(self, model, x, target):
-        from captum.attr import LayerAttribution, LayerGradCam
-
-        layer = model.get_submodule(self.layer_name(model, x))
-        cam = LayerGradCam(model, layer).attribute(x, target=target, relu_attributions=True)
-        return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0].detach()
-
-
 def get_method(name: str, **options) -> AttributionMethod:
     if name not in METHODS:
         raise CvauditError(f"unknown attribution method '{name}' (config key explain.methods); "
@@ -100,50 +95,414 @@ def get_method(name: str, **options) -> AttributionMethod:
     return METHODS[name](**options)
 
 
-def attribute_batched(method: AttributionMethod, model, x: torch.Tensor, target: torch.Tensor,
-                      batch_size: int = 32) -> np.ndarray:
-    out = []
-    for i in range(0, len(x), batch_size):
-        out.append(method.attribute(model, x[i:i + batch_size], target[i:i + batch_size]).float().cpu())
+def _input_grad(net, x, target) -> torch.Tensor:
+    x = x.detach().clone().requires_grad_(True)
+    out = net(x)
+    (g,) = torch.autograd.grad(out.gather(1, target.view(-1, 1)).sum(), x)
+    return g
+
+
+# ----------------------------------------------------------------------------- gradient methods
+@register
+class Saliency(AttributionMethod):
+    name, label = "saliency", "Vanilla gradient"
+    reads = ("Simonyan et al.: the largest absolute gradient of the class score over the colour channels; bright "
+             "pixels are those whose small change would most change the score. Noisy by nature.")
+
+    def attribute(self, net, x, target):
+        from captum.attr import Saliency as CaptumSaliency
+        return CaptumSaliency(net).attribute(x, target=target, abs=True).amax(1).detach()
+
+
+RELU_FAMILY = (nn.ReLU, nn.ReLU6)
+ALLOWED = (nn.Softmax, nn.LogSoftmax, nn.Softmax2d, nn.Identity)
+
+
+class ReluBackwardOverride(contextlib.AbstractContextManager):
+    """Owns the backward hooks that turn a plain gradient into guided backprop or deconvnet, on every
+    ReLU and ReLU6 module, and always removes them (and restores `inplace`) on exit.
+
+    guided: gradient through the rectifier as usual, then only its positive part (Springenberg et al.);
+    deconv: only the positive part of the incoming gradient, ignoring the forward mask (Zeiler & Fergus).
+    Any other activation module (SiLU, GELU, ...) is refused: its gradient would pass unmodified and
+    the result would be a plain gradient under another name.
+    """
+
+    def __init__(self, net: nn.Module, mode: str):
+        self.net, self.mode, self.handles, self.inplace = net, mode, [], []
+
+    @staticmethod
+    def check(net: nn.Module) -> list[nn.Module]:
+        relus, other = [], set()
+        for m in net.modules():
+            if isinstance(m, RELU_FAMILY):
+                relus.append(m)
+            elif type(m).__module__.startswith(("torch.nn.modules.activation", "timm.layers.activations")) \
+                    and not isinstance(m, ALLOWED):
+                other.add(type(m).__name__)
+        if other:
+            raise NotApplicable(f"the model uses {', '.join(sorted(other))} activations; guided backprop and "
+                                "deconvnet are defined for ReLU/ReLU6 only")
+        if not relus:
+            raise NotApplicable("the model has no ReLU/ReLU6 modules to modify")
+        return relus
+
+    def __enter__(self):
+        for m in self.check(self.net):
+            self.inplace.append((m, m.inplace))
+            m.inplace = False  # backward hooks cannot see through in-place ops
+            if self.mode == "guided":
+                hook = lambda mod, gin, gout: (gin[0].clamp(min=0),)  # noqa: E731
+            else:
+                hook = lambda mod, gin, gout: (gout[0].clamp(min=0),)  # noqa: E731
+            self.handles.append(m.register_full_backward_hook(hook))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        for m, flag in self.inplace:
+            m.inplace = flag
+        self.handles, self.inplace = [], []
+        return False
+
+
+@register
+class GuidedBackprop(AttributionMethod):
+    name, label = "guided_backprop", "Guided backprop"
+    reads = ("Gradient passed back only where both the forward activation and the backward signal are positive: "
+             "sharp, edge-like pictures of what excites the class. Known to be largely independent of the "
+             "top layers (see the randomisation check).")
+    mode = "guided"
+
+    def attribute(self, net, x, target):
+        with ReluBackwardOverride(net, self.mode):
+            return _input_grad(net, x, target).abs().amax(1).detach()
+
+
+@register
+class Deconvnet(GuidedBackprop):
+    name, label = "deconvnet", "Deconvnet"
+    reads = ("Zeiler & Fergus: the positive part of the signal is passed back through each rectifier whatever its "
+             "forward activation; shows image structure that the network's filters respond to.")
+    mode = "deconv"
+
+
+# ----------------------------------------------------------------------------- CAM family
+def _conv_layer(net: nn.Module, x: torch.Tensor, layer: str, min_resolution: int) -> nn.Module:
+    """The configured layer, or (auto) the last Conv2d whose output is at least `min_resolution`
+    pixels on its short side for inputs like `x`: a 2x2 last layer (small inputs) makes a map that
+    covers the whole image and says nothing. Falls back to the last Conv2d."""
+    model = inner(net)
+    names = dict(model.named_modules())
+    if layer != "auto":
+        if layer not in names:
+            convs = [n for n, m in names.items() if isinstance(m, nn.Conv2d)][-5:]
+            raise CvauditError(f"config key explain.gradcam.layer: no module '{layer}' in the model; "
+                               f"last conv layers: {convs}")
+        return names[layer]
+    convs = [n for n, m in names.items() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise NotApplicable("the model has no Conv2d layer (it needs spatial feature maps)")
+    sizes: dict[str, int] = {}
+    hooks = [names[n].register_forward_hook(lambda m, i, o, n=n: sizes.__setitem__(n, min(o.shape[-2:])))
+             for n in convs]
+    try:
+        with torch.no_grad():
+            net(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    big = [n for n in convs if sizes.get(n, 0) >= min_resolution]
+    return names[(big or convs)[-1]]
+
+
+def layer_name(net: nn.Module, module: nn.Module) -> str:
+    return next(n for n, m in inner(net).named_modules() if m is module)
+
+
+@register
+class GradCAM(AttributionMethod):
+    name, label, kind = "gradcam", "Grad-CAM", "cam"
+    defaults = {"layer": "auto", "min_resolution": 7}
+    reads = ("Selvaraju et al.: the layer's feature maps weighted by the average gradient of the class score, "
+             "positive part: bright regions raised the score. Its resolution is that of the layer; by default the "
+             "last conv layer whose maps are at least 7 pixels across.")
+
+    def layer(self, net, x):
+        return _conv_layer(net, x, self.options["layer"], self.options["min_resolution"])
+
+    def attribute(self, net, x, target):
+        from captum.attr import LayerAttribution, LayerGradCam
+
+        cam = LayerGradCam(net, self.layer(net, x)).attribute(x, target=target, relu_attributions=True)
+        return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0].detach()
+
+
+@register
+class GuidedGradCAM(GradCAM):
+    name, label, kind = "guided_gradcam", "Guided Grad-CAM", "gradient"
+    reads = ("Guided backprop multiplied by Grad-CAM: fine detail, but only inside the regions Grad-CAM found "
+             "class-relevant.")
+
+    def attribute(self, net, x, target):
+        return GuidedBackprop().attribute(net, x, target) * GradCAM(**self.options).attribute(net, x, target)
+
+
+@register
+class CAM(AttributionMethod):
+    name, label, kind = "cam", "CAM", "cam"
+    reads = ("Zhou et al.: for a network ending in global average pooling and one linear layer, the last feature "
+             "maps weighted by the class's output weights. Positive where the region argues for the class.")
+
+    @staticmethod
+    def parts(net: nn.Module):
+        """(feature module whose output is pooled, head Linear), or NotApplicable."""
+        model = inner(net)
+        mods = list(model.named_modules())
+        pools = [i for i, (_, m) in enumerate(mods)
+                 if isinstance(m, nn.AdaptiveAvgPool2d) or type(m).__name__ == "SelectAdaptivePool2d"]
+        linears = [i for i, (_, m) in enumerate(mods) if isinstance(m, nn.Linear)]
+        if not pools or not linears or linears[-1] < pools[-1] or len([i for i in linears if i > pools[-1]]) != 1:
+            raise NotApplicable("CAM needs global average pooling followed by a single linear layer")
+        return mods[pools[-1]][1], mods[linears[-1]][1]
+
+    def attribute(self, net, x, target):
+        pool, head = self.parts(net)
+        feats = {}
+        h = pool.register_forward_hook(lambda m, i, o: feats.__setitem__("a", i[0]))
+        try:
+            with torch.no_grad():
+                net(x)
+        finally:
+            h.remove()
+        a = feats["a"]
+        if a.dim() != 4 or a.shape[1] != head.in_features:
+            raise NotApplicable("the pooled features do not feed the linear head directly")
+        cam = torch.einsum("nk,nkhw->nhw", head.weight[target], a)[:, None]
+        return F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0].detach()
+
+
+# ----------------------------------------------------------------------------- perturbation methods
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    from torchvision.transforms.v2 import functional as TF
+    k = int(2 * round(3 * sigma) + 1)
+    return TF.gaussian_blur(x, [k, k], [sigma, sigma])
+
+
+@register
+class IntegratedGradients(AttributionMethod):
+    name, label = "integrated_gradients", "Integrated gradients"
+    defaults = {"steps": 32, "baseline": "black"}
+    reads = ("Sundararajan et al.: gradients averaged along the straight path from a baseline image (black by "
+             "default) to the input, times the difference; the values add up to the score difference.")
+
+    def baseline(self, x):
+        b = self.options["baseline"]
+        if b == "black":
+            return torch.zeros_like(x)
+        if b == "blur":
+            return _blur(x, max(x.shape[-1] / 16, 1.0))
+        if b == "grey":
+            return torch.full_like(x, 0.5)
+        raise CvauditError(f"config key explain.integrated_gradients.baseline: '{b}'; use black, grey or blur")
+
+    def attribute(self, net, x, target):
+        from captum.attr import IntegratedGradients as IG
+        steps = self.options["steps"]
+        internal = max(steps, (self.batch_size // steps) * steps)  # whole images' paths per batch
+        attr = IG(net).attribute(x, baselines=self.baseline(x), target=target, n_steps=steps,
+                                 internal_batch_size=internal)
+        return attr.sum(1).detach()
+
+    def model_passes(self, h, w):
+        return self.options["steps"]
+
+
+@register
+class Occlusion(AttributionMethod):
+    name, label, kind = "occlusion", "Occlusion", "perturbation"
+    defaults = {"window": 0, "stride": 0}
+    reads = ("Zeiler & Fergus: a grey square slides over the image and the drop in the class probability is "
+             "recorded; bright where hiding the region hurts the prediction. Window and stride set in config.")
+
+    def geometry(self, h, w):
+        win = self.options["window"] or max(2, min(h, w) // 4)
+        stride = self.options["stride"] or max(1, win // 2)
+        return win, stride
+
+    def model_passes(self, h, w):
+        win, s = self.geometry(h, w)
+        return ((h - win) // s + 1) * ((w - win) // s + 1) + 1
+
+    def attribute(self, net, x, target):
+        from captum.attr import Occlusion as CaptumOcclusion
+        win, stride = self.geometry(*x.shape[-2:])
+
+        def prob(inp):
+            return torch.softmax(net(inp).float(), 1)
+
+        occ = CaptumOcclusion(prob)
+        per_eval = max(1, self.batch_size // len(x))
+        attr = occ.attribute(x, sliding_window_shapes=(x.shape[1], win, win), strides=(x.shape[1], stride, stride),
+                             baselines=0.5, target=target, perturbations_per_eval=per_eval)
+        return attr.mean(1).detach()
+
+
+def superpixels(img: np.ndarray, n: int) -> np.ndarray:
+    """SLIC superpixels (scikit-image); a regular grid of about n cells when SLIC finds far fewer (tiny or
+    noise-like images, where LIME would otherwise have a single segment and nothing to weigh)."""
+    from skimage.segmentation import slic
+
+    seg = slic(img, n_segments=n, compactness=10, start_label=0)
+    if np.unique(seg).size >= max(2, n // 4):
+        return seg
+    h, w = seg.shape
+    k = max(1, int(round(np.sqrt(n))))
+    rows, cols = np.minimum(np.arange(h) * k // h, k - 1), np.minimum(np.arange(w) * k // w, k - 1)
+    return rows[:, None] * k + cols[None, :]
+
+
+@register
+class LIME(AttributionMethod):
+    name, label, kind = "lime", "LIME", "perturbation"
+    defaults = {"samples": 256, "segments": 50, "seed": 0}
+    reads = ("Ribeiro et al.: the image is cut into superpixels, random subsets are greyed out, and a weighted "
+             "linear model of the class probability is fitted; each superpixel gets its coefficient.")
+
+    def model_passes(self, h, w):
+        return self.options["samples"]
+
+    def attribute(self, net, x, target):
+        from lime import lime_image
+
+        dev = next(net.parameters()).device
+        out = []
+        for img, t in zip(x.detach().cpu().permute(0, 2, 3, 1).double().numpy(), target.tolist()):
+            def predict(batch):
+                xb = torch.from_numpy(np.ascontiguousarray(batch)).float().permute(0, 3, 1, 2).to(dev)
+                with torch.no_grad():
+                    return torch.softmax(net(xb).float(), 1)[:, [t]].cpu().numpy()
+
+            seg = lambda im: superpixels(im, self.options["segments"])  # noqa: E731
+            explainer = lime_image.LimeImageExplainer(random_state=self.options["seed"])
+            exp = explainer.explain_instance(img, predict, labels=(0,), top_labels=None, hide_color=None,
+                                             num_samples=self.options["samples"], batch_size=self.batch_size,
+                                             segmentation_fn=seg)
+            weights = dict(exp.local_exp[0])
+            out.append(np.vectorize(lambda s: weights.get(s, 0.0))(exp.segments))
+        return torch.tensor(np.stack(out), dtype=torch.float32)
+
+
+@register
+class SHAP(AttributionMethod):
+    name, label, kind = "shap", "SHAP (partition)", "perturbation"
+    defaults = {"evals": 256}
+    reads = ("Lundberg & Lee, Partition explainer: Shapley values of a hierarchy of image regions, hidden regions "
+             "replaced by a blurred copy; the values of a map add up to the class probability minus that of the "
+             "fully blurred image.")
+
+    def model_passes(self, h, w):
+        return self.options["evals"]
+
+    def attribute(self, net, x, target):
+        import shap
+
+        dev = next(net.parameters()).device
+        imgs = x.detach().cpu().permute(0, 2, 3, 1).numpy().astype(np.float64)
+        blurred = _blur(x.detach().cpu(), max(x.shape[-1] / 16, 1.0)).permute(0, 2, 3, 1).numpy()
+        masker = shap.maskers.Image(np.zeros(imgs.shape[1:]), imgs.shape[1:])
+        out = []
+        for img, blur, t in zip(imgs, blurred, target.tolist()):
+            masker.mask_value = blur.astype(np.float64).ravel()  # blur without OpenCV, one partition tree
+
+            def predict(batch):
+                xb = torch.from_numpy(np.ascontiguousarray(batch)).float().permute(0, 3, 1, 2).to(dev)
+                with torch.no_grad():
+                    return torch.softmax(net(xb).float(), 1)[:, [t]].cpu().numpy()
+
+            explainer = shap.Explainer(predict, masker, algorithm="partition")
+            sv = explainer(img[None], max_evals=self.options["evals"], batch_size=self.batch_size, silent=True)
+            out.append(sv.values[0, ..., 0].sum(-1))
+        return torch.tensor(np.stack(out), dtype=torch.float32)
+
+
+@register
+class RandomMap(AttributionMethod):
+    name, label, kind = "random", "Random map (floor)", "reference"
+    reads = "Seeded noise that ignores the model: the floor every method's faithfulness must beat."
+
+    def model_passes(self, h, w):
+        return 0
+
+    def attribute(self, net, x, target):
+        g = torch.Generator().manual_seed(int(self.options.get("seed", 0)))
+        return torch.rand((len(x),) + tuple(x.shape[-2:]), generator=g)
+
+
+# ----------------------------------------------------------------------------- batching and the stage
+def attribute_batched(method: AttributionMethod, net, x: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+    """Maps for all images. Gradient and CAM methods run in chunks of the batch size; integrated
+    gradients, occlusion, LIME and SHAP get all images and pack their own perturbations into
+    batches of that size."""
+    step = method.batch_size if method.kind in ("gradient", "cam") and method.name != "integrated_gradients" \
+        else max(1, len(x))
+    out = [method.attribute(net, x[i:i + step], target[i:i + step]).float().cpu() for i in range(0, len(x), step)]
     return torch.cat(out).numpy() if out else np.zeros((0,) + tuple(x.shape[-2:]), np.float32)
 
 
-def normalise_audit_images(images: np.ndarray, spec: dict, device) -> torch.Tensor:
-    """uint8 (N, H, W, 3) audit images -> the model's normalised input batch."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
-    mean = torch.tensor(spec["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(spec["std"]).view(1, 3, 1, 1)
-    return ((x - mean) / std).to(device)
+def audit_images(audit: dict, device) -> torch.Tensor:
+    """The audit set's uint8 images as a pixel-space batch in [0, 1]."""
+    return torch.from_numpy(audit["images"]).permute(0, 3, 1, 2).float().div(255).to(device)
 
 
-def run_explain(method: str, model_path, audit_set, options: dict, seed: int, device: str, threads: int,
-                out_maps) -> dict:
-    """Explain the predicted class of every audit image, and the true class where they differ."""
+def run_explain(method: str, model_path, audit_set, options: dict, trust: dict, seed: int, device: str,
+                threads: int, out_maps) -> dict:
+    """Explain the predicted class of every audit image (and the true class where they differ), then
+    score the maps: deletion/insertion faithfulness and the cascading randomisation check."""
+    from . import trust as tr
+
     t0 = time.time()
     seed_everything(seed, threads)
     dev = resolve_device(device)
     model, spec = load_model(model_path, dev)
+    net = PixelSpace(model, spec["mean"], spec["std"]).to(dev).eval()
     audit = load_audit_set(audit_set)
-    m = get_method(method, **options)
-    x = normalise_audit_images(audit["images"], spec, dev)
+    m = get_method(method, batch_size=trust["batch_size"], **({"seed": seed} | options))
+    x = audit_images(audit, dev)
     preds, targets = torch.from_numpy(audit["preds"]).to(dev), torch.from_numpy(audit["targets"]).to(dev)
-    result = {"method": method, "label": m.label, "reads": m.reads, "applicable": True, "reason": ""}
+    result = {"method": method, "label": m.label, "kind": m.kind, "reads": m.reads, "applicable": True,
+              "reason": "", "options": m.options}
+    arrays = {}
     try:
-        maps_pred = attribute_batched(m, model, x, preds)
+        if isinstance(m, GradCAM):
+            result["layer"] = layer_name(net, m.layer(net, x))
+        ta = time.time()
+        maps_pred = attribute_batched(m, net, x, preds)
+        result["attribution_seconds"] = round(time.time() - ta, 3)
         differ = (preds != targets).nonzero().flatten()
         maps_true = np.full_like(maps_pred, np.nan)
         if len(differ):
-            maps_true[differ.cpu().numpy()] = attribute_batched(m, model, x[differ], targets[differ])
-        if hasattr(m, "layer_name"):
-            result["layer"] = m.layer_name(model)
+            maps_true[differ.cpu().numpy()] = attribute_batched(m, net, x[differ], targets[differ])
+        arrays.update(maps_pred=maps_pred, maps_true=maps_true)
+        faith = tr.deletion_insertion(net, x, preds, torch.from_numpy(maps_pred), steps=trust["steps"],
+                                      batch_size=trust["batch_size"], seed=seed)
+        arrays.update({f"faith_{k}": v for k, v in faith.items()})
+        result["faithfulness"] = {"deletion_auc": float(faith["deletion_auc"].mean()),
+                                  "insertion_auc": float(faith["insertion_auc"].mean())}
+        if m.kind != "reference" and trust["sanity_images"] > 0:
+            san = tr.cascading_randomisation(m, net, x[:trust["sanity_images"]], preds[:trust["sanity_images"]],
+                                             maps_pred[:trust["sanity_images"]], stages=trust["sanity_stages"],
+                                             seed=seed)
+            result["sanity"] = san
     except NotApplicable as e:
         log.warning("%s is not applicable to this model: %s", m.label, e)
-        maps_pred = maps_true = np.zeros((0, 0, 0), np.float32)
         result.update(applicable=False, reason=str(e))
     result["seconds"] = round(time.time() - t0, 2)
+    result["n_images"] = int(len(x))
     with atomic_path(out_maps) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, maps_pred=maps_pred, maps_true=maps_true,
-                            meta=np.array(json.dumps(result)))
+        np.savez_compressed(f, meta=np.array(json.dumps(result)), **arrays)
+    log.info("%s: %s in %.1fs", method, "done" if result["applicable"] else "not applicable", result["seconds"])
     return result
 
 

@@ -21,10 +21,13 @@ def fig_uri(fig) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def png_uri(arr: np.ndarray, min_size: int = 112) -> str:
-    """uint8 (H, W[, 3]) -> PNG data URI, upscaled (nearest) so tiny images stay visible."""
+def png_uri(arr: np.ndarray, min_size: int = 112, max_size: int | None = None) -> str:
+    """uint8 (H, W[, 3]) -> PNG data URI, upscaled (nearest) so tiny images stay visible, and
+    downscaled to max_size to keep reports small."""
     im = Image.fromarray(arr)
-    if max(im.size) < min_size:
+    if max_size and max(im.size) > max_size:
+        im.thumbnail((max_size, max_size), Image.LANCZOS)
+    elif max(im.size) < min_size:
         k = int(np.ceil(min_size / max(im.size)))
         im = im.resize((im.width * k, im.height * k), Image.NEAREST)
     buf = io.BytesIO()
@@ -90,4 +93,45 @@ def confusion(rows: list[str], columns: list[str], matrix: list[list[int]]) -> s
 def colourbar(cmap: str = "jet", label: str = "relevance (0 = none, 1 = the image's maximum)") -> str:
     fig, ax = plt.subplots(figsize=(3.2, 0.35))
     fig.colorbar(plt.cm.ScalarMappable(cmap=cmap), cax=ax, orientation="horizontal", label=label)
+    return fig_uri(fig)
+
+
+def display_scale(heat: np.ndarray) -> np.ndarray:
+    """A map's positive evidence on the shared [0, 1] scale: divided by its 99th percentile, clipped.
+    (Percentile rather than maximum so one extreme pixel does not make the rest invisible.)"""
+    pos = np.clip(np.nan_to_num(heat), 0, None)
+    nz = pos[pos > 0]
+    scale = np.percentile(nz, 99) if nz.size else 0.0
+    return np.clip(pos / scale, 0, 1) if scale > 0 else pos
+
+
+def faithfulness_curves(curves: dict, fractions: np.ndarray) -> str:
+    """Mean deletion and insertion curves per method; the random map dashed."""
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 2.8), sharey=True)
+    for ax, key, title in ((axes[0], "deletion", "Deletion (lower is better)"),
+                           (axes[1], "insertion", "Insertion (higher is better)")):
+        for label, c in curves.items():
+            style = dict(color="black", ls="--", lw=1.5) if label.startswith("Random") else dict(lw=1)
+            ax.plot(fractions, c[key].mean(0), label=label, **style)
+        ax.set_title(title)
+        ax.set_xlabel("share of pixels removed" if key == "deletion" else "share of pixels revealed")
+    axes[0].set_ylabel("class probability")
+    axes[1].legend(frameon=False, fontsize=6.5, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.tight_layout()
+    return fig_uri(fig)
+
+
+def agreement_heatmap(labels: list[str], matrix: list[list[float]]) -> str:
+    m = np.asarray(matrix)
+    size = 1.6 + 0.42 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 0.8, size))
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if abs(m[i, j]) > 0.6 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="rank correlation")
+    fig.tight_layout()
     return fig_uri(fig)

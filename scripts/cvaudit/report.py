@@ -57,23 +57,60 @@ def _sample_grid(manifest, classes: list[str], per_class: int = 6, max_classes: 
     return out
 
 
-def _gallery(audit: dict, maps: dict) -> list[dict]:
-    """Audit images with their map for the predicted class (and the true class where they differ),
-    on one colour scale per image pair so the two maps are comparable."""
+def _attribution_section(audit: dict, explain: dict, verdicts: list[dict]) -> dict:
+    """Gallery (audit images x methods, shared colour scale), trust tables, curves, agreement."""
+    from .checks import method_sentence
+    from .trust import agreement
+
     names = audit["class_names"]
-    items = []
-    for i, img in enumerate(audit["images"]):
-        mp, mt = maps["maps_pred"][i], maps["maps_true"][i]
-        vmax = float(np.nanmax([np.nanmax(mp), np.nanmax(mt) if not np.all(np.isnan(mt)) else 0]))
-        item = {"image": figures.png_uri(img), "true": str(names[audit["targets"][i]]),
-                "pred": str(names[audit["preds"][i]]), "confidence": float(audit["confidence"][i]),
-                "correct": bool(audit["targets"][i] == audit["preds"][i]),
-                "path": Path(str(audit["paths"][i])).name,
-                "pred_map": figures.png_uri(figures.overlay(img, mp, vmax)), "true_map": None}
-        if not np.all(np.isnan(mt)):
-            item["true_map"] = figures.png_uri(figures.overlay(img, mt, vmax))
-        items.append(item)
-    return items
+    usable = {m: r for m, r in explain.items() if r["meta"]["applicable"]}
+    shown = [m for m in usable if m != "random"]
+    labels = {m: r["meta"]["label"] for m, r in explain.items()}
+
+    def tiles(i, key):
+        img = audit["images"][i]
+        return [figures.png_uri(figures.overlay(img, figures.display_scale(usable[m][key][i]), 1.0), max_size=128)
+                for m in shown]
+
+    def row(i, key):
+        t, p = int(audit["targets"][i]), int(audit["preds"][i])
+        return {"image": figures.png_uri(audit["images"][i], max_size=128), "true": str(names[t]), "pred": str(names[p]),
+                "confidence": float(audit["confidence"][i]), "correct": t == p,
+                "file": Path(str(audit["paths"][i])).name, "maps": tiles(i, key)}
+
+    n = len(audit["images"])
+    wrong = [i for i in range(n) if audit["targets"][i] != audit["preds"][i]]
+    by = {(v["check"], v["method"]): v for v in verdicts if v["method"]}
+    rows = []
+    for m in shown:
+        meta = usable[m]["meta"]
+        f, s = by.get(("faithfulness_gain", m)), by.get(("sanity_similarity", m))
+        rows.append({"method": m, "label": meta["label"], "kind": meta["kind"], "reads": meta["reads"],
+                     "layer": meta.get("layer"), "deletion": meta["faithfulness"]["deletion_auc"],
+                     "insertion": meta["faithfulness"]["insertion_auc"], "gain": f["value"] if f else None,
+                     "faith_status": f["status"] if f else "n/a", "sanity": meta.get("sanity"),
+                     "sanity_status": s["status"] if s else "n/a", "seconds": meta.get("attribution_seconds"),
+                     "sentence": method_sentence(meta["label"], f["status"] if f else "n/a",
+                                                 s["status"] if s else "n/a", s["value"] if s else None)})
+    rand = usable.get("random", {}).get("meta", {}).get("faithfulness")
+    curves = {labels[m]: {"deletion": usable[m]["faith_deletion"], "insertion": usable[m]["faith_insertion"]}
+              for m in usable}
+    fractions = next(iter(usable.values()))["faith_fractions"] if usable else None
+    agree = agreement({labels[m]: usable[m]["maps_pred"] for m in shown}) if len(shown) > 1 else None
+    stages = rows[0]["sanity"]["stages"] if rows and rows[0]["sanity"] else []
+    return {
+        "methods": [labels[m] for m in shown],
+        "gallery": [row(i, "maps_pred") for i in range(n)],
+        "gallery_true": [row(i, "maps_true") for i in wrong],
+        "not_applicable": [{"label": r["meta"]["label"], "reason": r["meta"]["reason"]}
+                           for r in explain.values() if not r["meta"]["applicable"]],
+        "rows": rows, "random": rand, "stages": [{"down_to": st["down_to"], "n": st["randomised_layers"],
+                                                  "of": st["of"]} for st in stages],
+        "curves": figures.faithfulness_curves(curves, fractions) if curves else None,
+        "agreement": agree,
+        "agreement_fig": figures.agreement_heatmap(agree["methods"], agree["matrix"]) if agree else None,
+        "colourbar": figures.colourbar(label="positive evidence for the class (each map scaled to its 99th percentile)"),
+    }
 
 
 def collect(model: str, inputs: dict, methods: list[str]) -> dict:
@@ -86,7 +123,7 @@ def collect(model: str, inputs: dict, methods: list[str]) -> dict:
          "explain": {}}
     with open(Path(inputs["manifest"]).parent / "rejected.csv", newline="") as f:
         r["rejected"] = list(csv.DictReader(f))
-    for m in methods:
+    for m in list(methods) + ["random"]:
         r["explain"][m] = load_maps(inputs[m])
     return r
 
@@ -100,17 +137,10 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     status = overall(verdicts)
     versions = package_versions()
     audit = load_audit_set(inputs["audit_set"])
-    galleries = []
-    for m, maps in r["explain"].items():
-        meta = maps["meta"]
-        g = {"method": m, "label": meta["label"], "reads": meta["reads"], "applicable": meta["applicable"],
-             "reason": meta["reason"], "layer": meta.get("layer"), "items": []}
-        if meta["applicable"]:
-            g["items"] = _gallery(audit, maps)
-        galleries.append(g)
+    attributions = _attribution_section(audit, r["explain"], verdicts)
     ev = r["eval"]
     run_seconds = {"train": r["train"].get("seconds"), "evaluate": ev.get("seconds"),
-                   **{f"explain: {m}": r["explain"][m]["meta"].get("seconds") for m in r["explain"]}}
+                   "explain (all methods, with trust checks)": sum(r["explain"][m]["meta"].get("seconds", 0) for m in r["explain"])}
     summary = {
         "summary_version": SUMMARY_VERSION,
         "model": model,
@@ -121,6 +151,10 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                     "n_test": ev["n_test"],
                     "baseline_accuracy": (ev["baseline"] or {}).get("accuracy"),
                     "gain_over_baseline": ev["gain_over_baseline"]},
+        "attributions": {row["method"]: {"deletion_auc": row["deletion"], "insertion_auc": row["insertion"],
+                                         "faithfulness_gain": row["gain"],
+                                         "sanity_final_rank_corr": (row["sanity"] or {}).get("final_rank_corr")}
+                         for row in attributions["rows"]},
         "provenance": {"arch": model_cfg["arch"], "weights": model_cfg["weights"], "seed": settings["seed"],
                        "device": device_description(r["train"]["device"]),
                        "manifest_sha256": r["dataset"]["manifest_sha256"], "packages": versions,
@@ -133,14 +167,13 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     env.filters["pct"] = lambda v: "—" if v is None else f"{100 * v:.1f}%"
     html = env.get_template(Path(template).name).render(
         title=settings["report"]["title"], model=model, r=r, ev=ev, verdicts=verdicts, status=status,
-        summary=summary, model_cfg=model_cfg, dataset_cfg=dataset_cfg, settings=settings, galleries=galleries,
+        summary=summary, model_cfg=model_cfg, dataset_cfg=dataset_cfg, settings=settings, att=attributions,
         css=Path(css).read_text(),
         samples=_sample_grid(inputs["manifest"], r["dataset"]["classes"]),
         curves=figures.learning_curves(r["history"]) if r["history"] else None,
         confusion=figures.confusion(**{k: ev["confusion"][k] for k in ("rows", "columns", "matrix")}),
         mistakes=[{**m, "image": figures.png_uri(figures.thumbnail(m["path"]), 64), "file": Path(m["path"]).name}
                   for m in ev["mistakes"]],
-        colourbar=figures.colourbar(),
     )
     write_text(out_html, html)
     if out_pdf:

@@ -24,6 +24,8 @@ def run(main, sm) -> None:
         sys.stderr = log_file  # tqdm and library warnings go to the log
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         handlers=handlers, force=True)
+    for noisy in ("weasyprint", "fontTools", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         main(sm)
     except CvauditError as e:

@@ -1,0 +1,127 @@
+"""How far an attribution map can be trusted.
+
+- Faithfulness (Petsiuk et al., RISE): deletion removes the most salient pixels first (to black) and
+  insertion reveals them on a blurred copy; the area under the class-probability curve is low for a
+  faithful map under deletion and high under insertion.
+- Sanity (Adebayo et al.): cascading randomisation of the model's parameters from the top layer down;
+  a map that barely changes does not depend on what the model learned.
+- Agreement: rank correlation between the maps of two methods on the same images.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from torch import nn
+
+from .explain import _blur, class_probability, inner
+
+
+def _order(maps: torch.Tensor, seed: int) -> torch.Tensor:
+    """Pixels from most to least salient; ties (e.g. zeros of a ReLU'd map) broken at random, not in
+    raster order, which would otherwise favour the top of the image."""
+    g = torch.Generator().manual_seed(seed)
+    flat = maps.reshape(len(maps), -1).float()
+    jitter = torch.rand(flat.shape, generator=g) * 1e-6 * (flat.abs().amax(1, keepdim=True) + 1e-12)
+    return torch.argsort(flat + jitter, dim=1, descending=True)
+
+
+def deletion_insertion(net: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor, steps: int = 16,
+                       batch_size: int = 64, seed: int = 0) -> dict:
+    """Deletion and insertion curves (N, steps + 1) of the target-class probability, and their AUCs."""
+    n, _, h, w = x.shape
+    order = _order(maps, seed).to(x.device)
+    counts = np.linspace(0, h * w, steps + 1).round().astype(int)
+    blurred = _blur(x, max(w / 16, 1.0))
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(h * w, device=x.device).expand(n, -1))
+    dele, ins = np.zeros((n, steps + 1)), np.zeros((n, steps + 1))
+    group = max(1, batch_size // (2 * (steps + 1)))
+    for i in range(0, n, group):
+        sl = slice(i, i + group)
+        r = rank[sl].view(-1, 1, 1, h, w)  # (g, 1, 1, h, w)
+        k = torch.as_tensor(counts, device=x.device).view(1, -1, 1, 1, 1)
+        mask = (r < k).float()  # (g, steps+1, 1, h, w): 1 = among the top-k salient pixels
+        xi, bi = x[sl, None], blurred[sl, None]
+        deleted = xi * (1 - mask)
+        inserted = bi * (1 - mask) + xi * mask
+        batch = torch.cat([deleted, inserted], 1).flatten(0, 1)
+        t = target[sl].repeat_interleave(2 * (steps + 1))
+        p = class_probability(net, batch, t, batch_size).view(-1, 2, steps + 1).cpu().numpy()
+        dele[sl], ins[sl] = p[:, 0], p[:, 1]
+    frac = counts / (h * w)
+    return {"deletion": dele, "insertion": ins, "fractions": frac,
+            "deletion_auc": np.trapezoid(dele, frac, axis=1), "insertion_auc": np.trapezoid(ins, frac, axis=1)}
+
+
+def _small(a: np.ndarray, size: int = 28) -> np.ndarray:
+    t = torch.as_tensor(np.nan_to_num(np.asarray(a, dtype=np.float32)))[:, None]
+    if t.shape[-1] > size:
+        t = F.adaptive_avg_pool2d(t, size)
+    return t[:, 0].reshape(len(t), -1).numpy()
+
+
+def rank_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation per image between two stacks of maps (N, H, W), on a coarse grid
+    (at most 28 x 28) so that pixel noise does not dominate; NaN-free (constant maps give 0)."""
+    a, b = _small(a), _small(b)
+    out = []
+    for u, v in zip(a, b):
+        if np.ptp(u) == 0 or np.ptp(v) == 0:
+            out.append(0.0)
+        else:
+            out.append(float(spearmanr(u, v).statistic))
+    return np.array(out)
+
+
+def parameter_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules that own parameters, in forward (definition) order."""
+    return [(n, m) for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+
+
+def cascade_cuts(n_layers: int, stages: int) -> list[int]:
+    """How many top layers are randomised at each stage: the head alone first, the whole model last."""
+    if stages <= 1:
+        return [n_layers]
+    cuts = [1] + [int(round(n_layers * k / (stages - 1))) for k in range(1, stages)]
+    return sorted(set(max(1, min(n_layers, c)) for c in cuts))
+
+
+def _randomise(m: nn.Module) -> None:
+    if hasattr(m, "reset_parameters"):
+        m.reset_parameters()
+    else:
+        for p in m.parameters(recurse=False):
+            nn.init.normal_(p, std=0.02)
+
+
+def cascading_randomisation(method, net: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: np.ndarray,
+                            stages: int = 3, seed: int = 0) -> dict:
+    """Rank correlation (of |map|) between the trained model's maps and those of copies whose top
+    layers are re-initialised, cumulatively from the head down."""
+    rand = copy.deepcopy(net)
+    layers = parameter_layers(inner(rand))[::-1]  # top first
+    done, out = 0, []
+    for k, cut in enumerate(cascade_cuts(len(layers), stages)):
+        torch.manual_seed(seed + k)
+        for _, m in layers[done:cut]:
+            _randomise(m)
+        done = cut
+        rmaps = method.attribute(rand.eval(), x, target).float().cpu().numpy()
+        corr = rank_corr(np.abs(maps), np.abs(rmaps))
+        out.append({"randomised_layers": cut, "of": len(layers), "down_to": layers[cut - 1][0],
+                    "rank_corr": float(corr.mean()), "per_image": corr.tolist()})
+    return {"stages": out, "final_rank_corr": out[-1]["rank_corr"] if out else None}
+
+
+def agreement(maps: dict[str, np.ndarray]) -> dict:
+    """Mean rank correlation between every pair of methods' maps over the same images."""
+    names = list(maps)
+    m = np.eye(len(names))
+    for i, a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            m[i, j] = m[j, i] = float(rank_corr(maps[a], maps[names[j]]).mean())
+    return {"methods": names, "matrix": m.tolist()}
