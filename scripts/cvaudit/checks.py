@@ -105,4 +105,6 @@ def method_sentence(label: str, faithful: str, sane: str, sanity_value: float | 
     if good_s and not good_f:
         return (f"{label} depends on the model but is not faithful: removing its top pixels hurts the prediction "
                 "hardly more than removing random ones.")
-    return f"{label} is not reliable here: it does not clearly beat a random map and its randomisation check is {sane}{corr}."
+    sanity = {"fail": "fails", "warn": "only just passes", "pass": "passes", "n/a": "was not run for"}[sane]
+    return (f"{label} is not reliable here: it does not clearly beat a random map, and it {sanity} the randomisation "
+            f"check{corr}.")

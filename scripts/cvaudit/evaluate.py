@@ -12,16 +12,17 @@ from torch.utils.data import DataLoader
 from . import CvauditError
 from .data import ImageDataset, load_rgb, read_dataset_info, read_manifest
 from .io import atomic_path, read_json, write_json
-from .models import display_transform, eval_transform, load_model, resolve_device
+from .models import auto_batch, display_transform, eval_transform, load_model, resolve_device
 from .train import seed_everything
 
 log = logging.getLogger("cvaudit.evaluate")
 
 
 @torch.no_grad()
-def predict_proba(model, rows, spec, device, batch_size: int = 64) -> np.ndarray:
+def predict_proba(model, rows, spec, device, batch_size: int | str = "auto") -> np.ndarray:
     """Softmax probabilities for `rows`, streamed from disk in batches: (N, num_classes)."""
     ds = ImageDataset(rows, spec["class_names"], eval_transform(spec))
+    batch_size = auto_batch(spec["input_size"], spec["input_size"], device, batch_size)
     out = []
     for x, _ in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0):
         out.append(torch.softmax(model(x.to(device)).float(), 1).cpu())

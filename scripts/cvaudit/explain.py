@@ -22,7 +22,7 @@ from torch import nn
 from . import CvauditError
 from .evaluate import load_audit_set
 from .io import atomic_path
-from .models import load_model, resolve_device
+from .models import auto_batch, load_model, resolve_device
 from .train import seed_everything
 
 log = logging.getLogger("cvaudit.explain")
@@ -310,7 +310,7 @@ class IntegratedGradients(AttributionMethod):
     def attribute(self, net, x, target):
         from captum.attr import IntegratedGradients as IG
         steps = self.options["steps"]
-        internal = max(steps, (self.batch_size // steps) * steps)  # whole images' paths per batch
+        internal = max(len(x), self.batch_size)  # captum splits the N x steps path images into calls of this size
         attr = IG(net).attribute(x, baselines=self.baseline(x), target=target, n_steps=steps,
                                  internal_batch_size=internal)
         return attr.sum(1).detach()
@@ -411,7 +411,10 @@ class SHAP(AttributionMethod):
         dev = next(net.parameters()).device
         imgs = x.detach().cpu().permute(0, 2, 3, 1).numpy().astype(np.float64)
         blurred = _blur(x.detach().cpu(), max(x.shape[-1] / 16, 1.0)).permute(0, 2, 3, 1).numpy()
-        masker = shap.maskers.Image(np.zeros(imgs.shape[1:]), imgs.shape[1:])
+        cache = self.__dict__.setdefault("_maskers", {})
+        if imgs.shape[1:] not in cache:  # its partition tree takes ~0.7 s for a 224 px image: build it once
+            cache[imgs.shape[1:]] = shap.maskers.Image(np.zeros(imgs.shape[1:]), imgs.shape[1:])
+        masker = cache[imgs.shape[1:]]
         out = []
         for img, blur, t in zip(imgs, blurred, target.tolist()):
             masker.mask_value = blur.astype(np.float64).ravel()  # blur without OpenCV, one partition tree
@@ -442,11 +445,13 @@ class RandomMap(AttributionMethod):
 
 # ----------------------------------------------------------------------------- batching and the stage
 def attribute_batched(method: AttributionMethod, net, x: torch.Tensor, target: torch.Tensor) -> np.ndarray:
-    """Maps for all images. Gradient and CAM methods run in chunks of the batch size; integrated
-    gradients, occlusion, LIME and SHAP get all images and pack their own perturbations into
-    batches of that size."""
-    step = method.batch_size if method.kind in ("gradient", "cam") and method.name != "integrated_gradients" \
-        else max(1, len(x))
+    """Maps for all images, every model call about `batch_size` images: gradient and CAM methods take
+    that many images at a time; occlusion, integrated gradients, LIME and SHAP pack their own
+    perturbations of fewer images into calls of that size."""
+    per_image = method.model_passes(*x.shape[-2:]) if method.kind not in ("gradient", "cam") else 1
+    if method.name == "integrated_gradients":
+        per_image = method.options["steps"]
+    step = max(1, method.batch_size // max(1, per_image)) if per_image > 1 else method.batch_size
     out = [method.attribute(net, x[i:i + step], target[i:i + step]).float().cpu() for i in range(0, len(x), step)]
     return torch.cat(out).numpy() if out else np.zeros((0,) + tuple(x.shape[-2:]), np.float32)
 
@@ -468,8 +473,9 @@ def run_explain(method: str, model_path, audit_set, options: dict, trust: dict, 
     model, spec = load_model(model_path, dev)
     net = PixelSpace(model, spec["mean"], spec["std"]).to(dev).eval()
     audit = load_audit_set(audit_set)
-    m = get_method(method, batch_size=trust["batch_size"], **({"seed": seed} | options))
     x = audit_images(audit, dev)
+    batch = auto_batch(x.shape[-2], x.shape[-1], dev, trust["batch_size"])
+    m = get_method(method, batch_size=batch, **({"seed": seed} | options))
     preds, targets = torch.from_numpy(audit["preds"]).to(dev), torch.from_numpy(audit["targets"]).to(dev)
     result = {"method": method, "label": m.label, "kind": m.kind, "reads": m.reads, "applicable": True,
               "reason": "", "options": m.options}
@@ -486,7 +492,7 @@ def run_explain(method: str, model_path, audit_set, options: dict, trust: dict, 
             maps_true[differ.cpu().numpy()] = attribute_batched(m, net, x[differ], targets[differ])
         arrays.update(maps_pred=maps_pred, maps_true=maps_true)
         faith = tr.deletion_insertion(net, x, preds, torch.from_numpy(maps_pred), steps=trust["steps"],
-                                      batch_size=trust["batch_size"], seed=seed)
+                                      batch_size=batch, seed=seed)
         arrays.update({f"faith_{k}": v for k, v in faith.items()})
         result["faithfulness"] = {"deletion_auc": float(faith["deletion_auc"].mean()),
                                   "insertion_auc": float(faith["insertion_auc"].mean())}
@@ -499,7 +505,7 @@ def run_explain(method: str, model_path, audit_set, options: dict, trust: dict, 
         log.warning("%s is not applicable to this model: %s", m.label, e)
         result.update(applicable=False, reason=str(e))
     result["seconds"] = round(time.time() - t0, 2)
-    result["n_images"] = int(len(x))
+    result["n_images"], result["batch_size"] = int(len(x)), batch
     with atomic_path(out_maps) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, meta=np.array(json.dumps(result)), **arrays)
     log.info("%s: %s in %.1fs", method, "done" if result["applicable"] else "not applicable", result["seconds"])

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from .explain import _blur, class_probability, inner
+from .explain import _blur, attribute_batched, class_probability, inner
 
 
 def _order(maps: torch.Tensor, seed: int) -> torch.Tensor:
@@ -110,7 +110,7 @@ def cascading_randomisation(method, net: nn.Module, x: torch.Tensor, target: tor
         for _, m in layers[done:cut]:
             _randomise(m)
         done = cut
-        rmaps = method.attribute(rand.eval(), x, target).float().cpu().numpy()
+        rmaps = attribute_batched(method, rand.eval(), x, target)
         corr = rank_corr(np.abs(maps), np.abs(rmaps))
         out.append({"randomised_layers": cut, "of": len(layers), "down_to": layers[cut - 1][0],
                     "rank_corr": float(corr.mean()), "per_image": corr.tolist()})
