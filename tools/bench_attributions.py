@@ -138,28 +138,23 @@ def main(argv=None):
                     for i in range(len(x))], grad=True)
 
     from lime import lime_image
-    from cvaudit.explain import superpixels
+    from cvaudit.explain import superpixels, target_probability_fn
 
     def lime_default():
         for img, t in zip(x.permute(0, 2, 3, 1).double().numpy(), target.tolist()):
-            def predict(b, t=t):
-                with torch.no_grad():
-                    return torch.softmax(net(torch.from_numpy(b).float().permute(0, 3, 1, 2)), 1)[:, [t]].numpy()
             lime_image.LimeImageExplainer(random_state=0).explain_instance(
-                img, predict, labels=(0,), top_labels=None, num_samples=128,
+                img, target_probability_fn(net, t), labels=(0,), top_labels=None, num_samples=128,
                 segmentation_fn=lambda im: superpixels(im, 40))  # batch_size left at its default (10)
     record("lime", "lime_image defaults (batch_size=10)", lime_default)
 
     import shap
+    from cvaudit.explain import target_probability_fn
 
     def shap_default():
         imgs = x.permute(0, 2, 3, 1).numpy().astype(np.float64)
         masker = shap.maskers.Image(np.zeros(imgs.shape[1:]), imgs.shape[1:])
         for img, t in zip(imgs, target.tolist()):
-            def predict(b, t=t):
-                with torch.no_grad():
-                    return torch.softmax(net(torch.from_numpy(b).float().permute(0, 3, 1, 2)), 1)[:, [t]].numpy()
-            shap.Explainer(predict, masker, algorithm="partition")(img[None], max_evals=128, silent=True)
+            shap.Explainer(target_probability_fn(net, t), masker, algorithm="partition")(img[None], max_evals=128, silent=True)
     record("shap", "shap Partition, batch_size='auto'", shap_default)
 
     ours = {r["method"]: r["wall_s"] for r in rows if r["implementation"].startswith("cvaudit")}

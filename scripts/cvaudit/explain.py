@@ -363,6 +363,18 @@ def superpixels(img: np.ndarray, n: int) -> np.ndarray:
     return rows[:, None] * k + cols[None, :]
 
 
+def target_probability_fn(net: nn.Module, target: int):
+    """numpy images (B, H, W, 3) in [0, 1] -> probability of `target` only, (B, 1): what lime and shap
+    call, so they fit one output instead of all (an ImageNet head has 1000)."""
+    dev = next(net.parameters()).device
+
+    def predict(batch):
+        xb = torch.from_numpy(np.ascontiguousarray(batch)).float().permute(0, 3, 1, 2).to(dev)
+        with torch.no_grad():
+            return torch.softmax(net(xb).float(), 1)[:, [target]].cpu().numpy()
+    return predict
+
+
 @register
 class LIME(AttributionMethod):
     name, label, kind = "lime", "LIME", "perturbation"
@@ -376,14 +388,9 @@ class LIME(AttributionMethod):
     def attribute(self, net, x, target):
         from lime import lime_image
 
-        dev = next(net.parameters()).device
         out = []
         for img, t in zip(x.detach().cpu().permute(0, 2, 3, 1).double().numpy(), target.tolist()):
-            def predict(batch):
-                xb = torch.from_numpy(np.ascontiguousarray(batch)).float().permute(0, 3, 1, 2).to(dev)
-                with torch.no_grad():
-                    return torch.softmax(net(xb).float(), 1)[:, [t]].cpu().numpy()
-
+            predict = target_probability_fn(net, t)
             seg = lambda im: superpixels(im, self.options["segments"])  # noqa: E731
             explainer = lime_image.LimeImageExplainer(random_state=self.options["seed"])
             exp = explainer.explain_instance(img, predict, labels=(0,), top_labels=None, hide_color=None,
@@ -408,7 +415,6 @@ class SHAP(AttributionMethod):
     def attribute(self, net, x, target):
         import shap
 
-        dev = next(net.parameters()).device
         imgs = x.detach().cpu().permute(0, 2, 3, 1).numpy().astype(np.float64)
         blurred = _blur(x.detach().cpu(), max(x.shape[-1] / 16, 1.0)).permute(0, 2, 3, 1).numpy()
         cache = self.__dict__.setdefault("_maskers", {})
@@ -418,13 +424,7 @@ class SHAP(AttributionMethod):
         out = []
         for img, blur, t in zip(imgs, blurred, target.tolist()):
             masker.mask_value = blur.astype(np.float64).ravel()  # blur without OpenCV, one partition tree
-
-            def predict(batch):
-                xb = torch.from_numpy(np.ascontiguousarray(batch)).float().permute(0, 3, 1, 2).to(dev)
-                with torch.no_grad():
-                    return torch.softmax(net(xb).float(), 1)[:, [t]].cpu().numpy()
-
-            explainer = shap.Explainer(predict, masker, algorithm="partition")
+            explainer = shap.Explainer(target_probability_fn(net, t), masker, algorithm="partition")
             sv = explainer(img[None], max_evals=self.options["evals"], batch_size=self.batch_size, silent=True)
             out.append(sv.values[0, ..., 0].sum(-1))
         return torch.tensor(np.stack(out), dtype=torch.float32)

@@ -134,7 +134,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
 
     r = collect(model, inputs, settings["explain"]["methods"])
     verdicts = run_checks(r, settings["verdicts"])
-    status = overall(verdicts)
+    model_verdicts = [v for v in verdicts if v["method"] is None]
+    status = overall(model_verdicts)  # about the model; each attribution method is judged in its own section
     versions = package_versions()
     audit = load_audit_set(inputs["audit_set"])
     attributions = _attribution_section(audit, r["explain"], verdicts)
@@ -145,8 +146,10 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
         "summary_version": SUMMARY_VERSION,
         "model": model,
         "dataset": r["dataset"]["name"],
-        "status": status,
-        "verdicts": verdicts,
+        "status": status,  # worst of the model's own checks
+        "attribution_methods_passing": [row["method"] for row in attributions["rows"]
+                                        if row["faith_status"] == "pass" and row["sanity_status"] == "pass"],
+        "verdicts": verdicts,  # model checks, then CHECK:METHOD for each attribution method
         "metrics": {"accuracy": ev["accuracy"], "top5_accuracy": ev["top5_accuracy"], "macro_f1": ev["macro_f1"],
                     "n_test": ev["n_test"],
                     "baseline_accuracy": (ev["baseline"] or {}).get("accuracy"),
@@ -166,7 +169,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     env.filters["fmt"] = _fmt
     env.filters["pct"] = lambda v: "—" if v is None else f"{100 * v:.1f}%"
     html = env.get_template(Path(template).name).render(
-        title=settings["report"]["title"], model=model, r=r, ev=ev, verdicts=verdicts, status=status,
+        title=settings["report"]["title"], model=model, r=r, ev=ev, verdicts=model_verdicts, status=status,
         summary=summary, model_cfg=model_cfg, dataset_cfg=dataset_cfg, settings=settings, att=attributions,
         css=Path(css).read_text(),
         samples=_sample_grid(inputs["manifest"], r["dataset"]["classes"]),
