@@ -293,7 +293,7 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 @register
 class IntegratedGradients(AttributionMethod):
     name, label = "integrated_gradients", "Integrated gradients"
-    defaults = {"steps": 32, "baseline": "black"}
+    defaults = {"steps": 16, "baseline": "black"}
     reads = ("Sundararajan et al.: gradients averaged along the straight path from a baseline image (black by "
              "default) to the input, times the difference; the values add up to the score difference.")
 
@@ -378,7 +378,7 @@ def target_probability_fn(net: nn.Module, target: int):
 @register
 class LIME(AttributionMethod):
     name, label, kind = "lime", "LIME", "perturbation"
-    defaults = {"samples": 256, "segments": 50, "seed": 0}
+    defaults = {"samples": 128, "segments": 40, "seed": 0}
     reads = ("Ribeiro et al.: the image is cut into superpixels, random subsets are greyed out, and a weighted "
              "linear model of the class probability is fitted; each superpixel gets its coefficient.")
 
@@ -396,15 +396,17 @@ class LIME(AttributionMethod):
             exp = explainer.explain_instance(img, predict, labels=(0,), top_labels=None, hide_color=None,
                                              num_samples=self.options["samples"], batch_size=self.batch_size,
                                              segmentation_fn=seg)
-            weights = dict(exp.local_exp[0])
-            out.append(np.vectorize(lambda s: weights.get(s, 0.0))(exp.segments))
+            weights = np.zeros(exp.segments.max() + 1)
+            for segment, w in exp.local_exp[0]:
+                weights[segment] = w
+            out.append(weights[exp.segments])
         return torch.tensor(np.stack(out), dtype=torch.float32)
 
 
 @register
 class SHAP(AttributionMethod):
     name, label, kind = "shap", "SHAP (partition)", "perturbation"
-    defaults = {"evals": 256}
+    defaults = {"evals": 128}
     reads = ("Lundberg & Lee, Partition explainer: Shapley values of a hierarchy of image regions, hidden regions "
              "replaced by a blurred copy; the values of a map add up to the class probability minus that of the "
              "fully blurred image.")
@@ -448,10 +450,8 @@ def attribute_batched(method: AttributionMethod, net, x: torch.Tensor, target: t
     """Maps for all images, every model call about `batch_size` images: gradient and CAM methods take
     that many images at a time; occlusion, integrated gradients, LIME and SHAP pack their own
     perturbations of fewer images into calls of that size."""
-    per_image = method.model_passes(*x.shape[-2:]) if method.kind not in ("gradient", "cam") else 1
-    if method.name == "integrated_gradients":
-        per_image = method.options["steps"]
-    step = max(1, method.batch_size // max(1, per_image)) if per_image > 1 else method.batch_size
+    per_image = method.model_passes(*x.shape[-2:])
+    step = max(1, method.batch_size // per_image) if per_image > 1 else method.batch_size
     out = [method.attribute(net, x[i:i + step], target[i:i + step]).float().cpu() for i in range(0, len(x), step)]
     return torch.cat(out).numpy() if out else np.zeros((0,) + tuple(x.shape[-2:]), np.float32)
 
