@@ -39,6 +39,12 @@ def explain_maps(wildcards):
     return {m: f"results/{wildcards.model}/explain/{m}/maps.npz" for m in EXPLAIN_METHODS}
 
 
+def represent_files(wildcards):
+    if not config["represent"]["enabled"]:
+        return {}
+    return {"represent": f"results/{wildcards.model}/represent/embeddings.npz"}
+
+
 def report_files(model):
     files = [f"results/{model}/report/report.html", f"results/{model}/report/summary.json"]
     if config["report"]["pdf"]:

@@ -90,6 +90,18 @@ def test_attribution_section_shows_every_method_and_its_trust_scores(run):
     assert "passes its input but not its model" in html or "passes both checks" in html or "not reliable" in html
 
 
+def test_representation_section_shows_the_embedding_numbers(run):
+    from cvaudit.represent import load_represent
+    for m in MODELS:
+        rep = load_represent(run / "results" / m / "represent" / "embeddings.npz")
+        html = (run / "results" / m / "report" / "report.html").read_text()
+        n_test = json.loads((run / "results" / m / "eval" / "metrics.json").read_text())["n_test"]
+        assert rep["embeddings"].shape[0] == rep["labels"].shape[0] == rep["tsne"].shape[0] == n_test
+        assert np.isfinite(rep["embeddings"]).all() and np.isfinite(rep["tsne"]).all()
+        assert f"{rep['meta']['knn_accuracy']:.3f}" in html and 'id="representations"' in html
+        assert len(rep["meta"]["cka"]["layers"]) >= 2 and "Layer similarity (linear CKA)" in html
+
+
 def test_rejected_images_are_listed_in_the_report(run):
     html = (run / "results" / "cnn_tiny" / "report" / "report.html").read_text()
     assert "Rejected files (4)" in html
@@ -103,7 +115,7 @@ def test_second_run_does_nothing_and_a_changed_image_reruns_its_chain(run):
     img.write_bytes(next((run / "images" / "sneaker").glob("fm*.png")).read_bytes())  # content changes
     jobs = planned(run)
     assert jobs == {"ingest_dataset": 1, "fit_baseline": 1, "train_model": 2, "evaluate_model": 2, "explain": 22,
-                    "render_report": 2, "all": 1}  # 10 methods + the random floor, per model
+                    "represent": 2, "render_report": 2, "all": 1}  # 10 methods + the random floor, per model
     smk(run, "--configfile", str(run / "config.yaml"), "--touch")  # mark up to date again
     shutil.copy(img, run / "images" / "trouser" / "added.png")  # a new file is a new input
     assert planned(run).get("ingest_dataset") == 1

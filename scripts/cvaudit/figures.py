@@ -121,17 +121,55 @@ def faithfulness_curves(curves: dict, fractions: np.ndarray) -> str:
     return fig_uri(fig)
 
 
-def agreement_heatmap(labels: list[str], matrix: list[list[float]]) -> str:
+def agreement_heatmap(labels: list[str], matrix: list[list[float]], label: str = "rank correlation",
+                      vmin: float = -1) -> str:
     m = np.asarray(matrix)
     size = 1.6 + 0.42 * len(labels)
     fig, ax = plt.subplots(figsize=(size + 0.8, size))
-    im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
+    im = ax.imshow(m, cmap="RdBu_r" if vmin < 0 else "viridis", vmin=vmin, vmax=1)
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                    color="white" if abs(m[i, j]) > 0.6 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="rank correlation")
+            dark = abs(m[i, j]) > 0.6 if vmin < 0 else m[i, j] < 0.5
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white" if dark else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, label=label)
     fig.tight_layout()
     return fig_uri(fig)
+
+
+def embedding_scatter(points: np.ndarray, labels: np.ndarray, names: list[str], title: str,
+                      wrong: np.ndarray | None = None) -> str:
+    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    for i, c in enumerate(np.unique(labels)):
+        sel = labels == c
+        ax.scatter(points[sel, 0], points[sel, 1], s=8, color=cmap(i % cmap.N), label=names[c], alpha=0.8, lw=0)
+    if wrong is not None and wrong.any():
+        ax.scatter(points[wrong, 0], points[wrong, 1], s=22, facecolors="none", edgecolors="black", lw=0.6,
+                   label="misclassified")
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if len(names) <= 20:
+        ax.legend(frameon=False, fontsize=6, loc="center left", bbox_to_anchor=(1, 0.5), markerscale=1.5)
+    fig.tight_layout()
+    return fig_uri(fig)
+
+
+def thumbnail_scatter(points: np.ndarray, paths: list[str], max_points: int = 120, seed: int = 0) -> str:
+    """t-SNE with the images themselves at their positions (a subsample), PNG for size."""
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+    rng = np.random.default_rng(seed)
+    idx = np.arange(len(points)) if len(points) <= max_points else rng.choice(len(points), max_points, replace=False)
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0)
+    for i in idx:
+        ax.add_artist(AnnotationBbox(OffsetImage(thumbnail(paths[i], 28), zoom=0.9), points[i], frameon=False))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title("t-SNE with thumbnails")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -113,6 +113,33 @@ def _attribution_section(audit: dict, explain: dict, verdicts: list[dict]) -> di
     }
 
 
+def _represent_section(path, names: list[str], queries: int) -> dict:
+    """Embedding space figures, k-NN / silhouette, neighbour retrieval (mistakes first), layer CKA."""
+    from .represent import load_represent
+
+    r = load_represent(path)
+    meta = r["meta"]
+    labels, preds, paths = r["labels"], r["preds"], [str(p) for p in r["paths"]]
+    wrong = labels != preds
+    order = list(np.flatnonzero(wrong)) + list(np.flatnonzero(~wrong))
+    rows = []
+    for i in order[:queries]:
+        rows.append({"query": figures.png_uri(figures.thumbnail(paths[i]), 64), "label": names[labels[i]],
+                     "pred": names[preds[i]], "wrong": bool(wrong[i]),
+                     "neighbours": [{"image": figures.png_uri(figures.thumbnail(paths[j]), 64),
+                                     "label": names[labels[j]], "same": bool(labels[j] == labels[i])}
+                                    for j in r["neighbours"][i]]})
+    ti = r["tsne_index"]
+    cka = meta["cka"]
+    return {"meta": meta,
+            "pca": figures.embedding_scatter(r["pca"], labels, names, "PCA (first two components)", wrong),
+            "tsne": figures.embedding_scatter(r["tsne"], labels[ti], names, "t-SNE", wrong[ti]),
+            "thumbs": figures.thumbnail_scatter(r["tsne"], [paths[i] for i in ti]),
+            "neighbours": rows,
+            "cka": figures.agreement_heatmap(cka["layers"], cka["matrix"], label="linear CKA", vmin=0)
+            if cka["layers"] else None}
+
+
 def collect(model: str, inputs: dict, methods: list[str]) -> dict:
     """Everything the report shows, read from the stage outputs of this run."""
     r = {"model": model,
@@ -139,6 +166,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     versions = package_versions()
     audit = load_audit_set(inputs["audit_set"])
     attributions = _attribution_section(audit, r["explain"], verdicts)
+    represent = _represent_section(inputs["represent"], [str(n) for n in audit["class_names"]],
+                                   settings["represent"]["queries"]) if "represent" in inputs else None
     ev = r["eval"]
     run_seconds = {"train": r["train"].get("seconds"), "evaluate": ev.get("seconds"),
                    "explain (all methods, with trust checks)": sum(r["explain"][m]["meta"].get("seconds", 0) for m in r["explain"])}
@@ -158,6 +187,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                                          "faithfulness_gain": row["gain"],
                                          "sanity_final_rank_corr": (row["sanity"] or {}).get("final_rank_corr")}
                          for row in attributions["rows"]},
+        "representation": None if represent is None else {
+            k: represent["meta"][k] for k in ("knn_accuracy", "k", "silhouette", "dim", "n")},
         "provenance": {"arch": model_cfg["arch"], "weights": model_cfg["weights"], "seed": settings["seed"],
                        "device": device_description(r["train"]["device"]),
                        "manifest_sha256": r["dataset"]["manifest_sha256"], "packages": versions,
@@ -171,6 +202,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     html = env.get_template(Path(template).name).render(
         title=settings["report"]["title"], model=model, r=r, ev=ev, verdicts=model_verdicts, status=status,
         summary=summary, model_cfg=model_cfg, dataset_cfg=dataset_cfg, settings=settings, att=attributions,
+        rep=represent,
         css=Path(css).read_text(),
         samples=_sample_grid(inputs["manifest"], r["dataset"]["classes"]),
         curves=figures.learning_curves(r["history"]) if r["history"] else None,

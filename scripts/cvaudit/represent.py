@@ -1,0 +1,158 @@
+"""What the layers see: penultimate embeddings of the test set (one streamed pass), PCA, t-SNE,
+k-NN accuracy, silhouette, nearest neighbours, and linear CKA between layers (Kornblith et al.).
+scikit-learn does PCA, t-SNE, k-NN and silhouette; linear CKA is a few lines of numpy."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .data import ImageDataset, read_manifest
+from .io import atomic_path
+from .models import _head_name, auto_batch, eval_transform, load_model, resolve_device
+from .train import seed_everything
+
+log = logging.getLogger("cvaudit.represent")
+
+
+# ----------------------------------------------------------------------------- CKA
+def _centred_gram(x: np.ndarray) -> np.ndarray:
+    x = x.reshape(len(x), -1).astype(np.float64)
+    k = x @ x.T
+    n = len(k)
+    h = np.eye(n) - 1.0 / n
+    return h @ k @ h
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA between two representations of the same n examples (rows): 1 for identical,
+    invariant to orthogonal transforms and isotropic scaling, near 0 for unrelated features."""
+    kx, ky = _centred_gram(x), _centred_gram(y)
+    hsic = (kx * ky).sum()
+    norm = np.sqrt((kx * kx).sum() * (ky * ky).sum())
+    return float(hsic / norm) if norm > 0 else 0.0
+
+
+def cka_matrix(feats: dict[str, np.ndarray]) -> dict:
+    names = list(feats)
+    grams = {n: _centred_gram(f) for n, f in feats.items()}
+    norms = {n: np.sqrt((g * g).sum()) for n, g in grams.items()}
+    m = np.eye(len(names))
+    for i, a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            b = names[j]
+            d = norms[a] * norms[b]
+            m[i, j] = m[j, i] = float((grams[a] * grams[b]).sum() / d) if d > 0 else 0.0
+    return {"layers": names, "matrix": m.tolist()}
+
+
+# ----------------------------------------------------------------------------- embedding space
+def pick_layers(model: nn.Module, k: int = 6) -> list[str]:
+    """About k modules from early to late: evenly spaced Conv2d/Linear layers, the head excluded."""
+    head = _head_name(model)
+    cands = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n != head]
+    if len(cands) <= k:
+        return cands
+    return [cands[int(round(i * (len(cands) - 1) / (k - 1)))] for i in range(k)]
+
+
+@torch.no_grad()
+def stream_features(model: nn.Module, rows: list[dict], spec: dict, device, layers: list[str] = (),
+                    cka_images: int = 0, batch_size="auto") -> dict:
+    """One streamed pass over `rows`: penultimate embeddings (the head's input) for all images, and
+    for the first `cka_images` the outputs of `layers` (spatially pooled to 2x2). Memory holds the
+    embedding matrix, never the images."""
+    head = model.get_submodule(_head_name(model))
+    mods = {n: model.get_submodule(n) for n in layers}
+    store: dict[str, torch.Tensor] = {}
+    hooks = [head.register_forward_pre_hook(lambda m, a: store.__setitem__("emb", a[0].flatten(1)))]
+    for n, m in mods.items():
+        hooks.append(m.register_forward_hook(lambda mod, i, o, n=n: store.__setitem__(n, o)))
+    emb, feats, probs = [], {n: [] for n in layers}, []
+    seen = 0
+    bs = auto_batch(spec["input_size"], spec["input_size"], device, batch_size)
+    try:
+        ds = ImageDataset(rows, spec["class_names"], eval_transform(spec))
+        for x, _ in DataLoader(ds, batch_size=bs, shuffle=False, num_workers=0):
+            logits = model(x.to(device))
+            emb.append(store["emb"].float().cpu())
+            probs.append(torch.softmax(logits.float(), 1).cpu())
+            if seen < cka_images:
+                take = min(len(x), cka_images - seen)
+                for n in layers:
+                    o = store[n][:take].float()
+                    o = nn.functional.adaptive_avg_pool2d(o, 2) if o.dim() == 4 else o
+                    feats[n].append(o.flatten(1).cpu())
+            seen += len(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {"embeddings": torch.cat(emb).numpy(), "probs": torch.cat(probs).numpy(),
+            "layers": {n: torch.cat(v).numpy() for n, v in feats.items() if v}}
+
+
+def embedding_space(emb: np.ndarray, labels: np.ndarray, seed: int, k: int = 5, tsne_max: int = 2000) -> dict:
+    """PCA (2-D and explained variance), t-SNE, leave-one-out k-NN accuracy, silhouette, neighbours."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from sklearn.metrics import silhouette_score
+    from sklearn.neighbors import NearestNeighbors
+
+    n = len(emb)
+    z = (emb - emb.mean(0)) / (emb.std(0) + 1e-8)
+    pca = PCA(n_components=min(10, n, z.shape[1]), random_state=seed).fit(z)
+    pca2 = pca.transform(z)[:, :2]
+    sub = np.arange(n) if n <= tsne_max else np.sort(np.random.default_rng(seed).choice(n, tsne_max, replace=False))
+    perplexity = float(min(30, max(2, (len(sub) - 1) // 3)))
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(z[sub])
+    nn_ = NearestNeighbors(n_neighbors=min(k + 1, n)).fit(z)
+    _, idx = nn_.kneighbors(z)
+    neigh = idx[:, 1:]  # leave one out: the first neighbour is the point itself
+    votes = labels[neigh]
+    knn_pred = np.array([np.bincount(v).argmax() for v in votes])
+    counts = np.bincount(labels)
+    scored = counts[labels] > 1  # an image whose class has no other member cannot be retrieved by class
+    n_cls = len(np.unique(labels))
+    sil = float(silhouette_score(z, labels)) if 1 < n_cls < n and (np.bincount(labels)[labels] > 1).all() else None
+    return {"pca": pca2, "explained_variance": pca.explained_variance_ratio_, "tsne": tsne, "tsne_index": sub,
+            "knn_accuracy": float((knn_pred == labels)[scored].mean()) if scored.any() else None,
+            "silhouette": sil, "neighbours": neigh}
+
+
+def run_represent(model_path, manifest, options: dict, seed: int, device: str, threads: int, out) -> dict:
+    t0 = time.time()
+    seed_everything(seed, threads)
+    dev = resolve_device(device)
+    model, spec = load_model(model_path, dev)
+    rows = read_manifest(manifest, "test")
+    index = {c: i for i, c in enumerate(spec["class_names"])}
+    labels = np.array([index[r["label"]] for r in rows])
+    layers = pick_layers(model, options["layers"])
+    log.info("embedding %d test images; CKA over %s", len(rows), layers)
+    f = stream_features(model, rows, spec, dev, layers, cka_images=min(options["cka_images"], len(rows)))
+    space = embedding_space(f["embeddings"], labels, seed, k=options["k"])
+    cka = cka_matrix(f["layers"]) if len(f["layers"]) > 1 else {"layers": [], "matrix": []}
+    preds = f["probs"].argmax(1)
+    meta = {"n": len(rows), "dim": int(f["embeddings"].shape[1]), "knn_accuracy": space["knn_accuracy"],
+            "k": options["k"], "silhouette": space["silhouette"],
+            "explained_variance": space["explained_variance"].tolist(), "cka": cka,
+            "seconds": round(time.time() - t0, 2)}
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, embeddings=f["embeddings"].astype(np.float32), labels=labels, preds=preds,
+                            pca=space["pca"], tsne=space["tsne"], tsne_index=space["tsne_index"],
+                            neighbours=space["neighbours"], paths=np.array([r["path"] for r in rows]),
+                            meta=np.array(json.dumps(meta)))
+    log.info("k-NN accuracy %s, silhouette %s (%.1fs)", meta["knn_accuracy"], meta["silhouette"], meta["seconds"])
+    return meta
+
+
+def load_represent(path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        out = {k: z[k] for k in z.files if k != "meta"}
+        out["meta"] = json.loads(str(z["meta"]))
+    return out
