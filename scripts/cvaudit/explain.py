@@ -10,7 +10,6 @@ glue that batches every model call.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 
@@ -21,7 +20,7 @@ from torch import nn
 
 from . import CvauditError
 from .evaluate import load_audit_set
-from .io import atomic_path
+from .io import load_npz, save_npz
 from .models import auto_batch, load_model, resolve_device
 from .train import seed_everything
 
@@ -506,14 +505,9 @@ def run_explain(method: str, model_path, audit_set, options: dict, trust: dict, 
         result.update(applicable=False, reason=str(e))
     result["seconds"] = round(time.time() - t0, 2)
     result["n_images"], result["batch_size"] = int(len(x)), batch
-    with atomic_path(out_maps) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, meta=np.array(json.dumps(result)), **arrays)
+    save_npz(out_maps, result, **arrays)
     log.info("%s: %s in %.1fs", method, "done" if result["applicable"] else "not applicable", result["seconds"])
     return result
 
 
-def load_maps(path) -> dict:
-    with np.load(path, allow_pickle=False) as z:
-        out = {k: z[k] for k in z.files if k != "meta"}
-        out["meta"] = json.loads(str(z["meta"]))
-    return out
+load_maps = load_npz

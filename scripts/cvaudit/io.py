@@ -58,3 +58,19 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def save_npz(path: str | Path, meta: dict, **arrays) -> None:
+    """Arrays plus a JSON `meta` record in one compressed .npz, written atomically (no pickles)."""
+    import numpy as np
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, meta=np.array(json.dumps(meta, default=_jsonable)), **arrays)
+
+
+def load_npz(path: str | Path) -> dict:
+    """The arrays of a save_npz file, and its meta under "meta"."""
+    import numpy as np
+    with np.load(path, allow_pickle=False) as z:
+        out = {k: z[k] for k in z.files if k != "meta"}
+        out["meta"] = json.loads(str(z["meta"]))
+    return out

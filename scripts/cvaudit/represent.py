@@ -3,7 +3,6 @@ k-NN accuracy, silhouette, nearest neighbours, and linear CKA between layers (Ko
 scikit-learn does PCA, t-SNE, k-NN and silhouette; linear CKA is a few lines of numpy."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -13,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .data import ImageDataset, read_manifest
-from .io import atomic_path
+from .io import load_npz, save_npz
 from .models import _head_name, auto_batch, eval_transform, load_model, resolve_device
 from .train import seed_everything
 
@@ -142,17 +141,11 @@ def run_represent(model_path, manifest, options: dict, seed: int, device: str, t
             "k": options["k"], "silhouette": space["silhouette"],
             "explained_variance": space["explained_variance"].tolist(), "cka": cka,
             "seconds": round(time.time() - t0, 2)}
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, embeddings=f["embeddings"].astype(np.float32), labels=labels, preds=preds,
-                            pca=space["pca"], tsne=space["tsne"], tsne_index=space["tsne_index"],
-                            neighbours=space["neighbours"], paths=np.array([r["path"] for r in rows]),
-                            meta=np.array(json.dumps(meta)))
+    save_npz(out, meta, embeddings=f["embeddings"].astype(np.float32), labels=labels, preds=preds,
+             pca=space["pca"], tsne=space["tsne"], tsne_index=space["tsne_index"], neighbours=space["neighbours"],
+             paths=np.array([r["path"] for r in rows]))
     log.info("k-NN accuracy %s, silhouette %s (%.1fs)", meta["knn_accuracy"], meta["silhouette"], meta["seconds"])
     return meta
 
 
-def load_represent(path) -> dict:
-    with np.load(path, allow_pickle=False) as z:
-        out = {k: z[k] for k in z.files if k != "meta"}
-        out["meta"] = json.loads(str(z["meta"]))
-    return out
+load_represent = load_npz
