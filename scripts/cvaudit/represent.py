@@ -28,25 +28,24 @@ def _centred_gram(x: np.ndarray) -> np.ndarray:
     return h @ k @ h
 
 
+def _cka(kx: np.ndarray, ky: np.ndarray) -> float:
+    norm = np.sqrt((kx * kx).sum() * (ky * ky).sum())
+    return float((kx * ky).sum() / norm) if norm > 0 else 0.0
+
+
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     """Linear CKA between two representations of the same n examples (rows): 1 for identical,
     invariant to orthogonal transforms and isotropic scaling, near 0 for unrelated features."""
-    kx, ky = _centred_gram(x), _centred_gram(y)
-    hsic = (kx * ky).sum()
-    norm = np.sqrt((kx * kx).sum() * (ky * ky).sum())
-    return float(hsic / norm) if norm > 0 else 0.0
+    return _cka(_centred_gram(x), _centred_gram(y))
 
 
 def cka_matrix(feats: dict[str, np.ndarray]) -> dict:
     names = list(feats)
-    grams = {n: _centred_gram(f) for n, f in feats.items()}
-    norms = {n: np.sqrt((g * g).sum()) for n, g in grams.items()}
+    grams = [_centred_gram(feats[n]) for n in names]  # each Gram matrix once
     m = np.eye(len(names))
-    for i, a in enumerate(names):
+    for i in range(len(names)):
         for j in range(i + 1, len(names)):
-            b = names[j]
-            d = norms[a] * norms[b]
-            m[i, j] = m[j, i] = float((grams[a] * grams[b]).sum() / d) if d > 0 else 0.0
+            m[i, j] = m[j, i] = _cka(grams[i], grams[j])
     return {"layers": names, "matrix": m.tolist()}
 
 
