@@ -25,6 +25,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/model.smk"
 include: "rules/explain.smk"
+include: "rules/represent.smk"
 include: "rules/report.smk"
 
 

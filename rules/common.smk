@@ -39,10 +39,22 @@ def explain_maps(wildcards):
     return {m: f"results/{wildcards.model}/explain/{m}/maps.npz" for m in EXPLAIN_METHODS}
 
 
+def models_of(dataset):
+    return [m for m, c in config["models"].items() if c["dataset"] == dataset]
+
+
 def represent_files(wildcards):
-    if not config["represent"]["enabled"]:
+    """The representation views the report shows (none when switched off)."""
+    rep = config["represent"]
+    if not rep["enabled"]:
         return {}
-    return {"represent": f"results/{wildcards.model}/represent/embeddings.npz"}
+    m = wildcards.model
+    files = {"represent": f"results/{m}/represent/embeddings.npz", "units": f"results/{m}/represent/units.npz"}
+    if rep["ascent"]["enabled"]:
+        files["ascent"] = f"results/{m}/represent/ascent.npz"
+    if len(models_of(dataset_of(m))) > 1:  # CKA between the models trained on the same data
+        files["compare"] = f"results/compare/{dataset_of(m)}/representations.json"
+    return files
 
 
 def report_files(model):

@@ -21,27 +21,3 @@ rule explain:
         "benchmarks/explain/{model}.{method}.tsv"
     script:
         "../scripts/explain.py"
-
-
-rule represent:
-    input:
-        model="results/{model}/model.safetensors",
-        manifest=manifest_of,
-    output:
-        embeddings="results/{model}/represent/embeddings.npz",
-    params:
-        options=config["represent"],
-        seed=config["seed"],
-        device=config["device"],
-    threads: config["threads"]
-    resources:
-        mem_mb=6000,
-        runtime=60,
-    conda:
-        "../envs/cvaudit.yaml"
-    log:
-        "logs/represent/{model}.log",
-    benchmark:
-        "benchmarks/represent/{model}.tsv"
-    script:
-        "../scripts/represent.py"

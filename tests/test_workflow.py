@@ -100,6 +100,27 @@ def test_representation_section_shows_the_embedding_numbers(run):
         assert np.isfinite(rep["embeddings"]).all() and np.isfinite(rep["tsne"]).all()
         assert f"{rep['meta']['knn_accuracy']:.3f}" in html and 'id="representations"' in html
         assert len(rep["meta"]["cka"]["layers"]) >= 2 and "Layer similarity (linear CKA)" in html
+        summary = json.loads((run / "results" / m / "report" / "summary.json").read_text())
+        between = summary["representation"]["cka_between_models"]
+        assert set(between) == set(MODELS) and between[m] == pytest.approx(1.0)
+        other = [o for o in MODELS if o != m][0]
+        assert 0 <= between[other] < 0.999 and f"{between[other]:.3f}" in html
+
+
+def test_units_section_shows_sparsity_dead_channels_and_ascent(run):
+    from cvaudit.io import load_npz
+    for m in MODELS:
+        u = load_npz(run / "results" / m / "represent" / "units.npz")
+        a = load_npz(run / "results" / m / "represent" / "ascent.npz")
+        html = (run / "results" / m / "report" / "report.html").read_text()
+        summary = json.loads((run / "results" / m / "report" / "summary.json").read_text())
+        assert 'id="units"' in html and len(u["meta"]["layers"]) in (2, 3)  # cnn_tiny has two blocks
+        for layer, s in zip(u["meta"]["layers"], summary["representation"]["layers"]):
+            assert 0 <= layer["sparsity"] <= 1 and s["dead"] == layer["dead"]
+            assert f"{100 * layer['sparsity']:.1f}%" in html and f"{layer['dead']} of {layer['channels']}" in html
+        assert len(u["channels"]) == 4 and html.count('class="unit-row"') == 4
+        assert a["class_images"].shape[0] == 3 and "Class model visualisation" in html
+        assert all(e > s for s, e in zip(a["meta"]["class_score"]["start"], a["meta"]["class_score"]["end"]))
 
 
 def test_rejected_images_are_listed_in_the_report(run):
@@ -115,7 +136,8 @@ def test_second_run_does_nothing_and_a_changed_image_reruns_its_chain(run):
     img.write_bytes(next((run / "images" / "sneaker").glob("fm*.png")).read_bytes())  # content changes
     jobs = planned(run)
     assert jobs == {"ingest_dataset": 1, "fit_baseline": 1, "train_model": 2, "evaluate_model": 2, "explain": 22,
-                    "represent": 2, "render_report": 2, "all": 1}  # 10 methods + the random floor, per model
+                    "represent": 2, "inspect_units": 2, "visualise_ascent": 2, "compare_representations": 1,
+                    "render_report": 2, "all": 1}  # 10 methods + the random floor, per model
     smk(run, "--configfile", str(run / "config.yaml"), "--touch")  # mark up to date again
     shutil.copy(img, run / "images" / "trouser" / "added.png")  # a new file is a new input
     assert planned(run).get("ingest_dataset") == 1

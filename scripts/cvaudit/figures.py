@@ -173,3 +173,30 @@ def thumbnail_scatter(points: np.ndarray, paths: list[str], max_points: int = 12
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def mosaic(tiles: np.ndarray, cols: int = 8, pad: int = 1, cmap: str | None = "viridis",
+           vmax: float | None = None) -> np.ndarray:
+    """(N, h, w) maps (coloured by `cmap` on one scale 0..vmax) or (N, h, w, 3) RGB in [0, 1] as one
+    uint8 grid image with white gaps."""
+    tiles = np.asarray(tiles, np.float32)
+    if tiles.ndim == 3:
+        vmax = float(tiles.max()) if vmax is None else vmax
+        tiles = plt.get_cmap(cmap)(np.clip(tiles / vmax, 0, 1) if vmax > 0 else np.zeros_like(tiles))[..., :3]
+    n, h, w, _ = tiles.shape
+    cols = max(1, min(cols, n))
+    rows = -(-n // cols)
+    out = np.ones((rows * (h + pad) - pad, cols * (w + pad) - pad, 3), np.float32)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, cols)
+        out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = t
+    return (out.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+def draw_box(image: np.ndarray, box, colour=(255, 200, 0), width: int = 2) -> np.ndarray:
+    """A copy of a uint8 RGB image with the rectangle box = (y0, y1, x0, x1) drawn on it."""
+    from PIL import ImageDraw
+    im = Image.fromarray(image).convert("RGB")
+    y0, y1, x0, x1 = (int(v) for v in box)
+    ImageDraw.Draw(im).rectangle([x0, y0, x1 - 1, y1 - 1], outline=colour, width=width)
+    return np.asarray(im)

@@ -140,6 +140,73 @@ def _represent_section(path, names: list[str], queries: int) -> dict:
             if cka["layers"] else None}
 
 
+def _model_view(path: str, size: int) -> np.ndarray:
+    """The image as the model sees it (resized to its input size), uint8 RGB."""
+    from PIL import Image
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+
+
+def _upscale(maps: np.ndarray, at_least: int = 24) -> np.ndarray:
+    k = max(1, -(-at_least // maps.shape[-2]))
+    return maps.repeat(k, -2).repeat(k, -1) if maps.ndim == 3 else maps.repeat(k, 1).repeat(k, 2)
+
+
+def _units_section(units_path, ascent_path=None) -> dict:
+    """Activation maps per stage with sparsity and dead channels, first-layer filters, per channel
+    its gradient-ascent image and top test images with the patch that fired, class visualisations."""
+    from .io import load_npz
+
+    u = load_npz(units_path)
+    meta = u["meta"]
+    size = meta["input_size"]
+    grids = []
+    for i, img in enumerate(u["audit_images"]):
+        row = {"image": figures.png_uri(img, 96, 112), "layers": []}
+        for j, layer in enumerate(meta["layers"]):
+            if f"grid_{j}" in u:
+                maps = u[f"grid_{j}"][i].astype(np.float32)
+                row["layers"].append({"name": layer["name"], "shape": layer["shape"],
+                                      "mosaic": figures.png_uri(figures.mosaic(_upscale(maps), cols=8), 256, 512)})
+        grids.append(row)
+    filters = u["filters"]
+    asc = load_npz(ascent_path) if ascent_path else None
+    asc_of = {c: i for i, c in enumerate(asc["meta"]["channels"])} if asc else {}
+    channels = []
+    views: dict[str, np.ndarray] = {}
+    for c in u["channels"]:
+        c = int(c)
+        tops = []
+        for k in np.flatnonzero(u["pick_channel"] == c):
+            path = str(u["paths"][k])
+            view = views.setdefault(path, _model_view(path, size))
+            y0, y1, x0, x1 = u["boxes"][k]
+            tops.append({"image": figures.png_uri(figures.draw_box(view, u["boxes"][k], width=max(1, size // 64)),
+                                                  96, 112),
+                         "patch": figures.png_uri(view[y0:y1, x0:x1], 56, 112),
+                         "value": float(u["pick_value"][k]), "file": Path(path).name})
+        ch = {"channel": c, "tops": tops, "ascent": None}
+        if c in asc_of:
+            ch["ascent"] = figures.png_uri(asc["channel_images"][asc_of[c]], 96, 112)
+        channels.append(ch)
+    classes = []
+    if asc is not None:
+        am = asc["meta"]
+        classes = [{"name": n, "image": figures.png_uri(asc["class_images"][i], 96, 112),
+                    "start": am["class_score"]["start"][i], "end": am["class_score"]["end"][i]}
+                   for i, n in enumerate(am["class_names"])]
+    return {"meta": meta, "grids": grids, "channels": channels, "classes": classes,
+            "ascent": asc["meta"] if asc is not None else None,
+            "filters": figures.png_uri(figures.mosaic(filters, cols=16, pad=1), 256, 640) if len(filters) else None,
+            "n_filters": len(filters)}
+
+
+def _compare_section(path, model: str) -> dict:
+    c = read_json(path)
+    return {**c, "this": model,
+            "cka_fig": figures.agreement_heatmap(c["models"], c["cka"], label="linear CKA", vmin=0)}
+
+
 def collect(model: str, inputs: dict, methods: list[str]) -> dict:
     """Everything the report shows, read from the stage outputs of this run."""
     r = {"model": model,
@@ -168,6 +235,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     attributions = _attribution_section(audit, r["explain"], verdicts)
     represent = _represent_section(inputs["represent"], [str(n) for n in audit["class_names"]],
                                    settings["represent"]["queries"]) if "represent" in inputs else None
+    units = _units_section(inputs["units"], inputs.get("ascent")) if "units" in inputs else None
+    compare = _compare_section(inputs["compare"], model) if "compare" in inputs else None
     ev = r["eval"]
     run_seconds = {"train": r["train"].get("seconds"), "evaluate": ev.get("seconds"),
                    "explain (all methods, with trust checks)": sum(r["explain"][m]["meta"].get("seconds", 0) for m in r["explain"])}
@@ -188,7 +257,11 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                                          "sanity_final_rank_corr": (row["sanity"] or {}).get("final_rank_corr")}
                          for row in attributions["rows"]},
         "representation": None if represent is None else {
-            k: represent["meta"][k] for k in ("knn_accuracy", "k", "silhouette", "dim", "n")},
+            **{k: represent["meta"][k] for k in ("knn_accuracy", "k", "silhouette", "dim", "n")},
+            "layers": None if units is None else [
+                {k: layer[k] for k in ("name", "sparsity", "dead", "channels")} for layer in units["meta"]["layers"]],
+            "cka_between_models": None if compare is None else {
+                m: compare["cka"][compare["models"].index(model)][j] for j, m in enumerate(compare["models"])}},
         "provenance": {"arch": model_cfg["arch"], "weights": model_cfg["weights"], "seed": settings["seed"],
                        "device": device_description(r["train"]["device"]),
                        "manifest_sha256": r["dataset"]["manifest_sha256"], "packages": versions,
@@ -202,7 +275,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     html = env.get_template(Path(template).name).render(
         title=settings["report"]["title"], model=model, r=r, ev=ev, verdicts=model_verdicts, status=status,
         summary=summary, model_cfg=model_cfg, dataset_cfg=dataset_cfg, settings=settings, att=attributions,
-        rep=represent,
+        rep=represent, units=units, compare=compare,
         css=Path(css).read_text(),
         samples=_sample_grid(inputs["manifest"], r["dataset"]["classes"]),
         curves=figures.learning_curves(r["history"]) if r["history"] else None,

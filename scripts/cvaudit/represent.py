@@ -148,3 +148,27 @@ def run_represent(model_path, manifest, options: dict, seed: int, device: str, t
 
 
 load_represent = load_npz
+
+def compare_models(paths: dict, seed: int, out, max_images: int = 2000) -> dict:
+    """Linear CKA between the penultimate embeddings of models that saw the same test images, and
+    how often their predictions agree."""
+    from .io import write_json
+
+    names = list(paths)
+    runs = {m: load_npz(paths[m]) for m in names}
+    ref = runs[names[0]]["paths"]
+    for m in names[1:]:
+        if not np.array_equal(runs[m]["paths"], ref):
+            raise ValueError(f"models {names[0]} and {m} were embedded on different test images; "
+                             "rerun their represent jobs")
+    n = len(ref)
+    sub = np.arange(n) if n <= max_images else np.sort(np.random.default_rng(seed).choice(n, max_images, replace=False))
+    cka = cka_matrix({m: runs[m]["embeddings"][sub] for m in names})
+    preds = {m: runs[m]["preds"] for m in names}
+    agree = [[float((preds[a] == preds[b]).mean()) for b in names] for a in names]
+    result = {"models": names, "n_images": int(len(sub)), "cka": cka["matrix"], "prediction_agreement": agree,
+              "knn_accuracy": {m: runs[m]["meta"]["knn_accuracy"] for m in names},
+              "dim": {m: runs[m]["meta"]["dim"] for m in names}}
+    write_json(out, result)
+    log.info("CKA between %s on %d images: %s", names, len(sub), np.round(cka["matrix"], 3).tolist())
+    return result

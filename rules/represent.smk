@@ -1,0 +1,92 @@
+# What the layers and units see. Each rule gets only its own options, so changing one view's
+# settings reruns that view (and the report), not the others.
+
+
+rule represent:
+    input:
+        model="results/{model}/model.safetensors",
+        manifest=manifest_of,
+    output:
+        embeddings="results/{model}/represent/embeddings.npz",
+    params:
+        options={k: config["represent"][k] for k in ("k", "layers", "cka_images")},
+        seed=config["seed"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/represent/{model}.log",
+    benchmark:
+        "benchmarks/represent/{model}.tsv"
+    script:
+        "../scripts/represent.py"
+
+
+rule inspect_units:
+    input:
+        model="results/{model}/model.safetensors",
+        manifest=manifest_of,
+        audit_set="results/{model}/eval/audit_set.npz",
+    output:
+        units="results/{model}/represent/units.npz",
+    params:
+        options=config["represent"]["units"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/inspect_units/{model}.log",
+    benchmark:
+        "benchmarks/inspect_units/{model}.tsv"
+    script:
+        "../scripts/inspect_units.py"
+
+
+rule visualise_ascent:
+    input:
+        model="results/{model}/model.safetensors",
+        units="results/{model}/represent/units.npz",
+    output:
+        ascent="results/{model}/represent/ascent.npz",
+    params:
+        options=config["represent"]["ascent"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/visualise_ascent/{model}.log",
+    benchmark:
+        "benchmarks/visualise_ascent/{model}.tsv"
+    script:
+        "../scripts/visualise_ascent.py"
+
+
+rule compare_representations:
+    input:
+        unpack(lambda wc: {m: f"results/{m}/represent/embeddings.npz" for m in models_of(wc.dataset)}),
+    output:
+        cka="results/compare/{dataset}/representations.json",
+    params:
+        seed=config["seed"],
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/compare_representations/{dataset}.log",
+    benchmark:
+        "benchmarks/compare_representations/{dataset}.tsv"
+    script:
+        "../scripts/compare_representations.py"

@@ -1,0 +1,11 @@
+from cvaudit.represent import compare_models
+
+
+def main(sm):
+    compare_models({k: v for k, v in sm.input.items()}, seed=sm.params.seed, out=sm.output.cka)
+
+
+if __name__ == "__main__":
+    from cvaudit.runlog import run
+
+    run(main, snakemake)  # noqa: F821 — injected by Snakemake

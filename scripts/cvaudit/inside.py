@@ -1,0 +1,398 @@
+"""What single units respond to: activation maps with sparsity and dead channels, first-layer
+filters, the test images (and receptive-field patches) that fire a channel most, and images
+synthesised by gradient ascent for a channel (filter visualisation) or a class score (Simonyan et
+al.'s class model visualisation, score - lambda * ||I||^2).
+
+Two stages: `run_units` makes one streamed pass over the test set (memory holds running counts and
+a running top-k, never the images); `run_ascent` needs no data, only the model and the channels
+`run_units` chose, so its options can change without another pass.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from . import CvauditError
+from .data import ImageDataset, read_manifest
+from .evaluate import load_audit_set
+from .explain import PixelSpace, _blur, audit_images
+from .io import load_npz, save_npz
+from .models import _head_name, auto_batch, eval_transform, load_model, resolve_device
+from .train import seed_everything
+
+log = logging.getLogger("cvaudit.inside")
+
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.PReLU)
+
+
+# ----------------------------------------------------------------------------- layers
+def activation_layers(model: nn.Module) -> list[str]:
+    """Activation modules (where sparsity and "dead" mean something), in forward-definition order,
+    the head's excluded."""
+    head = _head_name(model)
+    return [n for n, m in model.named_modules()
+            if n and not n.startswith(head) and (isinstance(m, ACTIVATIONS)
+                                                 or type(m).__module__.startswith("timm.layers.activations"))]
+
+
+@torch.no_grad()
+def output_shapes(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, tuple]:
+    """Output shape (without batch) of each named module for input `x`, in the order they run."""
+    shapes = {}
+    def hook(m, i, o, n):
+        shapes.setdefault(n, tuple(o.shape[1:]))  # a forward hook's return value would replace the output
+
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n in names]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def pick_stages(shapes: dict[str, tuple], n: int) -> list[str]:
+    """n activation layers from early to late, evenly spaced among those with spatial maps (all
+    of them for a model without any, e.g. an MLP)."""
+    cands = [k for k, s in shapes.items() if len(s) == 3] or list(shapes)
+    if len(cands) <= n:
+        return cands
+    return [cands[int(round(i * (len(cands) - 1) / (n - 1)))] for i in range(n)] if n > 1 else [cands[-1]]
+
+
+def resolve_layers(model: nn.Module, x: torch.Tensor, opts: dict) -> tuple[list[str], str, dict]:
+    """The activation layers to report and the layer whose channels are studied, from config."""
+    names = activation_layers(model)
+    if not names:
+        raise CvauditError("the model has no activation modules (nn.ReLU, nn.SiLU, ...) to inspect")
+    shapes = output_shapes(model, names, x)
+    if opts["layers"] == "auto":
+        stages = pick_stages(shapes, opts["stages"])
+    else:
+        unknown = [n for n in opts["layers"] if n not in shapes]
+        if unknown:
+            raise CvauditError(f"config key represent.units.layers: {unknown} are not activation modules of the "
+                               f"model; some that are: {list(shapes)[:: max(1, len(shapes) // 8)]}")
+        stages = list(opts["layers"])
+    unit = opts["unit_layer"]
+    if unit == "auto":
+        unit = stages[len(stages) // 2]  # the middle stage: patterns richer than edges, patches still local
+    elif unit not in shapes:
+        raise CvauditError(f"config key represent.units.unit_layer: '{unit}' is not an activation module of the "
+                           f"model; some that are: {list(shapes)[:: max(1, len(shapes) // 8)]}")
+    return stages, unit, {k: shapes[k] for k in dict.fromkeys(stages + [unit])}
+
+
+# ----------------------------------------------------------------------------- the streamed pass
+def _spatial_max(o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and channel: the largest activation and its flat position (0 for 2-D outputs)."""
+    if o.dim() == 2:
+        return o, torch.zeros_like(o, dtype=torch.long)
+    return o.flatten(2).max(2)
+
+
+class TopK:
+    """Running top-k images per channel; on ties the earlier image wins (stable sort)."""
+
+    def __init__(self, k: int):
+        self.k, self.values, self.index, self.loc = k, None, None, None
+
+    def update(self, values: torch.Tensor, loc: torch.Tensor, first: int) -> None:
+        idx = torch.arange(first, first + len(values)).view(-1, 1).expand_as(values)
+        if self.values is not None:
+            values, idx, loc = (torch.cat([a, b]) for a, b in ((self.values, values), (self.index, idx),
+                                                              (self.loc, loc)))
+        order = torch.sort(values, dim=0, descending=True, stable=True).indices[:self.k]
+        self.values, self.index, self.loc = (t.gather(0, order) for t in (values, idx, loc))
+
+
+@torch.no_grad()
+def unit_statistics(model: nn.Module, rows: list[dict], spec: dict, device, layers: list[str], unit: str,
+                    top_k: int, batch_size="auto") -> dict:
+    """One pass over `rows`: per layer the share of activations <= 0 (sparsity) and every channel's
+    maximum (a channel whose maximum is <= 0 is dead: never active on these images); for `unit`,
+    the top-k images per channel by their strongest position."""
+    names = list(dict.fromkeys(layers + [unit]))
+    stats = {n: {"active": 0, "total": 0, "max": None} for n in names}
+    top, seen = TopK(top_k), 0
+
+    def hook(mod, inp, out, n):
+        o = out.detach().float()
+        s = stats[n]
+        s["active"] += int((o > 0).sum())
+        s["total"] += o.numel()
+        cmax = (o.transpose(0, 1).flatten(1) if o.dim() > 1 else o.view(1, -1)).amax(1).cpu()
+        s["max"] = cmax if s["max"] is None else torch.maximum(s["max"], cmax)
+        if n == unit:
+            v, loc = _spatial_max(o)
+            top.update(v.cpu(), loc.cpu(), seen)
+
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n in names]
+    bs = auto_batch(spec["input_size"], spec["input_size"], device, batch_size)
+    try:
+        for x, _ in DataLoader(ImageDataset(rows, spec["class_names"], eval_transform(spec)), batch_size=bs):
+            model(x.to(device))
+            seen += len(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {"layers": {n: {"sparsity": 1 - s["active"] / max(1, s["total"]), "channel_max": s["max"].numpy(),
+                           "dead": int((s["max"] <= 0).sum()), "channels": int(len(s["max"]))}
+                       for n, s in stats.items()},
+            "top_values": top.values.numpy(), "top_index": top.index.numpy(), "top_loc": top.loc.numpy()}
+
+
+def choose_channels(channel_max: np.ndarray, n: int) -> np.ndarray:
+    """n channels evenly spaced over the live ones (those that fire at least once)."""
+    live = np.flatnonzero(channel_max > 0)
+    if len(live) <= n:
+        return live
+    return live[np.round(np.linspace(0, len(live) - 1, n)).astype(int)]
+
+
+# ----------------------------------------------------------------------------- receptive fields
+@contextlib.contextmanager
+def linear_backward(model: nn.Module):
+    """Gradients pass every activation module unchanged, so the input gradient of a unit shows its
+    whole receptive field, even where the unit saturates (ReLU6 at 6 has zero gradient)."""
+    mods = [model.get_submodule(n) for n in activation_layers(model)]
+    flags = [(m, getattr(m, "inplace", None)) for m in mods]
+    handles = []
+    try:
+        for m in mods:
+            if hasattr(m, "inplace"):
+                m.inplace = False  # backward hooks cannot see through in-place ops
+            handles.append(m.register_full_backward_hook(lambda mod, gin, gout: (gout[0],)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags:
+            if flag is not None:
+                m.inplace = flag
+
+
+def receptive_boxes(model: nn.Module, x: torch.Tensor, layer: str, channels: torch.Tensor, locs: torch.Tensor,
+                    share: float = 0.1) -> np.ndarray:
+    """For image i and unit (channels[i], locs[i]) of `layer`: the input box (y0, y1, x0, x1) where
+    the unit's input gradient (activations treated as linear) is at least `share` of its maximum:
+    the part of the image that unit sees. Images are independent in eval mode, so one backward
+    pass serves the whole batch."""
+    store = {}  # the unit's input (pre-activation): its own activation is linear here too
+    h = model.get_submodule(layer).register_forward_pre_hook(lambda m, a: store.__setitem__("o", a[0]))
+    x = x.clone().requires_grad_(True)
+    try:
+        with linear_backward(model), torch.enable_grad():
+            model(x)
+            o = store["o"]
+            i = torch.arange(len(x), device=x.device)
+            unit = o.flatten(2)[i, channels, locs] if o.dim() == 4 else o[i, channels]
+            g, = torch.autograd.grad(unit.sum(), x)
+    finally:
+        h.remove()
+    g = g.abs().sum(1)
+    boxes = []
+    for gi in g:
+        ys, xs = np.nonzero((gi >= share * gi.max()).cpu().numpy()) if gi.max() > 0 else ([], [])
+        boxes.append((ys.min(), ys.max() + 1, xs.min(), xs.max() + 1) if len(ys) else (0, gi.shape[0], 0, gi.shape[1]))
+    return np.array(boxes, dtype=np.int32)
+
+
+# ----------------------------------------------------------------------------- filters
+def first_layer_filters(model: nn.Module, input_size: int, max_filters: int = 32) -> tuple[np.ndarray, str]:
+    """The first layer's weights as RGB tiles in [0, 1] (0.5 = zero weight): Conv2d kernels, or
+    for a fully connected first layer each unit's weights over the image."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and m.in_channels in (1, 3) and m.groups == 1:
+            w = m.weight.detach().float().cpu()
+            break
+        if isinstance(m, nn.Linear) and m.in_features % (input_size * input_size) == 0:
+            c = m.in_features // (input_size * input_size)
+            if c in (1, 3):
+                w = m.weight.detach().float().cpu().view(-1, c, input_size, input_size)
+                break
+    else:
+        return np.zeros((0, 1, 1, 3), np.float32), ""
+    w = w[:max_filters]
+    w = w / (2 * w.abs().flatten(1).amax(1).clamp(min=1e-12).view(-1, 1, 1, 1)) + 0.5
+    if w.shape[1] == 1:
+        w = w.expand(-1, 3, -1, -1)
+    return w.permute(0, 2, 3, 1).numpy(), name
+
+
+# ----------------------------------------------------------------------------- activation grids
+@torch.no_grad()
+def activation_grids(net: nn.Module, x: torch.Tensor, layers: list[str], channels: int) -> dict:
+    """For each image and layer the `channels` feature maps with the largest mean activation."""
+    store = {}
+    model = net.model
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o.float()))
+             for n in layers]
+    try:
+        net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for j, n in enumerate(layers):
+        o = store[n]
+        if o.dim() != 4:
+            continue
+        top = o.mean((2, 3)).topk(min(channels, o.shape[1]), 1).indices
+        out[f"grid_{j}"] = o.gather(1, top[..., None, None].expand(-1, -1, *o.shape[2:])).cpu().numpy().astype(np.float16)
+        out[f"grid_channels_{j}"] = top.cpu().numpy()
+    return out
+
+
+def run_units(model_path, manifest, audit_set, options: dict, seed: int, device: str, threads: int, out) -> dict:
+    t0 = time.time()
+    seed_everything(seed, threads)
+    dev = resolve_device(device)
+    model, spec = load_model(model_path, dev)
+    net = PixelSpace(model, spec["mean"], spec["std"]).to(dev).eval()
+    rows = read_manifest(manifest, "test")
+    audit = load_audit_set(audit_set)
+    xa = audit_images(audit, dev)[:options["images"]]
+    stages, unit, shapes = resolve_layers(model, (xa[:1] - net.mean) / net.std, options)
+    log.info("activations of %s over %d test images; channels of %s", stages, len(rows), unit)
+    st = unit_statistics(model, rows, spec, dev, stages, unit, options["top_k"])
+    chans = choose_channels(st["layers"][unit]["channel_max"], options["channels"])
+    # the top images of the chosen channels, and the box each one's strongest unit sees
+    pick = [(c, r) for c in chans for r in range(st["top_index"].shape[0])
+            if st["top_values"][r, c] > 0]
+    img_idx = np.array([st["top_index"][r, c] for c, r in pick], dtype=np.int64)
+    boxes = np.zeros((0, 4), np.int32)
+    if pick:
+        ds = ImageDataset([rows[i] for i in img_idx], spec["class_names"], eval_transform(spec))
+        x = torch.stack([ds[i][0] for i in range(len(ds))]).to(dev)
+        boxes = receptive_boxes(model, x, unit, torch.tensor([c for c, _ in pick], device=dev),
+                                torch.tensor([st["top_loc"][r, c] for c, r in pick], device=dev))
+    filters, first = first_layer_filters(model, spec["input_size"])
+    grids = activation_grids(net, xa, stages, options["grid_channels"])
+    layers = [{"name": n, "shape": list(shapes[n]), "sparsity": st["layers"][n]["sparsity"],
+               "dead": st["layers"][n]["dead"], "channels": st["layers"][n]["channels"]} for n in stages]
+    class_idx = list(dict.fromkeys(spec["class_names"].index(r["label"]) for r in rows))
+    meta = {"n": len(rows), "layers": layers, "unit_layer": unit, "unit_shape": list(shapes[unit]),
+            "unit_dead": st["layers"][unit]["dead"], "unit_channels": st["layers"][unit]["channels"],
+            "first_layer": first, "input_size": spec["input_size"], "class_idx": class_idx,
+            "class_names": spec["class_names"], "seconds": round(time.time() - t0, 2)}
+    save_npz(out, meta, channels=chans, pick_channel=np.array([c for c, _ in pick], dtype=np.int64),
+             pick_rank=np.array([r for _, r in pick], dtype=np.int64), pick_image=img_idx,
+             pick_value=np.array([st["top_values"][r, c] for c, r in pick], dtype=np.float32), boxes=boxes,
+             paths=np.array([rows[i]["path"] for i in img_idx]), filters=filters.astype(np.float32),
+             audit_images=audit["images"][:options["images"]], **grids)
+    log.info("units: %d stages, %d of %d channels of %s dead (%.1fs)", len(stages), meta["unit_dead"],
+             meta["unit_channels"], unit, meta["seconds"])
+    return meta
+
+
+# ----------------------------------------------------------------------------- gradient ascent
+def gradient_ascent(net: nn.Module, objective, n: int, size: int, steps: int, lr: float, jitter: int,
+                    blur_every: int, blur_sigma: float, decay: float, seed: int, device) -> dict:
+    """Images in [0, 1] that maximise objective(x) -> (n,) minus decay * ||x - 0.5||^2, from grey
+    plus noise (so units that are off for flat grey still get a gradient), with random jitter (shifts) each step and a blur every `blur_every` steps:
+    the regularisers that keep the result from being high-frequency noise."""
+    g = torch.Generator().manual_seed(seed)
+    x0 = (0.5 + 0.1 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1).to(device)
+    x = x0.clone().requires_grad_(True)
+    with torch.no_grad():
+        start = objective(x).float().cpu()
+    opt = torch.optim.Adam([x], lr=lr)
+    for step in range(steps):
+        dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=g)) if jitter else (0, 0)
+        score = objective(torch.roll(x, (dy, dx), (2, 3)))
+        loss = -(score - decay * (x - 0.5).pow(2).flatten(1).sum(1)).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            if blur_every and (step + 1) % blur_every == 0 and step + 1 < steps:
+                x.copy_(_blur(x, blur_sigma))
+            x.clamp_(0, 1)
+    with torch.no_grad():
+        end = objective(x).float().cpu()
+    return {"initial": x0.cpu(), "images": x.detach().cpu(), "start": start, "end": end}
+
+
+@torch.no_grad()
+def channel_activation(net: nn.Module, layer: str, x: torch.Tensor, channels) -> torch.Tensor:
+    """Mean activation (the module's output) of channels[i] for image i."""
+    store = {}
+    h = net.model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.__setitem__("o", o))
+    try:
+        net(x)
+    finally:
+        h.remove()
+    o = store["o"].float()
+    o = o.flatten(2).mean(2) if o.dim() == 4 else o
+    return o[torch.arange(len(x)), torch.as_tensor(channels, dtype=torch.long)].cpu()
+
+
+class AscentObjective:
+    """One forward pass scores every image of the batch: the first images by the mean pre-activation
+    of their channel of `layer` (the input of the activation module, so a channel that is off still
+    gets a gradient), the rest by the logit of their class (before softmax, as Simonyan et al.)."""
+
+    def __init__(self, net: nn.Module, layer: str | None, channels, classes):
+        self.net, self.channels, self.classes = net, torch.as_tensor(channels, dtype=torch.long), \
+            torch.as_tensor(classes, dtype=torch.long)
+        self.store, self.hook = {}, None
+        if layer and len(self.channels):
+            self.hook = net.model.get_submodule(layer).register_forward_pre_hook(
+                lambda m, a: self.store.__setitem__("pre", a[0].clone()))  # clone: the module may work in place
+
+    def __call__(self, x):
+        logits = self.net(x)
+        nc = len(self.channels)
+        parts = []
+        if nc:
+            pre = self.store["pre"][:nc]
+            pre = pre.flatten(2).mean(2) if pre.dim() == 4 else pre
+            parts.append(pre[torch.arange(nc), self.channels.to(pre.device)])
+        if len(self.classes):
+            parts.append(logits[nc:][torch.arange(len(self.classes)), self.classes.to(logits.device)])
+        return torch.cat(parts)
+
+    def close(self):
+        if self.hook:
+            self.hook.remove()
+
+
+def run_ascent(model_path, units, options: dict, seed: int, device: str, threads: int, out) -> dict:
+    t0 = time.time()
+    seed_everything(seed, threads)
+    dev = resolve_device(device)
+    model, spec = load_model(model_path, dev)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    net = PixelSpace(model, spec["mean"], spec["std"]).to(dev).eval()
+    u = load_npz(units)
+    chans = u["channels"][:options["channels"]]
+    classes = u["meta"]["class_idx"][:options["classes"]]
+    size = spec["input_size"] if options["size"] == "auto" else options["size"]
+    obj = AscentObjective(net, u["meta"]["unit_layer"], chans, classes)
+    try:
+        res = gradient_ascent(net, obj, len(chans) + len(classes), size, options["steps"], options["lr"],
+                              options["jitter"], options["blur_every"], options["blur_sigma"], options["decay"],
+                              seed, dev)
+    finally:
+        obj.close()
+    nc = len(chans)
+    post = [channel_activation(net, u["meta"]["unit_layer"], res[k][:nc].to(dev), chans).tolist()
+            for k in ("initial", "images")] if nc else [[], []]
+    meta = {"unit_layer": u["meta"]["unit_layer"], "channels": [int(c) for c in chans], "classes": classes,
+            "class_names": [spec["class_names"][c] for c in classes], "size": size, "options": options,
+            "channel_objective": {"start": res["start"][:nc].tolist(), "end": res["end"][:nc].tolist()},
+            "channel_activation": {"start": post[0], "end": post[1]},
+            "class_score": {"start": res["start"][nc:].tolist(), "end": res["end"][nc:].tolist()},
+            "seconds": round(time.time() - t0, 2)}
+    images = (res["images"].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    save_npz(out, meta, channel_images=images[:nc], class_images=images[nc:])
+    log.info("gradient ascent: %d channels, %d classes at %d px in %.1fs", nc, len(classes), size, meta["seconds"])
+    return meta

@@ -1,0 +1,12 @@
+from cvaudit.inside import run_units
+
+
+def main(sm):
+    run_units(sm.input.model, sm.input.manifest, sm.input.audit_set, sm.params.options, seed=sm.params.seed,
+              device=sm.params.device, threads=sm.threads, out=sm.output.units)
+
+
+if __name__ == "__main__":
+    from cvaudit.runlog import run
+
+    run(main, snakemake)  # noqa: F821 — injected by Snakemake

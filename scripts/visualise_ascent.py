@@ -1,0 +1,12 @@
+from cvaudit.inside import run_ascent
+
+
+def main(sm):
+    run_ascent(sm.input.model, sm.input.units, sm.params.options, seed=sm.params.seed, device=sm.params.device,
+               threads=sm.threads, out=sm.output.ascent)
+
+
+if __name__ == "__main__":
+    from cvaudit.runlog import run
+
+    run(main, snakemake)  # noqa: F821 — injected by Snakemake
