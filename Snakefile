@@ -26,6 +26,7 @@ include: "rules/data.smk"
 include: "rules/model.smk"
 include: "rules/explain.smk"
 include: "rules/represent.smk"
+include: "rules/robust.smk"
 include: "rules/report.smk"
 
 

@@ -13,6 +13,8 @@ wildcard_constraints:
     dataset="|".join(re.escape(d) for d in config["datasets"]),
     model="|".join(re.escape(m) for m in config["models"]),
     method="|".join(re.escape(m) for m in EXPLAIN_METHODS),
+    family="translate|rotate|scale|brightness|contrast|noise|blur|jpeg",
+    attack="fgsm|pgd",
 
 
 # Workflow files (templates) resolved against the Snakefile, so --directory elsewhere works.
@@ -54,6 +56,21 @@ def represent_files(wildcards):
         files["ascent"] = f"results/{m}/represent/ascent.npz"
     if len(models_of(dataset_of(m))) > 1:  # CKA between the models trained on the same data
         files["compare"] = f"results/compare/{dataset_of(m)}/representations.json"
+    return files
+
+
+def robust_files(wildcards):
+    """Calibration, one curve per invariance family, one result per attack (none when switched off)."""
+    rob, m = config["robustness"], wildcards.model
+    if not rob["enabled"]:
+        return {}
+    files = {f"invariance_{f}": f"results/{m}/robust/invariance/{f}.json" for f in rob["invariance"]}
+    if rob["calibration"]["enabled"]:
+        files["calibration"] = f"results/{m}/robust/calibration.json"
+    if rob["adversarial"]["enabled"]:
+        files.update({f"adversarial_{a}": f"results/{m}/robust/adversarial/{a}.npz" for a in rob["adversarial"]["attacks"]})
+    if rob["randomisation"]["enabled"] and config["models"][m]["train"] is not False:
+        files["randomisation"] = f"results/{m}/robust/randomisation.json"
     return files
 
 

@@ -9,6 +9,7 @@ rule render_report:
                 "audit_set": f"results/{wc.model}/eval/audit_set.npz",
                 **explain_maps(wc),
                 **represent_files(wc),
+                **robust_files(wc),
             }
         ),
         template=TEMPLATES / "report.html.j2",
@@ -20,7 +21,7 @@ rule render_report:
     params:
         model_cfg=lambda wc: config["models"][wc.model],
         dataset_cfg=lambda wc: config["datasets"][dataset_of(wc.model)],
-        settings={k: config[k] for k in ("seed", "device", "audit", "explain", "represent", "baseline", "verdicts", "report")},
+        settings={k: config[k] for k in ("seed", "device", "audit", "explain", "represent", "robustness", "baseline", "verdicts", "report")},
     conda:
         "../envs/cvaudit.yaml"
     log:

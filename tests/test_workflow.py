@@ -123,6 +123,33 @@ def test_units_section_shows_sparsity_dead_channels_and_ascent(run):
         assert all(e > s for s, e in zip(a["meta"]["class_score"]["start"], a["meta"]["class_score"]["end"]))
 
 
+def test_robustness_sections_show_calibration_invariance_and_attacks(run):
+    from cvaudit.io import load_npz
+    for m in MODELS:
+        base = run / "results" / m / "robust"
+        html = (run / "results" / m / "report" / "report.html").read_text()
+        summary = json.loads((run / "results" / m / "report" / "summary.json").read_text())
+        cal = json.loads((base / "calibration.json").read_text())
+        metrics = json.loads((run / "results" / m / "eval" / "metrics.json").read_text())
+        assert cal["before"]["accuracy"] == pytest.approx(metrics["accuracy"])  # the same test predictions
+        assert f"{cal['before']['ece']:.4f}" in html and 'id="calibration"' in html
+        assert summary["robustness"]["calibration"]["ece_before"] == cal["before"]["ece"]
+        for fam in ("translate", "rotate", "noise", "jpeg"):
+            c = json.loads((base / "invariance" / f"{fam}.json").read_text())
+            assert c["consistency"][0] == 1.0 and c["accuracy"][0] == c["clean_accuracy"]  # identity first
+            assert summary["robustness"]["invariance"][fam]["score"] == c["score"]
+        assert json.loads((base / "invariance" / "rotate.json").read_text())["drift"]["images"] == 2
+        fgsm, pgd = (load_npz(base / "adversarial" / f"{a}.npz")["meta"] for a in ("fgsm", "pgd"))
+        assert fgsm["accuracy"][0] == fgsm["clean_accuracy"]  # eps = 0
+        assert all(p <= f for p, f in zip(pgd["accuracy"], fgsm["accuracy"]))
+        verdicts = {v["name"]: v for v in summary["verdicts"]}
+        assert verdicts["ece"]["value"] == cal["before"]["ece"]
+        assert verdicts["fgsm_accuracy"]["value"] == fgsm["accuracy"][1]  # check_epsilon 0.0078 in test.yaml
+        assert verdicts["rotation_accuracy"]["value"] == json.loads((base / "invariance" / "rotate.json").read_text())["accuracy"][1]
+        for section in ('id="invariance"', 'id="adversarial"', "Reliability diagram"):
+            assert section in html
+
+
 def test_rejected_images_are_listed_in_the_report(run):
     html = (run / "results" / "cnn_tiny" / "report" / "report.html").read_text()
     assert "Rejected files (4)" in html
@@ -137,7 +164,7 @@ def test_second_run_does_nothing_and_a_changed_image_reruns_its_chain(run):
     jobs = planned(run)
     assert jobs == {"ingest_dataset": 1, "fit_baseline": 1, "train_model": 2, "evaluate_model": 2, "explain": 22,
                     "represent": 2, "inspect_units": 2, "visualise_ascent": 2, "compare_representations": 1,
-                    "render_report": 2, "all": 1}  # 10 methods + the random floor, per model
+                    "calibrate": 2, "invariance": 8, "adversarial": 4, "render_report": 2, "all": 1}  # 10 methods + the random floor, per model
     smk(run, "--configfile", str(run / "config.yaml"), "--touch")  # mark up to date again
     shutil.copy(img, run / "images" / "trouser" / "added.png")  # a new file is a new input
     assert planned(run).get("ingest_dataset") == 1

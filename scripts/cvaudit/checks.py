@@ -55,6 +55,41 @@ register(Check("sanity_similarity", "Similarity after model randomisation", "att
                lambda r, m: (r["explain"][m]["meta"].get("sanity") or {}).get("final_rank_corr"), per_method=True))
 
 
+def _robust(r: dict) -> dict:
+    return r.get("robust") or {}
+
+
+def rotation_accuracy(r: dict) -> float | None:
+    """Mean test accuracy at +-check_angle degrees (whichever of the two were run)."""
+    rob = _robust(r)
+    inv = rob.get("invariance", {}).get("rotate")
+    if not inv:
+        return None
+    accs = [a for s, a in zip(inv["severities"], inv["accuracy"]) if abs(abs(s) - rob["check_angle"]) < 1e-9]
+    return sum(accs) / len(accs) if accs else None
+
+
+def fgsm_accuracy(r: dict) -> float | None:
+    rob = _robust(r)
+    adv = rob.get("adversarial", {}).get("fgsm")
+    if not adv:
+        return None
+    accs = [a for e, a in zip(adv["epsilons"], adv["accuracy"]) if abs(e - rob["check_epsilon"]) < 1e-9]
+    return accs[0] if accs else None
+
+
+register(Check("ece", "Expected calibration error", "calibration", False,
+               "Average gap between confidence and accuracy over confidence bins on the test set (before "
+               "temperature scaling): how far the model's probabilities can be taken at face value.",
+               lambda r: (_robust(r).get("calibration") or {}).get("before", {}).get("ece")))
+register(Check("rotation_accuracy", "Accuracy under rotation", "invariance", True,
+               "Test accuracy with every image rotated by the configured angle (robustness.check_angle).",
+               rotation_accuracy))
+register(Check("fgsm_accuracy", "Accuracy under FGSM", "adversarial", True,
+               "Test accuracy against the fast gradient sign attack at the configured radius "
+               "(robustness.adversarial.check_epsilon).", fgsm_accuracy))
+
+
 def judge(value: float | None, threshold: dict, higher_is_better: bool) -> str:
     """pass / warn / fail against {warn, fail}; n/a when there is no value."""
     if value is None:

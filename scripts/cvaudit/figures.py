@@ -200,3 +200,87 @@ def draw_box(image: np.ndarray, box, colour=(255, 200, 0), width: int = 2) -> np
     y0, y1, x0, x1 = (int(v) for v in box)
     ImageDraw.Draw(im).rectangle([x0, y0, x1 - 1, y1 - 1], outline=colour, width=width)
     return np.asarray(im)
+
+
+def reliability_diagram(before: dict, after: dict | None, temperature: float | None) -> str:
+    """Accuracy against confidence per bin (the diagonal is perfect calibration), before and after
+    temperature scaling, with the share of images per bin below."""
+    fig, (ax, hx) = plt.subplots(2, 1, figsize=(4.4, 4.6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    for res, style, label in ((before, "o-", "as trained"), (after, "s-", f"temperature T = {temperature:.2f}"
+                                                               if temperature else "")):
+        if not res:
+            continue
+        b = [r for r in res["bins"] if r["count"]]
+        ax.plot([r["confidence"] for r in b], [r["accuracy"] for r in b], style, ms=3,
+                label=f"{label} (ECE {res['ece']:.3f})")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    w = before["bins"][0]["hi"] - before["bins"][0]["lo"]
+    hx.bar([r["lo"] + w / 2 for r in before["bins"]], [r["count"] / before["n"] for r in before["bins"]], width=w * 0.9,
+           color="#8c959f")
+    hx.set_xlabel("confidence (top class probability)")
+    hx.set_ylabel("share")
+    hx.set_xlim(0, 1)
+    return fig_uri(fig)
+
+
+def invariance_curves(curves: dict) -> str:
+    """One panel per transform family: accuracy and consistency against severity."""
+    fams = list(curves)
+    cols = min(4, len(fams))
+    rows = -(-len(fams) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.7 * rows), squeeze=False, sharey=True)
+    for ax, f in zip(axes.flat, fams):
+        c = curves[f]
+        order = np.argsort(c["severities"])
+        sev = np.asarray(c["severities"])[order]
+        ax.plot(sev, np.asarray(c["accuracy"])[order], "o-", ms=2.5, label="accuracy")
+        ax.plot(sev, np.asarray(c["consistency"])[order], "s--", ms=2.5, label="consistency")
+        ax.axvline(c["identity"], color="#8c959f", lw=0.6)
+        ax.set_title(f"{f} (score {c['score']:.2f})" if c["score"] is not None else f, fontsize=8)
+        ax.set_ylim(0, 1.02)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(fams):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6.5, frameon=False, loc="lower left")
+    fig.tight_layout()
+    return fig_uri(fig)
+
+
+def adversarial_curves(curves: dict, flips: dict) -> str:
+    """Accuracy against epsilon per attack, and the distribution of the smallest epsilon that flips
+    each image's prediction."""
+    fig, (ax, hx) = plt.subplots(1, 2, figsize=(7.2, 2.6))
+    for a, (eps, acc) in curves.items():
+        ax.plot(np.asarray(eps) * 255, acc, "o-", ms=3, label=a.upper())
+    ax.set_xlabel("epsilon (x 1/255, L-inf)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(frameon=False, fontsize=7)
+    fl = {a: np.asarray(v) * 255 for a, v in flips.items()}
+    grid = sorted({float(e) for v in fl.values() for e in v[np.isfinite(v)]})
+    ticks = [f"{v:.1f}" for v in grid] + ["never"]
+    for a, v in fl.items():
+        share = [float(np.mean(v == e)) for e in grid] + [float(np.mean(~np.isfinite(v)))]
+        hx.plot(range(len(ticks)), share, "o-", ms=3, label=a.upper())
+    hx.set_xticks(range(len(ticks)), ticks)
+    hx.set_xlabel("smallest epsilon (x 1/255) that flips the prediction")
+    hx.set_ylabel("share of images")
+    hx.legend(frameon=False, fontsize=7)
+    hx.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    return fig_uri(fig)
+
+
+def memorisation_curves(res: dict) -> str:
+    fig, ax = plt.subplots(figsize=(4.6, 2.6))
+    for name, style in (("true", "o-"), ("shuffled", "s-")):
+        ax.plot(res["epochs"], res["train_accuracy"][name], style, ms=3, label=f"{name} labels")
+    ax.axhline(res["chance"], color="#8c959f", lw=0.8, ls="--", label="chance (largest class)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(frameon=False, fontsize=7)
+    return fig_uri(fig)

@@ -207,6 +207,47 @@ def _compare_section(path, model: str) -> dict:
             "cka_fig": figures.agreement_heatmap(c["models"], c["cka"], label="linear CKA", vmin=0)}
 
 
+def collect_robust(inputs: dict, settings: dict) -> dict | None:
+    """Calibration, invariance curves and adversarial results, as the checks and the report read them."""
+    from .io import load_npz
+    inv = {k[len("invariance_"):]: read_json(v) for k, v in inputs.items() if k.startswith("invariance_")}
+    adv = {k[len("adversarial_"):]: load_npz(v) for k, v in inputs.items() if k.startswith("adversarial_")}
+    if not inv and not adv and "calibration" not in inputs:
+        return None
+    rob = settings["robustness"]
+    return {"invariance": inv, "adversarial": {a: v["meta"] for a, v in adv.items()}, "adversarial_arrays": adv,
+            "calibration": read_json(inputs["calibration"]) if "calibration" in inputs else None,
+            "randomisation": read_json(inputs["randomisation"]) if "randomisation" in inputs else None,
+            "check_angle": rob["check_angle"], "check_epsilon": rob["adversarial"]["check_epsilon"]}
+
+
+def _robust_section(rob: dict, names: list[str]) -> dict:
+    out = {"calibration": rob["calibration"], "invariance": rob["invariance"], "adversarial": rob["adversarial"],
+           "randomisation": rob["randomisation"]}
+    out["randomisation_fig"] = figures.memorisation_curves(rob["randomisation"]) if rob["randomisation"] else None
+    cal = rob["calibration"]
+    out["reliability"] = figures.reliability_diagram(cal["before"], cal["after"], cal["temperature"]) if cal else None
+    out["invariance_fig"] = figures.invariance_curves(rob["invariance"]) if rob["invariance"] else None
+    out["adversarial_fig"] = figures.adversarial_curves(
+        {a: (m["epsilons"], m["accuracy"]) for a, m in rob["adversarial"].items()},
+        {a: v["flip_epsilon"] for a, v in rob["adversarial_arrays"].items()}) if rob["adversarial"] else None
+    examples = []
+    for attack, v in rob["adversarial_arrays"].items():
+        eps = v["meta"]["example_epsilon"]
+        for i, j in enumerate(v["example_index"]):
+            orig, adv = v["images"][i].astype(np.float32), v["adv_images"][i].astype(np.float32)
+            delta = (adv - orig) / (2 * max(eps, 1e-12) * 255) + 0.5  # amplified: +-eps spans the full range
+            examples.append({"attack": attack, "eps": eps,
+                             "orig": figures.png_uri(v["images"][i], 96, 112),
+                             "delta": figures.png_uri((delta.clip(0, 1) * 255).astype(np.uint8), 96, 112),
+                             "adv": figures.png_uri(v["adv_images"][i], 96, 112),
+                             "true": names[int(v["targets"][j])],
+                             "pred": names[int(v["clean_pred"][j])], "conf": float(v["clean_conf"][j]),
+                             "adv_pred": names[int(v["adv_pred"][i])], "adv_conf": float(v["adv_conf"][i])})
+    out["examples"] = examples
+    return out
+
+
 def collect(model: str, inputs: dict, methods: list[str]) -> dict:
     """Everything the report shows, read from the stage outputs of this run."""
     r = {"model": model,
@@ -227,6 +268,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
     r = collect(model, inputs, settings["explain"]["methods"])
+    r["robust"] = collect_robust(inputs, settings)
     verdicts = run_checks(r, settings["verdicts"])
     model_verdicts = [v for v in verdicts if v["method"] is None]
     status = overall(model_verdicts)  # about the model; each attribution method is judged in its own section
@@ -237,6 +279,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                                    settings["represent"]["queries"]) if "represent" in inputs else None
     units = _units_section(inputs["units"], inputs.get("ascent")) if "units" in inputs else None
     compare = _compare_section(inputs["compare"], model) if "compare" in inputs else None
+    robust = _robust_section(r["robust"], [str(n) for n in audit["class_names"]]) if r["robust"] else None
     ev = r["eval"]
     run_seconds = {"train": r["train"].get("seconds"), "evaluate": ev.get("seconds"),
                    "explain (all methods, with trust checks)": sum(r["explain"][m]["meta"].get("seconds", 0) for m in r["explain"])}
@@ -262,6 +305,21 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                 {k: layer[k] for k in ("name", "sparsity", "dead", "channels")} for layer in units["meta"]["layers"]],
             "cka_between_models": None if compare is None else {
                 m: compare["cka"][compare["models"].index(model)][j] for j, m in enumerate(compare["models"])}},
+        "robustness": None if robust is None else {
+            "calibration": None if not robust["calibration"] else {
+                "temperature": robust["calibration"]["temperature"],
+                **{f"{k}_{when}": (robust["calibration"][when] or {}).get(k)
+                   for k in ("ece", "mce", "nll", "brier") for when in ("before", "after")}},
+            "invariance": {f: {"score": v["score"], "severities": v["severities"], "accuracy": v["accuracy"],
+                               "consistency": v["consistency"],
+                               "gradcam_equivariance_error": (v["drift"] or {}).get("equivariance_error")}
+                           for f, v in robust["invariance"].items()},
+            "adversarial": {a: {"epsilons": v["epsilons"], "accuracy": v["accuracy"],
+                                "median_flip_epsilon": v["median_flip_epsilon"]}
+                            for a, v in robust["adversarial"].items()},
+            "randomisation": None if not robust["randomisation"] else {
+                "final_train_accuracy": {k: v[-1] for k, v in robust["randomisation"]["train_accuracy"].items()},
+                "chance": robust["randomisation"]["chance"]}},
         "provenance": {"arch": model_cfg["arch"], "weights": model_cfg["weights"], "seed": settings["seed"],
                        "device": device_description(r["train"]["device"]),
                        "manifest_sha256": r["dataset"]["manifest_sha256"], "packages": versions,
@@ -275,7 +333,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     html = env.get_template(Path(template).name).render(
         title=settings["report"]["title"], model=model, r=r, ev=ev, verdicts=model_verdicts, status=status,
         summary=summary, model_cfg=model_cfg, dataset_cfg=dataset_cfg, settings=settings, att=attributions,
-        rep=represent, units=units, compare=compare,
+        rep=represent, units=units, compare=compare, rob=robust,
         css=Path(css).read_text(),
         samples=_sample_grid(inputs["manifest"], r["dataset"]["classes"]),
         curves=figures.learning_curves(r["history"]) if r["history"] else None,

@@ -1,0 +1,100 @@
+# Behaviour under change: calibration, invariance per transform family, adversarial per attack.
+
+
+rule calibrate:
+    input:
+        model="results/{model}/model.safetensors",
+        manifest=manifest_of,
+        probs="results/{model}/eval/probs.npz",
+    output:
+        calibration="results/{model}/robust/calibration.json",
+    params:
+        options=config["robustness"]["calibration"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/calibrate/{model}.log",
+    benchmark:
+        "benchmarks/calibrate/{model}.tsv"
+    script:
+        "../scripts/calibrate.py"
+
+
+rule invariance:
+    input:
+        model="results/{model}/model.safetensors",
+        manifest=manifest_of,
+    output:
+        curve="results/{model}/robust/invariance/{family}.json",
+    params:
+        options=lambda wc: {"max_images": config["robustness"]["max_images"],
+                            "severities": config["robustness"]["invariance"][wc.family]},
+        drift=config["robustness"]["drift"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: 1  # many small jobs: two run side by side on two cores
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/invariance/{model}.{family}.log",
+    benchmark:
+        "benchmarks/invariance/{model}.{family}.tsv"
+    script:
+        "../scripts/invariance.py"
+
+
+rule adversarial:
+    input:
+        model="results/{model}/model.safetensors",
+        manifest=manifest_of,
+    output:
+        result="results/{model}/robust/adversarial/{attack}.npz",
+    params:
+        options={k: v for k, v in config["robustness"]["adversarial"].items() if k not in ("enabled", "attacks")},
+        seed=config["seed"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/adversarial/{model}.{attack}.log",
+    benchmark:
+        "benchmarks/adversarial/{model}.{attack}.tsv"
+    script:
+        "../scripts/adversarial.py"
+
+
+rule randomisation_test:
+    input:
+        manifest=manifest_of,
+    output:
+        curves="results/{model}/robust/randomisation.json",
+    params:
+        cfg=lambda wc: config["models"][wc.model],
+        options=config["robustness"]["randomisation"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        mem_mb=6000,
+        runtime=240,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/randomisation_test/{model}.log",
+    benchmark:
+        "benchmarks/randomisation_test/{model}.tsv"
+    script:
+        "../scripts/randomisation_test.py"

@@ -1,0 +1,12 @@
+from cvaudit.robust import run_adversarial
+
+
+def main(sm):
+    run_adversarial(sm.wildcards.attack, sm.input.model, sm.input.manifest, sm.params.options, seed=sm.params.seed,
+                    device=sm.params.device, threads=sm.threads, out=sm.output.result)
+
+
+if __name__ == "__main__":
+    from cvaudit.runlog import run
+
+    run(main, snakemake)  # noqa: F821 — injected by Snakemake

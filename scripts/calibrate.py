@@ -1,0 +1,12 @@
+from cvaudit.robust import run_calibration
+
+
+def main(sm):
+    run_calibration(sm.input.model, sm.input.manifest, sm.input.probs, sm.params.options, seed=sm.params.seed,
+                    device=sm.params.device, threads=sm.threads, out=sm.output.calibration)
+
+
+if __name__ == "__main__":
+    from cvaudit.runlog import run
+
+    run(main, snakemake)  # noqa: F821 — injected by Snakemake

@@ -1,0 +1,350 @@
+"""Behaviour under change: invariance curves per transform family (with Grad-CAM drift), adversarial
+accuracy against epsilon (captum's FGSM and PGD), and calibration (reliability, ECE, MCE, NLL,
+Brier) before and after temperature scaling fitted on the validation split.
+
+All model calls are batched; transforms are torchvision v2 functionals applied to whole batches.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+from . import CvauditError
+from .data import load_rgb, read_manifest
+from .evaluate import predict_proba
+from .explain import PixelSpace
+from .io import load_npz, save_npz, write_json
+from .models import auto_batch, display_transform, load_model, resolve_device
+from .train import seed_everything
+
+log = logging.getLogger("cvaudit.robust")
+
+
+# ----------------------------------------------------------------------------- calibration
+def calibration_metrics(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> dict:
+    """ECE and MCE over `bins` equal-width confidence bins (Guo et al.), NLL, Brier score (sum over
+    classes of the squared error, averaged over images) and the reliability diagram's bins."""
+    probs = np.asarray(probs, np.float64)
+    n = len(targets)
+    conf, pred = probs.max(1), probs.argmax(1)
+    correct = (pred == targets).astype(np.float64)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    rows, ece, mce = [], 0.0, 0.0
+    for b in range(bins):
+        m = which == b
+        if not m.any():
+            rows.append({"lo": edges[b], "hi": edges[b + 1], "count": 0, "accuracy": None, "confidence": None})
+            continue
+        acc, cf = correct[m].mean(), conf[m].mean()
+        ece += m.sum() / n * abs(acc - cf)
+        mce = max(mce, abs(acc - cf))
+        rows.append({"lo": edges[b], "hi": edges[b + 1], "count": int(m.sum()), "accuracy": acc, "confidence": cf})
+    onehot = np.eye(probs.shape[1])[targets]
+    return {"ece": float(ece), "mce": float(mce), "accuracy": float(correct.mean()),
+            "nll": float(-np.log(np.clip(probs[np.arange(n), targets], 1e-12, 1)).mean()),
+            "brier": float(((probs - onehot) ** 2).sum(1).mean()), "mean_confidence": float(conf.mean()),
+            "bins": rows, "n": int(n)}
+
+
+def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
+    """The temperature T > 0 minimising the NLL of softmax(logits / T): a 1-D convex problem in
+    log T, solved by bounded scalar minimisation (scipy)."""
+    from scipy.optimize import minimize_scalar
+    z, t = torch.as_tensor(logits, dtype=torch.float64), torch.as_tensor(targets)
+
+    def nll(log_t):
+        return float(F.cross_entropy(z / np.exp(log_t), t))
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-5})
+    return float(np.exp(res.x))
+
+
+def scaled(logits: np.ndarray, temperature: float) -> np.ndarray:
+    return torch.softmax(torch.as_tensor(logits, dtype=torch.float64) / temperature, 1).numpy()
+
+
+def log_probs(probs: np.ndarray) -> np.ndarray:
+    """Logits up to a per-image constant (which softmax ignores), from saved probabilities."""
+    return np.log(np.clip(np.asarray(probs, np.float64), 1e-30, 1))
+
+
+def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, device: str, threads: int,
+                    out) -> dict:
+    t0 = time.time()
+    seed_everything(seed, threads)
+    dev = resolve_device(device)
+    z = np.load(test_probs, allow_pickle=False)
+    test_logits, test_targets = log_probs(z["probs"]), z["targets"]
+    before = calibration_metrics(z["probs"], test_targets, options["bins"])
+    result = {"bins": options["bins"], "before": before, "after": None, "temperature": None,
+              "val": None, "reason": ""}
+    val = read_manifest(manifest, "val")
+    if len(val) < 10:
+        result["reason"] = f"the validation split has {len(val)} images (at least 10 needed to fit a temperature)"
+    else:
+        model, spec = load_model(model_path, dev)
+        index = {c: i for i, c in enumerate(spec["class_names"])}
+        val_logits = log_probs(predict_proba(model, val, spec, dev))
+        val_targets = np.array([index[r["label"]] for r in val])
+        temp = fit_temperature(val_logits, val_targets)
+        result.update(temperature=temp, after=calibration_metrics(scaled(test_logits, temp), test_targets,
+                                                                   options["bins"]),
+                      val={"n": len(val), "nll_before": calibration_metrics(scaled(val_logits, 1.0), val_targets)["nll"],
+                           "nll_after": calibration_metrics(scaled(val_logits, temp), val_targets)["nll"]})
+    result["seconds"] = round(time.time() - t0, 2)
+    write_json(out, result)
+    log.info("calibration: ECE %.4f -> %s (T = %s)", before["ece"],
+             "n/a" if result["after"] is None else f"{result['after']['ece']:.4f}", result["temperature"])
+    return result
+
+
+# ----------------------------------------------------------------------------- test images in memory
+def robustness_images(manifest, spec: dict, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """A seeded, class-stratified sample of at most n test images, as the model sees them (uint8,
+    resized to its input size), with targets in the model's class indices."""
+    rows = read_manifest(manifest, "test")
+    if not rows:
+        raise CvauditError("the dataset has no test images; raise config key datasets.*.split.test")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(rows))
+    if len(rows) > n:  # round-robin over classes keeps every class represented
+        by_class: dict[str, list[int]] = {}
+        for i in order:
+            by_class.setdefault(rows[i]["label"], []).append(int(i))
+        pick, queues = [], list(by_class.values())
+        while len(pick) < n:
+            for q in queues:
+                if q and len(pick) < n:
+                    pick.append(q.pop(0))
+        order = np.array(sorted(pick))
+    else:
+        order = np.arange(len(rows))
+    show = display_transform(spec)
+    index = {c: i for i, c in enumerate(spec["class_names"])}
+    x = torch.stack([show(load_rgb(rows[i]["path"])) for i in order])
+    y = torch.tensor([index[rows[i]["label"]] for i in order])
+    return x, y, [rows[i]["path"] for i in order]
+
+
+@torch.no_grad()
+def predict(net, x01: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted class and its probability for images in [0, 1], in batches."""
+    preds, conf = [], []
+    for i in range(0, len(x01), batch):
+        p = torch.softmax(net(x01[i:i + batch]).float(), 1)
+        c, q = p.max(1)
+        preds.append(q.cpu())
+        conf.append(c.cpu())
+    return torch.cat(preds), torch.cat(conf)
+
+
+# ----------------------------------------------------------------------------- invariance
+def _jpeg(x: torch.Tensor, quality: float) -> torch.Tensor:
+    """JPEG round trip per image with Pillow (torchvision's encoder is deprecated)."""
+    import io
+
+    from PIL import Image
+    u8 = (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    out = []
+    for im in u8:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="JPEG", quality=int(quality))
+        buf.seek(0)
+        with Image.open(buf) as j:
+            out.append(np.asarray(j.convert("RGB")))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255).to(x.device)
+
+
+IDENTITY = {"translate": 0.0, "rotate": 0.0, "scale": 1.0, "brightness": 1.0, "contrast": 1.0, "noise": 0.0,
+            "blur": 0.0, "jpeg": 100}
+
+
+def transform(family: str, x: torch.Tensor, severity: float, gen: torch.Generator) -> torch.Tensor:
+    """One transform family at one severity on a batch of images in [0, 1] (N, 3, H, W). Severity 0
+    (or 1 for scale and contrast and brightness factors, 100 for JPEG quality) is the identity."""
+    if family not in IDENTITY:
+        raise CvauditError(f"unknown transform family '{family}' (config key robustness.invariance)")
+    if severity == IDENTITY[family]:
+        return x
+    if family == "translate":  # fraction of the image size, to the right and down
+        d = int(round(severity * x.shape[-1]))
+        return TF.affine(x, angle=0.0, translate=[d, d], scale=1.0, shear=[0.0, 0.0])
+    if family == "rotate":  # degrees
+        return TF.rotate(x, float(severity), interpolation=TF.InterpolationMode.BILINEAR)
+    if family == "scale":  # zoom factor around the centre
+        return TF.affine(x, angle=0.0, translate=[0, 0], scale=float(severity), shear=[0.0, 0.0],
+                         interpolation=TF.InterpolationMode.BILINEAR)
+    if family == "brightness":
+        return TF.adjust_brightness(x, float(severity))
+    if family == "contrast":
+        return TF.adjust_contrast(x, float(severity))
+    if family == "noise":  # standard deviation in [0, 1] pixel units
+        return (x + severity * torch.randn(x.shape, generator=gen).to(x.device)).clamp(0, 1)
+    if family == "blur":  # sigma in pixels
+        k = int(2 * np.ceil(3 * severity) + 1)
+        return TF.gaussian_blur(x, [k, k], [float(severity)] * 2)
+    if family == "jpeg":  # quality 1..100
+        return _jpeg(x, min(severity, 100))
+
+
+
+
+def robustness_score(severities: list[float], accuracy: list[float], clean: float, identity: float) -> float | None:
+    """Area under the accuracy curve over the severities, relative to clean accuracy over the same
+    range (1 = no loss). Severities are ordered by distance from the identity."""
+    if clean <= 0:
+        return None
+    d = np.abs(np.asarray(severities, float) - identity)
+    order = np.argsort(d)
+    d, acc = d[order], np.asarray(accuracy, float)[order]
+    if len(d) < 2 or d[-1] == 0:
+        return float(acc.mean() / clean)
+    return float(np.trapezoid(acc, d) / (clean * (d[-1] - d[0])))
+
+
+def equivariance_error(cam_of_moved: np.ndarray, moved_cam: np.ndarray) -> float:
+    """Mean over images of ||a - b||_1 / (||a||_1 + ||b||_1) between the map of the moved image (a)
+    and the moved map of the clean image (b), each scaled to max 1 first: 0 when the explanation
+    moves with the image, 1 when the two maps do not overlap at all."""
+    def norm(m):
+        m = np.clip(m, 0, None).reshape(len(m), -1)
+        return m / np.maximum(m.max(1, keepdims=True), 1e-12)
+    a, b = norm(cam_of_moved), norm(moved_cam)
+    return float((np.abs(a - b).sum(1) / np.maximum(a.sum(1) + b.sum(1), 1e-12)).mean())
+
+
+def run_invariance(family: str, model_path, manifest, options: dict, drift: dict, seed: int, device: str,
+                   threads: int, out) -> dict:
+    from .explain import GradCAM, NotApplicable, attribute_batched
+
+    t0 = time.time()
+    seed_everything(seed, threads)
+    dev = resolve_device(device)
+    model, spec = load_model(model_path, dev)
+    net = PixelSpace(model, spec["mean"], spec["std"]).to(dev).eval()
+    x8, y, _ = robustness_images(manifest, spec, options["max_images"], seed)
+    x = x8.float().div(255).to(dev)
+    batch = auto_batch(x.shape[-2], x.shape[-1], dev)
+    clean_pred, _ = predict(net, x, batch)
+    clean_acc = float((clean_pred == y).float().mean())
+    severities = list(options["severities"])
+    gen = torch.Generator().manual_seed(seed)
+    acc, cons = [], []
+    for s in severities:
+        p, _ = predict(net, transform(family, x, s, gen), batch)
+        acc.append(float((p == y).float().mean()))
+        cons.append(float((p == clean_pred).float().mean()))
+    result = {"family": family, "severities": severities, "accuracy": acc, "consistency": cons,
+              "clean_accuracy": clean_acc, "n": int(len(x)), "identity": IDENTITY[family],
+              "score": robustness_score(severities, acc, clean_acc, IDENTITY[family]), "drift": None}
+    if family in ("translate", "rotate") and drift["images"] > 0:
+        xd, target = x[:drift["images"]], clean_pred[:drift["images"]].to(dev)
+        cam = GradCAM(batch_size=batch, layer="auto", min_resolution=drift["min_resolution"])
+        try:
+            base = torch.from_numpy(attribute_batched(cam, net, xd, target))[:, None]
+            errs = []
+            for s in severities:
+                moved = transform(family, xd, s, gen)
+                cam_of_moved = attribute_batched(cam, net, moved, target)
+                moved_cam = transform(family, base.to(dev), s, gen)[:, 0].cpu().numpy()
+                errs.append(equivariance_error(cam_of_moved, moved_cam))
+            result["drift"] = {"method": "gradcam", "images": int(len(xd)), "equivariance_error": errs}
+        except NotApplicable as e:
+            result["drift"] = {"method": "gradcam", "reason": str(e)}
+    result["seconds"] = round(time.time() - t0, 2)
+    write_json(out, result)
+    log.info("%s: score %s, accuracy %s (%.1fs)", family, result["score"], np.round(acc, 3).tolist(),
+             result["seconds"])
+    return result
+
+
+# ----------------------------------------------------------------------------- adversarial
+def attack_batch(attack: str, net, x: torch.Tensor, y: torch.Tensor, eps: float, options: dict) -> torch.Tensor:
+    """Untargeted adversarial images within L-inf radius eps (pixel units in [0, 1]).
+
+    fgsm: captum's FGSM, one step of size eps along the sign of the loss gradient.
+    pgd: projected gradient descent built from captum's FGSM steps (step_factor * eps each, projected
+    back into the eps ball and [0, 1]). It starts at the FGSM image and keeps, per image, the worst
+    iterate seen (wrong prediction first, then highest loss), so it is never weaker than FGSM: plain
+    PGD with small steps can oscillate and end up weaker on some models.
+    """
+    from captum.robust import FGSM
+    if eps == 0:
+        return x.clone()
+    fgsm = FGSM(net, lower_bound=0.0, upper_bound=1.0)
+    start = fgsm.perturb(x, epsilon=eps, target=y).detach()
+    if attack == "fgsm":
+        return start
+    if attack != "pgd":
+        raise CvauditError(f"unknown attack '{attack}' (config key robustness.adversarial.attacks)")
+
+    def badness(z):
+        with torch.no_grad():
+            logits = net(z).float()
+            loss = F.cross_entropy(logits, y, reduction="none")
+            return (logits.argmax(1) != y).float() * 1e6 + loss
+
+    best, best_bad, cur = start.clone(), badness(start), start
+    for _ in range(options["steps"]):
+        cur = fgsm.perturb(cur, epsilon=eps * options["step_factor"], target=y).detach()
+        cur = (x + (cur - x).clamp(-eps, eps)).clamp(0, 1)
+        bad = badness(cur)
+        better = bad > best_bad
+        best[better], best_bad[better] = cur[better], bad[better]
+    return best
+
+
+def run_adversarial(attack: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
+                    out) -> dict:
+    t0 = time.time()
+    seed_everything(seed, threads)
+    dev = resolve_device(device)
+    model, spec = load_model(model_path, dev)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    net = PixelSpace(model, spec["mean"], spec["std"]).to(dev).eval()
+    x8, y, paths = robustness_images(manifest, spec, options["max_images"], seed)
+    x, y = x8.float().div(255).to(dev), y.to(dev)
+    batch = auto_batch(x.shape[-2], x.shape[-1], dev)
+    eps_list = sorted(float(e) for e in options["epsilons"])
+    clean_pred, clean_conf = predict(net, x, batch)
+    acc, flipped_at = [], np.full(len(x), np.inf)
+    examples = {}
+    show = min(options["examples"], len(x))
+    for eps in eps_list:
+        adv = torch.cat([attack_batch(attack, net, x[i:i + batch], y[i:i + batch], eps, options)
+                         for i in range(0, len(x), batch)])
+        p, c = predict(net, adv, batch)
+        acc.append(float((p == y.cpu()).float().mean()))
+        changed = (p != clean_pred).numpy()
+        flipped_at[changed & np.isinf(flipped_at)] = eps
+        if eps == float(options["example_epsilon"]) or (not examples and eps == eps_list[-1]):
+            # shown: images the attack turned from right to wrong first, then the others
+            fooled = ((clean_pred == y.cpu()) & (p != y.cpu())).numpy()
+            idx = np.concatenate([np.flatnonzero(fooled), np.flatnonzero(~fooled)])[:show]
+            examples = {"eps": eps, "index": idx,
+                        "adv": (adv[idx].cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8),
+                        "pred": p[idx].numpy(), "conf": c[idx].numpy()}
+    result = {"attack": attack, "epsilons": eps_list, "accuracy": acc, "n": int(len(x)),
+              "clean_accuracy": float((clean_pred == y.cpu()).float().mean()), "options": options,
+              "flipped_share": float(np.isfinite(flipped_at).mean()),
+              "median_flip_epsilon": float(np.median(flipped_at)) if np.isfinite(np.median(flipped_at)) else None,
+              "example_epsilon": examples.get("eps"), "class_names": spec["class_names"],
+              "seconds": round(time.time() - t0, 2)}
+    save_npz(out, result, flip_epsilon=flipped_at, targets=y.cpu().numpy(), clean_pred=clean_pred.numpy(),
+             clean_conf=clean_conf.numpy(), example_index=examples.get("index", np.zeros(0, np.int64)),
+             images=x8[examples.get("index", np.zeros(0, np.int64))].permute(0, 2, 3, 1).numpy(),
+             adv_images=examples.get("adv", np.zeros((0,) + tuple(x8.shape[2:]) + (3,), np.uint8)),
+             adv_pred=examples.get("pred", np.zeros(0, np.int64)), adv_conf=examples.get("conf", np.zeros(0)),
+             paths=np.array(paths))
+    log.info("%s: accuracy %s over eps %s (%.1fs)", attack, np.round(acc, 3).tolist(), eps_list, result["seconds"])
+    return result
+
+
+load_adversarial = load_npz

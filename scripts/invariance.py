@@ -1,0 +1,12 @@
+from cvaudit.robust import run_invariance
+
+
+def main(sm):
+    run_invariance(sm.wildcards.family, sm.input.model, sm.input.manifest, sm.params.options, sm.params.drift,
+                   seed=sm.params.seed, device=sm.params.device, threads=sm.threads, out=sm.output.curve)
+
+
+if __name__ == "__main__":
+    from cvaudit.runlog import run
+
+    run(main, snakemake)  # noqa: F821 — injected by Snakemake

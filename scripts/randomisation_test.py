@@ -1,0 +1,12 @@
+from cvaudit.train import run_memorisation
+
+
+def main(sm):
+    run_memorisation(sm.wildcards.model, sm.params.cfg, sm.input.manifest, sm.params.options, seed=sm.params.seed,
+                     device=sm.params.device, threads=sm.threads, out=sm.output.curves)
+
+
+if __name__ == "__main__":
+    from cvaudit.runlog import run
+
+    run(main, snakemake)  # noqa: F821 — injected by Snakemake

@@ -1,0 +1,148 @@
+"""Robustness: calibration metrics with known answers, temperature scaling, transforms, attacks."""
+import numpy as np
+import pytest
+import torch
+
+from cvaudit.explain import PixelSpace
+from cvaudit.models import build_model
+from cvaudit.robust import (IDENTITY, attack_batch, calibration_metrics, equivariance_error, fit_temperature,
+                            log_probs, predict, robustness_score, scaled, transform)
+
+SPEC = {"arch": "simple_cnn", "arch_options": {"channels": [8, 16]}, "weights": "none", "input_size": 28,
+        "num_classes": 3, "class_names": ["bag", "sneaker", "trouser"], "mean": [0.5] * 3, "std": [0.5] * 3}
+
+
+def test_ece_of_perfectly_calibrated_predictions_is_about_zero():
+    rng = np.random.default_rng(0)
+    n = 200_000
+    conf = rng.uniform(0.5, 1.0, n)  # two classes; class 0 is right with probability exactly conf
+    probs = np.stack([conf, 1 - conf], 1)
+    targets = (rng.uniform(size=n) > conf).astype(int)
+    m = calibration_metrics(probs, targets, bins=15)
+    assert m["ece"] < 0.005 and m["mce"] < 0.02
+
+
+def test_ece_mce_nll_brier_on_a_hand_computed_example():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])
+    targets = np.array([0, 1, 0, 1])
+    m = calibration_metrics(probs, targets, bins=5)  # bins of width 0.2: (0.8, 1], (0.6, 0.8], (0.4, 0.6]
+    # bin (0.8, 1]: {0.9 right} -> |1 - 0.9| = 0.1; bin (0.6, 0.8]: {0.8 wrong, 0.7 right} -> |0.5 - 0.75| = 0.25;
+    # bin (0.4, 0.6]: {0.6 right} -> 0.4.  ECE = (1 * 0.1 + 2 * 0.25 + 1 * 0.4) / 4 = 0.25, MCE = 0.4
+    assert m["ece"] == pytest.approx(0.25) and m["mce"] == pytest.approx(0.4)
+    assert m["nll"] == pytest.approx(-np.mean(np.log([0.9, 0.2, 0.6, 0.7])))
+    assert m["brier"] == pytest.approx(np.mean([0.02, 1.28, 0.32, 0.18]))
+    assert m["accuracy"] == 0.75 and sum(b["count"] for b in m["bins"]) == 4
+
+
+def test_temperature_scaling_fixes_overconfidence_and_never_raises_validation_nll():
+    rng = np.random.default_rng(1)
+    n, k = 4000, 5
+    logits = rng.normal(size=(n, k)) * 2
+    targets = np.array([rng.choice(k, p=p) for p in scaled(logits, 1.0)])  # calibrated at T = 1
+    hot = logits * 3  # the same model made over-confident: the right temperature is 3
+    t = fit_temperature(hot, targets)
+    assert t == pytest.approx(3.0, rel=0.1)
+    before, after = calibration_metrics(scaled(hot, 1.0), targets), calibration_metrics(scaled(hot, t), targets)
+    assert after["nll"] <= before["nll"] and after["ece"] < before["ece"] / 3
+    assert (scaled(hot, t).argmax(1) == hot.argmax(1)).all()  # predictions unchanged
+    # already calibrated: T stays near 1 and NLL does not rise
+    t1 = fit_temperature(logits, targets)
+    assert abs(t1 - 1) < 0.1
+    assert calibration_metrics(scaled(logits, t1), targets)["nll"] <= calibration_metrics(scaled(logits, 1.0), targets)["nll"] + 1e-9
+    # log-probabilities stand in for logits (softmax ignores a per-row constant)
+    assert np.allclose(scaled(log_probs(scaled(hot, 1.0)), t), scaled(hot, t), atol=1e-6)
+
+
+@pytest.mark.parametrize("family", list(IDENTITY))
+def test_identity_severity_leaves_images_and_predictions_unchanged(family):
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 28, 28)
+    g = torch.Generator().manual_seed(0)
+    same = transform(family, x, IDENTITY[family], g)
+    assert torch.allclose(same, x, atol=1e-6)
+    net = PixelSpace(build_model(SPEC).eval(), SPEC["mean"], SPEC["std"])
+    assert (predict(net, same, 4)[0] == predict(net, x, 4)[0]).float().mean() == 1.0  # consistency 1.0
+    moved = transform(family, x, {"translate": 0.2, "rotate": 30, "scale": 0.5, "brightness": 0.4, "contrast": 0.3,
+                                  "noise": 0.2, "blur": 2.0, "jpeg": 10}[family], g)
+    assert moved.shape == x.shape and moved.min() >= 0 and moved.max() <= 1 and (moved - x).abs().mean() > 0.02
+
+
+def test_translation_moves_content_by_the_given_fraction():
+    x = torch.zeros(1, 3, 20, 20)
+    x[..., 5, 7] = 1
+    y = transform("translate", x, 0.1, torch.Generator())  # 2 pixels right and down
+    assert y[0, 0, 7, 9] == 1 and y.sum() == 3
+
+
+def test_robustness_score_and_equivariance_error_known_answers():
+    assert robustness_score([0, 5, 10], [0.8, 0.8, 0.8], 0.8, 0) == pytest.approx(1.0)
+    assert robustness_score([0, 10], [0.8, 0.4], 0.8, 0) == pytest.approx(0.75)  # trapezoid: (0.8 + 0.4) / 2 / 0.8
+    assert robustness_score([-10, 0, 10], [0.4, 0.8, 0.4], 0.8, 0) == pytest.approx(0.75)  # by distance
+    m = np.random.default_rng(0).uniform(size=(3, 8, 8))
+    assert equivariance_error(m, m) == 0
+    shifted = np.roll(m, 3, axis=2)
+    assert 0.2 < equivariance_error(shifted, m) < 1
+    left, right = np.zeros((1, 4, 4)), np.zeros((1, 4, 4))
+    left[..., :2], right[..., 2:] = 1, 1
+    assert equivariance_error(left, right) == 1.0 and equivariance_error(left, 0.5 * left) == 0
+
+
+@pytest.fixture(scope="module")
+def trained_net():
+    """A small CNN trained on a learnable 2-class problem (bright left vs bright right half)."""
+    torch.manual_seed(0)
+    n = 256
+    x = torch.rand(n, 3, 28, 28) * 0.5
+    y = torch.randint(0, 2, (n,))
+    for i in range(n):
+        half = slice(0, 14) if y[i] == 0 else slice(14, 28)
+        x[i, :, :, half] += 0.4
+    spec = {**SPEC, "num_classes": 2, "class_names": ["left", "right"]}
+    model = build_model(spec)
+    net = PixelSpace(model, spec["mean"], spec["std"])
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    assert (predict(net, x, 64)[0] == y).float().mean() > 0.95
+    return net, x[:64], y[:64]
+
+
+def test_attacks_eps_zero_is_identity_accuracy_falls_and_pgd_beats_fgsm(trained_net):
+    net, x, y = trained_net
+    opts = {"steps": 10, "step_factor": 0.25}
+    clean = predict(net, x, 64)[0]
+    for attack in ("fgsm", "pgd"):
+        adv = attack_batch(attack, net, x, y, 0.0, opts)
+        assert torch.equal(adv, x) and torch.equal(predict(net, adv, 64)[0], clean)
+    acc = {"fgsm": [], "pgd": []}
+    for eps in (0.0, 0.02, 0.05, 0.1, 0.2):
+        for attack in acc:
+            adv = attack_batch(attack, net, x, y, eps, opts)
+            assert (adv - x).abs().max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+            acc[attack].append(float((predict(net, adv, 64)[0] == y).float().mean()))
+    for a in acc.values():
+        assert all(b <= a_ + 0.02 for a_, b in zip(a, a[1:]))  # does not rise with eps (2% slack, one image)
+        assert a[0] > 0.95 and a[-1] < a[0] - 0.3  # and the attack really bites
+    assert all(p <= f + 1e-9 for p, f in zip(acc["pgd"], acc["fgsm"])), acc
+    assert acc["pgd"][3] < acc["fgsm"][3] - 0.1  # iterating finds what one step misses
+
+
+def test_randomisation_test_memorises_shuffled_labels(tiny_copy, tmp_path):
+    from cvaudit.data import ingest, read_manifest
+    from cvaudit.train import memorisation_curves
+    ingest({"source": "imagefolder", "path": str(tiny_copy), "split": {"val": 0.0, "test": 0.0}}, "t", 0, tmp_path)
+    rows = read_manifest(tmp_path / "manifest.csv", "train")
+    cfg = {"arch": "mlp", "arch_options": {"hidden": [256], "dropout": 0.0}, "weights": "none", "input_size": 28}
+    res = memorisation_curves(cfg, rows, ["bag", "sneaker", "trouser"], epochs=30, lr=0.001, batch_size=8, seed=0,
+                              device="cpu")
+    true, shuffled = res["train_accuracy"]["true"], res["train_accuracy"]["shuffled"]
+    assert len(true) == len(shuffled) == 30 and res["n"] == len(rows) > 30
+    assert true[-1] == 1.0  # real labels are easy
+    assert shuffled[0] < 0.7 and shuffled[-1] > 0.9  # noise is memorised, but only with time
+    assert sum(true[:5]) > sum(shuffled[:5])  # and more slowly than real structure
