@@ -148,7 +148,6 @@ def main(argv=None):
     record("lime", "lime_image defaults (batch_size=10)", lime_default)
 
     import shap
-    from cvaudit.explain import target_probability_fn
 
     def shap_default():
         imgs = x.permute(0, 2, 3, 1).numpy().astype(np.float64)

@@ -44,6 +44,18 @@ class PixelSpace(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
+def pixel_model(model_path, seed: int, device: str, threads: int, frozen: bool = False):
+    """A stage's start: seed everything, load the saved model on the device, wrap it in PixelSpace.
+    frozen: no parameter needs a gradient (only the input does). Returns model, spec, net, device."""
+    seed_everything(seed, threads)
+    dev = resolve_device(device)
+    model, spec = load_model(model_path, dev)
+    if frozen:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return model, spec, PixelSpace(model, spec["mean"], spec["std"]).to(dev).eval(), dev
+
+
 def inner(net: nn.Module) -> nn.Module:
     return net.model if isinstance(net, PixelSpace) else net
 
@@ -467,10 +479,7 @@ def run_explain(method: str, model_path, audit_set, options: dict, trust: dict, 
     from . import trust as tr
 
     t0 = time.time()
-    seed_everything(seed, threads)
-    dev = resolve_device(device)
-    model, spec = load_model(model_path, dev)
-    net = PixelSpace(model, spec["mean"], spec["std"]).to(dev).eval()
+    model, spec, net, dev = pixel_model(model_path, seed, device, threads)
     audit = load_audit_set(audit_set)
     x = audit_images(audit, dev)
     batch = auto_batch(x.shape[-2], x.shape[-1], dev, trust["batch_size"])

@@ -21,10 +21,9 @@ from torch.utils.data import DataLoader
 from . import CvauditError
 from .data import ImageDataset, read_manifest
 from .evaluate import load_audit_set
-from .explain import PixelSpace, _blur, audit_images
+from .explain import _blur, audit_images, pixel_model
 from .io import load_npz, save_npz
-from .models import _head_name, auto_batch, eval_transform, load_model, resolve_device
-from .train import seed_everything
+from .models import _head_name, auto_batch, eval_transform
 
 log = logging.getLogger("cvaudit.inside")
 
@@ -252,10 +251,7 @@ def activation_grids(net: nn.Module, x: torch.Tensor, layers: list[str], channel
 
 def run_units(model_path, manifest, audit_set, options: dict, seed: int, device: str, threads: int, out) -> dict:
     t0 = time.time()
-    seed_everything(seed, threads)
-    dev = resolve_device(device)
-    model, spec = load_model(model_path, dev)
-    net = PixelSpace(model, spec["mean"], spec["std"]).to(dev).eval()
+    model, spec, net, dev = pixel_model(model_path, seed, device, threads)
     rows = read_manifest(manifest, "test")
     audit = load_audit_set(audit_set)
     xa = audit_images(audit, dev)[:options["images"]]
@@ -366,12 +362,7 @@ class AscentObjective:
 
 def run_ascent(model_path, units, options: dict, seed: int, device: str, threads: int, out) -> dict:
     t0 = time.time()
-    seed_everything(seed, threads)
-    dev = resolve_device(device)
-    model, spec = load_model(model_path, dev)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    net = PixelSpace(model, spec["mean"], spec["std"]).to(dev).eval()
+    model, spec, net, dev = pixel_model(model_path, seed, device, threads, frozen=True)
     u = load_npz(units)
     chans = u["channels"][:options["channels"]]
     classes = u["meta"]["class_idx"][:options["classes"]]

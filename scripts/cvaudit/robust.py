@@ -17,7 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 from . import CvauditError
 from .data import load_rgb, read_manifest
 from .evaluate import predict_proba
-from .explain import PixelSpace
+from .explain import pixel_model
 from .io import load_npz, save_npz, write_json
 from .models import auto_batch, display_transform, load_model, resolve_device
 from .train import seed_everything
@@ -224,10 +224,7 @@ def run_invariance(family: str, model_path, manifest, options: dict, drift: dict
     from .explain import GradCAM, NotApplicable, attribute_batched
 
     t0 = time.time()
-    seed_everything(seed, threads)
-    dev = resolve_device(device)
-    model, spec = load_model(model_path, dev)
-    net = PixelSpace(model, spec["mean"], spec["std"]).to(dev).eval()
+    model, spec, net, dev = pixel_model(model_path, seed, device, threads)
     x8, y, _ = robustness_images(manifest, spec, options["max_images"], seed)
     x = x8.float().div(255).to(dev)
     batch = auto_batch(x.shape[-2], x.shape[-1], dev)
@@ -303,12 +300,7 @@ def attack_batch(attack: str, net, x: torch.Tensor, y: torch.Tensor, eps: float,
 def run_adversarial(attack: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
                     out) -> dict:
     t0 = time.time()
-    seed_everything(seed, threads)
-    dev = resolve_device(device)
-    model, spec = load_model(model_path, dev)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    net = PixelSpace(model, spec["mean"], spec["std"]).to(dev).eval()
+    model, spec, net, dev = pixel_model(model_path, seed, device, threads, frozen=True)
     x8, y, paths = robustness_images(manifest, spec, options["max_images"], seed)
     x, y = x8.float().div(255).to(dev), y.to(dev)
     batch = auto_batch(x.shape[-2], x.shape[-1], dev)
