@@ -231,8 +231,8 @@ def activation_grids(net: nn.Module, x: torch.Tensor, layers: list[str], channel
     """For each image and layer the `channels` feature maps with the largest mean activation."""
     store = {}
     model = net.model
-    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o.float()))
-             for n in layers]
+    hooks = [model.get_submodule(n).register_forward_hook(  # a copy: later in-place ops must not change it
+        lambda m, i, o, n=n: store.__setitem__(n, o.detach().float().clone())) for n in layers]
     try:
         net(x)
     finally:
@@ -266,9 +266,12 @@ def run_units(model_path, manifest, audit_set, options: dict, seed: int, device:
     boxes = np.zeros((0, 4), np.int32)
     if pick:
         ds = ImageDataset([rows[i] for i in img_idx], spec["class_names"], eval_transform(spec))
-        x = torch.stack([ds[i][0] for i in range(len(ds))]).to(dev)
-        boxes = receptive_boxes(model, x, unit, torch.tensor([c for c, _ in pick], device=dev),
-                                torch.tensor([st["top_loc"][r, c] for c, r in pick], device=dev))
+        chans_t = torch.tensor([c for c, _ in pick], device=dev)
+        locs_t = torch.tensor([st["top_loc"][r, c] for c, r in pick], device=dev)
+        step = auto_batch(spec["input_size"], spec["input_size"], dev)
+        boxes = np.concatenate([
+            receptive_boxes(model, torch.stack([ds[i][0] for i in range(a, min(a + step, len(ds)))]).to(dev), unit,
+                            chans_t[a:a + step], locs_t[a:a + step]) for a in range(0, len(ds), step)])
     filters, first = first_layer_filters(model, spec["input_size"])
     grids = activation_grids(net, xa, stages, options["grid_channels"])
     layers = [{"name": n, "shape": list(shapes[n]), "sparsity": st["layers"][n]["sparsity"],
