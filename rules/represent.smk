@@ -12,7 +12,7 @@ rule represent:
         options={k: config["represent"][k] for k in ("k", "layers", "cka_images")},
         seed=config["seed"],
         device=config["device"],
-    threads: config["threads"]
+    threads: 1  # short jobs: two side by side use the cores better than one on both
     resources:
         mem_mb=6000,
         runtime=60,
@@ -37,7 +37,7 @@ rule inspect_units:
         options=config["represent"]["units"],
         seed=config["seed"],
         device=config["device"],
-    threads: config["threads"]
+    threads: 1  # short jobs: two side by side use the cores better than one on both
     resources:
         mem_mb=6000,
         runtime=60,
@@ -61,7 +61,7 @@ rule visualise_ascent:
         options=config["represent"]["ascent"],
         seed=config["seed"],
         device=config["device"],
-    threads: config["threads"]
+    threads: 1  # short jobs: two side by side use the cores better than one on both
     resources:
         mem_mb=6000,
         runtime=60,

@@ -62,7 +62,7 @@ rule adversarial:
         options={k: v for k, v in config["robustness"]["adversarial"].items() if k not in ("enabled", "attacks")},
         seed=config["seed"],
         device=config["device"],
-    threads: config["threads"]
+    threads: 1  # short jobs: two side by side use the cores better than one on both
     resources:
         mem_mb=6000,
         runtime=120,
