@@ -9,6 +9,7 @@ rule ingest_dataset:
     params:
         dataset=lambda wc: config["datasets"][wc.dataset],
         seed=config["seed"],
+    priority: 10  # the root of every chain: run first, so the many one-thread jobs later fill both cores
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -27,6 +28,7 @@ rule fit_baseline:
     params:
         options=config["baseline"],
         seed=config["seed"],
+    priority: 10  # the root of every chain: run first, so the many one-thread jobs later fill both cores
     conda:
         "../envs/cvaudit.yaml"
     log:

@@ -13,6 +13,7 @@ rule train_model:
     resources:
         mem_mb=6000,
         runtime=120,
+    priority: 10  # the root of every chain: run first, so the many one-thread jobs later fill both cores
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -41,6 +42,7 @@ rule evaluate_model:
     resources:
         mem_mb=4000,
         runtime=60,
+    priority: 10  # the root of every chain: run first, so the many one-thread jobs later fill both cores
     conda:
         "../envs/cvaudit.yaml"
     log:
