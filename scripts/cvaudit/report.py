@@ -201,10 +201,9 @@ def _units_section(units_path, ascent_path=None) -> dict:
             "n_filters": len(filters)}
 
 
-def _compare_section(path, model: str) -> dict:
+def _compare_section(path) -> dict:
     c = read_json(path)
-    return {**c, "this": model,
-            "cka_fig": figures.agreement_heatmap(c["models"], c["cka"], label="linear CKA", vmin=0)}
+    return {**c, "cka_fig": figures.agreement_heatmap(c["models"], c["cka"], label="linear CKA", vmin=0)}
 
 
 def collect_robust(inputs: dict, settings: dict) -> dict | None:
@@ -278,7 +277,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     represent = _represent_section(inputs["represent"], [str(n) for n in audit["class_names"]],
                                    settings["represent"]["queries"]) if "represent" in inputs else None
     units = _units_section(inputs["units"], inputs.get("ascent")) if "units" in inputs else None
-    compare = _compare_section(inputs["compare"], model) if "compare" in inputs else None
+    compare = _compare_section(inputs["compare"]) if "compare" in inputs else None
     robust = _robust_section(r["robust"], [str(n) for n in audit["class_names"]]) if r["robust"] else None
     ev = r["eval"]
     run_seconds = {"train": r["train"].get("seconds"), "evaluate": ev.get("seconds"),
