@@ -24,3 +24,15 @@ def clean_folder(tmp_path) -> Path:
         (dst / p.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(p, dst / p.parent.name / p.name)
     return dst
+
+
+def fit(net, x, y, steps: int, lr: float = 0.01):
+    """Full-batch Adam on (x, y) for `steps` steps, then eval mode: a small real model for tests."""
+    import torch
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    net.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return net.eval()

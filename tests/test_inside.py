@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import fit
 
 from cvaudit.explain import PixelSpace
 from cvaudit.inside import (AscentObjective, TopK, activation_layers, channel_activation, first_layer_filters,
@@ -90,13 +91,7 @@ def trained(cnn, rows):
     """The CNN after a few hundred Adam steps on the fixture's real images (train accuracy 1.0)."""
     x, _ = brute_force(cnn, rows, "features.2")
     y = torch.tensor([SPEC["class_names"].index(r["label"]) for r in rows])
-    opt = torch.optim.Adam(cnn.parameters(), lr=0.01)
-    cnn.train()
-    for _ in range(150):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(cnn(x), y).backward()
-        opt.step()
-    cnn.eval()
+    fit(cnn, x, y, steps=150)
     assert (cnn(x).argmax(1) == y).float().mean() == 1.0
     return cnn
 

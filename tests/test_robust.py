@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import fit
 
 from cvaudit.explain import PixelSpace
 from cvaudit.models import build_model
@@ -100,13 +101,7 @@ def trained_net():
     spec = {**SPEC, "num_classes": 2, "class_names": ["left", "right"]}
     model = build_model(spec)
     net = PixelSpace(model, spec["mean"], spec["std"])
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    model.train()
-    for _ in range(60):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-    model.eval()
+    fit(net, x, y, steps=60)
     for p in model.parameters():
         p.requires_grad_(False)
     assert (predict(net, x, 64)[0] == y).float().mean() > 0.95
