@@ -37,3 +37,16 @@ def test_bad_config_names_the_key(mutate, key, words):
     with pytest.raises(CvauditError) as e:
         validate_config(c)
     assert f"'{key}" in str(e.value) and words in str(e.value)
+
+
+def test_robustness_check_points_must_be_among_the_severities():
+    base = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    validate_config(base)  # the test config is consistent
+    bad = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    bad["robustness"]["check_angle"] = 20
+    with pytest.raises(CvauditError, match="robustness.check_angle"):
+        validate_config(bad)
+    bad = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    bad["robustness"]["adversarial"]["check_epsilon"] = 0.5
+    with pytest.raises(CvauditError, match="robustness.adversarial.check_epsilon"):
+        validate_config(bad)

@@ -63,6 +63,16 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
         split = ds.get("split", {})
         if split.get("val", 0) + split.get("test", 0) > 1.0 + 1e-9:
             raise CvauditError(f"config key 'datasets.{name}.split': val + test must be at most 1")
+    rob = config["robustness"]
+    rotate = rob["invariance"].get("rotate")
+    if rotate is not None and not any(abs(abs(a) - rob["check_angle"]) < 1e-9 for a in rotate):
+        raise CvauditError(f"config key 'robustness.check_angle': {rob['check_angle']} is not among "
+                           f"robustness.invariance.rotate {rotate}; add it there or change the angle")
+    adv = rob["adversarial"]
+    for key in ("check_epsilon", "example_epsilon"):
+        if not any(abs(e - adv[key]) < 1e-9 for e in adv["epsilons"]):
+            raise CvauditError(f"config key 'robustness.adversarial.{key}': {adv[key]} is not among "
+                               f"robustness.adversarial.epsilons {adv['epsilons']}; add it there or change it")
     return config
 
 
