@@ -49,3 +49,23 @@ def test_stream_features_gives_the_head_input(tiny_copy, tmp_path):
     logits = torch.from_numpy(f["embeddings"]) @ head.weight.T + head.bias
     assert np.allclose(torch.softmax(logits, 1).detach().numpy(), f["probs"], atol=1e-5)
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
+
+
+def test_compare_models_cka_and_a_clear_error_for_different_test_images(tmp_path):
+    from cvaudit import CvauditError
+    from cvaudit.io import read_json, save_npz
+    from cvaudit.represent import compare_models
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(50, 8))
+    paths = np.array([f"img{i}.png" for i in range(50)])
+    runs = {"a": emb, "b": emb @ np.linalg.qr(rng.normal(size=(8, 8)))[0], "c": rng.normal(size=(50, 8))}
+    for name, e in runs.items():
+        save_npz(tmp_path / f"{name}.npz", {"knn_accuracy": 0.5, "dim": 8}, embeddings=e, paths=paths,
+                 preds=(e[:, 0] > 0).astype(int))
+    res = compare_models({n: tmp_path / f"{n}.npz" for n in runs}, seed=0, out=tmp_path / "cmp.json")
+    assert read_json(tmp_path / "cmp.json")["models"] == ["a", "b", "c"]
+    assert res["cka"][0][1] == pytest.approx(1.0) and res["cka"][0][2] < 0.5  # rotation-invariant; unrelated low
+    save_npz(tmp_path / "c.npz", {"knn_accuracy": 0.5, "dim": 8}, embeddings=runs["c"], paths=paths[::-1],
+             preds=np.zeros(50, int))
+    with pytest.raises(CvauditError, match="different test images"):
+        compare_models({n: tmp_path / f"{n}.npz" for n in runs}, seed=0, out=tmp_path / "cmp.json")

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from . import CvauditError
 from .data import ImageDataset, read_manifest
 from .io import load_npz, save_npz
 from .models import _head_name, auto_batch, eval_transform, load_model, resolve_device
@@ -159,7 +160,7 @@ def compare_models(paths: dict, seed: int, out, max_images: int = 2000) -> dict:
     ref = runs[names[0]]["paths"]
     for m in names[1:]:
         if not np.array_equal(runs[m]["paths"], ref):
-            raise ValueError(f"models {names[0]} and {m} were embedded on different test images; "
+            raise CvauditError(f"models {names[0]} and {m} were embedded on different test images; "
                              "rerun their represent jobs")
     n = len(ref)
     sub = np.arange(n) if n <= max_images else np.sort(np.random.default_rng(seed).choice(n, max_images, replace=False))

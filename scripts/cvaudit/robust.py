@@ -18,7 +18,7 @@ from . import CvauditError
 from .data import load_rgb, read_manifest
 from .evaluate import predict_proba
 from .explain import pixel_model
-from .io import load_npz, save_npz, write_json
+from .io import save_npz, write_json
 from .models import auto_batch, display_transform, load_model, resolve_device
 from .train import seed_everything
 
@@ -79,9 +79,10 @@ def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, 
     t0 = time.time()
     seed_everything(seed, threads)
     dev = resolve_device(device)
-    z = np.load(test_probs, allow_pickle=False)
-    test_logits, test_targets = log_probs(z["probs"]), z["targets"]
-    before = calibration_metrics(z["probs"], test_targets, options["bins"])
+    with np.load(test_probs, allow_pickle=False) as z:
+        test_probs_arr, test_targets = z["probs"], z["targets"]
+    test_logits = log_probs(test_probs_arr)
+    before = calibration_metrics(test_probs_arr, test_targets, options["bins"])
     result = {"bins": options["bins"], "before": before, "after": None, "temperature": None,
               "val": None, "reason": ""}
     val = read_manifest(manifest, "val")
@@ -338,5 +339,3 @@ def run_adversarial(attack: str, model_path, manifest, options: dict, seed: int,
     log.info("%s: accuracy %s over eps %s (%.1fs)", attack, np.round(acc, 3).tolist(), eps_list, result["seconds"])
     return result
 
-
-load_adversarial = load_npz
