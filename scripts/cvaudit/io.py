@@ -37,8 +37,41 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+FAILED_KEY = "cvaudit_failed"  # a stage that failed writes {FAILED_KEY: record} as its output (runlog.run)
+
+
 def read_json(path: str | Path):
-    return json.loads(Path(path).read_text())
+    obj = json.loads(Path(path).read_text())
+    if isinstance(obj, dict) and FAILED_KEY in obj:
+        raise_failed(path, obj[FAILED_KEY])
+    return obj
+
+
+def raise_failed(path, rec: dict):
+    from . import CvauditError
+    raise CvauditError(f"input {path} is the record of a failed stage ({rec.get('rule')}: {rec.get('error')}); "
+                       f"see {rec.get('log')}, fix the cause and rerun it with: snakemake --forcerun {path}")
+
+
+def stage_failure(path: str | Path) -> dict | None:
+    """The failure record a failed stage left as its output, or None when the stage succeeded."""
+    path = str(path)
+    if path.endswith(".json"):
+        obj = json.loads(Path(path).read_text())
+        return obj.get(FAILED_KEY) if isinstance(obj, dict) else None
+    if path.endswith(".npz"):
+        import numpy as np
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["meta"])).get(FAILED_KEY) if "meta" in z.files else None
+    return None
+
+
+def write_failure(path: str | Path, rec: dict) -> None:
+    """Stand-in output of a failed stage: the report shows it, downstream readers raise a clear error."""
+    if str(path).endswith(".npz"):
+        save_npz(path, {FAILED_KEY: rec})
+    else:
+        write_json(path, {FAILED_KEY: rec})
 
 
 def _jsonable(o):
@@ -71,6 +104,9 @@ def load_npz(path: str | Path) -> dict:
     """The arrays of a save_npz file, and its meta under "meta"."""
     import numpy as np
     with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        if FAILED_KEY in meta:
+            raise_failed(path, meta[FAILED_KEY])
         out = {k: z[k] for k in z.files if k != "meta"}
-        out["meta"] = json.loads(str(z["meta"]))
+        out["meta"] = meta
     return out

@@ -4,15 +4,39 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from pathlib import Path
 
 from . import CvauditError
+from .io import write_failure
 
 
-def run(main, sm) -> None:
+def _tail(path, n: int = 15) -> list[str]:
+    try:
+        return Path(path).read_text(errors="replace").splitlines()[-n:]
+    except OSError:
+        return []
+
+
+def record_failure(sm, error: BaseException, log_path) -> dict:
+    """Write a failure record in place of each output of an optional stage (see io.write_failure)."""
+    rec = {"rule": getattr(sm, "rule", "?"), "wildcards": dict(sm.wildcards.items()),
+           "error": f"{type(error).__name__}: {error}" if not isinstance(error, CvauditError) else str(error),
+           "log": str(log_path) if log_path else None, "log_tail": _tail(log_path) if log_path else [],
+           "outputs": [str(o) for o in sm.output]}
+    for out in sm.output:
+        write_failure(out, rec)
+    return rec
+
+
+def run(main, sm, optional: bool = False) -> None:
     """Run `main(sm)` with logging and stderr (progress bars) sent to the rule's log file.
 
     A CvauditError (bad input, bad config) is printed as one clear line to the console and the log;
     any other exception leaves its traceback in the log and points the user there.
+
+    optional=True (the analysis stages after evaluation): a failure does not stop the workflow. The
+    stage's outputs become failure records (error and log tail), the report shows the section as
+    failed and every other stage and report still runs; `audit.fail_on` decides the exit status.
     """
     log_path = sm.log[0] if len(sm.log) else None
     console = sys.stderr
@@ -26,19 +50,27 @@ def run(main, sm) -> None:
                         handlers=handlers, force=True)
     for noisy in ("weasyprint", "fontTools", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    rule = getattr(sm, "rule", "?")
     try:
         main(sm)
-    except CvauditError as e:
-        msg = f"cvaudit error in rule {getattr(sm, 'rule', '?')}: {e}"
-        print(msg, file=console)
-        if log_file:
-            print(msg, file=log_file)
-        sys.exit(1)
-    except Exception:
-        if log_file:
+    except Exception as e:
+        if isinstance(e, CvauditError):
+            msg = f"cvaudit error in rule {rule}: {e}"
+            print(msg, file=console)
+            if log_file:
+                print(msg, file=log_file)
+        elif log_file:
             traceback.print_exc(file=log_file)
-            print(f"cvaudit: unexpected error in rule {getattr(sm, 'rule', '?')}; traceback in {log_path}",
-                  file=console)
+            print(f"cvaudit: unexpected error in rule {rule}; traceback in {log_path}", file=console)
+        if log_file:
+            log_file.flush()
+        if optional:
+            rec = record_failure(sm, e, log_path)
+            print(f"cvaudit: stage {rule} {rec['wildcards']} FAILED; the report shows it. After fixing the cause, "
+                  f"rerun it with: snakemake --forcerun {rec['outputs'][0]}", file=console)
+            return
+        if isinstance(e, CvauditError):
+            sys.exit(1)
         raise
     finally:
         sys.stderr = console
