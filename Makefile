@@ -8,7 +8,7 @@ setup:
 	@tools/setup.sh
 
 demo: setup
-	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --configfile config/config.yaml
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going --configfile config/config.yaml
 	@echo "Reports: results/*/report/report.html (and .pdf)"
 
 test: setup

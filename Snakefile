@@ -21,6 +21,10 @@ except CvauditError as e:
     raise ValueError(f"cvaudit: {e}") from None
 
 
+# `snakemake --report report.zip`: a browsable archive of the run (outputs registered with report(...)).
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/model.smk"

@@ -1,3 +1,7 @@
+# Reports: one per model, the comparison across models, and the gate (audit.fail_on) that decides
+# the exit status once every report is written. report(...) registers them for `snakemake --report`.
+
+
 rule render_report:
     input:
         unpack(
@@ -15,13 +19,38 @@ rule render_report:
         template=TEMPLATES / "report.html.j2",
         css=TEMPLATES / "report.css",
     output:
-        html="results/{model}/report/report.html",
-        summary="results/{model}/report/summary.json",
-        pdf="results/{model}/report/report.pdf" if config["report"]["pdf"] else [],
+        html=report(
+            "results/{model}/report/report.html",
+            caption="../report/audit_report.rst",
+            category="Audit reports",
+            subcategory="{model}",
+            labels={"model": "{model}", "file": "report (HTML)"},
+        ),
+        summary=report(
+            "results/{model}/report/summary.json",
+            caption="../report/summary.rst",
+            category="Audit reports",
+            subcategory="{model}",
+            labels={"model": "{model}", "file": "summary.json"},
+        ),
+        pdf=report(
+            "results/{model}/report/report.pdf",
+            caption="../report/audit_report.rst",
+            category="Audit reports",
+            subcategory="{model}",
+            labels={"model": "{model}", "file": "report (PDF)"},
+        )
+        if config["report"]["pdf"]
+        else [],
     params:
         model_cfg=lambda wc: config["models"][wc.model],
         dataset_cfg=lambda wc: config["datasets"][dataset_of(wc.model)],
-        settings={k: config[k] for k in ("seed", "device", "audit", "explain", "represent", "robustness", "baseline", "verdicts", "report")},
+        settings={k: config[k] for k in ("seed", "device", "explain", "represent", "robustness", "baseline", "verdicts", "report")}
+        | {"audit": {k: v for k, v in config["audit"].items() if k != "fail_on"}},  # fail_on: only the gate
+        benchmarks=lambda wc: benchmark_files(wc.model),
+    resources:
+        mem_mb=4000,
+        runtime=20,
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -30,3 +59,67 @@ rule render_report:
         "benchmarks/render_report/{model}.tsv"
     script:
         "../scripts/render_report.py"
+
+
+rule compare_models:
+    input:
+        unpack(compare_inputs),
+        template=TEMPLATES / "compare.html.j2",
+        css=TEMPLATES / "report.css",
+    output:
+        html=report(
+            "results/compare/report.html",
+            caption="../report/compare.rst",
+            category="Comparison",
+            labels={"file": "comparison (HTML)"},
+        ),
+        summary=report(
+            "results/compare/summary.json",
+            caption="../report/compare.rst",
+            category="Comparison",
+            labels={"file": "summary.json"},
+        ),
+        pdf=report(
+            "results/compare/report.pdf",
+            caption="../report/compare.rst",
+            category="Comparison",
+            labels={"file": "comparison (PDF)"},
+        )
+        if config["report"]["pdf"]
+        else [],
+    params:
+        models=lambda wc: config["models"],
+        datasets=shared_datasets(),
+        explain=config["explain"],
+        settings={k: config[k] for k in ("seed", "report")},
+        benchmarks=lambda wc: {m: benchmark_files(m) for m in config["models"]},
+        device=config["device"],
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/compare_models.log",
+    benchmark:
+        "benchmarks/compare_models.tsv"
+    script:
+        "../scripts/compare_models.py"
+
+
+rule gate:
+    input:
+        unpack(lambda wc: {m: f"results/{m}/report/summary.json" for m in config["models"]}),
+    output:
+        "results/gate.json",
+    params:
+        fail_on=config["audit"]["fail_on"],
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/gate.log",
+    localrule: True
+    script:
+        "../scripts/gate.py"

@@ -5,7 +5,8 @@ def main(sm):
     inputs = dict(sm.input.items())
     render_report(sm.wildcards.model, inputs, sm.params.model_cfg, sm.params.dataset_cfg, sm.params.settings,
                   template=sm.input.template, css=sm.input.css, out_html=sm.output.html,
-                  out_summary=sm.output.summary, out_pdf=sm.output.get("pdf") or None)
+                  out_summary=sm.output.summary, out_pdf=sm.output.get("pdf") or None,
+                  benchmarks=sm.params.benchmarks)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,46 @@
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "data" / "tiny"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def smk(workdir, *args, check=True):
+    """snakemake on the repository's Snakefile in `workdir`; raises with the output tail unless check=False."""
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return p
+
+
+def planned(workdir, config: str = "config.yaml") -> dict:
+    """Jobs a dry run would run, per rule (from Snakemake's job stats table)."""
+    out = smk(workdir, "--dry-run", "--configfile", str(workdir / config)).stdout
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1].split("\n\n")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    """The test config (config/test.yaml) run end to end once per session, on a copy of the tiny images."""
+    work = tmp_path_factory.mktemp("e2e")
+    shutil.copytree(TINY, work / "images")
+    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    cfg["datasets"]["tiny"]["path"] = str(work / "images")
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    smk(work, "--configfile", str(work / "config.yaml"))
+    return work
 
 
 @pytest.fixture

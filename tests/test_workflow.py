@@ -1,48 +1,15 @@
 """End to end through snakemake on the tiny real-image config: reports, PDF, numbers, reruns, lint."""
 import json
-import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, planned, smk
 
-SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 MODELS = ("cnn_tiny", "lite0_tiny")
 pytestmark = pytest.mark.e2e
-
-
-def smk(workdir, *args, check=True):
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
-    return p
-
-
-def planned(workdir) -> dict:
-    """Jobs a dry run would run, per rule (from Snakemake's job stats table)."""
-    out = smk(workdir, "--dry-run", "--configfile", str(workdir / "config.yaml")).stdout
-    if "Nothing to be done" in out:
-        return {}
-    table = out.split("Job stats:")[1].split("\n\n")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("e2e")
-    shutil.copytree(TINY, work / "images")
-    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
-    cfg["datasets"]["tiny"]["path"] = str(work / "images")
-    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
-    smk(work, "--configfile", str(work / "config.yaml"))
-    return work
 
 
 def test_both_reports_exist_with_pdf_pages(run):
@@ -164,7 +131,8 @@ def test_second_run_does_nothing_and_a_changed_image_reruns_its_chain(run):
     jobs = planned(run)
     assert jobs == {"ingest_dataset": 1, "fit_baseline": 1, "train_model": 2, "evaluate_model": 2, "explain": 22,
                     "represent": 2, "inspect_units": 2, "visualise_ascent": 2, "compare_representations": 1,
-                    "calibrate": 2, "invariance": 8, "adversarial": 4, "render_report": 2, "all": 1}  # 10 methods + the random floor, per model
+                    "calibrate": 2, "invariance": 8, "adversarial": 4, "render_report": 2, "compare_models": 1,
+                    "gate": 1, "all": 1}  # 10 methods + the random floor, per model
     smk(run, "--configfile", str(run / "config.yaml"), "--touch")  # mark up to date again
     shutil.copy(img, run / "images" / "trouser" / "added.png")  # a new file is a new input
     assert planned(run).get("ingest_dataset") == 1
@@ -198,3 +166,35 @@ def test_bad_config_stops_with_the_key_named(tmp_path):
 def test_snakemake_lint_is_clean(tmp_path):
     p = smk(REPO, "--lint")
     assert p.returncode == 0 and "Congratulations" in p.stdout + p.stderr, p.stdout + p.stderr
+
+
+def test_summary_json_follows_its_documented_schema(run):
+    import jsonschema
+    schema = yaml.safe_load((REPO / "report" / "summary.schema.yaml").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for m in MODELS:
+        summary = json.loads((run / "results" / m / "report" / "summary.json").read_text())
+        jsonschema.validate(summary, schema)
+        runs = {r["stage"]: r for r in summary["provenance"]["stage_runs"]}
+        assert {"train_model", "evaluate_model", "explain gradcam", "calibrate", "invariance rotate"} <= set(runs)
+        bench = (run / "benchmarks" / "train_model" / f"{m}.tsv").read_text().splitlines()[1].split("\t")
+        assert runs["train_model"]["seconds"] == pytest.approx(float(bench[0]))  # Snakemake's own numbers
+        assert summary["failed_stages"] == []
+    bad = dict(summary, status="great")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def test_comparison_report_marks_the_best_and_explains_the_same_images(run):
+    comp = json.loads((run / "results" / "compare" / "summary.json").read_text())
+    html = (run / "results" / "compare" / "report.html").read_text()
+    acc = {m: json.loads((run / "results" / m / "eval" / "metrics.json").read_text())["accuracy"] for m in MODELS}
+    best = max(acc, key=acc.get)
+    assert comp["models"][best]["accuracy"] == acc[best] and "accuracy" in comp["models"][best]["best"]
+    assert ("accuracy" in comp["models"][min(acc, key=acc.get)]["best"]) == (len(set(acc.values())) == 1)
+    assert comp["baselines"]["tiny"]["accuracy"] is not None and f"{comp['baselines']['tiny']['accuracy']:.3f}" in html
+    assert comp["cka_between_models"]["tiny"]["models"] == list(MODELS)
+    assert html.count('class="side-row"') == 6  # report.compare.images: the same 6 images for both models
+    assert html.count("Grad-CAM, cnn_tiny") == 6 and html.count("Integrated gradients, lite0_tiny") == 6
+    for m in MODELS:
+        assert f'<td class="num best">{acc[m]:.3f}</td>' in html or acc[m] < acc[best]

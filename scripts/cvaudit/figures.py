@@ -284,3 +284,30 @@ def memorisation_curves(res: dict) -> str:
     ax.set_ylim(0, 1.02)
     ax.legend(frameon=False, fontsize=7)
     return fig_uri(fig)
+
+
+def comparison_scatter(rows: list[dict], panels: list[tuple[str, str]]) -> str | None:
+    """Test accuracy (x) against another metric (y) per panel, one point per model, colour per dataset."""
+    panels = [(k, label) for k, label in panels if any(r["values"].get(k) is not None for r in rows)]
+    if not panels:
+        return None
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 0.6, 3.0), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        for r in rows:
+            y = r["values"].get(key)
+            if y is None:
+                continue
+            c = cmap(datasets.index(r["dataset"]) % 10)
+            ax.scatter(r["values"]["accuracy"], y, color=c, s=28, zorder=3)
+            ax.annotate(r["model"], (r["values"]["accuracy"], y), fontsize=6.5, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xlabel("test accuracy")
+        ax.set_ylabel(label, fontsize=8)
+        ax.margins(0.2)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(i % 10), label=d) for i, d in enumerate(datasets)]
+    axes[0][-1].legend(handles=handles, frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.tight_layout()
+    return fig_uri(fig)

@@ -15,12 +15,57 @@ from .checks import overall, run_checks
 from .data import read_dataset_info, read_manifest
 from .evaluate import load_audit_set
 from .explain import load_maps
-from .io import atomic_path, read_json, write_json, write_text
+from .io import atomic_path, read_json, stage_failure, write_json, write_text
 from .train import read_history
 
 log = logging.getLogger("cvaudit.report")
 PACKAGES = ["torch", "torchvision", "timm", "captum", "scikit-learn", "numpy", "snakemake", "jinja2", "weasyprint"]
 SUMMARY_VERSION = 1
+# Inputs every report needs; any other input is an analysis stage that may have failed (runlog.run optional).
+CORE_INPUTS = {"manifest", "train_metrics", "history", "eval_metrics", "audit_set", "template", "css"}
+# The report's sections in their fixed order: (anchor, title in the table of contents).
+SECTIONS = [("summary", "Summary and verdicts"), ("card", "Model card"), ("data", "Data"), ("training", "Training"),
+            ("evaluation", "Evaluation and baselines"), ("calibration", "Calibration"),
+            ("attributions", "Attributions and their trust checks"), ("representations", "Representations"),
+            ("units", "Inside the network"), ("invariance", "Invariance"), ("adversarial", "Adversarial examples"),
+            ("randomisation", "Randomisation test"), ("appendix", "Appendix: provenance and configuration")]
+
+
+def section_of(key: str) -> str:
+    """The report section an analysis input belongs to (by its input name in rules/report.smk)."""
+    for prefix, section in (("invariance_", "invariance"), ("adversarial_", "adversarial")):
+        if key.startswith(prefix):
+            return section
+    return {"represent": "representations", "compare": "representations", "units": "units", "ascent": "units",
+            "calibration": "calibration", "randomisation": "randomisation"}.get(key, "attributions")
+
+
+def failed_stages(inputs: dict) -> dict:
+    """{input name: failure record} for the analysis stages that failed."""
+    out = {}
+    for key, path in inputs.items():
+        if key not in CORE_INPUTS and (rec := stage_failure(path)):
+            out[key] = {**rec, "section": section_of(key)}
+    return out
+
+
+def read_benchmarks(files: dict) -> list[dict]:
+    """Run time, peak memory and CPU time per stage, from Snakemake's benchmark files (missing ones skipped)."""
+    rows = []
+    for stage, path in files.items():
+        try:
+            with open(path, newline="") as f:
+                rec = next(csv.DictReader(f, delimiter="\t"))
+        except (OSError, StopIteration):
+            continue
+
+        def num(k):
+            try:
+                return float(rec.get(k))
+            except (TypeError, ValueError):
+                return None
+        rows.append({"stage": stage, "seconds": num("s"), "max_rss_mb": num("max_rss"), "cpu_seconds": num("cpu_time")})
+    return rows
 
 
 def package_versions() -> dict:
@@ -211,7 +256,7 @@ def collect_robust(inputs: dict, settings: dict) -> dict | None:
     from .io import load_npz
     inv = {k[len("invariance_"):]: read_json(v) for k, v in inputs.items() if k.startswith("invariance_")}
     adv = {k[len("adversarial_"):]: load_npz(v) for k, v in inputs.items() if k.startswith("adversarial_")}
-    if not inv and not adv and "calibration" not in inputs:
+    if not inv and not adv and "calibration" not in inputs and "randomisation" not in inputs:
         return None
     rob = settings["robustness"]
     return {"invariance": inv, "adversarial": {a: v["meta"] for a, v in adv.items()}, "adversarial_arrays": adv,
@@ -258,14 +303,41 @@ def collect(model: str, inputs: dict, methods: list[str]) -> dict:
     with open(Path(inputs["manifest"]).parent / "rejected.csv", newline="") as f:
         r["rejected"] = list(csv.DictReader(f))
     for m in list(methods) + ["random"]:
-        r["explain"][m] = load_maps(inputs[m])
+        if m in inputs:  # absent: the stage failed (see failed_stages)
+            r["explain"][m] = load_maps(inputs[m])
     return r
 
 
-def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, settings: dict,
-                  template: str | Path, css: str | Path, out_html, out_summary, out_pdf=None) -> dict:
+def jinja_env(template: str | Path):
+    """Autoescaping environment (class names, file names and config values are text, never markup)."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+    env = Environment(loader=FileSystemLoader(str(Path(template).parent)), undefined=StrictUndefined,
+                      autoescape=select_autoescape(default=True, default_for_string=True))
+    env.filters["fmt"] = _fmt
+    env.filters["pct"] = lambda v: "—" if v is None else f"{100 * v:.1f}%"
+    env.filters["toyaml"] = _yaml
+    return env
 
+
+def _yaml(value) -> str:
+    """Config as compact YAML (lists of numbers on one line), as the user writes it."""
+    import yaml
+    return yaml.safe_dump(value, sort_keys=False, default_flow_style=None, width=100, allow_unicode=True).rstrip()
+
+
+def write_pdf(html: str, out_html, out_pdf) -> None:
+    from weasyprint import HTML
+    with atomic_path(out_pdf) as tmp:
+        HTML(string=html, base_url=str(Path(out_html).parent)).write_pdf(str(tmp))
+
+
+def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, settings: dict,
+                  template: str | Path, css: str | Path, out_html, out_summary, out_pdf=None,
+                  benchmarks: dict | None = None) -> dict:
+    failed = failed_stages(inputs)
+    inputs = {k: v for k, v in inputs.items() if k not in failed}
+    for key, rec in failed.items():
+        log.warning("%s: stage %s %s failed (%s); its section says so", model, rec["rule"], rec["wildcards"], rec["error"])
     r = collect(model, inputs, settings["explain"]["methods"])
     r["robust"] = collect_robust(inputs, settings)
     verdicts = run_checks(r, settings["verdicts"])
@@ -280,13 +352,21 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     compare = _compare_section(inputs["compare"]) if "compare" in inputs else None
     robust = _robust_section(r["robust"], [str(n) for n in audit["class_names"]]) if r["robust"] else None
     ev = r["eval"]
-    run_seconds = {"train": r["train"].get("seconds"), "evaluate": ev.get("seconds"),
-                   "explain (all methods, with trust checks)": sum(r["explain"][m]["meta"].get("seconds", 0) for m in r["explain"])}
+    stage_runs = read_benchmarks(benchmarks or {})
+    failed_by_section: dict[str, list] = {}
+    for rec in failed.values():
+        failed_by_section.setdefault(rec["section"], []).append(rec)
+    present = {"calibration": bool(robust and robust["calibration"]), "attributions": True,
+               "representations": represent is not None, "units": units is not None,
+               "invariance": bool(robust and robust["invariance"]), "adversarial": bool(robust and robust["adversarial"]),
+               "randomisation": bool(robust and robust["randomisation"])}
+    sections = [(sid, title) for sid, title in SECTIONS if present.get(sid, True) or sid in failed_by_section]
     summary = {
         "summary_version": SUMMARY_VERSION,
         "model": model,
         "dataset": r["dataset"]["name"],
         "status": status,  # worst of the model's own checks
+        "failed_stages": [{k: rec[k] for k in ("section", "rule", "wildcards", "error", "log")} for rec in failed.values()],
         "attribution_methods_passing": [row["method"] for row in attributions["rows"]
                                         if row["faith_status"] == "pass" and row["sanity_status"] == "pass"],
         "verdicts": verdicts,  # model checks, then CHECK:METHOD for each attribution method
@@ -323,13 +403,10 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                        "device": device_description(r["train"]["device"]),
                        "manifest_sha256": r["dataset"]["manifest_sha256"], "packages": versions,
                        "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                       "stage_seconds": run_seconds},
+                       "stage_runs": stage_runs},
     }
-    env = Environment(loader=FileSystemLoader(str(Path(template).parent)), undefined=StrictUndefined,
-                      autoescape=select_autoescape(default=True, default_for_string=True))
-    env.filters["fmt"] = _fmt
-    env.filters["pct"] = lambda v: "—" if v is None else f"{100 * v:.1f}%"
-    html = env.get_template(Path(template).name).render(
+    html = jinja_env(template).get_template(Path(template).name).render(
+        sections=sections, failed=failed_by_section, stage_runs=stage_runs,
         title=settings["report"]["title"], model=model, r=r, ev=ev, verdicts=model_verdicts, status=status,
         summary=summary, model_cfg=model_cfg, dataset_cfg=dataset_cfg, settings=settings, att=attributions,
         rep=represent, units=units, compare=compare, rob=robust,
@@ -342,9 +419,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     )
     write_text(out_html, html)
     if out_pdf:
-        from weasyprint import HTML
-        with atomic_path(out_pdf) as tmp:
-            HTML(string=html, base_url=str(Path(out_html).parent)).write_pdf(str(tmp))
+        write_pdf(html, out_html, out_pdf)
     write_json(out_summary, summary)
     log.info("%s: report %s (status %s)", model, out_html, status)
     return summary

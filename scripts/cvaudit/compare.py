@@ -1,0 +1,246 @@
+"""The comparison report across every model of a run, and the exit-status gate.
+
+One table of metrics and verdicts (best per column marked, within each dataset), accuracy against
+robustness and calibration, the same test images explained side by side by each model of a
+dataset, CKA between those models, and the baselines: the classic-ML baseline of each dataset and
+whichever fully connected net the config lists, so a reader sees what the CNN and transfer
+learning buy.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from . import CvauditError
+from .checks import STATUS_ORDER
+from .io import read_json, stage_failure, write_json, write_text
+
+log = logging.getLogger("cvaudit.compare")
+
+# Columns of the metric table: (key, label, higher is better). Values come from each summary.json.
+COLUMNS = [("accuracy", "accuracy", True), ("macro_f1", "macro F1", True),
+           ("gain_over_baseline", "gain over classic ML", True), ("ece", "ECE", False),
+           ("ece_after", "ECE after T", False), ("invariance", "invariance score (mean)", True),
+           ("rotation_accuracy", "accuracy rotated", True), ("fgsm_accuracy", "accuracy under FGSM", True),
+           ("knn_accuracy", "k-NN accuracy", True), ("methods_passing", "attribution methods passing", True)]
+
+
+def kind_of(model_cfg: dict) -> str:
+    """What sort of model this is, for a reader comparing them."""
+    arch, weights = model_cfg["arch"], model_cfg.get("weights", "none")
+    if arch == "mlp":
+        return "fully connected net"
+    if model_cfg.get("train") is False:
+        return "pretrained, as it is"
+    if weights not in (None, "none"):
+        return "transfer learning"
+    return "CNN from scratch" if arch == "simple_cnn" else "trained from scratch"
+
+
+def metric_row(summary: dict, model_cfg: dict) -> dict:
+    """One row of the metric table from a model's summary.json."""
+    m, rob, rep = summary["metrics"], summary.get("robustness") or {}, summary.get("representation") or {}
+    verdicts = {v["name"]: v for v in summary["verdicts"]}
+    inv = rob.get("invariance") or {}
+    cal = rob.get("calibration") or {}
+    return {
+        "model": summary["model"], "dataset": summary["dataset"], "kind": kind_of(model_cfg),
+        "arch": model_cfg["arch"], "status": summary["status"], "failed_stages": summary.get("failed_stages", []),
+        "values": {
+            "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "gain_over_baseline": m["gain_over_baseline"],
+            "ece": cal.get("ece_before"), "ece_after": cal.get("ece_after"),
+            "invariance": float(np.mean([v["score"] for v in inv.values()])) if inv else None,
+            "rotation_accuracy": (verdicts.get("rotation_accuracy") or {}).get("value"),
+            "fgsm_accuracy": (verdicts.get("fgsm_accuracy") or {}).get("value"),
+            "knn_accuracy": rep.get("knn_accuracy"),
+            "methods_passing": len(summary["attribution_methods_passing"]),
+        },
+        "verdicts": {v["name"]: v["status"] for v in summary["verdicts"] if v["method"] is None},
+    }
+
+
+def mark_best(rows: list[dict]) -> None:
+    """rows[i]["best"] = the columns where that model is best among the models of its dataset (ties all marked)."""
+    for r in rows:
+        r["best"] = []
+    for dataset in {r["dataset"] for r in rows}:
+        group = [r for r in rows if r["dataset"] == dataset]
+        if len(group) < 2:
+            continue
+        for key, _, higher in COLUMNS:
+            vals = [(r["values"][key], r) for r in group if r["values"][key] is not None]
+            if len(vals) < 2:
+                continue
+            best = max(v for v, _ in vals) if higher else min(v for v, _ in vals)
+            for v, r in vals:
+                if abs(v - best) <= 1e-12:
+                    r["best"].append(key)
+
+
+def shared_test_images(manifest, n: int, seed: int) -> list[dict]:
+    """n test rows of a dataset, one class at a time in a seeded order: the same images for every model."""
+    from .data import read_manifest
+    rows = read_manifest(manifest, "test")
+    if not rows:
+        raise CvauditError(f"{manifest}: the dataset has no test images to compare models on")
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[dict]] = {}
+    for r in rows:
+        by_class.setdefault(r["label"], []).append(r)
+    queues = [list(rng.permutation(len(v))) for v in by_class.values()]
+    groups = list(by_class.values())
+    order = rng.permutation(len(groups))
+    picked: list[dict] = []
+    while len(picked) < min(n, len(rows)):
+        for g in order:
+            if queues[g] and len(picked) < n:
+                picked.append(groups[g][queues[g].pop(0)])
+    return picked
+
+
+def explain_side_by_side(models: dict, manifest, methods: list[str], options: dict, n: int, seed: int,
+                         device: str, threads: int) -> dict:
+    """Each model of one dataset explains the same test images, for its own prediction, with each method.
+
+    models: {name: model.safetensors}. Returns {"files", "true", "models": {name: {"images", "preds",
+    "confidence", "class_names", "maps": {method: (N, H, W) or None}, "reasons": {method: str}}}}."""
+    import torch
+
+    from .data import load_rgb
+    from .explain import NotApplicable, attribute_batched, get_method, pixel_model
+    from .models import auto_batch, display_transform
+
+    rows = shared_test_images(manifest, n, seed)
+    out = {"files": [Path(r["path"]).name for r in rows], "true": [r["label"] for r in rows], "models": {}}
+    for name, path in models.items():
+        model, spec, net, dev = pixel_model(path, seed, device, threads)
+        show = display_transform(spec)
+        images = np.stack([show(load_rgb(r["path"])).permute(1, 2, 0).numpy() for r in rows]).astype(np.uint8)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(dev)
+        with torch.no_grad():
+            probs = torch.softmax(net(x), 1)
+        conf, preds = probs.max(1)
+        batch = auto_batch(x.shape[-2], x.shape[-1], dev)
+        res = {"images": images, "preds": preds.cpu().numpy(), "confidence": conf.cpu().numpy(),
+               "class_names": list(spec["class_names"]), "maps": {}, "reasons": {}}
+        for method in methods:
+            m = get_method(method, batch_size=batch, **({"seed": seed} | options.get(method, {})))
+            try:
+                res["maps"][method] = attribute_batched(m, net, x, preds)
+            except NotApplicable as e:
+                res["maps"][method], res["reasons"][method] = None, str(e)
+        out["models"][name] = res
+        log.info("%s: explained %d shared images with %s", name, len(rows), ", ".join(methods))
+    return out
+
+
+def _side_by_side_section(dataset: str, shared: dict, methods: list[str]) -> dict:
+    from . import figures
+    from .explain import get_method
+    labels = {m: get_method(m).label for m in methods}
+    rows = []
+    for i, (file, true) in enumerate(zip(shared["files"], shared["true"])):
+        cells = []
+        for name, r in shared["models"].items():
+            img = r["images"][i]
+            pred = r["class_names"][int(r["preds"][i])]
+            tiles = []
+            for m in methods:
+                maps = r["maps"][m]
+                tiles.append({"method": labels[m], "reason": r["reasons"].get(m),
+                              "uri": None if maps is None else figures.png_uri(
+                                  figures.overlay(img, figures.display_scale(maps[i]), 1.0), 96, 112)})
+            cells.append({"model": name, "image": figures.png_uri(img, 96, 112), "pred": pred,
+                          "conf": float(r["confidence"][i]), "correct": pred == true, "tiles": tiles})
+        rows.append({"file": file, "true": true, "cells": cells})
+    not_applicable = {f"{labels[m]} for {name}": why for name, r in shared["models"].items()
+                      for m, why in r["reasons"].items()}
+    return {"dataset": dataset, "models": list(shared["models"]), "methods": [labels[m] for m in methods], "rows": rows,
+            "not_applicable": not_applicable}
+
+
+def gate_problems(summaries: list[dict], fail_on: str) -> list[str]:
+    """Why a run should exit non-zero under config key audit.fail_on (empty: it passes the gate)."""
+    if fail_on == "never":
+        return []
+    problems = []
+    for s in summaries:
+        if STATUS_ORDER[s["status"]] >= STATUS_ORDER[fail_on]:
+            bad = [f"{v['label']} {v['status']} ({v['value']:.4g})" for v in s["verdicts"]
+                   if v["method"] is None and STATUS_ORDER[v["status"]] >= STATUS_ORDER[fail_on]
+                   and v["value"] is not None]
+            problems.append(f"model {s['model']}: overall {s['status']}: " + "; ".join(bad))
+        for f in s.get("failed_stages", []):
+            problems.append(f"model {s['model']}: stage {f['rule']} {f['wildcards']} failed: {f['error']}")
+    return problems
+
+
+def run_gate(summaries: dict, fail_on: str, out) -> None:
+    """Write results/gate.json, then raise (non-zero exit) if the gate fails: after every report exists."""
+    loaded = [read_json(p) for p in summaries.values()]
+    problems = gate_problems(loaded, fail_on)
+    write_json(out, {"fail_on": fail_on, "passed": not problems, "problems": problems,
+                     "models": {s["model"]: {"status": s["status"], "failed_stages": len(s.get("failed_stages", []))}
+                                for s in loaded}})
+    if problems:
+        raise CvauditError(f"the audit gate (config key audit.fail_on: {fail_on}) failed:\n  " + "\n  ".join(problems)
+                           + f"\nThe reports are written; {out} lists the models. To report without failing the run, "
+                           "set audit.fail_on: never.")
+
+
+def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compares: dict, shared: dict,
+                      settings: dict, template, css, out_html, out_summary, out_pdf=None,
+                      benchmarks: dict | None = None) -> dict:
+    """summaries: {model: summary.json}; baselines: {dataset: baseline.json}; compares: {dataset:
+    representations.json}; shared: {dataset: explain_side_by_side result}; benchmarks: {model: {stage: tsv}}."""
+    from . import figures
+    from .report import jinja_env, package_versions, read_benchmarks, write_pdf
+
+    loaded = {m: read_json(p) for m, p in summaries.items()}
+    rows = [metric_row(s, model_cfgs[m]) for m, s in loaded.items()]
+    mark_best(rows)
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    base = {}
+    for d, p in baselines.items():
+        b = read_json(p)
+        base[d] = {"name": b.get("name", "classic ML"), "accuracy": b.get("accuracy") if b.get("available") else None,
+                   "reason": b.get("reason")}
+    cka = {}
+    for d, p in compares.items():
+        if (rec := stage_failure(p)):
+            cka[d] = {"failed": rec}
+            continue
+        c = read_json(p)
+        cka[d] = {"models": c["models"], "matrix": c["cka"],
+                  "fig": figures.agreement_heatmap(c["models"], c["cka"], label="linear CKA", vmin=0)}
+    checks = list(dict.fromkeys(k for r in rows for k in r["verdicts"]))
+    methods = settings["report"]["compare"]["methods"]
+    side = [_side_by_side_section(d, shared[d], methods) for d in datasets if d in shared]
+    stage_runs = []
+    for model, files in (benchmarks or {}).items():
+        runs = read_benchmarks(files)
+        if runs:
+            stage_runs.append({"stage": f"{model} ({len(runs)} jobs)",
+                               "seconds": sum(r["seconds"] or 0 for r in runs),
+                               "cpu_seconds": sum(r["cpu_seconds"] or 0 for r in runs),
+                               "max_rss_mb": max((r["max_rss_mb"] or 0 for r in runs), default=None)})
+    scatter = figures.comparison_scatter(rows, [("invariance", "invariance score (mean over families)"),
+                                                ("fgsm_accuracy", "accuracy under FGSM"),
+                                                ("ece", "expected calibration error (lower is better)")])
+    summary = {"summary_version": 1, "models": {r["model"]: {"dataset": r["dataset"], "kind": r["kind"],
+                                                            "status": r["status"], **r["values"], "best": r["best"],
+                                                            "failed_stages": len(r["failed_stages"])} for r in rows},
+               "baselines": base, "cka_between_models": {d: {k: c[k] for k in ("models", "matrix")}
+                                                         for d, c in cka.items() if "failed" not in c}}
+    html = jinja_env(template).get_template(Path(template).name).render(
+        title=settings["report"]["title"], rows=rows, columns=COLUMNS, checks=checks, datasets=datasets, base=base,
+        cka=cka, side=side, scatter=scatter, stage_runs=stage_runs, versions=package_versions(),
+        labels={r["model"]: r["kind"] for r in rows}, css=Path(css).read_text(), settings=settings)
+    write_text(out_html, html)
+    if out_pdf:
+        write_pdf(html, out_html, out_pdf)
+    write_json(out_summary, summary)
+    log.info("comparison of %d models: %s", len(rows), out_html)
+    return summary

@@ -1,0 +1,11 @@
+from cvaudit.compare import run_gate
+
+
+def main(sm):
+    run_gate(dict(sm.input.items()), sm.params.fail_on, sm.output[0])
+
+
+if __name__ == "__main__":
+    from cvaudit.runlog import run
+
+    run(main, snakemake)  # noqa: F821 — injected by Snakemake
