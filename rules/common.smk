@@ -2,6 +2,7 @@
 import re
 from pathlib import Path
 
+from cvaudit.config import shards
 from cvaudit.data import source_files
 
 
@@ -15,10 +16,20 @@ wildcard_constraints:
     method="|".join(re.escape(m) for m in EXPLAIN_METHODS),
     family="translate|rotate|scale|brightness|contrast|noise|blur|jpeg",
     attack="fgsm|pgd",
+    shard=r"\d+",
 
+
+# Rules that run a model ask for one GPU when the config's device is CUDA (the SLURM profile turns
+# resource gpu into --gpus); with device auto or cpu they ask for none.
+GPU = 1 if str(config["device"]).startswith("cuda") else 0
 
 # Workflow files (templates) resolved against the Snakefile, so --directory elsewhere works.
 TEMPLATES = Path(workflow.basedir) / "templates"
+
+
+def shard_files(pattern, n_images):
+    """The part files a sharded stage merges (none when config key shard_size is 0)."""
+    return [pattern.format(shard=i) for i in range(shards(n_images, config["shard_size"]))]
 
 
 def dataset_of(model):
@@ -74,6 +85,39 @@ def robust_files(wildcards):
     return files
 
 
+def benchmark_files(model):
+    """{stage: Snakemake benchmark file} of every job behind a model's report, for its run-time table."""
+    d, rep, rob = dataset_of(model), config["represent"], config["robustness"]
+    files = {"ingest_dataset": f"benchmarks/ingest_dataset/{d}.tsv", "fit_baseline": f"benchmarks/fit_baseline/{d}.tsv"}
+    if config["models"][model]["train"] is not False:
+        files["train_model"] = f"benchmarks/train_model/{model}.tsv"
+    files["evaluate_model"] = f"benchmarks/evaluate_model/{model}.tsv"
+    files.update({f"explain {m}": f"benchmarks/explain/{model}.{m}.tsv" for m in EXPLAIN_METHODS})
+    n_explain = shards(config["audit"]["max_images"], config["shard_size"])
+    files.update({f"explain {m} shard {i}": f"benchmarks/explain_shard/{model}.{m}.{i}.tsv"
+                  for m in EXPLAIN_METHODS for i in range(n_explain)})
+    if rep["enabled"]:
+        files.update({r: f"benchmarks/{r}/{model}.tsv" for r in ("represent", "inspect_units")})
+        if rep["ascent"]["enabled"]:
+            files["visualise_ascent"] = f"benchmarks/visualise_ascent/{model}.tsv"
+        if len(models_of(d)) > 1:
+            files["compare_representations"] = f"benchmarks/compare_representations/{d}.tsv"
+    if rob["enabled"]:
+        if rob["calibration"]["enabled"]:
+            files["calibrate"] = f"benchmarks/calibrate/{model}.tsv"
+        files.update({f"invariance {f}": f"benchmarks/invariance/{model}.{f}.tsv" for f in rob["invariance"]})
+        files.update({f"invariance {f} shard {i}": f"benchmarks/invariance_shard/{model}.{f}.{i}.tsv"
+                      for f in rob["invariance"] for i in range(shards(rob["max_images"], config["shard_size"]))})
+        if rob["adversarial"]["enabled"]:
+            adv = rob["adversarial"]
+            files.update({f"adversarial {a}": f"benchmarks/adversarial/{model}.{a}.tsv" for a in adv["attacks"]})
+            files.update({f"adversarial {a} shard {i}": f"benchmarks/adversarial_shard/{model}.{a}.{i}.tsv"
+                          for a in adv["attacks"] for i in range(shards(adv["max_images"], config["shard_size"]))})
+        if rob["randomisation"]["enabled"] and config["models"][model]["train"] is not False:
+            files["randomisation_test"] = f"benchmarks/randomisation_test/{model}.tsv"
+    return files
+
+
 def report_files(model):
     files = [f"results/{model}/report/report.html", f"results/{model}/report/summary.json"]
     if config["report"]["pdf"]:
@@ -81,5 +125,31 @@ def report_files(model):
     return files
 
 
+def compare_files():
+    if not config["report"]["compare"]["enabled"]:
+        return []
+    files = ["results/compare/report.html", "results/compare/summary.json"]
+    if config["report"]["pdf"]:
+        files.append("results/compare/report.pdf")
+    return files
+
+
+def shared_datasets():
+    """Datasets with two or more models: their models explain the same images side by side."""
+    return [d for d in config["datasets"] if len(models_of(d)) > 1]
+
+
+def compare_inputs(wildcards):
+    files = {f"summary_{m}": f"results/{m}/report/summary.json" for m in config["models"]}
+    for d in {dataset_of(m) for m in config["models"]}:
+        files[f"baseline_{d}"] = f"results/data/{d}/baseline.json"
+    for d in shared_datasets():
+        files[f"manifest_{d}"] = f"results/data/{d}/manifest.csv"
+        files.update({f"model_{m}": f"results/{m}/model.safetensors" for m in models_of(d)})
+        if config["represent"]["enabled"]:
+            files[f"cka_{d}"] = f"results/compare/{d}/representations.json"
+    return files
+
+
 def all_reports():
-    return [f for m in config["models"] for f in report_files(m)]
+    return [f for m in config["models"] for f in report_files(m)] + compare_files() + ["results/gate.json"]

@@ -10,6 +10,9 @@ rule ingest_dataset:
         dataset=lambda wc: config["datasets"][wc.dataset],
         seed=config["seed"],
     priority: 10  # the root of every chain: run first, so the many one-thread jobs later fill both cores
+    resources:
+        mem_mb=4000,
+        runtime=30,
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -29,6 +32,9 @@ rule fit_baseline:
         options=config["baseline"],
         seed=config["seed"],
     priority: 10  # the root of every chain: run first, so the many one-thread jobs later fill both cores
+    resources:
+        mem_mb=4000,
+        runtime=30,
     conda:
         "../envs/cvaudit.yaml"
     log:

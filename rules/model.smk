@@ -11,6 +11,7 @@ rule train_model:
         device=config["device"],
     threads: config["threads"]
     resources:
+        gpu=GPU,
         mem_mb=6000,
         runtime=120,
     priority: 10  # the root of every chain: run first, so the many one-thread jobs later fill both cores
@@ -35,11 +36,12 @@ rule evaluate_model:
         audit_set="results/{model}/eval/audit_set.npz",
         probs="results/{model}/eval/probs.npz",
     params:
-        audit=config["audit"],
+        audit={k: v for k, v in config["audit"].items() if k != "fail_on"},  # the gate is not the evaluation's
         seed=config["seed"],
         device=config["device"],
     threads: config["threads"]
     resources:
+        gpu=GPU,
         mem_mb=4000,
         runtime=60,
     priority: 10  # the root of every chain: run first, so the many one-thread jobs later fill both cores

@@ -14,6 +14,7 @@ rule represent:
         device=config["device"],
     threads: 1  # short jobs: two side by side use the cores better than one on both
     resources:
+        gpu=GPU,
         mem_mb=6000,
         runtime=60,
     conda:
@@ -39,6 +40,7 @@ rule inspect_units:
         device=config["device"],
     threads: 1  # short jobs: two side by side use the cores better than one on both
     resources:
+        gpu=GPU,
         mem_mb=6000,
         runtime=60,
     conda:
@@ -63,6 +65,7 @@ rule visualise_ascent:
         device=config["device"],
     threads: 1  # short jobs: two side by side use the cores better than one on both
     resources:
+        gpu=GPU,
         mem_mb=6000,
         runtime=60,
     conda:
@@ -82,6 +85,9 @@ rule compare_representations:
         cka="results/compare/{dataset}/representations.json",
     params:
         seed=config["seed"],
+    resources:
+        mem_mb=2000,
+        runtime=10,
     conda:
         "../envs/cvaudit.yaml"
     log:

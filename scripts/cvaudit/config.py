@@ -73,7 +73,17 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
         if not any(abs(e - adv[key]) < 1e-9 for e in adv["epsilons"]):
             raise CvauditError(f"config key 'robustness.adversarial.{key}': {adv[key]} is not among "
                                f"robustness.adversarial.epsilons {adv['epsilons']}; add it there or change it")
+    sanity = config["explain"]["trust"]["sanity_images"]
+    if 0 < config["shard_size"] < sanity:
+        raise CvauditError(f"config key 'shard_size': {config['shard_size']} is smaller than "
+                           f"explain.trust.sanity_images ({sanity}), which the first shard explains for the "
+                           "randomisation check; raise shard_size or lower sanity_images")
     return config
+
+
+def shards(n_images: int, shard_size: int) -> int:
+    """Jobs a stage over at most n_images images is split into (0: not sharded)."""
+    return 0 if shard_size <= 0 else max(1, -(-n_images // shard_size))
 
 
 def model_ids(config: dict) -> list[str]:

@@ -452,18 +452,28 @@ class RandomMap(AttributionMethod):
         return 0
 
     def attribute(self, net, x, target):
-        g = torch.Generator().manual_seed(int(self.options.get("seed", 0)))
-        return torch.rand((len(x),) + tuple(x.shape[-2:]), generator=g)
+        from .trust import image_generator
+        index = getattr(self, "index", None)
+        index = range(len(x)) if index is None else index.tolist()
+        seed = int(self.options.get("seed", 0))
+        return torch.stack([torch.rand(tuple(x.shape[-2:]), generator=image_generator(seed, j)) for j in index])
 
 
 # ----------------------------------------------------------------------------- batching and the stage
-def attribute_batched(method: AttributionMethod, net, x: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+def attribute_batched(method: AttributionMethod, net, x: torch.Tensor, target: torch.Tensor,
+                      index: torch.Tensor | None = None) -> np.ndarray:
     """Maps for all images, every model call about `batch_size` images: gradient and CAM methods take
     that many images at a time; occlusion, integrated gradients, LIME and SHAP pack their own
-    perturbations of fewer images into calls of that size."""
+    perturbations of fewer images into calls of that size. index: the images' positions in the whole
+    audit set, which seed the methods that draw at random (default 0..N-1)."""
     per_image = method.model_passes(*x.shape[-2:])
     step = max(1, method.batch_size // per_image) if per_image > 1 else method.batch_size
-    out = [method.attribute(net, x[i:i + step], target[i:i + step]).float().cpu() for i in range(0, len(x), step)]
+    index = torch.arange(len(x)) if index is None else index
+    out = []
+    for i in range(0, len(x), step):
+        method.index = index[i:i + step]
+        out.append(method.attribute(net, x[i:i + step], target[i:i + step]).float().cpu())
+    method.index = None
     return torch.cat(out).numpy() if out else np.zeros((0,) + tuple(x.shape[-2:]), np.float32)
 
 
@@ -472,50 +482,110 @@ def audit_images(audit: dict, device) -> torch.Tensor:
     return torch.from_numpy(audit["images"]).permute(0, 3, 1, 2).float().div(255).to(device)
 
 
-def run_explain(method: str, model_path, audit_set, options: dict, trust: dict, seed: int, device: str,
-                threads: int, out_maps) -> dict:
-    """Explain the predicted class of every audit image (and the true class where they differ), then
-    score the maps: deletion/insertion faithfulness and the cascading randomisation check."""
+PER_IMAGE = ("maps_pred", "maps_true", "faith_deletion", "faith_insertion", "faith_deletion_auc",
+             "faith_insertion_auc")
+
+
+def explain_part(method: str, model_path, audit_set, options: dict, trust: dict, seed: int, device: str,
+                 threads: int, start: int = 0, stop: int | None = None) -> tuple[dict, dict]:
+    """Explain audit images [start, stop) (all by default): the predicted class of each (and the true
+    class where they differ), then score the maps: deletion/insertion faithfulness, and (in the part
+    holding the first images) the cascading randomisation check. Every per-image result depends only
+    on that image, so parts concatenated equal one whole run."""
     from . import trust as tr
 
     t0 = time.time()
     model, spec, net, dev = pixel_model(model_path, seed, device, threads)
     audit = load_audit_set(audit_set)
-    x = audit_images(audit, dev)
-    batch = auto_batch(x.shape[-2], x.shape[-1], dev, trust["batch_size"])
+    x_all = audit_images(audit, dev)
+    stop = len(x_all) if stop is None else min(stop, len(x_all))
+    start = min(start, stop)
+    x, index = x_all[start:stop], torch.arange(start, stop)
+    batch = auto_batch(x_all.shape[-2], x_all.shape[-1], dev, trust["batch_size"])
     m = get_method(method, batch_size=batch, **({"seed": seed} | options))
-    preds, targets = torch.from_numpy(audit["preds"]).to(dev), torch.from_numpy(audit["targets"]).to(dev)
+    preds = torch.from_numpy(audit["preds"][start:stop]).to(dev)
+    targets = torch.from_numpy(audit["targets"][start:stop]).to(dev)
     result = {"method": method, "label": m.label, "kind": m.kind, "reads": m.reads, "applicable": True,
-              "reason": "", "options": m.options}
+              "reason": "", "options": m.options, "start": start, "n_images": int(len(x)), "batch_size": batch}
     arrays = {}
     try:
+        if len(x) == 0:  # an empty shard (the audit set is smaller than the shards planned for it)
+            result["attribution_seconds"] = 0.0
+            return result, arrays
         if isinstance(m, GradCAM):
             result["layer"] = layer_name(net, m.layer(net, x))
         ta = time.time()
-        maps_pred = attribute_batched(m, net, x, preds)
+        maps_pred = attribute_batched(m, net, x, preds, index)
         result["attribution_seconds"] = round(time.time() - ta, 3)
         differ = (preds != targets).nonzero().flatten()
         maps_true = np.full_like(maps_pred, np.nan)
         if len(differ):
-            maps_true[differ.cpu().numpy()] = attribute_batched(m, net, x[differ], targets[differ])
+            maps_true[differ.cpu().numpy()] = attribute_batched(m, net, x[differ], targets[differ],
+                                                                index[differ.cpu()])
         arrays.update(maps_pred=maps_pred, maps_true=maps_true)
         faith = tr.deletion_insertion(net, x, preds, torch.from_numpy(maps_pred), steps=trust["steps"],
-                                      batch_size=batch, seed=seed)
+                                      batch_size=batch, seed=seed, index=index.tolist())
         arrays.update({f"faith_{k}": v for k, v in faith.items()})
-        result["faithfulness"] = {"deletion_auc": float(faith["deletion_auc"].mean()),
-                                  "insertion_auc": float(faith["insertion_auc"].mean())}
-        if m.kind != "reference" and trust["sanity_images"] > 0:
-            san = tr.cascading_randomisation(m, net, x[:trust["sanity_images"]], preds[:trust["sanity_images"]],
-                                             maps_pred[:trust["sanity_images"]], stages=trust["sanity_stages"],
-                                             seed=seed)
-            result["sanity"] = san
+        k = min(trust["sanity_images"], len(x)) if start == 0 else 0
+        if m.kind != "reference" and k > 0:
+            result["sanity"] = tr.cascading_randomisation(m, net, x[:k], preds[:k], maps_pred[:k],
+                                                          stages=trust["sanity_stages"], seed=seed)
     except NotApplicable as e:
         log.warning("%s is not applicable to this model: %s", m.label, e)
         result.update(applicable=False, reason=str(e))
-    result["seconds"] = round(time.time() - t0, 2)
-    result["n_images"], result["batch_size"] = int(len(x)), batch
+    finally:
+        result["seconds"] = round(time.time() - t0, 2)
+    return result, arrays
+
+
+def merge_explain(parts: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+    """One method's result over the whole audit set from its parts (in image order)."""
+    full = [(r, a) for r, a in parts if r["n_images"] > 0] or parts[:1]
+    result = {k: v for k, v in full[0][0].items() if k != "start"}
+    result["seconds"] = round(sum(r["seconds"] for r, _ in parts), 2)
+    result["n_images"] = int(sum(r["n_images"] for r, _ in parts))
+    result["shards"] = len(parts)
+    bad = [r for r, _ in full if not r["applicable"]]
+    if bad:
+        result.update(applicable=False, reason=bad[0]["reason"])
+        result.pop("sanity", None)
+        return result, {}
+    result["attribution_seconds"] = round(sum(r.get("attribution_seconds", 0) for r, _ in full), 3)
+    sanity = [r["sanity"] for r, _ in full if r.get("sanity")]
+    if sanity:
+        result["sanity"] = sanity[0]
+    arrays = {k: np.concatenate([a[k] for _, a in full]) for k in PER_IMAGE if k in full[0][1]}
+    if "faith_fractions" in full[0][1]:
+        arrays["faith_fractions"] = full[0][1]["faith_fractions"]
+        result["faithfulness"] = {"deletion_auc": float(arrays["faith_deletion_auc"].mean()),
+                                  "insertion_auc": float(arrays["faith_insertion_auc"].mean())}
+    return result, arrays
+
+
+def run_explain(method: str, model_path, audit_set, options: dict, trust: dict, seed: int, device: str,
+                threads: int, out_maps, parts: list | None = None) -> dict:
+    """The explain stage: the whole audit set in one job, or (parts: the files of explain_shard jobs) the
+    merge of its shards."""
+    if parts:
+        loaded = []
+        for p in parts:
+            a = load_npz(p)
+            loaded.append((a.pop("meta"), a))
+    else:
+        loaded = [explain_part(method, model_path, audit_set, options, trust, seed, device, threads)]
+    result, arrays = merge_explain(loaded)
     save_npz(out_maps, result, **arrays)
-    log.info("%s: %s in %.1fs", method, "done" if result["applicable"] else "not applicable", result["seconds"])
+    log.info("%s: %s in %.1fs (%d images, %d part(s))", method, "done" if result["applicable"] else "not applicable",
+             result["seconds"], result["n_images"], len(loaded))
+    return result
+
+
+def run_explain_shard(method: str, model_path, audit_set, options: dict, trust: dict, seed: int, device: str,
+                      threads: int, shard: int, shard_size: int, out) -> dict:
+    result, arrays = explain_part(method, model_path, audit_set, options, trust, seed, device, threads,
+                                  start=shard * shard_size, stop=(shard + 1) * shard_size)
+    save_npz(out, result, **arrays)
+    log.info("%s: shard %d (%d images) in %.1fs", method, shard, result["n_images"], result["seconds"])
     return result
 
 

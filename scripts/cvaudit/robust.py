@@ -166,9 +166,12 @@ IDENTITY = {"translate": 0.0, "rotate": 0.0, "scale": 1.0, "brightness": 1.0, "c
             "blur": 0.0, "jpeg": 100}
 
 
-def transform(family: str, x: torch.Tensor, severity: float, gen: torch.Generator) -> torch.Tensor:
+def transform(family: str, x: torch.Tensor, severity: float, gen: torch.Generator | None = None,
+              seeds=None) -> torch.Tensor:
     """One transform family at one severity on a batch of images in [0, 1] (N, 3, H, W). Severity 0
-    (or 1 for scale and contrast and brightness factors, 100 for JPEG quality) is the identity."""
+    (or 1 for scale and contrast and brightness factors, 100 for JPEG quality) is the identity.
+    Noise is drawn from `gen`, or, given `seeds` (one int per image), from a generator per image, so
+    an image gets the same noise whatever else is in its batch or shard."""
     if family not in IDENTITY:
         raise CvauditError(f"unknown transform family '{family}' (config key robustness.invariance)")
     if severity == IDENTITY[family]:
@@ -186,7 +189,12 @@ def transform(family: str, x: torch.Tensor, severity: float, gen: torch.Generato
     if family == "contrast":
         return TF.adjust_contrast(x, float(severity))
     if family == "noise":  # standard deviation in [0, 1] pixel units
-        return (x + severity * torch.randn(x.shape, generator=gen).to(x.device)).clamp(0, 1)
+        if seeds is not None:
+            noise = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(int(k)))
+                                 for k in seeds]) if len(x) else torch.zeros_like(x)
+        else:
+            noise = torch.randn(x.shape, generator=gen)
+        return (x + severity * noise.to(x.device)).clamp(0, 1)
     if family == "blur":  # sigma in pixels
         k = int(2 * np.ceil(3 * severity) + 1)
         return TF.gaussian_blur(x, [k, k], [float(severity)] * 2)
@@ -220,46 +228,89 @@ def equivariance_error(cam_of_moved: np.ndarray, moved_cam: np.ndarray) -> float
     return float((np.abs(a - b).sum(1) / np.maximum(a.sum(1) + b.sum(1), 1e-12)).mean())
 
 
-def run_invariance(family: str, model_path, manifest, options: dict, drift: dict, seed: int, device: str,
-                   threads: int, out) -> dict:
-    from .explain import GradCAM, NotApplicable, attribute_batched
+def _slice(n: int, start: int, stop: int | None) -> tuple[int, int]:
+    stop = n if stop is None else min(stop, n)
+    return min(start, stop), stop
 
+
+def invariance_part(family: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
+                    start: int = 0, stop: int | None = None) -> dict:
+    """Per image of the robustness sample [start, stop): correct and unchanged predictions at each
+    severity. Each image's result depends on it alone (noise seeded per image), so parts
+    concatenated equal one whole run."""
     t0 = time.time()
     model, spec, net, dev = pixel_model(model_path, seed, device, threads)
     x8, y, _ = robustness_images(manifest, spec, options["max_images"], seed)
-    x = x8.float().div(255).to(dev)
-    batch = auto_batch(x.shape[-2], x.shape[-1], dev)
+    start, stop = _slice(len(x8), start, stop)
+    x, y = x8[start:stop].float().div(255).to(dev), y[start:stop]
+    batch = auto_batch(x8.shape[-2], x8.shape[-1], dev)
     clean_pred, _ = predict(net, x, batch)
-    clean_acc = float((clean_pred == y).float().mean())
+    correct, same = [], []
+    for k, s in enumerate(options["severities"]):
+        seeds = [(seed * 1_000_003 + k) * 1_000_003 + j for j in range(start, stop)]
+        p, _ = predict(net, transform(family, x, s, seeds=seeds), batch)
+        correct.append((p == y).numpy())
+        same.append((p == clean_pred).numpy())
+    n_sev = len(options["severities"])
+    return {"start": start, "n_total": len(x8), "clean_correct": (clean_pred == y).numpy(),
+            "correct": np.array(correct, dtype=bool).reshape(n_sev, stop - start),
+            "same": np.array(same, dtype=bool).reshape(n_sev, stop - start), "seconds": time.time() - t0}
+
+
+def run_invariance(family: str, model_path, manifest, options: dict, drift: dict, seed: int, device: str,
+                   threads: int, out, parts: list | None = None) -> dict:
+    """Accuracy and consistency per severity over the robustness sample (computed here, or merged from
+    the invariance_shard jobs' parts), the robustness score, and Grad-CAM drift for translate/rotate."""
+    from .explain import GradCAM, NotApplicable, attribute_batched
+    from .io import load_npz
+
+    t0 = time.time()
+    if parts:
+        loaded = [load_npz(p) for p in parts]
+        loaded = [{**a, **a.pop("meta")} for a in loaded]
+    else:
+        loaded = [invariance_part(family, model_path, manifest, options, seed, device, threads)]
+    correct = np.concatenate([p["correct"] for p in loaded], axis=1)
+    same = np.concatenate([p["same"] for p in loaded], axis=1)
+    clean_acc = float(np.concatenate([p["clean_correct"] for p in loaded]).mean())
     severities = list(options["severities"])
-    gen = torch.Generator().manual_seed(seed)
-    acc, cons = [], []
-    for s in severities:
-        p, _ = predict(net, transform(family, x, s, gen), batch)
-        acc.append(float((p == y).float().mean()))
-        cons.append(float((p == clean_pred).float().mean()))
+    acc, cons = [float(c.mean()) for c in correct], [float(c.mean()) for c in same]
     result = {"family": family, "severities": severities, "accuracy": acc, "consistency": cons,
-              "clean_accuracy": clean_acc, "n": int(len(x)), "identity": IDENTITY[family],
-              "score": robustness_score(severities, acc, clean_acc, IDENTITY[family]), "drift": None}
+              "clean_accuracy": clean_acc, "n": int(correct.shape[1]), "identity": IDENTITY[family],
+              "score": robustness_score(severities, acc, clean_acc, IDENTITY[family]), "drift": None,
+              "shards": len(loaded)}
     if family in ("translate", "rotate") and drift["images"] > 0:
-        xd, target = x[:drift["images"]], clean_pred[:drift["images"]].to(dev)
+        model, spec, net, dev = pixel_model(model_path, seed, device, threads)
+        x8, _, _ = robustness_images(manifest, spec, options["max_images"], seed)
+        xd = x8[:drift["images"]].float().div(255).to(dev)
+        batch = auto_batch(x8.shape[-2], x8.shape[-1], dev)
+        target = predict(net, xd, batch)[0].to(dev)
         cam = GradCAM(batch_size=batch, layer="auto", min_resolution=drift["min_resolution"])
         try:
             base = torch.from_numpy(attribute_batched(cam, net, xd, target))[:, None]
             errs = []
             for s in severities:
-                moved = transform(family, xd, s, gen)
+                moved = transform(family, xd, s)
                 cam_of_moved = attribute_batched(cam, net, moved, target)
-                moved_cam = transform(family, base.to(dev), s, gen)[:, 0].cpu().numpy()
+                moved_cam = transform(family, base.to(dev), s)[:, 0].cpu().numpy()
                 errs.append(equivariance_error(cam_of_moved, moved_cam))
             result["drift"] = {"method": "gradcam", "images": int(len(xd)), "equivariance_error": errs}
         except NotApplicable as e:
             result["drift"] = {"method": "gradcam", "reason": str(e)}
-    result["seconds"] = round(time.time() - t0, 2)
+    result["seconds"] = round(time.time() - t0 + sum(p["seconds"] for p in loaded), 2)
     write_json(out, result)
-    log.info("%s: score %s, accuracy %s (%.1fs)", family, result["score"], np.round(acc, 3).tolist(),
-             result["seconds"])
+    log.info("%s: score %s, accuracy %s (%.1fs, %d part(s))", family, result["score"], np.round(acc, 3).tolist(),
+             result["seconds"], len(loaded))
     return result
+
+
+def run_invariance_shard(family: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
+                         shard: int, shard_size: int, out) -> None:
+    part = invariance_part(family, model_path, manifest, options, seed, device, threads,
+                           start=shard * shard_size, stop=(shard + 1) * shard_size)
+    save_npz(out, {k: part[k] for k in ("start", "n_total", "seconds")},
+             **{k: part[k] for k in ("clean_correct", "correct", "same")})
+    log.info("%s: shard %d, %d images (%.1fs)", family, shard, len(part["clean_correct"]), part["seconds"])
 
 
 # ----------------------------------------------------------------------------- adversarial
@@ -298,44 +349,91 @@ def attack_batch(attack: str, net, x: torch.Tensor, y: torch.Tensor, eps: float,
     return best
 
 
-def run_adversarial(attack: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
-                    out) -> dict:
+def adversarial_part(attack: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
+                     start: int = 0, stop: int | None = None) -> dict:
+    """Per image of the sample [start, stop): clean and adversarial predictions at every epsilon, the
+    smallest flipping epsilon, and example candidates (the first `examples` fooled and not fooled at
+    example_epsilon, with their adversarial images). Attacks are per image (the sign of each image's
+    own gradient), so parts concatenated equal one whole run."""
     t0 = time.time()
     model, spec, net, dev = pixel_model(model_path, seed, device, threads, frozen=True)
     x8, y, paths = robustness_images(manifest, spec, options["max_images"], seed)
-    x, y = x8.float().div(255).to(dev), y.to(dev)
-    batch = auto_batch(x.shape[-2], x.shape[-1], dev)
+    n_total = len(x8)
+    start, stop = _slice(n_total, start, stop)
+    x8, y, paths = x8[start:stop], y[start:stop], paths[start:stop]
+    x, yd = x8.float().div(255).to(dev), y.to(dev)
+    batch = auto_batch(x8.shape[-2], x8.shape[-1], dev)
     eps_list = sorted(float(e) for e in options["epsilons"])
     clean_pred, clean_conf = predict(net, x, batch)
-    acc, flipped_at = [], np.full(len(x), np.inf)
-    examples = {}
-    show = min(options["examples"], len(x))
+    preds, flipped_at = [], np.full(len(x), np.inf)
+    show = options["examples"]
+    cand = {"index": np.zeros(0, np.int64), "fooled": np.zeros(0, bool),
+            "adv": np.zeros((0,) + tuple(x8.shape[2:]) + (3,), np.uint8), "pred": np.zeros(0, np.int64),
+            "conf": np.zeros(0, np.float32)}
     for eps in eps_list:
-        adv = torch.cat([attack_batch(attack, net, x[i:i + batch], y[i:i + batch], eps, options)
-                         for i in range(0, len(x), batch)])
-        p, c = predict(net, adv, batch)
-        acc.append(float((p == y.cpu()).float().mean()))
+        adv = torch.cat([attack_batch(attack, net, x[i:i + batch], yd[i:i + batch], eps, options)
+                         for i in range(0, len(x), batch)]) if len(x) else x.clone()
+        p, c = predict(net, adv, batch) if len(x) else (clean_pred, clean_conf)
+        preds.append(p.numpy())
         changed = (p != clean_pred).numpy()
         flipped_at[changed & np.isinf(flipped_at)] = eps
-        if eps == float(options["example_epsilon"]) or (not examples and eps == eps_list[-1]):
-            # shown: images the attack turned from right to wrong first, then the others
-            fooled = ((clean_pred == y.cpu()) & (p != y.cpu())).numpy()
-            idx = np.concatenate([np.flatnonzero(fooled), np.flatnonzero(~fooled)])[:show]
-            examples = {"eps": eps, "index": idx,
-                        "adv": (adv[idx].cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8),
-                        "pred": p[idx].numpy(), "conf": c[idx].numpy()}
-    result = {"attack": attack, "epsilons": eps_list, "accuracy": acc, "n": int(len(x)),
-              "clean_accuracy": float((clean_pred == y.cpu()).float().mean()), "options": options,
-              "flipped_share": float(np.isfinite(flipped_at).mean()),
-              "median_flip_epsilon": float(np.median(flipped_at)) if np.isfinite(np.median(flipped_at)) else None,
-              "example_epsilon": examples.get("eps"), "class_names": spec["class_names"],
-              "seconds": round(time.time() - t0, 2)}
-    save_npz(out, result, flip_epsilon=flipped_at, targets=y.cpu().numpy(), clean_pred=clean_pred.numpy(),
-             clean_conf=clean_conf.numpy(), example_index=examples.get("index", np.zeros(0, np.int64)),
-             images=x8[examples.get("index", np.zeros(0, np.int64))].permute(0, 2, 3, 1).numpy(),
-             adv_images=examples.get("adv", np.zeros((0,) + tuple(x8.shape[2:]) + (3,), np.uint8)),
-             adv_pred=examples.get("pred", np.zeros(0, np.int64)), adv_conf=examples.get("conf", np.zeros(0)),
-             paths=np.array(paths))
-    log.info("%s: accuracy %s over eps %s (%.1fs)", attack, np.round(acc, 3).tolist(), eps_list, result["seconds"])
+        if eps == float(options["example_epsilon"]):
+            fooled = ((clean_pred == y) & (p != y)).numpy()
+            local = np.concatenate([np.flatnonzero(fooled)[:show], np.flatnonzero(~fooled)[:show]]).astype(np.int64)
+            cand = {"index": local + start, "fooled": fooled[local],
+                    "adv": (adv[local].cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8),
+                    "pred": p[local].numpy(), "conf": c[local].numpy()}
+    return {"start": start, "n_total": n_total, "epsilons": eps_list, "targets": y.numpy(),
+            "clean_pred": clean_pred.numpy(), "clean_conf": clean_conf.numpy(), "flip_epsilon": flipped_at,
+            "preds": np.array(preds, dtype=np.int64).reshape(len(eps_list), len(x)), "images": x8.permute(0, 2, 3, 1).numpy(),
+            "paths": np.array(paths, dtype=str), "class_names": spec["class_names"], "seconds": time.time() - t0,
+            **{f"cand_{k}": v for k, v in cand.items()}}
+
+
+def run_adversarial(attack: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
+                    out, parts: list | None = None) -> dict:
+    """Accuracy against epsilon, flip epsilons and examples over the sample: computed here, or merged
+    from the adversarial_shard jobs' parts."""
+    from .io import load_npz
+    if parts:
+        loaded = [load_npz(p) for p in parts]
+        loaded = [{**a, **a.pop("meta")} for a in loaded]
+    else:
+        loaded = [adversarial_part(attack, model_path, manifest, options, seed, device, threads)]
+    cat = lambda k, axis=0: np.concatenate([p[k] for p in loaded], axis=axis)  # noqa: E731
+    targets, clean_pred, flipped_at = cat("targets"), cat("clean_pred"), cat("flip_epsilon")
+    preds = cat("preds", 1)
+    eps_list = loaded[0]["epsilons"]
+    acc = [float((p == targets).mean()) for p in preds]
+    # examples: images the attack turned from right to wrong first, then the others (in sample order)
+    ci, cf = cat("cand_index"), cat("cand_fooled")
+    pick = np.concatenate([np.flatnonzero(cf), np.flatnonzero(~cf)])[:options["examples"]]
+    idx = ci[pick]
+    offsets = {int(p["start"]): p for p in loaded}
+
+    def image(j):
+        part = max((s for s in offsets if s <= j), default=0)
+        return offsets[part]["images"][j - part]
+    images = np.stack([image(int(j)) for j in idx]) if len(idx) else np.zeros((0,) + loaded[0]["images"].shape[1:], np.uint8)
+    result = {"attack": attack, "epsilons": eps_list, "accuracy": acc, "n": int(len(targets)),
+              "clean_accuracy": float((clean_pred == targets).mean()), "options": options,
+              "flipped_share": float(np.isfinite(flipped_at).mean()) if len(flipped_at) else 0.0,
+              "median_flip_epsilon": float(np.median(flipped_at)) if len(flipped_at) and np.isfinite(np.median(flipped_at)) else None,
+              "example_epsilon": float(options["example_epsilon"]), "class_names": loaded[0]["class_names"],
+              "seconds": round(sum(p["seconds"] for p in loaded), 2), "shards": len(loaded)}
+    save_npz(out, result, flip_epsilon=flipped_at, targets=targets, clean_pred=clean_pred,
+             clean_conf=cat("clean_conf"), example_index=idx, images=images,
+             adv_images=cat("cand_adv")[pick], adv_pred=cat("cand_pred")[pick], adv_conf=cat("cand_conf")[pick],
+             paths=cat("paths"))
+    log.info("%s: accuracy %s over eps %s (%.1fs, %d part(s))", attack, np.round(acc, 3).tolist(), eps_list,
+             result["seconds"], len(loaded))
     return result
 
+
+def run_adversarial_shard(attack: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
+                          shard: int, shard_size: int, out) -> None:
+    part = adversarial_part(attack, model_path, manifest, options, seed, device, threads,
+                            start=shard * shard_size, stop=(shard + 1) * shard_size)
+    meta = {k: part.pop(k) for k in ("start", "n_total", "epsilons", "class_names", "seconds")}
+    save_npz(out, meta, **part)
+    log.info("%s: shard %d, %d images (%.1fs)", attack, shard, len(part["targets"]), meta["seconds"])

@@ -20,20 +20,29 @@ from torch import nn
 from .explain import _blur, attribute_batched, class_probability, inner
 
 
-def _order(maps: torch.Tensor, seed: int) -> torch.Tensor:
+def image_generator(seed: int, index: int) -> torch.Generator:
+    """A generator of its own for image `index` of the audit set: an image's random draws do not depend
+    on which other images share its batch or shard (sharded runs equal unsharded ones)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + int(index))
+
+
+def _order(maps: torch.Tensor, seed: int, index=None) -> torch.Tensor:
     """Pixels from most to least salient; ties (e.g. zeros of a ReLU'd map) broken at random, not in
     raster order, which would otherwise favour the top of the image."""
-    g = torch.Generator().manual_seed(seed)
     flat = maps.reshape(len(maps), -1).float()
-    jitter = torch.rand(flat.shape, generator=g) * 1e-6 * (flat.abs().amax(1, keepdim=True) + 1e-12)
+    index = range(len(flat)) if index is None else index
+    noise = torch.stack([torch.rand(flat.shape[1], generator=image_generator(seed, j)) for j in index]) \
+        if len(flat) else torch.zeros_like(flat)
+    jitter = noise * 1e-6 * (flat.abs().amax(1, keepdim=True) + 1e-12)
     return torch.argsort(flat + jitter, dim=1, descending=True)
 
 
 def deletion_insertion(net: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor, steps: int = 16,
-                       batch_size: int = 64, seed: int = 0) -> dict:
-    """Deletion and insertion curves (N, steps + 1) of the target-class probability, and their AUCs."""
+                       batch_size: int = 64, seed: int = 0, index=None) -> dict:
+    """Deletion and insertion curves (N, steps + 1) of the target-class probability, and their AUCs.
+    index: the images' positions in the whole audit set (seeds their tie-breaking; default 0..N-1)."""
     n, _, h, w = x.shape
-    order = _order(maps, seed).to(x.device)
+    order = _order(maps, seed, index).to(x.device)
     counts = np.linspace(0, h * w, steps + 1).round().astype(int)
     blurred = _blur(x, max(w / 16, 1.0))
     rank = torch.empty_like(order)

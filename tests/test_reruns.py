@@ -1,0 +1,111 @@
+"""Regeneration is minimal: after a complete run of two datasets with one model each, a dry run shows
+exactly which jobs a change reruns (Snakemake's mtime, params and input-set triggers)."""
+import os
+import re
+import shutil
+import time
+
+import pytest
+import yaml
+
+from conftest import REPO, TINY, smk
+
+pytestmark = pytest.mark.e2e
+
+
+def jobs(work, config="config.yaml") -> set[tuple[str, str]]:
+    """(rule, wildcards) of every job a dry run would run ('' for a job without wildcards)."""
+    out = smk(work, "--dry-run", "--configfile", str(work / config)).stdout
+    found = set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        if m:
+            w = re.search(r"^\s+wildcards: (.+)$", block, re.M)
+            found.add((m.group(1), w.group(1).strip() if w else ""))
+    return found
+
+
+def rules_of(found) -> dict:
+    out = {}
+    for rule, _ in found:
+        out[rule] = out.get(rule, 0) + 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    work = tmp_path_factory.mktemp("reruns")
+    for d in ("a", "b"):
+        shutil.copytree(TINY, work / d)
+    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    cfg["datasets"] = {d: {"source": "imagefolder", "path": str(work / d), "split": {"val": 0.2, "test": 0.3}}
+                       for d in ("a", "b")}
+    cfg["models"] = {"cnn_a": {**cfg["models"]["cnn_tiny"], "dataset": "a"},
+                     "mlp_b": {"dataset": "b", "arch": "mlp", "arch_options": {"hidden": [32]}, "input_size": 28,
+                               "train": {"batch_size": 8, "head_epochs": 1, "finetune_epochs": 0}}}
+    cfg["explain"]["methods"] = ["saliency", "integrated_gradients"]
+    cfg["represent"] = {"enabled": False}
+    cfg["robustness"].update(invariance={"rotate": [0, 15]}, adversarial={"enabled": False})
+    cfg["report"] = {"pdf": False}
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    smk(work, "--configfile", str(work / "config.yaml"))
+    return work, cfg
+
+
+def variant(work, cfg, name, change) -> str:
+    c = yaml.safe_load(yaml.safe_dump(cfg))
+    change(c)
+    (work / name).write_text(yaml.safe_dump(c))
+    return name
+
+
+def test_a_second_run_does_nothing(two):
+    work, _ = two
+    assert jobs(work) == set()
+
+
+def test_editing_a_report_template_reruns_only_the_reports(two):
+    work, _ = two
+    template = REPO / "templates" / "report.html.j2"
+    text, before = template.read_text(), template.stat()
+    try:  # a real edit: Snakemake compares content, not only the modification time
+        template.write_text(text + "{# edited by tests/test_reruns.py #}\n")
+        later = time.time() + 60
+        os.utime(template, (later, later))
+        assert rules_of(jobs(work)) == {"render_report": 2, "compare_models": 1, "gate": 1, "all": 1}
+    finally:
+        template.write_text(text)
+        os.utime(template, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert jobs(work) == set()
+
+
+def test_changing_one_methods_options_reruns_that_method_and_the_reports(two):
+    work, cfg = two
+    name = variant(work, cfg, "ig.yaml", lambda c: c["explain"]["integrated_gradients"].update(steps=5))
+    found = jobs(work, name)
+    assert rules_of(found) == {"explain": 2, "render_report": 2, "compare_models": 1, "gate": 1, "all": 1}
+    assert {w for r, w in found if r == "explain"} == {"model=cnn_a, method=integrated_gradients",
+                                                        "model=mlp_b, method=integrated_gradients"}
+
+
+def test_changing_one_models_training_reruns_only_that_models_chain(two):
+    work, cfg = two
+    name = variant(work, cfg, "lr.yaml", lambda c: c["models"]["cnn_a"]["train"].update(lr=0.02))
+    found = jobs(work, name)
+    assert not any("mlp_b" in w or "dataset=" in w for _, w in found), found
+    assert rules_of(found) == {"train_model": 1, "evaluate_model": 1, "explain": 3, "calibrate": 1, "invariance": 1,
+                               "render_report": 1, "compare_models": 1, "gate": 1, "all": 1}
+
+
+def test_adding_an_image_reruns_its_datasets_chain_and_nothing_of_the_other(two):
+    work, _ = two
+    added = work / "a" / "trouser" / "added.png"
+    shutil.copy(next((work / "a" / "bag").glob("fm*.png")), added)
+    try:
+        found = jobs(work)
+        assert ("ingest_dataset", "dataset=a") in found and ("fit_baseline", "dataset=a") in found
+        assert not any("dataset=b" in w or "mlp_b" in w for _, w in found), found
+        assert rules_of(found)["render_report"] == 1 and rules_of(found)["train_model"] == 1
+    finally:
+        added.unlink()
+    assert jobs(work) == set()  # back to the recorded input set

@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Time and peak memory of the per-image stages (attribution methods with their trust checks,
+invariance, adversarial) at growing audit-set sizes, each stage and size in a fresh process.
+
+Real Fashion-MNIST test images (Debian dataset-fashion-mnist) are ingested once into a scratch
+folder. The model is the demo's cnn_fmnist (results/cnn_fmnist/model.safetensors: run `make demo`
+first); the stages run with the demo's settings (config/config.yaml), on the CPU, one thread per
+stage as in the workflow. Time should grow linearly with the images; memory should stay flat apart
+from the results the stage keeps (maps, curves).
+
+    .venv/bin/python tools/bench_scale.py [--sizes 50 200 800] [--out results/bench/scale.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+MODEL = ROOT / "results" / "cnn_fmnist" / "model.safetensors"
+STAGES = ["explain saliency", "explain gradcam", "explain integrated_gradients", "explain occlusion", "explain lime",
+          "invariance rotate", "invariance noise", "adversarial pgd"]
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def demo_config() -> dict:
+    import yaml
+
+    from cvaudit.config import validate_config
+    return validate_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
+                           ROOT / "config" / "schema.yaml")
+
+
+def audit_set(manifest: str, n: int, out: Path) -> None:
+    """An audit set of the first n test images (evaluate_model's format), with the model's predictions."""
+    import numpy as np
+    import torch
+
+    from cvaudit.data import load_rgb, read_manifest
+    from cvaudit.models import display_transform, load_model
+    from cvaudit.robust import predict
+    model, spec = load_model(MODEL)
+    rows = read_manifest(manifest, "test")[:n]
+    show = display_transform(spec)
+    images = np.stack([show(load_rgb(r["path"])).permute(1, 2, 0).numpy() for r in rows]).astype(np.uint8)
+    from cvaudit.explain import PixelSpace
+    net = PixelSpace(model, spec["mean"], spec["std"]).eval()
+    preds, conf = predict(net, torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255), 256)
+    index = {c: i for i, c in enumerate(spec["class_names"])}
+    targets = np.array([index[r["label"]] for r in rows])
+    np.savez_compressed(out, images=images, targets=targets, preds=preds.numpy(), confidence=conf.numpy(),
+                        p_true=conf.numpy(), paths=np.array([r["path"] for r in rows]),
+                        class_names=np.array(spec["class_names"]))
+
+
+def child(stage: str, manifest: str, audit: str, n: int, scratch: str) -> dict:
+    import torch
+    torch.set_num_threads(1)
+    cfg = demo_config()
+    kind, name = stage.split()
+    out = Path(scratch) / f"{kind}.{name}.{n}"
+    base = rss_mb()
+    t0 = time.perf_counter()
+    if kind == "explain":
+        from cvaudit.explain import run_explain
+        run_explain(name, MODEL, audit, cfg["explain"].get(name, {}), cfg["explain"]["trust"], seed=0, device="cpu",
+                    threads=1, out_maps=f"{out}.npz")
+    elif kind == "invariance":
+        from cvaudit.robust import run_invariance
+        run_invariance(name, MODEL, manifest, {"max_images": n, "severities": cfg["robustness"]["invariance"][name]},
+                       cfg["robustness"]["drift"], seed=0, device="cpu", threads=1, out=f"{out}.json")
+    else:
+        from cvaudit.robust import run_adversarial
+        opts = {k: v for k, v in cfg["robustness"]["adversarial"].items() if k not in ("enabled", "attacks")}
+        run_adversarial(name, MODEL, manifest, {**opts, "max_images": n}, seed=0, device="cpu", threads=1,
+                        out=f"{out}.npz")
+    seconds = time.perf_counter() - t0
+    stored = max(Path(scratch).glob(f"{kind}.{name}.{n}.*"), key=os.path.getmtime).stat().st_size
+    return {"stage": stage, "n": n, "seconds": round(seconds, 2), "rss_before_mb": round(base),
+            "peak_rss_mb": round(rss_mb()), "output_mb": round(stored / 2**20, 2)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 800])
+    ap.add_argument("--stages", nargs="+", default=STAGES)
+    ap.add_argument("--scratch", default="/tmp/cvaudit-bench-scale")
+    ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "scale.json"))
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        stage, manifest, audit, n, scratch = a.child
+        print(json.dumps(child(stage, manifest, audit, int(n), scratch)))
+        return
+    if not MODEL.exists():
+        sys.exit(f"bench_scale: {MODEL} is missing; run `make demo` first (it trains cnn_fmnist)")
+    from cvaudit.data import ingest
+    manifest = Path(a.scratch) / "data" / "manifest.csv"
+    if not manifest.exists():
+        per_class = -(-max(a.sizes) // 10)
+        print(f"ingesting {per_class * 10} Fashion-MNIST images into {a.scratch} ...", flush=True)
+        ingest({"source": "idx", "path": "/usr/share/datasets/fashion-mnist", "max_per_class": per_class,
+                "class_names": demo_config()["datasets"]["fmnist"]["class_names"],
+                "split": {"val": 0.0, "test": 1.0}}, "bench", 0, manifest.parent)
+    rows = []
+    with tempfile.TemporaryDirectory(dir=a.scratch) as tmp:
+        for n in a.sizes:
+            audit = Path(tmp) / f"audit{n}.npz"
+            audit_set(str(manifest), n, audit)
+            for stage in a.stages:
+                cmd = [sys.executable, __file__, "--child", stage, str(manifest), str(audit), str(n), tmp]
+                p = subprocess.run(cmd, capture_output=True, text=True)
+                if p.returncode:
+                    sys.exit(f"bench_scale: {stage} at {n} images failed:\n{p.stderr[-3000:]}")
+                res = json.loads(p.stdout.strip().splitlines()[-1])
+                print(res, flush=True)
+                rows.append(res)
+    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only, "
+                         "one thread per stage", "model": "cnn_fmnist (demo)", "rows": rows}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(report, indent=2))
+    sizes = a.sizes
+    print("\n| stage | " + " | ".join(f"{n} images: s (s/100 img)" for n in sizes) + " | peak RSS MB ("
+          + " / ".join(map(str, sizes)) + ") | output MB (" + " / ".join(map(str, sizes)) + ") |")
+    print("|---|" + "---|" * (len(sizes) + 2))
+    for stage in a.stages:
+        r = {x["n"]: x for x in rows if x["stage"] == stage}
+        print(f"| {stage} | " + " | ".join(f"{r[n]['seconds']} ({100 * r[n]['seconds'] / n:.2f})" for n in sizes)
+              + " | " + " / ".join(str(r[n]["peak_rss_mb"]) for n in sizes)
+              + " | " + " / ".join(str(r[n]["output_mb"]) for n in sizes) + " |")
+
+
+if __name__ == "__main__":
+    main()
