@@ -98,11 +98,15 @@ def main():
     ap.add_argument("--scratch", default="/tmp/cvaudit-bench-scale")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "scale.json"))
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--table", action="store_true", help="print the table of a previous --out file, run nothing")
     a = ap.parse_args()
     if a.child:
         stage, manifest, audit, n, scratch = a.child
         print(json.dumps(child(stage, manifest, audit, int(n), scratch)))
         return
+    if a.table:
+        report = json.loads(Path(a.out).read_text())
+        return table(report["rows"], a.sizes, a.stages)
     if not MODEL.exists():
         sys.exit(f"bench_scale: {MODEL} is missing; run `make demo` first (it trains cnn_fmnist)")
     from cvaudit.data import ingest
@@ -130,13 +134,20 @@ def main():
                          "one thread per stage", "model": "cnn_fmnist (demo)", "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2))
-    sizes = a.sizes
-    print("\n| stage | " + " | ".join(f"{n} images: s (s/100 img)" for n in sizes) + " | peak RSS MB ("
+    table(rows, a.sizes, a.stages)
+
+
+def table(rows: list[dict], sizes: list[int], stages: list[str]) -> None:
+    # marginal cost: seconds per 100 more images between consecutive sizes (the fixed start-up cancels out)
+    steps = list(zip(sizes, sizes[1:]))
+    print("\n| stage | " + " | ".join(f"{n} images (s)" for n in sizes) + " | "
+          + " | ".join(f"s per 100 more images, {m} to {n}" for m, n in steps) + " | peak RSS MB ("
           + " / ".join(map(str, sizes)) + ") | output MB (" + " / ".join(map(str, sizes)) + ") |")
-    print("|---|" + "---|" * (len(sizes) + 2))
-    for stage in a.stages:
+    print("|---|" + "---|" * (len(sizes) + len(steps) + 2))
+    for stage in stages:
         r = {x["n"]: x for x in rows if x["stage"] == stage}
-        print(f"| {stage} | " + " | ".join(f"{r[n]['seconds']} ({100 * r[n]['seconds'] / n:.2f})" for n in sizes)
+        print(f"| {stage} | " + " | ".join(str(r[n]["seconds"]) for n in sizes) + " | "
+              + " | ".join(f"{100 * (r[n]['seconds'] - r[m]['seconds']) / (n - m):.2f}" for m, n in steps)
               + " | " + " / ".join(str(r[n]["peak_rss_mb"]) for n in sizes)
               + " | " + " / ".join(str(r[n]["output_mb"]) for n in sizes) + " |")
 
