@@ -111,7 +111,7 @@ rule compare_models:
 
 rule gate:
     input:
-        unpack(lambda wc: {m: f"results/{m}/report/summary.json" for m in config["models"]}),
+        unpack(lambda wc: {f"summary_{m}": f"results/{m}/report/summary.json" for m in config["models"]}),
     output:
         "results/gate.json",
     params:
