@@ -106,9 +106,11 @@ def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, 
 
 
 # ----------------------------------------------------------------------------- test images in memory
-def robustness_images(manifest, spec: dict, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def robustness_images(manifest, spec: dict, n: int, seed: int, start: int = 0,
+                      stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """A seeded, class-stratified sample of at most n test images, as the model sees them (uint8,
-    resized to its input size), with targets in the model's class indices."""
+    resized to its input size), with targets in the model's class indices. start/stop: only that
+    slice of the sample is read (a shard); robustness_sample_size gives the sample's length."""
     rows = read_manifest(manifest, "test")
     if not rows:
         raise CvauditError("the dataset has no test images; raise config key datasets.*.split.test")
@@ -126,11 +128,17 @@ def robustness_images(manifest, spec: dict, n: int, seed: int) -> tuple[torch.Te
         order = np.array(sorted(pick))
     else:
         order = np.arange(len(rows))
+    order = order[start:stop]
     show = display_transform(spec)
     index = {c: i for i, c in enumerate(spec["class_names"])}
-    x = torch.stack([show(load_rgb(rows[i]["path"])) for i in order])
-    y = torch.tensor([index[rows[i]["label"]] for i in order])
+    x = torch.stack([show(load_rgb(rows[i]["path"])) for i in order]) if len(order) else \
+        torch.zeros((0, 3, spec["input_size"], spec["input_size"]), dtype=torch.uint8)
+    y = torch.tensor([index[rows[i]["label"]] for i in order], dtype=torch.long)
     return x, y, [rows[i]["path"] for i in order]
+
+
+def robustness_sample_size(manifest, n: int) -> int:
+    return min(n, len(read_manifest(manifest, "test")))
 
 
 @torch.no_grad()
@@ -240,9 +248,10 @@ def invariance_part(family: str, model_path, manifest, options: dict, seed: int,
     concatenated equal one whole run."""
     t0 = time.time()
     model, spec, net, dev = pixel_model(model_path, seed, device, threads)
-    x8, y, _ = robustness_images(manifest, spec, options["max_images"], seed)
-    start, stop = _slice(len(x8), start, stop)
-    x, y = x8[start:stop].float().div(255).to(dev), y[start:stop]
+    n_total = robustness_sample_size(manifest, options["max_images"])
+    start, stop = _slice(n_total, start, stop)
+    x8, y, _ = robustness_images(manifest, spec, options["max_images"], seed, start, stop)
+    x = x8.float().div(255).to(dev)
     batch = auto_batch(x8.shape[-2], x8.shape[-1], dev)
     clean_pred, _ = predict(net, x, batch)
     correct, same = [], []
@@ -252,7 +261,7 @@ def invariance_part(family: str, model_path, manifest, options: dict, seed: int,
         correct.append((p == y).numpy())
         same.append((p == clean_pred).numpy())
     n_sev = len(options["severities"])
-    return {"start": start, "n_total": len(x8), "clean_correct": (clean_pred == y).numpy(),
+    return {"start": start, "n_total": n_total, "clean_correct": (clean_pred == y).numpy(),
             "correct": np.array(correct, dtype=bool).reshape(n_sev, stop - start),
             "same": np.array(same, dtype=bool).reshape(n_sev, stop - start), "seconds": time.time() - t0}
 
@@ -281,8 +290,8 @@ def run_invariance(family: str, model_path, manifest, options: dict, drift: dict
               "shards": len(loaded)}
     if family in ("translate", "rotate") and drift["images"] > 0:
         model, spec, net, dev = pixel_model(model_path, seed, device, threads)
-        x8, _, _ = robustness_images(manifest, spec, options["max_images"], seed)
-        xd = x8[:drift["images"]].float().div(255).to(dev)
+        x8, _, _ = robustness_images(manifest, spec, options["max_images"], seed, 0, drift["images"])
+        xd = x8.float().div(255).to(dev)
         batch = auto_batch(x8.shape[-2], x8.shape[-1], dev)
         target = predict(net, xd, batch)[0].to(dev)
         cam = GradCAM(batch_size=batch, layer="auto", min_resolution=drift["min_resolution"])
@@ -357,10 +366,9 @@ def adversarial_part(attack: str, model_path, manifest, options: dict, seed: int
     own gradient), so parts concatenated equal one whole run."""
     t0 = time.time()
     model, spec, net, dev = pixel_model(model_path, seed, device, threads, frozen=True)
-    x8, y, paths = robustness_images(manifest, spec, options["max_images"], seed)
-    n_total = len(x8)
+    n_total = robustness_sample_size(manifest, options["max_images"])
     start, stop = _slice(n_total, start, stop)
-    x8, y, paths = x8[start:stop], y[start:stop], paths[start:stop]
+    x8, y, paths = robustness_images(manifest, spec, options["max_images"], seed, start, stop)
     x, yd = x8.float().div(255).to(dev), y.to(dev)
     batch = auto_batch(x8.shape[-2], x8.shape[-1], dev)
     eps_list = sorted(float(e) for e in options["epsilons"])
