@@ -242,12 +242,12 @@ def _slice(n: int, start: int, stop: int | None) -> tuple[int, int]:
 
 
 def invariance_part(family: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
-                    start: int = 0, stop: int | None = None) -> dict:
+                    start: int = 0, stop: int | None = None, loaded_model=None) -> dict:
     """Per image of the robustness sample [start, stop): correct and unchanged predictions at each
     severity. Each image's result depends on it alone (noise seeded per image), so parts
     concatenated equal one whole run."""
     t0 = time.time()
-    model, spec, net, dev = pixel_model(model_path, seed, device, threads)
+    model, spec, net, dev = loaded_model or pixel_model(model_path, seed, device, threads)
     n_total = robustness_sample_size(manifest, options["max_images"])
     start, stop = _slice(n_total, start, stop)
     x8, y, _ = robustness_images(manifest, spec, options["max_images"], seed, start, stop)
@@ -278,7 +278,9 @@ def run_invariance(family: str, model_path, manifest, options: dict, drift: dict
         loaded = [load_npz(p) for p in parts]
         loaded = [{**a, **a.pop("meta")} for a in loaded]
     else:
-        loaded = [invariance_part(family, model_path, manifest, options, seed, device, threads)]
+        model_once = pixel_model(model_path, seed, device, threads)  # shared with the drift below
+        loaded = [invariance_part(family, model_path, manifest, options, seed, device, threads,
+                                  loaded_model=model_once)]
     correct = np.concatenate([p["correct"] for p in loaded], axis=1)
     same = np.concatenate([p["same"] for p in loaded], axis=1)
     clean_acc = float(np.concatenate([p["clean_correct"] for p in loaded]).mean())
@@ -289,7 +291,7 @@ def run_invariance(family: str, model_path, manifest, options: dict, drift: dict
               "score": robustness_score(severities, acc, clean_acc, IDENTITY[family]), "drift": None,
               "shards": len(loaded)}
     if family in ("translate", "rotate") and drift["images"] > 0:
-        model, spec, net, dev = pixel_model(model_path, seed, device, threads)
+        model, spec, net, dev = model_once if not parts else pixel_model(model_path, seed, device, threads)
         x8, _, _ = robustness_images(manifest, spec, options["max_images"], seed, 0, drift["images"])
         xd = x8.float().div(255).to(dev)
         batch = auto_batch(x8.shape[-2], x8.shape[-1], dev)
