@@ -15,7 +15,7 @@ wildcard_constraints:
     model="|".join(re.escape(m) for m in config["models"]),
     method="|".join(re.escape(m) for m in EXPLAIN_METHODS),
     family="translate|rotate|scale|brightness|contrast|noise|blur|jpeg",
-    attack="fgsm|pgd",
+    attack="fgsm|pgd|autoattack",
     shard=r"\d+",
 
 
@@ -141,6 +141,7 @@ def shared_datasets():
 
 def compare_inputs(wildcards):
     files = {f"summary_{m}": f"results/{m}/report/summary.json" for m in config["models"]}
+    files.update({f"probs_{m}": f"results/{m}/eval/probs.npz" for m in config["models"]})  # McNemar between models
     for d in {dataset_of(m) for m in config["models"]}:
         files[f"baseline_{d}"] = f"results/data/{d}/baseline.json"
     for d in shared_datasets():
@@ -152,4 +153,4 @@ def compare_inputs(wildcards):
 
 
 def all_reports():
-    return [f for m in config["models"] for f in report_files(m)] + compare_files() + ["results/gate.json"]
+    return [f for m in config["models"] for f in report_files(m)] + compare_files() + ["results/gate.json", "results/.gate_passed"]

@@ -1,4 +1,4 @@
-from cvaudit.robust import run_adversarial
+from cvaudit.adversarial import run_adversarial
 
 
 def main(sm):

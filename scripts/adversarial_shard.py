@@ -1,4 +1,4 @@
-from cvaudit.robust import run_adversarial_shard
+from cvaudit.adversarial import run_adversarial_shard
 
 
 def main(sm):

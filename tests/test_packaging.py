@@ -7,11 +7,12 @@ from conftest import REPO
 
 
 def _pins(lines):
-    return {re.split("==", l)[0].lower(): l.split("==")[1] for l in lines if "==" in l}
+    return {re.split("==", l)[0].lower(): l.split("==")[1].split("#")[0].strip() for l in lines if "==" in l}
 
 
 def test_conda_env_matches_requirements():
-    req = _pins(l.strip() for l in (REPO / "requirements.txt").read_text().splitlines() if not l.startswith("#"))
+    files = ("requirements.txt", "requirements-nodeps.txt")
+    req = _pins(l.strip() for f in files for l in (REPO / f).read_text().splitlines() if not l.startswith("#"))
     env = yaml.safe_load((REPO / "envs" / "cvaudit.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert _pins(pip) == req and req["torch"] == "2.14.1" and req["torchvision"] == "0.29.1"

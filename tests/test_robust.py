@@ -6,8 +6,9 @@ from conftest import fit
 
 from cvaudit.explain import PixelSpace
 from cvaudit.models import build_model
-from cvaudit.robust import (IDENTITY, attack_batch, calibration_metrics, equivariance_error, fit_temperature,
-                            log_probs, predict, robustness_score, scaled, transform)
+from cvaudit.adversarial import attack_batch
+from cvaudit.robust import (IDENTITY, calibration_metrics, equivariance_error, fit_temperature, log_probs, predict,
+                            robustness_score, scaled, transform)
 
 SPEC = {"arch": "simple_cnn", "arch_options": {"channels": [8, 16]}, "weights": "none", "input_size": 28,
         "num_classes": 3, "class_names": ["bag", "sneaker", "trouser"], "mean": [0.5] * 3, "std": [0.5] * 3}
@@ -79,6 +80,9 @@ def test_robustness_score_and_equivariance_error_known_answers():
     assert robustness_score([0, 5, 10], [0.8, 0.8, 0.8], 0.8, 0) == pytest.approx(1.0)
     assert robustness_score([0, 10], [0.8, 0.4], 0.8, 0) == pytest.approx(0.75)  # trapezoid: (0.8 + 0.4) / 2 / 0.8
     assert robustness_score([-10, 0, 10], [0.4, 0.8, 0.4], 0.8, 0) == pytest.approx(0.75)  # by distance
+    # a symmetric pair is averaged into one point, not counted twice: -10 -> 0.2, +10 -> 0.6 is 0.4 at distance 10
+    assert robustness_score([-10, -5, 0, 5, 10], [0.2, 0.8, 0.8, 0.8, 0.6], 0.8, 0) == pytest.approx(
+        np.trapezoid([0.8, 0.8, 0.4], [0, 5, 10]) / (0.8 * 10))
     m = np.random.default_rng(0).uniform(size=(3, 8, 8))
     assert equivariance_error(m, m) == 0
     shifted = np.roll(m, 3, axis=2)
@@ -108,24 +112,125 @@ def trained_net():
     return net, x[:64], y[:64]
 
 
+ATTACK_OPTS = {"pgd": {"steps": 10, "restarts": 1}, "check_epsilon": 0.05,
+               "autoattack": {"steps": 20, "restarts": 1, "target_classes": 3, "square_queries": 300},
+               "masking": {"large_epsilon": 0.3, "max_accuracy": 0.05, "tolerance": 0.02, "more_steps": 3}}
+
+
 def test_attacks_eps_zero_is_identity_accuracy_falls_and_pgd_beats_fgsm(trained_net):
     net, x, y = trained_net
-    opts = {"steps": 10, "step_factor": 0.25}
     clean = predict(net, x, 64)[0]
-    for attack in ("fgsm", "pgd"):
-        adv = attack_batch(attack, net, x, y, 0.0, opts)
+    for attack in ("fgsm", "pgd", "autoattack"):
+        adv, _ = attack_batch(attack, net, x, y, 0.0, ATTACK_OPTS)
         assert torch.equal(adv, x) and torch.equal(predict(net, adv, 64)[0], clean)
-    acc = {"fgsm": [], "pgd": []}
+    acc = {"fgsm": [], "pgd": [], "autoattack": []}
     for eps in (0.0, 0.02, 0.05, 0.1, 0.2):
         for attack in acc:
-            adv = attack_batch(attack, net, x, y, eps, opts)
+            adv, _ = attack_batch(attack, net, x, y, eps, ATTACK_OPTS, seed=3)
             assert (adv - x).abs().max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
             acc[attack].append(float((predict(net, adv, 64)[0] == y).float().mean()))
     for a in acc.values():
         assert all(b <= a_ + 0.02 for a_, b in zip(a, a[1:]))  # does not rise with eps (2% slack, one image)
         assert a[0] > 0.95 and a[-1] < a[0] - 0.3  # and the attack really bites
-    assert all(p <= f + 1e-9 for p, f in zip(acc["pgd"], acc["fgsm"])), acc
+    assert all(p <= f + 1e-9 for p, f in zip(acc["autoattack"], acc["fgsm"])), acc
     assert acc["pgd"][3] < acc["fgsm"][3] - 0.1  # iterating finds what one step misses
+
+
+def _reference_fgsm(net, x, y, eps):
+    """Goodfellow et al. written out: one step along the sign of the cross-entropy gradient."""
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(net(x), y), x)
+    return (x + eps * g.sign()).clamp(0, 1).detach()
+
+
+def _reference_pgd(net, x, y, eps, steps=50, restarts=2, seed=0):
+    """Madry et al. written out: uniform random start, steps of 2.5 eps / steps, projection; per image the
+    worst restart."""
+    gen = torch.Generator().manual_seed(seed)
+    fooled = torch.zeros(len(x), dtype=torch.bool)
+    for _ in range(restarts):
+        adv = (x + (torch.rand(x.shape, generator=gen) * 2 - 1) * eps).clamp(0, 1)
+        for _ in range(steps):
+            adv.requires_grad_(True)
+            (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(net(adv), y), adv)
+            adv = (x + (adv.detach() + 2.5 * eps / steps * g.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+        with torch.no_grad():
+            fooled |= net(adv).argmax(1) != y
+    return fooled
+
+
+@pytest.fixture(scope="module")
+def quadrant_net():
+    """Known answer: a 4-class CNN that keys on which quadrant of the image is bright."""
+    torch.manual_seed(1)
+    n = 384
+    x = torch.rand(n, 3, 28, 28) * 0.5
+    y = torch.randint(0, 4, (n,))
+    for i in range(n):
+        r, c = divmod(int(y[i]), 2)
+        x[i, :, 14 * r:14 * r + 14, 14 * c:14 * c + 14] += 0.35
+    spec = {**SPEC, "num_classes": 4, "class_names": ["tl", "tr", "bl", "br"]}
+    model = build_model(spec)
+    net = PixelSpace(model, spec["mean"], spec["std"])
+    fit(net, x, y, steps=80)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    assert (predict(net, x, 64)[0] == y).float().mean() > 0.95
+    return net, x[:48], y[:48]
+
+
+def test_fgsm_equals_a_reference_cross_entropy_fgsm_image_for_image(quadrant_net, trained_net):
+    for net, x, y in (quadrant_net, trained_net):
+        for eps in (0.02, 0.06):
+            adv, _ = attack_batch("fgsm", net, x, y, eps, ATTACK_OPTS)
+            ref = _reference_fgsm(net, x, y, eps)
+            assert torch.equal(predict(net, adv, 64)[0], predict(net, ref, 64)[0])
+            assert (adv - ref).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("eps", [0.03, 0.06])
+def test_the_strongest_attack_is_at_least_as_strong_as_a_50_step_pgd_with_restarts(quadrant_net, trained_net, eps):
+    for net, x, y in (quadrant_net, trained_net):
+        adv, parts = attack_batch("autoattack", net, x, y, eps, ATTACK_OPTS, seed=5)
+        ours = int((predict(net, adv, 64)[0] == y).sum())
+        pgd50 = int((~_reference_pgd(net, x, y, eps)).sum())
+        assert ours <= pgd50 + 1, (eps, ours, pgd50)  # never more accurate by more than one image
+        assert set(parts) == {"fgsm", "apgd_ce", "apgd_t", "square"}
+
+
+class Quantised(torch.nn.Module):
+    """Gradient masking by construction: a rounding step in front of the network has zero gradient."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(torch.round(x * 4) / 4)
+
+
+def _masking(net, x, y, opts):
+    from cvaudit.adversarial import _masking_extras, masking_checks
+    eps = [0.0, 0.05, 0.1]
+    hits = {c: [] for c in ("fgsm", "apgd_ce", "apgd_t", "square")}
+    for e in eps:
+        _, parts = attack_batch("autoattack", net, x, y, e, opts, seed=1)
+        for c in hits:
+            hits[c].append(parts.get(c, np.zeros(len(x), bool)))
+    arrays = {f"hit_{c}": np.array(v) for c, v in hits.items()}
+    arrays.update(_masking_extras(net, x, y, {**opts, "check_epsilon": 0.05}, 1, 0, 64), epsilons=eps,
+                  targets=y.numpy(), clean_pred=predict(net, x, 64)[0].numpy())
+    return {c["name"]: c["passed"] for c in masking_checks(arrays, {**opts, "check_epsilon": 0.05})}
+
+
+def test_masking_checks_flag_a_quantised_model_and_pass_the_trained_ones(quadrant_net):
+    net, x, y = quadrant_net
+    clean = _masking(net, x, y, ATTACK_OPTS)
+    assert all(clean.values()), clean
+    masked = Quantised(net).eval()
+    assert (predict(masked, x, 64)[0] == y).float().mean() > 0.9  # still a good classifier
+    checks = _masking(masked, x, y, ATTACK_OPTS)
+    assert not checks["large_epsilon"] and not checks["gradient_free_not_stronger"], checks
 
 
 def test_randomisation_test_memorises_shuffled_labels(tiny_copy, tmp_path):

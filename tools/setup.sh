@@ -27,18 +27,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q "${missing[@]}" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
 fi
 
-# Python: one virtual environment, pins from requirements.txt only.
+# Python: one virtual environment, pins from requirements.txt (and requirements-nodeps.txt, without dependencies).
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "cvaudit setup: creating .venv"
   "$PY" -m venv .venv
 fi
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "cvaudit setup: pip install -r requirements.txt (torch is ~5 GB the first time)"
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
-  .venv/bin/python -c "import torch, torchvision, timm, captum, snakemake, weasyprint" \
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+  .venv/bin/python -c "import torch, torchvision, timm, captum, snakemake, weasyprint, torchattacks, statsmodels" \
     || { echo "cvaudit setup: the Python install failed (see above)" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

@@ -1,6 +1,6 @@
-"""Behaviour under change: invariance curves per transform family (with Grad-CAM drift), adversarial
-accuracy against epsilon (captum's FGSM and PGD), and calibration (reliability, ECE, MCE, NLL,
-Brier) before and after temperature scaling fitted on the validation split.
+"""Behaviour under change: invariance curves per transform family (with Grad-CAM drift) and calibration
+(reliability, ECE, MCE, NLL, Brier) before and after temperature scaling fitted on the validation
+split; the robustness sample that the adversarial stage (adversarial.py) shares.
 
 All model calls are batched; transforms are torchvision v2 functionals applied to whole batches.
 """
@@ -26,9 +26,24 @@ log = logging.getLogger("cvaudit.robust")
 
 
 # ----------------------------------------------------------------------------- calibration
-def calibration_metrics(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> dict:
+def _bin_gaps(conf, correct, which, bins, axis=-1):
+    """sum over bins of |accuracy - confidence| weighted by the bin's share (works on resampled rows)."""
+    conf, correct, which = np.atleast_2d(conf), np.atleast_2d(correct), np.atleast_2d(which).astype(int)
+    n = conf.shape[-1]
+    out = np.zeros(conf.shape[0])
+    for b in range(bins):
+        m = which == b
+        cnt = m.sum(-1)
+        gap = np.abs((correct * m).sum(-1) - (conf * m).sum(-1))  # = count * |acc - conf| of the bin
+        out += np.where(cnt > 0, gap, 0.0) / n
+    return out
+
+
+def calibration_metrics(probs: np.ndarray, targets: np.ndarray, bins: int = 15, seed: int | None = None) -> dict:
     """ECE and MCE over `bins` equal-width confidence bins (Guo et al.), NLL, Brier score (sum over
-    classes of the squared error, averaged over images) and the reliability diagram's bins."""
+    classes of the squared error, averaged over images) and the reliability diagram's bins. With a
+    seed: ECE's bootstrap interval over images (ece_ci) and the equal-mass-bin ECE (bins holding the
+    same number of images, less biased where confidences crowd one end; Nixon et al. 2019)."""
     probs = np.asarray(probs, np.float64)
     n = len(targets)
     conf, pred = probs.max(1), probs.argmax(1)
@@ -46,10 +61,23 @@ def calibration_metrics(probs: np.ndarray, targets: np.ndarray, bins: int = 15) 
         mce = max(mce, abs(acc - cf))
         rows.append({"lo": edges[b], "hi": edges[b + 1], "count": int(m.sum()), "accuracy": acc, "confidence": cf})
     onehot = np.eye(probs.shape[1])[targets]
-    return {"ece": float(ece), "mce": float(mce), "accuracy": float(correct.mean()),
-            "nll": float(-np.log(np.clip(probs[np.arange(n), targets], 1e-12, 1)).mean()),
-            "brier": float(((probs - onehot) ** 2).sum(1).mean()), "mean_confidence": float(conf.mean()),
-            "bins": rows, "n": int(n)}
+    out = {"ece": float(ece), "mce": float(mce), "accuracy": float(correct.mean()),
+           "nll": float(-np.log(np.clip(probs[np.arange(n), targets], 1e-12, 1)).mean()),
+           "brier": float(((probs - onehot) ** 2).sum(1).mean()), "mean_confidence": float(conf.mean()),
+           "bins": rows, "n": int(n)}
+    if seed is not None and n:
+        from . import stats
+        out["ece_ci"] = stats.bootstrap(lambda c, k, w, axis=-1: _bin_gaps(c, k, w, bins), conf, correct, which,
+                                        seed=seed, value=float(ece))
+        mass = np.minimum((np.argsort(np.argsort(conf, kind="stable")) * bins) // n, bins - 1)
+        out["ece_equal_mass"] = float(_bin_gaps(conf, correct, mass, bins)[0])
+        filled = [r["count"] for r in rows if r["count"]]
+        out["images_per_bin"] = float(np.median(filled)) if filled else 0.0
+        out["enough_per_bin"] = bool(filled) and out["images_per_bin"] >= MIN_PER_BIN
+    return out
+
+
+MIN_PER_BIN = 10  # a reliability bin with fewer images says little; below this median the diagram cannot support a verdict
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -82,7 +110,11 @@ def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, 
     with np.load(test_probs, allow_pickle=False) as z:
         test_probs_arr, test_targets = z["probs"], z["targets"]
     test_logits = log_probs(test_probs_arr)
-    before = calibration_metrics(test_probs_arr, test_targets, options["bins"])
+    before = calibration_metrics(test_probs_arr, test_targets, options["bins"], seed=seed)
+    if not before["enough_per_bin"]:  # the interval then rests on a few images per bin: no verdict
+        before["ece_ci"]["ci_low"] = before["ece_ci"]["ci_high"] = None
+        before["ece_ci"]["note"] = (f"median {before['images_per_bin']:g} images per filled bin (at least {MIN_PER_BIN} "
+                                    "needed): the reliability diagram cannot support a verdict")
     result = {"bins": options["bins"], "before": before, "after": None, "temperature": None,
               "val": None, "reason": ""}
     val = read_manifest(manifest, "val")
@@ -95,7 +127,7 @@ def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, 
         val_targets = np.array([index[r["label"]] for r in val])
         temp = fit_temperature(val_logits, val_targets)
         result.update(temperature=temp, after=calibration_metrics(scaled(test_logits, temp), test_targets,
-                                                                   options["bins"]),
+                                                                   options["bins"], seed=seed),
                       val={"n": len(val), "nll_before": calibration_metrics(scaled(val_logits, 1.0), val_targets)["nll"],
                            "nll_after": calibration_metrics(scaled(val_logits, temp), val_targets)["nll"]})
     result["seconds"] = round(time.time() - t0, 2)
@@ -213,13 +245,15 @@ def transform(family: str, x: torch.Tensor, severity: float, gen: torch.Generato
 
 
 def robustness_score(severities: list[float], accuracy: list[float], clean: float, identity: float) -> float | None:
-    """Area under the accuracy curve over the severities, relative to clean accuracy over the same
-    range (1 = no loss). Severities are ordered by distance from the identity."""
+    """Area under the accuracy curve over the distance from the identity, relative to clean accuracy
+    over the same range (1 = no loss). Severities at the same distance (e.g. -15 and +15 degrees)
+    are averaged into one point first, so a symmetric pair counts once."""
     if clean <= 0:
         return None
-    d = np.abs(np.asarray(severities, float) - identity)
-    order = np.argsort(d)
-    d, acc = d[order], np.asarray(accuracy, float)[order]
+    d = np.round(np.abs(np.asarray(severities, float) - identity), 9)
+    acc = np.asarray(accuracy, float)
+    d, inv = np.unique(d, return_inverse=True)  # sorted distances
+    acc = np.bincount(inv, weights=acc) / np.bincount(inv)
     if len(d) < 2 or d[-1] == 0:
         return float(acc.mean() / clean)
     return float(np.trapezoid(acc, d) / (clean * (d[-1] - d[0])))
@@ -322,128 +356,3 @@ def run_invariance_shard(family: str, model_path, manifest, options: dict, seed:
     save_npz(out, {k: part[k] for k in ("start", "n_total", "seconds")},
              **{k: part[k] for k in ("clean_correct", "correct", "same")})
     log.info("%s: shard %d, %d images (%.1fs)", family, shard, len(part["clean_correct"]), part["seconds"])
-
-
-# ----------------------------------------------------------------------------- adversarial
-def attack_batch(attack: str, net, x: torch.Tensor, y: torch.Tensor, eps: float, options: dict) -> torch.Tensor:
-    """Untargeted adversarial images within L-inf radius eps (pixel units in [0, 1]).
-
-    fgsm: captum's FGSM, one step of size eps along the sign of the loss gradient.
-    pgd: projected gradient descent built from captum's FGSM steps (step_factor * eps each, projected
-    back into the eps ball and [0, 1]). It starts at the FGSM image and keeps, per image, the worst
-    iterate seen (wrong prediction first, then highest loss), so it is never weaker than FGSM: plain
-    PGD with small steps can oscillate and end up weaker on some models.
-    """
-    from captum.robust import FGSM
-    if eps == 0:
-        return x.clone()
-    fgsm = FGSM(net, lower_bound=0.0, upper_bound=1.0)
-    start = fgsm.perturb(x, epsilon=eps, target=y).detach()
-    if attack == "fgsm":
-        return start
-    if attack != "pgd":
-        raise CvauditError(f"unknown attack '{attack}' (config key robustness.adversarial.attacks)")
-
-    def badness(z):
-        with torch.no_grad():
-            logits = net(z).float()
-            loss = F.cross_entropy(logits, y, reduction="none")
-            return (logits.argmax(1) != y).float() * 1e6 + loss
-
-    best, best_bad, cur = start.clone(), badness(start), start
-    for _ in range(options["steps"]):
-        cur = fgsm.perturb(cur, epsilon=eps * options["step_factor"], target=y).detach()
-        cur = (x + (cur - x).clamp(-eps, eps)).clamp(0, 1)
-        bad = badness(cur)
-        better = bad > best_bad
-        best[better], best_bad[better] = cur[better], bad[better]
-    return best
-
-
-def adversarial_part(attack: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
-                     start: int = 0, stop: int | None = None) -> dict:
-    """Per image of the sample [start, stop): clean and adversarial predictions at every epsilon, the
-    smallest flipping epsilon, and example candidates (the first `examples` fooled and not fooled at
-    example_epsilon, with their adversarial images). Attacks are per image (the sign of each image's
-    own gradient), so parts concatenated equal one whole run."""
-    t0 = time.time()
-    model, spec, net, dev = pixel_model(model_path, seed, device, threads, frozen=True)
-    n_total = robustness_sample_size(manifest, options["max_images"])
-    start, stop = _slice(n_total, start, stop)
-    x8, y, paths = robustness_images(manifest, spec, options["max_images"], seed, start, stop)
-    x, yd = x8.float().div(255).to(dev), y.to(dev)
-    batch = auto_batch(x8.shape[-2], x8.shape[-1], dev)
-    eps_list = sorted(float(e) for e in options["epsilons"])
-    clean_pred, clean_conf = predict(net, x, batch)
-    preds, flipped_at = [], np.full(len(x), np.inf)
-    show = options["examples"]
-    cand = {"index": np.zeros(0, np.int64), "fooled": np.zeros(0, bool),
-            "adv": np.zeros((0,) + tuple(x8.shape[2:]) + (3,), np.uint8), "pred": np.zeros(0, np.int64),
-            "conf": np.zeros(0, np.float32)}
-    for eps in eps_list:
-        adv = torch.cat([attack_batch(attack, net, x[i:i + batch], yd[i:i + batch], eps, options)
-                         for i in range(0, len(x), batch)]) if len(x) else x.clone()
-        p, c = predict(net, adv, batch) if len(x) else (clean_pred, clean_conf)
-        preds.append(p.numpy())
-        changed = (p != clean_pred).numpy()
-        flipped_at[changed & np.isinf(flipped_at)] = eps
-        if eps == float(options["example_epsilon"]):
-            fooled = ((clean_pred == y) & (p != y)).numpy()
-            local = np.concatenate([np.flatnonzero(fooled)[:show], np.flatnonzero(~fooled)[:show]]).astype(np.int64)
-            cand = {"index": local + start, "fooled": fooled[local],
-                    "adv": (adv[local].cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8),
-                    "pred": p[local].numpy(), "conf": c[local].numpy()}
-    return {"start": start, "n_total": n_total, "epsilons": eps_list, "targets": y.numpy(),
-            "clean_pred": clean_pred.numpy(), "clean_conf": clean_conf.numpy(), "flip_epsilon": flipped_at,
-            "preds": np.array(preds, dtype=np.int64).reshape(len(eps_list), len(x)), "images": x8.permute(0, 2, 3, 1).numpy(),
-            "paths": np.array(paths, dtype=str), "class_names": spec["class_names"], "seconds": time.time() - t0,
-            **{f"cand_{k}": v for k, v in cand.items()}}
-
-
-def run_adversarial(attack: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
-                    out, parts: list | None = None) -> dict:
-    """Accuracy against epsilon, flip epsilons and examples over the sample: computed here, or merged
-    from the adversarial_shard jobs' parts."""
-    from .io import load_npz
-    if parts:
-        loaded = [load_npz(p) for p in parts]
-        loaded = [{**a, **a.pop("meta")} for a in loaded]
-    else:
-        loaded = [adversarial_part(attack, model_path, manifest, options, seed, device, threads)]
-    cat = lambda k, axis=0: np.concatenate([p[k] for p in loaded], axis=axis)  # noqa: E731
-    targets, clean_pred, flipped_at = cat("targets"), cat("clean_pred"), cat("flip_epsilon")
-    preds = cat("preds", 1)
-    eps_list = loaded[0]["epsilons"]
-    acc = [float((p == targets).mean()) for p in preds]
-    # examples: images the attack turned from right to wrong first, then the others (in sample order)
-    ci, cf = cat("cand_index"), cat("cand_fooled")
-    pick = np.concatenate([np.flatnonzero(cf), np.flatnonzero(~cf)])[:options["examples"]]
-    idx = ci[pick]
-    offsets = {int(p["start"]): p for p in loaded}
-
-    def image(j):
-        part = max((s for s in offsets if s <= j), default=0)
-        return offsets[part]["images"][j - part]
-    images = np.stack([image(int(j)) for j in idx]) if len(idx) else np.zeros((0,) + loaded[0]["images"].shape[1:], np.uint8)
-    result = {"attack": attack, "epsilons": eps_list, "accuracy": acc, "n": int(len(targets)),
-              "clean_accuracy": float((clean_pred == targets).mean()), "options": options,
-              "flipped_share": float(np.isfinite(flipped_at).mean()) if len(flipped_at) else 0.0,
-              "median_flip_epsilon": float(np.median(flipped_at)) if len(flipped_at) and np.isfinite(np.median(flipped_at)) else None,
-              "example_epsilon": float(options["example_epsilon"]), "class_names": loaded[0]["class_names"],
-              "seconds": round(sum(p["seconds"] for p in loaded), 2), "shards": len(loaded)}
-    save_npz(out, result, flip_epsilon=flipped_at, targets=targets, clean_pred=clean_pred,
-             clean_conf=cat("clean_conf"), example_index=idx, images=images,
-             adv_images=cat("cand_adv")[pick], adv_pred=cat("cand_pred")[pick], adv_conf=cat("cand_conf")[pick],
-             paths=cat("paths"))
-    log.info("%s: accuracy %s over eps %s (%.1fs, %d part(s))", attack, np.round(acc, 3).tolist(), eps_list,
-             result["seconds"], len(loaded))
-    return result
-
-
-def run_adversarial_shard(attack: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
-                          shard: int, shard_size: int, out) -> None:
-    part = adversarial_part(attack, model_path, manifest, options, seed, device, threads,
-                            start=shard * shard_size, stop=(shard + 1) * shard_size)
-    meta = {k: part.pop(k) for k in ("start", "n_total", "epsilons", "class_names", "seconds")}
-    save_npz(out, meta, **part)
-    log.info("%s: shard %d, %d images (%.1fs)", attack, shard, len(part["targets"]), meta["seconds"])
