@@ -14,7 +14,7 @@ def main(sm):
     render_comparison(pick("summary_"), models, pick("baseline_"), pick("cka_"), shared, settings,
                       template=sm.input.template, css=sm.input.css, out_html=sm.output.html,
                       out_summary=sm.output.summary, out_pdf=sm.output.get("pdf") or None,
-                      benchmarks=sm.params.benchmarks)
+                      benchmarks=sm.params.benchmarks, probs=pick("probs_"))
 
 
 if __name__ == "__main__":

@@ -189,7 +189,11 @@ def test_the_gate_fails_the_run_after_every_report_is_written(hostile):
     out = p.stdout + p.stderr
     assert "audit gate (config key audit.fail_on: fail) failed" in out and "stage explain" in out
     assert (work / "results" / "compare" / "report.html").exists()
-    assert not (work / "results" / "gate.json").exists()  # Snakemake removes a failed job's output: reruns re-check
+    gate = json.loads((work / "results" / "gate.json").read_text())  # the evidence survives the failing run
+    assert not gate["passed"] and any("stage explain" in q for q in gate["problems"])
+    assert "results/gate.json lists every model and problem" in out
+    assert not (work / "results" / ".gate_passed").exists()  # so a rerun checks again
+    assert smk(work, "--configfile", str(work / "config.yaml"), check=False).returncode != 0
     cfg = yaml.safe_load((work / "config.yaml").read_text())
     cfg["audit"]["fail_on"] = "never"
     (work / "never.yaml").write_text(yaml.safe_dump(cfg))

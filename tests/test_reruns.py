@@ -72,7 +72,7 @@ def test_editing_a_report_template_reruns_only_the_reports(two):
         template.write_text(text + "{# edited by tests/test_reruns.py #}\n")
         later = time.time() + 60
         os.utime(template, (later, later))
-        assert rules_of(jobs(work)) == {"render_report": 2, "compare_models": 1, "gate": 1, "all": 1}
+        assert rules_of(jobs(work)) == {"render_report": 2, "compare_models": 1, "gate": 1, "gate_check": 1, "all": 1}
     finally:
         template.write_text(text)
         os.utime(template, ns=(before.st_atime_ns, before.st_mtime_ns))
@@ -83,7 +83,7 @@ def test_changing_one_methods_options_reruns_that_method_and_the_reports(two):
     work, cfg = two
     name = variant(work, cfg, "ig.yaml", lambda c: c["explain"]["integrated_gradients"].update(steps=5))
     found = jobs(work, name)
-    assert rules_of(found) == {"explain": 2, "render_report": 2, "compare_models": 1, "gate": 1, "all": 1}
+    assert rules_of(found) == {"explain": 2, "render_report": 2, "compare_models": 1, "gate": 1, "gate_check": 1, "all": 1}
     assert {w for r, w in found if r == "explain"} == {"model=cnn_a, method=integrated_gradients",
                                                         "model=mlp_b, method=integrated_gradients"}
 
@@ -94,7 +94,7 @@ def test_changing_one_models_training_reruns_only_that_models_chain(two):
     found = jobs(work, name)
     assert not any("mlp_b" in w or "dataset=" in w for _, w in found), found
     assert rules_of(found) == {"train_model": 1, "evaluate_model": 1, "explain": 3, "calibrate": 1, "invariance": 1,
-                               "render_report": 1, "compare_models": 1, "gate": 1, "all": 1}
+                               "render_report": 1, "compare_models": 1, "gate": 1, "gate_check": 1, "all": 1}
 
 
 def test_adding_an_image_reruns_its_datasets_chain_and_nothing_of_the_other(two):

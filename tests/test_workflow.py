@@ -106,12 +106,22 @@ def test_robustness_sections_show_calibration_invariance_and_attacks(run):
             assert c["consistency"][0] == 1.0 and c["accuracy"][0] == c["clean_accuracy"]  # identity first
             assert summary["robustness"]["invariance"][fam]["score"] == c["score"]
         assert json.loads((base / "invariance" / "rotate.json").read_text())["drift"]["images"] == 2
-        fgsm, pgd = (load_npz(base / "adversarial" / f"{a}.npz")["meta"] for a in ("fgsm", "pgd"))
+        adv = {a: load_npz(base / "adversarial" / f"{a}.npz") for a in ("fgsm", "pgd", "autoattack")}
+        fgsm, aa = adv["fgsm"]["meta"], adv["autoattack"]["meta"]
         assert fgsm["accuracy"][0] == fgsm["clean_accuracy"]  # eps = 0
-        assert all(p <= f for p, f in zip(pgd["accuracy"], fgsm["accuracy"]))
+        assert all(p <= f for p, f in zip(aa["accuracy"], fgsm["accuracy"]))  # the ensemble includes FGSM
+        assert {c["name"] for c in aa["masking"]} == {"large_epsilon", "iterative_not_weaker",
+                                                       "gradient_free_not_stronger", "more_steps_little_gain"}
+        robust = np.ones(len(adv["fgsm"]["targets"]), bool)  # per-image worst case at check_epsilon (index 1)
+        for a in adv.values():
+            robust &= a["preds"][1] == a["targets"]
         verdicts = {v["name"]: v for v in summary["verdicts"]}
         assert verdicts["ece"]["value"] == cal["before"]["ece"]
-        assert verdicts["fgsm_accuracy"]["value"] == fgsm["accuracy"][1]  # check_epsilon 0.0078 in test.yaml
+        v = verdicts["robust_accuracy"]  # check_epsilon 0.0078 in test.yaml
+        assert v["value"] == robust.mean() and v["n"] == len(robust) and v["ci_low"] <= v["value"] <= v["ci_high"]
+        assert v["value"] <= min(a["meta"]["accuracy"][1] for a in adv.values())
+        assert summary["metrics"]["intervals"]["accuracy"]["n"] == metrics["n_test"]
+        assert "masking" in summary["robustness"]["adversarial"]["autoattack"] and "Is the gradient masked?" in html
         assert verdicts["rotation_accuracy"]["value"] == json.loads((base / "invariance" / "rotate.json").read_text())["accuracy"][1]
         for section in ('id="invariance"', 'id="adversarial"', "Reliability diagram"):
             assert section in html
@@ -131,8 +141,8 @@ def test_second_run_does_nothing_and_a_changed_image_reruns_its_chain(run):
     jobs = planned(run)
     assert jobs == {"ingest_dataset": 1, "fit_baseline": 1, "train_model": 2, "evaluate_model": 2, "explain": 22,
                     "represent": 2, "inspect_units": 2, "visualise_ascent": 2, "compare_representations": 1,
-                    "calibrate": 2, "invariance": 8, "adversarial": 4, "render_report": 2, "compare_models": 1,
-                    "gate": 1, "all": 1}  # 10 methods + the random floor, per model
+                    "calibrate": 2, "invariance": 8, "adversarial": 6, "render_report": 2, "compare_models": 1,
+                    "gate": 1, "gate_check": 1, "all": 1}  # 10 methods + the random floor, per model
     smk(run, "--configfile", str(run / "config.yaml"), "--touch")  # mark up to date again
     shutil.copy(img, run / "images" / "trouser" / "added.png")  # a new file is a new input
     assert planned(run).get("ingest_dataset") == 1
@@ -144,7 +154,7 @@ def test_switches_add_and_remove_stages(tmp_path):
     cfg["robustness"]["randomisation"] = {"enabled": True, "epochs": 2}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     jobs = planned(tmp_path)
-    assert jobs["randomisation_test"] == 2 and jobs["adversarial"] == 4 and jobs["invariance"] == 8
+    assert jobs["randomisation_test"] == 2 and jobs["adversarial"] == 6 and jobs["invariance"] == 8
     cfg["robustness"] = {"enabled": False}
     cfg["represent"] = {"enabled": False}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))

@@ -6,7 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-STATUS_ORDER = {"pass": 0, "n/a": 0, "warn": 1, "fail": 2}
+import numpy as np
+
+from . import stats
+
+# pass and n/a never count; inconclusive (the interval straddles a threshold) sits between pass and warn,
+# so audit.fail_on: inconclusive is the strictest gate.
+STATUS_ORDER = {"pass": 0, "n/a": 0, "inconclusive": 1, "warn": 2, "fail": 3}
 
 
 @dataclass(frozen=True)
@@ -16,7 +22,7 @@ class Check:
     category: str
     higher_is_better: bool
     description: str
-    value: Callable  # model checks: value(results); method checks: value(results, method)
+    value: Callable  # model checks: value(results); method checks: value(results, method). An estimate (stats), a number or None
     per_method: bool = False
 
 
@@ -28,78 +34,170 @@ def register(check: Check) -> Check:
     return check
 
 
-def _gap(meta: dict) -> float | None:
-    f = meta.get("faithfulness")
-    return None if not f else f["insertion_auc"] - f["deletion_auc"]
+def _per_image_gap(explain: dict):
+    """Per audit image: insertion AUC - deletion AUC, with the mask of images whose map may be scored
+    (an integrated-gradients map that did not converge is left out)."""
+    if "faith_insertion_auc" not in explain:
+        return None, None
+    gap = np.asarray(explain["faith_insertion_auc"], float) - np.asarray(explain["faith_deletion_auc"], float)
+    ok = np.asarray(explain["converged"], bool) if "converged" in explain else np.ones(len(gap), bool)
+    return gap, ok
 
 
-def faithfulness_gain(results: dict, method: str) -> float | None:
-    mine, floor = _gap(results["explain"][method]["meta"]), _gap(results["explain"].get("random", {}).get("meta", {}))
-    return None if mine is None or floor is None else mine - floor
+def faithfulness_gain(results: dict, method: str):
+    """Mean over audit images of the method's (insertion - deletion) AUC minus the random map's on the
+    same image, with a paired bootstrap interval."""
+    mine, ok = _per_image_gap(results["explain"][method])
+    floor, _ = _per_image_gap(results["explain"].get("random", {}))
+    if mine is None or floor is None or len(mine) != len(floor):
+        return None
+    est = stats.paired_difference(mine[ok], floor[ok], seed=results.get("seed", 0))
+    if not ok.all():
+        est["note"] = (est["note"] + "; " if est["note"] else "") + f"{int((~ok).sum())} unconverged map(s) left out"
+    return est
+
+
+def sanity_similarity(results: dict, method: str):
+    san = results["explain"][method]["meta"].get("sanity")
+    if not san:
+        return None
+    per = np.asarray(san["stages"][-1]["per_image"], float)
+    if "converged" in san:
+        per = per[np.asarray(san["converged"], bool)]
+    return stats.mean(per, seed=results.get("seed", 0))
+
+
+def accuracy(results: dict):
+    ev = results["eval"]
+    return ev.get("accuracy_ci") or stats.proportion(round(ev["accuracy"] * ev["n_test"]), ev["n_test"])
 
 
 register(Check("accuracy", "Test accuracy", "performance", True,
-               "Share of test images whose top prediction is the true class.",
-               lambda r: r["eval"]["accuracy"]))
+               "Share of test images whose top prediction is the true class (Wilson 95% interval).", accuracy))
 register(Check("gain_over_baseline", "Gain over classic ML baseline", "baselines", True,
-               "Test accuracy minus that of logistic regression on downsampled pixels (same split): "
-               "what the network buys over classic ML.",
-               lambda r: r["eval"].get("gain_over_baseline")))
+               "Test accuracy minus that of logistic regression on downsampled pixels, on the same test images "
+               "(paired bootstrap interval; McNemar's test in the evaluation section): what the network buys.",
+               lambda r: r["eval"].get("gain_over_baseline_ci") or r["eval"].get("gain_over_baseline")))
 register(Check("faithfulness_gain", "Faithfulness beyond a random map", "attribution faithfulness", True,
-               "(insertion AUC - deletion AUC) of the method minus that of a random map: how much better its "
-               "ranking of pixels predicts what the model needs.",
+               "(insertion AUC - deletion AUC) of the method minus that of a random map on the same audit images "
+               "(paired bootstrap interval): how much better its ranking of pixels predicts what the model needs.",
                faithfulness_gain, per_method=True))
 register(Check("sanity_similarity", "Similarity after model randomisation", "attribution sanity", False,
                "Rank correlation between the maps of the trained model and of the same model with every layer "
                "re-initialised (Adebayo et al.); a map that barely changes does not explain the model.",
-               lambda r, m: (r["explain"][m]["meta"].get("sanity") or {}).get("final_rank_corr"), per_method=True))
+               sanity_similarity, per_method=True))
 
 
 def _robust(r: dict) -> dict:
     return r.get("robust") or {}
 
 
-def rotation_accuracy(r: dict) -> float | None:
-    """Mean test accuracy at +-check_angle degrees (whichever of the two were run)."""
+def rotation_accuracy(r: dict):
+    """Mean test accuracy at +-check_angle degrees (whichever of the two were run), with a Wilson interval
+    over the images (conservative: the two rotations of one image are not independent)."""
     rob = _robust(r)
     inv = rob.get("invariance", {}).get("rotate")
     if not inv:
         return None
     accs = [a for s, a in zip(inv["severities"], inv["accuracy"]) if abs(abs(s) - rob["check_angle"]) < 1e-9]
-    return sum(accs) / len(accs) if accs else None
-
-
-def fgsm_accuracy(r: dict) -> float | None:
-    rob = _robust(r)
-    adv = rob.get("adversarial", {}).get("fgsm")
-    if not adv:
+    if not accs:
         return None
-    accs = [a for e, a in zip(adv["epsilons"], adv["accuracy"]) if abs(e - rob["check_epsilon"]) < 1e-9]
-    return accs[0] if accs else None
+    n = inv["n"]
+    est = stats.proportion(round(sum(accs) / len(accs) * n), n)
+    est["value"] = sum(accs) / len(accs)
+    return est
+
+
+def robust_accuracy(r: dict):
+    """Per-image worst case over every attack run at check_epsilon: an image counts as robust only if no
+    attack changed its prediction away from the true class (Wilson interval)."""
+    rob = _robust(r)
+    arrays = rob.get("adversarial_arrays") or {}
+    eps = rob.get("check_epsilon")
+    robust, names = None, []
+    for attack, a in arrays.items():
+        if "preds" not in a:
+            continue
+        k = [i for i, e in enumerate(a["meta"]["epsilons"]) if abs(e - eps) < 1e-9]
+        if not k:
+            continue
+        ok = np.asarray(a["preds"][k[0]]) == np.asarray(a["targets"])
+        robust = ok if robust is None else robust & ok
+        names.append(attack)
+    if robust is None:
+        return None
+    est = stats.proportion(int(robust.sum()), len(robust))
+    est["note"] = "worst case over " + ", ".join(names)
+    return est
+
+
+def ece(r: dict):
+    cal = _robust(r).get("calibration") or {}
+    before = cal.get("before")
+    if not before:
+        return None
+    return before.get("ece_ci") or before["ece"]
 
 
 register(Check("ece", "Expected calibration error", "calibration", False,
                "Average gap between confidence and accuracy over confidence bins on the test set (before "
-               "temperature scaling): how far the model's probabilities can be taken at face value.",
-               lambda r: (_robust(r).get("calibration") or {}).get("before", {}).get("ece")))
+               "temperature scaling; bootstrap interval over images): how far the model's probabilities can be "
+               "taken at face value.", ece))
 register(Check("rotation_accuracy", "Accuracy under rotation", "invariance", True,
                "Test accuracy with every image rotated by the configured angle (robustness.check_angle).",
                rotation_accuracy))
-register(Check("fgsm_accuracy", "Accuracy under FGSM", "adversarial", True,
-               "Test accuracy against the fast gradient sign attack at the configured radius "
-               "(robustness.adversarial.check_epsilon).", fgsm_accuracy))
+register(Check("robust_accuracy", "Accuracy under the strongest attack", "adversarial", True,
+               "Test accuracy against the per-image worst case of every attack run (AutoAttack-style ensemble: "
+               "APGD-CE, APGD-T on the DLR loss, Square; plus FGSM and PGD) at robustness.adversarial.check_epsilon.",
+               robust_accuracy))
 
 
-def judge(value: float | None, threshold: dict, higher_is_better: bool) -> str:
-    """pass / warn / fail against {warn, fail}; n/a when there is no value."""
-    if value is None:
-        return "n/a"
+def _point(value: float, threshold: dict, higher_is_better: bool) -> str:
     sign = 1 if higher_is_better else -1
     if "fail" in threshold and sign * value < sign * threshold["fail"]:
         return "fail"
     if "warn" in threshold and sign * value < sign * threshold["warn"]:
         return "warn"
     return "pass"
+
+
+def as_estimate(value) -> dict | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return value
+    return stats.estimate(value, 0, method="none", note="no interval")
+
+
+def judge(value, threshold: dict, higher_is_better: bool) -> str:
+    """pass / warn / fail against {warn, fail}; inconclusive when the value's interval straddles a
+    threshold (or the sample is too small for an interval); n/a when there is no value. A bare number
+    (no interval) is judged as it is."""
+    est = as_estimate(value)
+    if est is None or est["value"] is None:
+        return "n/a"
+    if est["method"] == "none":
+        return _point(est["value"], threshold, higher_is_better)
+    if est["ci_low"] is None:
+        return "inconclusive"
+    lo, hi = (_point(est[k], threshold, higher_is_better) for k in ("ci_low", "ci_high"))
+    return lo if lo == hi else "inconclusive"
+
+
+def settle(est: dict | None, threshold: dict) -> str:
+    """What would settle an inconclusive verdict, in words."""
+    if est is None:
+        return ""
+    if est["ci_low"] is None:
+        return est["note"] or "too few images for an interval"
+    crossed = [t for t in (threshold.get("warn"), threshold.get("fail")) if t is not None and stats.straddles(est, t)]
+    if not crossed:
+        return ""
+    t = min(crossed, key=lambda t: abs(t - est["value"]))
+    more = stats.more_images(est, t)
+    if more is None:
+        return f"the value sits on the threshold {t:g}; no sample size settles it"
+    return f"about {more:,} more images would settle it against {t:g}"
 
 
 def run_checks(results: dict, thresholds: dict) -> list[dict]:
@@ -113,12 +211,17 @@ def run_checks(results: dict, thresholds: dict) -> list[dict]:
             targets = [m for m, r in results.get("explain", {}).items()
                        if m != "random" and r["meta"].get("applicable")]
         for method in targets:
-            v = check.value(results, method) if check.per_method else check.value(results)
+            est = as_estimate(check.value(results, method) if check.per_method else check.value(results))
             label = check.label if method is None else f"{results['explain'][method]['meta']['label']}: {check.label.lower()}"
+            status = judge(est, t, check.higher_is_better)
             out.append({"name": name if method is None else f"{name}:{method}", "check": name, "method": method,
                         "label": label, "category": check.category, "higher_is_better": check.higher_is_better,
-                        "description": check.description, "value": v, "warn": t.get("warn"), "fail": t.get("fail"),
-                        "status": judge(v, t, check.higher_is_better)})
+                        "description": check.description, "value": None if est is None else est["value"],
+                        "n": None if est is None else est["n"], "ci_low": None if est is None else est["ci_low"],
+                        "ci_high": None if est is None else est["ci_high"],
+                        "interval": None if est is None else est["method"], "note": "" if est is None else est["note"],
+                        "warn": t.get("warn"), "fail": t.get("fail"), "status": status,
+                        "settle": settle(est, t) if status == "inconclusive" else ""})
     return out
 
 
@@ -132,6 +235,10 @@ def method_sentence(label: str, faithful: str, sane: str, sanity_value: float | 
     good_f, good_s = faithful == "pass", sane == "pass"
     if faithful == "n/a" and sane == "n/a":
         return f"{label} was not checked."
+    if "inconclusive" in (faithful, sane):
+        which = " and ".join(k for k, s in (("faithfulness", faithful), ("randomisation", sane)) if s == "inconclusive")
+        return (f"{label}: too few audit images to judge its {which} check (the interval straddles a threshold); "
+                "raise audit.max_images or explain.trust.sanity_images.")
     if good_f and good_s:
         return f"{label} passes both checks: its maps beat a random map and change when the model is randomised{corr}."
     if good_f and not good_s:
@@ -140,6 +247,7 @@ def method_sentence(label: str, faithful: str, sane: str, sanity_value: float | 
     if good_s and not good_f:
         return (f"{label} depends on the model but is not faithful: removing its top pixels hurts the prediction "
                 "hardly more than removing random ones.")
-    sanity = {"fail": "fails", "warn": "only just passes", "pass": "passes", "n/a": "was not run for"}[sane]
+    sanity = {"fail": "fails", "warn": "only just passes", "pass": "passes", "n/a": "was not run for",
+              "inconclusive": "is inconclusive on"}[sane]
     return (f"{label} is not reliable here: it does not clearly beat a random map, and it {sanity} the randomisation "
             f"check{corr}.")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CvauditError
+from . import stats
 from .checks import STATUS_ORDER
 from .io import read_json, stage_failure, write_json, write_text
 
@@ -23,7 +24,7 @@ log = logging.getLogger("cvaudit.compare")
 COLUMNS = [("accuracy", "accuracy", True), ("macro_f1", "macro F1", True),
            ("gain_over_baseline", "gain over classic ML", True), ("ece", "ECE", False),
            ("ece_after", "ECE after T", False), ("invariance", "invariance score (mean)", True),
-           ("rotation_accuracy", "accuracy rotated", True), ("fgsm_accuracy", "accuracy under FGSM", True),
+           ("rotation_accuracy", "accuracy rotated", True), ("robust_accuracy", "accuracy under the strongest attack", True),
            ("knn_accuracy", "k-NN accuracy", True), ("methods_passing", "attribution methods passing", True)]
 
 
@@ -53,30 +54,50 @@ def metric_row(summary: dict, model_cfg: dict) -> dict:
             "ece": cal.get("ece_before"), "ece_after": cal.get("ece_after"),
             "invariance": float(np.mean([v["score"] for v in inv.values()])) if inv else None,
             "rotation_accuracy": (verdicts.get("rotation_accuracy") or {}).get("value"),
-            "fgsm_accuracy": (verdicts.get("fgsm_accuracy") or {}).get("value"),
+            "robust_accuracy": (verdicts.get("robust_accuracy") or {}).get("value"),
             "knn_accuracy": rep.get("knn_accuracy"),
             "methods_passing": len(summary["attribution_methods_passing"]),
         },
         "verdicts": {v["name"]: v["status"] for v in summary["verdicts"] if v["method"] is None},
+        "intervals": m.get("intervals") or {},
     }
 
 
-def mark_best(rows: list[dict]) -> None:
-    """rows[i]["best"] = the columns where that model is best among the models of its dataset (ties all marked)."""
+def _apart(a: dict, b: dict, key: str, higher: bool, correct: dict) -> bool:
+    """Can model a's value in column `key` be told apart from b's (a the better)? Accuracy: McNemar's exact
+    test on the same test images (p < 0.05); other columns with intervals: the 95% intervals do not overlap;
+    columns without intervals: never."""
+    if key == "accuracy" and a["model"] in correct and b["model"] in correct:
+        p = stats.mcnemar_p(correct[a["model"]], correct[b["model"]])
+        return p is not None and p < 0.05
+    ia, ib = a["intervals"].get(key), b["intervals"].get(key)
+    if not ia or not ib or None in (ia["ci_low"], ib["ci_low"]):
+        return False
+    return ia["ci_low"] > ib["ci_high"] if higher else ia["ci_high"] < ib["ci_low"]
+
+
+def mark_best(rows: list[dict], correct: dict | None = None) -> None:
+    """rows[i]["best"]: the columns where that model is best among the models of its dataset and the
+    difference to every other model is significant; rows[i]["tie"]: the columns where it ties with the
+    best (the data cannot tell them apart). correct: {model: per-test-image correctness} for McNemar."""
+    correct = correct or {}
     for r in rows:
-        r["best"] = []
+        r["best"], r["tie"] = [], []
     for dataset in {r["dataset"] for r in rows}:
         group = [r for r in rows if r["dataset"] == dataset]
         if len(group) < 2:
             continue
         for key, _, higher in COLUMNS:
-            vals = [(r["values"][key], r) for r in group if r["values"][key] is not None]
+            vals = [r for r in group if r["values"][key] is not None]
             if len(vals) < 2:
                 continue
-            best = max(v for v, _ in vals) if higher else min(v for v, _ in vals)
-            for v, r in vals:
-                if abs(v - best) <= 1e-12:
-                    r["best"].append(key)
+            top = max(vals, key=lambda r: r["values"][key] if higher else -r["values"][key])
+            tied = [r for r in vals if r is not top and not _apart(top, r, key, higher, correct)]
+            if not tied:
+                top["best"].append(key)
+            else:
+                for r in [top] + tied:
+                    r["tie"].append(key)
 
 
 def shared_test_images(manifest, n: int, seed: int) -> list[dict]:
@@ -168,7 +189,10 @@ def gate_problems(summaries: list[dict], fail_on: str) -> list[str]:
     problems = []
     for s in summaries:
         if STATUS_ORDER[s["status"]] >= STATUS_ORDER[fail_on]:
-            bad = [f"{v['label']} {v['status']} ({v['value']:.4g})" for v in s["verdicts"]
+            bad = [f"{v['label']} {v['status']} ({v['value']:.4g}" + (
+                   f", 95% interval [{v['ci_low']:.3g}, {v['ci_high']:.3g}], n = {v['n']})"
+                   if v.get("ci_low") is not None else ")")
+                   for v in s["verdicts"]
                    if v["method"] is None and STATUS_ORDER[v["status"]] >= STATUS_ORDER[fail_on]
                    and v["value"] is not None]
             problems.append(f"model {s['model']}: overall {s['status']}: " + "; ".join(bad))
@@ -177,22 +201,31 @@ def gate_problems(summaries: list[dict], fail_on: str) -> list[str]:
     return problems
 
 
-def run_gate(summaries: dict, fail_on: str, out) -> None:
-    """Write results/gate.json, then raise (non-zero exit) if the gate fails: after every report exists."""
+def run_gate(summaries: dict, fail_on: str, out) -> dict:
+    """Write results/gate.json: the evidence stays on disk whatever the outcome (rule gate_check fails the
+    run afterwards, so Snakemake never deletes this file as the output of a failed job)."""
     loaded = [read_json(p) for p in summaries.values()]
     problems = gate_problems(loaded, fail_on)
-    write_json(out, {"fail_on": fail_on, "passed": not problems, "problems": problems,
-                     "models": {s["model"]: {"status": s["status"], "failed_stages": len(s.get("failed_stages", []))}
-                                for s in loaded}})
-    if problems:
-        raise CvauditError(f"the audit gate (config key audit.fail_on: {fail_on}) failed:\n  " + "\n  ".join(problems)
-                           + f"\nThe reports are written; {out} lists the models. To report without failing the run, "
-                           "set audit.fail_on: never.")
+    res = {"fail_on": fail_on, "passed": not problems, "problems": problems,
+           "models": {s["model"]: {"status": s["status"], "failed_stages": len(s.get("failed_stages", []))}
+                      for s in loaded}}
+    write_json(out, res)
+    return res
+
+
+def check_gate(gate_json) -> None:
+    """Raise (non-zero exit) if gate.json says the gate failed, naming the models, the checks and the file."""
+    g = read_json(gate_json)
+    if not g["passed"]:
+        raise CvauditError(f"the audit gate (config key audit.fail_on: {g['fail_on']}) failed:\n  "
+                           + "\n  ".join(g["problems"])
+                           + f"\nThe reports are written, and {gate_json} lists every model and problem. To report "
+                           "without failing the run, set audit.fail_on: never.")
 
 
 def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compares: dict, shared: dict,
                       settings: dict, template, css, out_html, out_summary, out_pdf=None,
-                      benchmarks: dict | None = None) -> dict:
+                      benchmarks: dict | None = None, probs: dict | None = None) -> dict:
     """summaries: {model: summary.json}; baselines: {dataset: baseline.json}; compares: {dataset:
     representations.json}; shared: {dataset: explain_side_by_side result}; benchmarks: {model: {stage: tsv}}."""
     from . import figures
@@ -200,7 +233,11 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
 
     loaded = {m: read_json(p) for m, p in summaries.items()}
     rows = [metric_row(s, model_cfgs[m]) for m, s in loaded.items()]
-    mark_best(rows)
+    correct = {}
+    for m, p in (probs or {}).items():
+        with np.load(p, allow_pickle=False) as z:
+            correct[m] = z["probs"].argmax(1) == z["targets"]
+    mark_best(rows, correct)
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     base = {}
     for d, p in baselines.items():
@@ -227,10 +264,11 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
                                "cpu_seconds": sum(r["cpu_seconds"] or 0 for r in runs),
                                "max_rss_mb": max((r["max_rss_mb"] or 0 for r in runs), default=None)})
     scatter = figures.comparison_scatter(rows, [("invariance", "invariance score (mean over families)"),
-                                                ("fgsm_accuracy", "accuracy under FGSM"),
+                                                ("robust_accuracy", "accuracy under the strongest attack"),
                                                 ("ece", "expected calibration error (lower is better)")])
     summary = {"summary_version": 1, "models": {r["model"]: {"dataset": r["dataset"], "kind": r["kind"],
-                                                            "status": r["status"], **r["values"], "best": r["best"],
+                                                            "status": r["status"], **r["values"], "best": r["best"], "tie": r["tie"],
+                                                            "intervals": r["intervals"],
                                                             "failed_stages": len(r["failed_stages"])} for r in rows},
                "baselines": base, "cka_between_models": {d: {k: c[k] for k in ("models", "matrix")}
                                                          for d, c in cka.items() if "failed" not in c}}

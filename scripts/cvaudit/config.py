@@ -34,8 +34,27 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
+# Keys that were renamed or removed: a clear error naming the replacement beats "unexpected key".
+RENAMED = {
+    ("verdicts", "fgsm_accuracy"): "verdicts.robust_accuracy (judged on the strongest attack, not FGSM alone)",
+    ("robustness", "adversarial", "steps"): "robustness.adversarial.pgd.steps (and autoattack.steps for APGD)",
+    ("robustness", "adversarial", "step_factor"): "nothing: PGD's step is 2.5 * eps / steps (Madry et al.); "
+                                                  "remove the key",
+}
+
+
+def _renamed(config: dict) -> None:
+    for path, instead in RENAMED.items():
+        node = config
+        for k in path[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node:
+            raise CvauditError(f"config key '{'.'.join(path)}' is no longer used; use {instead}")
+
+
 def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     """Validate `config` in place (filling defaults) and return it; raise CvauditError naming the key."""
+    _renamed(config)
     schema = yaml.safe_load(Path(schema_path).read_text())
     cls = _with_defaults(jsonschema.validators.validator_for(schema))
     errors = sorted(cls(schema).iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import CvauditError
+from . import CvauditError, stats
 from .data import ImageDataset, load_rgb, read_dataset_info, read_manifest
 from .io import atomic_path, read_json, write_json
 from .models import auto_batch, display_transform, eval_transform, load_model, resolve_device
@@ -59,16 +59,21 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, class_idx: li
 
 def choose_audit_set(targets: np.ndarray, correct: np.ndarray, per_class: int, max_images: int,
                      seed: int) -> np.ndarray:
-    """Seeded indices: per class up to per_class images, about half of them mistakes where the model
-    made any, the rest correct; classes take turns so a cap keeps the set balanced."""
+    """Seeded indices: per class up to per_class images, mistakes and correct predictions alternating
+    (a class without mistakes gives correct ones, and the other way round). Classes take turns in a
+    seeded order, so every class gets one image before any gets a second, and alternate classes start
+    with a mistake, so a cap below the number of classes still holds about half mistakes."""
     rng = np.random.default_rng(seed)
     per = []
-    for c in np.unique(targets):
+    for j, c in enumerate(rng.permutation(np.unique(targets))):
         wrong = rng.permutation(np.flatnonzero((targets == c) & ~correct)).tolist()
         right = rng.permutation(np.flatnonzero((targets == c) & correct)).tolist()
-        n_wrong = min(len(wrong), max(per_class // 2, 1 if per_class > 1 else 0))
-        pick = wrong[:n_wrong] + right[:per_class - n_wrong]
-        pick += wrong[n_wrong:n_wrong + per_class - len(pick)]
+        queues = (wrong, right) if j % 2 == 0 else (right, wrong)
+        pick: list[int] = []
+        while len(pick) < per_class and any(queues):
+            for q in queues:
+                if q and len(pick) < per_class:
+                    pick.append(q.pop(0))
         per.append(pick)
     chosen = []
     for k in range(per_class):
@@ -117,9 +122,17 @@ def evaluate_model(name: str, model_path, manifest, baseline, audit_cfg: dict, s
     m["mistakes"] = [{"path": rows[i]["path"], "label": rows[i]["label"], "pred_label": spec["class_names"][preds[i]],
                       "confidence": float(conf[i])} for i in worst]
 
+    m["accuracy_ci"] = stats.proportion(int(correct.sum()), len(correct))
     base = _read_json_or_none(baseline)
-    m["baseline"] = base
-    m["gain_over_baseline"] = (m["accuracy"] - base["accuracy"]) if base and base.get("available") else None
+    m["baseline"] = None if base is None else {k: v for k, v in base.items() if k != "correct"}
+    m["gain_over_baseline"] = m["gain_over_baseline_ci"] = m["mcnemar_p"] = None
+    if base and base.get("available"):
+        m["gain_over_baseline"] = m["accuracy"] - base["accuracy"]
+        base_correct = np.asarray(base.get("correct", []), bool)
+        if len(base_correct) == len(correct):  # the same test images, in the same order
+            m["gain_over_baseline_ci"] = stats.paired_difference(correct.astype(float), base_correct.astype(float),
+                                                                 seed=seed)
+            m["mcnemar_p"] = stats.mcnemar_p(correct, base_correct)
 
     pick = choose_audit_set(targets, correct, audit_cfg["per_class"], audit_cfg["max_images"], seed)
     show = display_transform(spec)
@@ -129,6 +142,8 @@ def evaluate_model(name: str, model_path, manifest, baseline, audit_cfg: dict, s
                             confidence=conf[pick], p_true=probs[pick, targets[pick]],
                             paths=np.array([rows[i]["path"] for i in pick]),
                             class_names=np.array(spec["class_names"]))
+    m["audit_set"] = {"n": int(len(pick)), "mistakes": int((~correct[pick]).sum()),
+                      "classes": int(len(np.unique(targets[pick]))), "of_classes": int(len(class_idx))}
     m.update(model=name, n_test=len(rows), n_audit=len(pick), device=str(dev), seconds=round(time.time() - t0, 2),
              class_names_subset=[spec["class_names"][c] for c in class_idx])
     write_json(out_metrics, m)
@@ -175,7 +190,9 @@ def fit_baseline(manifest, size: int, max_train: int, seed: int, out) -> dict:
     y_tr, y_te = [r["label"] for r in train], [r["label"] for r in test]
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, C=0.1, random_state=seed))
     clf.fit(x_tr, y_tr)
-    res.update(available=True, accuracy=float(np.mean(clf.predict(x_te) == np.array(y_te))), n_train=len(train),
-               n_test=len(test), seconds=round(time.time() - t0, 2))
+    correct = clf.predict(x_te) == np.array(y_te)
+    res.update(available=True, accuracy=float(np.mean(correct)), n_train=len(train), n_test=len(test),
+               correct=correct.astype(int).tolist(),  # per test image, in manifest order: paired tests
+               seconds=round(time.time() - t0, 2))
     write_json(out, res)
     return res

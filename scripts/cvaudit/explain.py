@@ -304,9 +304,14 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 @register
 class IntegratedGradients(AttributionMethod):
     name, label = "integrated_gradients", "Integrated gradients"
-    defaults = {"steps": 16, "baseline": "black"}
+    defaults = {"steps": 16, "baseline": "black", "max_steps": 512, "tolerance": 0.05}
     reads = ("Sundararajan et al.: gradients averaged along the straight path from a baseline image (black by "
-             "default) to the input, times the difference; the values add up to the score difference.")
+             "default) to the input, times the difference; the values add up to the score difference (steps are "
+             "raised per image until they do, within the tolerance).")
+
+    def __init__(self, batch_size: int = 64, **options):
+        super().__init__(batch_size, **options)
+        self.records: list[dict] = []  # per attribute() call: steps, relative completeness error, converged
 
     def baseline(self, x):
         b = self.options["baseline"]
@@ -319,12 +324,35 @@ class IntegratedGradients(AttributionMethod):
         raise CvauditError(f"config key explain.integrated_gradients.baseline: '{b}'; use black, grey or blur")
 
     def attribute(self, net, x, target):
+        """Completeness (sum of the map = F(x) - F(baseline), on the logit) is checked per image with
+        captum's convergence delta; images that miss it by more than `tolerance` of the score difference
+        are recomputed with twice the steps, up to max_steps. The rest are marked as not converged."""
         from captum.attr import IntegratedGradients as IG
+        ig, base = IG(net), self.baseline(x)
+        with torch.no_grad():
+            diff = (net(x) - net(base)).gather(1, target.view(-1, 1))[:, 0].abs().float()
+        allowed = self.options["tolerance"] * diff + 1e-4
         steps = self.options["steps"]
-        internal = max(len(x), self.batch_size)  # captum splits the N x steps path images into calls of this size
-        attr = IG(net).attribute(x, baselines=self.baseline(x), target=target, n_steps=steps,
-                                 internal_batch_size=internal)
-        return attr.sum(1).detach()
+        attr = torch.zeros(x.shape[0], *x.shape[-2:], device=x.device)
+        used = torch.full((len(x),), steps, dtype=torch.long)
+        err = torch.full((len(x),), float("inf"))
+        ok = torch.zeros(len(x), dtype=torch.bool)
+        todo = torch.arange(len(x), device=x.device)
+        while len(todo):
+            internal = max(len(todo), self.batch_size)  # captum splits the N x steps path images into calls of this size
+            a, delta = ig.attribute(x[todo], baselines=base[todo], target=target[todo], n_steps=steps,
+                                    internal_batch_size=internal, return_convergence_delta=True)
+            attr[todo] = a.sum(1).detach().float()
+            used[todo.cpu()] = steps
+            d = delta.detach().abs().float()
+            err[todo.cpu()] = (d / diff[todo].clamp_min(1e-12)).cpu()
+            ok[todo.cpu()] = (d <= allowed[todo]).cpu()
+            todo = todo[d > allowed[todo]]
+            if steps * 2 > self.options["max_steps"]:
+                break
+            steps *= 2
+        self.records.append({"steps": used.numpy(), "completeness_error": err.numpy(), "converged": ok.numpy()})
+        return attr
 
     def model_passes(self, h, w):
         return self.options["steps"]
@@ -483,7 +511,7 @@ def audit_images(audit: dict, device) -> torch.Tensor:
 
 
 PER_IMAGE = ("maps_pred", "maps_true", "faith_deletion", "faith_insertion", "faith_deletion_auc",
-             "faith_insertion_auc")
+             "faith_insertion_auc", "converged", "ig_steps", "completeness_error")
 
 
 def explain_part(method: str, model_path, audit_set, options: dict, trust: dict, seed: int, device: str,
@@ -517,6 +545,13 @@ def explain_part(method: str, model_path, audit_set, options: dict, trust: dict,
         ta = time.time()
         maps_pred = attribute_batched(m, net, x, preds, index)
         result["attribution_seconds"] = round(time.time() - ta, 3)
+        if isinstance(m, IntegratedGradients):  # completeness per image: unconverged maps leave the trust scores
+            rec = {k: np.concatenate([r[k] for r in m.records]) for k in ("steps", "completeness_error", "converged")}
+            arrays.update(converged=rec["converged"], ig_steps=rec["steps"],
+                          completeness_error=rec["completeness_error"])
+            if not rec["converged"].all():
+                log.warning("integrated gradients: %d of %d maps miss completeness by more than %.0f%% at %d steps",
+                            int((~rec["converged"]).sum()), len(x), 100 * m.options["tolerance"], m.options["max_steps"])
         differ = (preds != targets).nonzero().flatten()
         maps_true = np.full_like(maps_pred, np.nan)
         if len(differ):
@@ -530,6 +565,8 @@ def explain_part(method: str, model_path, audit_set, options: dict, trust: dict,
         if m.kind != "reference" and k > 0:
             result["sanity"] = tr.cascading_randomisation(m, net, x[:k], preds[:k], maps_pred[:k],
                                                           stages=trust["sanity_stages"], seed=seed)
+            if "converged" in arrays:
+                result["sanity"]["converged"] = arrays["converged"][:k].tolist()
     except NotApplicable as e:
         log.warning("%s is not applicable to this model: %s", m.label, e)
         result.update(applicable=False, reason=str(e))
@@ -557,8 +594,14 @@ def merge_explain(parts: list[tuple[dict, dict]]) -> tuple[dict, dict]:
     arrays = {k: np.concatenate([a[k] for _, a in full]) for k in PER_IMAGE if k in full[0][1]}
     if "faith_fractions" in full[0][1]:
         arrays["faith_fractions"] = full[0][1]["faith_fractions"]
-        result["faithfulness"] = {"deletion_auc": float(arrays["faith_deletion_auc"].mean()),
-                                  "insertion_auc": float(arrays["faith_insertion_auc"].mean())}
+        ok = arrays["converged"].astype(bool) if "converged" in arrays else np.ones(len(arrays["faith_deletion_auc"]), bool)
+        result["faithfulness"] = {"deletion_auc": float(arrays["faith_deletion_auc"][ok].mean()) if ok.any() else None,
+                                  "insertion_auc": float(arrays["faith_insertion_auc"][ok].mean()) if ok.any() else None,
+                                  "n": int(ok.sum()), "left_out": int((~ok).sum())}
+        if "converged" in arrays:
+            result["completeness"] = {"converged": int(ok.sum()), "of": int(len(ok)),
+                                      "max_error": float(np.max(arrays["completeness_error"])),
+                                      "max_steps": int(np.max(arrays["ig_steps"]))}
     return result, arrays
 
 

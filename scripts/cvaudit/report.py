@@ -20,7 +20,7 @@ from .train import read_history
 
 log = logging.getLogger("cvaudit.report")
 PACKAGES = ["torch", "torchvision", "timm", "captum", "scikit-learn", "numpy", "snakemake", "jinja2", "weasyprint"]
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 # Inputs every report needs; any other input is an analysis stage that may have failed (runlog.run optional).
 CORE_INPUTS = {"manifest", "train_metrics", "history", "eval_metrics", "audit_set", "template", "css"}
 # The report's sections in their fixed order: (anchor, title in the table of contents).
@@ -133,6 +133,10 @@ def _attribution_section(audit: dict, explain: dict, verdicts: list[dict]) -> di
         rows.append({"method": m, "label": meta["label"], "kind": meta["kind"], "reads": meta["reads"],
                      "layer": meta.get("layer"), "deletion": meta["faithfulness"]["deletion_auc"],
                      "insertion": meta["faithfulness"]["insertion_auc"], "gain": f["value"] if f else None,
+                     "gain_ci": (f["ci_low"], f["ci_high"]) if f and f["ci_low"] is not None else None,
+                     "gain_n": f["n"] if f else None, "faith_settle": f["settle"] if f else "",
+                     "sanity_settle": s["settle"] if s else "",
+                     "completeness": meta.get("completeness"),
                      "faith_status": f["status"] if f else "n/a", "sanity": meta.get("sanity"),
                      "sanity_status": s["status"] if s else "n/a", "seconds": meta.get("attribution_seconds"),
                      "sentence": method_sentence(meta["label"], f["status"] if f else "n/a",
@@ -373,7 +377,11 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
         "metrics": {"accuracy": ev["accuracy"], "top5_accuracy": ev["top5_accuracy"], "macro_f1": ev["macro_f1"],
                     "n_test": ev["n_test"],
                     "baseline_accuracy": (ev["baseline"] or {}).get("accuracy"),
-                    "gain_over_baseline": ev["gain_over_baseline"]},
+                    "gain_over_baseline": ev["gain_over_baseline"], "mcnemar_p": ev.get("mcnemar_p"),
+                    "intervals": {v["check"]: {"value": v["value"], "n": v["n"] or 0, "ci_low": v["ci_low"],
+                                               "ci_high": v["ci_high"], "method": v["interval"] or "none",
+                                               "note": v["note"]}
+                                  for v in model_verdicts if v["value"] is not None}},
         "attributions": {row["method"]: {"deletion_auc": row["deletion"], "insertion_auc": row["insertion"],
                                          "faithfulness_gain": row["gain"],
                                          "sanity_final_rank_corr": (row["sanity"] or {}).get("final_rank_corr")}
@@ -388,13 +396,14 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
             "calibration": None if not robust["calibration"] else {
                 "temperature": robust["calibration"]["temperature"],
                 **{f"{k}_{when}": (robust["calibration"][when] or {}).get(k)
-                   for k in ("ece", "mce", "nll", "brier") for when in ("before", "after")}},
+                   for k in ("ece", "mce", "nll", "brier", "ece_equal_mass") for when in ("before", "after")}},
             "invariance": {f: {"score": v["score"], "severities": v["severities"], "accuracy": v["accuracy"],
                                "consistency": v["consistency"],
                                "gradcam_equivariance_error": (v["drift"] or {}).get("equivariance_error")}
                            for f, v in robust["invariance"].items()},
-            "adversarial": {a: {"epsilons": v["epsilons"], "accuracy": v["accuracy"],
-                                "median_flip_epsilon": v["median_flip_epsilon"]}
+            "adversarial": {a: {"epsilons": v["epsilons"], "accuracy": v["accuracy"], "n": v["n"],
+                                "median_flip_epsilon": v["median_flip_epsilon"],
+                                **{k: v[k] for k in ("components", "masking") if k in v}}
                             for a, v in robust["adversarial"].items()},
             "randomisation": None if not robust["randomisation"] else {
                 "final_train_accuracy": {k: v[-1] for k, v in robust["randomisation"]["train_accuracy"].items()},

@@ -1,0 +1,11 @@
+from cvaudit.compare import check_gate
+
+
+def main(sm):
+    check_gate(sm.input.gate)
+
+
+if __name__ == "__main__":
+    from cvaudit.runlog import run
+
+    run(main, snakemake)  # noqa: F821 — injected by Snakemake
