@@ -172,3 +172,12 @@ def test_integrated_gradients_raises_its_steps_until_the_maps_add_up(tmp_path):
     capped = IntegratedGradients(steps=2, max_steps=2)
     capped.attribute(net, x, y)
     assert (~capped.records[-1]["converged"]).sum() == (miss > 0.05 + 1e-4 / diff.abs()).sum()
+
+
+def test_the_schemas_attack_enum_is_the_attack_registry():
+    import yaml
+
+    from cvaudit.adversarial import ATTACKS
+    from cvaudit.config import SCHEMA
+    adv = yaml.safe_load(SCHEMA.read_text())["properties"]["robustness"]["properties"]["adversarial"]["properties"]
+    assert adv["attacks"]["items"]["enum"] == list(ATTACKS) == adv["attacks"]["default"]
