@@ -212,7 +212,9 @@ def masking_checks(arrays: dict, options: dict) -> list[dict]:
     out.append({"name": "large_epsilon", "passed": acc_large is not None and acc_large <= m["max_accuracy"],
                 "label": f"White-box accuracy reaches about 0 at eps = {m['large_epsilon']:g}",
                 "detail": f"APGD-CE leaves {int(arrays['large_correct'].sum())} of {n} images right "
-                          f"(allowed: {m['max_accuracy']:.0%})"})
+                          f"(allowed: {m['max_accuracy']:.0%})" + ("" if acc_large is None or acc_large <= m["max_accuracy"]
+                                                                   else "; its gradients do not lead anywhere: masked, "
+                                                                   "or too few steps")})
     weaker = [int((arrays["hit_fgsm"][k] & ~arrays["hit_apgd_ce"][k] & correct).sum()) for k in range(len(eps))]
     out.append({"name": "iterative_not_weaker", "passed": max(weaker, default=0) <= tol,
                 "label": "The iterative attack is never weaker than the single-step one",
@@ -230,7 +232,9 @@ def masking_checks(arrays: dict, options: dict) -> list[dict]:
         out.append({"name": "more_steps_little_gain", "passed": extra <= tol,
                     "label": f"{m['more_steps']}x more steps do not help much",
                     "detail": f"APGD-CE with {m['more_steps']}x the steps fools {extra} more image(s) at eps = "
-                              f"{options['check_epsilon']:g} (allowed: {tol})"})
+                              f"{options['check_epsilon']:g} (allowed: {tol})" + (
+                                  "" if extra <= tol else "; the attack has not converged: raise "
+                                  "robustness.adversarial.autoattack.steps before trusting the robust accuracy")})
     return out
 
 
