@@ -139,6 +139,18 @@ def shared_datasets():
     return [d for d in config["datasets"] if len(models_of(d)) > 1]
 
 
+def user_model_files(wildcards):
+    """The files of a model you bring (models.*.weights as a path, arch python:FILE:FACTORY, classes_file)."""
+    cfg, files = config["models"][wildcards.model], {}
+    if cfg["weights"] != "none" and not cfg["weights"].startswith(("packaged:", "torchvision:")):
+        files["weights"] = cfg["weights"]
+    if cfg["arch"].startswith("python:"):
+        files["arch_file"] = cfg["arch"].split(":")[1]
+    if cfg.get("classes_file"):
+        files["classes_file"] = cfg["classes_file"]
+    return files
+
+
 def compare_inputs(wildcards):
     files = {f"summary_{m}": f"results/{m}/report/summary.json" for m in config["models"]}
     files.update({f"probs_{m}": f"results/{m}/eval/probs.npz" for m in config["models"]})  # McNemar between models

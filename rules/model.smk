@@ -1,5 +1,6 @@
 rule train_model:
     input:
+        unpack(user_model_files),  # your checkpoint, model file and classes file: a change reruns the chain
         manifest=manifest_of,
     output:
         model="results/{model}/model.safetensors",

@@ -106,6 +106,32 @@ def test_pdf_pages_are_numbered_and_none_is_blank(run, tmp_path):
         assert f"page 2 of {n}" in text
 
 
+def test_the_comparison_of_many_models_fits_the_a4_page(run, tmp_path):
+    """Eight models side by side: no table runs past the page's right margin in the PDF."""
+    from cvaudit.compare import render_comparison
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    summaries, cfgs = {}, {}
+    for k in range(8):
+        src = ["cnn_tiny", "lite0_tiny"][k % 2]
+        s = json.loads((run / "results" / src / "report" / "summary.json").read_text())
+        s["model"] = f"{src}_with_a_long_name_{k}"
+        (tmp_path / f"{k}.json").write_text(json.dumps(s))
+        summaries[s["model"]], cfgs[s["model"]] = tmp_path / f"{k}.json", cfg["models"][src]
+    pdf = tmp_path / "compare.pdf"
+    render_comparison(summaries, cfgs, {}, {}, {}, {"seed": 0, "report": {"title": "wide", "compare": {"methods": []}}},
+                      REPO / "templates" / "compare.html.j2", REPO / "templates" / "report.css", tmp_path / "c.html",
+                      tmp_path / "c.json", out_pdf=pdf)
+    subprocess.run(["pdftoppm", "-r", "60", "-png", str(pdf), str(tmp_path / "page")], check=True, timeout=300)
+    pages = sorted(tmp_path.glob("page-*.png"))
+    assert pages
+    for page in pages:
+        g = np.asarray(Image.open(page).convert("L"))
+        margin = int(g.shape[1] * 10 / 210)  # the right margin is 12 mm of 210; look at its outer 10 mm
+        body = g[: int(g.shape[0] * 0.9)]  # above the footer's page number
+        assert (body[:, -margin:] < 200).sum() == 0, f"{page.name}: something crosses the right margin"
+        assert (body < 200).mean() > 0.001
+
+
 def test_snakemake_report_archives_the_registered_outputs(run):
     import zipfile
     smk(run, "--configfile", str(run / "config.yaml"), "--report", str(run / "report.zip"))

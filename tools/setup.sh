@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 # Debian packages: Fashion-MNIST (demo data, IDX tests), DejaVu fonts (the report's fonts, in HTML
 # and in the PDF WeasyPrint makes with the system's Pango), chromium and poppler-utils (the tests look at
 # the reports as a person would: a browser screenshot and the PDF pages as images), slurm-wlm and
-# munge (the test that runs the workflow on a real single-node SLURM cluster, tools/slurm_cluster.sh).
-DEBS=(dataset-fashion-mnist fonts-dejavu-core libpango-1.0-0 libpangoft2-1.0-0 chromium poppler-utils slurm-wlm munge)
+# munge (the test that runs the workflow on a real single-node SLURM cluster, tools/slurm_cluster.sh),
+# libgs-common (Ghostscript's CMYK ICC profile: the test that CMYK images are read through their profile).
+DEBS=(dataset-fashion-mnist fonts-dejavu-core libpango-1.0-0 libpangoft2-1.0-0 chromium poppler-utils slurm-wlm munge
+      libgs-common)
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 import json
 import shutil
 import struct
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from . import CvauditError
+from .images import IMAGE_EXTS, background_rgb, check_image, load_rgb, to_rgb  # noqa: F401 — load_rgb: the readers' import
 from .io import atomic_path, sha256_file, write_json
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "width", "height", "mode"]
+# path: the file every stage reads (a converted copy under results/data/{dataset}/converted/ when the
+# original needed one); original: the user's file; converted: what was done to it (empty: nothing).
+MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "width", "height", "mode", "original", "converted"]
 
 
 # ----------------------------------------------------------------------------- class names
@@ -128,12 +130,12 @@ def _candidates(ds: dict, images_dir: Path, rng: np.random.Generator) -> tuple[l
         root = Path(ds["path"])
         classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
         cands = [Candidate(p, d) for d in classes for p in sorted((root / d).iterdir())
-                 if p.is_file() and not p.name.startswith(".")]
+                 if (p.is_file() or p.is_symlink()) and not p.name.startswith(".")]
         return cands, classes
     if src == "csv":
         table = Path(ds["path"])
         cands = [Candidate(_resolve(table, r["path"]), str(r["label"]).strip()) for r in _read_table(table)]
-        return cands, sorted({c.label for c in cands})
+        return cands, sorted({c.label for c in cands if c.label})
     if src == "foolbox_imagenet":
         cats = imagenet_categories()
         cands = []
@@ -179,30 +181,6 @@ def _safe(label: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
 
 
-def check_image(path: Path) -> tuple[dict | None, str | None]:
-    """Open and fully decode an image. Return (info, None) or (None, reason it was rejected)."""
-    try:
-        if not path.exists():
-            return None, "file not found"
-        if path.stat().st_size == 0:
-            return None, "empty file (0 bytes)"
-        if path.suffix.lower() not in IMAGE_EXTS:
-            return None, f"not an image extension ({path.suffix or 'none'}); use one of {', '.join(IMAGE_EXTS)}"
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.verify()  # structure and checksums
-            with Image.open(path) as im:
-                im.load()  # full decode: catches truncated files
-                w, h, mode = im.width, im.height, im.mode
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
-            Image.DecompressionBombError) as e:
-        return None, f"cannot be decoded as an image: {type(e).__name__}: {e}"
-    if w < 2 or h < 2:
-        return None, f"too small ({w}x{h} px)"
-    return {"width": w, "height": h, "mode": mode}, None
-
-
 def split_counts(n: int, val: float, test: float) -> tuple[int, int, int]:
     """(train, val, test) counts for a class of n images; every non-zero share gets >= 1 image
     when the class has room for it, and train keeps at least one image unless test+val == 1."""
@@ -227,7 +205,10 @@ def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None) -
     """
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
-    images_dir = out_dir / "images"
+    images_dir, converted_dir = out_dir / "images", out_dir / "converted"
+    background = background_rgb(ds.get("background", "white"))
+    if converted_dir.exists():
+        shutil.rmtree(converted_dir)
     cands, classes = _candidates(ds, images_dir, rng)
     images_dir.mkdir(parents=True, exist_ok=True)
     where = ds.get("path", ds["source"])
@@ -236,7 +217,7 @@ def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None) -
     for c in cands:
         by_class.setdefault(c.label, []).append(c)
     cap = ds.get("max_per_class")
-    rows, rejected = [], []
+    rows, rejected, seen = [], [], {}
     for label, items in by_class.items():
         order = rng.permutation(len(items)) if cap and len(items) > cap else np.arange(len(items))
         kept = []
@@ -244,16 +225,30 @@ def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None) -
             if cap and len(kept) >= cap:
                 break
             c = items[int(k)]
-            info, reason = check_image(c.path)
+            key = os.path.realpath(c.path)  # a file listed twice (a CSV row, a link) is one image
+            if key in seen:
+                rejected.append({"path": str(c.path), "label": label,
+                                 "reason": f"the same file as {seen[key][0]} (label '{seen[key][1]}'): kept once"})
+                continue
+            seen[key] = (str(c.path), label)
+            info, reason = check_image(c.path) if label else (None, "no label (an empty label cell)")
             if reason:
                 rejected.append({"path": str(c.path), "label": label, "reason": reason})
                 continue
-            kept.append({"path": str(c.path), "label": label, "sha256": sha256_file(c.path), **info})
+            digest = sha256_file(c.path)  # the original's bytes: its identity and its split
+            path = c.path
+            if info["converted"]:  # read once as a person sees it, written as 8-bit RGB for every stage
+                path = converted_dir / _safe(label) / f"{c.path.stem}.{digest[:12]}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with Image.open(c.path) as im:
+                    to_rgb(im, background).save(path)
+            kept.append({"path": str(path), "label": label, "sha256": digest, "original": str(c.path), **info})
         kept.sort(key=lambda r: r["path"])
         rows.append((label, kept))
         if progress:
             progress(f"{label}: {len(kept)} images, {sum(r['label'] == label for r in rejected)} rejected")
 
+    rows = [(label, kept) for label, kept in rows if label]  # rows without a label are listed as rejected
     empty = [label for label, kept in rows if not kept]
     if empty:
         raise CvauditError(f"dataset '{name}' ({where}): class(es) with no usable image: {', '.join(empty)}. "
@@ -290,7 +285,8 @@ def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None) -
     info = {"name": name, "source": ds["source"], "path": ds.get("path"), "classes": [c for c, _ in rows],
             "counts": counts, "n_images": len(manifest), "n_rejected": len(rejected),
             "manifest_sha256": sha256_file(out_dir / "manifest.csv"), "seed": seed,
-            "split": {"val": val, "test": test}, "max_per_class": cap}
+            "split": {"val": val, "test": test}, "max_per_class": cap, "background": list(background),
+            "n_converted": sum(1 for r in manifest if r["converted"])}
     write_json(out_dir / "dataset.json", info)
     return info
 
@@ -304,11 +300,6 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[dict]:
 
 def read_dataset_info(manifest_path: str | Path) -> dict:
     return json.loads((Path(manifest_path).parent / "dataset.json").read_text())
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 class ImageDataset:

@@ -122,10 +122,14 @@ def build_model(spec: dict) -> nn.Module:
     """
     arch, opts, weights = spec["arch"], dict(spec.get("arch_options") or {}), spec.get("weights", "none")
     n, keep_head = spec["num_classes"], spec.get("keep_head", False)
+    local = weights not in ("none",) and not weights.startswith(("packaged:", "torchvision:"))
+    imagenet_head = keep_head and not local and weights != "none"  # the library's pretrained head and classes
     if weights.startswith("packaged:") and (weights, arch) != ("packaged:efficientnet_lite0", "timm:tf_efficientnet_lite0"):
         raise CvauditError(f"weights '{weights}' (config key models.*.weights): the only packaged weights are "
                            "packaged:efficientnet_lite0, for arch timm:tf_efficientnet_lite0")
-    if arch == "simple_cnn":
+    if arch.startswith("python:"):
+        model = _python_model(arch, n, opts)
+    elif arch == "simple_cnn":
         model = SimpleCNN(n, **opts)
     elif arch == "mlp":
         model = MLP(n, spec["input_size"], **opts)
@@ -159,25 +163,72 @@ def build_model(spec: dict) -> nn.Module:
         except (OSError, RuntimeError) as e:  # URLError is an OSError
             raise CvauditError(f"could not fetch {weights} ({e}); on a machine without internet use "
                                "a local .safetensors/.pt path or packaged:efficientnet_lite0") from e
-        if not keep_head:
+        if not imagenet_head:
             replace_head(model, n)
     else:
         raise CvauditError(f"unknown architecture '{arch}' (config key models.*.arch); use timm:<name>, "
-                           "torchvision:<name>, simple_cnn or mlp")
-    if weights not in ("none",) and not weights.startswith(("packaged:", "torchvision:")):
-        sd = read_state_dict(weights)
-        own = model.state_dict()
-        head = _head_name(model)
-        bad = [k for k in own if k in sd and sd[k].shape != own[k].shape and not k.startswith(head + ".")]
-        missing = [k for k in own if k not in sd]
-        if bad or [k for k in missing if not k.startswith(head + ".")]:
-            raise CvauditError(f"weights {weights} do not fit arch {arch}: "
-                               f"{len(missing)} missing, {len(bad)} of another shape (e.g. {(missing + bad)[:3]})")
-        model.load_state_dict({k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}, strict=False)
+                           "torchvision:<name>, python:FILE.py:FACTORY, simple_cnn or mlp")
+    if local:
+        load_checkpoint(model, weights, arch, strict=keep_head)
+    return model
+
+
+def load_checkpoint(model: nn.Module, weights: str, arch: str, strict: bool) -> None:
+    """Load a user's checkpoint. strict (train: false, the model is audited as it is): every tensor must
+    fit, head included, else an error names each tensor and both shapes. Not strict (the head is
+    replaced for training): only the head may differ."""
+    sd = read_state_dict(weights)
+    if sd and all(k.startswith("module.") for k in sd):  # saved from DataParallel / DDP
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    own = model.state_dict()
+    head = None if strict else _head_name(model)
+    skip = lambda k: head is not None and k.startswith(head + ".")  # noqa: E731
+    bad = [f"{k} {tuple(sd[k].shape)} (the model has {tuple(own[k].shape)})" for k in own
+           if k in sd and sd[k].shape != own[k].shape and not skip(k)]
+    missing = [k for k in own if k not in sd and not skip(k)]
+    unexpected = [k for k in sd if k not in own] if strict else []
+    if bad or missing or unexpected:
+        parts = [f"{len(bad)} of another shape: {', '.join(bad[:5])}" if bad else "",
+                 f"{len(missing)} missing from the file: {', '.join(missing[:5])}" if missing else "",
+                 f"{len(unexpected)} not in the model: {', '.join(unexpected[:5])}" if unexpected else ""]
+        fix = ("with train: false the model is audited as it is, so its head must match: set models.*.class_names "
+               "(or classes_file) to the outputs it was trained with, in their order" if strict else
+               "check models.*.arch and arch_options")
+        raise CvauditError(f"weights {weights} do not fit arch {arch}: " + "; ".join(p for p in parts if p) + f". {fix}")
+    model.load_state_dict({k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}, strict=False)
+
+
+def _python_model(arch: str, num_classes: int, opts: dict) -> nn.Module:
+    """arch python:FILE.py:FACTORY — the user's own nn.Module: FACTORY(num_classes=..., **arch_options).
+    The file is the user's code, named in their config, and runs like any script they run."""
+    import importlib.util
+    try:
+        _, file, factory = arch.split(":", 2)
+    except ValueError:
+        raise CvauditError(f"config key models.*.arch '{arch}': use python:path/to/file.py:factory") from None
+    path = Path(file)
+    if not path.is_file():
+        raise CvauditError(f"config key models.*.arch: {path} not found (python:FILE.py:FACTORY)")
+    spec = importlib.util.spec_from_file_location(f"cvaudit_user_model_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fn = getattr(module, factory, None)
+    if not callable(fn):
+        raise CvauditError(f"config key models.*.arch: {path} has no function '{factory}'")
+    model = fn(num_classes=num_classes, **opts)
+    if not isinstance(model, nn.Module):
+        raise CvauditError(f"config key models.*.arch: {path}:{factory} returned {type(model).__name__}, "
+                           "not a torch.nn.Module")
     return model
 
 
 def normalisation(spec: dict, model: nn.Module) -> tuple[tuple, tuple]:
+    """The model's input normalisation: config key models.*.normalisation, else the architecture's own
+    (timm's pretrained config), else ImageNet's for library models and 0.5 for the built-ins."""
+    if spec.get("normalisation"):
+        return tuple(spec["normalisation"]["mean"]), tuple(spec["normalisation"]["std"])
+    if spec["arch"].startswith("python:"):
+        return IMAGENET_MEAN, IMAGENET_STD
     if spec["arch"].startswith("timm:"):
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
@@ -248,21 +299,28 @@ def last_conv_layer(model: nn.Module) -> str | None:
 
 
 # ----------------------------------------------------------------------------- transforms
-def eval_transform(spec: dict):
+def resize_ops(spec: dict) -> list:
+    """config key models.*.resize: stretch (to input_size x input_size) or center_crop (shorter side to
+    input_size / 0.875, then the central input_size square, as ImageNet models are evaluated)."""
     s = spec["input_size"]
-    return T.Compose([T.ToImage(), T.Resize((s, s), antialias=True), T.ToDtype(torch.float32, scale=True),
+    if spec.get("resize", "stretch") == "center_crop":
+        return [T.Resize(int(round(s / 0.875)), antialias=True), T.CenterCrop(s)]
+    return [T.Resize((s, s), antialias=True)]
+
+
+def eval_transform(spec: dict):
+    return T.Compose([T.ToImage(), *resize_ops(spec), T.ToDtype(torch.float32, scale=True),
                       T.Normalize(spec["mean"], spec["std"])])
 
 
 def display_transform(spec: dict):
     """The model's view of an image before normalisation, as uint8 (for overlays and audit sets)."""
-    s = spec["input_size"]
-    return T.Compose([T.ToImage(), T.Resize((s, s), antialias=True)])
+    return T.Compose([T.ToImage(), *resize_ops(spec)])
 
 
 def train_transform(spec: dict, aug: dict):
     s = spec["input_size"]
-    ops = [T.ToImage(), T.Resize((s, s), antialias=True)]
+    ops = [T.ToImage(), *resize_ops(spec)]
     if aug.get("hflip", 0) > 0:
         ops.append(T.RandomHorizontalFlip(aug["hflip"]))
     if aug.get("crop_padding", 0) > 0:

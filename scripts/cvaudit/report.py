@@ -306,6 +306,10 @@ def collect(model: str, inputs: dict, methods: list[str]) -> dict:
          "explain": {}}
     with open(Path(inputs["manifest"]).parent / "rejected.csv", newline="") as f:
         r["rejected"] = list(csv.DictReader(f))
+    r["conversions"] = {}
+    for row in read_manifest(inputs["manifest"]):
+        for why in filter(None, (row.get("converted") or "").split("; ")):
+            r["conversions"][why] = r["conversions"].get(why, 0) + 1
     for m in list(methods) + ["random"]:
         if m in inputs:  # absent: the stage failed (see failed_stages)
             r["explain"][m] = load_maps(inputs[m])

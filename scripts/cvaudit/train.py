@@ -34,14 +34,38 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def model_classes(model_cfg: dict) -> list[str] | None:
+    """The output order a user gave (config key models.*.class_names, or classes_file: one name a line)."""
+    if model_cfg.get("class_names"):
+        return [str(c) for c in model_cfg["class_names"]]
+    if model_cfg.get("classes_file"):
+        path = Path(model_cfg["classes_file"])
+        if not path.is_file():
+            raise CvauditError(f"config key models.*.classes_file: {path} not found")
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if len(set(names)) != len(names) or not names:
+            raise CvauditError(f"{path} (config key models.*.classes_file): needs one class name a line, each once")
+        return names
+    return None
+
+
 def make_spec(model_cfg: dict, classes: list[str]) -> dict:
     """The saved description of a model: enough to rebuild it without the config."""
     audit_as_is = model_cfg["train"] is False
+    own = model_classes(model_cfg)
+    if own and not audit_as_is:
+        raise CvauditError("config keys models.*.class_names / classes_file name the outputs of a model audited as it "
+                           "is (train: false); a model trained here takes the dataset's classes: remove them")
     imagenet_head = audit_as_is and model_cfg["weights"].startswith(("packaged:", "torchvision:"))
-    names = imagenet_categories() if imagenet_head else list(classes)
-    return {"arch": model_cfg["arch"], "arch_options": model_cfg.get("arch_options") or {},
+    names = own or (imagenet_categories() if imagenet_head else list(classes))
+    spec = {"arch": model_cfg["arch"], "arch_options": model_cfg.get("arch_options") or {},
             "weights": model_cfg["weights"], "input_size": model_cfg["input_size"],
-            "num_classes": len(names), "class_names": names, "keep_head": audit_as_is}
+            "num_classes": len(names), "class_names": names, "keep_head": audit_as_is,
+            "resize": model_cfg.get("resize", "stretch"),
+            "class_order": "config" if own else ("imagenet" if imagenet_head else "dataset")}
+    if model_cfg.get("normalisation"):
+        spec["normalisation"] = model_cfg["normalisation"]
+    return spec
 
 
 def _loader(rows, classes, transform, batch_size, shuffle, seed):
@@ -100,6 +124,10 @@ def train_model(name: str, model_cfg: dict, manifest: str | Path, seed: int, dev
 
     if tcfg is False:
         log.info("%s: train: false — saving the model as it is (%d classes)", name, spec["num_classes"])
+        if spec["class_order"] == "dataset" and spec["weights"] != "none":
+            log.warning("%s: no models.%s.class_names given: its outputs are taken to be the dataset's classes in "
+                        "sorted order %s; if it was trained with another order, every number is wrong", name,
+                        name, spec["class_names"][:10])
         save_model(model, spec, out_model)
         _write_history(out_history, [])
         metrics.update(seconds=round(time.time() - t0, 2))

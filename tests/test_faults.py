@@ -1,0 +1,99 @@
+"""Faults: a training job or Snakemake itself killed with SIGKILL mid-run, then a rerun, gives the same
+numbers as an uninterrupted run and leaves no half-written output; a second run in the same folder is
+refused with Snakemake's lock message."""
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+from conftest import REPO, SNAKEMAKE, TINY, smk
+
+TARGET = "results/cnn_tiny/train/metrics.json"
+
+
+def _workdir(root, name):
+    work = root / name
+    (work / "images").mkdir(parents=True)
+    for p in TINY.glob("*/fm*.png"):
+        (work / "images" / p.parent.name).mkdir(exist_ok=True)
+        shutil.copy(p, work / "images" / p.parent.name / p.name)
+    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    cfg["datasets"]["tiny"]["path"] = str(work / "images")
+    cfg["models"] = {"cnn_tiny": {**cfg["models"]["cnn_tiny"],
+                                  "train": {"batch_size": 4, "head_epochs": 40, "finetune_epochs": 0, "lr": 0.01,
+                                            "patience": 100}}}
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return work
+
+
+def _start(work):
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(work), "--cores", "2", TARGET,
+           "--configfile", str(work / "config.yaml")]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _training_pid(work, timeout=240):
+    """The PID of the train_model job once it is a few epochs in (its log says so)."""
+    log = work / "logs" / "train_model" / "cnn_tiny.log"
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if log.exists() and "epoch 3" in log.read_text():
+            out = subprocess.run(["pgrep", "-f", f"{work}/.snakemake/scripts/.*train_model.py"],
+                                 capture_output=True, text=True).stdout.split()
+            if out:
+                return int(out[0])
+        time.sleep(0.2)
+    raise AssertionError(f"the training job did not start within {timeout} s")
+
+
+def _numbers(work):
+    from safetensors.torch import load_file
+    weights = load_file(str(work / "results" / "cnn_tiny" / "model.safetensors"))
+    with open(work / "results" / "cnn_tiny" / "train" / "history.csv", newline="") as f:
+        history = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+    return weights, history
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    work = _workdir(tmp_path_factory.mktemp("faults"), "clean")
+    smk(work, TARGET, "--configfile", str(work / "config.yaml"))
+    return _numbers(work)
+
+
+def _same(a, b):
+    (wa, ha), (wb, hb) = a, b
+    assert ha == hb and len(ha) == 40
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_a_training_job_killed_mid_run_reruns_to_the_same_numbers(tmp_path, uninterrupted):
+    work = _workdir(tmp_path, "job")
+    run = _start(work)
+    os.kill(_training_pid(work), signal.SIGKILL)
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode != 0 and "Error in rule train_model" in out
+    assert not (work / "results" / "cnn_tiny" / "model.safetensors").exists()  # nothing half-written
+    assert not list((work / "results" / "cnn_tiny").glob(".*.safetensors"))  # no temp file left either
+    smk(work, TARGET, "--configfile", str(work / "config.yaml"))  # the plain rerun
+    _same(_numbers(work), uninterrupted)
+
+
+def test_snakemake_killed_mid_run_is_unlocked_and_reruns_to_the_same_numbers(tmp_path, uninterrupted):
+    work = _workdir(tmp_path, "snakemake")
+    run = _start(work)
+    job = _training_pid(work)
+    second = smk(work, TARGET, "--configfile", str(work / "config.yaml"), check=False)  # a second run, same folder
+    assert second.returncode != 0 and "Directory cannot be locked" in second.stdout + second.stderr
+    run.send_signal(signal.SIGKILL)  # Snakemake itself, then its orphaned job
+    run.wait(timeout=60)
+    os.kill(job, signal.SIGKILL)
+    stale = smk(work, TARGET, "--configfile", str(work / "config.yaml"), check=False)
+    assert stale.returncode != 0 and "--unlock" in stale.stdout + stale.stderr  # the stale lock, as the README says
+    smk(work, TARGET, "--configfile", str(work / "config.yaml"), "--unlock")
+    smk(work, TARGET, "--configfile", str(work / "config.yaml"), "--rerun-incomplete")
+    _same(_numbers(work), uninterrupted)

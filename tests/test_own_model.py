@@ -1,0 +1,133 @@
+"""Audit a model you already trained: a torchvision ResNet-18 and a user's own nn.Module, trained here in
+plain PyTorch with their own class order and normalisation, saved as .pt and .safetensors. The audit
+must reproduce the script's own test predictions and accuracy; a checkpoint that does not fit is an
+error naming the tensors, never a silently random head."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import REPO, smk
+from PIL import Image
+from torchvision.transforms import v2 as T
+
+from cvaudit import CvauditError
+
+ORDER = ["trouser", "bag", "sneaker"]  # not the sorted folder order (bag, sneaker, trouser)
+MEAN, STD = [0.3, 0.3, 0.3], [0.35, 0.35, 0.35]
+SIZE = 32
+USER_FILE = '''import torch.nn as nn
+
+
+def make(num_classes, width=8):
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                         nn.Linear(width * 16, num_classes))
+'''
+
+
+def _prep(path):
+    """The user's own preprocessing, written out: resize, scale to [0, 1], normalise."""
+    tf = T.Compose([T.ToImage(), T.Resize((SIZE, SIZE), antialias=True), T.ToDtype(torch.float32, scale=True),
+                    T.Normalize(MEAN, STD)])
+    with Image.open(path) as im:
+        return tf(im.convert("RGB"))
+
+
+def _train(net, x, y, steps=60):
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    net.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory, clean_images):
+    import torchvision
+    from safetensors.torch import save_file
+    work = tmp_path_factory.mktemp("own")
+    paths = sorted(clean_images.glob("*/*.png"))
+    x = torch.stack([_prep(p) for p in paths])
+    y = torch.tensor([ORDER.index(p.parent.name) for p in paths])
+    torch.manual_seed(0)
+    resnet = _train(torchvision.models.resnet18(num_classes=3), x, y, steps=30)
+    torch.save(resnet.state_dict(), work / "resnet.pt")
+    save_file({k: v.contiguous() for k, v in resnet.state_dict().items()}, str(work / "resnet.safetensors"))
+    (work / "net.py").write_text(USER_FILE)
+    ns = {}
+    exec(USER_FILE, ns)
+    torch.manual_seed(0)
+    mine = _train(ns["make"](3), x, y)
+    torch.save(mine.state_dict(), work / "mine.pt")
+    (work / "classes.txt").write_text("\n".join(ORDER) + "\n")
+    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    cfg["datasets"]["tiny"]["path"] = str(clean_images)
+    common = {"dataset": "tiny", "train": False, "input_size": SIZE, "normalisation": {"mean": MEAN, "std": STD}}
+    cfg["models"] = {
+        "resnet_pt": {**common, "arch": "torchvision:resnet18", "weights": str(work / "resnet.pt"), "class_names": ORDER},
+        "resnet_st": {**common, "arch": "torchvision:resnet18", "weights": str(work / "resnet.safetensors"),
+                      "classes_file": str(work / "classes.txt")},
+        "mine": {**common, "arch": f"python:{work / 'net.py'}:make", "weights": str(work / "mine.pt"),
+                 "class_names": ORDER},
+    }
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    targets = [f"results/{m}/eval/metrics.json" for m in cfg["models"]]
+    smk(work, *targets, "--configfile", str(work / "config.yaml"))
+    return work, {"resnet_pt": resnet, "resnet_st": resnet, "mine": mine}
+
+
+@pytest.fixture(scope="module")
+def clean_images(tmp_path_factory):
+    from conftest import TINY
+    dst = tmp_path_factory.mktemp("clean")
+    for p in TINY.glob("*/fm*.png"):
+        (dst / p.parent.name).mkdir(parents=True, exist_ok=True)
+        (dst / p.parent.name / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+@pytest.mark.parametrize("model", ["resnet_pt", "resnet_st", "mine"])
+def test_the_audit_reproduces_the_scripts_own_predictions_and_accuracy(own, model):
+    work, nets = own
+    with open(work / "results" / model / "eval" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 10
+    with torch.no_grad():
+        logits = nets[model](torch.stack([_prep(r["path"]) for r in rows]))
+    theirs = [ORDER[i] for i in logits.argmax(1).tolist()]
+    assert [r["pred_label"] for r in rows] == theirs
+    acc = np.mean([t == r["label"] for t, r in zip(theirs, rows)])
+    metrics = json.loads((work / "results" / model / "eval" / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(acc) and acc > 0.5  # a trained head, not a random one
+    probs = torch.softmax(logits, 1).max(1).values.numpy()
+    assert np.allclose([float(r["confidence"]) for r in rows], probs, atol=1e-5)
+
+
+def test_a_checkpoint_that_does_not_fit_is_an_error_naming_the_tensors(own):
+    from cvaudit.models import build_model
+    from cvaudit.train import make_spec
+    work, _ = own
+    cfg = {"arch": "torchvision:resnet18", "weights": str(work / "resnet.pt"), "train": False, "input_size": SIZE}
+    # the reported bug: 5 dataset classes, a 3-class checkpoint, no class_names: once a random 1000-class head
+    spec = make_spec(cfg, ["a", "b", "c", "d", "e"])
+    with pytest.raises(CvauditError, match=r"fc\.weight \(3, 512\) \(the model has \(5, 512\)\).*class_names"):
+        build_model(spec)
+    with pytest.raises(CvauditError, match=r"class_names / classes_file name the outputs of a model audited as it is"):
+        make_spec({**cfg, "train": {}, "class_names": ORDER}, ORDER)
+    wrong = {**cfg, "arch": "torchvision:resnet34", "class_names": ORDER}
+    with pytest.raises(CvauditError, match=r"missing from the file: layer1\.2\."):
+        build_model(make_spec(wrong, ORDER))
+
+
+def test_a_dataset_label_the_model_cannot_output_is_a_clear_error(own, tmp_path):
+    work, _ = own
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["models"] = {"two": {**cfg["models"]["resnet_pt"], "class_names": ["trouser", "bag", "coat"]}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    p = smk(tmp_path, "results/two/eval/metrics.json", "--configfile", str(tmp_path / "c.yaml"), check=False)
+    assert p.returncode != 0 and "does not know dataset classes ['sneaker']" in p.stdout + p.stderr
