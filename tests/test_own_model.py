@@ -35,9 +35,9 @@ def _prep(path):
         return tf(im.convert("RGB"))
 
 
-def _train(net, x, y, steps=60):
+def _train(net, x, y, steps=60, lr=0.01):
     torch.manual_seed(0)
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     net.train()
     for _ in range(steps):
         opt.zero_grad()
@@ -55,7 +55,7 @@ def own(tmp_path_factory, clean_images):
     x = torch.stack([_prep(p) for p in paths])
     y = torch.tensor([ORDER.index(p.parent.name) for p in paths])
     torch.manual_seed(0)
-    resnet = _train(torchvision.models.resnet18(num_classes=3), x, y, steps=30)
+    resnet = _train(torchvision.models.resnet18(num_classes=3), x, y, steps=30, lr=0.001)
     torch.save(resnet.state_dict(), work / "resnet.pt")
     save_file({k: v.contiguous() for k, v in resnet.state_dict().items()}, str(work / "resnet.safetensors"))
     (work / "net.py").write_text(USER_FILE)
