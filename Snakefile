@@ -9,7 +9,11 @@ from cvaudit.config import validate_config
 
 
 # The demo config is the default. Only when no --configfile/--config is given: Snakemake would
-# otherwise deep-merge it into the user's config (demo models and datasets would leak in).
+# otherwise deep-merge it into the user's config (demo models and datasets would leak in). An empty
+# --configfile is an error, not the demo.
+if not config and workflow.overwrite_configfiles:
+    raise ValueError(f"cvaudit: the config file {', '.join(map(str, workflow.overwrite_configfiles))} is empty; "
+                     "it needs at least datasets: and models: (see config/config.yaml and config/schema.yaml)")
 if not config:
 
     configfile: "config/config.yaml"

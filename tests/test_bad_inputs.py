@@ -154,3 +154,46 @@ def test_wrong_config_values_name_the_key(patch, words, tmp_path):
         return
     with pytest.raises(CvauditError, match=words.replace(".", r"\.")):
         validate_config(cfg)
+
+
+def test_class_names_with_dollar_signs_are_drawn_as_literal_text():
+    import base64
+
+    from cvaudit import figures
+    names = ["cost $5", "$\\alpha$", "a_b^c"]
+    uri = figures.confusion(names, names, [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    svg = base64.b64decode(uri.split(",", 1)[1]).decode()
+    assert all(n in svg for n in names)  # never parsed as mathtext
+
+
+def test_an_empty_config_file_is_refused_not_replaced_by_the_demo(tmp_path):
+    from conftest import smk
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    p = smk(tmp_path, "--dry-run", "--configfile", str(tmp_path / "empty.yaml"), check=False)
+    assert p.returncode != 0 and "empty.yaml is empty" in p.stdout + p.stderr
+    assert "lite0_imagenet" not in p.stdout  # the demo's models were not planned
+
+
+def test_csv_tables_from_excel_and_in_latin_1(tmp_path):
+    root = tmp_path / "imgs"
+    _good(root)
+    rows = [f"imgs/{c}/good{k}.png,{c}" for c in ("bag", "sneaker") for k in range(4)]
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes("path,label\n".encode("utf-8-sig") + ("\n".join(rows) + "\nimgs/bag/good0.png\n").encode())
+    info = ingest({"source": "csv", "path": str(bom)}, "x", 0, tmp_path / "o1")
+    assert info["classes"] == ["bag", "sneaker"] and info["n_images"] == 8  # the short last row: no label
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(("path,label\n" + "\n".join(rows) + "\nimgs/bag/good0.png,caf\xe9\n").encode("latin-1"))
+    with pytest.raises(CvauditError, match=r"latin\.csv: not UTF-8 text .*CSV UTF-8"):
+        ingest({"source": "csv", "path": str(latin)}, "y", 0, tmp_path / "o2")
+
+
+@pytest.mark.parametrize("arch, opts, words", [
+    ("simple_cnn", {"chanels": [8]}, r"arch_options for simple_cnn: .*chanels"),
+    ("timm:tf_efficientnet_lite0", {"checkpoint_path": "/tmp/x.pth"}, r"checkpoint_path would load weights"),
+    ("torchvision:resnet18", {"weights": "IMAGENET1K_V1"}, r"weights would load weights"),
+])
+def test_arch_options_are_checked_before_anything_loads(arch, opts, words):
+    from cvaudit.models import build_model
+    with pytest.raises(CvauditError, match=words):
+        build_model({"arch": arch, "arch_options": opts, "weights": "none", "num_classes": 3, "input_size": 32})

@@ -71,12 +71,15 @@ def _same(a, b):
     assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
 
 
-def test_a_training_job_killed_mid_run_reruns_to_the_same_numbers(tmp_path, uninterrupted):
+@pytest.mark.parametrize("who, sig", [("job", signal.SIGKILL), ("snakemake", signal.SIGINT)])
+def test_a_training_job_killed_or_interrupted_mid_run_reruns_to_the_same_numbers(tmp_path, uninterrupted, who, sig):
+    """kill -9 of the training job, or Ctrl-C (SIGINT) of Snakemake: no half-written output, same numbers."""
     work = _workdir(tmp_path, "job")
     run = _start(work)
-    os.kill(_training_pid(work), signal.SIGKILL)
+    pid = _training_pid(work)
+    os.kill(pid if who == "job" else run.pid, sig)
     out, _ = run.communicate(timeout=120)
-    assert run.returncode != 0 and "Error in rule train_model" in out
+    assert run.returncode != 0 and ("Error in rule train_model" in out or who == "snakemake"), out[-2000:]
     assert not (work / "results" / "cnn_tiny" / "model.safetensors").exists()  # nothing half-written
     assert not list((work / "results" / "cnn_tiny").glob(".*.safetensors"))  # no temp file left either
     smk(work, TARGET, "--configfile", str(work / "config.yaml"))  # the plain rerun

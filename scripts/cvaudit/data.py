@@ -95,12 +95,18 @@ def source_files(ds: dict) -> list[str]:
 
 
 def _read_table(table: Path) -> list[dict]:
-    with open(table, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-            raise CvauditError(f"{table}: needs a header with columns 'path' and 'label' "
-                               f"(found {reader.fieldnames})")
-        return list(reader)
+    """The rows of a dataset table: UTF-8, with or without the byte-order mark Excel writes."""
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+                raise CvauditError(f"{table}: needs a header with columns 'path' and 'label' "
+                                   f"(found {reader.fieldnames})")
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise CvauditError(f"{table}: not UTF-8 text (byte {e.start}: {e.reason}); save the table as UTF-8 "
+                           "(in Excel: CSV UTF-8)") from None
+    return [{k: ("" if v is None else v) for k, v in r.items()} for r in rows]  # a short row: empty cells
 
 
 def _resolve(table: Path, p: str) -> Path:

@@ -11,7 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
+# text.parse_math off: class and file names are the user's text, drawn literally ("cost $5", "$\\alpha$"),
+# never parsed as mathtext (which crashed the report on a class name with one "$").
+plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
+                     "text.parse_math": False})
 
 
 def fig_uri(fig) -> str:

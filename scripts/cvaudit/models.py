@@ -124,6 +124,26 @@ def build_model(spec: dict) -> nn.Module:
     n, keep_head = spec["num_classes"], spec.get("keep_head", False)
     local = weights not in ("none",) and not weights.startswith(("packaged:", "torchvision:"))
     imagenet_head = keep_head and not local and weights != "none"  # the library's pretrained head and classes
+    loading = sorted(set(opts) & FILE_OPTIONS)
+    if loading:  # weights come only through models.*.weights, where they are checked
+        raise CvauditError(f"config key models.*.arch_options: {', '.join(loading)} would load weights behind cvaudit's "
+                           "checks; give the file as models.*.weights instead")
+    try:
+        model = _construct(arch, weights, n, keep_head, imagenet_head, opts, spec)
+    except TypeError as e:  # an option the architecture's constructor does not take
+        raise CvauditError(f"config key models.*.arch_options for {arch}: {e}; remove the option or check its "
+                           "name against the architecture's constructor") from None
+    if local:
+        load_checkpoint(model, weights, arch, strict=keep_head)
+    return model
+
+
+FILE_OPTIONS = {"checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "weights", "file",
+                "path", "url"}
+
+
+def _construct(arch: str, weights: str, n: int, keep_head: bool, imagenet_head: bool, opts: dict,
+               spec: dict) -> nn.Module:
     if weights.startswith("packaged:") and (weights, arch) != ("packaged:efficientnet_lite0", "timm:tf_efficientnet_lite0"):
         raise CvauditError(f"weights '{weights}' (config key models.*.weights): the only packaged weights are "
                            "packaged:efficientnet_lite0, for arch timm:tf_efficientnet_lite0")
@@ -168,8 +188,6 @@ def build_model(spec: dict) -> nn.Module:
     else:
         raise CvauditError(f"unknown architecture '{arch}' (config key models.*.arch); use timm:<name>, "
                            "torchvision:<name>, python:FILE.py:FACTORY, simple_cnn or mlp")
-    if local:
-        load_checkpoint(model, weights, arch, strict=keep_head)
     return model
 
 

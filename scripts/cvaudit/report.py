@@ -189,11 +189,11 @@ def _represent_section(path, names: list[str], queries: int) -> dict:
             if cka["layers"] else None}
 
 
-def _model_view(path: str, size: int) -> np.ndarray:
-    """The image as the model sees it (resized to its input size), uint8 RGB."""
-    from PIL import Image
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+def _model_view(path: str, size: int, resize: str = "stretch") -> np.ndarray:
+    """The image as the model sees it (the same resize as every stage: models.display_transform), uint8 RGB."""
+    from .data import load_rgb
+    from .models import display_transform
+    return display_transform({"input_size": size, "resize": resize})(load_rgb(path)).permute(1, 2, 0).numpy()
 
 
 def _upscale(maps: np.ndarray, at_least: int = 24) -> np.ndarray:
@@ -201,7 +201,7 @@ def _upscale(maps: np.ndarray, at_least: int = 24) -> np.ndarray:
     return maps.repeat(k, -2).repeat(k, -1) if maps.ndim == 3 else maps.repeat(k, 1).repeat(k, 2)
 
 
-def _units_section(units_path, ascent_path=None) -> dict:
+def _units_section(units_path, ascent_path=None, resize: str = "stretch") -> dict:
     """Activation maps per stage with sparsity and dead channels, first-layer filters, per channel
     its gradient-ascent image and top test images with the patch that fired, class visualisations."""
     from .io import load_npz
@@ -228,7 +228,7 @@ def _units_section(units_path, ascent_path=None) -> dict:
         tops = []
         for k in np.flatnonzero(u["pick_channel"] == c):
             path = str(u["paths"][k])
-            view = views.setdefault(path, _model_view(path, size))
+            view = views.setdefault(path, _model_view(path, size, resize))
             y0, y1, x0, x1 = u["boxes"][k]
             tops.append({"image": figures.png_uri(figures.draw_box(view, u["boxes"][k], width=max(1, size // 64)),
                                                   96, 112),
@@ -356,7 +356,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     attributions = _attribution_section(audit, r["explain"], verdicts)
     represent = _represent_section(inputs["represent"], [str(n) for n in audit["class_names"]],
                                    settings["represent"]["queries"]) if "represent" in inputs else None
-    units = _units_section(inputs["units"], inputs.get("ascent")) if "units" in inputs else None
+    units = _units_section(inputs["units"], inputs.get("ascent"), model_cfg.get("resize", "stretch")) \
+        if "units" in inputs else None
     compare = _compare_section(inputs["compare"]) if "compare" in inputs else None
     robust = _robust_section(r["robust"], [str(n) for n in audit["class_names"]]) if r["robust"] else None
     ev = r["eval"]
