@@ -13,6 +13,7 @@ import yaml
 from conftest import REPO, SNAKEMAKE, TINY, smk
 
 TARGET = "results/cnn_tiny/train/metrics.json"
+EPOCHS = 150  # about 5 s of training: time to interrupt it
 
 
 def _workdir(root, name):
@@ -24,7 +25,7 @@ def _workdir(root, name):
     cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     cfg["datasets"]["tiny"]["path"] = str(work / "images")
     cfg["models"] = {"cnn_tiny": {**cfg["models"]["cnn_tiny"],
-                                  "train": {"batch_size": 4, "head_epochs": 40, "finetune_epochs": 0, "lr": 0.01,
+                                  "train": {"batch_size": 4, "head_epochs": EPOCHS, "finetune_epochs": 0, "lr": 0.01,
                                             "patience": 100}}}
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     return work
@@ -33,7 +34,8 @@ def _workdir(root, name):
 def _start(work):
     cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(work), "--cores", "2", TARGET,
            "--configfile", str(work / "config.yaml")]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # its own process group, as a terminal's foreground job: Ctrl-C reaches Snakemake and its jobs alike
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def _training_pid(work, timeout=240):
@@ -67,17 +69,21 @@ def uninterrupted(tmp_path_factory):
 
 def _same(a, b):
     (wa, ha), (wb, hb) = a, b
-    assert ha == hb and len(ha) == 40
+    assert ha == hb and len(ha) == EPOCHS
     assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
 
 
 @pytest.mark.parametrize("who, sig", [("job", signal.SIGKILL), ("snakemake", signal.SIGINT)])
 def test_a_training_job_killed_or_interrupted_mid_run_reruns_to_the_same_numbers(tmp_path, uninterrupted, who, sig):
-    """kill -9 of the training job, or Ctrl-C (SIGINT) of Snakemake: no half-written output, same numbers."""
+    """kill -9 of the training job, or Ctrl-C (SIGINT to the run's process group, as a terminal sends it):
+    no half-written output, and a rerun gives the same numbers."""
     work = _workdir(tmp_path, "job")
     run = _start(work)
     pid = _training_pid(work)
-    os.kill(pid if who == "job" else run.pid, sig)
+    if who == "job":
+        os.kill(pid, sig)
+    else:
+        os.killpg(run.pid, sig)
     out, _ = run.communicate(timeout=120)
     assert run.returncode != 0 and ("Error in rule train_model" in out or who == "snakemake"), out[-2000:]
     assert not (work / "results" / "cnn_tiny" / "model.safetensors").exists()  # nothing half-written

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, smk
+from conftest import REPO, fit, smk
 from PIL import Image
 from torchvision.transforms import v2 as T
 
@@ -37,13 +37,7 @@ def _prep(path):
 
 def _train(net, x, y, steps=60, lr=0.01):
     torch.manual_seed(0)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    net.train()
-    for _ in range(steps):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-    return net.eval()
+    return fit(net, x, y, steps=steps, lr=lr)
 
 
 @pytest.fixture(scope="module")
