@@ -34,8 +34,10 @@ def _workdir(root, name):
 def _start(work):
     cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(work), "--cores", "2", TARGET,
            "--configfile", str(work / "config.yaml")]
-    # its own process group, as a terminal's foreground job: Ctrl-C reaches Snakemake and its jobs alike
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # its own process group, as a terminal's foreground job, so Ctrl-C reaches Snakemake and its jobs alike;
+    # SIGINT handling restored, as a terminal has it (a shell running tests in the background ignores it)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _training_pid(work, timeout=240):
