@@ -92,6 +92,19 @@ def test_robustness_score_and_equivariance_error_known_answers():
     assert equivariance_error(left, right) == 1.0 and equivariance_error(left, 0.5 * left) == 0
 
 
+def _frozen_fit(classes, x, y, steps, keep):
+    """The test CNN fitted on (x, y), parameters frozen (only inputs need gradients), >95% right; the first
+    `keep` images."""
+    spec = {**SPEC, "num_classes": len(classes), "class_names": classes}
+    model = build_model(spec)
+    net = PixelSpace(model, spec["mean"], spec["std"])
+    fit(net, x, y, steps=steps)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    assert (predict(net, x, 64)[0] == y).float().mean() > 0.95
+    return net, x[:keep], y[:keep]
+
+
 @pytest.fixture(scope="module")
 def trained_net():
     """A small CNN trained on a learnable 2-class problem (bright left vs bright right half)."""
@@ -102,14 +115,7 @@ def trained_net():
     for i in range(n):
         half = slice(0, 14) if y[i] == 0 else slice(14, 28)
         x[i, :, :, half] += 0.4
-    spec = {**SPEC, "num_classes": 2, "class_names": ["left", "right"]}
-    model = build_model(spec)
-    net = PixelSpace(model, spec["mean"], spec["std"])
-    fit(net, x, y, steps=60)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    assert (predict(net, x, 64)[0] == y).float().mean() > 0.95
-    return net, x[:64], y[:64]
+    return _frozen_fit(["left", "right"], x, y, steps=60, keep=64)
 
 
 ATTACK_OPTS = {"pgd": {"steps": 10, "restarts": 1}, "check_epsilon": 0.05,
@@ -169,14 +175,7 @@ def quadrant_net():
     for i in range(n):
         r, c = divmod(int(y[i]), 2)
         x[i, :, 14 * r:14 * r + 14, 14 * c:14 * c + 14] += 0.35
-    spec = {**SPEC, "num_classes": 4, "class_names": ["tl", "tr", "bl", "br"]}
-    model = build_model(spec)
-    net = PixelSpace(model, spec["mean"], spec["std"])
-    fit(net, x, y, steps=80)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    assert (predict(net, x, 64)[0] == y).float().mean() > 0.95
-    return net, x[:48], y[:48]
+    return _frozen_fit(["tl", "tr", "bl", "br"], x, y, steps=80, keep=48)
 
 
 def test_fgsm_equals_a_reference_cross_entropy_fgsm_image_for_image(quadrant_net, trained_net):
