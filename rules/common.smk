@@ -3,7 +3,7 @@ import re
 from pathlib import Path
 
 from cvaudit.config import shards
-from cvaudit.data import source_files
+from cvaudit.fingerprint import write_fingerprint
 
 
 # Every configured attribution method, plus a random map: the floor of the faithfulness checks.
@@ -40,10 +40,13 @@ def manifest_of(wildcards):
     return f"results/data/{dataset_of(wildcards.model)}/manifest.csv"
 
 
-def dataset_sources(wildcards):
-    """The image files themselves: adding, removing or changing one reruns ingestion."""
+def dataset_fingerprint(wildcards):
+    """The source's content fingerprint (cvaudit.fingerprint), rewritten only when the content changes:
+    a changed, new or removed file reruns ingestion, a touch or a copy does not. No image path reaches
+    Snakemake."""
+    out = f"results/data/{wildcards.dataset}/source.json"
     try:
-        return source_files(config["datasets"][wildcards.dataset])
+        return write_fingerprint(config["datasets"][wildcards.dataset], wildcards.dataset, out)
     except CvauditError as e:
         raise ValueError(f"cvaudit: dataset '{wildcards.dataset}': {e}") from None
 

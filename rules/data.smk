@@ -1,6 +1,6 @@
 rule ingest_dataset:
     input:
-        dataset_sources,
+        fingerprint=dataset_fingerprint,
     output:
         manifest="results/data/{dataset}/manifest.csv",
         rejected="results/data/{dataset}/rejected.csv",
@@ -10,6 +10,7 @@ rule ingest_dataset:
         dataset=lambda wc: config["datasets"][wc.dataset],
         seed=config["seed"],
     priority: 10  # the root of every chain: run first, so the many one-thread jobs later fill both cores
+    threads: config["threads"]  # parallel decoding checks
     resources:
         mem_mb=4000,
         runtime=30,

@@ -38,7 +38,7 @@ def corpus(tmp_path_factory):
     (bag / "truncated.png").write_bytes(src.read_bytes()[:60])
     (bag / "notes.txt").write_text("not an image")
     (bag / "text.png").write_text("a text file with an image extension")
-    (bag / "png_named.jpg").write_bytes(src.read_bytes())  # wrong extension, real image: read by content
+    (bag / "png_named.jpg").write_bytes(sorted(TINY.glob("bag/fm*.png"))[5].read_bytes())  # a PNG named .jpg: read by content
     Image.fromarray(fm).resize((1, 1)).save(bag / "one_pixel.png")
     Image.new("1", (20000, 20000)).save(bag / "bomb.png")  # 400 Mpx: a decompression bomb
     Image.fromarray(fm.astype(np.uint16) * 257).save(bag / "sixteen.png")
@@ -106,11 +106,13 @@ def test_csv_with_missing_duplicate_unlabelled_and_odd_paths(tmp_path):
         rejected = [(Path(r["path"]).name, r["label"], r["reason"]) for r in csv.DictReader(f)]
     reasons = {(n, lab): why for n, lab, why in rejected}
     assert "file not found" in reasons[("missing.png", "bag")]
-    assert "kept once" in reasons[("good0.png", "bag")] and "kept once" in reasons[("good1.png", "sneaker")]
-    assert "kept once" in reasons[("good2.png", "bag")]  # ../ resolves to a file already listed
-    assert "no label" in reasons[("good4.png", "")]
+    assert reasons[("good0.png", "bag")] == "the same file listed again (line 2): kept once"
+    assert reasons[("good1.png", "sneaker")].startswith("conflicting labels: the same image is labelled 'bag'")
+    assert reasons[("good1.png", "bag")].startswith("conflicting labels")  # neither label is trusted
+    assert "listed again (line 4)" in reasons[("good2.png", "bag")]  # ../ resolves to a file already listed
+    assert reasons[("good4.png", "")].startswith("line 15: no label")
     rows = read_manifest(tmp_path / "o" / "manifest.csv")
-    assert info["classes"] == ["bag", "sneaker"] and len(rows) == 9  # 8 good + the odd name, each once
+    assert info["classes"] == ["bag", "sneaker"] and len(rows) == 8  # 8 good - good1 + the odd name, each once
     assert any(r["path"] == str(odd) for r in rows)
 
 

@@ -1,0 +1,141 @@
+"""Content fingerprints of dataset sources, so that Snakemake reruns ingestion when the data change.
+
+The ingest rule's one input is results/data/{dataset}/source.json: the number of files, their bytes
+and a sha256 over the sorted (path, content sha256) pairs of every file the source is read from. It
+is rewritten only when that changes, so a touch, a copy or a restore that keeps the content reruns
+nothing, while a changed, new or removed file reruns ingestion and its dependents. No image path
+reaches Snakemake (a million inputs cost it minutes and gigabytes; `<unk>` is a pattern to it).
+
+Content hashes are cached by (path, size, modification time) in results/data/{dataset}/hashes.sqlite:
+only new or touched files are read again. This module is imported when Snakemake parses the
+workflow, so it uses the standard library only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import CvauditError
+from .io import sha256_file
+from .sources import source_files
+
+
+class HashCache:
+    """sha256 of files, remembered by (path, size, mtime_ns) in a SQLite file. A cache that cannot be
+    opened (a read-only folder, a file system without locks) is left out: everything is hashed."""
+
+    def __init__(self, path: str | Path | None):
+        self.db = None
+        if path is None:
+            return
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(path), timeout=60)
+            self.db.execute("CREATE TABLE IF NOT EXISTS h (path TEXT PRIMARY KEY, size INTEGER, "
+                            "mtime INTEGER, sha256 TEXT)")
+        except (sqlite3.Error, OSError):
+            self.db = None
+
+    def lookup(self) -> dict[str, tuple[int, int, str]]:
+        if self.db is None:
+            return {}
+        try:
+            return {p: (s, m, h) for p, s, m, h in self.db.execute("SELECT path, size, mtime, sha256 FROM h")}
+        except sqlite3.Error:
+            return {}
+
+    def store(self, rows: list[tuple[str, int, int, str]]) -> None:
+        if self.db is None or not rows:
+            return
+        try:
+            with self.db:
+                self.db.executemany("INSERT OR REPLACE INTO h VALUES (?, ?, ?, ?)", rows)
+        except sqlite3.Error:
+            pass
+
+
+def content_hashes(paths: list[str], cache: HashCache | None = None, workers: int = 8,
+                   progress: str | None = None) -> dict[str, str | None]:
+    """{path: sha256} for each path (None: the file is missing or unreadable, which ingestion reports).
+    Only files whose size or modification time differ from the cache's record are read."""
+    known = cache.lookup() if cache else {}
+    out: dict[str, str | None] = {}
+    todo: list[tuple[str, int, int]] = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            out[p] = None
+            continue
+        rec = known.get(p)
+        if rec and rec[0] == st.st_size and rec[1] == st.st_mtime_ns:
+            out[p] = rec[2]
+        else:
+            todo.append((p, st.st_size, st.st_mtime_ns))
+    if not todo:
+        return out
+
+    def one(item):
+        try:
+            return sha256_file(item[0])
+        except OSError:
+            return None
+
+    start, fresh = time.monotonic(), []
+    with ThreadPoolExecutor(workers) as pool:  # file reads and hashlib release the GIL
+        for k, (item, digest) in enumerate(zip(todo, pool.map(one, todo, chunksize=64)), 1):
+            out[item[0]] = digest
+            if digest is not None:
+                fresh.append((item[0], item[1], item[2], digest))
+            if progress and len(todo) >= 5000 and (k % 50000 == 0 or k == len(todo)):
+                print(f"cvaudit: {progress}: hashed {k:,} of {len(todo):,} new or changed files "
+                      f"({time.monotonic() - start:.0f} s)", file=sys.stderr, flush=True)
+            if len(fresh) >= 100000:
+                cache and cache.store(fresh)
+                fresh = []
+    if cache:
+        cache.store(fresh)
+    return out
+
+
+def fingerprint(ds: dict, cache_path: str | Path | None = None, name: str = "") -> dict:
+    """{files, bytes, sha256} of a dataset's source content (see the module docstring)."""
+    files = source_files(ds)
+    hashes = content_hashes(files, HashCache(cache_path), progress=f"dataset '{name}'" if name else None)
+    base = ds.get("path") or "/"
+    base = base if os.path.isdir(base) else os.path.dirname(os.path.abspath(base))
+    h, total = hashlib.sha256(), 0
+    for p in files:  # paths relative to the dataset's folder: a moved copy has the same fingerprint
+        try:
+            total += os.stat(p).st_size
+        except OSError:
+            pass
+        h.update(os.path.relpath(p, base).encode("utf-8", "surrogateescape") + b"\0" + (hashes[p] or "missing").encode() + b"\n")
+    return {"source": ds["source"], "path": ds.get("path"), "files": len(files), "bytes": total,
+            "sha256": h.hexdigest()}
+
+
+def write_fingerprint(ds: dict, name: str, out: str | Path) -> str:
+    """Write the fingerprint to `out` only when it changed (its modification time is the data's)."""
+    out = Path(out)
+    fp = fingerprint(ds, out.parent / "hashes.sqlite", name)
+    text = json.dumps(fp, indent=2) + "\n"
+    try:
+        if out.read_text() == text:
+            return str(out)
+    except OSError:
+        pass
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise CvauditError(f"cannot write {out}: {e.strerror}; the results folder must be writable") from None
+    return str(out)

@@ -1,0 +1,229 @@
+"""Dataset sources: which files a dataset is read from, and its labelled candidates.
+
+Sources: imagefolder (path/CLASS/image, or path/SPLIT/CLASS/image with SPLIT train, val or test),
+csv (path,label[,split] rows), idx (MNIST-format archives), foolbox_imagenet, lfw_subset. Array
+sources (idx, lfw_subset) yield candidates that point into an array; ingestion writes the kept ones
+as PNGs. `source_files` is imported when Snakemake parses the workflow (through fingerprint.py), so
+everything it uses is the standard library; numpy is imported only to read arrays.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import CvauditError
+
+# A user's split: folder names and CSV values (any case) -> our split.
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "test": "test", "testing": "test"}
+
+
+@dataclass(slots=True)
+class Candidate:
+    path: str | None  # None: an array image, written by ingestion if kept
+    label: str
+    split: str | None = None  # the user's split (None: drawn from the content hash)
+    where: str = ""  # for messages: "line 7" of a CSV table
+    index: int = -1  # array sources: the image's index in the array
+
+
+# ----------------------------------------------------------------------------- package data
+def foolbox_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None or spec.origin is None:
+        raise CvauditError("source 'foolbox_imagenet' needs the foolbox package: run `make setup`")
+    return Path(spec.origin).parent / "data"
+
+
+def lfw_file() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or spec.origin is None:
+        raise CvauditError("source 'lfw_subset' needs scikit-image: run `make setup`")
+    return Path(spec.origin).parent / "data" / "lfw_subset.npy"
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet class names that ship with torchvision (unique, so a name is one output)."""
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+# ----------------------------------------------------------------------------- imagefolder
+def _is_dir(e: os.DirEntry) -> bool:
+    try:
+        return e.is_dir()
+    except OSError:  # a link loop: listed as a file, which ingestion rejects with the reason
+        return False
+
+
+def _dirs(path: str) -> list[str]:
+    with os.scandir(path) as it:
+        return sorted(e.name for e in it if not e.name.startswith(".") and _is_dir(e))
+
+
+def folder_layout(root: str | Path) -> tuple[bool, list[str]]:
+    """(has split folders, top-level folders). A split layout is root/SPLIT/CLASS/image: every
+    top-level folder is a split name (train, val, test, ...) and holds class folders."""
+    root = str(root)
+    if not os.path.isdir(root):
+        raise CvauditError(f"dataset folder {root} does not exist (config key datasets.*.path)")
+    top = _dirs(root)
+    split = bool(top) and all(d.lower() in SPLIT_NAMES for d in top) and all(_dirs(os.path.join(root, d)) for d in top)
+    return split, top
+
+
+def folder_classes(root: str | Path) -> list[str]:
+    """The class folders of an imagefolder (across its split folders, if it has them), sorted."""
+    split_layout, top = folder_layout(root)
+    if not split_layout:
+        return top
+    return sorted({c for s in top for c in _dirs(os.path.join(str(root), s))})
+
+
+def _folder_candidates(root: str) -> list[Candidate]:
+    split_layout, top = folder_layout(root)
+    groups = [(os.path.join(root, s, c), c, SPLIT_NAMES[s.lower()]) for s in top for c in _dirs(os.path.join(root, s))] \
+        if split_layout else [(os.path.join(root, c), c, None) for c in top]
+    out = []
+    for folder, label, split in groups:
+        with os.scandir(folder) as it:
+            names = sorted(e.name for e in it if not e.name.startswith(".") and (e.is_symlink() or e.is_file()))
+        out.extend(Candidate(os.path.join(folder, n), label, split) for n in names)
+    return out
+
+
+# ----------------------------------------------------------------------------- csv
+def read_table(table: Path) -> list[dict]:
+    """The rows of a dataset table: UTF-8, with or without the byte-order mark Excel writes."""
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+                raise CvauditError(f"{table}: needs a header with columns 'path' and 'label' "
+                                   f"(found {reader.fieldnames})")
+            rows = [{**r, "_line": reader.line_num} for r in reader]
+    except UnicodeDecodeError as e:
+        raise CvauditError(f"{table}: not UTF-8 text (byte {e.start}: {e.reason}); save the table as UTF-8 "
+                           "(in Excel: CSV UTF-8)") from None
+    except OSError as e:
+        raise CvauditError(f"cannot read the dataset table {table}: {e.strerror} (config key datasets.*.path)") from None
+    return [{k: ("" if v is None else v) for k, v in r.items()} for r in rows]  # a short row: empty cells
+
+
+def _csv_candidates(ds: dict) -> list[Candidate]:
+    table = Path(ds["path"])
+    if not table.is_file():
+        raise CvauditError(f"dataset table {table} does not exist (config key datasets.*.path)")
+    folder = os.path.normpath(os.path.abspath(table.parent))
+    out = []
+    for r in read_table(table):
+        where = f"line {r['_line']}"
+        path = os.path.normpath(os.path.join(folder, r["path"]))  # an absolute path stays as it is
+        if not ds.get("allow_outside") and os.path.commonpath([folder, path]) != folder:
+            raise CvauditError(f"{table} {where}: path '{r['path']}' is outside the table's folder {folder}; "
+                               "move the image there, or set datasets.<name>.allow_outside: true if the table "
+                               "is meant to point elsewhere")
+        split = str(r.get("split", "")).strip()
+        if split and split.lower() not in SPLIT_NAMES:
+            raise CvauditError(f"{table} {where}: split '{split}' is not train, val or test (an empty cell: "
+                               "drawn from the image's content hash)")
+        out.append(Candidate(path, str(r["label"]).strip(), SPLIT_NAMES.get(split.lower()), where))
+    return out
+
+
+# ----------------------------------------------------------------------------- arrays
+def idx_pairs(folder: Path) -> list[tuple[Path, Path]]:
+    pairs = []
+    for img in sorted(Path(folder).glob("*-images-idx3-ubyte.gz")):
+        lab = img.with_name(img.name.replace("-images-idx3-ubyte.gz", "-labels-idx1-ubyte.gz"))
+        if not lab.exists():
+            raise CvauditError(f"IDX images file {img} has no labels file {lab.name} beside it")
+        pairs.append((img, lab))
+    if not pairs:
+        raise CvauditError(f"no *-images-idx3-ubyte.gz files in {folder} (config key datasets.*.path); "
+                           "for Fashion-MNIST install the Debian package dataset-fashion-mnist")
+    return pairs
+
+
+def read_idx(path: Path, ndim: int):
+    """An IDX array (MNIST format, gzip-compressed); a damaged archive is named with the fix."""
+    import numpy as np
+
+    fix = "restore or re-download it (Fashion-MNIST: apt-get install --reinstall dataset-fashion-mnist)"
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise CvauditError(f"IDX archive {path} is damaged ({type(e).__name__}: {e}); {fix}") from None
+    if len(data) < 4 + 4 * ndim or data[:2] != b"\0\0" or data[2] != 0x08 or data[3] != ndim:
+        raise CvauditError(f"{path} is not an IDX file of {ndim} dimension(s) of bytes (magic {data[:4].hex()}); {fix}")
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    need = 4 + 4 * ndim + int(np.prod(dims))
+    if len(data) != need:
+        raise CvauditError(f"IDX archive {path} holds {len(data):,} bytes where its header promises {need:,}; {fix}")
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def read_arrays(ds: dict):
+    """(images uint8 [N, H, W], labels int [N], class names) of an array source."""
+    import numpy as np
+
+    if ds["source"] == "idx":
+        xs, ys = [], []
+        for img, lab in idx_pairs(Path(ds["path"])):
+            x, y = read_idx(img, 3), read_idx(lab, 1)
+            if len(x) != len(y):
+                raise CvauditError(f"{img} holds {len(x)} images but {lab} {len(y)} labels; restore the pair")
+            xs.append(x)
+            ys.append(y)
+        x, y = np.concatenate(xs), np.concatenate(ys).astype(int)
+        names = ds.get("class_names") or [str(i) for i in range(int(y.max()) + 1)]
+        if len(names) <= int(y.max()):
+            raise CvauditError(f"config key datasets.*.class_names lists {len(names)} names but the "
+                               f"IDX labels go up to {int(y.max())}")
+        return x, y, list(names)
+    arr = np.load(lfw_file())  # lfw_subset: 100 faces then 100 non-faces, 25x25 floats in [0, 1]
+    return (np.clip(arr, 0, 1) * 255).round().astype(np.uint8), np.repeat([0, 1], len(arr) // 2), ["face", "non-face"]
+
+
+# ----------------------------------------------------------------------------- every source
+def candidates(ds: dict, arrays=None) -> list[Candidate]:
+    """Every labelled image a dataset offers, before any check. `arrays`: read_arrays(ds), for array sources."""
+    src = ds["source"]
+    if src == "imagefolder":
+        return _folder_candidates(ds["path"])
+    if src == "csv":
+        return _csv_candidates(ds)
+    if src == "foolbox_imagenet":
+        cats = imagenet_categories()
+        return [Candidate(str(p), cats[int(p.stem.rsplit("_", 1)[1])]) for p in sorted(foolbox_dir().glob("imagenet_*.jpg"))]
+    if src in ("idx", "lfw_subset"):
+        _, y, names = arrays
+        return [Candidate(None, names[int(c)], index=i) for i, c in enumerate(y)]
+    raise CvauditError(f"unknown dataset source '{src}'")
+
+
+def source_files(ds: dict) -> list[str]:
+    """Every file a dataset is read from, sorted: what its fingerprint hashes."""
+    src = ds["source"]
+    if src == "imagefolder":
+        return sorted(c.path for c in _folder_candidates(ds["path"]))
+    if src == "csv":
+        return sorted({ds["path"], *(c.path for c in _csv_candidates(ds))})
+    if src == "idx":
+        return [str(p) for pair in idx_pairs(Path(ds["path"])) for p in pair]
+    if src == "foolbox_imagenet":
+        return sorted(str(p) for p in foolbox_dir().glob("imagenet_*.jpg"))
+    if src == "lfw_subset":
+        return [str(lfw_file())]
+    raise CvauditError(f"unknown dataset source '{src}'")
