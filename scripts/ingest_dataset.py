@@ -7,7 +7,7 @@ from cvaudit.data import ingest
 def main(sm):
     log = logging.getLogger("cvaudit.ingest")
     info = ingest(sm.params.dataset, sm.wildcards.dataset, sm.params.seed, out_dir=os.path.dirname(sm.output.manifest),
-                  progress=log.info, workers=sm.threads)
+                  progress=log.info, workers=sm.threads, fingerprint=sm.input.fingerprint)
     log.info("%s: %d images in %d classes, %d rejected (%d duplicates kept once, %d with conflicting labels)",
              sm.wildcards.dataset, info["n_images"], len(info["classes"]), info["n_rejected"], info["n_duplicates"],
              info["n_conflicting"])

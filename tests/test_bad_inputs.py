@@ -199,3 +199,98 @@ def test_arch_options_are_checked_before_anything_loads(arch, opts, words):
     from cvaudit.models import build_model
     with pytest.raises(CvauditError, match=words):
         build_model({"arch": arch, "arch_options": opts, "weights": "none", "num_classes": 3, "input_size": 32})
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda b: b[: len(b) // 2], r"damaged \(EOFError"),  # a truncated download
+    (lambda b: b"not gzip at all" + b[:100], r"damaged \(BadGzipFile"),
+])
+def test_a_damaged_idx_archive_is_named_with_the_fix(tmp_path, damage, words):
+    import gzip
+    x = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    img = gzip.compress(b"\0\0\x08\x03" + (2).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + x.tobytes())
+    (tmp_path / "t-images-idx3-ubyte.gz").write_bytes(damage(img))
+    (tmp_path / "t-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x01" + (2).to_bytes(4, "big") + b"\0\1"))
+    with pytest.raises(CvauditError, match=words + r".*t-images-idx3-ubyte.gz|t-images-idx3-ubyte.gz.*" + words):
+        ingest({"source": "idx", "path": str(tmp_path)}, "x", 0, tmp_path / "o")
+
+
+def test_garbage_weights_and_a_truncated_model_file_are_named_with_the_fix(tmp_path):
+    from cvaudit.models import build_model, load_model, read_state_dict, save_model
+    (tmp_path / "w.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00garbage!" * 8)
+    with pytest.raises(CvauditError, match=r"w\.safetensors is not a readable \.safetensors file .*save_file"):
+        read_state_dict(tmp_path / "w.safetensors")
+    spec = {"arch": "simple_cnn", "arch_options": {"channels": [4]}, "weights": "none", "num_classes": 2,
+            "input_size": 28, "class_names": ["a", "b"], "mean": [0.5] * 3, "std": [0.5] * 3}
+    path = tmp_path / "results" / "m" / "model.safetensors"
+    save_model(build_model(spec), spec, path)
+    path.write_bytes(path.read_bytes()[:-100])  # cut short on disk
+    with pytest.raises(CvauditError, match=r"model file .*model\.safetensors is damaged .*snakemake --forcerun"):
+        load_model(path)
+
+
+def test_an_input_size_too_small_for_the_network_names_the_smallest_that_works():
+    from cvaudit.models import build_model, check_input_size
+    net = build_model({"arch": "simple_cnn", "arch_options": {"channels": [8, 8, 8, 8, 8]}, "weights": "none",
+                       "num_classes": 3, "input_size": 8})
+    with pytest.raises(CvauditError, match=r"models\.m\.input_size: 8 px is too small .*smallest input size that works is 32"):
+        check_input_size(net, 8, "models.m.input_size")
+    check_input_size(net, 32, "models.m.input_size")  # and that size works
+
+
+def _write_to(path):
+    with open(path, "w") as f:
+        f.write("x" * 100000)
+
+
+class _Stage:
+    """What Snakemake hands a script: enough of it for runlog.run."""
+    def __init__(self, log):
+        self.log, self.rule, self.output = [str(log)], "render_report", []
+
+
+@pytest.mark.parametrize("fail, words", [
+    (lambda: _write_to("/dev/full"), "the disk is full"),  # a real ENOSPC from the kernel
+    (lambda: (_ for _ in ()).throw(PermissionError(13, "Permission denied", "results/m/report")), "permission denied"),
+    (lambda: (_ for _ in ()).throw(OSError(30, "Read-only file system", "results/m/report")), "read-only file system"),
+])
+def test_a_full_disk_or_a_read_only_folder_is_one_line_with_the_traceback_in_the_log(tmp_path, capsys, fail, words):
+    from cvaudit.runlog import run
+
+    with pytest.raises(SystemExit):
+        run(lambda sm: fail(), _Stage(tmp_path / "x.log"))
+    err = capsys.readouterr().err
+    assert "cvaudit error in rule render_report: " in err and words in err and "Traceback" not in err
+    assert "Traceback" in (tmp_path / "x.log").read_text()
+
+
+def test_numbers_yaml_reads_as_text_are_numbers():
+    import yaml
+
+    from cvaudit.config import SCHEMA, validate_config
+    cfg = yaml.safe_load((SCHEMA.parent / "test.yaml").read_text() + "\nthreads: 1e0\n")
+    cfg["models"]["cnn_tiny"]["train"]["lr"] = yaml.safe_load("lr: 1e-3")["lr"]
+    assert cfg["models"]["cnn_tiny"]["train"]["lr"] == "1e-3"  # PyYAML (YAML 1.1) reads it as text
+    validate_config(cfg)
+    assert cfg["models"]["cnn_tiny"]["train"]["lr"] == 0.001 and cfg["threads"] == 1
+    cfg["models"]["cnn_tiny"]["train"]["lr"] = "fast"
+    with pytest.raises(CvauditError, match=r"models\.cnn_tiny\.train\.lr': 'fast' is not of type 'number'"):
+        validate_config(cfg)
+
+
+def test_class_folders_named_like_snakemake_patterns_run(tmp_path):
+    """`<unk>` and `{x}` are class names, never patterns: no image path reaches Snakemake."""
+    import yaml
+    from conftest import REPO, smk
+    root = tmp_path / "imgs"
+    for c in ("<unk>", "{x}", "<logs>"):
+        (root / c).mkdir(parents=True)
+        for k, src in enumerate(sorted(TINY.glob("bag/fm*.png" if c != "{x}" else "sneaker/fm*.png"))[:4]):
+            (root / c / f"{c}{k}.png").write_bytes(src.read_bytes() if c != "<logs>" else
+                                                   sorted(TINY.glob("trouser/fm*.png"))[k].read_bytes())
+    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    cfg["datasets"]["tiny"]["path"] = str(root)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    smk(tmp_path, "results/data/tiny/manifest.csv", "--configfile", str(tmp_path / "c.yaml"))
+    rows = read_manifest(tmp_path / "results" / "data" / "tiny" / "manifest.csv")
+    assert {r["label"] for r in rows} == {"<unk>", "{x}", "<logs>"} and len(rows) == 12

@@ -64,6 +64,18 @@ def test_a_second_run_does_nothing(two):
     assert jobs(work) == set()
 
 
+def test_touching_or_restoring_the_images_reruns_nothing(two):
+    work, _ = two
+    later = time.time() + 120
+    for p in (work / "a").rglob("*"):  # a touch, as after a checkout of a data repository
+        if p.is_file():
+            os.utime(p, (later, later))
+    shutil.copytree(work / "b", work / "b.restored")  # a restore from backup: new files, the same bytes
+    shutil.rmtree(work / "b")
+    (work / "b.restored").rename(work / "b")
+    assert jobs(work) == set()
+
+
 def test_editing_a_report_template_reruns_only_the_reports(two):
     work, _ = two
     template = REPO / "templates" / "report.html.j2"

@@ -52,11 +52,36 @@ def _renamed(config: dict) -> None:
             raise CvauditError(f"config key '{'.'.join(path)}' is no longer used; use {instead}")
 
 
+def _numbers_from_text(validator, config: dict) -> None:
+    """Numbers YAML 1.1 reads as text (`lr: 1e-3`: no dot before the exponent) become numbers where the
+    schema wants a number; they are numbers in YAML 1.2 and JSON. Anything else stays as the user wrote it."""
+    def every(errors):
+        for e in errors:
+            yield e
+            yield from every(e.context or [])  # inside anyOf (models.*.train)
+
+    for e in list(every(validator.iter_errors(config))):
+        wants = e.schema.get("type") if e.validator == "type" else None
+        wants = set(wants) if isinstance(wants, list) else {wants}
+        if isinstance(e.instance, str) and wants & {"number", "integer"} and e.absolute_path:
+            try:
+                value = float(e.instance.strip())
+            except ValueError:
+                continue
+            if "number" not in wants and not value.is_integer():
+                continue
+            node = config
+            for k in list(e.absolute_path)[:-1]:
+                node = node[k]
+            node[e.absolute_path[-1]] = int(value) if "number" not in wants else value
+
+
 def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     """Validate `config` in place (filling defaults) and return it; raise CvauditError naming the key."""
     _renamed(config)
     schema = yaml.safe_load(Path(schema_path).read_text())
     cls = _with_defaults(jsonschema.validators.validator_for(schema))
+    _numbers_from_text(cls(schema), config)
     errors = sorted(cls(schema).iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         lines = []

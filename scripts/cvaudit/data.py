@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import CvauditError
-from .fingerprint import HashCache, content_hashes
+from .fingerprint import HashCache, content_hashes, ingested_stamp
 from .images import background_rgb, check_image, load_rgb, to_rgb  # noqa: F401 — load_rgb: the readers' import
 from .io import atomic_path, sha256_file, write_json
 from .sources import (Candidate, candidates, folder_classes, foolbox_dir,  # noqa: F401 — foolbox_dir re-exported
@@ -106,7 +106,8 @@ def _check_all(paths: list[str], workers: int) -> list[tuple[dict | None, str | 
         return list(pool.map(lambda p: check_image(Path(p)), paths, chunksize=32))
 
 
-def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None, workers: int = 2) -> dict:
+def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None, workers: int = 2,
+           fingerprint: str | Path | None = None) -> dict:
     """Build results/data/{name}/: manifest.csv, rejected.csv, dataset.json (and images/ for array sources).
 
     Corrupt, truncated, empty or non-image files, duplicates and conflicting labels are listed in
@@ -233,7 +234,8 @@ def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None, w
             "split_from": "the dataset's own split" if n_user == len(rows) else
                           "content hash" if n_user == 0 else f"the dataset's own split ({n_user} images), else content hash",
             "max_per_class": cap, "background": list(background),
-            "n_converted": sum(1 for r in rows if r["converted"])}
+            "n_converted": sum(1 for r in rows if r["converted"]),
+            "source_fingerprint": ingested_stamp(fingerprint)}
     write_json(out_dir / "dataset.json", info)
     return info
 

@@ -135,7 +135,25 @@ def write_fingerprint(ds: dict, name: str, out: str | Path) -> str:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.{os.getpid()}")
         tmp.write_text(text)
+        ingested = _ingested(out.parent / "dataset.json")
+        if ingested and ingested.get("sha256") == fp["sha256"]:  # back to the data last ingested (a file added,
+            os.utime(tmp, ns=(ingested["mtime_ns"], ingested["mtime_ns"]))  # then removed): its time, no rerun
         os.replace(tmp, out)
     except OSError as e:
         raise CvauditError(f"cannot write {out}: {e.strerror}; the results folder must be writable") from None
     return str(out)
+
+
+def _ingested(info_path: Path) -> dict | None:
+    try:
+        return json.loads(info_path.read_text()).get("source_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def ingested_stamp(fingerprint_path: str | Path | None) -> dict | None:
+    """What ingestion records of the fingerprint it ran on (dataset.json's source_fingerprint)."""
+    if not fingerprint_path:
+        return None
+    p = Path(fingerprint_path)
+    return {"sha256": json.loads(p.read_text())["sha256"], "mtime_ns": p.stat().st_mtime_ns}

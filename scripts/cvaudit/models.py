@@ -79,7 +79,12 @@ def read_state_dict(path: str | Path) -> dict:
         raise CvauditError(f"weights file {path} not found (config key models.*.weights)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001 — SafetensorError or a header that is not JSON: one clear line
+            raise CvauditError(f"weights file {path} is not a readable .safetensors file ({type(e).__name__}: "
+                               f"{str(e)[:160]}); export it again with safetensors.torch.save_file(model.state_dict(), "
+                               "path) (config key models.*.weights)") from None
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 — any unpickling refusal becomes one clear message
@@ -266,11 +271,21 @@ def save_model(model: nn.Module, spec: dict, path: str | Path) -> None:
         save_file(sd, str(tmp), metadata={"cvaudit_spec": json.dumps(spec)})
 
 
+def _damaged(path, e: Exception) -> CvauditError:
+    return CvauditError(f"model file {path} is damaged ({type(e).__name__}: {str(e)[:160]}), e.g. by a full disk "
+                        f"or an interrupted copy; rebuild it and what depends on it with: snakemake --forcerun {path}")
+
+
 def read_spec(path: str | Path) -> dict:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 — a truncated or overwritten file
+        raise _damaged(path, e) from None
     if "cvaudit_spec" not in meta:
         raise CvauditError(f"{path} is not a cvaudit model file (no spec in its metadata)")
     return json.loads(meta["cvaudit_spec"])
@@ -282,8 +297,42 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
     spec = read_spec(path)
     model = build_model({**spec, "weights": "none"})
-    model.load_state_dict(load_file(str(path)), strict=True)
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 — a truncated or overwritten file
+        raise _damaged(path, e) from None
+    model.load_state_dict(state, strict=True)
     return model.to(device).eval(), spec
+
+
+def check_input_size(model: nn.Module, size: int, key: str) -> None:
+    """Refuse an input size the network cannot take (pooling down to nothing), naming the smallest that works."""
+    def works(s: int) -> bool:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, s, s))
+            return True
+        except RuntimeError:
+            return False
+
+    was = model.training
+    model.eval()
+    try:
+        if works(size):
+            return
+        lo, hi = size, size
+        while not works(hi):
+            lo, hi = hi, hi * 2
+            if hi > 4096:
+                raise CvauditError(f"config key {key}: the network takes no input size up to 4096 px; check "
+                                   "the architecture and its options") from None
+        while hi - lo > 1:  # the smallest size that works, between lo (fails) and hi (works)
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if works(mid) else (mid, hi)
+        raise CvauditError(f"config key {key}: {size} px is too small for this network (its feature maps shrink "
+                           f"to nothing); the smallest input size that works is {hi}")
+    finally:
+        model.train(was)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -1,6 +1,7 @@
 """Glue for entry scripts: log to the rule's log file, progress to it too, clear errors on failure."""
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import traceback
@@ -15,6 +16,28 @@ def _tail(path, n: int = 15) -> list[str]:
         return Path(path).read_text(errors="replace").splitlines()[-n:]
     except OSError:
         return []
+
+
+def known_failure(e: BaseException) -> str | None:
+    """One line for a failure the user's machine or files cause (not a bug in cvaudit), else None."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return ("out of memory; lower the batch sizes (models.*.train.batch_size, batch_size) or shard_size, "
+                "or give the job more memory (resources mem_mb)")
+    if not isinstance(e, OSError):
+        return None
+    where = f" {e.filename}" if e.filename else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"the disk is full (or over quota) writing{where}; free space there (the results/ folder of an "
+                "earlier run can go: make clean) and rerun the same command")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = "read-only file system" if e.errno == errno.EROFS else "permission denied"
+        return (f"cannot write or read{where}: {what}; make the folder writable (or readable), or run the workflow "
+                "from a folder you own (snakemake --directory DIR)")
+    if e.errno == errno.ENOENT:
+        return f"file not found:{where}; it was moved or deleted while the run needed it, restore it and rerun"
+    if e.errno == errno.EIO:
+        return f"input/output error reading{where}: the disk or network file system failed; check it and rerun"
+    return None
 
 
 def record_failure(sm, error: BaseException, log_path) -> dict:
@@ -43,7 +66,11 @@ def run(main, sm, optional: bool = False) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(console)]
     log_file = None
     if log_path:
-        log_file = open(log_path, "w", buffering=1)
+        try:
+            log_file = open(log_path, "w", buffering=1)
+        except OSError as e:
+            print(f"cvaudit error in rule {getattr(sm, 'rule', '?')}: {known_failure(e) or e}", file=console)
+            sys.exit(1)
         handlers.append(logging.StreamHandler(log_file))
         sys.stderr = log_file  # tqdm and library warnings go to the log
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -54,6 +81,11 @@ def run(main, sm, optional: bool = False) -> None:
     try:
         main(sm)
     except Exception as e:
+        known = known_failure(e)
+        if known:  # the traceback stays in the log; the console gets what to do
+            if log_file:
+                traceback.print_exc(file=log_file)
+            e = CvauditError(known)
         if isinstance(e, CvauditError):
             msg = f"cvaudit error in rule {rule}: {e}"
             print(msg, file=console)

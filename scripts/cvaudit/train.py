@@ -18,8 +18,8 @@ from tqdm import tqdm
 from . import CvauditError
 from .data import ImageDataset, imagenet_categories, read_dataset_info, read_manifest
 from .io import atomic_path, write_json
-from .models import (_head_name, build_model, eval_transform, normalisation, resolve_device, save_model,
-                     train_transform)
+from .models import (_head_name, build_model, check_input_size, eval_transform, normalisation, resolve_device,
+                     save_model, train_transform)
 
 log = logging.getLogger("cvaudit.train")
 HISTORY_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
@@ -116,6 +116,7 @@ def train_model(name: str, model_cfg: dict, manifest: str | Path, seed: int, dev
     info = read_dataset_info(manifest)
     spec = make_spec(model_cfg, info["classes"])
     model = build_model(spec)
+    check_input_size(model, spec["input_size"], f"models.{name}.input_size")
     spec["mean"], spec["std"] = normalisation(spec, model)
     model.to(dev)
     tcfg = model_cfg["train"]
