@@ -97,15 +97,16 @@ def bench(n: int, base: Path, reps: int) -> dict:
     cfg = {"datasets": {"bench": {"source": "imagefolder", "path": str(images)}},
            "models": {"m": {"dataset": "bench", "arch": "mlp", "input_size": 8}}}
     (work / "config.yaml").write_text(json.dumps(cfg))
-    smk = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--cores", "2", "--configfile", "config.yaml"]
-    cold, cold_mb = timed(smk + ["-n"], work)
+    smk = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--cores", "2"]
+    conf = ["--configfile", "config.yaml"]  # last: --configfile takes every word after it
+    cold, cold_mb = timed(smk + ["-n"] + conf, work)
     lists, warms, warm_mbs = [], [], []
     for _ in range(reps):  # interleaved
         lists.append(list_and_stat(images))
-        s, mb = timed(smk + ["-n"], work)
+        s, mb = timed(smk + ["-n"] + conf, work)
         warms.append(s)
         warm_mbs.append(mb)
-    ingest, ingest_mb = timed(smk + ["results/data/bench/manifest.csv"], work)
+    ingest, ingest_mb = timed(smk + ["results/data/bench/manifest.csv"] + conf, work)
     info = json.loads((work / "results" / "data" / "bench" / "dataset.json").read_text())
     assert info["n_images"] == n, info["n_images"]
     row = {"files": n, "list_s": statistics.median(lists), "dry_cold_s": cold, "dry_cold_mb": cold_mb,

@@ -14,10 +14,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from PIL import Image
@@ -100,10 +101,17 @@ def _dedupe(cands: list[Candidate], digests: list[str | None]) -> tuple[list[int
     return sorted(keep), rejected
 
 
-def _check_all(paths: list[str], workers: int) -> list[tuple[dict | None, str | None]]:
-    """check_image on each path, decoding in parallel (Pillow releases the GIL while it decodes)."""
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        return list(pool.map(lambda p: check_image(Path(p)), paths, chunksize=32))
+def _check_chunk(paths: list[str]) -> list[tuple[dict | None, str | None]]:
+    return [check_image(Path(p)) for p in paths]
+
+
+def _check_all(paths: list[str], pool) -> list[tuple[dict | None, str | None]]:
+    """check_image on each path; in worker processes when there are many (opening an image is mostly
+    Python, so threads would wait on each other)."""
+    if pool is None or len(paths) < 2000:
+        return _check_chunk(paths)
+    step = max(500, min(5000, len(paths) // 16))
+    return [r for chunk in pool.map(_check_chunk, [paths[i:i + step] for i in range(0, len(paths), step)]) for r in chunk]
 
 
 def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None, workers: int = 2,
@@ -162,6 +170,9 @@ def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None, w
     bar = tqdm(total=sum(min(len(v), cap or len(v)) for v in by_class.values()), desc=f"checking {name}",
                file=sys.stderr, mininterval=5, unit="img")
     manifest = []
+    pool = None  # forked workers: the ingest job imports no torch and runs no threads of its own
+    if workers > 1 and len(kept_idx) >= 2000 and arrays is None and "fork" in multiprocessing.get_all_start_methods():
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
     for label, idx in by_class.items():
         idx.sort(key=lambda i: _unit("keep", seed, digests[i]) if cap else (cands[i].path or "", cands[i].index))
         kept, pos = [], 0
@@ -172,7 +183,7 @@ def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None, w
                 h, w = arrays[0].shape[1:3]
                 checks = [({"width": w, "height": h, "mode": "L", "converted": ""}, None)] * len(batch)
             else:
-                checks = _check_all([cands[i].path for i in batch], workers)
+                checks = _check_all([cands[i].path for i in batch], pool)
             bar.update(len(batch))
             for i, (info, reason) in zip(batch, checks):
                 c = cands[i]
@@ -204,6 +215,8 @@ def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None, w
         if progress:
             progress(f"{label}: {len(kept)} images")
     bar.close()
+    if pool is not None:
+        pool.shutdown()
 
     empty = [label for label, kept in manifest if not kept]
     if empty:
@@ -214,6 +227,7 @@ def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None, w
         raise CvauditError(f"dataset '{name}' ({where}): found {len(manifest)} class(es); a classifier audit needs "
                            "at least two (imagefolder layout: path/CLASS_NAME/image.png)")
     rows = [r for _, kept in manifest for r in kept]
+    rejected.sort(key=lambda r: not r["reason"].startswith("conflicting"))  # the ones that question labels first
     with atomic_path(out_dir / "manifest.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
         w.writeheader()

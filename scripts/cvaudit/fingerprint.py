@@ -61,9 +61,10 @@ class HashCache:
 
 
 def content_hashes(paths: list[str], cache: HashCache | None = None, workers: int = 8,
-                   progress: str | None = None) -> dict[str, str | None]:
+                   progress: str | None = None, sizes: dict | None = None) -> dict[str, str | None]:
     """{path: sha256} for each path (None: the file is missing or unreadable, which ingestion reports).
-    Only files whose size or modification time differ from the cache's record are read."""
+    Only files whose size or modification time differ from the cache's record are read. `sizes`, if
+    given, receives each file's size in bytes."""
     known = cache.lookup() if cache else {}
     out: dict[str, str | None] = {}
     todo: list[tuple[str, int, int]] = []
@@ -73,11 +74,14 @@ def content_hashes(paths: list[str], cache: HashCache | None = None, workers: in
         except OSError:
             out[p] = None
             continue
+        if sizes is not None:
+            sizes[p] = st.st_size
         rec = known.get(p)
         if rec and rec[0] == st.st_size and rec[1] == st.st_mtime_ns:
             out[p] = rec[2]
         else:
             todo.append((p, st.st_size, st.st_mtime_ns))
+    del known
     if not todo:
         return out
 
@@ -87,37 +91,36 @@ def content_hashes(paths: list[str], cache: HashCache | None = None, workers: in
         except OSError:
             return None
 
-    start, fresh = time.monotonic(), []
+    start, step = time.monotonic(), 20000
     with ThreadPoolExecutor(workers) as pool:  # file reads and hashlib release the GIL
-        for k, (item, digest) in enumerate(zip(todo, pool.map(one, todo, chunksize=64)), 1):
-            out[item[0]] = digest
-            if digest is not None:
-                fresh.append((item[0], item[1], item[2], digest))
-            if progress and len(todo) >= 5000 and (k % 50000 == 0 or k == len(todo)):
-                print(f"cvaudit: {progress}: hashed {k:,} of {len(todo):,} new or changed files "
+        for lo in range(0, len(todo), step):  # in batches: a million pending futures would cost gigabytes
+            batch = todo[lo:lo + step]
+            fresh = []
+            for item, digest in zip(batch, pool.map(one, batch)):
+                out[item[0]] = digest
+                if digest is not None:
+                    fresh.append((item[0], item[1], item[2], digest))
+            if cache:
+                cache.store(fresh)
+            done = lo + len(batch)
+            if progress and len(todo) >= 5000 and (done % 100000 == 0 or done == len(todo)):
+                print(f"cvaudit: {progress}: hashed {done:,} of {len(todo):,} new or changed files "
                       f"({time.monotonic() - start:.0f} s)", file=sys.stderr, flush=True)
-            if len(fresh) >= 100000:
-                cache and cache.store(fresh)
-                fresh = []
-    if cache:
-        cache.store(fresh)
     return out
 
 
 def fingerprint(ds: dict, cache_path: str | Path | None = None, name: str = "") -> dict:
     """{files, bytes, sha256} of a dataset's source content (see the module docstring)."""
     files = source_files(ds)
-    hashes = content_hashes(files, HashCache(cache_path), progress=f"dataset '{name}'" if name else None)
-    base = ds.get("path") or "/"
-    base = base if os.path.isdir(base) else os.path.dirname(os.path.abspath(base))
-    h, total = hashlib.sha256(), 0
+    sizes: dict[str, int] = {}
+    hashes = content_hashes(files, HashCache(cache_path), progress=f"dataset '{name}'" if name else None, sizes=sizes)
+    base = ds.get("path") or "/"  # the dataset's folder (a table's folder), spelled as its paths start
+    base = os.path.normpath(base if ds["source"] != "csv" else os.path.dirname(base) or ".").rstrip("/") + "/"
+    h = hashlib.sha256()
     for p in files:  # paths relative to the dataset's folder: a moved copy has the same fingerprint
-        try:
-            total += os.stat(p).st_size
-        except OSError:
-            pass
-        h.update(os.path.relpath(p, base).encode("utf-8", "surrogateescape") + b"\0" + (hashes[p] or "missing").encode() + b"\n")
-    return {"source": ds["source"], "path": ds.get("path"), "files": len(files), "bytes": total,
+        rel = p[len(base):] if p.startswith(base) else p
+        h.update(rel.encode("utf-8", "surrogateescape") + b"\0" + (hashes[p] or "missing").encode() + b"\n")
+    return {"source": ds["source"], "path": ds.get("path"), "files": len(files), "bytes": sum(sizes.values()),
             "sha256": h.hexdigest()}
 
 

@@ -90,16 +90,23 @@ def folder_classes(root: str | Path) -> list[str]:
     return sorted({c for s in top for c in _dirs(os.path.join(str(root), s))})
 
 
-def _folder_candidates(root: str) -> list[Candidate]:
+def _folder_files(root: str) -> list[tuple[str, str, str | None]]:
+    """(path, class, the folder's split) of every file of an imagefolder, sorted by folder then name.
+    Paths start with the root as the config gives it (relative stays relative: a moved project works)."""
+    root = str(root)
     split_layout, top = folder_layout(root)
     groups = [(os.path.join(root, s, c), c, SPLIT_NAMES[s.lower()]) for s in top for c in _dirs(os.path.join(root, s))] \
         if split_layout else [(os.path.join(root, c), c, None) for c in top]
     out = []
     for folder, label, split in groups:
         with os.scandir(folder) as it:
-            names = sorted(e.name for e in it if not e.name.startswith(".") and (e.is_symlink() or e.is_file()))
-        out.extend(Candidate(os.path.join(folder, n), label, split) for n in names)
+            paths = sorted(e.path for e in it if not e.name.startswith(".") and (e.is_symlink() or e.is_file()))
+        out.extend((p, label, split) for p in paths)
     return out
+
+
+def _folder_candidates(root: str) -> list[Candidate]:
+    return [Candidate(p, label, split) for p, label, split in _folder_files(root)]
 
 
 # ----------------------------------------------------------------------------- csv
@@ -124,12 +131,13 @@ def _csv_candidates(ds: dict) -> list[Candidate]:
     table = Path(ds["path"])
     if not table.is_file():
         raise CvauditError(f"dataset table {table} does not exist (config key datasets.*.path)")
-    folder = os.path.normpath(os.path.abspath(table.parent))
+    folder = os.path.normpath(table.parent)
+    absolute = os.path.abspath(folder)
     out = []
     for r in read_table(table):
         where = f"line {r['_line']}"
         path = os.path.normpath(os.path.join(folder, r["path"]))  # an absolute path stays as it is
-        if not ds.get("allow_outside") and os.path.commonpath([folder, path]) != folder:
+        if not ds.get("allow_outside") and os.path.commonpath([absolute, os.path.abspath(path)]) != absolute:
             raise CvauditError(f"{table} {where}: path '{r['path']}' is outside the table's folder {folder}; "
                                "move the image there, or set datasets.<name>.allow_outside: true if the table "
                                "is meant to point elsewhere")
@@ -217,7 +225,7 @@ def source_files(ds: dict) -> list[str]:
     """Every file a dataset is read from, sorted: what its fingerprint hashes."""
     src = ds["source"]
     if src == "imagefolder":
-        return sorted(c.path for c in _folder_candidates(ds["path"]))
+        return [p for p, _, _ in _folder_files(ds["path"])]
     if src == "csv":
         return sorted({ds["path"], *(c.path for c in _csv_candidates(ds))})
     if src == "idx":
