@@ -60,27 +60,36 @@ class HashCache:
             pass
 
 
+def stat_all(paths: list[str]) -> dict[str, tuple[int, int] | None]:
+    """{path: (size, mtime_ns)}, None for a file that is missing or cannot be read."""
+    out: dict[str, tuple[int, int] | None] = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out[p] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            out[p] = None
+    return out
+
+
 def content_hashes(paths: list[str], cache: HashCache | None = None, workers: int = 8,
-                   progress: str | None = None, sizes: dict | None = None) -> dict[str, str | None]:
+                   progress: str | None = None, stats: dict | None = None) -> dict[str, str | None]:
     """{path: sha256} for each path (None: the file is missing or unreadable, which ingestion reports).
-    Only files whose size or modification time differ from the cache's record are read. `sizes`, if
-    given, receives each file's size in bytes."""
+    Only files whose size or modification time differ from the cache's record are read."""
+    stats = stat_all(paths) if stats is None else stats
     known = cache.lookup() if cache else {}
     out: dict[str, str | None] = {}
     todo: list[tuple[str, int, int]] = []
     for p in paths:
-        try:
-            st = os.stat(p)
-        except OSError:
+        st = stats[p]
+        if st is None:
             out[p] = None
             continue
-        if sizes is not None:
-            sizes[p] = st.st_size
         rec = known.get(p)
-        if rec and rec[0] == st.st_size and rec[1] == st.st_mtime_ns:
+        if rec and rec[0] == st[0] and rec[1] == st[1]:
             out[p] = rec[2]
         else:
-            todo.append((p, st.st_size, st.st_mtime_ns))
+            todo.append((p, st[0], st[1]))
     del known
     if not todo:
         return out
@@ -109,19 +118,40 @@ def content_hashes(paths: list[str], cache: HashCache | None = None, workers: in
     return out
 
 
+def _digest(lines) -> str:
+    return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def fingerprint(ds: dict, cache_path: str | Path | None = None, name: str = "") -> dict:
-    """{files, bytes, sha256} of a dataset's source content (see the module docstring)."""
+    """{files, bytes, sha256} of a dataset's source content (see the module docstring).
+
+    When every file's path, size and modification time are those of the last call (recorded beside
+    the cache), the last fingerprint is returned without reading the cache: listing and stat-ing the
+    files is then all the work."""
     files = source_files(ds)
-    sizes: dict[str, int] = {}
-    hashes = content_hashes(files, HashCache(cache_path), progress=f"dataset '{name}'" if name else None, sizes=sizes)
+    stats = stat_all(files)
+    listing = _digest(f"{p}\0{st[0]}\0{st[1]}\n" if st else f"{p}\0-\n" for p, st in stats.items())
+    memo = Path(cache_path).with_name("source.stat.json") if cache_path else None
+    if memo is not None:
+        try:
+            last = json.loads(memo.read_text())
+            if last["listing"] == listing:
+                return last["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    hashes = content_hashes(files, HashCache(cache_path), progress=f"dataset '{name}'" if name else None, stats=stats)
     base = ds.get("path") or "/"  # the dataset's folder (a table's folder), spelled as its paths start
     base = os.path.normpath(base if ds["source"] != "csv" else os.path.dirname(base) or ".").rstrip("/") + "/"
-    h = hashlib.sha256()
-    for p in files:  # paths relative to the dataset's folder: a moved copy has the same fingerprint
-        rel = p[len(base):] if p.startswith(base) else p
-        h.update(rel.encode("utf-8", "surrogateescape") + b"\0" + (hashes[p] or "missing").encode() + b"\n")
-    return {"source": ds["source"], "path": ds.get("path"), "files": len(files), "bytes": sum(sizes.values()),
-            "sha256": h.hexdigest()}
+    # paths relative to the dataset's folder: a moved copy has the same fingerprint
+    fp = {"source": ds["source"], "path": ds.get("path"), "files": len(files),
+          "bytes": sum(st[0] for st in stats.values() if st),
+          "sha256": _digest(f"{p[len(base):] if p.startswith(base) else p}\0{hashes[p] or 'missing'}\n" for p in files)}
+    if memo is not None:
+        try:
+            memo.write_text(json.dumps({"listing": listing, "fingerprint": fp}) + "\n")
+        except OSError:
+            pass
+    return fp
 
 
 def write_fingerprint(ds: dict, name: str, out: str | Path) -> str:
