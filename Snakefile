@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from cvaudit import CvauditError
-from cvaudit.config import validate_config
+from cvaudit.config import check_paths, validate_config
 
 
 # The demo config is the default. Only when no --configfile/--config is given: Snakemake would
@@ -21,6 +21,7 @@ if not config:
 
 try:
     validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
+    check_paths(config)  # before the DAG: existing results never stand in for a dataset that is gone
 except CvauditError as e:
     raise ValueError(f"cvaudit: {e}") from None
 

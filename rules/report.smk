@@ -7,6 +7,8 @@ rule render_report:
         unpack(
             lambda wc: {
                 "manifest": manifest_of(wc),
+                "dataset_info": f"results/data/{dataset_of(wc.model)}/dataset.json",
+                "rejected": f"results/data/{dataset_of(wc.model)}/rejected.csv",
                 "train_metrics": f"results/{wc.model}/train/metrics.json",
                 "history": f"results/{wc.model}/train/history.csv",
                 "eval_metrics": f"results/{wc.model}/eval/metrics.json",

@@ -76,6 +76,32 @@ def test_touching_or_restoring_the_images_reruns_nothing(two):
     assert jobs(work) == set()
 
 
+def test_a_mistyped_dataset_path_after_a_good_run_stops_before_planning(two):
+    """Results of the old data must never be re-rendered as the new path's (issue 21)."""
+    work, cfg = two
+    name = variant(work, cfg, "moved.yaml", lambda c: c["datasets"]["a"].update(path=str(work / "a_typo")))
+    p = smk(work, "--dry-run", "--configfile", str(work / name), check=False)
+    assert p.returncode != 0 and "render_report" not in p.stdout
+    assert f"config key 'datasets.a.path': {work / 'a_typo'} is not an existing folder" in p.stdout + p.stderr
+
+
+def test_a_file_only_the_rejected_list_sees_still_updates_the_report(two):
+    """The manifest does not change (a corrupt file is rejected), so only files the report reads beside
+    it change: they are declared inputs, so the report follows (issue 21)."""
+    work, _ = two
+    bad = work / "a" / "bag" / "broken2.png"
+    bad.write_bytes(b"\x89PNG broken")
+    try:
+        assert rules_of(jobs(work)).get("ingest_dataset") == 1
+        smk(work, "--configfile", str(work / "config.yaml"))
+        html = (work / "results" / "cnn_a" / "report" / "report.html").read_text()
+        assert "Rejected files (5)" in html and "broken2.png" in html
+    finally:
+        bad.unlink()
+        smk(work, "--configfile", str(work / "config.yaml"))
+    assert jobs(work) == set()
+
+
 def test_editing_a_report_template_reruns_only_the_reports(two):
     work, _ = two
     template = REPO / "templates" / "report.html.j2"

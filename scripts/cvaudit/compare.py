@@ -223,6 +223,19 @@ def check_gate(gate_json) -> None:
                            "without failing the run, set audit.fail_on: never.")
 
 
+def same_data(loaded: dict, model_cfgs: dict) -> None:
+    """Refuse to compare reports of one dataset that were built from different data (manifests)."""
+    seen: dict[str, tuple[str, str]] = {}
+    for m, s in loaded.items():
+        d, digest = model_cfgs[m]["dataset"], s["provenance"]["manifest_sha256"]
+        if d in seen and seen[d][1] != digest:
+            other = seen[d][0]
+            raise CvauditError(f"the reports of {other} and {m} were built from different data of dataset '{d}' "
+                               f"(manifest {seen[d][1][:12]} vs {digest[:12]}); rerun both on the same data: "
+                               f"snakemake --forcerun results/data/{d}/manifest.csv")
+        seen.setdefault(d, (m, digest))
+
+
 def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compares: dict, shared: dict,
                       settings: dict, template, css, out_html, out_summary, out_pdf=None,
                       benchmarks: dict | None = None, probs: dict | None = None) -> dict:
@@ -232,6 +245,7 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
     from .report import jinja_env, package_versions, read_benchmarks, write_pdf
 
     loaded = {m: read_json(p) for m, p in summaries.items()}
+    same_data(loaded, model_cfgs)
     rows = [metric_row(s, model_cfgs[m]) for m, s in loaded.items()]
     correct = {}
     for m, p in (probs or {}).items():

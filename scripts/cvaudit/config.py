@@ -125,6 +125,34 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     return config
 
 
+def check_paths(config: dict, base: str | Path = ".") -> None:
+    """Every path the config names exists, checked before Snakemake plans anything: a mistyped or moved
+    dataset must stop the run even when results of the old data exist (they would be reported as the new)."""
+    base = Path(base)
+    for name, ds in config["datasets"].items():
+        if "path" not in ds:
+            continue
+        p = base / ds["path"]
+        want_dir = ds["source"] in ("imagefolder", "idx")
+        if not (p.is_dir() if want_dir else p.is_file()):
+            what = "folder" if want_dir else "file"
+            raise CvauditError(f"config key 'datasets.{name}.path': {ds['path']} is not an existing {what}"
+                               f"{' (it is a file)' if want_dir and p.is_file() else ''}{' (it is a folder)' if not want_dir and p.is_dir() else ''}; "
+                               "fix the path (results of earlier runs are never reported as this dataset)")
+    for name, m in config["models"].items():
+        for key in ("weights", "classes_file"):
+            value = m.get(key)
+            if not value or value == "none" or value.startswith(("packaged:", "torchvision:")):
+                continue
+            if not (base / value).is_file():
+                raise CvauditError(f"config key 'models.{name}.{key}': file {value} not found; fix the path")
+        arch = m.get("arch", "")
+        if arch.startswith("python:"):
+            file = arch[len("python:"):].rsplit(":", 1)[0]
+            if not (base / file).is_file():
+                raise CvauditError(f"config key 'models.{name}.arch': file {file} not found; fix the path")
+
+
 def shards(n_images: int, shard_size: int) -> int:
     """Jobs a stage over at most n_images images is split into (0: not sharded)."""
     return 0 if shard_size <= 0 else max(1, -(-n_images // shard_size))

@@ -261,6 +261,11 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[dict]:
     return [r for r in rows if split is None or r["split"] == split]
 
 
+def manifest_classes(path: str | Path) -> list[str]:
+    """The dataset's classes in their order, from the manifest itself (written class by class)."""
+    return list(dict.fromkeys(r["label"] for r in read_manifest(path)))
+
+
 def read_dataset_info(manifest_path: str | Path) -> dict:
     return json.loads((Path(manifest_path).parent / "dataset.json").read_text())
 

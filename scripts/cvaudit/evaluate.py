@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import CvauditError, stats
-from .data import ImageDataset, load_rgb, read_dataset_info, read_manifest
+from .data import ImageDataset, load_rgb, manifest_classes, read_manifest
 from .io import atomic_path, read_json, write_json
 from .models import auto_batch, display_transform, eval_transform, load_model, resolve_device
 from .train import seed_everything
@@ -92,11 +92,11 @@ def evaluate_model(name: str, model_path, manifest, baseline, audit_cfg: dict, s
     rows = read_manifest(manifest, "test")
     if not rows:
         raise CvauditError(f"model '{name}': the dataset has no test images; raise config key datasets.*.split.test")
-    info = read_dataset_info(manifest)
+    classes = manifest_classes(manifest)  # from the declared input itself, never a file beside it
     index = {c: i for i, c in enumerate(spec["class_names"])}
-    class_idx = [index[c] for c in info["classes"] if c in index]
-    if len(class_idx) != len(info["classes"]):
-        missing = [c for c in info["classes"] if c not in index]
+    class_idx = [index[c] for c in classes if c in index]
+    if len(class_idx) != len(classes):
+        missing = [c for c in classes if c not in index]
         raise CvauditError(f"model '{name}' does not know dataset classes {missing[:5]}; with train: false "
                            "the dataset's labels must be names of the model's outputs")
     log.info("%s: predicting %d test images on %s", name, len(rows), dev)

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import __version__, figures
 from .checks import overall, run_checks
-from .data import read_dataset_info, read_manifest
+from .data import read_manifest
 from .evaluate import load_audit_set
 from .explain import load_maps
 from .io import atomic_path, read_json, stage_failure, write_json, write_text
@@ -299,12 +299,12 @@ def _robust_section(rob: dict, names: list[str]) -> dict:
 def collect(model: str, inputs: dict, methods: list[str]) -> dict:
     """Everything the report shows, read from the stage outputs of this run."""
     r = {"model": model,
-         "dataset": read_dataset_info(inputs["manifest"]),
+         "dataset": read_json(inputs["dataset_info"]),
          "train": read_json(inputs["train_metrics"]),
          "history": read_history(inputs["history"]),
          "eval": read_json(inputs["eval_metrics"]),
          "explain": {}}
-    with open(Path(inputs["manifest"]).parent / "rejected.csv", newline="") as f:
+    with open(inputs["rejected"], newline="") as f:  # declared inputs, never a file found beside one
         r["rejected"] = list(csv.DictReader(f))
     r["conversions"] = {}
     for row in read_manifest(inputs["manifest"]):

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import CvauditError
-from .data import ImageDataset, imagenet_categories, read_dataset_info, read_manifest
+from .data import ImageDataset, imagenet_categories, manifest_classes, read_manifest
 from .io import atomic_path, write_json
 from .models import (_head_name, build_model, check_input_size, eval_transform, normalisation, resolve_device,
                      save_model, train_transform)
@@ -113,8 +113,7 @@ def train_model(name: str, model_cfg: dict, manifest: str | Path, seed: int, dev
     t0 = time.time()
     seed_everything(seed, threads)
     dev = resolve_device(device)
-    info = read_dataset_info(manifest)
-    spec = make_spec(model_cfg, info["classes"])
+    spec = make_spec(model_cfg, manifest_classes(manifest))
     model = build_model(spec)
     check_input_size(model, spec["input_size"], f"models.{name}.input_size")
     spec["mean"], spec["std"] = normalisation(spec, model)
@@ -275,14 +274,14 @@ def run_memorisation(name: str, model_cfg: dict, manifest, options: dict, seed: 
     t0 = time.time()
     seed_everything(seed, threads)
     dev = resolve_device(device)
-    info = read_dataset_info(manifest)
+    classes = manifest_classes(manifest)
     rows = read_manifest(manifest, "train")
     if len(rows) > options["max_images"]:
         keep = np.sort(np.random.default_rng(seed).choice(len(rows), options["max_images"], replace=False))
         rows = [rows[i] for i in keep]
     if not rows:
         raise CvauditError(f"model '{name}': no training images for the randomisation test")
-    res = memorisation_curves(model_cfg, rows, info["classes"], options["epochs"], options["lr"],
+    res = memorisation_curves(model_cfg, rows, classes, options["epochs"], options["lr"],
                               options["batch_size"], seed, dev)
     res.update(model=name, seconds=round(time.time() - t0, 2))
     write_json(out, res)
