@@ -39,7 +39,8 @@ def run(tmp_path_factory):
     cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     cfg["datasets"]["tiny"]["path"] = str(work / "images")
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
-    smk(work, "--configfile", str(work / "config.yaml"))
+    p = smk(work, "--configfile", str(work / "config.yaml"))
+    (work / "run.stderr").write_text(p.stderr)  # what the user saw
     return work
 
 

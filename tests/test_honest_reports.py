@@ -1,4 +1,6 @@
 """Reports that never mislead (issue 21): a report is built from exactly the data it names."""
+from pathlib import Path
+
 import pytest
 
 from cvaudit import CvauditError
@@ -33,3 +35,39 @@ def test_every_path_in_the_config_is_checked_before_planning(tmp_path, change, w
     change(cfg, tmp_path)
     with pytest.raises(CvauditError, match=words):
         check_paths(cfg, tmp_path)
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path):
+    import shutil
+
+    import yaml
+
+    from conftest import REPO, TINY, smk
+    from cvaudit.data import read_manifest
+    project = tmp_path / "project" / "configs"
+    shutil.copytree(TINY, project / "imgs")
+    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    cfg["datasets"]["tiny"]["path"] = "imgs"  # beside the config file, not in the working directory
+    (project / "c.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "work").mkdir()
+    smk(tmp_path / "work", "results/data/tiny/manifest.csv", "--configfile", str(project / "c.yaml"))
+    rows = read_manifest(tmp_path / "work" / "results" / "data" / "tiny" / "manifest.csv")
+    assert len(rows) == 42 and all((project / "imgs" / r["label"] / Path(r["path"]).name).exists() for r in rows)
+    cfg["datasets"]["tiny"]["path"] = "imgz"
+    (project / "c.yaml").write_text(yaml.safe_dump(cfg))
+    p = smk(tmp_path / "work", "--dry-run", "--configfile", str(project / "c.yaml"), check=False)
+    assert p.returncode != 0 and "config key 'datasets.tiny.path': " in p.stdout + p.stderr
+    assert str(project / "imgz") in p.stdout + p.stderr  # the path as resolved, so the user sees where it looked
+
+
+def test_resolve_paths_keeps_absolute_and_library_references():
+    from cvaudit.config import resolve_paths
+    cfg = {"datasets": {"a": {"source": "idx", "path": "/abs/x"}, "b": {"source": "csv", "path": "t.csv"},
+                        "c": {"source": "foolbox_imagenet"}},
+           "models": {"m": {"weights": "packaged:efficientnet_lite0", "arch": "python:net.py:make",
+                            "classes_file": "names.txt"}, "n": {"weights": "w.pt", "arch": "simple_cnn"}}}
+    resolve_paths(cfg, "/elsewhere/cfg")
+    assert cfg["datasets"]["a"]["path"] == "/abs/x" and cfg["datasets"]["b"]["path"] == "/elsewhere/cfg/t.csv"
+    assert cfg["models"]["m"]["weights"] == "packaged:efficientnet_lite0"
+    assert cfg["models"]["m"]["arch"] == "python:/elsewhere/cfg/net.py:make"
+    assert cfg["models"]["m"]["classes_file"] == "/elsewhere/cfg/names.txt" and cfg["models"]["n"]["weights"] == "/elsewhere/cfg/w.pt"

@@ -18,6 +18,45 @@ def _tail(path, n: int = 15) -> list[str]:
         return []
 
 
+def where_reports(models: list[str], compare: str | None = "results/compare/report.html",
+                  gate: str = "results/gate.json") -> str:
+    """The lines a run ends with: where each report is, its overall verdict and any failed stage."""
+    import json
+    lines = []
+    for m in models:
+        html, summary = Path(f"results/{m}/report/report.html"), Path(f"results/{m}/report/summary.json")
+        if not html.exists():
+            continue
+        try:
+            s = json.loads(summary.read_text())
+            failed = s.get("failed_stages", [])
+            note = f"overall {s['status']}" + (f"; {len(failed)} stage(s) FAILED: "
+                                              + ", ".join(f"{f['rule']}" for f in failed) if failed else "")
+        except (OSError, ValueError, KeyError):
+            note = "summary missing"
+        lines.append(f"  {m:<24} {html}  ({note})")
+    if compare and Path(compare).exists():
+        lines.append(f"  {'comparison':<24} {compare}")
+    if not lines:
+        return ""
+    try:
+        g = json.loads(Path(gate).read_text())
+        gate_line = [f"gate (audit.fail_on: {g['fail_on']}): {'passed' if g['passed'] else 'FAILED'}"]
+    except (OSError, ValueError, KeyError):
+        gate_line = []
+    return "\n".join(["cvaudit: reports (HTML; the PDF and summary.json beside each):", *lines, *gate_line])
+
+
+def name_keys(message: str, dataset: str | None = None, model: str | None = None) -> str:
+    """Messages name a config key as datasets.*.path where the code does not know the name; the rule
+    does: datasets.leaves.path is what the user searches their config for."""
+    if dataset:
+        message = message.replace("datasets.*.", f"datasets.{dataset}.").replace("datasets.<name>.", f"datasets.{dataset}.")
+    if model:
+        message = message.replace("models.*.", f"models.{model}.")
+    return message
+
+
 def known_failure(e: BaseException) -> str | None:
     """One line for a failure the user's machine or files cause (not a bug in cvaudit), else None."""
     if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
@@ -87,7 +126,8 @@ def run(main, sm, optional: bool = False) -> None:
                 traceback.print_exc(file=log_file)
             e = CvauditError(known)
         if isinstance(e, CvauditError):
-            msg = f"cvaudit error in rule {rule}: {e}"
+            wc = dict(getattr(sm, "wildcards", {}).items())
+            msg = f"cvaudit error in rule {rule}: {name_keys(str(e), wc.get('dataset'), wc.get('model'))}"
             print(msg, file=console)
             if log_file:
                 print(msg, file=log_file)
