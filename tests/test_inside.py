@@ -109,8 +109,10 @@ def test_gradient_ascent_raises_the_channel_activation_and_the_class_score(train
     assert res["images"].shape == (5, 3, 28, 28) and 0 <= res["images"].min() and res["images"].max() <= 1
     before = channel_activation(net, "features.7", res["initial"][:3], chans)
     after = channel_activation(net, "features.7", res["images"][:3], chans)
-    assert (after > before).all() and (after - before).mean() > 0.2, (before, after)
-    assert (res["end"][:3] > res["start"][:3] + 0.1).all()  # the objective (mean pre-activation) itself
+    # after the ReLU a channel whose pre-activation stays below 0 reads 0 before and after; the objective
+    # (the mean pre-activation) rises for every channel
+    assert (after >= before).all() and (after - before).mean() > 0.2, (before, after)
+    assert (res["end"][:3] > res["start"][:3] + 0.1).all()
     logits0, logits1 = net(res["initial"][3:]), net(res["images"][3:])
     for i, c in enumerate(classes):
         assert logits1[i, c] > logits0[i, c] + 0.5, (logits0, logits1)
