@@ -235,3 +235,39 @@ def test_a_model_built_to_collapse_gets_a_diagnosis_and_no_best_marks(tmp_path):
     comp = (tmp_path / "results" / "compare" / "report.html").read_text()
     row = comp.split("<b>prior</b>")[1].split("</tr>")[0]
     assert "degenerate: not ranked" in row and " best" not in row and "≈" not in row
+
+
+def test_a_stage_that_reads_a_file_its_rule_does_not_declare_fails(tmp_path, monkeypatch, capsys):
+    """The mechanism behind the end-to-end run's check (tests/conftest.py sets CVAUDIT_CHECK_READS)."""
+    import subprocess
+    import sys
+    monkeypatch.chdir(tmp_path)
+    for f in ("results/data/d/manifest.csv", "results/data/d/rejected.csv", "results/data/d/images/a/1.png",
+              "results/m/report/old.json"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("x")
+    script = tmp_path / "stage.py"
+    script.write_text(f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / "scripts")!r})
+from cvaudit.runlog import run
+
+class Sm:
+    input = ["results/data/d/manifest.csv"]
+    output = ["results/m/report/summary.json"]
+    log = []
+    rule = "render_report"
+    wildcards = {{}}
+
+def main(sm):
+    open("results/data/d/manifest.csv").read()
+    open("results/data/d/images/a/1.png").read()  # named by the manifest: data, not an undeclared input
+    open(sys.argv[1]).read()
+
+run(main, Sm())
+""")
+    env = {**__import__("os").environ, "CVAUDIT_CHECK_READS": "1"}
+    ok = subprocess.run([sys.executable, str(script), "results/data/d/manifest.csv"], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run([sys.executable, str(script), "results/data/d/rejected.csv"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 1 and "read files its rule does not declare: results/data/d/rejected.csv" in bad.stderr

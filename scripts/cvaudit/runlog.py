@@ -90,6 +90,42 @@ def record_failure(sm, error: BaseException, log_path) -> dict:
     return rec
 
 
+def watch_reads(sm):
+    """With CVAUDIT_CHECK_READS=1 (the tests set it), record every file the stage opens; the returned
+    function raises if the stage read a file under results/ that its rule does not declare (an input, an
+    output or a log; the images a declared manifest names, under results/data/*/images|converted; the
+    temporary file an atomic write puts beside an output). A report must be built from exactly the data
+    its rule names, or Snakemake cannot know when to rebuild it."""
+    import os
+    if not os.environ.get("CVAUDIT_CHECK_READS"):
+        return lambda: None
+    files = {os.path.abspath(str(p)) for p in (*sm.input, *sm.output, *sm.log)}
+    folders = tuple(p + os.sep for p in files)  # a directory() input or output
+    out_dirs = {os.path.dirname(os.path.abspath(str(p))) for p in sm.output}
+    results = os.path.abspath("results") + os.sep
+    opened: list[str] = []
+
+    def hook(event, args):
+        if event == "open" and args and isinstance(args[0], (str, os.PathLike)):
+            opened.append(os.path.abspath(os.fspath(args[0])))
+
+    sys.addaudithook(hook)
+
+    def check():
+        undeclared = sorted({p for p in opened if p.startswith(results) and p not in files and not p.startswith(folders)
+                             and not (os.path.basename(p).startswith(".") and os.path.dirname(p) in out_dirs)
+                             and not _manifest_data(p, results)})
+        if undeclared:
+            raise CvauditError(f"rule {getattr(sm, 'rule', '?')} read files its rule does not declare: "
+                               + ", ".join(os.path.relpath(p) for p in undeclared[:5]))
+    return check
+
+
+def _manifest_data(path: str, results: str) -> bool:
+    parts = path[len(results):].split("/")
+    return len(parts) >= 4 and parts[0] == "data" and parts[2] in ("images", "converted")
+
+
 def run(main, sm, optional: bool = False) -> None:
     """Run `main(sm)` with logging and stderr (progress bars) sent to the rule's log file.
 
@@ -118,7 +154,9 @@ def run(main, sm, optional: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     rule = getattr(sm, "rule", "?")
     try:
+        check_reads = watch_reads(sm)
         main(sm)
+        check_reads()
     except Exception as e:
         known = known_failure(e)
         if known:  # the traceback stays in the log; the console gets what to do
