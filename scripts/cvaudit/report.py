@@ -158,6 +158,7 @@ def _attribution_section(audit: dict, explain: dict, verdicts: list[dict]) -> di
                                                   "of": st["of"]} for st in stages],
         "curves": figures.faithfulness_curves(curves, fractions) if curves else None,
         "agreement": agree,
+        "cam_gradcam": _cam_gradcam(agree, labels, explain),
         "agreement_fig": figures.agreement_heatmap(agree["methods"], agree["matrix"]) if agree else None,
         "colourbar": figures.colourbar(label="positive evidence for the class (each map scaled to its 99th percentile)"),
     }
@@ -295,6 +296,17 @@ def _robust_section(rob: dict, names: list[str]) -> dict:
                              "adv_pred": names[int(v["adv_pred"][i])], "adv_conf": float(v["adv_conf"][i])})
     out["examples"] = examples
     return out
+
+
+def _cam_gradcam(agree: dict | None, labels: dict, explain: dict) -> dict | None:
+    """CAM and Grad-CAM side by side where both apply: their agreement, and Grad-CAM's layer."""
+    if not agree or "cam" not in labels or "gradcam" not in labels:
+        return None
+    names = agree["methods"]
+    if labels["cam"] not in names or labels["gradcam"] not in names:
+        return None
+    return {"r": agree["matrix"][names.index(labels["cam"])][names.index(labels["gradcam"])],
+            "layer": explain["gradcam"]["meta"].get("layer")}
 
 
 def collect(model: str, inputs: dict, methods: list[str]) -> dict:
