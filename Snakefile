@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from cvaudit import CvauditError
-from cvaudit.config import check_paths, validate_config
+from cvaudit.config import check_paths, resolve_paths, validate_config
 
 
 # The demo config is the default. Only when no --configfile/--config is given: Snakemake would
@@ -19,8 +19,12 @@ if not config:
     configfile: "config/config.yaml"
 
 
+# Relative paths in a config file are relative to that file (the last --configfile given).
+CONFIG_DIR = Path(workflow.overwrite_configfiles[-1]).absolute().parent if workflow.overwrite_configfiles else Path.cwd()
+
 try:
     validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
+    resolve_paths(config, CONFIG_DIR)
     check_paths(config)  # before the DAG: existing results never stand in for a dataset that is gone
 except CvauditError as e:
     raise ValueError(f"cvaudit: {e}") from None
@@ -37,6 +41,20 @@ include: "rules/explain.smk"
 include: "rules/represent.smk"
 include: "rules/robust.smk"
 include: "rules/report.smk"
+
+
+onsuccess:
+    from cvaudit.runlog import where_reports
+
+    if where := where_reports(list(config["models"])):
+        print(where, file=sys.stderr)
+
+
+onerror:
+    from cvaudit.runlog import where_reports
+
+    if where := where_reports(list(config["models"])):
+        print(where, file=sys.stderr)
 
 
 rule all:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from cvaudit.config import shards
 from cvaudit.fingerprint import write_fingerprint
+from cvaudit.runlog import name_keys
 
 
 # Every configured attribution method, plus a random map: the floor of the faithfulness checks.
@@ -48,7 +49,7 @@ def dataset_fingerprint(wildcards):
     try:
         return write_fingerprint(config["datasets"][wildcards.dataset], wildcards.dataset, out)
     except CvauditError as e:
-        raise ValueError(f"cvaudit: dataset '{wildcards.dataset}': {e}") from None
+        raise ValueError(f"cvaudit: dataset '{wildcards.dataset}': {name_keys(str(e), wildcards.dataset)}") from None
 
 
 def explain_maps(wildcards):

@@ -1,3 +1,4 @@
+import os
 import re
 import shutil
 import subprocess
@@ -39,7 +40,12 @@ def run(tmp_path_factory):
     cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     cfg["datasets"]["tiny"]["path"] = str(work / "images")
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
-    smk(work, "--configfile", str(work / "config.yaml"))
+    os.environ["CVAUDIT_CHECK_READS"] = "1"  # every stage fails if it reads a file its rule does not declare
+    try:
+        p = smk(work, "--configfile", str(work / "config.yaml"))
+    finally:
+        del os.environ["CVAUDIT_CHECK_READS"]
+    (work / "run.stderr").write_text(p.stderr)  # what the user saw
     return work
 
 

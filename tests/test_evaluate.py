@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cvaudit.data import ingest
+from cvaudit.data import ingest, read_manifest
 from cvaudit.evaluate import choose_audit_set, classification_metrics, fit_baseline
 
 
@@ -43,7 +43,8 @@ def test_audit_set_mixes_mistakes_and_hits_per_class_and_is_seeded():
 def test_baseline_beats_chance_on_real_images(clean_folder, tmp_path):
     ingest({"source": "imagefolder", "path": str(clean_folder), "split": {"val": 0.2, "test": 0.3}}, "t", 0, tmp_path)
     res = fit_baseline(tmp_path / "manifest.csv", size=8, max_train=100, seed=0, out=tmp_path / "b.json")
-    assert res["available"] and res["n_test"] == 12 and res["accuracy"] >= 0.75  # trouser / sneaker / bag
+    n_test = len(read_manifest(tmp_path / "manifest.csv", "test"))
+    assert res["available"] and res["n_test"] == n_test >= 9 and res["accuracy"] >= 0.75  # trouser / sneaker / bag
 
 
 def test_baseline_without_training_split_says_why(tmp_path):

@@ -82,7 +82,7 @@ def test_gradcam_equals_the_direct_computation():
     model, spec = _cnn()
     x = torch.randn(5, 3, 32, 32)
     target = torch.tensor([0, 1, 2, 0, 1])
-    layer = model.get_submodule("features.5")
+    layer = model.get_submodule("features")  # the automatic layer: the last block output (8x8 at 32 px)
     acts = {}
     h = layer.register_forward_hook(lambda m, i, o: acts.update(a=o))
     out = model(x)
@@ -95,13 +95,13 @@ def test_gradcam_equals_the_direct_computation():
     assert _hooks(model) == 0
 
 
-def test_auto_layer_skips_conv_layers_too_small_to_localise():
+def test_auto_layer_skips_block_outputs_too_small_to_localise():
     lite = build_model({"arch": "timm:tf_efficientnet_lite0", "weights": "none", "input_size": 64, "num_classes": 3}).eval()
     x = torch.randn(2, 3, 64, 64)
     names = {id(m): n for n, m in lite.named_modules()}
-    assert names[id(GradCAM(min_resolution=1).layer(lite, x))] == "conv_head"  # 2x2 at 64 px
-    assert names[id(GradCAM().layer(lite, x))] == "blocks.3.0.conv_pw"  # the last conv still at 8x8
-    assert names[id(GradCAM().layer(lite, torch.randn(1, 3, 224, 224)))] == "conv_head"  # 7x7 at 224 px
+    assert names[id(GradCAM(min_resolution=1).layer(lite, x))] == "bn2"  # the last feature map, 2x2 at 64 px
+    assert names[id(GradCAM().layer(lite, x))] == "blocks.2"  # the last stage output still at 8x8
+    assert names[id(GradCAM().layer(lite, torch.randn(1, 3, 224, 224)))] == "bn2"  # 7x7 at 224 px: CAM's layer
     assert _hooks(lite) == 0
     with pytest.raises(CvauditError, match="no module 'nope'"):
         GradCAM(layer="nope").layer(lite, x)
@@ -205,7 +205,7 @@ def test_run_explain_writes_maps_and_trust_scores(tmp_path):
     meta = run_explain("gradcam", tmp_path / "cnn.safetensors", tmp_path / "audit.npz", {}, trust, 0, "cpu", 1,
                        tmp_path / "maps.npz")
     maps = load_maps(tmp_path / "maps.npz")
-    assert meta["applicable"] and meta["layer"] == "features.5" and maps["maps_pred"].shape == (4, 32, 32)
+    assert meta["applicable"] and meta["layer"] == "features" and maps["maps_pred"].shape == (4, 32, 32)
     assert np.isnan(maps["maps_true"][[0, 2]]).all() and np.isfinite(maps["maps_true"][[1, 3]]).all()
     assert maps["faith_deletion"].shape == (4, 5) and 0 <= meta["faithfulness"]["deletion_auc"] <= 1
     assert len(meta["sanity"]["stages"]) == 2

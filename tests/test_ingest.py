@@ -100,7 +100,7 @@ def test_a_users_split_column_is_kept_and_a_duplicate_stays_in_its_held_out_spli
     want = {p.name + "@" + p.parent.name: ["train", "val", "test", "Test", "VALID", ""][k % 6] for k, p in enumerate(files)}
     shutil.copy(files[2], root / "a" / "leak.png")  # the same bytes as a test image, listed as train
     lines = [f"{p.relative_to(tmp_path)},{p.parent.name},{want[p.name + '@' + p.parent.name]}" for p in files]
-    lines.insert(0, f"imgs/a/leak.png,a,train")
+    lines.insert(0, "imgs/a/leak.png,a,train")
     (tmp_path / "t.csv").write_text("path,label,split\n" + "\n".join(lines) + "\n")
     info = ingest({"source": "csv", "path": str(tmp_path / "t.csv"), "split": SPLIT}, "t", 0, tmp_path / "o")
     got = _splits(tmp_path / "o")

@@ -212,3 +212,20 @@ def test_comparison_report_marks_no_best_where_12_images_cannot_tell_the_models_
     assert comp["cka_between_models"]["tiny"]["models"] == list(MODELS)
     assert html.count('class="side-row"') == 6  # report.compare.images: the same 6 images for both models
     assert html.count("Grad-CAM, cnn_tiny") == 6 and html.count("Integrated gradients, lite0_tiny") == 6
+
+
+def test_a_run_ends_by_saying_where_the_reports_are(run):
+    said = (run / "run.stderr").read_text().split("cvaudit: reports")[-1]
+    for m in ("cnn_tiny", "lite0_tiny"):
+        summary = json.loads((run / "results" / m / "report" / "summary.json").read_text())
+        assert f"results/{m}/report/report.html  (overall {summary['status']}" in said
+    assert "results/compare/report.html" in said and "gate (audit.fail_on: never): passed" in said
+
+
+def test_every_stage_read_only_what_its_rule_declares(run):
+    """The run fixture sets CVAUDIT_CHECK_READS: a stage that opens an undeclared file under results/ fails
+    (an optional stage records the failure in its report)."""
+    for m in ("cnn_tiny", "lite0_tiny"):
+        assert json.loads((run / "results" / m / "report" / "summary.json").read_text())["failed_stages"] == []
+    said = [p for p in (run / "logs").rglob("*.log") if "does not declare" in p.read_text()]
+    assert said == []

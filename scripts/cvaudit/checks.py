@@ -200,7 +200,13 @@ def settle(est: dict | None, threshold: dict) -> str:
     return f"about {more:,} more images would settle it against {t:g}"
 
 
+# Checks that still mean something for a degenerate model (collapsed, or at chance): its accuracy and
+# what it gains over the baseline. Every other check reads behaviour relative to a working model.
+SCORED_WHEN_DEGENERATE = ("accuracy", "gain_over_baseline")
+
+
 def run_checks(results: dict, thresholds: dict) -> list[dict]:
+    deg = (results.get("eval") or {}).get("degenerate") or {}
     out = []
     for name, check in CHECKS.items():
         if name not in thresholds:
@@ -214,6 +220,9 @@ def run_checks(results: dict, thresholds: dict) -> list[dict]:
             est = as_estimate(check.value(results, method) if check.per_method else check.value(results))
             label = check.label if method is None else f"{results['explain'][method]['meta']['label']}: {check.label.lower()}"
             status = judge(est, t, check.higher_is_better)
+            if deg.get("is") and name not in SCORED_WHEN_DEGENERATE:
+                status = "n/a"
+                est = None if est is None else {**est, "note": f"not scored: the model is degenerate ({deg['why']})"}
             out.append({"name": name if method is None else f"{name}:{method}", "check": name, "method": method,
                         "label": label, "category": check.category, "higher_is_better": check.higher_is_better,
                         "description": check.description, "value": None if est is None else est["value"],

@@ -48,11 +48,13 @@ def metric_row(summary: dict, model_cfg: dict) -> dict:
     cal = rob.get("calibration") or {}
     return {
         "model": summary["model"], "dataset": summary["dataset"], "kind": kind_of(model_cfg),
+        "degenerate": (summary.get("degenerate") or {}).get("why") if (summary.get("degenerate") or {}).get("is") else "",
         "arch": model_cfg["arch"], "status": summary["status"], "failed_stages": summary.get("failed_stages", []),
         "values": {
             "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "gain_over_baseline": m["gain_over_baseline"],
             "ece": cal.get("ece_before"), "ece_after": cal.get("ece_after"),
-            "invariance": float(np.mean([v["score"] for v in inv.values()])) if inv else None,
+            "invariance": float(np.mean([v["score"] for v in inv.values()]))  # relative to clean accuracy:
+            if inv and not (summary.get("degenerate") or {}).get("is") else None,  # n/a for a degenerate model
             "rotation_accuracy": (verdicts.get("rotation_accuracy") or {}).get("value"),
             "robust_accuracy": (verdicts.get("robust_accuracy") or {}).get("value"),
             "knn_accuracy": rep.get("knn_accuracy"),
@@ -84,7 +86,7 @@ def mark_best(rows: list[dict], correct: dict | None = None) -> None:
     for r in rows:
         r["best"], r["tie"] = [], []
     for dataset in {r["dataset"] for r in rows}:
-        group = [r for r in rows if r["dataset"] == dataset]
+        group = [r for r in rows if r["dataset"] == dataset and not r.get("degenerate")]  # named, never ranked
         if len(group) < 2:
             continue
         for key, _, higher in COLUMNS:

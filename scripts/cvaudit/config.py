@@ -125,6 +125,34 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     return config
 
 
+def _local(value) -> bool:
+    return isinstance(value, str) and value not in ("", "none") and not value.startswith(("packaged:", "torchvision:"))
+
+
+def resolve_paths(config: dict, base: str | Path) -> None:
+    """Make the config's relative paths relative to `base` (the config file's folder), written relative
+    to the working directory when they lie under it (so results stay movable), else absolute."""
+    import os
+
+    def fix(p: str) -> str:
+        if os.path.isabs(p):
+            return p
+        full = os.path.normpath(os.path.join(os.path.abspath(base), p))
+        rel = os.path.relpath(full)
+        return rel if not rel.startswith("..") else full
+
+    for ds in config["datasets"].values():
+        if "path" in ds:
+            ds["path"] = fix(ds["path"])
+    for m in config["models"].values():
+        for key in ("weights", "classes_file"):
+            if _local(m.get(key)):
+                m[key] = fix(m[key])
+        if m.get("arch", "").startswith("python:"):
+            file, factory = m["arch"][len("python:"):].rsplit(":", 1)
+            m["arch"] = f"python:{fix(file)}:{factory}"
+
+
 def check_paths(config: dict, base: str | Path = ".") -> None:
     """Every path the config names exists, checked before Snakemake plans anything: a mistyped or moved
     dataset must stop the run even when results of the old data exist (they would be reported as the new)."""
@@ -142,7 +170,7 @@ def check_paths(config: dict, base: str | Path = ".") -> None:
     for name, m in config["models"].items():
         for key in ("weights", "classes_file"):
             value = m.get(key)
-            if not value or value == "none" or value.startswith(("packaged:", "torchvision:")):
+            if not _local(value):
                 continue
             if not (base / value).is_file():
                 raise CvauditError(f"config key 'models.{name}.{key}': file {value} not found; fix the path")

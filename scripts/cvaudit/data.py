@@ -15,7 +15,6 @@ import csv
 import hashlib
 import json
 import multiprocessing
-import os
 import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor

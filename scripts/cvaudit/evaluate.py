@@ -83,6 +83,54 @@ def choose_audit_set(targets: np.ndarray, correct: np.ndarray, per_class: int, m
     return np.array(sorted(chosen), dtype=int)
 
 
+# A model that gives one class to this share of the test images (when the class is not that common) has collapsed.
+COLLAPSE_SHARE = 0.8
+
+
+def degenerate(preds: np.ndarray, targets: np.ndarray, class_idx: list[int], class_names: list[str],
+               accuracy_ci: dict) -> dict:
+    """Is the model degenerate: collapsed onto one class, or at chance (its accuracy interval reaches the
+    chance level: 1 / classes, or the commonest class's share if higher)? A degenerate model is named as
+    such, and the checks that read its behaviour relative to its accuracy are not scored."""
+    n = len(preds)
+    pred_share = np.array([(preds == c).mean() for c in class_idx]) if n else np.zeros(len(class_idx))
+    true_share = np.array([(targets == c).mean() for c in class_idx]) if n else np.zeros(len(class_idx))
+    top = int(np.argmax(pred_share)) if len(class_idx) else 0
+    chance = float(max(1 / max(len(class_idx), 1), true_share.max() if n else 0))
+    collapsed = bool(n and pred_share[top] >= COLLAPSE_SHARE and true_share[top] < COLLAPSE_SHARE)
+    at_chance = bool(n and accuracy_ci.get("ci_low") is not None and accuracy_ci["ci_low"] <= chance)
+    why = []
+    if collapsed:
+        why.append(f"it predicts '{class_names[class_idx[top]]}' for {pred_share[top]:.0%} of the test images "
+                   f"(true share {true_share[top]:.0%})")
+    if at_chance:
+        why.append(f"its accuracy interval [{accuracy_ci['ci_low']:.3f}, {accuracy_ci['ci_high']:.3f}] reaches the "
+                   f"chance level {chance:.3f}")
+    return {"is": collapsed or at_chance, "collapsed": collapsed, "at_chance": at_chance, "chance": chance,
+            "top_class": class_names[class_idx[top]] if len(class_idx) else None,
+            "top_share": float(pred_share[top]) if len(class_idx) else None,
+            "true_share": float(true_share[top]) if len(class_idx) else None,
+            "predicted_classes": int((pred_share > 0).sum()), "why": "; ".join(why)}
+
+
+def batch_statistics_accuracy(model, rows, spec, device, targets: np.ndarray) -> float | None:
+    """Test accuracy with BatchNorm normalising by each batch's own statistics instead of the running
+    ones: far above the usual accuracy means the running statistics are stale (too few steps tracked)."""
+    import copy
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or len(rows) < 2:
+        return None
+    probe = copy.deepcopy(model)
+    for m in probe.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.train()
+    try:
+        probs = predict_proba(probe, rows, spec, device, batch_size=min(64, len(rows)))
+    except ValueError:  # a last batch of one image with BatchNorm1d: no batch statistics to take
+        return None
+    return float((probs.argmax(1) == targets).mean())
+
+
 def evaluate_model(name: str, model_path, manifest, baseline, audit_cfg: dict, seed: int, device: str,
                    threads: int, out_predictions, out_metrics, out_audit, out_probs) -> dict:
     t0 = time.time()
@@ -123,6 +171,10 @@ def evaluate_model(name: str, model_path, manifest, baseline, audit_cfg: dict, s
                       "confidence": float(conf[i])} for i in worst]
 
     m["accuracy_ci"] = stats.proportion(int(correct.sum()), len(correct))
+    m["degenerate"] = degenerate(preds, targets, class_idx, spec["class_names"], m["accuracy_ci"])
+    if m["degenerate"]["is"]:  # the first thing a practitioner checks: stale BatchNorm statistics
+        m["degenerate"]["batch_stats_accuracy"] = batch_statistics_accuracy(model, rows, spec, dev, targets)
+        log.warning("%s is degenerate: %s", name, m["degenerate"]["why"])
     base = _read_json_or_none(baseline)
     m["baseline"] = None if base is None else {k: v for k, v in base.items() if k != "correct"}
     m["gain_over_baseline"] = m["gain_over_baseline_ci"] = m["mcnemar_p"] = None

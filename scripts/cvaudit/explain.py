@@ -200,32 +200,52 @@ class Deconvnet(GuidedBackprop):
 
 
 # ----------------------------------------------------------------------------- CAM family
+def block_outputs(model: nn.Module) -> list[str]:
+    """Modules whose output is a block's or a stage's: the model's own children; every module with
+    children of its own that sits in a Sequential or ModuleList (a residual block, a stage); and in a flat
+    Sequential of layers (conv, norm, activation, pool, ...) the last layer before each conv, which ends
+    a block. Never a conv inside a block (an inverted residual's 1x1 expansion is not what the block computes)."""
+    out = [n for n, _ in model.named_children()]
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Sequential, nn.ModuleList)):
+            kids = list(m.named_children())
+            full = [(f"{name}.{c}" if name else c, child) for c, child in kids]
+            out += [n for n, child in full if any(True for _ in child.children())]
+            out += [full[i - 1][0] for i in range(1, len(full))
+                    if isinstance(full[i][1], nn.Conv2d) and not any(True for _ in full[i - 1][1].children())]
+    return list(dict.fromkeys(out))
+
+
 def _conv_layer(net: nn.Module, x: torch.Tensor, layer: str, min_resolution: int) -> nn.Module:
-    """The configured layer, or (auto) the last Conv2d whose output is at least `min_resolution`
-    pixels on its short side for inputs like `x`: a 2x2 last layer (small inputs) makes a map that
-    covers the whole image and says nothing. Falls back to the last Conv2d."""
+    """The configured layer, or (auto) the last block or stage output (block_outputs) whose feature maps
+    are at least `min_resolution` pixels on their short side for inputs like `x`: a 2x2 last layer (small
+    inputs) makes a map that covers the whole image and says nothing. At full resolution that is the
+    last feature map, CAM's layer, where Grad-CAM equals ReLU(CAM) up to scale. Falls back to the last
+    block output with maps more than 1 pixel across."""
     model = inner(net)
     names = dict(model.named_modules())
     if layer != "auto":
         if layer not in names:
-            convs = [n for n, m in names.items() if isinstance(m, nn.Conv2d)][-5:]
             raise CvauditError(f"config key explain.gradcam.layer: no module '{layer}' in the model; "
-                               f"last conv layers: {convs}")
+                               f"block outputs: {block_outputs(model)[-6:]}")
         return names[layer]
-    convs = [n for n, m in names.items() if isinstance(m, nn.Conv2d)]
-    if not convs:
+    if not any(isinstance(m, nn.Conv2d) for m in names.values()):
         raise NotApplicable("the model has no Conv2d layer (it needs spatial feature maps)")
-    sizes: dict[str, int] = {}
-    hooks = [names[n].register_forward_hook(lambda m, i, o, n=n: sizes.__setitem__(n, min(o.shape[-2:])))
-             for n in convs]
+    sizes: dict[str, int] = {}  # in the order the modules finish their forward pass
+    hooks = [names[n].register_forward_hook(lambda m, i, o, n=n: sizes.__setitem__(n, min(o.shape[-2:]))
+                                            if isinstance(o, torch.Tensor) and o.dim() == 4 else None)
+             for n in block_outputs(model)]
     try:
         with torch.no_grad():
             net(x[:1])
     finally:
         for h in hooks:
             h.remove()
-    big = [n for n in convs if sizes.get(n, 0) >= min_resolution]
-    return names[(big or convs)[-1]]
+    done = list(sizes)
+    big = [n for n in done if sizes[n] >= min_resolution] or [n for n in done if sizes[n] > 1] or done
+    if not big:
+        raise NotApplicable("the model has no block with spatial feature maps")
+    return names[big[-1]]
 
 
 def layer_name(net: nn.Module, module: nn.Module) -> str:
@@ -238,7 +258,8 @@ class GradCAM(AttributionMethod):
     defaults = {"layer": "auto", "min_resolution": 7}
     reads = ("Selvaraju et al.: the layer's feature maps weighted by the average gradient of the class score, "
              "positive part: bright regions raised the score. Its resolution is that of the layer; by default the "
-             "last conv layer whose maps are at least 7 pixels across.")
+             "last block or stage output whose maps are at least 7 pixels across (at full resolution CAM's layer, "
+             "where Grad-CAM is ReLU(CAM) up to scale).")
 
     def layer(self, net, x):
         return _conv_layer(net, x, self.options["layer"], self.options["min_resolution"])
@@ -559,7 +580,8 @@ def explain_part(method: str, model_path, audit_set, options: dict, trust: dict,
                                                                 index[differ.cpu()])
         arrays.update(maps_pred=maps_pred, maps_true=maps_true)
         faith = tr.deletion_insertion(net, x, preds, torch.from_numpy(maps_pred), steps=trust["steps"],
-                                      batch_size=batch, seed=seed, index=index.tolist())
+                                      batch_size=batch, seed=seed, index=index.tolist(),
+                                      substrate=trust.get("substrate", "rise"))
         arrays.update({f"faith_{k}": v for k, v in faith.items()})
         k = min(trust["sanity_images"], len(x)) if start == 0 else 0
         if m.kind != "reference" and k > 0:

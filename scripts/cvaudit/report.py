@@ -13,6 +13,7 @@ import numpy as np
 from . import __version__, figures
 from .checks import overall, run_checks
 from .data import read_manifest
+from .diagnose import diagnosis
 from .evaluate import load_audit_set
 from .explain import load_maps
 from .io import atomic_path, read_json, stage_failure, write_json, write_text
@@ -24,7 +25,7 @@ SUMMARY_VERSION = 2
 # Inputs every report needs; any other input is an analysis stage that may have failed (runlog.run optional).
 CORE_INPUTS = {"manifest", "train_metrics", "history", "eval_metrics", "audit_set", "template", "css"}
 # The report's sections in their fixed order: (anchor, title in the table of contents).
-SECTIONS = [("summary", "Summary and verdicts"), ("card", "Model card"), ("data", "Data"), ("training", "Training"),
+SECTIONS = [("summary", "Summary and verdicts"), ("diagnosis", "Diagnosis: a degenerate model"), ("card", "Model card"), ("data", "Data"), ("training", "Training"),
             ("evaluation", "Evaluation and baselines"), ("calibration", "Calibration"),
             ("attributions", "Attributions and their trust checks"), ("representations", "Representations"),
             ("units", "Inside the network"), ("invariance", "Invariance"), ("adversarial", "Adversarial examples"),
@@ -157,6 +158,7 @@ def _attribution_section(audit: dict, explain: dict, verdicts: list[dict]) -> di
                                                   "of": st["of"]} for st in stages],
         "curves": figures.faithfulness_curves(curves, fractions) if curves else None,
         "agreement": agree,
+        "cam_gradcam": _cam_gradcam(agree, labels, explain),
         "agreement_fig": figures.agreement_heatmap(agree["methods"], agree["matrix"]) if agree else None,
         "colourbar": figures.colourbar(label="positive evidence for the class (each map scaled to its 99th percentile)"),
     }
@@ -296,6 +298,17 @@ def _robust_section(rob: dict, names: list[str]) -> dict:
     return out
 
 
+def _cam_gradcam(agree: dict | None, labels: dict, explain: dict) -> dict | None:
+    """CAM and Grad-CAM side by side where both apply: their agreement, and Grad-CAM's layer."""
+    if not agree or "cam" not in labels or "gradcam" not in labels:
+        return None
+    names = agree["methods"]
+    if labels["cam"] not in names or labels["gradcam"] not in names:
+        return None
+    return {"r": agree["matrix"][names.index(labels["cam"])][names.index(labels["gradcam"])],
+            "layer": explain["gradcam"]["meta"].get("layer")}
+
+
 def collect(model: str, inputs: dict, methods: list[str]) -> dict:
     """Everything the report shows, read from the stage outputs of this run."""
     r = {"model": model,
@@ -365,7 +378,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     failed_by_section: dict[str, list] = {}
     for rec in failed.values():
         failed_by_section.setdefault(rec["section"], []).append(rec)
-    present = {"calibration": bool(robust and robust["calibration"]), "attributions": True,
+    diag = diagnosis(r, model_cfg)
+    present = {"diagnosis": diag is not None, "calibration": bool(robust and robust["calibration"]), "attributions": True,
                "representations": represent is not None, "units": units is not None,
                "invariance": bool(robust and robust["invariance"]), "adversarial": bool(robust and robust["adversarial"]),
                "randomisation": bool(robust and robust["randomisation"])}
@@ -375,6 +389,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
         "model": model,
         "dataset": r["dataset"]["name"],
         "status": status,  # worst of the model's own checks
+        "degenerate": {k: (ev.get("degenerate") or {}).get(k) for k in ("is", "collapsed", "at_chance", "chance", "why")},
         "failed_stages": [{k: rec[k] for k in ("section", "rule", "wildcards", "error", "log")} for rec in failed.values()],
         "attribution_methods_passing": [row["method"] for row in attributions["rows"]
                                         if row["faith_status"] == "pass" and row["sanity_status"] == "pass"],
@@ -423,7 +438,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
         sections=sections, failed=failed_by_section, stage_runs=stage_runs,
         title=settings["report"]["title"], model=model, r=r, ev=ev, verdicts=model_verdicts, status=status,
         summary=summary, model_cfg=model_cfg, dataset_cfg=dataset_cfg, settings=settings, att=attributions,
-        rep=represent, units=units, compare=compare, rob=robust,
+        rep=represent, units=units, compare=compare, rob=robust, diag=diag,
         css=Path(css).read_text(),
         samples=_sample_grid(inputs["manifest"], r["dataset"]["classes"]),
         curves=figures.learning_curves(r["history"]) if r["history"] else None,

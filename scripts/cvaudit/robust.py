@@ -102,6 +102,9 @@ def log_probs(probs: np.ndarray) -> np.ndarray:
     return np.log(np.clip(np.asarray(probs, np.float64), 1e-30, 1))
 
 
+MIN_VAL_ERRORS = 2  # fewer misclassified validation images and temperature scaling is not applicable
+
+
 def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, device: str, threads: int,
                     out) -> dict:
     t0 = time.time()
@@ -125,6 +128,15 @@ def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, 
         index = {c: i for i, c in enumerate(spec["class_names"])}
         val_logits = log_probs(predict_proba(model, val, spec, dev))
         val_targets = np.array([index[r["label"]] for r in val])
+        errors = int((val_logits.argmax(1) != val_targets).sum())
+        if errors < MIN_VAL_ERRORS:  # NLL falls forever as T -> 0: the fit would only sharpen the probabilities
+            result["reason"] = (f"the validation split is (nearly) perfectly classified ({errors} error(s) in {len(val)} "
+                                "images): a temperature fitted on it only sharpens the probabilities, so it is not "
+                                "applicable; the ECE above stands as it is")
+            result["val"] = {"n": len(val), "errors": errors}
+            result["seconds"] = round(time.time() - t0, 2)
+            write_json(out, result)
+            return result
         temp = fit_temperature(val_logits, val_targets)
         result.update(temperature=temp, after=calibration_metrics(scaled(test_logits, temp), test_targets,
                                                                    options["bins"], seed=seed),

@@ -18,6 +18,45 @@ def _tail(path, n: int = 15) -> list[str]:
         return []
 
 
+def where_reports(models: list[str], compare: str | None = "results/compare/report.html",
+                  gate: str = "results/gate.json") -> str:
+    """The lines a run ends with: where each report is, its overall verdict and any failed stage."""
+    import json
+    lines = []
+    for m in models:
+        html, summary = Path(f"results/{m}/report/report.html"), Path(f"results/{m}/report/summary.json")
+        if not html.exists():
+            continue
+        try:
+            s = json.loads(summary.read_text())
+            failed = s.get("failed_stages", [])
+            note = f"overall {s['status']}" + (f"; {len(failed)} stage(s) FAILED: "
+                                              + ", ".join(f"{f['rule']}" for f in failed) if failed else "")
+        except (OSError, ValueError, KeyError):
+            note = "summary missing"
+        lines.append(f"  {m:<24} {html}  ({note})")
+    if compare and Path(compare).exists():
+        lines.append(f"  {'comparison':<24} {compare}")
+    if not lines:
+        return ""
+    try:
+        g = json.loads(Path(gate).read_text())
+        gate_line = [f"gate (audit.fail_on: {g['fail_on']}): {'passed' if g['passed'] else 'FAILED'}"]
+    except (OSError, ValueError, KeyError):
+        gate_line = []
+    return "\n".join(["cvaudit: reports (HTML; the PDF and summary.json beside each):", *lines, *gate_line])
+
+
+def name_keys(message: str, dataset: str | None = None, model: str | None = None) -> str:
+    """Messages name a config key as datasets.*.path where the code does not know the name; the rule
+    does: datasets.leaves.path is what the user searches their config for."""
+    if dataset:
+        message = message.replace("datasets.*.", f"datasets.{dataset}.").replace("datasets.<name>.", f"datasets.{dataset}.")
+    if model:
+        message = message.replace("models.*.", f"models.{model}.")
+    return message
+
+
 def known_failure(e: BaseException) -> str | None:
     """One line for a failure the user's machine or files cause (not a bug in cvaudit), else None."""
     if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
@@ -51,6 +90,42 @@ def record_failure(sm, error: BaseException, log_path) -> dict:
     return rec
 
 
+def watch_reads(sm):
+    """With CVAUDIT_CHECK_READS=1 (the tests set it), record every file the stage opens; the returned
+    function raises if the stage read a file under results/ that its rule does not declare (an input, an
+    output or a log; the images a declared manifest names, under results/data/*/images|converted; the
+    temporary file an atomic write puts beside an output). A report must be built from exactly the data
+    its rule names, or Snakemake cannot know when to rebuild it."""
+    import os
+    if not os.environ.get("CVAUDIT_CHECK_READS"):
+        return lambda: None
+    files = {os.path.abspath(str(p)) for p in (*sm.input, *sm.output, *sm.log)}
+    folders = tuple(p + os.sep for p in files)  # a directory() input or output
+    out_dirs = {os.path.dirname(os.path.abspath(str(p))) for p in sm.output}
+    results = os.path.abspath("results") + os.sep
+    opened: list[str] = []
+
+    def hook(event, args):
+        if event == "open" and args and isinstance(args[0], (str, os.PathLike)):
+            opened.append(os.path.abspath(os.fspath(args[0])))
+
+    sys.addaudithook(hook)
+
+    def check():
+        undeclared = sorted({p for p in opened if p.startswith(results) and p not in files and not p.startswith(folders)
+                             and not (os.path.basename(p).startswith(".") and os.path.dirname(p) in out_dirs)
+                             and not _manifest_data(p, results)})
+        if undeclared:
+            raise CvauditError(f"rule {getattr(sm, 'rule', '?')} read files its rule does not declare: "
+                               + ", ".join(os.path.relpath(p) for p in undeclared[:5]))
+    return check
+
+
+def _manifest_data(path: str, results: str) -> bool:
+    parts = path[len(results):].split("/")
+    return len(parts) >= 4 and parts[0] == "data" and parts[2] in ("images", "converted")
+
+
 def run(main, sm, optional: bool = False) -> None:
     """Run `main(sm)` with logging and stderr (progress bars) sent to the rule's log file.
 
@@ -79,7 +154,9 @@ def run(main, sm, optional: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     rule = getattr(sm, "rule", "?")
     try:
+        check_reads = watch_reads(sm)
         main(sm)
+        check_reads()
     except Exception as e:
         known = known_failure(e)
         if known:  # the traceback stays in the log; the console gets what to do
@@ -87,7 +164,8 @@ def run(main, sm, optional: bool = False) -> None:
                 traceback.print_exc(file=log_file)
             e = CvauditError(known)
         if isinstance(e, CvauditError):
-            msg = f"cvaudit error in rule {rule}: {e}"
+            wc = dict(getattr(sm, "wildcards", {}).items())
+            msg = f"cvaudit error in rule {rule}: {name_keys(str(e), wc.get('dataset'), wc.get('model'))}"
             print(msg, file=console)
             if log_file:
                 print(msg, file=log_file)

@@ -1,8 +1,11 @@
 """How far an attribution map can be trusted.
 
-- Faithfulness (Petsiuk et al., RISE): deletion removes the most salient pixels first (to black) and
-  insertion reveals them on a blurred copy; the area under the class-probability curve is low for a
-  faithful map under deletion and high under insertion.
+- Faithfulness (Petsiuk et al., RISE): deletion removes the most salient pixels first and insertion
+  reveals them on a blurred copy; the area under the class-probability curve is low for a faithful map
+  under deletion and high under insertion. With RISE's substrates (the default, as in the authors'
+  evaluation code): deleted pixels become the normalised zero (the model's mean colour), insertion
+  starts from an 11x11, sigma 5 blur padded with that zero. Steps are `steps` equal shares of the
+  pixels (RISE: 224 pixels a step, which at 224 px is 224 steps a curve).
 - Sanity (Adebayo et al.): cascading randomisation of the model's parameters from the top layer down;
   a map that barely changes does not depend on what the model learned.
 - Agreement: rank correlation between the maps of two methods on the same images.
@@ -27,24 +30,52 @@ def image_generator(seed: int, index: int) -> torch.Generator:
 
 
 def _order(maps: torch.Tensor, seed: int, index=None) -> torch.Tensor:
-    """Pixels from most to least salient; ties (e.g. zeros of a ReLU'd map) broken at random, not in
-    raster order, which would otherwise favour the top of the image."""
+    """Pixels from most to least salient, a total order: ties (the zeros of a ReLU'd map, LIME's
+    superpixels) go by a seeded random key, never by raster order (which would favour the top of the
+    image) nor by whatever order an unstable sort leaves (which varies across platforms and versions).
+    A random permutation first, then a stable sort by value: a lexicographic sort on (value, key)."""
     flat = maps.reshape(len(maps), -1).float()
     index = range(len(flat)) if index is None else index
-    noise = torch.stack([torch.rand(flat.shape[1], generator=image_generator(seed, j)) for j in index]) \
-        if len(flat) else torch.zeros_like(flat)
-    jitter = noise * 1e-6 * (flat.abs().amax(1, keepdim=True) + 1e-12)
-    return torch.argsort(flat + jitter, dim=1, descending=True)
+    out = torch.empty(flat.shape, dtype=torch.long)
+    for row, j in enumerate(index):
+        perm = torch.randperm(flat.shape[1], generator=image_generator(seed, j))
+        out[row] = perm[torch.argsort(-flat[row, perm], stable=True)]
+    return out
+
+
+SUBSTRATES = ("rise", "black_blur")
+
+
+def rise_kernel(klen: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """RISE's blur kernel (gkern in the authors' evaluation code): a unit impulse smoothed by
+    scipy.ndimage.gaussian_filter (its reflecting edges keep the sum at 1)."""
+    from scipy.ndimage import gaussian_filter
+    impulse = np.zeros((klen, klen))
+    impulse[klen // 2, klen // 2] = 1
+    return torch.as_tensor(gaussian_filter(impulse, sigma), dtype=torch.float32)
+
+
+def substrates(net: nn.Module, x: torch.Tensor, substrate: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what deletion turns pixels into, what insertion starts from), in pixel space."""
+    if substrate == "black_blur":  # cvaudit before RISE's: black, and a sigma W/16 blur with reflected edges
+        return torch.zeros_like(x), _blur(x, max(x.shape[-1] / 16, 1.0))
+    mean = getattr(net, "mean", None)
+    mean = torch.zeros(1, x.shape[1], 1, 1, device=x.device) if mean is None else mean.to(x.device)
+    k = rise_kernel().to(x.device)
+    kern = k.expand(x.shape[1], 1, *k.shape)
+    # RISE blurs the normalised image with zero padding: in pixel space, (x - mean) blurred, plus mean
+    blurred = F.conv2d(x - mean, kern, padding=k.shape[-1] // 2, groups=x.shape[1]) + mean
+    return mean.expand_as(x).clone(), blurred
 
 
 def deletion_insertion(net: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor, steps: int = 16,
-                       batch_size: int = 64, seed: int = 0, index=None) -> dict:
+                       batch_size: int = 64, seed: int = 0, index=None, substrate: str = "rise") -> dict:
     """Deletion and insertion curves (N, steps + 1) of the target-class probability, and their AUCs.
     index: the images' positions in the whole audit set (seeds their tie-breaking; default 0..N-1)."""
     n, _, h, w = x.shape
     order = _order(maps, seed, index).to(x.device)
     counts = np.linspace(0, h * w, steps + 1).round().astype(int)
-    blurred = _blur(x, max(w / 16, 1.0))
+    empty, blurred = substrates(net, x, substrate)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(h * w, device=x.device).expand(n, -1))
     dele, ins = np.zeros((n, steps + 1)), np.zeros((n, steps + 1))
@@ -54,8 +85,8 @@ def deletion_insertion(net: nn.Module, x: torch.Tensor, target: torch.Tensor, ma
         r = rank[sl].view(-1, 1, 1, h, w)  # (g, 1, 1, h, w)
         k = torch.as_tensor(counts, device=x.device).view(1, -1, 1, 1, 1)
         mask = (r < k).float()  # (g, steps+1, 1, h, w): 1 = among the top-k salient pixels
-        xi, bi = x[sl, None], blurred[sl, None]
-        deleted = xi * (1 - mask)
+        xi, bi, ei = x[sl, None], blurred[sl, None], empty[sl, None]
+        deleted = xi * (1 - mask) + ei * mask
         inserted = bi * (1 - mask) + xi * mask
         batch = torch.cat([deleted, inserted], 1).flatten(0, 1)
         t = target[sl].repeat_interleave(2 * (steps + 1))
