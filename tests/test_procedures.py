@@ -123,3 +123,38 @@ def test_ties_are_broken_by_a_seeded_total_order_not_by_the_sort():
     b = deletion_insertion(net, x, t, maps.clone(), steps=5, seed=5, index=[0, 1, 2])
     assert np.array_equal(a["deletion_auc"], b["deletion_auc"]) and np.array_equal(a["insertion_auc"], b["insertion_auc"])
     assert not torch.equal(_order(maps, seed=5), _order(maps, seed=6))  # the seed decides among equals
+
+
+# ----------------------------------------------------------------------------- LIME and SHAP state what they did
+class Brightness(torch.nn.Module):
+    """p(class 0) = 0.2 + 0.6 * mean brightness (linear in which superpixels are shown), or a step of it."""
+
+    def __init__(self, step: bool):
+        super().__init__()
+        self.step, self.w = step, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        b = x.mean((1, 2, 3))
+        p = (0.2 + 0.6 * (b > 0.25).float()) if self.step else 0.2 + 0.6 * b
+        p = p + 0 * self.w
+        return torch.stack([p.log(), (1 - p).log()], 1)
+
+
+def test_lime_states_its_surrogates_fit_on_fresh_samples():
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    t = torch.zeros(2, dtype=torch.long)
+    fits = {}
+    for step in (False, True):
+        m = get_method("lime", samples=200, segments=12, hide_color="black", check_samples=64)
+        m.attribute(Brightness(step), x, t)
+        fits[step] = [r["r2_fresh"] for r in m.records]
+        assert len(m.records) == 2 and all(r["r2_own"] > 0 for r in m.records)
+    assert min(fits[False]) > 0.9  # the model is linear in the superpixels: the surrogate predicts it
+    assert max(fits[True]) < min(fits[False]) - 0.2  # a step is not: the fresh-sample R² says so
+    with pytest.raises(Exception, match="explain.lime.hide_color"):
+        get_method("lime", hide_color="pink").attribute(Brightness(False), x, t)
+
+
+def test_shaps_budget_scales_with_the_image_and_its_maps_state_their_regions():
+    shap = get_method("shap")
+    assert shap.evals(28, 28) == 128 and shap.evals(224, 224) == 1024 and get_method("shap", evals=300).evals(224, 224) == 300

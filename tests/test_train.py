@@ -75,3 +75,30 @@ def test_train_false_keeps_the_pretrained_imagenet_head(manifest, tmp_path):
     model, spec = load_model(tmp_path / "a" / "model.safetensors")
     assert hist == [] and metrics["trained"] is False
     assert spec["num_classes"] == 1000 and spec["class_names"][609] == "jeep" and spec["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_precise_bn_sets_running_statistics_to_the_training_images_batch_average(clean_folder, tmp_path):
+    """Known answer: after precise_bn each BatchNorm's running mean is the mean over the batches of its
+    input's batch means, and the model kept in eval mode; the stale statistics of a short training are gone."""
+    import numpy as np
+    import torch
+
+    from cvaudit.data import ingest, read_manifest
+    from cvaudit.models import build_model, eval_transform
+    from cvaudit.train import _loader, precise_bn
+    ingest({"source": "imagefolder", "path": str(clean_folder), "split": {"val": 0.0, "test": 0.0}}, "t", 0, tmp_path)
+    rows = read_manifest(tmp_path / "manifest.csv", "train")
+    spec = {"arch": "simple_cnn", "arch_options": {"channels": [4, 8]}, "weights": "none", "num_classes": 3,
+            "input_size": 28, "class_names": ["bag", "sneaker", "trouser"], "mean": [0.5] * 3, "std": [0.5] * 3}
+    torch.manual_seed(0)
+    model = build_model(spec)
+    bn = model.features[1]
+    with torch.no_grad():
+        bn.running_mean.fill_(7.0)  # stale
+    seen = []
+    h = bn.register_forward_hook(lambda m, i, o: seen.append(i[0].mean((0, 2, 3)).clone()))
+    used = precise_bn(model, _loader(rows, spec["class_names"], eval_transform(spec), 8, True, 0), "cpu")
+    h.remove()
+    assert used == len(seen) == int(np.ceil(len(rows) / 8)) - (len(rows) % 8 == 1)
+    assert torch.allclose(bn.running_mean, torch.stack(seen).mean(0), atol=1e-5)
+    assert not model.training and not bn.training and bn.momentum == 0.1

@@ -438,41 +438,77 @@ def target_probability_fn(net: nn.Module, target: int):
 @register
 class LIME(AttributionMethod):
     name, label, kind = "lime", "LIME", "perturbation"
-    defaults = {"samples": 128, "segments": 40, "seed": 0}
-    reads = ("Ribeiro et al.: the image is cut into superpixels, random subsets are greyed out, and a weighted "
-             "linear model of the class probability is fitted; each superpixel gets its coefficient.")
+    defaults = {"samples": 128, "segments": 40, "seed": 0, "hide_color": "mean", "check_samples": 64}
+    reads = ("Ribeiro et al.: the image is cut into superpixels, random subsets are hidden (each filled with its "
+             "own mean colour by default: explain.lime.hide_color), and a weighted linear model of the class "
+             "probability is fitted; each superpixel gets its coefficient. The fit is checked on fresh samples "
+             "(R², flagged below 0.5): a surrogate that does not predict the model does not explain it.")
+    HIDE = {"grey": 0.5, "black": 0.0}
+
+    def __init__(self, batch_size: int = 64, **options):
+        super().__init__(batch_size, **options)
+        self.records: list[dict] = []  # per image explained: the surrogate's R² on fresh samples and its own score
 
     def model_passes(self, h, w):
-        return self.options["samples"]
+        return self.options["samples"] + self.options["check_samples"]
 
     def attribute(self, net, x, target):
         from lime import lime_image
 
         out = []
+        hide = self.options["hide_color"]
+        if hide not in ("mean", *self.HIDE):
+            raise CvauditError(f"config key explain.lime.hide_color: '{hide}'; use mean, grey or black")
         for img, t in zip(x.detach().cpu().permute(0, 2, 3, 1).double().numpy(), target.tolist()):
             predict = target_probability_fn(net, t)
             seg = lambda im: superpixels(im, self.options["segments"])  # noqa: E731
             explainer = lime_image.LimeImageExplainer(random_state=self.options["seed"])
-            exp = explainer.explain_instance(img, predict, labels=(0,), top_labels=None, hide_color=None,
+            exp = explainer.explain_instance(img, predict, labels=(0,), top_labels=None,
+                                             hide_color=None if hide == "mean" else self.HIDE[hide],
                                              num_samples=self.options["samples"], batch_size=self.batch_size,
                                              segmentation_fn=seg)
             weights = np.zeros(exp.segments.max() + 1)
             for segment, w in exp.local_exp[0]:
                 weights[segment] = w
             out.append(weights[exp.segments])
+            self.records.append({"r2_fresh": self.fresh_r2(img, exp.segments, weights, exp.intercept[0], predict, hide),
+                                 "r2_own": float(exp.score[0] if isinstance(exp.score, dict) else exp.score)})
         return torch.tensor(np.stack(out), dtype=torch.float32)
+
+    def fresh_r2(self, img, segments, weights, intercept, predict, hide) -> float:
+        """R² of the surrogate on perturbations it was not fitted on, weighted by LIME's own kernel (cosine
+        distance to the full image, width 0.25): LIME's own score is measured on its training samples."""
+        from sklearn.metrics import r2_score
+        n_seg, k = int(segments.max()) + 1, self.options["check_samples"]
+        if k < 2:
+            return float("nan")
+        fill = np.zeros_like(img) + (self.HIDE.get(hide, 0.0))
+        if hide == "mean":
+            for s in range(n_seg):
+                fill[segments == s] = img[segments == s].mean(0)
+        rng = np.random.default_rng(int(self.options["seed"]) + 1)
+        z = rng.integers(0, 2, (k, n_seg))
+        batch = np.where(z[:, segments][..., None].astype(bool), img[None], fill[None])
+        y = np.concatenate([predict(batch[i:i + self.batch_size]) for i in range(0, k, self.batch_size)])[:, 0]
+        d = 1 - z.sum(1) / np.sqrt(np.maximum(z.sum(1), 1) * n_seg)  # cosine distance to all-ones
+        w = np.sqrt(np.exp(-(d ** 2) / 0.25 ** 2))
+        return float(r2_score(y, intercept + z @ weights, sample_weight=w)) if np.ptp(y) > 0 else float("nan")
 
 
 @register
 class SHAP(AttributionMethod):
     name, label, kind = "shap", "SHAP (partition)", "perturbation"
-    defaults = {"evals": 128}
+    defaults = {"evals": "auto"}
     reads = ("Lundberg & Lee, Partition explainer: Shapley values of a hierarchy of image regions, hidden regions "
              "replaced by a blurred copy; the values of a map add up to the class probability minus that of the "
              "fully blurred image.")
 
+    def evals(self, h: int, w: int) -> int:
+        e = self.options["evals"]
+        return max(128, h * w // 49) if e == "auto" else int(e)
+
     def model_passes(self, h, w):
-        return self.options["evals"]
+        return self.evals(h, w)
 
     def attribute(self, net, x, target):
         import shap
@@ -487,7 +523,7 @@ class SHAP(AttributionMethod):
         for img, blur, t in zip(imgs, blurred, target.tolist()):
             masker.mask_value = blur.astype(np.float64).ravel()  # blur without OpenCV, one partition tree
             explainer = shap.Explainer(target_probability_fn(net, t), masker, algorithm="partition")
-            sv = explainer(img[None], max_evals=self.options["evals"], batch_size=self.batch_size, silent=True)
+            sv = explainer(img[None], max_evals=self.evals(*img.shape[:2]), batch_size=self.batch_size, silent=True)
             out.append(sv.values[0, ..., 0].sum(-1))
         return torch.tensor(np.stack(out), dtype=torch.float32)
 
@@ -532,7 +568,8 @@ def audit_images(audit: dict, device) -> torch.Tensor:
 
 
 PER_IMAGE = ("maps_pred", "maps_true", "faith_deletion", "faith_insertion", "faith_deletion_auc",
-             "faith_insertion_auc", "converged", "ig_steps", "completeness_error")
+             "faith_insertion_auc", "converged", "ig_steps", "completeness_error", "lime_r2_fresh", "lime_r2_own",
+             "shap_regions")
 
 
 def explain_part(method: str, model_path, audit_set, options: dict, trust: dict, seed: int, device: str,
@@ -566,6 +603,11 @@ def explain_part(method: str, model_path, audit_set, options: dict, trust: dict,
         ta = time.time()
         maps_pred = attribute_batched(m, net, x, preds, index)
         result["attribution_seconds"] = round(time.time() - ta, 3)
+        if isinstance(m, LIME):  # each surrogate's fit on fresh samples, and its own score
+            arrays.update(lime_r2_fresh=np.array([r["r2_fresh"] for r in m.records[:len(x)]]),
+                          lime_r2_own=np.array([r["r2_own"] for r in m.records[:len(x)]]))
+        if isinstance(m, SHAP):  # its effective resolution: distinct values (regions) per map
+            arrays.update(shap_regions=np.array([len(np.unique(mp)) for mp in maps_pred]))
         if isinstance(m, IntegratedGradients):  # completeness per image: unconverged maps leave the trust scores
             rec = {k: np.concatenate([r[k] for r in m.records]) for k in ("steps", "completeness_error", "converged")}
             arrays.update(converged=rec["converged"], ig_steps=rec["steps"],

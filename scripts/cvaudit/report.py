@@ -103,6 +103,27 @@ def _sample_grid(manifest, classes: list[str], per_class: int = 6, max_classes: 
     return out
 
 
+LOW_R2 = 0.5  # a LIME surrogate that explains less than half the variance on fresh samples is flagged
+
+
+def _surrogate_fit(arrays: dict, meta: dict) -> dict | None:
+    """LIME: its surrogate's R² on fresh samples and its own score; SHAP: regions (distinct values) per map."""
+    if "lime_r2_fresh" in arrays:
+        fresh = np.asarray(arrays["lime_r2_fresh"], float)
+        ok = fresh[~np.isnan(fresh)]
+        return {"kind": "lime", "fresh": float(np.median(ok)) if len(ok) else None,
+                "own": float(np.nanmedian(arrays["lime_r2_own"])) if len(arrays["lime_r2_own"]) else None,
+                "low": int((ok < LOW_R2).sum()), "n": int(len(ok)), "threshold": LOW_R2,
+                "hide": meta["options"].get("hide_color", "mean")}
+    if "shap_regions" in arrays:
+        evals = meta["options"].get("evals")
+        if evals == "auto":
+            from .explain import SHAP
+            evals = SHAP(evals="auto").evals(*np.asarray(arrays["maps_pred"]).shape[-2:])
+        return {"kind": "shap", "regions": float(np.median(arrays["shap_regions"])), "evals": evals}
+    return None
+
+
 def _attribution_section(audit: dict, explain: dict, verdicts: list[dict]) -> dict:
     """Gallery (audit images x methods, shared colour scale), trust tables, curves, agreement."""
     from .checks import method_sentence
@@ -137,7 +158,7 @@ def _attribution_section(audit: dict, explain: dict, verdicts: list[dict]) -> di
                      "gain_ci": (f["ci_low"], f["ci_high"]) if f and f["ci_low"] is not None else None,
                      "gain_n": f["n"] if f else None, "faith_settle": f["settle"] if f else "",
                      "sanity_settle": s["settle"] if s else "",
-                     "completeness": meta.get("completeness"),
+                     "completeness": meta.get("completeness"), "fit": _surrogate_fit(usable[m], meta),
                      "faith_status": f["status"] if f else "n/a", "sanity": meta.get("sanity"),
                      "sanity_status": s["status"] if s else "n/a", "seconds": meta.get("attribution_seconds"),
                      "sentence": method_sentence(meta["label"], f["status"] if f else "n/a",

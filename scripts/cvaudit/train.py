@@ -95,6 +95,36 @@ def _set_train_mode(model: nn.Module, frozen: bool, freeze_bn: bool) -> None:
 
 
 @torch.no_grad()
+def precise_bn(model: nn.Module, loader, device, max_batches: int = 200) -> int:
+    """Recompute every BatchNorm layer's running statistics over the training images (no augmentation),
+    as the cumulative average of batch statistics, for the weights kept (Wu & Johnson, "Rethinking
+    'Batch' in BatchNorm": the running averages of a few tracked steps are stale, and a model evaluated
+    with them can collapse onto one class). Returns the batches used (0: no BatchNorm)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches seen
+    model.eval()
+    for m in bns:
+        m.train()
+    n = 0
+    with torch.no_grad():
+        for x, _ in loader:
+            if len(x) < 2:  # a batch of one has no batch statistics
+                continue
+            model(x.to(device))
+            n += 1
+            if n >= max_batches:
+                break
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    model.eval()
+    return n
+
+
 def _validate(model, loader, device, amp) -> tuple[float, float]:
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
@@ -203,6 +233,15 @@ def train_model(name: str, model_cfg: dict, manifest: str | Path, seed: int, dev
                            "or finetune_epochs above 0")
     model.load_state_dict(best["state"])
     _freeze_backbone(model, False)
+    if tcfg.get("precise_bn", True) and not (pretrained and tcfg.get("freeze_bn", True)):
+        stats_dl = _loader(train_rows, spec["class_names"], eval_transform(spec), bs, True, seed)
+        used = precise_bn(model, stats_dl, dev)
+        if used:
+            val_loss, val_acc = _validate(model, val_dl, dev, amp) if val_dl else (float("nan"), float("nan"))
+            metrics["precise_bn"] = {"batches": used, "val_loss_before": best["val_loss"], "val_loss": val_loss,
+                                     "val_acc_before": best["val_acc"], "val_acc": val_acc}
+            log.info("%s: BatchNorm statistics recomputed over %d training batches: val loss %.4f -> %.4f, "
+                     "acc %.3f -> %.3f", name, used, best["val_loss"], val_loss, best["val_acc"], val_acc)
     save_model(model, spec, out_model)
     _write_history(out_history, history)
     metrics.update(epochs_run=epoch_total, best_epoch=best["epoch"], best_phase=best["phase"],
