@@ -11,6 +11,12 @@ from cvaudit.config import check_paths, resolve_paths, validate_config
 # The demo config is the default. Only when no --configfile/--config is given: Snakemake would
 # otherwise deep-merge it into the user's config (demo models and datasets would leak in). An empty
 # --configfile is an error, not the demo.
+# `--configfile my.yaml results/m/report/summary.json` reads the target as one more config file. When it
+# exists and parses (a .json output), Snakemake merges it into the config: say what happened instead.
+for _f in workflow.overwrite_configfiles:
+    if Path(_f).suffix.lower() not in (".yaml", ".yml", ".json") or Path(_f).resolve().is_relative_to(Path("results").resolve()):
+        raise ValueError(f"cvaudit: {_f} was given after --configfile, so Snakemake reads it as a config file; "
+                         "put targets before --configfile: snakemake --cores all TARGET --configfile my.yaml")
 if not config and workflow.overwrite_configfiles:
     raise ValueError(f"cvaudit: the config file {', '.join(map(str, workflow.overwrite_configfiles))} is empty; "
                      "it needs at least datasets: and models: (see config/config.yaml and config/schema.yaml)")

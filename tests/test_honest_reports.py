@@ -271,3 +271,20 @@ run(main, Sm())
     assert ok.returncode == 0, ok.stderr
     bad = subprocess.run([sys.executable, str(script), "results/data/d/rejected.csv"], env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and "read files its rule does not declare: results/data/d/rejected.csv" in bad.stderr
+
+
+def test_a_target_after_configfile_is_named_not_merged_into_the_config(tmp_path):
+    import json
+
+    import yaml
+
+    from conftest import REPO, TINY, smk
+    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    cfg["datasets"]["tiny"]["path"] = str(TINY)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "results" / "m" / "report").mkdir(parents=True)
+    (tmp_path / "results" / "m" / "report" / "summary.json").write_text(json.dumps({"models": {}}))
+    target = str(tmp_path / "results" / "m" / "report" / "summary.json")  # as a user in the project folder types it
+    p = smk(tmp_path, "--dry-run", "--configfile", str(tmp_path / "c.yaml"), target, check=False)
+    said = p.stdout + p.stderr
+    assert p.returncode != 0 and "was given after --configfile" in said and "put targets before --configfile" in said

@@ -102,6 +102,22 @@ def test_a_file_only_the_rejected_list_sees_still_updates_the_report(two):
     assert jobs(work) == set()
 
 
+def test_a_copied_project_folder_plans_nothing_and_a_mistake_there_is_named(two):
+    """A project folder copied elsewhere (results, Snakemake's records, config) is up to date there; a
+    mistyped dataset path in the copy stops before planning, never a FileNotFoundError mid-run (issue 21)."""
+    work, cfg = two
+    copy = work.parent / (work.name + "_copy")
+    shutil.copytree(work, copy, symlinks=True)
+    try:
+        assert jobs(copy) == set()
+        name = variant(copy, cfg, "typo.yaml", lambda c: c["datasets"]["b"].update(path=str(copy / "bb")))
+        p = smk(copy, "--dry-run", "--configfile", str(copy / name), check=False)
+        said = p.stdout + p.stderr
+        assert p.returncode != 0 and "config key 'datasets.b.path'" in said and "FileNotFoundError" not in said
+    finally:
+        shutil.rmtree(copy)
+
+
 def test_editing_a_report_template_reruns_only_the_reports(two):
     work, _ = two
     template = REPO / "templates" / "report.html.j2"
