@@ -230,7 +230,8 @@ def test_garbage_weights_and_a_truncated_model_file_are_named_with_the_fix(tmp_p
 
 
 def test_an_input_size_too_small_for_the_network_names_the_smallest_that_works():
-    from cvaudit.models import build_model, check_input_size
+    from cvaudit.models import build_model
+    from cvaudit.train import check_input_size
     net = build_model({"arch": "simple_cnn", "arch_options": {"channels": [8, 8, 8, 8, 8]}, "weights": "none",
                        "num_classes": 3, "input_size": 8})
     with pytest.raises(CvauditError, match=r"models\.m\.input_size: 8 px is too small .*smallest input size that works is 32"):

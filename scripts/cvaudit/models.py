@@ -305,36 +305,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     return model.to(device).eval(), spec
 
 
-def check_input_size(model: nn.Module, size: int, key: str) -> None:
-    """Refuse an input size the network cannot take (pooling down to nothing), naming the smallest that works."""
-    def works(s: int) -> bool:
-        try:
-            with torch.no_grad():
-                model(torch.zeros(1, 3, s, s))
-            return True
-        except RuntimeError:
-            return False
-
-    was = model.training
-    model.eval()
-    try:
-        if works(size):
-            return
-        lo, hi = size, size
-        while not works(hi):
-            lo, hi = hi, hi * 2
-            if hi > 4096:
-                raise CvauditError(f"config key {key}: the network takes no input size up to 4096 px; check "
-                                   "the architecture and its options") from None
-        while hi - lo > 1:  # the smallest size that works, between lo (fails) and hi (works)
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if works(mid) else (mid, hi)
-        raise CvauditError(f"config key {key}: {size} px is too small for this network (its feature maps shrink "
-                           f"to nothing); the smallest input size that works is {hi}")
-    finally:
-        model.train(was)
-
-
 def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise CvauditError("config key 'device' is 'cuda' but torch sees no GPU; use 'auto' or 'cpu'")

@@ -18,8 +18,8 @@ from tqdm import tqdm
 from . import CvauditError
 from .data import ImageDataset, imagenet_categories, manifest_classes, read_manifest
 from .io import atomic_path, write_json
-from .models import (_head_name, build_model, check_input_size, eval_transform, normalisation, resolve_device,
-                     save_model, train_transform)
+from .models import (_head_name, build_model, eval_transform, normalisation, resolve_device, save_model,
+                     train_transform)
 
 log = logging.getLogger("cvaudit.train")
 HISTORY_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
@@ -95,6 +95,36 @@ def _set_train_mode(model: nn.Module, frozen: bool, freeze_bn: bool) -> None:
 
 
 @torch.no_grad()
+def check_input_size(model: nn.Module, size: int, key: str) -> None:
+    """Refuse an input size the network cannot take (pooling down to nothing), naming the smallest that works."""
+    def works(s: int) -> bool:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, s, s))
+            return True
+        except RuntimeError:
+            return False
+
+    was = model.training
+    model.eval()
+    try:
+        if works(size):
+            return
+        lo, hi = size, size
+        while not works(hi):
+            lo, hi = hi, hi * 2
+            if hi > 4096:
+                raise CvauditError(f"config key {key}: the network takes no input size up to 4096 px; check "
+                                   "the architecture and its options") from None
+        while hi - lo > 1:  # the smallest size that works, between lo (fails) and hi (works)
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if works(mid) else (mid, hi)
+        raise CvauditError(f"config key {key}: {size} px is too small for this network (its feature maps shrink "
+                           f"to nothing); the smallest input size that works is {hi}")
+    finally:
+        model.train(was)
+
+
 def precise_bn(model: nn.Module, loader, device, max_batches: int = 200) -> int:
     """Recompute every BatchNorm layer's running statistics over the training images (no augmentation),
     as the cumulative average of batch statistics, for the weights kept (Wu & Johnson, "Rethinking
