@@ -168,6 +168,7 @@ def test_class_names_with_dollar_signs_are_drawn_as_literal_text():
     assert all(n in svg for n in names)  # never parsed as mathtext
 
 
+@pytest.mark.e2e  # runs snakemake
 def test_an_empty_config_file_is_refused_not_replaced_by_the_demo(tmp_path):
     from conftest import smk
     (tmp_path / "empty.yaml").write_text("{}\n")
@@ -279,6 +280,7 @@ def test_numbers_yaml_reads_as_text_are_numbers():
         validate_config(cfg)
 
 
+@pytest.mark.e2e  # runs snakemake
 def test_class_folders_named_like_snakemake_patterns_run(tmp_path):
     """`<unk>` and `{x}` are class names, never patterns: no image path reaches Snakemake."""
     import yaml

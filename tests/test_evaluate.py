@@ -51,3 +51,109 @@ def test_baseline_without_training_split_says_why(tmp_path):
     ingest({"source": "foolbox_imagenet", "split": {"val": 0.0, "test": 1.0}}, "im", 0, tmp_path)
     res = fit_baseline(tmp_path / "manifest.csv", size=8, max_train=100, seed=0, out=tmp_path / "b.json")
     assert not res["available"] and "no training split" in res["reason"]
+
+
+# Known answers for evaluate's derived metrics (issue 22).
+def test_top5_counts_the_true_class_among_the_five_highest_only():
+    probs = np.array([[0.30, 0.25, 0.2, 0.1, 0.08, 0.07],  # true 4: fifth highest -> in
+                      [0.30, 0.25, 0.2, 0.1, 0.08, 0.07],  # true 5: sixth -> out
+                      [0.07, 0.08, 0.1, 0.2, 0.25, 0.30]])  # true 5: first -> in
+    m = classification_metrics(probs, np.array([4, 5, 5]), list(range(6)), list("abcdef"))
+    assert m["top5_accuracy"] == pytest.approx(2 / 3) and m["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_macro_f1_is_the_unweighted_mean_over_classes_with_support():
+    targets = np.array([0, 0, 0, 0, 1, 2])
+    preds = np.array([0, 0, 0, 0, 2, 2])  # f1: a 1, b 0 (never predicted), c 2/3
+    m = classification_metrics(np.eye(3)[preds], targets, [0, 1, 2], ["a", "b", "c"])
+    assert m["macro_f1"] == pytest.approx((1 + 0 + 2 / 3) / 3)
+    assert [c["support"] for c in m["per_class"]] == [4, 1, 1]
+    assert m["per_class"][1] == {"class": "b", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert m["confusion"]["rows"] == m["confusion"]["columns"] == ["a", "b", "c"]
+
+
+def test_the_dataset_classes_may_be_a_subset_of_the_models_outputs_in_any_order():
+    names = ["x", "y", "z", "w"]
+    targets = np.array([3, 3, 1])
+    preds = np.array([3, 1, 1])
+    m = classification_metrics(np.eye(4)[preds], targets, [3, 1], names)
+    assert [c["class"] for c in m["per_class"]] == ["w", "y"] and m["confusion"]["matrix"] == [[1, 1], [0, 1]]
+
+
+def test_the_worst_mistakes_are_the_most_confident_wrong_predictions_first():
+    from cvaudit.evaluate import worst_mistakes
+    conf = np.array([0.99, 0.6, 0.9, 0.7, 0.95])
+    correct = np.array([True, False, False, False, True])
+    assert worst_mistakes(conf, correct, 2).tolist() == [2, 3]
+    assert worst_mistakes(conf, correct, 10).tolist() == [2, 3, 1]
+    assert worst_mistakes(conf, np.ones(5, bool), 3).tolist() == []
+
+
+@pytest.mark.parametrize("model_right, base_right", [(30, 20), (20, 30)])
+def test_the_gain_over_the_baseline_is_the_model_minus_the_baseline_on_the_same_images(model_right, base_right):
+    from cvaudit import stats
+    from cvaudit.evaluate import baseline_gain
+    correct, base_correct = np.arange(40) < model_right, np.arange(40) < base_right
+    base = {"available": True, "accuracy": base_right / 40, "correct": base_correct.astype(int).tolist(), "name": "lr"}
+    g = baseline_gain(correct, base, seed=3)
+    want = (model_right - base_right) / 40
+    assert g["gain_over_baseline"] == pytest.approx(want) and g["gain_over_baseline_ci"]["value"] == pytest.approx(want)
+    assert g["gain_over_baseline_ci"] == stats.paired_difference(correct.astype(float), base_correct.astype(float), 3)
+    assert g["mcnemar_p"] == pytest.approx(stats.mcnemar_p(correct, base_correct)) and g["mcnemar_p"] < 0.01
+    assert g["baseline"] == {"available": True, "accuracy": base_right / 40, "name": "lr"}  # without per-image list
+
+
+def test_without_per_image_baseline_results_the_gain_has_no_interval_and_without_a_baseline_none():
+    from cvaudit.evaluate import baseline_gain
+    correct = np.arange(40) < 30
+    g = baseline_gain(correct, {"available": True, "accuracy": 0.5, "correct": [1] * 39}, seed=0)  # other images
+    assert g["gain_over_baseline"] == pytest.approx(0.25) and g["gain_over_baseline_ci"] is None and g["mcnemar_p"] is None
+    off = baseline_gain(correct, {"available": False, "reason": "no training split"}, seed=0)
+    assert off == {"baseline": {"available": False, "reason": "no training split"}, "gain_over_baseline": None,
+                   "gain_over_baseline_ci": None, "mcnemar_p": None}
+    assert baseline_gain(correct, None, seed=0)["baseline"] is None
+
+
+def test_the_audit_set_alternates_mistakes_and_hits_within_a_class_and_classes_take_turns():
+    targets = np.repeat([0, 1], 6)
+    correct = np.array([False, True] * 6)
+    pick = choose_audit_set(targets, correct, per_class=4, max_images=8, seed=1)
+    for c in (0, 1):
+        mine = pick[targets[pick] == c]
+        assert len(mine) == 4 and (~correct[mine]).sum() == 2
+    one_each = choose_audit_set(targets, correct, per_class=4, max_images=2, seed=1)
+    assert sorted(targets[one_each].tolist()) == [0, 1]  # every class one image before any gets two
+    # with a cap of one image per class, the two classes start on opposite queues: one mistake, one hit
+    first = choose_audit_set(targets, correct, per_class=1, max_images=2, seed=1)
+    assert sorted(correct[first].tolist()) == [False, True]
+    only_hits = choose_audit_set(targets, np.ones(12, bool), per_class=3, max_images=10, seed=0)
+    assert len(only_hits) == 6 and choose_audit_set(targets, correct, 4, 8, seed=2).tolist() != pick.tolist()
+
+
+def test_degenerate_reasons_and_numbers_are_exact():
+    from cvaudit import stats
+    from cvaudit.evaluate import COLLAPSE_SHARE, degenerate
+    targets = np.repeat([0, 1, 2, 3], 25)
+    preds = np.where(np.arange(100) < 80, 2, targets)  # 80% 'c': exactly the collapse share
+    d = degenerate(preds, targets, [0, 1, 2, 3], list("abcd"), stats.proportion(40, 100))
+    assert COLLAPSE_SHARE == 0.8 and d["collapsed"] and d["top_share"] == pytest.approx(0.8)
+    assert d["true_share"] == pytest.approx(0.25) and d["chance"] == pytest.approx(0.25) and not d["at_chance"]
+    assert d["predicted_classes"] == 2 and d["top_class"] == "c"
+    assert d["why"] == "it predicts 'c' for 80% of the test images (true share 25%)"
+    less = degenerate(np.where(np.arange(100) < 79, 2, targets), targets, [0, 1, 2, 3], list("abcd"),
+                      stats.proportion(40, 100))
+    assert not less["is"]
+    # chance is the commonest class's share when that is above 1 / classes; an interval touching it is chance
+    skewed = np.r_[np.zeros(70, int), np.ones(30, int)]
+    ci = {"value": 0.75, "ci_low": 0.70, "ci_high": 0.8}
+    d = degenerate(skewed, skewed, [0, 1], ["a", "b"], ci)
+    assert d["chance"] == pytest.approx(0.7) and d["at_chance"] and not d["collapsed"]
+    assert d["why"] == "its accuracy interval [0.700, 0.800] reaches the chance level 0.700"
+    assert not degenerate(skewed, skewed, [0, 1], ["a", "b"], {**ci, "ci_low": 0.701})["is"]
+    both = degenerate(np.zeros(100, int), targets, [0, 1, 2, 3], list("abcd"), stats.proportion(25, 100))
+    assert both["why"].count("; ") == 1 and both["collapsed"] and both["at_chance"]
+    empty = degenerate(np.array([], int), np.array([], int), [0, 1], ["a", "b"], {"ci_low": None})
+    assert not empty["is"] and empty["chance"] == 0.5 and empty["top_share"] == 0.0
+    none = degenerate(np.array([], int), np.array([], int), [], [], {"ci_low": None})
+    assert none["top_class"] is None and none["top_share"] is None and none["true_share"] is None
+    assert degenerate(skewed, skewed, [0, 1], ["a", "b"], {"ci_low": None})["at_chance"] is False

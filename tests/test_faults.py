@@ -12,6 +12,8 @@ import pytest
 import yaml
 from conftest import REPO, SNAKEMAKE, TINY, smk
 
+pytestmark = pytest.mark.e2e  # runs the workflow through snakemake
+
 TARGET = "results/cnn_tiny/train/metrics.json"
 EPOCHS = 150  # about 5 s of training: time to interrupt it
 

@@ -37,6 +37,7 @@ def test_every_path_in_the_config_is_checked_before_planning(tmp_path, change, w
         check_paths(cfg, tmp_path)
 
 
+@pytest.mark.e2e  # runs snakemake
 def test_relative_paths_are_relative_to_the_config_file(tmp_path):
     import shutil
 
@@ -273,6 +274,7 @@ run(main, Sm())
     assert bad.returncode == 1 and "read files its rule does not declare: results/data/d/rejected.csv" in bad.stderr
 
 
+@pytest.mark.e2e  # runs snakemake
 def test_a_target_after_configfile_is_named_not_merged_into_the_config(tmp_path):
     import json
 

@@ -15,6 +15,8 @@ from torchvision.transforms import v2 as T
 
 from cvaudit import CvauditError
 
+pytestmark = pytest.mark.e2e  # runs the workflow through snakemake
+
 ORDER = ["trouser", "bag", "sneaker"]  # not the sorted folder order (bag, sneaker, trouser)
 MEAN, STD = [0.3, 0.3, 0.3], [0.35, 0.35, 0.35]
 SIZE = 32

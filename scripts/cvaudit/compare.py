@@ -85,7 +85,7 @@ def mark_best(rows: list[dict], correct: dict | None = None) -> None:
     correct = correct or {}
     for r in rows:
         r["best"], r["tie"] = [], []
-    for dataset in {r["dataset"] for r in rows}:
+    for dataset in sorted({r["dataset"] for r in rows}):
         group = [r for r in rows if r["dataset"] == dataset and not r.get("degenerate")]  # named, never ranked
         if len(group) < 2:
             continue

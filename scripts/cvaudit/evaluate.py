@@ -83,6 +83,28 @@ def choose_audit_set(targets: np.ndarray, correct: np.ndarray, per_class: int, m
     return np.array(sorted(chosen), dtype=int)
 
 
+def worst_mistakes(conf: np.ndarray, correct: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k wrong predictions made with the highest confidence, most confident first."""
+    wrong = np.flatnonzero(~correct)
+    return wrong[np.argsort(-conf[wrong], kind="stable")][:k]
+
+
+def baseline_gain(correct: np.ndarray, base: dict | None, seed: int) -> dict:
+    """What the model gains over the classic-ML baseline on the same test images: its accuracy minus the
+    baseline's, with a paired bootstrap interval and McNemar's p when the baseline's per-image results are
+    there (in the same order). None where there is no baseline to compare with."""
+    out = {"baseline": None if base is None else {k: v for k, v in base.items() if k != "correct"},
+           "gain_over_baseline": None, "gain_over_baseline_ci": None, "mcnemar_p": None}
+    if base and base.get("available"):
+        out["gain_over_baseline"] = float(np.mean(correct)) - base["accuracy"]
+        base_correct = np.asarray(base.get("correct", []), bool)
+        if len(base_correct) == len(correct):  # the same test images, in the same order
+            out["gain_over_baseline_ci"] = stats.paired_difference(correct.astype(float), base_correct.astype(float),
+                                                                   seed=seed)
+            out["mcnemar_p"] = stats.mcnemar_p(correct, base_correct)
+    return out
+
+
 # A model that gives one class to this share of the test images (when the class is not that common) has collapsed.
 COLLAPSE_SHARE = 0.8
 
@@ -165,26 +187,15 @@ def evaluate_model(name: str, model_path, manifest, baseline, audit_cfg: dict, s
                             paths=np.array([r["path"] for r in rows]), class_names=np.array(spec["class_names"]))
 
     conf = probs[np.arange(len(preds)), preds]
-    wrong = np.flatnonzero(~correct)
-    worst = wrong[np.argsort(-conf[wrong])][:audit_cfg["mistakes"]]
     m["mistakes"] = [{"path": rows[i]["path"], "label": rows[i]["label"], "pred_label": spec["class_names"][preds[i]],
-                      "confidence": float(conf[i])} for i in worst]
+                      "confidence": float(conf[i])} for i in worst_mistakes(conf, correct, audit_cfg["mistakes"])]
 
     m["accuracy_ci"] = stats.proportion(int(correct.sum()), len(correct))
     m["degenerate"] = degenerate(preds, targets, class_idx, spec["class_names"], m["accuracy_ci"])
     if m["degenerate"]["is"]:  # the first thing a practitioner checks: stale BatchNorm statistics
         m["degenerate"]["batch_stats_accuracy"] = batch_statistics_accuracy(model, rows, spec, dev, targets)
         log.warning("%s is degenerate: %s", name, m["degenerate"]["why"])
-    base = _read_json_or_none(baseline)
-    m["baseline"] = None if base is None else {k: v for k, v in base.items() if k != "correct"}
-    m["gain_over_baseline"] = m["gain_over_baseline_ci"] = m["mcnemar_p"] = None
-    if base and base.get("available"):
-        m["gain_over_baseline"] = m["accuracy"] - base["accuracy"]
-        base_correct = np.asarray(base.get("correct", []), bool)
-        if len(base_correct) == len(correct):  # the same test images, in the same order
-            m["gain_over_baseline_ci"] = stats.paired_difference(correct.astype(float), base_correct.astype(float),
-                                                                 seed=seed)
-            m["mcnemar_p"] = stats.mcnemar_p(correct, base_correct)
+    m.update(baseline_gain(correct, _read_json_or_none(baseline), seed))
 
     pick = choose_audit_set(targets, correct, audit_cfg["per_class"], audit_cfg["max_images"], seed)
     show = display_transform(spec)

@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""Mutation testing: how many realistic one-line bugs in a verdict module the fast unit tests catch.
+
+    .venv/bin/python tools/mutation.py compare checks      # or: make mutation MODULES="compare checks"
+    .venv/bin/python tools/mutation.py --all                # every module in SCOPE below
+
+Runs mutmut (pinned in requirements-dev.txt, installed on first use) on scripts/cvaudit/<module>.py
+with the fast tests only (`pytest -m "not e2e"`: the end-to-end run proves wiring, not arithmetic),
+and writes build/mutation/<module>.md: the score and every surviving mutant's diff, plus
+build/mutation/scores.json. mutmut wants the package importable by its file path, so the run happens
+in a staged copy (build/mutation/stage/<module>) where scripts/cvaudit is src/cvaudit; the repository is not touched.
+
+The score counts killed / (all mutants - equivalent ones), over the functions whose output a verdict,
+an interval or a ranking reads (SCOPE); a mutant no fast test reaches ("no tests") counts as surviving.
+Mutants that cannot change behaviour are listed in tools/mutation_equivalent.txt, one line each with
+the reason; the script checks that each listed mutant still has the diff it was judged on.
+"""
+import argparse
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD = REPO / "build" / "mutation"
+STAGE_ROOT = BUILD / "stage"
+EQUIVALENT = REPO / "tools" / "mutation_equivalent.txt"
+
+# Per module: the functions that compute what a verdict, an interval or a ranking reads. The others
+# (run_* stage drivers, file reading and writing, HTML) are wiring: the end-to-end tests cover them.
+SCOPE = {
+    "stats": ["*"],
+    "checks": ["*"],
+    "compare": ["kind_of", "metric_row", "_apart", "mark_best", "gate_problems", "same_data"],
+    "evaluate": ["classification_metrics", "choose_audit_set", "degenerate"],
+    "trust": ["*"],
+    "adversarial": ["_fooled", "fgsm", "pgd", "_apgd", "autoattack", "attack_batch", "_batch_seed", "masking_checks"],
+    "robust": ["_bin_gaps", "calibration_metrics", "fit_temperature", "scaled", "log_probs", "transform",
+               "robustness_score", "equivariance_error", "_slice", "_jpeg"],
+    "data": ["_unit", "hashed_split", "_ensure_each_split", "_dedupe"],
+}
+KILLED = {1: "killed", 3: "killed", 36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout",
+          37: "killed"}
+STATUS = {0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", None: "not checked", -11: "segfault",
+          -9: "segfault", 2: "interrupted"}
+MUTMUT = Path(sys.executable).parent / "mutmut"
+
+
+def ensure_mutmut():
+    if not MUTMUT.exists():
+        print("mutation: installing the pinned mutmut (requirements-dev.txt)", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        "-r", str(REPO / "requirements-dev.txt")], check=True)
+
+
+def stage(module: str):
+    """A copy of the repository where the package is src/cvaudit and only `module` is mutated."""
+    global STAGE
+    STAGE = STAGE_ROOT / module  # one per module: two modules can run side by side
+    shutil.rmtree(STAGE, ignore_errors=True)
+    STAGE.mkdir(parents=True)
+    skip = {".git", ".venv", "build", "results", "logs", "benchmarks", ".snakemake", "mutants", ".pytest_cache",
+            "pyproject.toml"}
+    (STAGE / "src").mkdir()
+    shutil.copytree(REPO / "scripts" / "cvaudit", STAGE / "src" / "cvaudit",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    also = []
+    for p in sorted(REPO.iterdir()):
+        if p.name in skip:
+            continue
+        (shutil.copytree if p.is_dir() else shutil.copy2)(p, STAGE / p.name, **(
+            {"ignore": shutil.ignore_patterns("__pycache__")} if p.is_dir() else {}))
+        if p.name != "tests":
+            also.append(p.name)
+    args = ["-m", "not e2e", "-p", "no:cacheprovider", "-x", "-q"]
+    (STAGE / "pyproject.toml").write_text(f"""[tool.pytest.ini_options]
+testpaths = ["tests"]
+markers = ["e2e: runs the workflow end to end through snakemake (slow)"]
+
+[tool.mutmut]
+source_paths = ["src"]
+only_mutate = ["src/cvaudit/{module}.py"]
+pytest_add_cli_args = {json.dumps(args)}
+pytest_add_cli_args_test_selection = ["tests/"]
+also_copy = {json.dumps(also)}
+use_git_change_detection = false
+""")
+
+
+def in_scope(module: str, key: str) -> bool:
+    func = key.rpartition(".")[2].partition("__mutmut_")[0]
+    func = func.split("ǁ")[1] + "." + func.split("ǁ")[2] if "ǁ" in func else func.removeprefix("x_")
+    return any(fnmatch.fnmatch(func, pat) or fnmatch.fnmatch(func.split(".")[0], pat) for pat in SCOPE[module])
+
+
+def diff(key: str) -> str:
+    p = subprocess.run([str(MUTMUT), "show", key], cwd=STAGE, capture_output=True, text=True)
+    lines = [ln for ln in p.stdout.splitlines()[1:] if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    return "\n".join(lines)
+
+
+def equivalents() -> dict:
+    """tools/mutation_equivalent.txt: `mutant-name | the changed line after mutation | why it is equivalent`."""
+    out = {}
+    if EQUIVALENT.exists():
+        for ln in EQUIVALENT.read_text().splitlines():
+            if ln.strip() and not ln.startswith("#"):
+                name, after, why = (s.strip() for s in ln.split("|", 2))
+                out[name] = (after, why)
+    return out
+
+
+def run(module: str, children: int) -> dict:
+    stage(module)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    print(f"mutation: {module}: mutmut run (fast tests only) in {STAGE.relative_to(REPO)}", flush=True)
+    p = subprocess.run([str(MUTMUT), "run", "--max-children", str(children)], cwd=STAGE, env=env,
+                       capture_output=True, text=True)
+    meta = STAGE / "mutants" / "src" / "cvaudit" / f"{module}.py.meta"
+    if not meta.exists():
+        sys.exit(f"mutation: mutmut produced no results for {module}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    equiv = equivalents()
+    rows, stale = [], []
+    for key, code in sorted(codes.items(), key=lambda kv: (kv[0].partition("__mutmut_")[0],
+                                                           int(kv[0].rpartition("_")[2]))):
+        status = KILLED.get(code) or STATUS.get(code, "suspicious")
+        rows.append({"key": key, "status": status, "in_scope": in_scope(module, key)})
+    scoped = [r for r in rows if r["in_scope"]]
+    for r in scoped:
+        if r["status"] not in ("killed", "timeout"):
+            r["diff"] = diff(r["key"])
+            if r["key"] in equiv:
+                after, why = equiv[r["key"]]
+                if not any(after in ln for ln in r["diff"].splitlines() if ln.startswith("+")):
+                    stale.append(r["key"])
+                else:
+                    r["status"], r["why"] = "equivalent", why
+    killed = sum(r["status"] in ("killed", "timeout") for r in scoped)
+    counted = sum(r["status"] != "equivalent" for r in scoped)
+    score = {"module": module, "mutants": len(rows), "in_scope": len(scoped), "killed": killed,
+             "equivalent": len(scoped) - counted, "score": round(killed / counted, 4) if counted else None,
+             "whole_module_killed": sum(r["status"] in ("killed", "timeout") for r in rows),
+             "stale_equivalents": stale}
+    write_report(module, score, scoped)
+    return score
+
+
+def write_report(module: str, score: dict, scoped: list):
+    lines = [f"# Mutation score: cvaudit/{module}.py", "",
+             f"{score['killed']} of {score['in_scope'] - score['equivalent']} non-equivalent mutants killed "
+             f"({100 * (score['score'] or 0):.1f}%) in the functions a verdict reads; "
+             f"{score['equivalent']} equivalent; whole module: {score['whole_module_killed']} of {score['mutants']}.",
+             "", f"Functions in scope: {', '.join(SCOPE[module])}", ""]
+    for status in ("survived", "no tests", "suspicious", "skipped", "not checked", "segfault", "equivalent"):
+        these = [r for r in scoped if r["status"] == status]
+        if these:
+            lines += [f"## {status} ({len(these)})", ""]
+            for r in these:
+                lines += [f"### {r['key']}" + (f": {r['why']}" if r.get("why") else ""), "", "```diff",
+                          r.get("diff", ""), "```", ""]
+    if score["stale_equivalents"]:
+        lines += ["## listed as equivalent, but the diff changed: judge again", ""] + \
+                 [f"- {k}" for k in score["stale_equivalents"]]
+    (BUILD / f"{module}.md").write_text("\n".join(lines) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("modules", nargs="*", help=f"modules under scripts/cvaudit, of: {', '.join(SCOPE)}")
+    ap.add_argument("--all", action="store_true", help="every module in the scope")
+    ap.add_argument("--children", type=int, default=os.cpu_count() or 2)
+    a = ap.parse_args()
+    modules = list(SCOPE) if a.all else a.modules
+    unknown = [m for m in modules if m not in SCOPE]
+    if not modules or unknown:
+        ap.error(f"name modules from: {', '.join(SCOPE)}" + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    ensure_mutmut()
+    BUILD.mkdir(parents=True, exist_ok=True)
+    scores_path = BUILD / "scores.json"
+    scores = json.loads(scores_path.read_text()) if scores_path.exists() else {}
+    for m in modules:
+        s = run(m, a.children)
+        scores[m] = s
+        scores_path.write_text(json.dumps(scores, indent=1))
+        print(f"mutation: {m}: {s['killed']}/{s['in_scope'] - s['equivalent']} killed "
+              f"({100 * (s['score'] or 0):.1f}%), {s['equivalent']} equivalent -> {BUILD.relative_to(REPO)}/{m}.md"
+              + (f"; STALE equivalents: {s['stale_equivalents']}" if s["stale_equivalents"] else ""), flush=True)
+
+
+if __name__ == "__main__":
+    main()
