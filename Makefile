@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv/bin
 CORES ?= all
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast mutation lint clean
 setup:
 	@tools/setup.sh
 
@@ -13,6 +13,13 @@ demo: setup
 
 test: setup
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/python -m pytest -ra
+
+test-fast: setup  # the unit tests alone (under a minute): the arithmetic, no snakemake
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/python -m pytest -m "not e2e" -q
+
+MODULES ?= --all
+mutation: setup  # the mutation score of the verdict modules: make mutation MODULES="compare checks"
+	$(VENV)/python tools/mutation.py $(MODULES)
 
 lint: setup
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --lint --configfile config/config.yaml

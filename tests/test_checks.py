@@ -74,6 +74,8 @@ def test_faithfulness_gain_leaves_out_unconverged_maps_and_says_how_many():
     floor = _faith(np.full(n, 0.5), np.full(n, 0.4))
     est = faithfulness_gain({"explain": {"ig": mine, "random": floor}}, "ig")
     assert est["value"] == pytest.approx(0.5) and est["n"] == 10
+    mine["converged"] = [1] * 10 + [0] * 2  # 0/1 as JSON stores them: still a mask, not indices
+    assert faithfulness_gain({"explain": {"ig": mine, "random": floor}}, "ig")["n"] == 10
     assert est["note"] == "2 unconverged map(s) left out"
     assert faithfulness_gain({"explain": {"ig": mine}}, "ig") is None  # no random floor: no gain
     short = _faith(np.full(n - 1, 0.5), np.full(n - 1, 0.4))
@@ -89,10 +91,12 @@ def test_faithfulness_gain_keeps_the_bootstraps_note_and_adds_its_own():
 
 
 def test_sanity_similarity_reads_the_last_cascade_stage_over_converged_maps():
-    san = {"stages": [{"per_image": [0.9] * 12}, {"per_image": [0.1] * 10 + [0.9, 0.9]}],
+    san = {"stages": [{"per_image": [0.9] * 12}, {"per_image": [0.5] * 12}, {"per_image": [0.1] * 10 + [0.9, 0.9]}],
            "converged": [True] * 10 + [False] * 2}
     est = sanity_similarity({"explain": {"ig": {"meta": {"sanity": san}}}}, "ig")
     assert est["value"] == pytest.approx(0.1) and est["n"] == 10
+    san["converged"] = [1] * 10 + [0] * 2
+    assert sanity_similarity({"explain": {"ig": {"meta": {"sanity": san}}}}, "ig")["n"] == 10
     del san["converged"]
     assert sanity_similarity({"explain": {"ig": {"meta": {"sanity": san}}}}, "ig")["n"] == 12
     assert sanity_similarity({"explain": {"ig": {"meta": {}}}}, "ig") is None
@@ -107,9 +111,9 @@ def test_accuracy_prefers_the_evaluations_own_interval():
 
 def test_rotation_accuracy_averages_the_two_check_angles_only():
     r = {"robust": {"check_angle": 15, "invariance": {"rotate": {
-        "severities": [-30, -15, 0, 15, 30], "accuracy": [0.1, 0.6, 0.9, 0.8, 0.2], "n": 50}}}}
+        "severities": [-30, -15, 0, 14, 15, 16, 30], "accuracy": [0.1, 0.61, 0.9, 0.0, 0.8, 0.0, 0.2], "n": 50}}}}
     est = rotation_accuracy(r)
-    assert est["value"] == pytest.approx(0.7) and est["n"] == 50
+    assert est["value"] == pytest.approx(0.705) and est["n"] == 50  # the mean itself, not 35 / 50
     assert est["ci_low"] == pytest.approx(stats.proportion(35, 50)["ci_low"])
     r["robust"]["check_angle"] = 20
     assert rotation_accuracy(r) is None
@@ -122,10 +126,10 @@ def test_robust_accuracy_is_the_per_image_worst_case_over_attacks_at_the_check_e
     def attack(preds_by_eps, epsilons=(0.0, 0.03)):
         return {"preds": preds_by_eps, "targets": targets, "meta": {"epsilons": list(epsilons)}}
 
-    arrays = {"fgsm": attack([targets, [0, 1, 0, 0, 0]]),  # fools images 2 and 4
-              "pgd": attack([targets, [1, 1, 2, 0, 0]]),  # fools images 0 and 4
+    arrays = {"failed": {"meta": {"epsilons": [0.03]}},  # no predictions: not counted
               "other_eps": attack([[9] * 5], epsilons=(0.1,)),  # not run at 0.03: not counted
-              "failed": {"meta": {"epsilons": [0.03]}}}  # no predictions: not counted
+              "fgsm": attack([targets, [0, 1, 0, 0, 0]]),  # fools images 2 and 4
+              "pgd": attack([targets, [1, 1, 2, 0, 0]])}  # fools images 0 and 4
     est = robust_accuracy({"robust": {"check_epsilon": 0.03, "adversarial_arrays": arrays}})
     assert (est["value"], est["n"]) == (pytest.approx(0.4), 5) and est["note"] == "worst case over fgsm, pgd"
     assert robust_accuracy({"robust": {"check_epsilon": 0.05, "adversarial_arrays": arrays}}) is None
@@ -155,6 +159,24 @@ def test_settle_names_the_nearer_threshold_and_when_nothing_settles_it():
     assert settle(stats.estimate(0.72, 20, 0.55, 0.85, "wilson"), t).endswith("against 0.8")
 
 
+def test_intervals_are_drawn_with_the_runs_seed():
+    rng = np.random.default_rng(0)
+    ins, dele = rng.uniform(0.5, 0.9, 30), rng.uniform(0.1, 0.5, 30)
+    explain = {"ig": _faith(ins, dele) | {"meta": {"sanity": {"stages": [{"per_image": ins.tolist()}]}}},
+               "random": _faith(np.full(30, 0.5), rng.uniform(0.3, 0.5, 30))}
+    floor = explain["random"]["faith_insertion_auc"] - explain["random"]["faith_deletion_auc"]
+    for seed in (0, 7):
+        r = {"explain": explain} if seed == 0 else {"explain": explain, "seed": seed}  # no seed key: seed 0
+        assert faithfulness_gain(r, "ig") == stats.paired_difference(ins - dele, floor, seed=seed)
+        assert sanity_similarity(r, "ig") == stats.mean(ins, seed=seed)
+    assert faithfulness_gain({"explain": explain, "seed": 1}, "ig") != faithfulness_gain({"explain": explain}, "ig")
+    assert sanity_similarity({"explain": explain, "seed": 1}, "ig") != sanity_similarity({"explain": explain}, "ig")
+
+
+def test_per_method_checks_without_attributions_give_no_verdicts():
+    assert run_checks({"eval": {"accuracy": 0.9, "n_test": 100}}, {"faithfulness_gain": {"warn": 0.1}}) == []
+
+
 def _results(degenerate=False):
     meta = lambda label, ok=True: {"label": label, "applicable": ok}  # noqa: E731
     explain = {"gradcam": _faith(np.full(12, 0.9), np.full(12, 0.1)) | {"meta": meta("Grad-CAM")},
@@ -175,6 +197,8 @@ def test_run_checks_writes_one_verdict_per_check_and_applicable_method():
                     "category": "performance", "higher_is_better": True, "description": CHECKS["accuracy"].description,
                     "value": 0.75, "n": 400, "ci_low": acc["ci_low"], "ci_high": acc["ci_high"], "interval": "wilson",
                     "note": "", "warn": 0.8, "fail": 0.5, "status": "warn", "settle": ""}
+    g = run_checks(_results(), {"gain_over_baseline": {"warn": 0.05, "fail": 0.0}})[0]
+    assert g["status"] == "fail" and g["interval"] == "none" and g["note"] == "no interval" and g["settle"] == ""
     f = v[1]
     assert (f["check"], f["method"], f["label"], f["status"]) == (
         "faithfulness_gain", "gradcam", "Grad-CAM: faithfulness beyond a random map", "pass")

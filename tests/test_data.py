@@ -97,3 +97,90 @@ def test_check_image_accepts_every_listed_format(tmp_path):
         Image.fromarray(arr).save(tmp_path / f"x.{ext}")
         info, reason = check_image(tmp_path / f"x.{ext}")
         assert reason is None and (info["width"], info["height"]) == (30, 20), ext
+
+
+# Known answers for the split and the deduplication (issue 22).
+def test_the_unit_draw_is_the_first_eight_bytes_of_a_sha256_of_the_parts():
+    import hashlib
+
+    from cvaudit.data import _unit
+    want = int.from_bytes(hashlib.sha256(b"split\x003\x00abc").digest()[:8], "big") / 2.0 ** 64
+    assert _unit("split", 3, "abc") == want and 0 <= want < 1
+    assert _unit("split", 3, "abc") != _unit("split", 4, "abc") != _unit("rank", 3, "abc")
+
+
+def test_a_split_is_test_below_the_test_share_then_val_then_train():
+    from cvaudit.data import _unit
+    keys = [f"{k:064x}" for k in range(400)]
+    for k in keys:
+        u = _unit("split", 1, k)
+        want = "test" if u < 0.2 else "val" if u < 0.3 else "train"
+        assert hashed_split(k, 1, 0.1, 0.2) == want
+    assert {hashed_split(k, 1, 0.0, 0.0) for k in keys} == {"train"}
+    assert {hashed_split(k, 1, 0.0, 1.0) for k in keys} == {"test"}
+    assert {hashed_split(k, 1, 1.0, 0.0) for k in keys} == {"val"}
+
+
+def _rows(*splits):
+    return [{"key": f"{i:064x}", "split": s} for i, s in enumerate(splits)]
+
+
+def test_a_tiny_class_gets_its_lowest_hashing_train_image_moved_into_each_empty_share():
+    from cvaudit.data import _ensure_each_split, _unit
+    rows = _rows("train", "train", "train", "train")
+    _ensure_each_split(rows, 5, 0.2, 0.2)
+    ranked = sorted(range(4), key=lambda i: _unit("split", 5, rows[i]["key"]))
+    assert rows[ranked[0]]["split"] == "test" and rows[ranked[1]]["split"] == "val"  # test first, then val
+    assert [rows[i]["split"] for i in ranked[2:]] == ["train", "train"]
+    rows = _rows("train", "test", "train")
+    _ensure_each_split(rows, 5, 0.0, 0.2)  # test already has one; val's share is 0: nothing moves
+    assert [r["split"] for r in rows] == ["train", "test", "train"]
+    one = _rows("train")
+    _ensure_each_split(one, 5, 0.1, 0.2)  # the last train image stays in train
+    assert one[0]["split"] == "train"
+    all_held_out = _rows("train")
+    _ensure_each_split(all_held_out, 5, 0.0, 1.0)  # unless the shares leave nothing for training
+    assert all_held_out[0]["split"] == "test"
+    two = _rows("train", "train")
+    _ensure_each_split(two, 5, 0.3, 0.3)  # two images: one goes to test, the last stays in train
+    assert sorted(r["split"] for r in two) == ["test", "train"]
+    val_only = _rows("train", "val", "train")
+    _ensure_each_split(val_only, 5, 0.5, 0.0)
+    assert [r["split"] for r in val_only] == ["train", "val", "train"]
+
+
+def test_duplicates_keep_one_copy_preferring_a_held_out_split_and_conflicts_reject_every_copy():
+    from cvaudit.data import _dedupe
+    from cvaudit.sources import Candidate
+    c = [Candidate("b/x.png", "b", "train"), Candidate("b/y.png", "b", "test"), Candidate("b/z.png", "b", None),
+         Candidate("a/1.png", "a"), Candidate("c/1.png", "c"),
+         Candidate("d/1.png", "d", where="line 2"), Candidate("d/1.png", "d", where="line 9"),
+         Candidate(None, "e", index=4), Candidate(None, "e", index=7),
+         Candidate("f/ok.png", "f"), Candidate("g/bad.png", "g")]
+    digests = ["x", "x", "x", "k", "k", "d", "d", "e", "e", "f", None]
+    keep, rejected = _dedupe(c, digests)
+    assert keep == [1, 5, 7, 9]  # the test copy of x; the first listing of d; the first array image; f alone
+    why = {(r["path"], r["label"]): r["reason"] for r in rejected}
+    assert why[("b/x.png", "b")] == "duplicate of b/y.png (the same content): kept once"
+    assert why[("b/z.png", "b")] == "duplicate of b/y.png (the same content): kept once"
+    conflict = ("conflicting labels: the same image is labelled 'a' (a/1.png), 'c' (c/1.png); "
+                "fix the label, then keep one copy")
+    assert why[("a/1.png", "a")] == conflict and why[("c/1.png", "c")] == conflict
+    assert why[("d/1.png", "d")] == "the same file listed again (line 2): kept once"
+    assert why[("e #7", "e")] == "duplicate of e #4 (the same content): kept once"
+    assert len(rejected) == 6 and ("g/bad.png", "g") not in why  # unreadable files are listed elsewhere
+
+
+def test_a_conflict_names_where_each_copy_is_listed_and_at_most_six_copies():
+    from cvaudit.data import _dedupe
+    from cvaudit.sources import Candidate
+    c = [Candidate(f"p{i}.png", "ab"[i % 2], where=f"line {i + 2}") for i in range(8)]
+    _, rejected = _dedupe(c, ["same"] * 8)
+    assert len(rejected) == 8
+    reason = rejected[0]["reason"]
+    assert "'a' (p0.png line 2), 'b' (p1.png line 3)" in reason and "p5.png line 7" in reason and "p6.png" not in reason
+    same_split = [Candidate("x.png", "a", where="line 2"), Candidate("x.png", "a")]
+    _, rej = _dedupe(same_split, ["h", "h"])
+    assert rej == [{"path": "x.png", "label": "a", "reason": "the same file listed again (line 2): kept once"}]
+    unnamed = [Candidate("x.png", "a"), Candidate("x.png", "a")]
+    assert _dedupe(unnamed, ["h", "h"])[1][0]["reason"] == "the same file listed again (above): kept once"

@@ -60,13 +60,19 @@ def test_top5_counts_the_true_class_among_the_five_highest_only():
                       [0.07, 0.08, 0.1, 0.2, 0.25, 0.30]])  # true 5: first -> in
     m = classification_metrics(probs, np.array([4, 5, 5]), list(range(6)), list("abcdef"))
     assert m["top5_accuracy"] == pytest.approx(2 / 3) and m["accuracy"] == pytest.approx(1 / 3)
+    five = classification_metrics(probs[:, 1:], np.array([3, 3, 4]), list(range(5)), list("abcde"))
+    assert five["top5_accuracy"] == 1.0  # five outputs: top-5 is defined (and trivially 1)
 
 
 def test_macro_f1_is_the_unweighted_mean_over_classes_with_support():
     targets = np.array([0, 0, 0, 0, 1, 2])
     preds = np.array([0, 0, 0, 0, 2, 2])  # f1: a 1, b 0 (never predicted), c 2/3
-    m = classification_metrics(np.eye(3)[preds], targets, [0, 1, 2], ["a", "b", "c"])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a class never predicted is precision 0, without a warning in the log
+        m = classification_metrics(np.eye(3)[preds], targets, [0, 1, 2], ["a", "b", "c"])
     assert m["macro_f1"] == pytest.approx((1 + 0 + 2 / 3) / 3)
+    assert all(type(v) is int for row in m["confusion"]["matrix"] for v in row)  # counts, not 1.0 in metrics.json
     assert [c["support"] for c in m["per_class"]] == [4, 1, 1]
     assert m["per_class"][1] == {"class": "b", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
     assert m["confusion"]["rows"] == m["confusion"]["columns"] == ["a", "b", "c"]
@@ -78,6 +84,7 @@ def test_the_dataset_classes_may_be_a_subset_of_the_models_outputs_in_any_order(
     preds = np.array([3, 1, 1])
     m = classification_metrics(np.eye(4)[preds], targets, [3, 1], names)
     assert [c["class"] for c in m["per_class"]] == ["w", "y"] and m["confusion"]["matrix"] == [[1, 1], [0, 1]]
+    assert [(c["precision"], c["recall"]) for c in m["per_class"]] == [(1.0, 0.5), (0.5, 1.0)]
 
 
 def test_the_worst_mistakes_are_the_most_confident_wrong_predictions_first():
@@ -128,6 +135,15 @@ def test_the_audit_set_alternates_mistakes_and_hits_within_a_class_and_classes_t
     assert sorted(correct[first].tolist()) == [False, True]
     only_hits = choose_audit_set(targets, np.ones(12, bool), per_class=3, max_images=10, seed=0)
     assert len(only_hits) == 6 and choose_audit_set(targets, correct, 4, 8, seed=2).tolist() != pick.tolist()
+    odd = choose_audit_set(targets, correct, per_class=3, max_images=10, seed=0)  # both queues full: 3, not 4
+    assert np.bincount(targets[odd]).tolist() == [3, 3]
+    # three classes, one image each: the first and third class in turn start with a mistake, the second with a hit
+    t3, c3 = np.repeat([0, 1, 2], 4), np.array([False, True] * 6)
+    assert sorted(c3[choose_audit_set(t3, c3, per_class=1, max_images=3, seed=s)].sum() for s in range(5)) == [1] * 5
+    small = choose_audit_set(np.array([0, 1, 1, 1]), np.array([True, False, True, False]), 3, 10, seed=0)
+    assert small.tolist() == [0, 1, 2, 3]  # a class with fewer images than per_class gives what it has
+    none = choose_audit_set(targets, correct, per_class=2, max_images=0, seed=0)
+    assert none.tolist() == [] and none.dtype.kind == "i"  # indices, even when there are none
 
 
 def test_degenerate_reasons_and_numbers_are_exact():
@@ -150,10 +166,16 @@ def test_degenerate_reasons_and_numbers_are_exact():
     assert d["chance"] == pytest.approx(0.7) and d["at_chance"] and not d["collapsed"]
     assert d["why"] == "its accuracy interval [0.700, 0.800] reaches the chance level 0.700"
     assert not degenerate(skewed, skewed, [0, 1], ["a", "b"], {**ci, "ci_low": 0.701})["is"]
-    both = degenerate(np.zeros(100, int), targets, [0, 1, 2, 3], list("abcd"), stats.proportion(25, 100))
-    assert both["why"].count("; ") == 1 and both["collapsed"] and both["at_chance"]
+    ci = stats.proportion(25, 100)
+    both = degenerate(np.zeros(100, int), targets, [0, 1, 2, 3], list("abcd"), ci)
+    assert both["why"] == ("it predicts 'a' for 100% of the test images (true share 25%); its accuracy interval "
+                           f"[{ci['ci_low']:.3f}, {ci['ci_high']:.3f}] reaches the chance level 0.250")
+    assert both["collapsed"] and both["at_chance"]
+    common = np.where(np.arange(100) < 80, 0, targets)  # 80% of the images are 'a' and it predicts 'a' for all
+    assert not degenerate(np.zeros(100, int), common, [0, 1, 2, 3], list("abcd"), stats.proportion(80, 100))["collapsed"]
     empty = degenerate(np.array([], int), np.array([], int), [0, 1], ["a", "b"], {"ci_low": None})
-    assert not empty["is"] and empty["chance"] == 0.5 and empty["top_share"] == 0.0
+    assert not empty["is"] and empty["chance"] == 0.5 and empty["top_share"] == 0.0 and empty["true_share"] == 0.0
+    assert degenerate(np.zeros(5, int), np.zeros(5, int), [0], ["a"], {"ci_low": None})["chance"] == 1.0
     none = degenerate(np.array([], int), np.array([], int), [], [], {"ci_low": None})
     assert none["top_class"] is None and none["top_share"] is None and none["true_share"] is None
     assert degenerate(skewed, skewed, [0, 1], ["a", "b"], {"ci_low": None})["at_chance"] is False
