@@ -40,6 +40,8 @@ def test_the_bootstrap_is_scipys_seeded_percentile_bootstrap_over_images():
     assert (e["ci_low"], e["ci_high"]) == (pytest.approx(ref.confidence_interval.low),
                                            pytest.approx(ref.confidence_interval.high))
     assert stats.mean(a, seed=5) != e and stats.mean(a) == stats.mean(a, seed=0)
+    assert stats.bootstrap(stats._mean, a) == stats.bootstrap(stats._mean, a, seed=0)
+    assert stats.paired_difference(a, a[::-1]) == stats.paired_difference(a, a[::-1], seed=0)
     assert stats.RESAMPLES == 2000 and stats.LEVEL == 0.95
 
 
@@ -67,6 +69,9 @@ def test_too_few_images_give_no_interval_and_constant_samples_a_zero_width_one()
     one_flat = stats.paired_difference([0.3] * 12, np.linspace(0, 1, 12), seed=0)  # only one sample constant
     assert one_flat["ci_low"] < one_flat["value"] < one_flat["ci_high"]
     assert stats.bootstrap(stats._mean, [], seed=0)["value"] is None
+    assert stats.bootstrap(stats._mean)["n"] == 0  # no samples at all: no images
+    flags = stats.mean([True, False] * 6)  # per-image right/wrong flags are a sample too
+    assert flags["value"] == 0.5 and flags["ci_low"] < 0.5 < flags["ci_high"]
     assert stats.bootstrap(stats._mean, [1.0] * 12, value=7.0)["value"] == 7.0  # a given value is kept
 
 

@@ -9,6 +9,8 @@ with the fast tests only (`pytest -m "not e2e"`: the end-to-end run proves wirin
 and writes build/mutation/<module>.md: the score and every surviving mutant's diff, plus
 build/mutation/scores.json. mutmut wants the package importable by its file path, so the run happens
 in a staged copy (build/mutation/stage/<module>) where scripts/cvaudit is src/cvaudit; the repository is not touched.
+Each mutant's tests run in a process forked from a fork server that has not run any test: forked after
+torch's thread pools have started, a child can deadlock on a lock and be miscounted as a timeout "kill".
 
 The score counts killed / (all mutants - equivalent ones), over the functions whose output a verdict,
 an interval or a ranking reads (SCOPE); a mutant no fast test reaches ("no tests") counts as surviving.
@@ -19,7 +21,6 @@ import argparse
 import fnmatch
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -88,6 +89,7 @@ pytest_add_cli_args = {json.dumps(args)}
 pytest_add_cli_args_test_selection = ["tests/"]
 also_copy = {json.dumps(also)}
 use_git_change_detection = false
+process_isolation = "forkserver"
 """)
 
 
@@ -143,9 +145,10 @@ def run(module: str, children: int) -> dict:
                 else:
                     r["status"], r["why"] = "equivalent", why
     killed = sum(r["status"] in ("killed", "timeout") for r in scoped)
+    timeouts = sum(r["status"] == "timeout" for r in scoped)
     counted = sum(r["status"] != "equivalent" for r in scoped)
     score = {"module": module, "mutants": len(rows), "in_scope": len(scoped), "killed": killed,
-             "equivalent": len(scoped) - counted, "score": round(killed / counted, 4) if counted else None,
+             "timeouts": timeouts, "equivalent": len(scoped) - counted, "score": round(killed / counted, 4) if counted else None,
              "stale_equivalents": stale}
     write_report(module, score, scoped)
     return score
@@ -154,7 +157,8 @@ def run(module: str, children: int) -> dict:
 def write_report(module: str, score: dict, scoped: list):
     lines = [f"# Mutation score: cvaudit/{module}.py", "",
              f"{score['killed']} of {score['in_scope'] - score['equivalent']} non-equivalent mutants killed "
-             f"({100 * (score['score'] or 0):.1f}%) in the functions a verdict reads; "
+             f"({100 * (score['score'] or 0):.1f}%; {score['timeouts']} of them by a timeout) in the functions a "
+             "verdict reads; "
              f"{score['equivalent']} equivalent (tools/mutation_equivalent.txt says why).", "",
              f"Functions in scope: {', '.join(SCOPE[module])}; the module's other "
              f"{score['mutants'] - score['in_scope']} mutants (stage drivers, file input and output) are not run.", ""]
