@@ -153,10 +153,11 @@ register(Check("robust_accuracy", "Accuracy under the strongest attack", "advers
 
 
 def _point(value: float, threshold: dict, higher_is_better: bool) -> str:
-    sign = 1 if higher_is_better else -1
-    if "fail" in threshold and sign * value < sign * threshold["fail"]:
+    def worse(limit: float) -> bool:  # strictly on the bad side: a value on the threshold passes it
+        return value < limit if higher_is_better else value > limit
+    if "fail" in threshold and worse(threshold["fail"]):
         return "fail"
-    if "warn" in threshold and sign * value < sign * threshold["warn"]:
+    if "warn" in threshold and worse(threshold["warn"]):
         return "warn"
     return "pass"
 
