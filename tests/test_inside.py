@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import fit
 
-from cvaudit.explain import PixelSpace
+from cvaudit.pixels import PixelSpace
 from cvaudit.inside import (AscentObjective, TopK, activation_layers, channel_activation, first_layer_filters,
                             gradient_ascent, receptive_boxes, resolve_layers, unit_statistics)
 from cvaudit.models import build_model, eval_transform

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import fit
 
-from cvaudit.explain import PixelSpace
+from cvaudit.pixels import PixelSpace
 from cvaudit.models import build_model
 from cvaudit.adversarial import attack_batch
 from cvaudit.robust import (IDENTITY, calibration_metrics, equivariance_error, fit_temperature, log_probs, predict,

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from . import CvauditError
 from .data import ImageDataset, read_manifest
 from .evaluate import load_audit_set
-from .explain import _blur, audit_images, pixel_model
+from .pixels import audit_images, blur, pixel_model
 from .io import load_npz, save_npz
 from .models import _head_name, auto_batch, eval_transform
 
@@ -312,7 +312,7 @@ def gradient_ascent(net: nn.Module, objective, n: int, size: int, steps: int, lr
         opt.step()
         with torch.no_grad():
             if blur_every and (step + 1) % blur_every == 0 and step + 1 < steps:
-                x.copy_(_blur(x, blur_sigma))
+                x.copy_(blur(x, blur_sigma))
             x.clamp_(0, 1)
     with torch.no_grad():
         end = objective(x).float().cpu()

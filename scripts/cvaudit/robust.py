@@ -17,7 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 from . import CvauditError
 from .data import load_rgb, read_manifest
 from .evaluate import predict_proba
-from .explain import pixel_model
+from .pixels import image_seed, pixel_model
 from .io import save_npz, write_json
 from .models import auto_batch, display_transform, load_model, resolve_device
 from .train import seed_everything
@@ -302,7 +302,7 @@ def invariance_part(family: str, model_path, manifest, options: dict, seed: int,
     clean_pred, _ = predict(net, x, batch)
     correct, same = [], []
     for k, s in enumerate(options["severities"]):
-        seeds = [(seed * 1_000_003 + k) * 1_000_003 + j for j in range(start, stop)]
+        seeds = [image_seed(image_seed(seed, k), j) for j in range(start, stop)]
         p, _ = predict(net, transform(family, x, s, seeds=seeds), batch)
         correct.append((p == y).numpy())
         same.append((p == clean_pred).numpy())
@@ -316,7 +316,7 @@ def run_invariance(family: str, model_path, manifest, options: dict, drift: dict
                    threads: int, out, parts: list | None = None) -> dict:
     """Accuracy and consistency per severity over the robustness sample (computed here, or merged from
     the invariance_shard jobs' parts), the robustness score, and Grad-CAM drift for translate/rotate."""
-    from .explain import GradCAM, NotApplicable, attribute_batched
+    from .methods import GradCAM, NotApplicable, attribute_batched
     from .io import load_npz
 
     t0 = time.time()
