@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import CvauditError
+from ..hooks import Hooks
 from ..pixels import inner
 from .base import AttributionMethod, NotApplicable, register
 from .gradient import GuidedBackprop
@@ -44,15 +45,11 @@ def _conv_layer(net: nn.Module, x: torch.Tensor, layer: str, min_resolution: int
     if not any(isinstance(m, nn.Conv2d) for m in names.values()):
         raise NotApplicable("the model has no Conv2d layer (it needs spatial feature maps)")
     sizes: dict[str, int] = {}  # in the order the modules finish their forward pass
-    hooks = [names[n].register_forward_hook(lambda m, i, o, n=n: sizes.__setitem__(n, min(o.shape[-2:]))
-                                            if isinstance(o, torch.Tensor) and o.dim() == 4 else None)
-             for n in block_outputs(model)]
-    try:
-        with torch.no_grad():
-            net(x[:1])
-    finally:
-        for h in hooks:
-            h.remove()
+    with Hooks() as hooks, torch.no_grad():
+        for n in block_outputs(model):
+            hooks.forward(names[n], lambda m, i, o, n=n: sizes.__setitem__(n, min(o.shape[-2:]))
+                          if isinstance(o, torch.Tensor) and o.dim() == 4 else None)
+        net(x[:1])
     done = list(sizes)
     big = [n for n in done if sizes[n] >= min_resolution] or [n for n in done if sizes[n] > 1] or done
     if not big:
@@ -114,12 +111,9 @@ class CAM(AttributionMethod):
     def attribute(self, net, x, target):
         pool, head = self.parts(net)
         feats = {}
-        h = pool.register_forward_hook(lambda m, i, o: feats.__setitem__("a", i[0]))
-        try:
-            with torch.no_grad():
-                net(x)
-        finally:
-            h.remove()
+        with Hooks() as hooks, torch.no_grad():
+            hooks.forward(pool, lambda m, i, o: feats.__setitem__("a", i[0]))
+            net(x)
         a = feats["a"]
         if a.dim() != 4 or a.shape[1] != head.in_features:
             raise NotApplicable("the pooled features do not feed the linear head directly")

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .. import CvauditError
+from ..hooks import Hooks
 from ..pixels import blur
 from .base import AttributionMethod, NotApplicable, _input_grad, register
 
@@ -38,7 +39,7 @@ class ReluBackwardOverride(contextlib.AbstractContextManager):
     """
 
     def __init__(self, net: nn.Module, mode: str):
-        self.net, self.mode, self.handles, self.inplace = net, mode, [], []
+        self.net, self.mode, self.hooks, self.inplace = net, mode, Hooks(), []
 
     @staticmethod
     def check(net: nn.Module) -> list[nn.Module]:
@@ -64,15 +65,14 @@ class ReluBackwardOverride(contextlib.AbstractContextManager):
                 hook = lambda mod, gin, gout: (gin[0].clamp(min=0),)  # noqa: E731
             else:
                 hook = lambda mod, gin, gout: (gout[0].clamp(min=0),)  # noqa: E731
-            self.handles.append(m.register_full_backward_hook(hook))
+            self.hooks.backward(m, hook)
         return self
 
     def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
+        self.hooks.remove()
         for m, flag in self.inplace:
             m.inplace = flag
-        self.handles, self.inplace = [], []
+        self.inplace = []
         return False
 
 
