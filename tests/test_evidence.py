@@ -76,7 +76,7 @@ def test_checks_report_n_and_intervals_and_inconclusive_accuracy():
 
 
 def test_ece_from_a_few_images_per_bin_cannot_support_a_verdict(tmp_path):
-    from cvaudit.robust import calibration_metrics
+    from cvaudit.calibrate import calibration_metrics
     rng = np.random.default_rng(3)
     conf = rng.uniform(0.4, 1, 20)
     probs = np.stack([conf, 1 - conf], 1)

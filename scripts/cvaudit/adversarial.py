@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from . import CvauditError
-from .pixels import image_seed, pixel_model
+from .pixels import image_seed, pixel_model, predict
 from .io import load_npz, save_npz
 from .models import auto_batch
-from .robust import _slice, predict, robustness_images, robustness_sample_size
+from .sample import _slice, robustness_images, robustness_sample_size
 
 log = logging.getLogger("cvaudit.adversarial")
 COMPONENTS = ("fgsm", "apgd_ce", "apgd_t", "square")  # the autoattack job's per-image record, in cascade order

@@ -71,3 +71,15 @@ def image_seed(seed: int, index: int) -> int:
 def image_generator(seed: int, index: int) -> torch.Generator:
     """A generator of its own for image `index` of a sample (see image_seed)."""
     return torch.Generator().manual_seed(image_seed(seed, index))
+
+
+@torch.no_grad()
+def predict(net, x01: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted class and its probability for images in [0, 1], in batches."""
+    preds, conf = [], []
+    for i in range(0, len(x01), batch):
+        p = torch.softmax(net(x01[i:i + batch]).float(), 1)
+        c, q = p.max(1)
+        preds.append(q.cpu())
+        conf.append(c.cpu())
+    return torch.cat(preds), torch.cat(conf)
