@@ -1,4 +1,4 @@
-from cvaudit.robust import run_calibration
+from cvaudit.calibrate import run_calibration
 
 
 def main(sm):

@@ -1,4 +1,4 @@
-from cvaudit.robust import run_invariance
+from cvaudit.invariance import run_invariance
 
 
 def main(sm):

@@ -1,4 +1,4 @@
-from cvaudit.robust import run_invariance_shard
+from cvaudit.invariance import run_invariance_shard
 
 
 def main(sm):

@@ -76,7 +76,7 @@ def test_checks_report_n_and_intervals_and_inconclusive_accuracy():
 
 
 def test_ece_from_a_few_images_per_bin_cannot_support_a_verdict(tmp_path):
-    from cvaudit.robust import calibration_metrics
+    from cvaudit.calibrate import calibration_metrics
     rng = np.random.default_rng(3)
     conf = rng.uniform(0.4, 1, 20)
     probs = np.stack([conf, 1 - conf], 1)
@@ -149,7 +149,8 @@ def test_integrated_gradients_raises_its_steps_until_the_maps_add_up(tmp_path):
     whose 16-step maps miss it."""
     from conftest import fit
 
-    from cvaudit.explain import IntegratedGradients, PixelSpace
+    from cvaudit.methods import IntegratedGradients
+    from cvaudit.pixels import PixelSpace
     from cvaudit.models import build_model
     torch.manual_seed(0)
     spec = {"arch": "simple_cnn", "arch_options": {"channels": [8, 16]}, "weights": "none", "input_size": 28,
@@ -187,7 +188,8 @@ def test_integrated_gradients_is_complete_on_the_demos_imagenet_model():
     """lite0_imagenet as the demo audits it (packaged weights, 224 px, real photos): every map adds up to
     the score difference within 5%."""
     from cvaudit.data import foolbox_dir, load_rgb
-    from cvaudit.explain import IntegratedGradients, PixelSpace
+    from cvaudit.methods import IntegratedGradients
+    from cvaudit.pixels import PixelSpace
     from cvaudit.models import build_model, display_transform, normalisation
     spec = {"arch": "timm:tf_efficientnet_lite0", "weights": "packaged:efficientnet_lite0", "input_size": 224,
             "num_classes": 1000, "keep_head": True}

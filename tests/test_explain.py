@@ -6,8 +6,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvaudit import CvauditError
-from cvaudit.explain import (METHODS, AttributionMethod, GradCAM, NotApplicable, PixelSpace, attribute_batched,
-                             get_method, load_maps, run_explain)
+from cvaudit.explain import run_explain
+from cvaudit.io import load_npz as load_maps
+from cvaudit.methods import METHODS, AttributionMethod, GradCAM, NotApplicable, attribute_batched, get_method
+from cvaudit.pixels import PixelSpace
 from cvaudit.models import build_model, save_model
 from cvaudit.trust import agreement, cascade_cuts, cascading_randomisation, deletion_insertion, rank_corr
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import fit
 
-from cvaudit.explain import PixelSpace
+from cvaudit.pixels import PixelSpace
 from cvaudit.inside import (AscentObjective, TopK, activation_layers, channel_activation, first_layer_filters,
                             gradient_ascent, receptive_boxes, resolve_layers, unit_statistics)
 from cvaudit.models import build_model, eval_transform
@@ -144,3 +144,22 @@ def test_first_layer_filters_for_conv_and_fully_connected_models(cnn):
     f, name = first_layer_filters(mlp, 28)
     assert name == "features.1" and f.shape == (20, 28, 28, 3)
     assert activation_layers(mlp) == ["features.2"]
+
+
+def test_hooks_are_removed_after_an_error_and_never_replace_an_output():
+    from torch import nn
+
+    from cvaudit.hooks import Hooks
+    net = nn.Sequential(nn.Linear(3, 2), nn.ReLU())
+    x = torch.ones(1, 3)
+    want = net(x)
+    seen = []
+    with pytest.raises(RuntimeError, match="inside the block"):
+        with Hooks() as hooks:
+            hooks.forward(net[0], lambda m, i, o: seen.append(o) or ())  # returns a falsy non-None value
+            hooks.forward_pre(net[1], lambda m, a: "replaced?")
+            hooks.backward(net[1], lambda m, gi, go: None)
+            assert torch.equal(net(x), want)  # the hooks observed, the output is the model's own
+            raise RuntimeError("inside the block")
+    assert len(seen) == 1
+    assert all(not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks) for m in net.modules())

@@ -87,7 +87,8 @@ def test_faithfulness_gain_is_the_method_minus_the_random_floor():
 
 
 def test_the_cascade_randomises_the_head_first_and_the_whole_model_last():
-    from cvaudit.explain import PixelSpace, get_method
+    from cvaudit.methods import get_method
+    from cvaudit.pixels import PixelSpace
     from cvaudit.models import build_model
     from cvaudit.trust import cascading_randomisation
     torch.manual_seed(0)

@@ -22,3 +22,40 @@ def test_readme_opens_with_the_two_commands():
     head = (REPO / "README.md").read_text().splitlines()[:12]
     assert any("make demo" in l for l in head) and any("make test" in l for l in head)
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def _imports_of_the_package() -> dict:
+    """{module: the cvaudit modules it imports}, function-level imports included."""
+    import ast
+    root = REPO / "scripts" / "cvaudit"
+    mods = {}
+    for p in root.rglob("*.py"):
+        name = ".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
+        pkg = name if p.name == "__init__.py" else name.rsplit(".", 1)[0]
+        deps = set()
+        for n in ast.walk(ast.parse(p.read_text())):
+            if isinstance(n, ast.ImportFrom) and n.level:
+                base = pkg.split(".")[:len(pkg.split(".")) - (n.level - 1)]
+                target = ".".join(base + ([n.module] if n.module else []))
+                deps |= {target} if n.module else {f"{target}.{a.name}" for a in n.names}
+        mods[name] = deps
+    return {k: {d for d in v if d in mods and d != k} for k, v in mods.items()}
+
+
+def test_the_package_has_no_import_cycle():
+    graph = _imports_of_the_package()
+    assert graph["cvaudit.trust"] >= {"cvaudit.pixels", "cvaudit.methods"}  # the check sees real edges
+    state, path = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        path.append(m)
+        for d in sorted(graph[m]):
+            assert state.get(d) != "open", "import cycle: " + " -> ".join(path[path.index(d):] + [d])
+            if d not in state:
+                visit(d)
+        path.pop()
+        state[m] = "done"
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)

@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from cvaudit.explain import PixelSpace, _conv_layer, get_method, layer_name
+from cvaudit.methods import get_method, layer_name
+from cvaudit.methods.cam import _conv_layer
+from cvaudit.pixels import PixelSpace, image_generator
 from cvaudit.models import build_model
-from cvaudit.trust import _order, deletion_insertion, image_generator
+from cvaudit.trust import _order, deletion_insertion
 
 
 @pytest.mark.parametrize("arch, size, want", [

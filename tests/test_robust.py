@@ -4,11 +4,12 @@ import pytest
 import torch
 from conftest import fit
 
-from cvaudit.explain import PixelSpace
+from cvaudit.pixels import PixelSpace
 from cvaudit.models import build_model
 from cvaudit.adversarial import attack_batch
-from cvaudit.robust import (IDENTITY, calibration_metrics, equivariance_error, fit_temperature, log_probs, predict,
-                            robustness_score, scaled, transform)
+from cvaudit.calibrate import calibration_metrics, fit_temperature, log_probs, scaled
+from cvaudit.invariance import IDENTITY, equivariance_error, robustness_score, transform
+from cvaudit.pixels import predict
 
 SPEC = {"arch": "simple_cnn", "arch_options": {"channels": [8, 16]}, "weights": "none", "input_size": 28,
         "num_classes": 3, "class_names": ["bag", "sneaker", "trouser"], "mean": [0.5] * 3, "std": [0.5] * 3}

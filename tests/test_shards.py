@@ -34,7 +34,7 @@ def test_merged_shards_equal_one_job(run, tmp_path, model):
     from cvaudit.explain import run_explain, run_explain_shard
     from cvaudit.adversarial import run_adversarial, run_adversarial_shard
     from cvaudit.io import load_npz
-    from cvaudit.robust import run_invariance, run_invariance_shard
+    from cvaudit.invariance import run_invariance, run_invariance_shard
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     from cvaudit.config import validate_config
     from conftest import REPO

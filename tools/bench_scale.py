@@ -49,7 +49,7 @@ def audit_set(manifest: str, n: int, out: Path) -> None:
 
     from cvaudit.data import load_rgb, read_manifest
     from cvaudit.models import display_transform, load_model
-    from cvaudit.robust import predict
+    from cvaudit.pixels import predict
     model, spec = load_model(MODEL)
     rows = read_manifest(manifest, "test")[:n]
     show = display_transform(spec)
@@ -77,11 +77,11 @@ def child(stage: str, manifest: str, audit: str, n: int, scratch: str) -> dict:
         run_explain(name, MODEL, audit, cfg["explain"].get(name, {}), cfg["explain"]["trust"], seed=0, device="cpu",
                     threads=1, out_maps=f"{out}.npz")
     elif kind == "invariance":
-        from cvaudit.robust import run_invariance
+        from cvaudit.invariance import run_invariance
         run_invariance(name, MODEL, manifest, {"max_images": n, "severities": cfg["robustness"]["invariance"][name]},
                        cfg["robustness"]["drift"], seed=0, device="cpu", threads=1, out=f"{out}.json")
     else:
-        from cvaudit.robust import run_adversarial
+        from cvaudit.adversarial import run_adversarial
         opts = {k: v for k, v in cfg["robustness"]["adversarial"].items() if k not in ("enabled", "attacks")}
         run_adversarial(name, MODEL, manifest, {**opts, "max_images": n}, seed=0, device="cpu", threads=1,
                         out=f"{out}.npz")

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from . import CvauditError
-from .explain import pixel_model
+from .pixels import image_seed, pixel_model, predict
 from .io import load_npz, save_npz
 from .models import auto_batch
-from .robust import _slice, predict, robustness_images, robustness_sample_size
+from .sample import _slice, robustness_images, robustness_sample_size
 
 log = logging.getLogger("cvaudit.adversarial")
 COMPONENTS = ("fgsm", "apgd_ce", "apgd_t", "square")  # the autoattack job's per-image record, in cascade order
@@ -121,7 +121,7 @@ def attack_batch(attack: str, net, x: torch.Tensor, y: torch.Tensor, eps: float,
 
 
 def _batch_seed(seed: int, first: int) -> int:
-    return (seed * 1_000_003 + first) % (2 ** 31)
+    return image_seed(seed, first) % (2 ** 31)
 
 
 def _masking_extras(net, x, y, options, seed, start, batch) -> dict:

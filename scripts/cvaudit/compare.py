@@ -132,7 +132,8 @@ def explain_side_by_side(models: dict, manifest, methods: list[str], options: di
     import torch
 
     from .data import load_rgb
-    from .explain import NotApplicable, attribute_batched, get_method, pixel_model
+    from .methods import NotApplicable, attribute_batched, get_method
+    from .pixels import pixel_model
     from .models import auto_batch, display_transform
 
     rows = shared_test_images(manifest, n, seed)
@@ -161,7 +162,7 @@ def explain_side_by_side(models: dict, manifest, methods: list[str], options: di
 
 def _side_by_side_section(dataset: str, shared: dict, methods: list[str]) -> dict:
     from . import figures
-    from .explain import get_method
+    from .methods import get_method
     labels = {m: get_method(m).label for m in methods}
     rows = []
     for i, (file, true) in enumerate(zip(shared["files"], shared["true"])):

@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 from . import CvauditError
 from .data import ImageDataset, read_manifest
 from .evaluate import load_audit_set
-from .explain import _blur, audit_images, pixel_model
+from .pixels import audit_images, blur, pixel_model
+from .hooks import Hooks
 from .io import load_npz, save_npz
 from .models import _head_name, auto_batch, eval_transform
 
@@ -44,15 +45,10 @@ def activation_layers(model: nn.Module) -> list[str]:
 def output_shapes(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, tuple]:
     """Output shape (without batch) of each named module for input `x`, in the order they run."""
     shapes = {}
-    def hook(m, i, o, n):
-        shapes.setdefault(n, tuple(o.shape[1:]))  # a forward hook's return value would replace the output
-
-    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n in names]
-    try:
+    with Hooks() as hooks:
+        for n in names:
+            hooks.forward(model.get_submodule(n), lambda m, i, o, n=n: shapes.setdefault(n, tuple(o.shape[1:])))
         model(x)
-    finally:
-        for h in hooks:
-            h.remove()
     return shapes
 
 
@@ -132,15 +128,13 @@ def unit_statistics(model: nn.Module, rows: list[dict], spec: dict, device, laye
             v, loc = _spatial_max(o)
             top.update(v.cpu(), loc.cpu(), seen)
 
-    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n in names]
     bs = auto_batch(spec["input_size"], spec["input_size"], device, batch_size)
-    try:
+    with Hooks() as hooks:
+        for n in names:
+            hooks.forward(model.get_submodule(n), lambda m, i, o, n=n: hook(m, i, o, n))
         for x, _ in DataLoader(ImageDataset(rows, spec["class_names"], eval_transform(spec)), batch_size=bs):
             model(x.to(device))
             seen += len(x)
-    finally:
-        for h in hooks:
-            h.remove()
     return {"layers": {n: {"sparsity": 1 - s["active"] / max(1, s["total"]), "channel_max": s["max"].numpy(),
                            "dead": int((s["max"] <= 0).sum()), "channels": int(len(s["max"]))}
                        for n, s in stats.items()},
@@ -162,16 +156,14 @@ def linear_backward(model: nn.Module):
     whole receptive field, even where the unit saturates (ReLU6 at 6 has zero gradient)."""
     mods = [model.get_submodule(n) for n in activation_layers(model)]
     flags = [(m, getattr(m, "inplace", None)) for m in mods]
-    handles = []
     try:
-        for m in mods:
-            if hasattr(m, "inplace"):
-                m.inplace = False  # backward hooks cannot see through in-place ops
-            handles.append(m.register_full_backward_hook(lambda mod, gin, gout: (gout[0],)))
-        yield
+        with Hooks() as hooks:
+            for m in mods:
+                if hasattr(m, "inplace"):
+                    m.inplace = False  # backward hooks cannot see through in-place ops
+                hooks.backward(m, lambda mod, gin, gout: (gout[0],))
+            yield
     finally:
-        for h in handles:
-            h.remove()
         for m, flag in flags:
             if flag is not None:
                 m.inplace = flag
@@ -184,17 +176,14 @@ def receptive_boxes(model: nn.Module, x: torch.Tensor, layer: str, channels: tor
     the part of the image that unit sees. Images are independent in eval mode, so one backward
     pass serves the whole batch."""
     store = {}  # the unit's input (pre-activation): its own activation is linear here too
-    h = model.get_submodule(layer).register_forward_pre_hook(lambda m, a: store.__setitem__("o", a[0]))
     x = x.clone().requires_grad_(True)
-    try:
-        with linear_backward(model), torch.enable_grad():
-            model(x)
-            o = store["o"]
-            i = torch.arange(len(x), device=x.device)
-            unit = o.flatten(2)[i, channels, locs] if o.dim() == 4 else o[i, channels]
-            g, = torch.autograd.grad(unit.sum(), x)
-    finally:
-        h.remove()
+    with Hooks() as hooks, linear_backward(model), torch.enable_grad():
+        hooks.forward_pre(model.get_submodule(layer), lambda m, a: store.__setitem__("o", a[0]))
+        model(x)
+        o = store["o"]
+        i = torch.arange(len(x), device=x.device)
+        unit = o.flatten(2)[i, channels, locs] if o.dim() == 4 else o[i, channels]
+        g, = torch.autograd.grad(unit.sum(), x)
     g = g.abs().sum(1)
     boxes = []
     for gi in g:
@@ -231,13 +220,10 @@ def activation_grids(net: nn.Module, x: torch.Tensor, layers: list[str], channel
     """For each image and layer the `channels` feature maps with the largest mean activation."""
     store = {}
     model = net.model
-    hooks = [model.get_submodule(n).register_forward_hook(  # a copy: later in-place ops must not change it
-        lambda m, i, o, n=n: store.__setitem__(n, o.detach().float().clone())) for n in layers]
-    try:
+    with Hooks() as hooks:
+        for n in layers:  # a copy: later in-place ops must not change it
+            hooks.forward(model.get_submodule(n), lambda m, i, o, n=n: store.__setitem__(n, o.detach().float().clone()))
         net(x)
-    finally:
-        for h in hooks:
-            h.remove()
     out = {}
     for j, n in enumerate(layers):
         o = store[n]
@@ -312,7 +298,7 @@ def gradient_ascent(net: nn.Module, objective, n: int, size: int, steps: int, lr
         opt.step()
         with torch.no_grad():
             if blur_every and (step + 1) % blur_every == 0 and step + 1 < steps:
-                x.copy_(_blur(x, blur_sigma))
+                x.copy_(blur(x, blur_sigma))
             x.clamp_(0, 1)
     with torch.no_grad():
         end = objective(x).float().cpu()
@@ -323,11 +309,9 @@ def gradient_ascent(net: nn.Module, objective, n: int, size: int, steps: int, lr
 def channel_activation(net: nn.Module, layer: str, x: torch.Tensor, channels) -> torch.Tensor:
     """Mean activation (the module's output) of channels[i] for image i."""
     store = {}
-    h = net.model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.__setitem__("o", o))
-    try:
+    with Hooks() as hooks:
+        hooks.forward(net.model.get_submodule(layer), lambda m, i, o: store.__setitem__("o", o))
         net(x)
-    finally:
-        h.remove()
     o = store["o"].float()
     o = o.flatten(2).mean(2) if o.dim() == 4 else o
     return o[torch.arange(len(x)), torch.as_tensor(channels, dtype=torch.long)].cpu()
@@ -341,10 +325,10 @@ class AscentObjective:
     def __init__(self, net: nn.Module, layer: str | None, channels, classes):
         self.net, self.channels, self.classes = net, torch.as_tensor(channels, dtype=torch.long), \
             torch.as_tensor(classes, dtype=torch.long)
-        self.store, self.hook = {}, None
+        self.store, self.hooks = {}, Hooks()
         if layer and len(self.channels):
-            self.hook = net.model.get_submodule(layer).register_forward_pre_hook(
-                lambda m, a: self.store.__setitem__("pre", a[0].clone()))  # clone: the module may work in place
+            self.hooks.forward_pre(net.model.get_submodule(layer),
+                                   lambda m, a: self.store.__setitem__("pre", a[0].clone()))  # the module may work in place
 
     def __call__(self, x):
         logits = self.net(x)
@@ -359,8 +343,7 @@ class AscentObjective:
         return torch.cat(parts)
 
     def close(self):
-        if self.hook:
-            self.hook.remove()
+        self.hooks.remove()
 
 
 def run_ascent(model_path, units, options: dict, seed: int, device: str, threads: int, out) -> dict:

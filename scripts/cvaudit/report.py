@@ -15,8 +15,7 @@ from .checks import overall, run_checks
 from .data import read_manifest
 from .diagnose import diagnosis
 from .evaluate import load_audit_set
-from .explain import load_maps
-from .io import atomic_path, read_json, stage_failure, write_json, write_text
+from .io import atomic_path, load_npz, read_json, stage_failure, write_json, write_text
 from .train import read_history
 
 log = logging.getLogger("cvaudit.report")
@@ -118,7 +117,7 @@ def _surrogate_fit(arrays: dict, meta: dict) -> dict | None:
     if "shap_regions" in arrays:
         evals = meta["options"].get("evals")
         if evals == "auto":
-            from .explain import SHAP
+            from .methods import SHAP
             evals = SHAP(evals="auto").evals(*np.asarray(arrays["maps_pred"]).shape[-2:])
         return {"kind": "shap", "regions": float(np.median(arrays["shap_regions"])), "evals": evals}
     return None
@@ -227,7 +226,6 @@ def _upscale(maps: np.ndarray, at_least: int = 24) -> np.ndarray:
 def _units_section(units_path, ascent_path=None, resize: str = "stretch") -> dict:
     """Activation maps per stage with sparsity and dead channels, first-layer filters, per channel
     its gradient-ascent image and top test images with the patch that fired, class visualisations."""
-    from .io import load_npz
 
     u = load_npz(units_path)
     meta = u["meta"]
@@ -280,7 +278,6 @@ def _compare_section(path) -> dict:
 
 def collect_robust(inputs: dict, settings: dict) -> dict | None:
     """Calibration, invariance curves and adversarial results, as the checks and the report read them."""
-    from .io import load_npz
     inv = {k[len("invariance_"):]: read_json(v) for k, v in inputs.items() if k.startswith("invariance_")}
     adv = {k[len("adversarial_"):]: load_npz(v) for k, v in inputs.items() if k.startswith("adversarial_")}
     if not inv and not adv and "calibration" not in inputs and "randomisation" not in inputs:
@@ -346,7 +343,7 @@ def collect(model: str, inputs: dict, methods: list[str]) -> dict:
             r["conversions"][why] = r["conversions"].get(why, 0) + 1
     for m in list(methods) + ["random"]:
         if m in inputs:  # absent: the stage failed (see failed_stages)
-            r["explain"][m] = load_maps(inputs[m])
+            r["explain"][m] = load_npz(inputs[m])
     return r
 
 

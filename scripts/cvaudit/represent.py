@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from . import CvauditError
 from .data import ImageDataset, read_manifest
+from .hooks import Hooks
 from .io import load_npz, save_npz
 from .models import _head_name, auto_batch, eval_transform, load_model, resolve_device
 from .train import seed_everything
@@ -69,13 +70,13 @@ def stream_features(model: nn.Module, rows: list[dict], spec: dict, device, laye
     head = model.get_submodule(_head_name(model))
     mods = {n: model.get_submodule(n) for n in layers}
     store: dict[str, torch.Tensor] = {}
-    hooks = [head.register_forward_pre_hook(lambda m, a: store.__setitem__("emb", a[0].flatten(1)))]
-    for n, m in mods.items():
-        hooks.append(m.register_forward_hook(lambda mod, i, o, n=n: store.__setitem__(n, o)))
     emb, feats, probs = [], {n: [] for n in layers}, []
     seen = 0
     bs = auto_batch(spec["input_size"], spec["input_size"], device, batch_size)
-    try:
+    with Hooks() as hooks:
+        hooks.forward_pre(head, lambda m, a: store.__setitem__("emb", a[0].flatten(1)))
+        for n, m in mods.items():
+            hooks.forward(m, lambda mod, i, o, n=n: store.__setitem__(n, o))
         ds = ImageDataset(rows, spec["class_names"], eval_transform(spec))
         for x, _ in DataLoader(ds, batch_size=bs, shuffle=False, num_workers=0):
             logits = model(x.to(device))
@@ -88,9 +89,6 @@ def stream_features(model: nn.Module, rows: list[dict], spec: dict, device, laye
                     o = nn.functional.adaptive_avg_pool2d(o, 2) if o.dim() == 4 else o
                     feats[n].append(o.flatten(1).cpu())
             seen += len(x)
-    finally:
-        for h in hooks:
-            h.remove()
     return {"embeddings": torch.cat(emb).numpy(), "probs": torch.cat(probs).numpy(),
             "layers": {n: torch.cat(v).numpy() for n, v in feats.items() if v}}
 

@@ -20,13 +20,8 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from .explain import _blur, attribute_batched, class_probability, inner
-
-
-def image_generator(seed: int, index: int) -> torch.Generator:
-    """A generator of its own for image `index` of the audit set: an image's random draws do not depend
-    on which other images share its batch or shard (sharded runs equal unsharded ones)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + int(index))
+from .methods import attribute_batched
+from .pixels import blur, class_probability, image_generator, inner
 
 
 def _order(maps: torch.Tensor, seed: int, index=None) -> torch.Tensor:
@@ -58,7 +53,7 @@ def rise_kernel(klen: int = 11, sigma: float = 5.0) -> torch.Tensor:
 def substrates(net: nn.Module, x: torch.Tensor, substrate: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(what deletion turns pixels into, what insertion starts from), in pixel space."""
     if substrate == "black_blur":  # cvaudit before RISE's: black, and a sigma W/16 blur with reflected edges
-        return torch.zeros_like(x), _blur(x, max(x.shape[-1] / 16, 1.0))
+        return torch.zeros_like(x), blur(x, max(x.shape[-1] / 16, 1.0))
     mean = getattr(net, "mean", None)
     mean = torch.zeros(1, x.shape[1], 1, 1, device=x.device) if mean is None else mean.to(x.device)
     k = rise_kernel().to(x.device)

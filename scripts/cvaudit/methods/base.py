@@ -1,0 +1,73 @@
+"""The attribution methods' interface and registry: a method's `attribute(net, x, target)` takes a batch of
+images in pixel space ([0, 1], N x 3 x H x W; `net` normalises them itself, see pixels.PixelSpace) and
+the class to explain for each, and returns maps (N, H, W) where higher means more evidence for that class.
+A new method is one class with @register in the module of its family, plus its defaults in the schema."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import CvauditError
+
+
+class NotApplicable(Exception):
+    """The method cannot explain this model (e.g. Grad-CAM on a model without conv layers)."""
+
+
+class AttributionMethod:
+    name = ""
+    label = ""
+    kind = "gradient"  # gradient | cam | perturbation | reference
+    reads = ""  # one sentence for the report: how to read the maps
+    defaults: dict = {}
+
+    def __init__(self, batch_size: int = 64, **options):
+        self.options = {**self.defaults, **options}
+        self.batch_size = batch_size
+
+    def attribute(self, net: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def model_passes(self, h: int, w: int) -> int:
+        """Model passes per image (forward, or forward + backward for gradient methods)."""
+        return 1
+
+
+METHODS: dict[str, type[AttributionMethod]] = {}
+
+
+def register(cls):
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str, **options) -> AttributionMethod:
+    if name not in METHODS:
+        raise CvauditError(f"unknown attribution method '{name}' (config key explain.methods); "
+                           f"available: {', '.join(sorted(METHODS))}")
+    return METHODS[name](**options)
+
+
+def _input_grad(net, x, target) -> torch.Tensor:
+    x = x.detach().clone().requires_grad_(True)
+    out = net(x)
+    (g,) = torch.autograd.grad(out.gather(1, target.view(-1, 1)).sum(), x)
+    return g
+
+
+def attribute_batched(method: AttributionMethod, net, x: torch.Tensor, target: torch.Tensor,
+                      index: torch.Tensor | None = None) -> np.ndarray:
+    """Maps for all images, every model call about `batch_size` images: gradient and CAM methods take
+    that many images at a time; occlusion, integrated gradients, LIME and SHAP pack their own
+    perturbations of fewer images into calls of that size. index: the images' positions in the whole
+    audit set, which seed the methods that draw at random (default 0..N-1)."""
+    per_image = method.model_passes(*x.shape[-2:])
+    step = max(1, method.batch_size // per_image) if per_image > 1 else method.batch_size
+    index = torch.arange(len(x)) if index is None else index
+    out = []
+    for i in range(0, len(x), step):
+        method.index = index[i:i + step]
+        out.append(method.attribute(net, x[i:i + step], target[i:i + step]).float().cpu())
+    method.index = None
+    return torch.cat(out).numpy() if out else np.zeros((0,) + tuple(x.shape[-2:]), np.float32)

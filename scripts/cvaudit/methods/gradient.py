@@ -1,0 +1,154 @@
+"""Gradient methods: saliency, guided backprop and deconvnet (for ReLU6 too: captum overrides only
+nn.ReLU), integrated gradients with its completeness check."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from .. import CvauditError
+from ..hooks import Hooks
+from ..pixels import blur
+from .base import AttributionMethod, NotApplicable, _input_grad, register
+
+
+@register
+class Saliency(AttributionMethod):
+    name, label = "saliency", "Vanilla gradient"
+    reads = ("Simonyan et al.: the largest absolute gradient of the class score over the colour channels; bright "
+             "pixels are those whose small change would most change the score. Noisy by nature.")
+
+    def attribute(self, net, x, target):
+        from captum.attr import Saliency as CaptumSaliency
+        return CaptumSaliency(net).attribute(x, target=target, abs=True).amax(1).detach()
+
+
+RELU_FAMILY = (nn.ReLU, nn.ReLU6)
+ALLOWED = (nn.Softmax, nn.LogSoftmax, nn.Softmax2d, nn.Identity)
+
+
+class ReluBackwardOverride(contextlib.AbstractContextManager):
+    """Owns the backward hooks that turn a plain gradient into guided backprop or deconvnet, on every
+    ReLU and ReLU6 module, and always removes them (and restores `inplace`) on exit.
+
+    guided: gradient through the rectifier as usual, then only its positive part (Springenberg et al.);
+    deconv: only the positive part of the incoming gradient, ignoring the forward mask (Zeiler & Fergus).
+    Any other activation module (SiLU, GELU, ...) is refused: its gradient would pass unmodified and
+    the result would be a plain gradient under another name.
+    """
+
+    def __init__(self, net: nn.Module, mode: str):
+        self.net, self.mode, self.hooks, self.inplace = net, mode, Hooks(), []
+
+    @staticmethod
+    def check(net: nn.Module) -> list[nn.Module]:
+        relus, other = [], set()
+        for m in net.modules():
+            if isinstance(m, RELU_FAMILY):
+                relus.append(m)
+            elif type(m).__module__.startswith(("torch.nn.modules.activation", "timm.layers.activations")) \
+                    and not isinstance(m, ALLOWED):
+                other.add(type(m).__name__)
+        if other:
+            raise NotApplicable(f"the model uses {', '.join(sorted(other))} activations; guided backprop and "
+                                "deconvnet are defined for ReLU/ReLU6 only")
+        if not relus:
+            raise NotApplicable("the model has no ReLU/ReLU6 modules to modify")
+        return relus
+
+    def __enter__(self):
+        for m in self.check(self.net):
+            self.inplace.append((m, m.inplace))
+            m.inplace = False  # backward hooks cannot see through in-place ops
+            if self.mode == "guided":
+                hook = lambda mod, gin, gout: (gin[0].clamp(min=0),)  # noqa: E731
+            else:
+                hook = lambda mod, gin, gout: (gout[0].clamp(min=0),)  # noqa: E731
+            self.hooks.backward(m, hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.hooks.remove()
+        for m, flag in self.inplace:
+            m.inplace = flag
+        self.inplace = []
+        return False
+
+
+@register
+class GuidedBackprop(AttributionMethod):
+    name, label = "guided_backprop", "Guided backprop"
+    reads = ("Gradient passed back only where both the forward activation and the backward signal are positive: "
+             "sharp, edge-like pictures of what excites the class. Known to be largely independent of the "
+             "top layers (see the randomisation check).")
+    mode = "guided"
+
+    def attribute(self, net, x, target):
+        with ReluBackwardOverride(net, self.mode):
+            return _input_grad(net, x, target).abs().amax(1).detach()
+
+
+@register
+class Deconvnet(GuidedBackprop):
+    name, label = "deconvnet", "Deconvnet"
+    reads = ("Zeiler & Fergus: the positive part of the signal is passed back through each rectifier whatever its "
+             "forward activation; shows image structure that the network's filters respond to.")
+    mode = "deconv"
+
+
+@register
+class IntegratedGradients(AttributionMethod):
+    name, label = "integrated_gradients", "Integrated gradients"
+    defaults = {"steps": 16, "baseline": "black", "max_steps": 512, "tolerance": 0.05}
+    reads = ("Sundararajan et al.: gradients averaged along the straight path from a baseline image (black by "
+             "default) to the input, times the difference; the values add up to the score difference (steps are "
+             "raised per image until they do, within the tolerance).")
+
+    def __init__(self, batch_size: int = 64, **options):
+        super().__init__(batch_size, **options)
+        self.records: list[dict] = []  # per attribute() call: steps, relative completeness error, converged
+
+    def baseline(self, x):
+        b = self.options["baseline"]
+        if b == "black":
+            return torch.zeros_like(x)
+        if b == "blur":
+            return blur(x, max(x.shape[-1] / 16, 1.0))
+        if b == "grey":
+            return torch.full_like(x, 0.5)
+        raise CvauditError(f"config key explain.integrated_gradients.baseline: '{b}'; use black, grey or blur")
+
+    def attribute(self, net, x, target):
+        """Completeness (sum of the map = F(x) - F(baseline), on the logit) is checked per image with
+        captum's convergence delta; images that miss it by more than `tolerance` of the score difference
+        are recomputed with twice the steps, up to max_steps. The rest are marked as not converged."""
+        from captum.attr import IntegratedGradients as IG
+        ig, base = IG(net), self.baseline(x)
+        with torch.no_grad():
+            diff = (net(x) - net(base)).gather(1, target.view(-1, 1))[:, 0].abs().float()
+        allowed = self.options["tolerance"] * diff + 1e-4
+        steps = self.options["steps"]
+        attr = torch.zeros(x.shape[0], *x.shape[-2:], device=x.device)
+        used = torch.full((len(x),), steps, dtype=torch.long)
+        err = torch.full((len(x),), float("inf"))
+        ok = torch.zeros(len(x), dtype=torch.bool)
+        todo = torch.arange(len(x), device=x.device)
+        while len(todo):
+            internal = max(len(todo), self.batch_size)  # captum splits the N x steps path images into calls of this size
+            a, delta = ig.attribute(x[todo], baselines=base[todo], target=target[todo], n_steps=steps,
+                                    internal_batch_size=internal, return_convergence_delta=True)
+            attr[todo] = a.sum(1).detach().float()
+            used[todo.cpu()] = steps
+            d = delta.detach().abs().float()
+            err[todo.cpu()] = (d / diff[todo].clamp_min(1e-12)).cpu()
+            ok[todo.cpu()] = (d <= allowed[todo]).cpu()
+            todo = todo[d > allowed[todo]]
+            if steps * 2 > self.options["max_steps"]:
+                break
+            steps *= 2
+        self.records.append({"steps": used.numpy(), "completeness_error": err.numpy(), "converged": ok.numpy()})
+        return attr
+
+    def model_passes(self, h, w):
+        return self.options["steps"]

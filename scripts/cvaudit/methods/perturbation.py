@@ -1,0 +1,174 @@
+"""Perturbation methods (occlusion, LIME, SHAP) and the random map every method's faithfulness must beat."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import CvauditError
+from ..pixels import blur, image_generator
+from .base import AttributionMethod, register
+
+
+@register
+class Occlusion(AttributionMethod):
+    name, label, kind = "occlusion", "Occlusion", "perturbation"
+    defaults = {"window": 0, "stride": 0}
+    reads = ("Zeiler & Fergus: a grey square slides over the image and the drop in the class probability is "
+             "recorded; bright where hiding the region hurts the prediction. Window and stride set in config.")
+
+    def geometry(self, h, w):
+        win = self.options["window"] or max(2, min(h, w) // 4)
+        stride = self.options["stride"] or max(1, win // 2)
+        return win, stride
+
+    def model_passes(self, h, w):
+        win, s = self.geometry(h, w)
+        return ((h - win) // s + 1) * ((w - win) // s + 1) + 1
+
+    def attribute(self, net, x, target):
+        from captum.attr import Occlusion as CaptumOcclusion
+        win, stride = self.geometry(*x.shape[-2:])
+
+        def prob(inp):
+            return torch.softmax(net(inp).float(), 1)
+
+        occ = CaptumOcclusion(prob)
+        per_eval = max(1, self.batch_size // len(x))
+        attr = occ.attribute(x, sliding_window_shapes=(x.shape[1], win, win), strides=(x.shape[1], stride, stride),
+                             baselines=0.5, target=target, perturbations_per_eval=per_eval)
+        return attr.mean(1).detach()
+
+
+def superpixels(img: np.ndarray, n: int) -> np.ndarray:
+    """SLIC superpixels (scikit-image); a regular grid of about n cells when SLIC finds far fewer (tiny or
+    noise-like images, where LIME would otherwise have a single segment and nothing to weigh)."""
+    from skimage.segmentation import slic
+
+    seg = slic(img, n_segments=n, compactness=10, start_label=0)
+    if np.unique(seg).size >= max(2, n // 4):
+        return seg
+    h, w = seg.shape
+    k = max(1, int(round(np.sqrt(n))))
+    rows, cols = np.minimum(np.arange(h) * k // h, k - 1), np.minimum(np.arange(w) * k // w, k - 1)
+    return rows[:, None] * k + cols[None, :]
+
+
+def target_probability_fn(net: nn.Module, target: int):
+    """numpy images (B, H, W, 3) in [0, 1] -> probability of `target` only, (B, 1): what lime and shap
+    call, so they fit one output instead of all (an ImageNet head has 1000)."""
+    dev = next(net.parameters()).device
+
+    def predict(batch):
+        xb = torch.from_numpy(np.ascontiguousarray(batch)).float().permute(0, 3, 1, 2).to(dev)
+        with torch.no_grad():
+            return torch.softmax(net(xb).float(), 1)[:, [target]].cpu().numpy()
+    return predict
+
+
+@register
+class LIME(AttributionMethod):
+    name, label, kind = "lime", "LIME", "perturbation"
+    defaults = {"samples": 128, "segments": 40, "seed": 0, "hide_color": "mean", "check_samples": 64}
+    reads = ("Ribeiro et al.: the image is cut into superpixels, random subsets are hidden (each filled with its "
+             "own mean colour by default: explain.lime.hide_color), and a weighted linear model of the class "
+             "probability is fitted; each superpixel gets its coefficient. The fit is checked on fresh samples "
+             "(R², flagged below 0.5): a surrogate that does not predict the model does not explain it.")
+    HIDE = {"grey": 0.5, "black": 0.0}
+
+    def __init__(self, batch_size: int = 64, **options):
+        super().__init__(batch_size, **options)
+        self.records: list[dict] = []  # per image explained: the surrogate's R² on fresh samples and its own score
+
+    def model_passes(self, h, w):
+        return self.options["samples"] + self.options["check_samples"]
+
+    def attribute(self, net, x, target):
+        from lime import lime_image
+
+        out = []
+        hide = self.options["hide_color"]
+        if hide not in ("mean", *self.HIDE):
+            raise CvauditError(f"config key explain.lime.hide_color: '{hide}'; use mean, grey or black")
+        for img, t in zip(x.detach().cpu().permute(0, 2, 3, 1).double().numpy(), target.tolist()):
+            predict = target_probability_fn(net, t)
+            seg = lambda im: superpixels(im, self.options["segments"])  # noqa: E731
+            explainer = lime_image.LimeImageExplainer(random_state=self.options["seed"])
+            exp = explainer.explain_instance(img, predict, labels=(0,), top_labels=None,
+                                             hide_color=None if hide == "mean" else self.HIDE[hide],
+                                             num_samples=self.options["samples"], batch_size=self.batch_size,
+                                             segmentation_fn=seg)
+            weights = np.zeros(exp.segments.max() + 1)
+            for segment, w in exp.local_exp[0]:
+                weights[segment] = w
+            out.append(weights[exp.segments])
+            self.records.append({"r2_fresh": self.fresh_r2(img, exp.segments, weights, exp.intercept[0], predict, hide),
+                                 "r2_own": float(exp.score[0] if isinstance(exp.score, dict) else exp.score)})
+        return torch.tensor(np.stack(out), dtype=torch.float32)
+
+    def fresh_r2(self, img, segments, weights, intercept, predict, hide) -> float:
+        """R² of the surrogate on perturbations it was not fitted on, weighted by LIME's own kernel (cosine
+        distance to the full image, width 0.25): LIME's own score is measured on its training samples."""
+        from sklearn.metrics import r2_score
+        n_seg, k = int(segments.max()) + 1, self.options["check_samples"]
+        if k < 2:
+            return float("nan")
+        fill = np.zeros_like(img) + (self.HIDE.get(hide, 0.0))
+        if hide == "mean":
+            for s in range(n_seg):
+                fill[segments == s] = img[segments == s].mean(0)
+        rng = np.random.default_rng(int(self.options["seed"]) + 1)
+        z = rng.integers(0, 2, (k, n_seg))
+        batch = np.where(z[:, segments][..., None].astype(bool), img[None], fill[None])
+        y = np.concatenate([predict(batch[i:i + self.batch_size]) for i in range(0, k, self.batch_size)])[:, 0]
+        d = 1 - z.sum(1) / np.sqrt(np.maximum(z.sum(1), 1) * n_seg)  # cosine distance to all-ones
+        w = np.sqrt(np.exp(-(d ** 2) / 0.25 ** 2))
+        return float(r2_score(y, intercept + z @ weights, sample_weight=w)) if np.ptp(y) > 0 else float("nan")
+
+
+@register
+class SHAP(AttributionMethod):
+    name, label, kind = "shap", "SHAP (partition)", "perturbation"
+    defaults = {"evals": "auto"}
+    reads = ("Lundberg & Lee, Partition explainer: Shapley values of a hierarchy of image regions, hidden regions "
+             "replaced by a blurred copy; the values of a map add up to the class probability minus that of the "
+             "fully blurred image.")
+
+    def evals(self, h: int, w: int) -> int:
+        e = self.options["evals"]
+        return max(128, h * w // 49) if e == "auto" else int(e)
+
+    def model_passes(self, h, w):
+        return self.evals(h, w)
+
+    def attribute(self, net, x, target):
+        import shap
+
+        imgs = x.detach().cpu().permute(0, 2, 3, 1).numpy().astype(np.float64)
+        blurred = blur(x.detach().cpu(), max(x.shape[-1] / 16, 1.0)).permute(0, 2, 3, 1).numpy()
+        cache = self.__dict__.setdefault("_maskers", {})
+        if imgs.shape[1:] not in cache:  # its partition tree takes ~0.7 s for a 224 px image: build it once
+            cache[imgs.shape[1:]] = shap.maskers.Image(np.zeros(imgs.shape[1:]), imgs.shape[1:])
+        masker = cache[imgs.shape[1:]]
+        out = []
+        for img, soft, t in zip(imgs, blurred, target.tolist()):
+            masker.mask_value = soft.astype(np.float64).ravel()  # blur without OpenCV, one partition tree
+            explainer = shap.Explainer(target_probability_fn(net, t), masker, algorithm="partition")
+            sv = explainer(img[None], max_evals=self.evals(*img.shape[:2]), batch_size=self.batch_size, silent=True)
+            out.append(sv.values[0, ..., 0].sum(-1))
+        return torch.tensor(np.stack(out), dtype=torch.float32)
+
+
+@register
+class RandomMap(AttributionMethod):
+    name, label, kind = "random", "Random map (floor)", "reference"
+    reads = "Seeded noise that ignores the model: the floor every method's faithfulness must beat."
+
+    def model_passes(self, h, w):
+        return 0
+
+    def attribute(self, net, x, target):
+        index = getattr(self, "index", None)
+        index = range(len(x)) if index is None else index.tolist()
+        seed = int(self.options.get("seed", 0))
+        return torch.stack([torch.rand(tuple(x.shape[-2:]), generator=image_generator(seed, j)) for j in index])
