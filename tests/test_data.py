@@ -138,6 +138,12 @@ def test_a_tiny_class_gets_its_lowest_hashing_train_image_moved_into_each_empty_
     one = _rows("train")
     _ensure_each_split(one, 5, 0.1, 0.2)  # the last train image stays in train
     assert one[0]["split"] == "train"
+    half = _rows("train")
+    _ensure_each_split(half, 5, 0.0, 0.5)  # half the data for testing still leaves a class its one train image
+    assert half[0]["split"] == "train"
+    shared = _rows("train")
+    _ensure_each_split(shared, 5, 0.5, 0.5)  # val and test take everything: nothing is left to train on anyway
+    assert shared[0]["split"] == "test"
     all_held_out = _rows("train")
     _ensure_each_split(all_held_out, 5, 0.0, 1.0)  # unless the shares leave nothing for training
     assert all_held_out[0]["split"] == "test"

@@ -58,7 +58,7 @@ def _ensure_each_split(rows: list[dict], seed: int, val: float, test: float) -> 
     split depend on another image."""
     for share, name in ((test, "test"), (val, "val")):
         train = [r for r in rows if r["split"] == "train"]
-        if share > 0 and not any(r["split"] == name for r in rows) and (len(train) >= 2 or share + val + test >= 1):
+        if share > 0 and not any(r["split"] == name for r in rows) and (len(train) >= 2 or val + test >= 1):
             if train:
                 min(train, key=lambda r: _unit("split", seed, r["key"]))["split"] = name
 
