@@ -1,0 +1,150 @@
+"""Known answers for the trust checks' own arithmetic (issue 22): which pixels come first, what a deleted or
+inserted pixel becomes, how the cascade walks the layers and with which seeds, how rank correlation treats
+constant maps, and that batching never changes a curve."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cvaudit import trust
+from cvaudit.pixels import PixelSpace, blur
+from cvaudit.trust import _order, _small, agreement, cascading_randomisation, deletion_insertion, rank_corr, substrates
+
+
+def _cnn(seed=0):
+    from cvaudit.models import build_model
+    torch.manual_seed(seed)
+    return PixelSpace(build_model({"arch": "simple_cnn", "arch_options": {"channels": [4, 8]}, "weights": "none",
+                                   "num_classes": 3, "input_size": 16}).eval(), [0.5] * 3, [0.5] * 3).eval()
+
+
+def test_an_images_order_depends_on_its_index_not_on_its_batch():
+    maps = torch.from_numpy(np.random.default_rng(0).integers(0, 3, (3, 8, 8)).astype(np.float32))  # many ties
+    whole = _order(maps, seed=2)
+    assert torch.equal(_order(maps[1:2], seed=2, index=[1])[0], whole[1])
+    assert not torch.equal(_order(maps[1:2], seed=2)[0], whole[1])  # as image 0 it would break ties otherwise
+    assert (maps[0].flatten()[whole[0]].diff() <= 0).all()  # most salient first
+
+
+class Counting(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.sizes = net, []
+        self.mean = net.mean
+
+    def forward(self, x):
+        self.sizes.append(len(x))
+        return self.net(x)
+
+
+def test_batching_never_changes_a_curve_and_every_call_is_full_up_to_the_batch_size():
+    net = _cnn()
+    x = torch.rand(25, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    t = torch.randint(0, 3, (25,), generator=torch.Generator().manual_seed(2))
+    maps = torch.rand(25, 16, 16, generator=torch.Generator().manual_seed(3))
+    one = deletion_insertion(net, x, t, maps, steps=4, batch_size=1)
+    counting = Counting(net)
+    big = deletion_insertion(counting, x, t, maps, steps=4, batch_size=200)
+    for k in ("deletion", "insertion", "deletion_auc", "insertion_auc"):
+        assert np.allclose(one[k], big[k], atol=1e-6), k
+    # 20 images of 2 x 5 curve points fill a call of 200; the last 5 images make one of 50
+    assert counting.sizes == [200, 50]
+    counting.sizes.clear()
+    deletion_insertion(counting, x[:3], t[:3], maps[:3], steps=16)  # the defaults: 64 a call, one image (34) each
+    assert counting.sizes == [34, 34, 34]
+
+
+def test_the_defaults_are_16_steps_seed_0_and_risees_substrates_and_the_index_seeds_the_ties():
+    net = _cnn()
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 1, 2])
+    maps = torch.from_numpy(np.random.default_rng(0).integers(0, 2, (3, 16, 16)).astype(np.float32))
+    d = deletion_insertion(net, x, t, maps)
+    e = deletion_insertion(net, x, t, maps, steps=16, batch_size=64, seed=0, substrate="rise")
+    assert d["deletion"].shape == (3, 17) and all(np.array_equal(d[k], e[k]) for k in d)
+    one = deletion_insertion(net, x[2:], t[2:], maps[2:], index=[2])
+    assert np.array_equal(one["deletion"][0], d["deletion"][2])
+
+
+def test_blacks_and_blurs_substrate_is_black_and_a_blur_of_sigma_width_over_16():
+    x = torch.rand(2, 3, 16, 48, generator=torch.Generator().manual_seed(0))
+    empty, blurred = substrates(nn.Identity(), x, "black_blur")
+    assert torch.equal(empty, torch.zeros_like(x)) and torch.equal(blurred, blur(x, 3.0))  # 48 / 16
+    small = torch.rand(1, 3, 8, 8)
+    assert torch.equal(substrates(nn.Identity(), small, "black_blur")[1], blur(small, 1.0))  # at least sigma 1
+
+
+def test_without_a_normalisation_rises_substrate_is_zero():
+    x = torch.rand(1, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    empty, blurred = substrates(nn.Identity(), x, "rise")
+    assert torch.equal(empty, torch.zeros_like(x))
+    assert torch.allclose(blurred[..., 10, 10], (x[..., 5:16, 5:16] * trust.rise_kernel()).sum((-1, -2)), atol=1e-6)
+
+
+def test_small_pools_large_maps_to_28_by_28_and_keeps_small_ones():
+    assert _small(np.ones((2, 56, 56))).shape == (2, 784)
+    assert _small(np.ones((1, 56, 20))).shape == (1, 1120)  # only the width decides (maps are square in practice)
+    assert _small(np.ones((1, 20, 20))).shape == (1, 400)
+    assert np.array_equal(_small(np.array([[[np.nan, 1.0], [2.0, 3.0]]])), [[0.0, 1.0, 2.0, 3.0]])
+
+
+def test_rank_correlation_of_constant_maps_is_zero_and_of_full_range_maps_is_theirs():
+    rng = np.random.default_rng(0)
+    a = rng.random((2, 10, 10))
+    a[:, 0, 0], a[:, 0, 1] = 0.0, 1.0  # range exactly 1
+    assert np.allclose(rank_corr(a, a), 1.0) and np.allclose(rank_corr(a, -a), -1.0)
+    flat = np.zeros((2, 10, 10))
+    assert np.array_equal(rank_corr(flat, a), [0.0, 0.0]) and np.array_equal(rank_corr(a, flat), [0.0, 0.0])
+    assert np.array_equal(rank_corr(flat, flat), [0.0, 0.0])
+
+
+def test_agreement_has_ones_on_the_diagonal_even_for_a_constant_map():
+    rng = np.random.default_rng(1)
+    ag = agreement({"a": rng.random((2, 8, 8)), "flat": np.zeros((2, 8, 8)), "b": rng.random((2, 8, 8))})
+    assert ag["methods"] == ["a", "flat", "b"]
+    m = np.array(ag["matrix"])
+    assert np.array_equal(np.diag(m), [1, 1, 1]) and m[0, 1] == m[1, 0] == 0 and m[0, 2] == m[2, 0]
+
+
+def test_the_cascade_randomises_each_layer_once_head_first_with_seed_plus_stage(monkeypatch):
+    net = _cnn()
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    t = net(x).argmax(1)
+    from cvaudit.methods import get_method
+    method = get_method("saliency")
+    maps = method.attribute(net, x, t).numpy()
+    calls, seeds = [], []
+    real_randomise, real_seed = trust._randomise, torch.manual_seed
+    monkeypatch.setattr(trust, "_randomise", lambda m: calls.append(m) or real_randomise(m))
+    monkeypatch.setattr(torch, "manual_seed", lambda s: seeds.append(s) or real_seed(s))
+    res = cascading_randomisation(method, net, x, t, maps)  # defaults: 3 stages, seed 0
+    layers = [m for _, m in trust.parameter_layers(trust.inner(net))][::-1]
+    assert seeds == [0, 1, 2] and [repr(m) for m in calls] == [repr(m) for m in layers]  # (on a copy of the net)
+    assert [s["randomised_layers"] for s in res["stages"]] == [1, 2, 5]  # round(2.5) is 2
+    assert set(res["stages"][0]) == {"randomised_layers", "of", "down_to", "rank_corr", "per_image"}
+    assert res["stages"][0]["of"] == 5 and len(res["stages"][0]["per_image"]) == 2
+    assert res["final_rank_corr"] == res["stages"][-1]["rank_corr"] != res["stages"][0]["rank_corr"]
+    assert res["stages"][0]["rank_corr"] < 0.99  # the head alone already changes a saliency map
+    seeds.clear()
+    cascading_randomisation(method, net, x, t, maps, stages=2, seed=5)
+    assert seeds == [5, 6]
+
+
+def test_randomise_resets_a_layer_or_draws_its_own_parameters_only():
+    lin = nn.Linear(50, 50)
+    before = lin.weight.clone()
+    trust._randomise(lin)
+    assert not torch.equal(lin.weight, before)
+
+    class Gate(nn.Module):  # no reset_parameters: its own parameters are drawn from N(0, 0.02)
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(4000))
+            self.child = nn.Linear(3, 3)
+
+    g = Gate()
+    child = g.child.weight.clone()
+    torch.manual_seed(0)
+    trust._randomise(g)
+    assert abs(float(g.w.mean())) < 0.002 and 0.018 < float(g.w.std()) < 0.022
+    assert torch.equal(g.child.weight, child)  # its children are layers of their own
