@@ -3,6 +3,10 @@
 import sys
 from pathlib import Path
 
+from snakemake.utils import min_version
+
+min_version("9.27")
+
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from cvaudit import CvauditError
 from cvaudit.config import check_paths, resolve_paths, validate_config

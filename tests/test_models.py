@@ -6,7 +6,7 @@ import torch
 
 from cvaudit import CvauditError
 from cvaudit.data import foolbox_dir, imagenet_categories, load_rgb
-from cvaudit.models import (build_model, eval_transform, last_conv_layer, load_model, normalisation, read_spec,
+from cvaudit.models import (build_model, eval_transform, load_model, normalisation, read_spec,
                             save_model)
 
 
@@ -86,10 +86,3 @@ def test_weights_of_another_arch_are_refused(tmp_path):
     torch.save(build_model(_spec()).state_dict(), tmp_path / "cnn.pt")
     with pytest.raises(CvauditError, match="do not fit"):
         build_model(_spec(arch="mlp", arch_options={}, weights=str(tmp_path / "cnn.pt")))
-
-
-def test_last_conv_layer():
-    assert last_conv_layer(build_model(_spec())) == "features.5"
-    assert last_conv_layer(build_model(_spec(arch="mlp", arch_options={}))) is None
-    lite = build_model(_spec(arch="timm:tf_efficientnet_lite0", arch_options={}))
-    assert last_conv_layer(lite) == "conv_head"

@@ -45,7 +45,10 @@ SCOPE = {
     "invariance": ["transform", "_jpeg", "robustness_score", "equivariance_error"],
     "data": ["_unit", "hashed_split", "_ensure_each_split", "_dedupe"],
 }
-FORKSERVER = {"data"}  # its tests hash files on a thread pool: forked children of that process can deadlock
+# Modules whose slowest fast tests (attacks on trained networks, seconds each) would make a run take hours:
+# their mutants are judged by these tests alone (attacks on linear models with closed-form answers).
+TESTS = {"adversarial": ["tests/test_attacks.py"]}
+FORKSERVER = {"data", "adversarial"}  # thread pools (file hashing, torch in attacks): a plain fork can deadlock
 KILLED = {1: "killed", 3: "killed", 37: "killed"}
 STATUS = {36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 0: "survived",
           5: "no tests", 33: "no tests", 34: "skipped", None: "not checked", -11: "segfault",
@@ -88,7 +91,7 @@ markers = ["e2e: runs the workflow end to end through snakemake (slow)"]
 source_paths = ["src"]
 only_mutate = ["src/cvaudit/{module}.py"]
 pytest_add_cli_args = {json.dumps(args)}
-pytest_add_cli_args_test_selection = ["tests/"]
+pytest_add_cli_args_test_selection = {json.dumps(TESTS.get(module, ["tests/"]))}
 also_copy = {json.dumps(also)}
 use_git_change_detection = false
 process_isolation = "{'forkserver' if module in FORKSERVER else 'fork'}"

@@ -184,11 +184,3 @@ def check_paths(config: dict, base: str | Path = ".") -> None:
 def shards(n_images: int, shard_size: int) -> int:
     """Jobs a stage over at most n_images images is split into (0: not sharded)."""
     return 0 if shard_size <= 0 else max(1, -(-n_images // shard_size))
-
-
-def model_ids(config: dict) -> list[str]:
-    return list(config["models"])
-
-
-def trained(config: dict, model: str) -> bool:
-    return config["models"][model]["train"] is not False

@@ -327,14 +327,6 @@ def auto_batch(h: int, w: int, device, requested: int | str = "auto") -> int:
     return max(1, min(512, budget // (h * w)))
 
 
-def last_conv_layer(model: nn.Module) -> str | None:
-    name = None
-    for n, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            name = n
-    return name
-
-
 # ----------------------------------------------------------------------------- transforms
 def resize_ops(spec: dict) -> list:
     """config key models.*.resize: stretch (to input_size x input_size) or center_crop (shorter side to
