@@ -192,18 +192,22 @@ def test_masking_checks_pass_a_clean_record_and_name_each_line():
     assert c["gradient_free_not_stronger"]["detail"] == (
         "images only Square fooled (after APGD-CE and APGD-T), per eps: 0: 0, 0.05: 0 (allowed: 2)")
     assert c["more_steps_little_gain"]["label"] == "3x more steps do not help much"
+    assert c["iterative_not_weaker"]["label"] == "The iterative attack is never weaker than the single-step one"
+    assert c["gradient_free_not_stronger"]["label"] == "The gradient-free attack is never stronger than the white-box ones"
     assert c["more_steps_little_gain"]["detail"] == "APGD-CE with 3x the steps fools 0 more image(s) at eps = 0.05 (allowed: 2)"
 
 
 def test_the_large_epsilon_check_fails_above_the_allowed_share_and_says_why():
     lc = np.zeros(100, bool)
     lc[:5] = True
-    assert _checks(_arrays(large_correct=lc))["large_epsilon"]["passed"]  # 5% is allowed
+    at = _checks(_arrays(large_correct=lc))["large_epsilon"]
+    assert at["passed"] and at["detail"] == "APGD-CE leaves 5 of 100 images right (allowed: 5%)"  # 5% is allowed
     lc[5] = True
     c = _checks(_arrays(large_correct=lc))["large_epsilon"]
     assert not c["passed"] and c["detail"] == ("APGD-CE leaves 6 of 100 images right (allowed: 5%); its gradients do "
                                                "not lead anywhere: masked, or too few steps")
-    assert not _checks(_arrays(n=0, eps=()))["large_epsilon"]["passed"]  # no images: nothing shows it reaches 0
+    empty = _checks(_arrays(n=0, eps=()))["large_epsilon"]
+    assert not empty["passed"] and empty["detail"] == "APGD-CE leaves 0 of 0 images right (allowed: 5%)"  # no images
 
 
 def test_fgsm_beating_apgd_counts_only_images_the_model_had_right_within_the_tolerance():
@@ -244,6 +248,80 @@ def test_more_steps_count_only_new_images_the_model_had_right_at_the_check_epsil
     apgd[0, 2] = True  # fooled at another eps: still new at check_epsilon
     assert not _checks(a)["more_steps_little_gain"]["passed"]
     apgd[1, 2] = True
-    assert _checks(a)["more_steps_little_gain"]["passed"]
+    c = _checks(a)["more_steps_little_gain"]
+    assert c["passed"] and c["detail"] == "APGD-CE with 3x the steps fools 2 more image(s) at eps = 0.05 (allowed: 2)"
     a["epsilons"] = [0.0, 0.1]  # check_epsilon not among those run: no such line
     assert "more_steps_little_gain" not in _checks(a)
+
+
+def _recording(monkeypatch):
+    """Each torchattacks attack the code builds, with every argument resolved (defaults included)."""
+    import inspect
+
+    import torchattacks
+    built = []
+    for name in ("FGSM", "PGD", "APGD", "APGDT", "Square"):
+        real = getattr(torchattacks, name)
+
+        def make(*args, real=real, **kwargs):
+            bound = inspect.signature(real.__init__).bind(None, *args, **kwargs)
+            bound.apply_defaults()
+            built.append((real.__name__, {k: v for k, v in bound.arguments.items() if k not in ("self", "model")}))
+            return real(*args, **kwargs)
+        monkeypatch.setattr(torchattacks, name, make)
+    return built
+
+
+def test_each_attack_is_built_as_the_config_says(monkeypatch):
+    built = _recording(monkeypatch)
+    net, x, y, dist = _linear(4, seed=7)
+    eps = round(float(dist.quantile(0.3)), 4)  # some images out of reach: every stage of the cascade runs
+    opts = {**OPTS, "autoattack": {"steps": 7, "restarts": 2, "target_classes": 9, "square_queries": 55}}
+    attack_batch("autoattack", net, x, y, eps, opts, seed=5)
+    got = dict(built)
+    assert got["FGSM"] == {"eps": eps}
+    common = {"norm": "Linf", "eps": eps, "steps": 7, "n_restarts": 2, "seed": 5, "eot_iter": 1, "rho": 0.75,
+              "verbose": False}
+    assert got["APGD"] == {**common, "loss": "ce"}
+    assert got["APGDT"] == {**common, "n_classes": 4}  # 9 target classes asked, 3 other classes exist
+    assert got["Square"] == {"norm": "Linf", "eps": eps, "n_queries": 55, "n_restarts": 1, "p_init": 0.8,
+                             "loss": "margin", "resc_schedule": True, "seed": 5, "verbose": False}
+    built.clear()
+    attack_batch("autoattack", net, x, y, eps, {**opts, "autoattack": {**opts["autoattack"], "target_classes": 1}}, 5)
+    assert dict(built)["APGDT"]["n_classes"] == 2  # one target class: the runner-up
+    built.clear()
+    attack_batch("autoattack", net, x, y, eps, {**opts, "autoattack": {**opts["autoattack"], "target_classes": 2}}, 5)
+    assert dict(built)["APGDT"]["n_classes"] == 3
+    built.clear()
+    attack_batch("pgd", net, x, y, eps, {**opts, "pgd": {"steps": 8, "restarts": 1}}, 5)
+    assert built == [("PGD", {"eps": eps, "alpha": pytest.approx(2.5 * eps / 8), "steps": 8, "random_start": True})]
+
+
+def test_with_three_classes_the_cascade_still_runs_apgd_and_square():
+    net, x, y, dist = _linear(3, seed=4)
+    _, parts = attack_batch("autoattack", net, x, y, float(dist.quantile(0.7)), {
+        **OPTS, "autoattack": {**OPTS["autoattack"]}}, seed=0)
+    assert parts["apgd_ce"].sum() > 0
+
+
+def test_pgd_seeds_each_restart_and_stops_once_every_image_is_fooled(monkeypatch):
+    seeds = []
+    real = torch.manual_seed
+    monkeypatch.setattr(torch, "manual_seed", lambda s: seeds.append(s) or real(s))
+    net, x, y, dist = _linear(2, seed=6)
+    opts = {**OPTS, "pgd": {"steps": 3, "restarts": 3}}
+    attack_batch("pgd", net, x, y, float(dist.quantile(0.5)), opts, seed=2)
+    assert seeds[:2] == [2 * 7919, 2 * 7919 + 1]
+    seeds.clear()
+    adv, _ = attack_batch("pgd", net, x, y, 1.0, opts, seed=2)  # eps 1: the first restart fools them all
+    assert seeds == [2 * 7919] and _fooled(net, adv, y).all()
+
+
+def test_the_default_seed_is_zero():
+    net, x, y, dist = _linear(2, seed=6)
+    eps = float(dist.median())
+    assert torch.equal(attack_batch("pgd", net, x, y, eps, OPTS)[0], attack_batch("pgd", net, x, y, eps, OPTS, seed=0)[0])
+
+
+def test_batch_seeds_wrap_at_two_to_the_31():
+    assert _batch_seed(3000, 7) == (3000 * 1_000_003 + 7) - 2 ** 31  # between 2^31 and 2^32: wraps once
