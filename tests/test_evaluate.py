@@ -94,16 +94,21 @@ def test_the_worst_mistakes_are_the_most_confident_wrong_predictions_first():
     assert worst_mistakes(conf, correct, 2).tolist() == [2, 3]
     assert worst_mistakes(conf, correct, 10).tolist() == [2, 3, 1]
     assert worst_mistakes(conf, np.ones(5, bool), 3).tolist() == []
+    ties = np.random.default_rng(0).choice([0.5, 0.7, 0.9], 2000)  # equal confidences: the first listed first
+    picked = worst_mistakes(ties, np.zeros(2000, bool), 2000)
+    assert picked.tolist() == sorted(range(2000), key=lambda i: (-ties[i], i))
 
 
 @pytest.mark.parametrize("model_right, base_right", [(30, 20), (20, 30)])
 def test_the_gain_over_the_baseline_is_the_model_minus_the_baseline_on_the_same_images(model_right, base_right):
     from cvaudit import stats
     from cvaudit.evaluate import baseline_gain
-    correct, base_correct = np.arange(40) < model_right, np.arange(40) < base_right
+    rng = np.random.default_rng(0)
+    correct, base_correct = rng.permutation(400) < 10 * model_right, rng.permutation(400) < 10 * base_right
     base = {"available": True, "accuracy": base_right / 40, "correct": base_correct.astype(int).tolist(), "name": "lr"}
     g = baseline_gain(correct, base, seed=3)
     want = (model_right - base_right) / 40
+    assert g["gain_over_baseline_ci"] != stats.paired_difference(correct.astype(float), base_correct.astype(float), 0)
     assert g["gain_over_baseline"] == pytest.approx(want) and g["gain_over_baseline_ci"]["value"] == pytest.approx(want)
     assert g["gain_over_baseline_ci"] == stats.paired_difference(correct.astype(float), base_correct.astype(float), 3)
     assert g["mcnemar_p"] == pytest.approx(stats.mcnemar_p(correct, base_correct)) and g["mcnemar_p"] < 0.01
@@ -115,6 +120,8 @@ def test_without_per_image_baseline_results_the_gain_has_no_interval_and_without
     correct = np.arange(40) < 30
     g = baseline_gain(correct, {"available": True, "accuracy": 0.5, "correct": [1] * 39}, seed=0)  # other images
     assert g["gain_over_baseline"] == pytest.approx(0.25) and g["gain_over_baseline_ci"] is None and g["mcnemar_p"] is None
+    no_list = baseline_gain(correct, {"available": True, "accuracy": 0.5}, seed=0)  # an old baseline.json
+    assert no_list["gain_over_baseline"] == pytest.approx(0.25) and no_list["gain_over_baseline_ci"] is None
     off = baseline_gain(correct, {"available": False, "reason": "no training split"}, seed=0)
     assert off == {"baseline": {"available": False, "reason": "no training split"}, "gain_over_baseline": None,
                    "gain_over_baseline_ci": None, "mcnemar_p": None}
@@ -176,6 +183,7 @@ def test_degenerate_reasons_and_numbers_are_exact():
     empty = degenerate(np.array([], int), np.array([], int), [0, 1], ["a", "b"], {"ci_low": None})
     assert not empty["is"] and empty["chance"] == 0.5 and empty["top_share"] == 0.0 and empty["true_share"] == 0.0
     assert degenerate(np.zeros(5, int), np.zeros(5, int), [0], ["a"], {"ci_low": None})["chance"] == 1.0
+    assert degenerate(np.array([], int), np.array([], int), [0], ["a"], {"ci_low": None})["chance"] == 1.0
     none = degenerate(np.array([], int), np.array([], int), [], [], {"ci_low": None})
     assert none["top_class"] is None and none["top_share"] is None and none["true_share"] is None
     assert degenerate(skewed, skewed, [0, 1], ["a", "b"], {"ci_low": None})["at_chance"] is False
