@@ -27,6 +27,8 @@ def test_wilson_interval_equals_its_closed_form():
     assert stats.proportion(0, 0) == {"value": None, "n": 0, "ci_low": None, "ci_high": None, "method": "wilson",
                                       "note": "no images"}
     assert stats.proportion(3, -1)["value"] is None
+    one = stats.proportion(1, 1)  # one image is little evidence, but it is evidence: an interval, not "no images"
+    assert one["value"] == 1.0 and one["n"] == 1 and one["ci_low"] == pytest.approx(0.2065, abs=1e-3)
 
 
 def test_the_bootstrap_is_scipys_seeded_percentile_bootstrap_over_images():
@@ -85,6 +87,10 @@ def test_mcnemar_is_the_exact_binomial_test_on_the_discordant_pairs():
     one = np.zeros(50, bool)
     one[0] = True
     assert stats.mcnemar_p(one, np.zeros(50, bool)) == 1.0  # one discordant pair: p = 1
+    ints_a, ints_b = [int(v) for v in a], [int(v) for v in b]  # 0/1 lists, as JSON stores them
+    assert stats.mcnemar_p(ints_a, ints_b) == pytest.approx(stats.mcnemar_p(a, b))
+    # b right on every image: only 'b right, a wrong' pairs (3 of them): p = 2 * 0.5^3
+    assert stats.mcnemar_p([0, 0, 0, 1], [1, 1, 1, 1]) == pytest.approx(0.25)
 
 
 def test_straddles_means_strictly_inside_the_interval():
@@ -104,4 +110,5 @@ def test_more_images_scales_the_half_width_on_the_thresholds_side_as_one_over_ro
     assert stats.more_images(stats.estimate(0.85, 20), 0.8) is None
     assert stats.more_images(stats.estimate(None, 20, 0.1, 0.2), 0.8) is None
     assert stats.more_images(stats.estimate(0.85, 0, 0.8, 0.9), 0.8) is None
+    assert stats.more_images(stats.estimate(0.5, 1, 0.1, 0.9), 0.8) == 1  # n (0.4 / 0.3)^2 = 1.8: 2 images, 1 more
     assert stats.more_images(stats.estimate(0.85, 20, 0.849, 0.95, "wilson"), 0.8) == 1  # already clear: at least 1

@@ -181,12 +181,26 @@ def write_report(module: str, score: dict, scoped: list):
     (BUILD / f"{module}.md").write_text("\n".join(lines) + "\n")
 
 
+def table(scores: dict) -> str:
+    rows = ["| module | mutants in scope | equivalent | killed | timed out | score |", "|---|---:|---:|---:|---:|---:|"]
+    for m in SCOPE:
+        if m in scores:
+            s = scores[m]
+            rows.append(f"| `{m}.py` | {s['in_scope']} | {s['equivalent']} | {s['killed']} | {s.get('timeouts', 0)} | "
+                        f"{100 * (s['score'] or 0):.1f}% |")
+    return "\n".join(rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("modules", nargs="*", help=f"modules under scripts/cvaudit, of: {', '.join(SCOPE)}")
     ap.add_argument("--all", action="store_true", help="every module in the scope")
     ap.add_argument("--children", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--table", action="store_true", help="print the README's table from build/mutation/scores.json")
     a = ap.parse_args()
+    if a.table:
+        print(table(json.loads((BUILD / "scores.json").read_text())))
+        return
     modules = list(SCOPE) if a.all else a.modules
     unknown = [m for m in modules if m not in SCOPE]
     if not modules or unknown:
