@@ -48,7 +48,9 @@ SCOPE = {
 # Modules whose slowest fast tests (attacks on trained networks, seconds each) would make a run take hours:
 # their mutants are judged by these tests alone (attacks on linear models with closed-form answers).
 TESTS = {"adversarial": ["tests/test_attacks.py"]}
-FORKSERVER = {"data", "adversarial"}  # thread pools (file hashing, torch in attacks): a plain fork can deadlock
+# Modules whose tests, forked from a process that has run them, deadlocked (thread pools: file hashing, torch's
+# intra-op threads in attacks and temperature fits, scipy): their mutants run from a fork server instead.
+FORKSERVER = {"data", "adversarial", "calibrate", "invariance"}
 KILLED = {1: "killed", 3: "killed", 37: "killed"}
 STATUS = {36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 0: "survived",
           5: "no tests", 33: "no tests", 34: "skipped", None: "not checked", -11: "segfault",
