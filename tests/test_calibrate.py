@@ -84,3 +84,46 @@ def test_temperature_is_bounded_and_scaling_is_softmax_of_logits_over_t():
     assert fit_temperature(logits, wrong) == pytest.approx(20.0, rel=1e-3)
     p = np.array([[0.7, 0.3, 0.0]])
     assert np.allclose(log_probs(p), [[np.log(0.7), np.log(0.3), np.log(1e-30)]])
+
+
+def test_a_bin_holding_one_image_counts_and_the_default_is_15_bins():
+    probs = np.array([[0.95, 0.05], [0.55, 0.45], [0.56, 0.44]])
+    m = calibration_metrics(probs, np.array([1, 0, 0]))
+    assert len(m["bins"]) == 15 and m["ece"] == pytest.approx((0.95 + 2 * abs(1 - 0.555)) / 3)
+    conf, correct = probs.max(1), np.array([0.0, 1.0, 1.0])
+    which = np.array([14, 8, 8])
+    assert _bin_gaps(conf, correct, which, 15)[0] == pytest.approx(m["ece"])  # the 1-image bin's 0.95 included
+
+
+def test_a_confidence_in_the_lowest_bin_stays_there():
+    probs = np.full((1, 12), 0.91 / 11)
+    probs[0, 3] = 0.09  # twelve classes, the top one at 0.09: the first of 10 bins
+    m = calibration_metrics(probs, np.array([3]), bins=10)
+    assert m["bins"][0]["count"] == 1 and m["bins"][1]["count"] == 0
+
+
+def test_everything_is_computed_in_float64_whatever_comes_in():
+    rng = np.random.default_rng(3)
+    p32 = rng.dirichlet([1, 1, 1], 200).astype(np.float32)
+    t = rng.integers(0, 3, 200)
+    a, b = calibration_metrics(p32, t, bins=10), calibration_metrics(p32.astype(np.float64), t, bins=10)
+    assert (a["ece"], a["nll"], a["brier"]) == (b["ece"], b["nll"], b["brier"])
+    assert log_probs(p32).dtype == np.float64 and scaled(np.log(p32), 1.5).dtype == np.float64
+    z32 = rng.normal(size=(300, 3)).astype(np.float32) * 4
+    assert fit_temperature(z32, t[:200].repeat(2)[:300]) == fit_temperature(z32.astype(np.float64), t[:200].repeat(2)[:300])
+
+
+def test_the_equal_mass_ece_bins_by_rank_with_ties_in_order_and_sees_gaps_of_both_signs():
+    rng = np.random.default_rng(4)
+    n, bins = 600, 6
+    conf = rng.choice([0.6, 0.75, 0.9], n)  # heavy ties: which tied image goes to which bin is the stable order
+    probs = np.stack([conf, 1 - conf], 1)
+    targets = np.where(rng.uniform(size=n) < np.where(conf > 0.7, conf - 0.2, conf + 0.3), 0, 1)  # over- and under-
+    m = calibration_metrics(probs, targets, bins=bins, seed=0)
+    correct = (targets == 0).astype(float)
+    order = np.argsort(conf, kind="stable")
+    per = n // bins
+    want = sum(abs(correct[order[k * per:(k + 1) * per]].mean() - conf[order[k * per:(k + 1) * per]].mean()) * per / n
+               for k in range(bins))
+    assert m["ece_equal_mass"] == pytest.approx(want)
+    assert m["ece_equal_mass"] > abs(correct.mean() - conf.mean()) + 0.05  # not one pooled bin
