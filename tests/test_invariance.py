@@ -113,3 +113,21 @@ def test_equivariance_error_scales_each_map_to_max_one_and_ignores_negative_evid
     assert equivariance_error(half, b) == pytest.approx(1 / 3)  # |1-1| + |1-0| over (2 + 1)
     assert equivariance_error(np.zeros((2, 4, 4)), np.zeros((2, 4, 4))) == 0  # blank maps: no division by zero
     assert equivariance_error(np.stack([half[0], a[0]]), np.stack([b[0], b[0]])) == pytest.approx((1 / 3 + 0) / 2)
+
+
+def test_translation_is_a_pure_shift_by_a_fraction_of_the_width():
+    x = torch.zeros(1, 3, 60, 100)
+    x[..., 3, 4] = 1  # far from the centre: any rotation or shear would move it off the shifted spot
+    y = transform("translate", x, 0.1)  # 10 px (of the width, 100), right and down
+    want = torch.zeros_like(x)
+    want[..., 13, 14] = 1
+    assert torch.equal(y, want)
+
+
+def test_blur_uses_three_sigmas_each_side():
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(transform("blur", x, 2.0), TF.gaussian_blur(x, [13, 13], [2.0, 2.0]))
+
+
+def test_a_single_severity_away_from_the_identity_scores_its_accuracy_over_clean():
+    assert robustness_score([2.0], [0.4], 0.8, 1.0) == pytest.approx(0.5)
