@@ -135,6 +135,7 @@ def test_randomise_resets_a_layer_or_draws_its_own_parameters_only():
     before = lin.weight.clone()
     trust._randomise(lin)
     assert not torch.equal(lin.weight, before)
+    assert float(lin.weight.abs().max()) <= 50 ** -0.5 and float(lin.weight.std()) > 0.06  # its own reset, not N(0, 0.02)
 
     class Gate(nn.Module):  # no reset_parameters: its own parameters are drawn from N(0, 0.02)
         def __init__(self):
