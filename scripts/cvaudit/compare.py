@@ -245,7 +245,7 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
     """summaries: {model: summary.json}; baselines: {dataset: baseline.json}; compares: {dataset:
     representations.json}; shared: {dataset: explain_side_by_side result}; benchmarks: {model: {stage: tsv}}."""
     from . import figures
-    from .report import jinja_env, package_versions, read_benchmarks, write_pdf
+    from .rendering import jinja_env, package_versions, read_benchmarks, write_pdf
 
     loaded = {m: read_json(p) for m, p in summaries.items()}
     same_data(loaded, model_cfgs)

@@ -3,23 +3,22 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import importlib.metadata as md
 import logging
-import platform
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, figures
+from . import figures
 from .checks import overall, run_checks
 from .data import read_manifest
 from .diagnose import diagnosis
 from .evaluate import load_audit_set
-from .io import atomic_path, load_npz, read_json, stage_failure, write_json, write_text
+from .io import load_npz, read_json, stage_failure, write_json, write_text
+from .rendering import device_description, jinja_env, package_versions, read_benchmarks, write_pdf
+from .report_sections import collect_robust, compare_section, represent_section, robust_section, units_section
 from .train import read_history
 
 log = logging.getLogger("cvaudit.report")
-PACKAGES = ["torch", "torchvision", "timm", "captum", "scikit-learn", "numpy", "snakemake", "jinja2", "weasyprint"]
 SUMMARY_VERSION = 2
 # Inputs every report needs; any other input is an analysis stage that may have failed (runlog.run optional).
 CORE_INPUTS = {"manifest", "train_metrics", "history", "eval_metrics", "audit_set", "template", "css"}
@@ -47,50 +46,6 @@ def failed_stages(inputs: dict) -> dict:
         if key not in CORE_INPUTS and (rec := stage_failure(path)):
             out[key] = {**rec, "section": section_of(key)}
     return out
-
-
-def read_benchmarks(files: dict) -> list[dict]:
-    """Run time, peak memory and CPU time per stage, from Snakemake's benchmark files (missing ones skipped)."""
-    rows = []
-    for stage, path in files.items():
-        try:
-            with open(path, newline="") as f:
-                rec = next(csv.DictReader(f, delimiter="\t"))
-        except (OSError, StopIteration):
-            continue
-
-        def num(k):
-            try:
-                return float(rec.get(k))
-            except (TypeError, ValueError):
-                return None
-        rows.append({"stage": stage, "seconds": num("s"), "max_rss_mb": num("max_rss"), "cpu_seconds": num("cpu_time")})
-    return rows
-
-
-def package_versions() -> dict:
-    out = {"python": platform.python_version(), "cvaudit": __version__}
-    for p in PACKAGES:
-        try:
-            out[p] = md.version(p)
-        except md.PackageNotFoundError:
-            out[p] = "not installed"
-    return out
-
-
-def device_description(device: str) -> str:
-    if device.startswith("cuda"):
-        import torch
-        return f"{device} ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else device
-    return f"cpu ({platform.processor() or platform.machine()})"
-
-
-def _fmt(v, digits: int = 4) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
 
 
 def _sample_grid(manifest, classes: list[str], per_class: int = 6, max_classes: int = 12) -> list[dict]:
@@ -184,138 +139,6 @@ def _attribution_section(audit: dict, explain: dict, verdicts: list[dict]) -> di
     }
 
 
-def _represent_section(path, names: list[str], queries: int) -> dict:
-    """Embedding space figures, k-NN / silhouette, neighbour retrieval (mistakes first), layer CKA."""
-    from .represent import load_represent
-
-    r = load_represent(path)
-    meta = r["meta"]
-    labels, preds, paths = r["labels"], r["preds"], [str(p) for p in r["paths"]]
-    wrong = labels != preds
-    order = list(np.flatnonzero(wrong)) + list(np.flatnonzero(~wrong))
-    rows = []
-    for i in order[:queries]:
-        rows.append({"query": figures.png_uri(figures.thumbnail(paths[i]), 64), "label": names[labels[i]],
-                     "pred": names[preds[i]], "wrong": bool(wrong[i]),
-                     "neighbours": [{"image": figures.png_uri(figures.thumbnail(paths[j]), 64),
-                                     "label": names[labels[j]], "same": bool(labels[j] == labels[i])}
-                                    for j in r["neighbours"][i]]})
-    ti = r["tsne_index"]
-    cka = meta["cka"]
-    return {"meta": meta,
-            "pca": figures.embedding_scatter(r["pca"], labels, names, "PCA (first two components)", wrong),
-            "tsne": figures.embedding_scatter(r["tsne"], labels[ti], names, "t-SNE", wrong[ti]),
-            "thumbs": figures.thumbnail_scatter(r["tsne"], [paths[i] for i in ti]),
-            "neighbours": rows,
-            "cka": figures.agreement_heatmap(cka["layers"], cka["matrix"], label="linear CKA", vmin=0)
-            if cka["layers"] else None}
-
-
-def _model_view(path: str, size: int, resize: str = "stretch") -> np.ndarray:
-    """The image as the model sees it (the same resize as every stage: models.display_transform), uint8 RGB."""
-    from .data import load_rgb
-    from .models import display_transform
-    return display_transform({"input_size": size, "resize": resize})(load_rgb(path)).permute(1, 2, 0).numpy()
-
-
-def _upscale(maps: np.ndarray, at_least: int = 24) -> np.ndarray:
-    k = max(1, -(-at_least // maps.shape[-2]))
-    return maps.repeat(k, -2).repeat(k, -1) if maps.ndim == 3 else maps.repeat(k, 1).repeat(k, 2)
-
-
-def _units_section(units_path, ascent_path=None, resize: str = "stretch") -> dict:
-    """Activation maps per stage with sparsity and dead channels, first-layer filters, per channel
-    its gradient-ascent image and top test images with the patch that fired, class visualisations."""
-
-    u = load_npz(units_path)
-    meta = u["meta"]
-    size = meta["input_size"]
-    grids = []
-    for i, img in enumerate(u["audit_images"]):
-        row = {"image": figures.png_uri(img, 96, 112), "layers": []}
-        for j, layer in enumerate(meta["layers"]):
-            if f"grid_{j}" in u:
-                maps = u[f"grid_{j}"][i].astype(np.float32)
-                row["layers"].append({"name": layer["name"], "shape": layer["shape"],
-                                      "mosaic": figures.png_uri(figures.mosaic(_upscale(maps), cols=8), 256, 512)})
-        grids.append(row)
-    filters = u["filters"]
-    asc = load_npz(ascent_path) if ascent_path else None
-    asc_of = {c: i for i, c in enumerate(asc["meta"]["channels"])} if asc else {}
-    channels = []
-    views: dict[str, np.ndarray] = {}
-    for c in u["channels"]:
-        c = int(c)
-        tops = []
-        for k in np.flatnonzero(u["pick_channel"] == c):
-            path = str(u["paths"][k])
-            view = views.setdefault(path, _model_view(path, size, resize))
-            y0, y1, x0, x1 = u["boxes"][k]
-            tops.append({"image": figures.png_uri(figures.draw_box(view, u["boxes"][k], width=max(1, size // 64)),
-                                                  96, 112),
-                         "patch": figures.png_uri(view[y0:y1, x0:x1], 56, 112),
-                         "value": float(u["pick_value"][k]), "file": Path(path).name})
-        ch = {"channel": c, "tops": tops, "ascent": None}
-        if c in asc_of:
-            ch["ascent"] = figures.png_uri(asc["channel_images"][asc_of[c]], 96, 112)
-        channels.append(ch)
-    classes = []
-    if asc is not None:
-        am = asc["meta"]
-        classes = [{"name": n, "image": figures.png_uri(asc["class_images"][i], 96, 112),
-                    "start": am["class_score"]["start"][i], "end": am["class_score"]["end"][i]}
-                   for i, n in enumerate(am["class_names"])]
-    return {"meta": meta, "grids": grids, "channels": channels, "classes": classes,
-            "ascent": asc["meta"] if asc is not None else None,
-            "filters": figures.png_uri(figures.mosaic(filters, cols=16, pad=1), 256, 640) if len(filters) else None,
-            "n_filters": len(filters)}
-
-
-def _compare_section(path) -> dict:
-    c = read_json(path)
-    return {**c, "cka_fig": figures.agreement_heatmap(c["models"], c["cka"], label="linear CKA", vmin=0)}
-
-
-def collect_robust(inputs: dict, settings: dict) -> dict | None:
-    """Calibration, invariance curves and adversarial results, as the checks and the report read them."""
-    inv = {k[len("invariance_"):]: read_json(v) for k, v in inputs.items() if k.startswith("invariance_")}
-    adv = {k[len("adversarial_"):]: load_npz(v) for k, v in inputs.items() if k.startswith("adversarial_")}
-    if not inv and not adv and "calibration" not in inputs and "randomisation" not in inputs:
-        return None
-    rob = settings["robustness"]
-    return {"invariance": inv, "adversarial": {a: v["meta"] for a, v in adv.items()}, "adversarial_arrays": adv,
-            "calibration": read_json(inputs["calibration"]) if "calibration" in inputs else None,
-            "randomisation": read_json(inputs["randomisation"]) if "randomisation" in inputs else None,
-            "check_angle": rob["check_angle"], "check_epsilon": rob["adversarial"]["check_epsilon"]}
-
-
-def _robust_section(rob: dict, names: list[str]) -> dict:
-    out = {"calibration": rob["calibration"], "invariance": rob["invariance"], "adversarial": rob["adversarial"],
-           "randomisation": rob["randomisation"]}
-    out["randomisation_fig"] = figures.memorisation_curves(rob["randomisation"]) if rob["randomisation"] else None
-    cal = rob["calibration"]
-    out["reliability"] = figures.reliability_diagram(cal["before"], cal["after"], cal["temperature"]) if cal else None
-    out["invariance_fig"] = figures.invariance_curves(rob["invariance"]) if rob["invariance"] else None
-    out["adversarial_fig"] = figures.adversarial_curves(
-        {a: (m["epsilons"], m["accuracy"]) for a, m in rob["adversarial"].items()},
-        {a: v["flip_epsilon"] for a, v in rob["adversarial_arrays"].items()}) if rob["adversarial"] else None
-    examples = []
-    for attack, v in rob["adversarial_arrays"].items():
-        eps = v["meta"]["example_epsilon"]
-        for i, j in enumerate(v["example_index"]):
-            orig, adv = v["images"][i].astype(np.float32), v["adv_images"][i].astype(np.float32)
-            delta = (adv - orig) / (2 * max(eps, 1e-12) * 255) + 0.5  # amplified: +-eps spans the full range
-            examples.append({"attack": attack, "eps": eps,
-                             "orig": figures.png_uri(v["images"][i], 96, 112),
-                             "delta": figures.png_uri((delta.clip(0, 1) * 255).astype(np.uint8), 96, 112),
-                             "adv": figures.png_uri(v["adv_images"][i], 96, 112),
-                             "true": names[int(v["targets"][j])],
-                             "pred": names[int(v["clean_pred"][j])], "conf": float(v["clean_conf"][j]),
-                             "adv_pred": names[int(v["adv_pred"][i])], "adv_conf": float(v["adv_conf"][i])})
-    out["examples"] = examples
-    return out
-
-
 def _cam_gradcam(agree: dict | None, labels: dict, explain: dict) -> dict | None:
     """CAM and Grad-CAM side by side where both apply: their agreement, and Grad-CAM's layer."""
     if not agree or "cam" not in labels or "gradcam" not in labels:
@@ -347,29 +170,6 @@ def collect(model: str, inputs: dict, methods: list[str]) -> dict:
     return r
 
 
-def jinja_env(template: str | Path):
-    """Autoescaping environment (class names, file names and config values are text, never markup)."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-    env = Environment(loader=FileSystemLoader(str(Path(template).parent)), undefined=StrictUndefined,
-                      autoescape=select_autoescape(default=True, default_for_string=True))
-    env.filters["fmt"] = _fmt
-    env.filters["pct"] = lambda v: "—" if v is None else f"{100 * v:.1f}%"
-    env.filters["toyaml"] = _yaml
-    return env
-
-
-def _yaml(value) -> str:
-    """Config as compact YAML (lists of numbers on one line), as the user writes it."""
-    import yaml
-    return yaml.safe_dump(value, sort_keys=False, default_flow_style=None, width=100, allow_unicode=True).rstrip()
-
-
-def write_pdf(html: str, out_html, out_pdf) -> None:
-    from weasyprint import HTML
-    with atomic_path(out_pdf) as tmp:
-        HTML(string=html, base_url=str(Path(out_html).parent)).write_pdf(str(tmp))
-
-
 def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, settings: dict,
                   template: str | Path, css: str | Path, out_html, out_summary, out_pdf=None,
                   benchmarks: dict | None = None) -> dict:
@@ -385,12 +185,12 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     versions = package_versions()
     audit = load_audit_set(inputs["audit_set"])
     attributions = _attribution_section(audit, r["explain"], verdicts)
-    represent = _represent_section(inputs["represent"], [str(n) for n in audit["class_names"]],
+    represent = represent_section(inputs["represent"], [str(n) for n in audit["class_names"]],
                                    settings["represent"]["queries"]) if "represent" in inputs else None
-    units = _units_section(inputs["units"], inputs.get("ascent"), model_cfg.get("resize", "stretch")) \
+    units = units_section(inputs["units"], inputs.get("ascent"), model_cfg.get("resize", "stretch")) \
         if "units" in inputs else None
-    compare = _compare_section(inputs["compare"]) if "compare" in inputs else None
-    robust = _robust_section(r["robust"], [str(n) for n in audit["class_names"]]) if r["robust"] else None
+    compare = compare_section(inputs["compare"]) if "compare" in inputs else None
+    robust = robust_section(r["robust"], [str(n) for n in audit["class_names"]]) if r["robust"] else None
     ev = r["eval"]
     stage_runs = read_benchmarks(benchmarks or {})
     failed_by_section: dict[str, list] = {}

@@ -1,0 +1,142 @@
+"""The report's sections on what the layers see and on behaviour under change, each built from its stage's
+outputs: representations, units (activations, top images, receptive fields, ascent), robustness."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import figures
+from .io import load_npz, read_json
+
+
+def represent_section(path, names: list[str], queries: int) -> dict:
+    """Embedding space figures, k-NN / silhouette, neighbour retrieval (mistakes first), layer CKA."""
+    from .represent import load_represent
+
+    r = load_represent(path)
+    meta = r["meta"]
+    labels, preds, paths = r["labels"], r["preds"], [str(p) for p in r["paths"]]
+    wrong = labels != preds
+    order = list(np.flatnonzero(wrong)) + list(np.flatnonzero(~wrong))
+    rows = []
+    for i in order[:queries]:
+        rows.append({"query": figures.png_uri(figures.thumbnail(paths[i]), 64), "label": names[labels[i]],
+                     "pred": names[preds[i]], "wrong": bool(wrong[i]),
+                     "neighbours": [{"image": figures.png_uri(figures.thumbnail(paths[j]), 64),
+                                     "label": names[labels[j]], "same": bool(labels[j] == labels[i])}
+                                    for j in r["neighbours"][i]]})
+    ti = r["tsne_index"]
+    cka = meta["cka"]
+    return {"meta": meta,
+            "pca": figures.embedding_scatter(r["pca"], labels, names, "PCA (first two components)", wrong),
+            "tsne": figures.embedding_scatter(r["tsne"], labels[ti], names, "t-SNE", wrong[ti]),
+            "thumbs": figures.thumbnail_scatter(r["tsne"], [paths[i] for i in ti]),
+            "neighbours": rows,
+            "cka": figures.agreement_heatmap(cka["layers"], cka["matrix"], label="linear CKA", vmin=0)
+            if cka["layers"] else None}
+
+
+def _model_view(path: str, size: int, resize: str = "stretch") -> np.ndarray:
+    """The image as the model sees it (the same resize as every stage: models.display_transform), uint8 RGB."""
+    from .data import load_rgb
+    from .models import display_transform
+    return display_transform({"input_size": size, "resize": resize})(load_rgb(path)).permute(1, 2, 0).numpy()
+
+
+def _upscale(maps: np.ndarray, at_least: int = 24) -> np.ndarray:
+    k = max(1, -(-at_least // maps.shape[-2]))
+    return maps.repeat(k, -2).repeat(k, -1) if maps.ndim == 3 else maps.repeat(k, 1).repeat(k, 2)
+
+
+def units_section(units_path, ascent_path=None, resize: str = "stretch") -> dict:
+    """Activation maps per stage with sparsity and dead channels, first-layer filters, per channel
+    its gradient-ascent image and top test images with the patch that fired, class visualisations."""
+
+    u = load_npz(units_path)
+    meta = u["meta"]
+    size = meta["input_size"]
+    grids = []
+    for i, img in enumerate(u["audit_images"]):
+        row = {"image": figures.png_uri(img, 96, 112), "layers": []}
+        for j, layer in enumerate(meta["layers"]):
+            if f"grid_{j}" in u:
+                maps = u[f"grid_{j}"][i].astype(np.float32)
+                row["layers"].append({"name": layer["name"], "shape": layer["shape"],
+                                      "mosaic": figures.png_uri(figures.mosaic(_upscale(maps), cols=8), 256, 512)})
+        grids.append(row)
+    filters = u["filters"]
+    asc = load_npz(ascent_path) if ascent_path else None
+    asc_of = {c: i for i, c in enumerate(asc["meta"]["channels"])} if asc else {}
+    channels = []
+    views: dict[str, np.ndarray] = {}
+    for c in u["channels"]:
+        c = int(c)
+        tops = []
+        for k in np.flatnonzero(u["pick_channel"] == c):
+            path = str(u["paths"][k])
+            view = views.setdefault(path, _model_view(path, size, resize))
+            y0, y1, x0, x1 = u["boxes"][k]
+            tops.append({"image": figures.png_uri(figures.draw_box(view, u["boxes"][k], width=max(1, size // 64)),
+                                                  96, 112),
+                         "patch": figures.png_uri(view[y0:y1, x0:x1], 56, 112),
+                         "value": float(u["pick_value"][k]), "file": Path(path).name})
+        ch = {"channel": c, "tops": tops, "ascent": None}
+        if c in asc_of:
+            ch["ascent"] = figures.png_uri(asc["channel_images"][asc_of[c]], 96, 112)
+        channels.append(ch)
+    classes = []
+    if asc is not None:
+        am = asc["meta"]
+        classes = [{"name": n, "image": figures.png_uri(asc["class_images"][i], 96, 112),
+                    "start": am["class_score"]["start"][i], "end": am["class_score"]["end"][i]}
+                   for i, n in enumerate(am["class_names"])]
+    return {"meta": meta, "grids": grids, "channels": channels, "classes": classes,
+            "ascent": asc["meta"] if asc is not None else None,
+            "filters": figures.png_uri(figures.mosaic(filters, cols=16, pad=1), 256, 640) if len(filters) else None,
+            "n_filters": len(filters)}
+
+
+def compare_section(path) -> dict:
+    c = read_json(path)
+    return {**c, "cka_fig": figures.agreement_heatmap(c["models"], c["cka"], label="linear CKA", vmin=0)}
+
+
+def collect_robust(inputs: dict, settings: dict) -> dict | None:
+    """Calibration, invariance curves and adversarial results, as the checks and the report read them."""
+    inv = {k[len("invariance_"):]: read_json(v) for k, v in inputs.items() if k.startswith("invariance_")}
+    adv = {k[len("adversarial_"):]: load_npz(v) for k, v in inputs.items() if k.startswith("adversarial_")}
+    if not inv and not adv and "calibration" not in inputs and "randomisation" not in inputs:
+        return None
+    rob = settings["robustness"]
+    return {"invariance": inv, "adversarial": {a: v["meta"] for a, v in adv.items()}, "adversarial_arrays": adv,
+            "calibration": read_json(inputs["calibration"]) if "calibration" in inputs else None,
+            "randomisation": read_json(inputs["randomisation"]) if "randomisation" in inputs else None,
+            "check_angle": rob["check_angle"], "check_epsilon": rob["adversarial"]["check_epsilon"]}
+
+
+def robust_section(rob: dict, names: list[str]) -> dict:
+    out = {"calibration": rob["calibration"], "invariance": rob["invariance"], "adversarial": rob["adversarial"],
+           "randomisation": rob["randomisation"]}
+    out["randomisation_fig"] = figures.memorisation_curves(rob["randomisation"]) if rob["randomisation"] else None
+    cal = rob["calibration"]
+    out["reliability"] = figures.reliability_diagram(cal["before"], cal["after"], cal["temperature"]) if cal else None
+    out["invariance_fig"] = figures.invariance_curves(rob["invariance"]) if rob["invariance"] else None
+    out["adversarial_fig"] = figures.adversarial_curves(
+        {a: (m["epsilons"], m["accuracy"]) for a, m in rob["adversarial"].items()},
+        {a: v["flip_epsilon"] for a, v in rob["adversarial_arrays"].items()}) if rob["adversarial"] else None
+    examples = []
+    for attack, v in rob["adversarial_arrays"].items():
+        eps = v["meta"]["example_epsilon"]
+        for i, j in enumerate(v["example_index"]):
+            orig, adv = v["images"][i].astype(np.float32), v["adv_images"][i].astype(np.float32)
+            delta = (adv - orig) / (2 * max(eps, 1e-12) * 255) + 0.5  # amplified: +-eps spans the full range
+            examples.append({"attack": attack, "eps": eps,
+                             "orig": figures.png_uri(v["images"][i], 96, 112),
+                             "delta": figures.png_uri((delta.clip(0, 1) * 255).astype(np.uint8), 96, 112),
+                             "adv": figures.png_uri(v["adv_images"][i], 96, 112),
+                             "true": names[int(v["targets"][j])],
+                             "pred": names[int(v["clean_pred"][j])], "conf": float(v["clean_conf"][j]),
+                             "adv_pred": names[int(v["adv_pred"][i])], "adv_conf": float(v["adv_conf"][i])})
+    out["examples"] = examples
+    return out
