@@ -84,8 +84,8 @@ def robust_files(wildcards):
         files["calibration"] = f"results/{m}/robust/calibration.json"
     if rob["adversarial"]["enabled"]:
         files.update({f"adversarial_{a}": f"results/{m}/robust/adversarial/{a}.npz" for a in rob["adversarial"]["attacks"]})
-    if rob["randomisation"]["enabled"] and config["models"][m]["train"] is not False:
-        files["randomisation"] = f"results/{m}/robust/randomisation.json"
+    if rob["shuffled_labels"]["enabled"] and config["models"][m]["train"] is not False:
+        files["shuffled_labels"] = f"results/{m}/robust/shuffled_labels.json"
     return files
 
 
@@ -117,8 +117,8 @@ def benchmark_files(model):
             files.update({f"adversarial {a}": f"benchmarks/adversarial/{model}.{a}.tsv" for a in adv["attacks"]})
             files.update({f"adversarial {a} shard {i}": f"benchmarks/adversarial_shard/{model}.{a}.{i}.tsv"
                           for a in adv["attacks"] for i in range(shards(adv["max_images"], config["shard_size"]))})
-        if rob["randomisation"]["enabled"] and config["models"][model]["train"] is not False:
-            files["randomisation_test"] = f"benchmarks/randomisation_test/{model}.tsv"
+        if rob["shuffled_labels"]["enabled"] and config["models"][model]["train"] is not False:
+            files["shuffled_labels"] = f"benchmarks/shuffled_labels/{model}.tsv"
     return files
 
 

@@ -136,14 +136,14 @@ rule adversarial:
         "../scripts/adversarial.py"
 
 
-rule randomisation_test:
+rule shuffled_labels:
     input:
         manifest=manifest_of,
     output:
-        curves="results/{model}/robust/randomisation.json",
+        curves="results/{model}/robust/shuffled_labels.json",
     params:
         cfg=lambda wc: config["models"][wc.model],
-        options=config["robustness"]["randomisation"],
+        options=config["robustness"]["shuffled_labels"],
         seed=config["seed"],
         device=config["device"],
     threads: config["threads"]
@@ -154,8 +154,8 @@ rule randomisation_test:
     conda:
         "../envs/cvaudit.yaml"
     log:
-        "logs/randomisation_test/{model}.log",
+        "logs/shuffled_labels/{model}.log",
     benchmark:
-        "benchmarks/randomisation_test/{model}.tsv"
+        "benchmarks/shuffled_labels/{model}.tsv"
     script:
-        "../scripts/randomisation_test.py"
+        "../scripts/shuffled_labels.py"

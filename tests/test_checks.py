@@ -235,25 +235,25 @@ def test_overall_is_the_worst_status_and_pass_when_there_is_none():
     ("n/a", "n/a", None, "IG was not checked."),
     ("inconclusive", "pass", None, "IG: too few audit images to judge its faithfulness check (the interval straddles "
      "a threshold); raise audit.max_images or explain.trust.sanity_images."),
-    ("inconclusive", "inconclusive", None, "IG: too few audit images to judge its faithfulness and randomisation "
+    ("inconclusive", "inconclusive", None, "IG: too few audit images to judge its faithfulness and parameter randomisation "
      "check (the interval straddles a threshold); raise audit.max_images or explain.trust.sanity_images."),
     ("pass", "pass", 0.123, "IG passes both checks: its maps beat a random map and change when the model is "
      "randomised (rank correlation 0.12 with every layer re-initialised)."),
-    ("pass", "fail", 0.9, "IG passes its input but not its model: it fails the randomisation check (rank "
+    ("pass", "fail", 0.9, "IG passes its input but not its model: it fails the parameter-randomisation check (rank "
      "correlation 0.90 with every layer re-initialised), so its maps show the image more than what the network "
      "learned."),
     ("fail", "pass", None, "IG depends on the model but is not faithful: removing its top pixels hurts the "
      "prediction hardly more than removing random ones."),
     ("warn", "warn", None, "IG is not reliable here: it does not clearly beat a random map, and it only just "
-     "passes the randomisation check."),
-    ("pass", "n/a", None, "IG beats a random map; its randomisation check was not run."),
-    ("n/a", "pass", 0.2, "IG: its faithfulness was not checked, and it passes the randomisation check (rank "
+     "passes the parameter-randomisation check."),
+    ("pass", "n/a", None, "IG beats a random map; its parameter-randomisation check was not run."),
+    ("n/a", "pass", 0.2, "IG: its faithfulness was not checked, and it passes the parameter-randomisation check (rank "
      "correlation 0.20 with every layer re-initialised)."),
-    ("n/a", "fail", None, "IG: its faithfulness was not checked, and it fails the randomisation check."),
-    ("pass", "warn", None, "IG passes its input but not its model: it only just passes the randomisation check, so "
+    ("n/a", "fail", None, "IG: its faithfulness was not checked, and it fails the parameter-randomisation check."),
+    ("pass", "warn", None, "IG passes its input but not its model: it only just passes the parameter-randomisation check, so "
      "its maps show the image more than what the network learned."),
     ("fail", "n/a", None, "IG is not reliable here: it does not clearly beat a random map, and it was not run for "
-     "the randomisation check."),
+     "the parameter-randomisation check."),
 ])
 def test_each_pair_of_method_verdicts_reads_as_one_sentence(faithful, sane, value, sentence):
     assert method_sentence("IG", faithful, sane, value) == sentence

@@ -50,3 +50,17 @@ def test_robustness_check_points_must_be_among_the_severities():
     bad["robustness"]["adversarial"]["check_epsilon"] = 0.5
     with pytest.raises(CvauditError, match="robustness.adversarial.check_epsilon"):
         validate_config(bad)
+
+
+def test_the_old_randomisation_key_names_both_tests_it_could_mean():
+    """robustness.randomisation was Zhang et al.'s shuffled-label test; the name also fits the
+    attributions' parameter-randomisation check, so the error names where each now lives."""
+    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    cfg["robustness"]["randomisation"] = {"enabled": True}
+    with pytest.raises(CvauditError) as err:
+        validate_config(cfg)
+    assert "robustness.randomisation" in str(err.value)
+    assert "robustness.shuffled_labels" in str(err.value) and "explain.trust.sanity_images" in str(err.value)
+    del cfg["robustness"]["randomisation"]
+    cfg["robustness"]["shuffled_labels"] = {"enabled": True}
+    assert validate_config(cfg)["robustness"]["shuffled_labels"]["epochs"] == 15  # the new key, its defaults

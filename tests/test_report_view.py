@@ -86,7 +86,7 @@ def test_model_report_sections_come_in_the_fixed_order(run):
         assert shown == [s for s in order if s in shown]
         assert {"summary", "data", "evaluation", "calibration", "attributions", "invariance", "adversarial",
                 "appendix"} <= set(shown)
-        assert "randomisation" not in shown  # switched off in config/test.yaml: absent, not empty
+        assert "shuffled_labels" not in shown  # switched off in config/test.yaml: absent, not empty
 
 
 def test_pdf_pages_are_numbered_and_none_is_blank(run, tmp_path):
@@ -204,7 +204,7 @@ def test_a_failed_stage_is_reported_and_the_rest_renders(hostile):
     assert "snakemake --forcerun results/cnn_tiny/explain/gradcam/maps.npz" in html
     scan = dom(rep / "report.html")
     assert {"attributions", "calibration", "invariance"} <= set(scan.sections)
-    assert not {"representations", "units", "adversarial", "randomisation"} & set(scan.sections)  # switched off
+    assert not {"representations", "units", "adversarial", "shuffled_labels"} & set(scan.sections)  # switched off
     assert "Vanilla gradient" in html and set(summary["attributions"]) == {"saliency"}
     assert (rep / "report.pdf").stat().st_size > 10_000
 

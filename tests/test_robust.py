@@ -235,9 +235,9 @@ def test_masking_checks_flag_a_quantised_model_and_pass_the_trained_ones(quadran
     assert not checks["large_epsilon"] and not checks["gradient_free_not_stronger"], checks
 
 
-def test_randomisation_test_memorises_shuffled_labels(tiny_copy, tmp_path):
+def test_shuffled_label_test_memorises_shuffled_labels(tiny_copy, tmp_path):
     from cvaudit.data import ingest, read_manifest
-    from cvaudit.train import memorisation_curves
+    from cvaudit.shuffled_labels import memorisation_curves
     ingest({"source": "imagefolder", "path": str(tiny_copy), "split": {"val": 0.0, "test": 0.0}}, "t", 0, tmp_path)
     rows = read_manifest(tmp_path / "manifest.csv", "train")
     cfg = {"arch": "mlp", "arch_options": {"hidden": [256], "dropout": 0.0}, "weights": "none", "input_size": 28}

@@ -157,15 +157,15 @@ def test_second_run_does_nothing_and_a_changed_image_reruns_its_chain(run):
 def test_switches_add_and_remove_stages(tmp_path):
     cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     cfg["datasets"]["tiny"]["path"] = str(TINY)
-    cfg["robustness"]["randomisation"] = {"enabled": True, "epochs": 2}
+    cfg["robustness"]["shuffled_labels"] = {"enabled": True, "epochs": 2}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     jobs = planned(tmp_path)
-    assert jobs["randomisation_test"] == 2 and jobs["adversarial"] == 6 and jobs["invariance"] == 8
+    assert jobs["shuffled_labels"] == 2 and jobs["adversarial"] == 6 and jobs["invariance"] == 8
     cfg["robustness"] = {"enabled": False}
     cfg["represent"] = {"enabled": False}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     jobs = planned(tmp_path)
-    assert not {"randomisation_test", "adversarial", "invariance", "calibrate", "represent", "inspect_units",
+    assert not {"shuffled_labels", "adversarial", "invariance", "calibrate", "represent", "inspect_units",
                 "visualise_ascent", "compare_representations"} & set(jobs)
     assert jobs["render_report"] == 2
 

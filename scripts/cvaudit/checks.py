@@ -246,21 +246,21 @@ def method_sentence(label: str, faithful: str, sane: str, sanity_value: float | 
     if faithful == "n/a" and sane == "n/a":
         return f"{label} was not checked."
     if "inconclusive" in (faithful, sane):
-        which = " and ".join(k for k, s in (("faithfulness", faithful), ("randomisation", sane)) if s == "inconclusive")
+        which = " and ".join(k for k, s in (("faithfulness", faithful), ("parameter randomisation", sane)) if s == "inconclusive")
         return (f"{label}: too few audit images to judge its {which} check (the interval straddles a threshold); "
                 "raise audit.max_images or explain.trust.sanity_images.")
     sanity = {"fail": "fails", "warn": "only just passes", "pass": "passes", "n/a": "was not run for"}[sane]
     if good_f and good_s:
         return f"{label} passes both checks: its maps beat a random map and change when the model is randomised{corr}."
     if good_f and sane == "n/a":
-        return f"{label} beats a random map; its randomisation check was not run."
+        return f"{label} beats a random map; its parameter-randomisation check was not run."
     if faithful == "n/a":
-        return f"{label}: its faithfulness was not checked, and it {sanity} the randomisation check{corr}."
+        return f"{label}: its faithfulness was not checked, and it {sanity} the parameter-randomisation check{corr}."
     if good_f:
-        return (f"{label} passes its input but not its model: it {sanity} the randomisation check{corr}, so its "
+        return (f"{label} passes its input but not its model: it {sanity} the parameter-randomisation check{corr}, so its "
                 "maps show the image more than what the network learned.")
     if good_s:
         return (f"{label} depends on the model but is not faithful: removing its top pixels hurts the prediction "
                 "hardly more than removing random ones.")
-    return (f"{label} is not reliable here: it does not clearly beat a random map, and it {sanity} the randomisation "
+    return (f"{label} is not reliable here: it does not clearly beat a random map, and it {sanity} the parameter-randomisation "
             f"check{corr}.")

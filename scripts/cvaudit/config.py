@@ -38,6 +38,9 @@ def _key(path) -> str:
 RENAMED = {
     ("verdicts", "fgsm_accuracy"): "verdicts.robust_accuracy (judged on the strongest attack, not FGSM alone)",
     ("robustness", "adversarial", "steps"): "robustness.adversarial.pgd.steps (and autoattack.steps for APGD)",
+    ("robustness", "randomisation"): "robustness.shuffled_labels (Zhang et al.'s shuffled-label memorisation "
+                                     "test; the attributions' parameter-randomisation check is "
+                                     "explain.trust.sanity_images)",
     ("robustness", "adversarial", "step_factor"): "nothing: PGD's step is 2.5 * eps / steps (Madry et al.); "
                                                   "remove the key",
 }
@@ -121,7 +124,7 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     if 0 < config["shard_size"] < sanity:
         raise CvauditError(f"config key 'shard_size': {config['shard_size']} is smaller than "
                            f"explain.trust.sanity_images ({sanity}), which the first shard explains for the "
-                           "randomisation check; raise shard_size or lower sanity_images")
+                           "parameter-randomisation check; raise shard_size or lower sanity_images")
     return config
 
 

@@ -19,7 +19,7 @@ from .report_sections import collect_robust, compare_section, represent_section,
 from .train import read_history
 
 log = logging.getLogger("cvaudit.report")
-SUMMARY_VERSION = 2
+SUMMARY_VERSION = 3
 # Inputs every report needs; any other input is an analysis stage that may have failed (runlog.run optional).
 CORE_INPUTS = {"manifest", "train_metrics", "history", "eval_metrics", "audit_set", "template", "css"}
 # The report's sections in their fixed order: (anchor, title in the table of contents).
@@ -27,7 +27,7 @@ SECTIONS = [("summary", "Summary and verdicts"), ("diagnosis", "Diagnosis: a deg
             ("evaluation", "Evaluation and baselines"), ("calibration", "Calibration"),
             ("attributions", "Attributions and their trust checks"), ("representations", "Representations"),
             ("units", "Inside the network"), ("invariance", "Invariance"), ("adversarial", "Adversarial examples"),
-            ("randomisation", "Randomisation test"), ("appendix", "Appendix: provenance and configuration")]
+            ("shuffled_labels", "Shuffled-label test (memorisation)"), ("appendix", "Appendix: provenance and configuration")]
 
 
 def section_of(key: str) -> str:
@@ -36,7 +36,7 @@ def section_of(key: str) -> str:
         if key.startswith(prefix):
             return section
     return {"represent": "representations", "compare": "representations", "units": "units", "ascent": "units",
-            "calibration": "calibration", "randomisation": "randomisation"}.get(key, "attributions")
+            "calibration": "calibration", "shuffled_labels": "shuffled_labels"}.get(key, "attributions")
 
 
 def failed_stages(inputs: dict) -> dict:
@@ -200,7 +200,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     present = {"diagnosis": diag is not None, "calibration": bool(robust and robust["calibration"]), "attributions": True,
                "representations": represent is not None, "units": units is not None,
                "invariance": bool(robust and robust["invariance"]), "adversarial": bool(robust and robust["adversarial"]),
-               "randomisation": bool(robust and robust["randomisation"])}
+               "shuffled_labels": bool(robust and robust["shuffled_labels"])}
     sections = [(sid, title) for sid, title in SECTIONS if present.get(sid, True) or sid in failed_by_section]
     summary = {
         "summary_version": SUMMARY_VERSION,
@@ -243,9 +243,9 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                                 "median_flip_epsilon": v["median_flip_epsilon"],
                                 **{k: v[k] for k in ("components", "masking") if k in v}}
                             for a, v in robust["adversarial"].items()},
-            "randomisation": None if not robust["randomisation"] else {
-                "final_train_accuracy": {k: v[-1] for k, v in robust["randomisation"]["train_accuracy"].items()},
-                "chance": robust["randomisation"]["chance"]}},
+            "shuffled_labels": None if not robust["shuffled_labels"] else {
+                "final_train_accuracy": {k: v[-1] for k, v in robust["shuffled_labels"]["train_accuracy"].items()},
+                "chance": robust["shuffled_labels"]["chance"]}},
         "provenance": {"arch": model_cfg["arch"], "weights": model_cfg["weights"], "seed": settings["seed"],
                        "device": device_description(r["train"]["device"]),
                        "manifest_sha256": r["dataset"]["manifest_sha256"], "packages": versions,

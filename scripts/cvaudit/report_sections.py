@@ -106,19 +106,19 @@ def collect_robust(inputs: dict, settings: dict) -> dict | None:
     """Calibration, invariance curves and adversarial results, as the checks and the report read them."""
     inv = {k[len("invariance_"):]: read_json(v) for k, v in inputs.items() if k.startswith("invariance_")}
     adv = {k[len("adversarial_"):]: load_npz(v) for k, v in inputs.items() if k.startswith("adversarial_")}
-    if not inv and not adv and "calibration" not in inputs and "randomisation" not in inputs:
+    if not inv and not adv and "calibration" not in inputs and "shuffled_labels" not in inputs:
         return None
     rob = settings["robustness"]
     return {"invariance": inv, "adversarial": {a: v["meta"] for a, v in adv.items()}, "adversarial_arrays": adv,
             "calibration": read_json(inputs["calibration"]) if "calibration" in inputs else None,
-            "randomisation": read_json(inputs["randomisation"]) if "randomisation" in inputs else None,
+            "shuffled_labels": read_json(inputs["shuffled_labels"]) if "shuffled_labels" in inputs else None,
             "check_angle": rob["check_angle"], "check_epsilon": rob["adversarial"]["check_epsilon"]}
 
 
 def robust_section(rob: dict, names: list[str]) -> dict:
     out = {"calibration": rob["calibration"], "invariance": rob["invariance"], "adversarial": rob["adversarial"],
-           "randomisation": rob["randomisation"]}
-    out["randomisation_fig"] = figures.memorisation_curves(rob["randomisation"]) if rob["randomisation"] else None
+           "shuffled_labels": rob["shuffled_labels"]}
+    out["shuffled_labels_fig"] = figures.memorisation_curves(rob["shuffled_labels"]) if rob["shuffled_labels"] else None
     cal = rob["calibration"]
     out["reliability"] = figures.reliability_diagram(cal["before"], cal["after"], cal["temperature"]) if cal else None
     out["invariance_fig"] = figures.invariance_curves(rob["invariance"]) if rob["invariance"] else None

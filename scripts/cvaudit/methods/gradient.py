@@ -81,7 +81,7 @@ class GuidedBackprop(AttributionMethod):
     name, label = "guided_backprop", "Guided backprop"
     reads = ("Gradient passed back only where both the forward activation and the backward signal are positive: "
              "sharp, edge-like pictures of what excites the class. Known to be largely independent of the "
-             "top layers (see the randomisation check).")
+             "top layers (see the parameter-randomisation check).")
     mode = "guided"
 
     def attribute(self, net, x, target):
