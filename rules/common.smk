@@ -4,19 +4,25 @@ from pathlib import Path
 
 from cvaudit.config import shards
 from cvaudit.fingerprint import write_fingerprint
+from cvaudit.registry import ATTACKS, FAMILIES, FLOOR_METHOD, METHODS
 from cvaudit.runlog import name_keys
 
 
 # Every configured attribution method, plus a random map: the floor of the faithfulness checks.
-EXPLAIN_METHODS = list(config["explain"]["methods"]) + ["random"]
+EXPLAIN_METHODS = list(config["explain"]["methods"]) + [FLOOR_METHOD]
 
 
+def one_of(names):
+    return "|".join(re.escape(n) for n in names)
+
+
+# Methods, families and attacks come from cvaudit.registry (the one list; the schema's enums agree).
 wildcard_constraints:
-    dataset="|".join(re.escape(d) for d in config["datasets"]),
-    model="|".join(re.escape(m) for m in config["models"]),
-    method="|".join(re.escape(m) for m in EXPLAIN_METHODS),
-    family="translate|rotate|scale|brightness|contrast|noise|blur|jpeg",
-    attack="fgsm|pgd|autoattack",
+    dataset=one_of(config["datasets"]),
+    model=one_of(config["models"]),
+    method=one_of(METHODS),
+    family=one_of(FAMILIES),
+    attack=one_of(ATTACKS),
     shard=r"\d+",
 
 

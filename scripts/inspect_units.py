@@ -1,4 +1,4 @@
-from cvaudit.inside import run_units
+from cvaudit.inspect_units import run_units
 
 
 def main(sm):

@@ -1,4 +1,4 @@
-from cvaudit.inside import run_ascent
+from cvaudit.visualise_ascent import run_ascent
 
 
 def main(sm):

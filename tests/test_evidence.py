@@ -190,7 +190,8 @@ def test_integrated_gradients_is_complete_on_the_demos_imagenet_model():
     from cvaudit.data import foolbox_dir, load_rgb
     from cvaudit.methods import IntegratedGradients
     from cvaudit.pixels import PixelSpace
-    from cvaudit.models import build_model, display_transform, normalisation
+    from cvaudit.models import build_model, normalisation
+    from cvaudit.transforms import display_transform
     spec = {"arch": "timm:tf_efficientnet_lite0", "weights": "packaged:efficientnet_lite0", "input_size": 224,
             "num_classes": 1000, "keep_head": True}
     model = build_model(spec).eval()

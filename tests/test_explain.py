@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvaudit import CvauditError
-from cvaudit.explain import run_explain
+from cvaudit.shards import run_stage
 from cvaudit.io import load_npz as load_maps
 from cvaudit.methods import METHODS, AttributionMethod, GradCAM, NotApplicable, attribute_batched, get_method
 from cvaudit.pixels import PixelSpace
@@ -204,8 +204,9 @@ def test_run_explain_writes_maps_and_trust_scores(tmp_path):
              targets=np.array([0, 1, 2, 0]), preds=np.array([0, 2, 2, 1]), confidence=np.ones(4),
              p_true=np.ones(4), paths=np.array(["a", "b", "c", "d"]), class_names=np.array(["a", "b", "c"]))
     trust = {"steps": 4, "batch_size": 16, "sanity_images": 2, "sanity_stages": 2}
-    meta = run_explain("gradcam", tmp_path / "cnn.safetensors", tmp_path / "audit.npz", {}, trust, 0, "cpu", 1,
-                       tmp_path / "maps.npz")
+    job = {"model": tmp_path / "cnn.safetensors", "data": tmp_path / "audit.npz", "options": {}, "trust": trust,
+           "seed": 0, "device": "cpu", "threads": 1}
+    meta = run_stage("explain", "gradcam", job, tmp_path / "maps.npz")
     maps = load_maps(tmp_path / "maps.npz")
     assert meta["applicable"] and meta["layer"] == "features" and maps["maps_pred"].shape == (4, 32, 32)
     assert np.isnan(maps["maps_true"][[0, 2]]).all() and np.isfinite(maps["maps_true"][[1, 3]]).all()
@@ -214,8 +215,7 @@ def test_run_explain_writes_maps_and_trust_scores(tmp_path):
 
     mlp_spec = {**spec, "arch": "mlp", "arch_options": {"hidden": [8]}}
     save_model(build_model(mlp_spec), mlp_spec, tmp_path / "mlp.safetensors")
-    meta = run_explain("gradcam", tmp_path / "mlp.safetensors", tmp_path / "audit.npz", {}, trust, 0, "cpu", 1,
-                       tmp_path / "mlp_maps.npz")
+    meta = run_stage("explain", "gradcam", {**job, "model": tmp_path / "mlp.safetensors"}, tmp_path / "mlp_maps.npz")
     assert not meta["applicable"] and "no Conv2d" in meta["reason"]
 
 

@@ -120,7 +120,8 @@ def test_batchnorm_with_stale_running_statistics_is_caught_by_the_batch_statisti
     from conftest import fit
     from cvaudit.data import ImageDataset, ingest, read_manifest
     from cvaudit.evaluate import batch_statistics_accuracy, predict_proba
-    from cvaudit.models import build_model, eval_transform
+    from cvaudit.models import build_model
+    from cvaudit.transforms import eval_transform
     ingest({"source": "imagefolder", "path": str(clean_folder), "split": {"val": 0.0, "test": 0.5}}, "t", 0, tmp_path)
     rows = read_manifest(tmp_path / "manifest.csv")
     spec = {"arch": "simple_cnn", "arch_options": {"channels": [8, 16]}, "weights": "none", "num_classes": 3,

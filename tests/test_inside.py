@@ -5,9 +5,11 @@ import torch
 from conftest import fit
 
 from cvaudit.pixels import PixelSpace
-from cvaudit.inside import (AscentObjective, TopK, activation_layers, channel_activation, first_layer_filters,
-                            gradient_ascent, receptive_boxes, resolve_layers, unit_statistics)
-from cvaudit.models import build_model, eval_transform
+from cvaudit.inspect_units import (TopK, activation_layers, first_layer_filters, receptive_boxes, resolve_layers,
+                                   unit_statistics)
+from cvaudit.visualise_ascent import AscentObjective, channel_activation, gradient_ascent
+from cvaudit.models import build_model
+from cvaudit.transforms import eval_transform
 
 SPEC = {"arch": "simple_cnn", "arch_options": {"channels": [8, 16]}, "weights": "none", "input_size": 28,
         "num_classes": 3, "class_names": ["bag", "sneaker", "trouser"], "mean": [0.5] * 3, "std": [0.5] * 3}

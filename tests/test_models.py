@@ -6,8 +6,8 @@ import torch
 
 from cvaudit import CvauditError
 from cvaudit.data import foolbox_dir, imagenet_categories, load_rgb
-from cvaudit.models import (build_model, eval_transform, load_model, normalisation, read_spec,
-                            save_model)
+from cvaudit.models import build_model, load_model, normalisation, read_spec, save_model
+from cvaudit.transforms import eval_transform
 
 
 def _spec(**kw):

@@ -163,3 +163,28 @@ def test_adding_an_image_reruns_its_datasets_chain_and_nothing_of_the_other(two)
     finally:
         added.unlink()
     assert jobs(work) == set()  # back to the recorded input set
+
+
+@pytest.mark.parametrize("change, attack", [
+    (lambda a: a["pgd"].update(steps=4), "pgd"),
+    (lambda a: a["autoattack"].update(square_queries=21), "autoattack"),
+    (lambda a: a["masking"].update(more_steps=3), "autoattack"),
+])
+def test_changing_one_attacks_settings_reruns_that_attack_alone(run, change, attack):
+    """Each attack job receives only the options it reads (cvaudit.registry.attack_options): a PGD
+    setting leaves the FGSM and autoattack jobs alone (issue 14)."""
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    change(cfg["robustness"]["adversarial"])
+    (run / f"attack_{attack}.yaml").write_text(yaml.safe_dump(cfg))
+    found = jobs(run, f"attack_{attack}.yaml")
+    assert {w for r, w in found if r == "adversarial"} == {f"model={m}, attack={attack}"
+                                                          for m in ("cnn_tiny", "lite0_tiny")}
+    assert rules_of(found) == {"adversarial": 2, "render_report": 2, "compare_models": 1, "gate": 1,
+                               "gate_check": 1, "all": 1}
+
+
+def test_shared_attack_settings_rerun_every_attack(run):
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["robustness"]["adversarial"]["examples"] = 2
+    (run / "attack_all.yaml").write_text(yaml.safe_dump(cfg))
+    assert rules_of(jobs(run, "attack_all.yaml"))["adversarial"] == 6

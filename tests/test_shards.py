@@ -29,56 +29,48 @@ def same_npz(a, b):
             assert np.array_equal(x[k], y[k]), k
 
 
+def whole_and_merged(stage, item, job, tmp_path, suffix, n_shards, size):
+    """The stage in one job, and the same stage as n_shards shards of `size` merged (cvaudit.shards)."""
+    from cvaudit.shards import run_shard, run_stage
+    whole, merged = tmp_path / f"{item}{suffix}", tmp_path / f"{item}.merged{suffix}"
+    run_stage(stage, item, job, whole)
+    parts = [tmp_path / f"{item}.{i}.npz" for i in range(n_shards)]
+    for i, p in enumerate(parts):
+        run_shard(stage, item, job, shard=i, shard_size=size, out=p)
+    run_stage(stage, item, {**job, "model": None, "data": None} if stage != "invariance" else job, merged,
+              parts=parts)  # a merge reads its parts alone (invariance: the drift reads the model)
+    return whole, merged
+
+
 @pytest.mark.parametrize("model", ["cnn_tiny", "lite0_tiny"])
 def test_merged_shards_equal_one_job(run, tmp_path, model):
-    from cvaudit.explain import run_explain, run_explain_shard
-    from cvaudit.adversarial import run_adversarial, run_adversarial_shard
     from cvaudit.io import load_npz
-    from cvaudit.invariance import run_invariance, run_invariance_shard
+    from cvaudit.registry import attack_options
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     from cvaudit.config import validate_config
     from conftest import REPO
     cfg = validate_config(cfg, REPO / "config" / "schema.yaml")
     res = run / "results" / model
     manifest = run / "results" / "data" / "tiny" / "manifest.csv"
-    common = dict(seed=cfg["seed"], device="cpu", threads=1)
+    common = dict(model=res / "model.safetensors", seed=cfg["seed"], device="cpu", threads=1)
     size = 4  # 6 audit images -> 2 shards (4 + 2); 12 robustness images -> 3; 8 attacked -> 2 ...
     for method in ("random", "saliency", "gradcam", "occlusion", "lime"):
-        opts, trust = cfg["explain"].get(method, {}), cfg["explain"]["trust"]
-        whole = tmp_path / f"{method}.npz"
-        run_explain(method, res / "model.safetensors", res / "eval" / "audit_set.npz", opts, trust, out_maps=whole,
-                    **common)
-        parts = [tmp_path / f"{method}.{i}.npz" for i in range(3)]  # ... and one empty shard at the end
-        for i, p in enumerate(parts):
-            run_explain_shard(method, res / "model.safetensors", res / "eval" / "audit_set.npz", opts, trust,
-                              shard=i, shard_size=size, out=p, **common)
-        merged = tmp_path / f"{method}.merged.npz"
-        run_explain(method, None, None, opts, trust, out_maps=merged, parts=parts, **common)
-        same_npz(whole, merged)
+        job = {**common, "data": res / "eval" / "audit_set.npz", "options": cfg["explain"].get(method, {}),
+               "trust": cfg["explain"]["trust"]}
+        # ... and one empty shard at the end
+        same_npz(*whole_and_merged("explain", method, job, tmp_path, ".npz", 3, size))
     for family in ("noise", "rotate"):
-        opts = {"max_images": cfg["robustness"]["max_images"], "severities": cfg["robustness"]["invariance"][family]}
-        whole, merged = tmp_path / f"{family}.json", tmp_path / f"{family}.merged.json"
-        run_invariance(family, res / "model.safetensors", manifest, opts, cfg["robustness"]["drift"], out=whole,
-                       **common)
-        parts = [tmp_path / f"{family}.{i}.npz" for i in range(3)]
-        for i, p in enumerate(parts):
-            run_invariance_shard(family, res / "model.safetensors", manifest, opts, shard=i, shard_size=size, out=p,
-                                 **common)
-        run_invariance(family, res / "model.safetensors", manifest, opts, cfg["robustness"]["drift"], out=merged,
-                       parts=parts, **common)
-        a, b = (json.loads(p.read_text()) for p in (whole, merged))
+        job = {**common, "data": manifest, "drift": cfg["robustness"]["drift"],
+               "options": {"max_images": cfg["robustness"]["max_images"],
+                           "severities": cfg["robustness"]["invariance"][family]}}
+        a, b = (json.loads(p.read_text()) for p in whole_and_merged("invariance", family, job, tmp_path, ".json", 3,
+                                                                    size))
         for r in (a, b):
             r.pop("seconds"), r.pop("shards")
         assert a == b and a["n"] == 12
-    opts = {k: v for k, v in cfg["robustness"]["adversarial"].items() if k not in ("enabled", "attacks")}
     for attack in ("fgsm", "pgd", "autoattack"):
-        whole, merged = tmp_path / f"{attack}.npz", tmp_path / f"{attack}.merged.npz"
-        run_adversarial(attack, res / "model.safetensors", manifest, opts, out=whole, **common)
-        parts = [tmp_path / f"{attack}.{i}.npz" for i in range(2)]
-        for i, p in enumerate(parts):
-            run_adversarial_shard(attack, res / "model.safetensors", manifest, opts, shard=i, shard_size=size, out=p,
-                                  **common)
-        run_adversarial(attack, None, None, opts, out=merged, parts=parts, **common)
+        job = {**common, "data": manifest, "options": attack_options(cfg["robustness"]["adversarial"], attack)}
+        whole, merged = whole_and_merged("adversarial", attack, job, tmp_path, ".npz", 2, size)
         if attack == "fgsm":  # deterministic: bit for bit
             same_npz(whole, merged)
         else:  # random starts are seeded per batch: shards of 4 are other draws of the same attack

@@ -84,7 +84,8 @@ def test_precise_bn_sets_running_statistics_to_the_training_images_batch_average
     import torch
 
     from cvaudit.data import ingest, read_manifest
-    from cvaudit.models import build_model, eval_transform
+    from cvaudit.models import build_model
+    from cvaudit.transforms import eval_transform
     from cvaudit.train import _loader, precise_bn
     ingest({"source": "imagefolder", "path": str(clean_folder), "split": {"val": 0.0, "test": 0.0}}, "t", 0, tmp_path)
     rows = read_manifest(tmp_path / "manifest.csv", "train")

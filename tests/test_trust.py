@@ -2,7 +2,6 @@
 inserted pixel becomes, how the cascade walks the layers and with which seeds, how rank correlation treats
 constant maps, and that batching never changes a curve."""
 import numpy as np
-import pytest
 import torch
 from torch import nn
 

@@ -48,7 +48,8 @@ def audit_set(manifest: str, n: int, out: Path) -> None:
     import torch
 
     from cvaudit.data import load_rgb, read_manifest
-    from cvaudit.models import display_transform, load_model
+    from cvaudit.models import load_model
+    from cvaudit.transforms import display_transform
     from cvaudit.pixels import predict
     model, spec = load_model(MODEL)
     rows = read_manifest(manifest, "test")[:n]
@@ -72,19 +73,17 @@ def child(stage: str, manifest: str, audit: str, n: int, scratch: str) -> dict:
     out = Path(scratch) / f"{kind}.{name}.{n}"
     base = rss_mb()
     t0 = time.perf_counter()
+    from cvaudit.registry import attack_options
+    from cvaudit.shards import run_stage
+    job = {"model": MODEL, "data": audit if kind == "explain" else manifest, "seed": 0, "device": "cpu", "threads": 1}
     if kind == "explain":
-        from cvaudit.explain import run_explain
-        run_explain(name, MODEL, audit, cfg["explain"].get(name, {}), cfg["explain"]["trust"], seed=0, device="cpu",
-                    threads=1, out_maps=f"{out}.npz")
+        job.update(options=cfg["explain"].get(name, {}), trust=cfg["explain"]["trust"])
     elif kind == "invariance":
-        from cvaudit.invariance import run_invariance
-        run_invariance(name, MODEL, manifest, {"max_images": n, "severities": cfg["robustness"]["invariance"][name]},
-                       cfg["robustness"]["drift"], seed=0, device="cpu", threads=1, out=f"{out}.json")
+        job.update(options={"max_images": n, "severities": cfg["robustness"]["invariance"][name]},
+                   drift=cfg["robustness"]["drift"])
     else:
-        from cvaudit.adversarial import run_adversarial
-        opts = {k: v for k, v in cfg["robustness"]["adversarial"].items() if k not in ("enabled", "attacks")}
-        run_adversarial(name, MODEL, manifest, {**opts, "max_images": n}, seed=0, device="cpu", threads=1,
-                        out=f"{out}.npz")
+        job.update(options={**attack_options(cfg["robustness"]["adversarial"], name), "max_images": n})
+    run_stage(kind, name, job, f"{out}.{'json' if kind == 'invariance' else 'npz'}")
     seconds = time.perf_counter() - t0
     stored = max(Path(scratch).glob(f"{kind}.{name}.{n}.*"), key=os.path.getmtime).stat().st_size
     return {"stage": stage, "n": n, "seconds": round(seconds, 2), "rss_before_mb": round(base),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 # keys whose values a second run cannot repeat (time, memory, versions, where it ran)
 VOLATILE = {"generated", "stage_runs", "packages", "seconds", "max_rss_mb", "cpu_seconds",
-            "wall_seconds", "device", "timings", "benchmarks"}
+            "wall_seconds", "device", "timings", "benchmarks", "mtime_ns"}
 
 
 def flatten(value, prefix: str = "") -> dict[str, object]:

@@ -42,7 +42,7 @@ SCOPE = {
     "trust": ["*"],
     "adversarial": ["_fooled", "fgsm", "pgd", "_apgd", "autoattack", "attack_batch", "_batch_seed", "masking_checks"],
     "calibrate": ["_bin_gaps", "calibration_metrics", "fit_temperature", "scaled", "log_probs"],
-    "invariance": ["transform", "_jpeg", "robustness_score", "equivariance_error"],
+    "invariance": ["transform", "translate", "rotate", "scale", "brightness", "contrast", "noise", "blur", "jpeg", "_jpeg", "robustness_score", "equivariance_error"],
     "data": ["_unit", "hashed_split", "_ensure_each_split", "_dedupe"],
 }
 # Modules whose slowest fast tests (attacks on trained networks, seconds each) would make a run take hours:

@@ -27,8 +27,9 @@ import torch
 
 from . import CvauditError
 from .pixels import image_seed, pixel_model, predict
-from .io import load_npz, save_npz
+from .io import save_npz
 from .models import auto_batch
+from .registry import ATTACKS, load
 from .sample import _slice, robustness_images, robustness_sample_size
 
 log = logging.getLogger("cvaudit.adversarial")
@@ -104,9 +105,6 @@ def autoattack(net, x, y, eps, options, seed, num_classes: int | None = None):
     return best, fooled
 
 
-ATTACKS = {"fgsm": fgsm, "pgd": pgd, "autoattack": autoattack}
-
-
 def attack_batch(attack: str, net, x: torch.Tensor, y: torch.Tensor, eps: float, options: dict, seed: int = 0):
     """Adversarial images within L-inf radius eps (pixel units in [0, 1]) and, for autoattack, which
     component fooled which image."""
@@ -116,7 +114,7 @@ def attack_batch(attack: str, net, x: torch.Tensor, y: torch.Tensor, eps: float,
     if eps == 0 or len(x) == 0:
         return x.clone(), {}
     with torch.enable_grad():
-        adv, parts = ATTACKS[attack](net, x, y, eps, options, seed)
+        adv, parts = load(ATTACKS[attack].ref)(net, x, y, eps, options, seed)
     return adv.detach(), {k: v.cpu().numpy() for k, v in parts.items()}
 
 
@@ -141,14 +139,15 @@ def _masking_extras(net, x, y, options, seed, start, batch) -> dict:
     return {"large_correct": cat(large_ok), "more_steps_fooled": cat(more)}
 
 
-def adversarial_part(attack: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
-                     start: int = 0, stop: int | None = None) -> dict:
+def part(attack: str, job: dict, start: int = 0, stop: int | None = None) -> tuple[dict, dict]:
     """Per image of the sample [start, stop): clean and adversarial predictions at every epsilon, the
     smallest flipping epsilon, example candidates (the first `examples` fooled and not fooled at
     example_epsilon, with their adversarial images) and, for autoattack, each component's hits and the
-    masking extras."""
+    masking extras. job (cvaudit.shards): model, data (the manifest), options (the part of
+    robustness.adversarial this attack reads, cvaudit.registry.attack_options), seed, device, threads."""
     t0 = time.time()
-    model, spec, net, dev = pixel_model(model_path, seed, device, threads, frozen=True)
+    options, seed, manifest = job["options"], job["seed"], job["data"]
+    model, spec, net, dev = pixel_model(job["model"], seed, job["device"], job["threads"], frozen=True)
     n_total = robustness_sample_size(manifest, options["max_images"])
     start, stop = _slice(n_total, start, stop)
     x8, y, paths = robustness_images(manifest, spec, options["max_images"], seed, start, stop)
@@ -189,12 +188,12 @@ def adversarial_part(attack: str, model_path, manifest, options: dict, seed: int
     if attack == "autoattack":
         extra = {f"hit_{c}": np.array(v, dtype=bool).reshape(len(eps_list), len(x)) for c, v in hits.items()}
         extra.update(_masking_extras(net, x, yd, options, seed, start, batch))
-    return {"start": start, "n_total": n_total, "epsilons": eps_list, "targets": y.numpy(),
-            "clean_pred": clean_pred.numpy(), "clean_conf": clean_conf.numpy(), "flip_epsilon": flipped_at,
-            "preds": np.array(preds, dtype=np.int64).reshape(len(eps_list), len(x)),
-            "images": x8.permute(0, 2, 3, 1).numpy(), "paths": np.array(paths, dtype=str),
-            "class_names": spec["class_names"], "seconds": time.time() - t0, **extra,
-            **{f"cand_{k}": v for k, v in cand.items()}}
+    meta = {"start": start, "n_total": n_total, "epsilons": eps_list, "class_names": spec["class_names"],
+            "seconds": time.time() - t0}
+    return meta, {"targets": y.numpy(), "clean_pred": clean_pred.numpy(), "clean_conf": clean_conf.numpy(),
+                  "flip_epsilon": flipped_at, "preds": np.array(preds, dtype=np.int64).reshape(len(eps_list), len(x)),
+                  "images": x8.permute(0, 2, 3, 1).numpy(), "paths": np.array(paths, dtype=str), **extra,
+                  **{f"cand_{k}": v for k, v in cand.items()}}
 
 
 def masking_checks(arrays: dict, options: dict) -> list[dict]:
@@ -238,15 +237,11 @@ def masking_checks(arrays: dict, options: dict) -> list[dict]:
     return out
 
 
-def run_adversarial(attack: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
-                    out, parts: list | None = None) -> dict:
-    """Accuracy against epsilon, flip epsilons, examples and (autoattack) the masking checks over the
-    sample: computed here, or merged from the adversarial_shard jobs' parts."""
-    if parts:
-        loaded = [load_npz(p) for p in parts]
-        loaded = [{**a, **a.pop("meta")} for a in loaded]
-    else:
-        loaded = [adversarial_part(attack, model_path, manifest, options, seed, device, threads)]
+def merge(attack: str, job: dict, parts: list[tuple[dict, dict]], out) -> dict:
+    """The adversarial stage's output (cvaudit.shards): accuracy against epsilon, flip epsilons, examples
+    and (autoattack) the masking checks over the sample."""
+    options = job["options"]
+    loaded = [{**arrays, **meta} for meta, arrays in parts]
     cat = lambda k, axis=0: np.concatenate([p[k] for p in loaded], axis=axis)  # noqa: E731
     targets, clean_pred, flipped_at = cat("targets"), cat("clean_pred"), cat("flip_epsilon")
     preds = cat("preds", 1)
@@ -286,11 +281,3 @@ def run_adversarial(attack: str, model_path, manifest, options: dict, seed: int,
         log.info("masking check %s: %s (%s)", chk["name"], "pass" if chk["passed"] else "FAIL", chk["detail"])
     return result
 
-
-def run_adversarial_shard(attack: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
-                          shard: int, shard_size: int, out) -> None:
-    part = adversarial_part(attack, model_path, manifest, options, seed, device, threads,
-                            start=shard * shard_size, stop=(shard + 1) * shard_size)
-    meta = {k: part.pop(k) for k in ("start", "n_total", "epsilons", "class_names", "seconds")}
-    save_npz(out, meta, **part)
-    log.info("%s: shard %d, %d images (%.1fs)", attack, shard, len(part["targets"]), meta["seconds"])

@@ -134,7 +134,8 @@ def explain_side_by_side(models: dict, manifest, methods: list[str], options: di
     from .data import load_rgb
     from .methods import NotApplicable, attribute_batched, get_method
     from .pixels import pixel_model
-    from .models import auto_batch, display_transform
+    from .models import auto_batch
+    from .transforms import display_transform
 
     rows = shared_test_images(manifest, n, seed)
     out = {"files": [Path(r["path"]).name for r in rows], "true": [r["label"] for r in rows], "models": {}}

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 from . import CvauditError, stats
 from .data import ImageDataset, load_rgb, manifest_classes, read_manifest
 from .io import atomic_path, read_json, write_json
-from .models import auto_batch, display_transform, eval_transform, load_model, resolve_device
+from .models import auto_batch, load_model, resolve_device
+from .transforms import display_transform, eval_transform
 from .train import seed_everything
 
 log = logging.getLogger("cvaudit.evaluate")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .evaluate import load_audit_set
-from .io import load_npz, save_npz
+from .io import save_npz
 from .methods import (SHAP, GradCAM, IntegratedGradients, LIME, NotApplicable, attribute_batched,
                       get_method, layer_name)
 from .models import auto_batch
@@ -24,17 +24,18 @@ PER_IMAGE = ("maps_pred", "maps_true", "faith_deletion", "faith_insertion", "fai
              "shap_regions")
 
 
-def explain_part(method: str, model_path, audit_set, options: dict, trust: dict, seed: int, device: str,
-                 threads: int, start: int = 0, stop: int | None = None) -> tuple[dict, dict]:
+def part(method: str, job: dict, start: int = 0, stop: int | None = None) -> tuple[dict, dict]:
     """Explain audit images [start, stop) (all by default): the predicted class of each (and the true
     class where they differ), then score the maps: deletion/insertion faithfulness, and (in the part
     holding the first images) the cascading randomisation check. Every per-image result depends only
-    on that image, so parts concatenated equal one whole run."""
+    on that image, so parts concatenated equal one whole run. job (cvaudit.shards): model, data (the
+    audit set), options (the method's), trust, seed, device, threads."""
     from . import trust as tr
 
     t0 = time.time()
-    model, spec, net, dev = pixel_model(model_path, seed, device, threads)
-    audit = load_audit_set(audit_set)
+    options, trust, seed = job["options"], job["trust"], job["seed"]
+    model, spec, net, dev = pixel_model(job["model"], seed, job["device"], job["threads"])
+    audit = load_audit_set(job["data"])
     x_all = audit_images(audit, dev)
     stop = len(x_all) if stop is None else min(stop, len(x_all))
     start = min(start, stop)
@@ -121,31 +122,10 @@ def merge_explain(parts: list[tuple[dict, dict]]) -> tuple[dict, dict]:
     return result, arrays
 
 
-def run_explain(method: str, model_path, audit_set, options: dict, trust: dict, seed: int, device: str,
-                threads: int, out_maps, parts: list | None = None) -> dict:
-    """The explain stage: the whole audit set in one job, or (parts: the files of explain_shard jobs) the
-    merge of its shards."""
-    if parts:
-        loaded = []
-        for p in parts:
-            a = load_npz(p)
-            loaded.append((a.pop("meta"), a))
-    else:
-        loaded = [explain_part(method, model_path, audit_set, options, trust, seed, device, threads)]
-    result, arrays = merge_explain(loaded)
-    save_npz(out_maps, result, **arrays)
-    log.info("%s: %s in %.1fs (%d images, %d part(s))", method, "done" if result["applicable"] else "not applicable",
-             result["seconds"], result["n_images"], len(loaded))
-    return result
-
-
-def run_explain_shard(method: str, model_path, audit_set, options: dict, trust: dict, seed: int, device: str,
-                      threads: int, shard: int, shard_size: int, out) -> dict:
-    result, arrays = explain_part(method, model_path, audit_set, options, trust, seed, device, threads,
-                                  start=shard * shard_size, stop=(shard + 1) * shard_size)
+def merge(method: str, job: dict, parts: list[tuple[dict, dict]], out) -> dict:
+    """The explain stage's output (cvaudit.shards): one method's maps and trust scores over the audit set."""
+    result, arrays = merge_explain(parts)
     save_npz(out, result, **arrays)
-    log.info("%s: shard %d (%d images) in %.1fs", method, shard, result["n_images"], result["seconds"])
+    log.info("%s: %s in %.1fs (%d images, %d part(s))", method, "done" if result["applicable"] else "not applicable",
+             result["seconds"], result["n_images"], len(parts))
     return result
-
-
-load_maps = load_npz

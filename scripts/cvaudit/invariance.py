@@ -2,7 +2,9 @@
 functionals on whole batches), the robustness score, and how far Grad-CAM moves with a translated image."""
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
 
 import numpy as np
@@ -11,8 +13,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from . import CvauditError
 from .pixels import image_seed, pixel_model, predict
-from .io import save_npz, write_json
+from .io import write_json
 from .models import auto_batch
+from .registry import FAMILIES, load
 from .sample import _slice, robustness_images, robustness_sample_size
 
 log = logging.getLogger("cvaudit.invariance")
@@ -34,8 +37,48 @@ def _jpeg(x: torch.Tensor, quality: float) -> torch.Tensor:
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255).to(x.device)
 
 
-IDENTITY = {"translate": 0.0, "rotate": 0.0, "scale": 1.0, "brightness": 1.0, "contrast": 1.0, "noise": 0.0,
-            "blur": 0.0, "jpeg": 100}
+# The severity that leaves an image unchanged, per family (the registry's, cvaudit.registry.FAMILIES).
+IDENTITY = {name: family.identity for name, family in FAMILIES.items()}
+
+
+def translate(x, severity, gen=None, seeds=None):  # fraction of the image size, to the right and down
+    d = int(round(severity * x.shape[-1]))
+    return TF.affine(x, angle=0.0, translate=[d, d], scale=1.0, shear=[0.0, 0.0])
+
+
+def rotate(x, severity, gen=None, seeds=None):  # degrees
+    return TF.rotate(x, float(severity), interpolation=TF.InterpolationMode.BILINEAR)
+
+
+def scale(x, severity, gen=None, seeds=None):  # zoom factor around the centre
+    return TF.affine(x, angle=0.0, translate=[0, 0], scale=float(severity), shear=[0.0, 0.0],
+                     interpolation=TF.InterpolationMode.BILINEAR)
+
+
+def brightness(x, severity, gen=None, seeds=None):
+    return TF.adjust_brightness(x, float(severity))
+
+
+def contrast(x, severity, gen=None, seeds=None):
+    return TF.adjust_contrast(x, float(severity))
+
+
+def noise(x, severity, gen=None, seeds=None):  # standard deviation in [0, 1] pixel units
+    if seeds is not None:
+        draw = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(int(k)))
+                            for k in seeds]) if len(x) else torch.zeros_like(x)
+    else:
+        draw = torch.randn(x.shape, generator=gen)
+    return (x + severity * draw.to(x.device)).clamp(0, 1)
+
+
+def blur(x, severity, gen=None, seeds=None):  # sigma in pixels
+    k = int(2 * np.ceil(3 * severity) + 1)
+    return TF.gaussian_blur(x, [k, k], [float(severity)] * 2)
+
+
+def jpeg(x, severity, gen=None, seeds=None):  # quality 1..100
+    return _jpeg(x, min(severity, 100))
 
 
 def transform(family: str, x: torch.Tensor, severity: float, gen: torch.Generator | None = None,
@@ -44,36 +87,12 @@ def transform(family: str, x: torch.Tensor, severity: float, gen: torch.Generato
     (or 1 for scale and contrast and brightness factors, 100 for JPEG quality) is the identity.
     Noise is drawn from `gen`, or, given `seeds` (one int per image), from a generator per image, so
     an image gets the same noise whatever else is in its batch or shard."""
-    if family not in IDENTITY:
-        raise CvauditError(f"unknown transform family '{family}' (config key robustness.invariance)")
+    if family not in FAMILIES:
+        raise CvauditError(f"unknown transform family '{family}' (config key robustness.invariance); "
+                           f"available: {', '.join(FAMILIES)}")
     if severity == IDENTITY[family]:
         return x
-    if family == "translate":  # fraction of the image size, to the right and down
-        d = int(round(severity * x.shape[-1]))
-        return TF.affine(x, angle=0.0, translate=[d, d], scale=1.0, shear=[0.0, 0.0])
-    if family == "rotate":  # degrees
-        return TF.rotate(x, float(severity), interpolation=TF.InterpolationMode.BILINEAR)
-    if family == "scale":  # zoom factor around the centre
-        return TF.affine(x, angle=0.0, translate=[0, 0], scale=float(severity), shear=[0.0, 0.0],
-                         interpolation=TF.InterpolationMode.BILINEAR)
-    if family == "brightness":
-        return TF.adjust_brightness(x, float(severity))
-    if family == "contrast":
-        return TF.adjust_contrast(x, float(severity))
-    if family == "noise":  # standard deviation in [0, 1] pixel units
-        if seeds is not None:
-            noise = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(int(k)))
-                                 for k in seeds]) if len(x) else torch.zeros_like(x)
-        else:
-            noise = torch.randn(x.shape, generator=gen)
-        return (x + severity * noise.to(x.device)).clamp(0, 1)
-    if family == "blur":  # sigma in pixels
-        k = int(2 * np.ceil(3 * severity) + 1)
-        return TF.gaussian_blur(x, [k, k], [float(severity)] * 2)
-    if family == "jpeg":  # quality 1..100
-        return _jpeg(x, min(severity, 100))
-
-
+    return load(FAMILIES[family].ref)(x, severity, gen, seeds)
 
 
 def robustness_score(severities: list[float], accuracy: list[float], clean: float, identity: float) -> float | None:
@@ -102,13 +121,25 @@ def equivariance_error(cam_of_moved: np.ndarray, moved_cam: np.ndarray) -> float
     return float((np.abs(a - b).sum(1) / np.maximum(a.sum(1) + b.sum(1), 1e-12)).mean())
 
 
-def invariance_part(family: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
-                    start: int = 0, stop: int | None = None, loaded_model=None) -> dict:
+def _model(job: dict):
+    """The model, loaded once per job: a job that computes its one part and the drift shares it."""
+    st = os.stat(job["model"])
+    return _load(str(job["model"]), st.st_mtime_ns, st.st_size, job["seed"], job["device"], job["threads"])
+
+
+@functools.lru_cache(maxsize=1)
+def _load(path: str, mtime_ns: int, size: int, seed: int, device: str, threads: int):
+    return pixel_model(path, seed, device, threads)
+
+
+def part(family: str, job: dict, start: int = 0, stop: int | None = None) -> tuple[dict, dict]:
     """Per image of the robustness sample [start, stop): correct and unchanged predictions at each
     severity. Each image's result depends on it alone (noise seeded per image), so parts
-    concatenated equal one whole run."""
+    concatenated equal one whole run. job (cvaudit.shards): model, data (the manifest), options
+    (max_images, severities), seed, device, threads."""
     t0 = time.time()
-    model, spec, net, dev = loaded_model or pixel_model(model_path, seed, device, threads)
+    options, seed, manifest = job["options"], job["seed"], job["data"]
+    model, spec, net, dev = _model(job)
     n_total = robustness_sample_size(manifest, options["max_images"])
     start, stop = _slice(n_total, start, stop)
     x8, y, _ = robustness_images(manifest, spec, options["max_images"], seed, start, stop)
@@ -122,26 +153,20 @@ def invariance_part(family: str, model_path, manifest, options: dict, seed: int,
         correct.append((p == y).numpy())
         same.append((p == clean_pred).numpy())
     n_sev = len(options["severities"])
-    return {"start": start, "n_total": n_total, "clean_correct": (clean_pred == y).numpy(),
-            "correct": np.array(correct, dtype=bool).reshape(n_sev, stop - start),
-            "same": np.array(same, dtype=bool).reshape(n_sev, stop - start), "seconds": time.time() - t0}
+    return ({"start": start, "n_total": n_total, "seconds": time.time() - t0},
+            {"clean_correct": (clean_pred == y).numpy(),
+             "correct": np.array(correct, dtype=bool).reshape(n_sev, stop - start),
+             "same": np.array(same, dtype=bool).reshape(n_sev, stop - start)})
 
 
-def run_invariance(family: str, model_path, manifest, options: dict, drift: dict, seed: int, device: str,
-                   threads: int, out, parts: list | None = None) -> dict:
-    """Accuracy and consistency per severity over the robustness sample (computed here, or merged from
-    the invariance_shard jobs' parts), the robustness score, and Grad-CAM drift for translate/rotate."""
+def merge(family: str, job: dict, parts: list[tuple[dict, dict]], out) -> dict:
+    """The invariance stage's output (cvaudit.shards): accuracy and consistency per severity over the
+    robustness sample, the robustness score, and Grad-CAM drift for translate/rotate (job key drift)."""
     from .methods import GradCAM, NotApplicable, attribute_batched
-    from .io import load_npz
 
     t0 = time.time()
-    if parts:
-        loaded = [load_npz(p) for p in parts]
-        loaded = [{**a, **a.pop("meta")} for a in loaded]
-    else:
-        model_once = pixel_model(model_path, seed, device, threads)  # shared with the drift below
-        loaded = [invariance_part(family, model_path, manifest, options, seed, device, threads,
-                                  loaded_model=model_once)]
+    options, drift, seed, manifest = job["options"], job["drift"], job["seed"], job["data"]
+    loaded = [{**arrays, **meta} for meta, arrays in parts]
     correct = np.concatenate([p["correct"] for p in loaded], axis=1)
     same = np.concatenate([p["same"] for p in loaded], axis=1)
     clean_acc = float(np.concatenate([p["clean_correct"] for p in loaded]).mean())
@@ -152,7 +177,7 @@ def run_invariance(family: str, model_path, manifest, options: dict, drift: dict
               "score": robustness_score(severities, acc, clean_acc, IDENTITY[family]), "drift": None,
               "shards": len(loaded)}
     if family in ("translate", "rotate") and drift["images"] > 0:
-        model, spec, net, dev = model_once if not parts else pixel_model(model_path, seed, device, threads)
+        model, spec, net, dev = _model(job)
         x8, _, _ = robustness_images(manifest, spec, options["max_images"], seed, 0, drift["images"])
         xd = x8.float().div(255).to(dev)
         batch = auto_batch(x8.shape[-2], x8.shape[-1], dev)
@@ -175,11 +200,3 @@ def run_invariance(family: str, model_path, manifest, options: dict, drift: dict
              result["seconds"], len(loaded))
     return result
 
-
-def run_invariance_shard(family: str, model_path, manifest, options: dict, seed: int, device: str, threads: int,
-                         shard: int, shard_size: int, out) -> None:
-    part = invariance_part(family, model_path, manifest, options, seed, device, threads,
-                           start=shard * shard_size, stop=(shard + 1) * shard_size)
-    save_npz(out, {k: part[k] for k in ("start", "n_total", "seconds")},
-             **{k: part[k] for k in ("clean_correct", "correct", "same")})
-    log.info("%s: shard %d, %d images (%.1fs)", family, shard, len(part["clean_correct"]), part["seconds"])

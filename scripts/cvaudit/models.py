@@ -1,4 +1,5 @@
-"""Model construction (timm, torchvision, built-ins), weight sources, safetensors I/O, transforms."""
+"""Model construction (timm, torchvision, built-ins), weight sources, safetensors I/O, the device.
+The images a model sees are made by cvaudit.transforms."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.transforms import v2 as T
 
 from . import CvauditError
 
@@ -325,43 +325,3 @@ def auto_batch(h: int, w: int, device, requested: int | str = "auto") -> int:
         return int(requested)
     budget = CUDA_BATCH_PIXELS if torch.device(device).type == "cuda" else CPU_BATCH_PIXELS
     return max(1, min(512, budget // (h * w)))
-
-
-# ----------------------------------------------------------------------------- transforms
-def resize_ops(spec: dict) -> list:
-    """config key models.*.resize: stretch (to input_size x input_size) or center_crop (shorter side to
-    input_size / 0.875, then the central input_size square, as ImageNet models are evaluated)."""
-    s = spec["input_size"]
-    if spec.get("resize", "stretch") == "center_crop":
-        return [T.Resize(int(round(s / 0.875)), antialias=True), T.CenterCrop(s)]
-    return [T.Resize((s, s), antialias=True)]
-
-
-def eval_transform(spec: dict):
-    return T.Compose([T.ToImage(), *resize_ops(spec), T.ToDtype(torch.float32, scale=True),
-                      T.Normalize(spec["mean"], spec["std"])])
-
-
-def display_transform(spec: dict):
-    """The model's view of an image before normalisation, as uint8 (for overlays and audit sets)."""
-    return T.Compose([T.ToImage(), *resize_ops(spec)])
-
-
-def train_transform(spec: dict, aug: dict):
-    s = spec["input_size"]
-    ops = [T.ToImage(), *resize_ops(spec)]
-    if aug.get("hflip", 0) > 0:
-        ops.append(T.RandomHorizontalFlip(aug["hflip"]))
-    if aug.get("crop_padding", 0) > 0:
-        ops.append(T.RandomCrop(s, padding=aug["crop_padding"], padding_mode="reflect"))
-    if aug.get("rotation", 0) or aug.get("translate", 0) or aug.get("shear", 0):
-        t = aug.get("translate", 0)
-        ops.append(T.RandomAffine(degrees=aug.get("rotation", 0), translate=(t, t) if t else None,
-                                  shear=aug.get("shear", 0) or None))
-    if aug.get("color_jitter", 0) > 0:
-        j = aug["color_jitter"]
-        ops.append(T.ColorJitter(brightness=j, contrast=j, saturation=j))
-    ops += [T.ToDtype(torch.float32, scale=True), T.Normalize(spec["mean"], spec["std"])]
-    if aug.get("erasing", 0) > 0:
-        ops.append(T.RandomErasing(p=aug["erasing"]))
-    return T.Compose(ops)

@@ -40,7 +40,7 @@ def represent_section(path, names: list[str], queries: int) -> dict:
 def _model_view(path: str, size: int, resize: str = "stretch") -> np.ndarray:
     """The image as the model sees it (the same resize as every stage: models.display_transform), uint8 RGB."""
     from .data import load_rgb
-    from .models import display_transform
+    from .transforms import display_transform
     return display_transform({"input_size": size, "resize": resize})(load_rgb(path)).permute(1, 2, 0).numpy()
 
 

@@ -15,7 +15,8 @@ from . import CvauditError
 from .data import ImageDataset, read_manifest
 from .hooks import Hooks
 from .io import load_npz, save_npz
-from .models import _head_name, auto_batch, eval_transform, load_model, resolve_device
+from .models import _head_name, auto_batch, load_model, resolve_device
+from .transforms import eval_transform
 from .train import seed_everything
 
 log = logging.getLogger("cvaudit.represent")

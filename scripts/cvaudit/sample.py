@@ -7,7 +7,7 @@ import torch
 
 from . import CvauditError
 from .data import load_rgb, read_manifest
-from .models import display_transform
+from .transforms import display_transform
 
 
 def robustness_images(manifest, spec: dict, n: int, seed: int, start: int = 0,

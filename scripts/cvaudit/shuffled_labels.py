@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 from . import CvauditError
 from .data import ImageDataset, manifest_classes, read_manifest
 from .io import write_json
-from .models import build_model, eval_transform, normalisation, resolve_device
+from .models import build_model, normalisation, resolve_device
+from .transforms import eval_transform
 from .train import make_spec, seed_everything
 
 log = logging.getLogger("cvaudit.shuffled_labels")

@@ -18,8 +18,8 @@ from tqdm import tqdm
 from . import CvauditError
 from .data import ImageDataset, imagenet_categories, manifest_classes, read_manifest
 from .io import atomic_path, write_json
-from .models import (_head_name, build_model, eval_transform, normalisation, resolve_device, save_model,
-                     train_transform)
+from .models import _head_name, build_model, normalisation, resolve_device, save_model
+from .transforms import eval_transform, train_transform
 
 log = logging.getLogger("cvaudit.train")
 HISTORY_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]

@@ -1,12 +1,16 @@
 """Attribution methods behind one interface (methods.base), one module per family. Captum, lime and
 shap do the work; written here is only what none of them does: guided backprop / deconvnet for
 ReLU6, CAM, and the glue that batches every model call."""
-from .base import METHODS, AttributionMethod, NotApplicable, attribute_batched, get_method, register
+from .. import registry as _registry
+from .base import AttributionMethod, NotApplicable, attribute_batched, get_method
 from .cam import CAM, GradCAM, GuidedGradCAM, block_outputs, layer_name
 from .gradient import Deconvnet, GuidedBackprop, IntegratedGradients, Saliency
 from .perturbation import LIME, SHAP, Occlusion, RandomMap, superpixels, target_probability_fn
 
-__all__ = ["METHODS", "AttributionMethod", "NotApplicable", "attribute_batched", "get_method", "register",
+# Every method by name (cvaudit.registry.METHODS, the one list), for code that wants them all.
+METHODS = {name: _registry.load(ref) for name, ref in _registry.METHODS.items()}
+
+__all__ = ["METHODS", "AttributionMethod", "NotApplicable", "attribute_batched", "get_method",
            "CAM", "GradCAM", "GuidedGradCAM", "block_outputs", "layer_name", "Deconvnet", "GuidedBackprop",
            "IntegratedGradients", "Saliency", "LIME", "SHAP", "Occlusion", "RandomMap", "superpixels",
            "target_probability_fn"]

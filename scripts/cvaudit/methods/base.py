@@ -1,14 +1,15 @@
 """The attribution methods' interface and registry: a method's `attribute(net, x, target)` takes a batch of
 images in pixel space ([0, 1], N x 3 x H x W; `net` normalises them itself, see pixels.PixelSpace) and
 the class to explain for each, and returns maps (N, H, W) where higher means more evidence for that class.
-A new method is one class with @register in the module of its family, plus its defaults in the schema."""
+A new method is one class in the module of its family plus one line in cvaudit.registry.METHODS (and its
+options in the schema)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import nn
 
-from .. import CvauditError
+from .. import CvauditError, registry
 
 
 class NotApplicable(Exception):
@@ -34,19 +35,12 @@ class AttributionMethod:
         return 1
 
 
-METHODS: dict[str, type[AttributionMethod]] = {}
-
-
-def register(cls):
-    METHODS[cls.name] = cls
-    return cls
-
-
 def get_method(name: str, **options) -> AttributionMethod:
-    if name not in METHODS:
+    """The method registered under `name` in cvaudit.registry.METHODS (only its family's module is imported)."""
+    if name not in registry.METHODS:
         raise CvauditError(f"unknown attribution method '{name}' (config key explain.methods); "
-                           f"available: {', '.join(sorted(METHODS))}")
-    return METHODS[name](**options)
+                           f"available: {', '.join(sorted(registry.METHODS))}")
+    return registry.load(registry.METHODS[name])(**options)
 
 
 def _input_grad(net, x, target) -> torch.Tensor:

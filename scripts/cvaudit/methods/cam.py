@@ -9,7 +9,7 @@ from torch import nn
 from .. import CvauditError
 from ..hooks import Hooks
 from ..pixels import inner
-from .base import AttributionMethod, NotApplicable, register
+from .base import AttributionMethod, NotApplicable
 from .gradient import GuidedBackprop
 
 
@@ -61,7 +61,6 @@ def layer_name(net: nn.Module, module: nn.Module) -> str:
     return next(n for n, m in inner(net).named_modules() if m is module)
 
 
-@register
 class GradCAM(AttributionMethod):
     name, label, kind = "gradcam", "Grad-CAM", "cam"
     defaults = {"layer": "auto", "min_resolution": 7}
@@ -80,7 +79,6 @@ class GradCAM(AttributionMethod):
         return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0].detach()
 
 
-@register
 class GuidedGradCAM(GradCAM):
     name, label, kind = "guided_gradcam", "Guided Grad-CAM", "gradient"
     reads = ("Guided backprop multiplied by Grad-CAM: fine detail, but only inside the regions Grad-CAM found "
@@ -90,7 +88,6 @@ class GuidedGradCAM(GradCAM):
         return GuidedBackprop().attribute(net, x, target) * GradCAM(**self.options).attribute(net, x, target)
 
 
-@register
 class CAM(AttributionMethod):
     name, label, kind = "cam", "CAM", "cam"
     reads = ("Zhou et al.: for a network ending in global average pooling and one linear layer, the last feature "

@@ -10,10 +10,9 @@ from torch import nn
 from .. import CvauditError
 from ..hooks import Hooks
 from ..pixels import blur
-from .base import AttributionMethod, NotApplicable, _input_grad, register
+from .base import AttributionMethod, NotApplicable, _input_grad
 
 
-@register
 class Saliency(AttributionMethod):
     name, label = "saliency", "Vanilla gradient"
     reads = ("Simonyan et al.: the largest absolute gradient of the class score over the colour channels; bright "
@@ -76,7 +75,6 @@ class ReluBackwardOverride(contextlib.AbstractContextManager):
         return False
 
 
-@register
 class GuidedBackprop(AttributionMethod):
     name, label = "guided_backprop", "Guided backprop"
     reads = ("Gradient passed back only where both the forward activation and the backward signal are positive: "
@@ -89,7 +87,6 @@ class GuidedBackprop(AttributionMethod):
             return _input_grad(net, x, target).abs().amax(1).detach()
 
 
-@register
 class Deconvnet(GuidedBackprop):
     name, label = "deconvnet", "Deconvnet"
     reads = ("Zeiler & Fergus: the positive part of the signal is passed back through each rectifier whatever its "
@@ -97,7 +94,6 @@ class Deconvnet(GuidedBackprop):
     mode = "deconv"
 
 
-@register
 class IntegratedGradients(AttributionMethod):
     name, label = "integrated_gradients", "Integrated gradients"
     defaults = {"steps": 16, "baseline": "black", "max_steps": 512, "tolerance": 0.05}

@@ -7,10 +7,9 @@ from torch import nn
 
 from .. import CvauditError
 from ..pixels import blur, image_generator
-from .base import AttributionMethod, register
+from .base import AttributionMethod
 
 
-@register
 class Occlusion(AttributionMethod):
     name, label, kind = "occlusion", "Occlusion", "perturbation"
     defaults = {"window": 0, "stride": 0}
@@ -66,7 +65,6 @@ def target_probability_fn(net: nn.Module, target: int):
     return predict
 
 
-@register
 class LIME(AttributionMethod):
     name, label, kind = "lime", "LIME", "perturbation"
     defaults = {"samples": 128, "segments": 40, "seed": 0, "hide_color": "mean", "check_samples": 64}
@@ -126,7 +124,6 @@ class LIME(AttributionMethod):
         return float(r2_score(y, intercept + z @ weights, sample_weight=w)) if np.ptp(y) > 0 else float("nan")
 
 
-@register
 class SHAP(AttributionMethod):
     name, label, kind = "shap", "SHAP (partition)", "perturbation"
     defaults = {"evals": "auto"}
@@ -159,7 +156,6 @@ class SHAP(AttributionMethod):
         return torch.tensor(np.stack(out), dtype=torch.float32)
 
 
-@register
 class RandomMap(AttributionMethod):
     name, label, kind = "random", "Random map (floor)", "reference"
     reads = "Seeded noise that ignores the model: the floor every method's faithfulness must beat."

@@ -1,0 +1,134 @@
+# The stages whose work is per image: explain (per attribution method), invariance (per transform
+# family) and adversarial (per attack). Each is a pair of rules built below from one entry of SHARDED:
+# `<stage>_shard` computes images [shard * shard_size, (shard + 1) * shard_size) and `<stage>` merges
+# its shards, or with shard_size 0 computes the whole stage in one job (cvaudit.shards). Both rules
+# take their inputs and options from the same entry, so a shard and its merge cannot disagree, and
+# each job receives only the options it reads.
+from cvaudit.registry import attack_options
+
+
+def _explain_job(wildcards):
+    return {"options": config["explain"].get(wildcards.method, {}), "trust": config["explain"]["trust"]}
+
+
+def _invariance_job(wildcards):
+    rob = config["robustness"]
+    return {"options": {"max_images": rob["max_images"], "severities": rob["invariance"][wildcards.family]}}
+
+
+def _invariance_merge(wildcards):  # the Grad-CAM drift is computed by the merge alone
+    return {**_invariance_job(wildcards), "drift": config["robustness"]["drift"]}
+
+
+def _adversarial_job(wildcards):
+    return {"options": attack_options(config["robustness"]["adversarial"], wildcards.attack)}
+
+
+SHARDED = {
+    "explain": {
+        "item": "method",
+        "data": "results/{model}/eval/audit_set.npz",
+        "out": "results/{model}/explain/{method}/maps.npz",
+        "part": "results/{model}/explain/{method}/shards/{shard}.npz",
+        "images": config["audit"]["max_images"],
+        "job": _explain_job,
+        "merge_job": _explain_job,
+        "mem_mb": 6000,
+        "runtime": 120,
+    },
+    "invariance": {
+        "item": "family",
+        "data": manifest_of,
+        "out": "results/{model}/robust/invariance/{family}.json",
+        "part": "results/{model}/robust/shards/invariance/{family}/{shard}.npz",
+        "images": config["robustness"]["max_images"],
+        "job": _invariance_job,
+        "merge_job": _invariance_merge,
+        "mem_mb": 4000,
+        "runtime": 60,
+    },
+    "adversarial": {
+        "item": "attack",
+        "data": manifest_of,
+        "out": "results/{model}/robust/adversarial/{attack}.npz",
+        "part": "results/{model}/robust/shards/adversarial/{attack}/{shard}.npz",
+        "images": config["robustness"]["adversarial"]["max_images"],
+        "job": _adversarial_job,
+        "merge_job": _adversarial_job,
+        "mem_mb": 6000,
+        "runtime": 120,
+    },
+}
+
+
+def _parts_of(stage):
+    """The merge's input function: the part files of its shards (none when shard_size is 0)."""
+    entry = SHARDED[stage]
+
+    def parts(wildcards):
+        named = {"model": wildcards.model, entry["item"]: getattr(wildcards, entry["item"]), "shard": "{shard}"}
+        return shard_files(entry["part"].format(**named), entry["images"])
+
+    return parts
+
+
+for _stage, _entry in SHARDED.items():
+    _names = f"{{model}}.{{{_entry['item']}}}"
+
+    rule:
+        name:
+            f"{_stage}_shard"
+        input:
+            model="results/{model}/model.safetensors",
+            data=_entry["data"],
+        output:
+            out=_entry["part"],
+        params:
+            stage=_stage,
+            item=_entry["item"],
+            job=_entry["job"],
+            seed=config["seed"],
+            device=config["device"],
+            shard_size=config["shard_size"],
+        threads: 1
+        resources:
+            gpu=GPU,
+            mem_mb=_entry["mem_mb"],
+            runtime=_entry["runtime"],
+        conda:
+            "../envs/cvaudit.yaml"
+        log:
+            f"logs/{_stage}_shard/{_names}.{{shard}}.log",
+        benchmark:
+            f"benchmarks/{_stage}_shard/{_names}.{{shard}}.tsv"
+        script:
+            "../scripts/sharded.py"
+
+    rule:
+        name:
+            _stage
+        input:
+            model="results/{model}/model.safetensors",
+            data=_entry["data"],
+            parts=_parts_of(_stage),
+        output:
+            out=_entry["out"],
+        params:
+            stage=_stage,
+            item=_entry["item"],
+            job=_entry["merge_job"],
+            seed=config["seed"],
+            device=config["device"],
+        threads: 1  # many small jobs: two run side by side on two cores instead of one on both
+        resources:
+            gpu=GPU,
+            mem_mb=_entry["mem_mb"],
+            runtime=_entry["runtime"],
+        conda:
+            "../envs/cvaudit.yaml"
+        log:
+            f"logs/{_stage}/{_names}.log",
+        benchmark:
+            f"benchmarks/{_stage}/{_names}.tsv"
+        script:
+            "../scripts/sharded.py"
