@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvaudit import CvauditError
+from tiny_models import tiny_cnn
 from cvaudit.shards import run_stage
 from cvaudit.io import load_npz as load_maps
 from cvaudit.methods import METHODS, AttributionMethod, GradCAM, NotApplicable, attribute_batched, get_method
@@ -17,11 +18,7 @@ SMALL = {"integrated_gradients": {"steps": 8}, "lime": {"samples": 60, "segments
 
 
 def _cnn(seed=0, **kw):
-    torch.manual_seed(seed)
-    spec = {"arch": "simple_cnn", "arch_options": {"channels": [8, 16]}, "weights": "none", "input_size": 32,
-            "num_classes": 3, "class_names": ["a", "b", "c"], "keep_head": False, "mean": [0.5] * 3, "std": [0.5] * 3}
-    spec.update(kw)
-    return build_model(spec).eval(), spec
+    return tiny_cnn(seed, **{"input_size": 32, "class_names": ["a", "b", "c"], "keep_head": False, **kw})
 
 
 def _hooks(model):

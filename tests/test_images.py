@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY
 from PIL import Image, ImageCms
 
-from cvaudit.images import check_image, load_rgb, to_rgb
+from cvaudit.images import check_image, load_rgb
 
 CMYK_ICC = Path("/usr/share/color/icc/ghostscript/default_cmyk.icc")  # Debian libgs-common (tools/setup.sh)
 

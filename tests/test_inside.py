@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import fit
+from tiny_models import tiny_spec
 
 from cvaudit.pixels import PixelSpace
 from cvaudit.inspect_units import (TopK, activation_layers, first_layer_filters, receptive_boxes, resolve_layers,
@@ -11,8 +12,7 @@ from cvaudit.visualise_ascent import AscentObjective, channel_activation, gradie
 from cvaudit.models import build_model
 from cvaudit.transforms import eval_transform
 
-SPEC = {"arch": "simple_cnn", "arch_options": {"channels": [8, 16]}, "weights": "none", "input_size": 28,
-        "num_classes": 3, "class_names": ["bag", "sneaker", "trouser"], "mean": [0.5] * 3, "std": [0.5] * 3}
+SPEC = tiny_spec()
 OPTS = {"layers": "auto", "stages": 3, "unit_layer": "auto"}
 
 

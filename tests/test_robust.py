@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import fit
+from tiny_models import tiny_spec
 
 from cvaudit.pixels import PixelSpace
 from cvaudit.models import build_model
@@ -11,8 +12,7 @@ from cvaudit.calibrate import calibration_metrics, fit_temperature, log_probs, s
 from cvaudit.invariance import IDENTITY, equivariance_error, robustness_score, transform
 from cvaudit.pixels import predict
 
-SPEC = {"arch": "simple_cnn", "arch_options": {"channels": [8, 16]}, "weights": "none", "input_size": 28,
-        "num_classes": 3, "class_names": ["bag", "sneaker", "trouser"], "mean": [0.5] * 3, "std": [0.5] * 3}
+SPEC = tiny_spec()
 
 
 def test_ece_of_perfectly_calibrated_predictions_is_about_zero():

@@ -6,15 +6,13 @@ import torch
 from torch import nn
 
 from cvaudit import trust
-from cvaudit.pixels import PixelSpace, blur
+from tiny_models import pixel_cnn
+from cvaudit.pixels import blur
 from cvaudit.trust import _order, _small, agreement, cascading_randomisation, deletion_insertion, rank_corr, substrates
 
 
 def _cnn(seed=0):
-    from cvaudit.models import build_model
-    torch.manual_seed(seed)
-    return PixelSpace(build_model({"arch": "simple_cnn", "arch_options": {"channels": [4, 8]}, "weights": "none",
-                                   "num_classes": 3, "input_size": 16}).eval(), [0.5] * 3, [0.5] * 3).eval()
+    return pixel_cnn(seed, channels=(4, 8), input_size=16)
 
 
 def test_an_images_order_depends_on_its_index_not_on_its_batch():

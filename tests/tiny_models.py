@@ -1,0 +1,28 @@
+"""The tiny models the unit tests build, in one place: a small simple_cnn spec (the tiny fixture's three
+Fashion-MNIST classes at 28 px by default) and the network built from it, seeded."""
+import torch
+
+from cvaudit.models import build_model
+from cvaudit.pixels import PixelSpace
+
+CLASSES = ["bag", "sneaker", "trouser"]
+
+
+def tiny_spec(channels=(8, 16), input_size: int = 28, class_names=CLASSES, **kw) -> dict:
+    """A simple_cnn spec as a trained checkpoint records it (normalised by 0.5 / 0.5)."""
+    return {"arch": "simple_cnn", "arch_options": {"channels": list(channels)}, "weights": "none",
+            "input_size": input_size, "num_classes": len(class_names), "class_names": list(class_names),
+            "mean": [0.5] * 3, "std": [0.5] * 3, **kw}
+
+
+def tiny_cnn(seed: int = 0, **kw):
+    """(model in eval mode, its spec), weights drawn under `seed`."""
+    spec = tiny_spec(**kw)
+    torch.manual_seed(seed)
+    return build_model(spec).eval(), spec
+
+
+def pixel_cnn(seed: int = 0, **kw) -> PixelSpace:
+    """The tiny CNN in pixel space ([0, 1] images in, its own normalisation inside)."""
+    model, spec = tiny_cnn(seed, **kw)
+    return PixelSpace(model, spec["mean"], spec["std"]).eval()
