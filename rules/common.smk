@@ -95,36 +95,42 @@ def robust_files(wildcards):
     return files
 
 
+def bench(rule, *names):
+    """The Snakemake benchmark file of a job: benchmarks/<rule>/<wildcard values joined by dots>.tsv."""
+    return f"benchmarks/{rule}/{'.'.join(str(n) for n in names)}.tsv"
+
+
+def sharded_benchmarks(stage, model, items, n_images):
+    """A sharded stage's benchmark files (rules/sharded.smk): its merge per item, then the shards."""
+    files = {f"{stage} {i}": bench(stage, model, i) for i in items}
+    files.update({f"{stage} {i} shard {k}": bench(f"{stage}_shard", model, i, k)
+                  for i in items for k in range(shards(n_images, config["shard_size"]))})
+    return files
+
+
 def benchmark_files(model):
     """{stage: Snakemake benchmark file} of every job behind a model's report, for its run-time table."""
     d, rep, rob = dataset_of(model), config["represent"], config["robustness"]
-    files = {"ingest_dataset": f"benchmarks/ingest_dataset/{d}.tsv", "fit_baseline": f"benchmarks/fit_baseline/{d}.tsv"}
+    files = {r: bench(r, d) for r in ("ingest_dataset", "fit_baseline")}
     if config["models"][model]["train"] is not False:
-        files["train_model"] = f"benchmarks/train_model/{model}.tsv"
-    files["evaluate_model"] = f"benchmarks/evaluate_model/{model}.tsv"
-    files.update({f"explain {m}": f"benchmarks/explain/{model}.{m}.tsv" for m in EXPLAIN_METHODS})
-    n_explain = shards(config["audit"]["max_images"], config["shard_size"])
-    files.update({f"explain {m} shard {i}": f"benchmarks/explain_shard/{model}.{m}.{i}.tsv"
-                  for m in EXPLAIN_METHODS for i in range(n_explain)})
+        files["train_model"] = bench("train_model", model)
+    files["evaluate_model"] = bench("evaluate_model", model)
+    files.update(sharded_benchmarks("explain", model, EXPLAIN_METHODS, config["audit"]["max_images"]))
     if rep["enabled"]:
-        files.update({r: f"benchmarks/{r}/{model}.tsv" for r in ("represent", "inspect_units")})
+        files.update({r: bench(r, model) for r in ("represent", "inspect_units")})
         if rep["ascent"]["enabled"]:
-            files["visualise_ascent"] = f"benchmarks/visualise_ascent/{model}.tsv"
+            files["visualise_ascent"] = bench("visualise_ascent", model)
         if len(models_of(d)) > 1:
-            files["compare_representations"] = f"benchmarks/compare_representations/{d}.tsv"
+            files["compare_representations"] = bench("compare_representations", d)
     if rob["enabled"]:
         if rob["calibration"]["enabled"]:
-            files["calibrate"] = f"benchmarks/calibrate/{model}.tsv"
-        files.update({f"invariance {f}": f"benchmarks/invariance/{model}.{f}.tsv" for f in rob["invariance"]})
-        files.update({f"invariance {f} shard {i}": f"benchmarks/invariance_shard/{model}.{f}.{i}.tsv"
-                      for f in rob["invariance"] for i in range(shards(rob["max_images"], config["shard_size"]))})
+            files["calibrate"] = bench("calibrate", model)
+        files.update(sharded_benchmarks("invariance", model, list(rob["invariance"]), rob["max_images"]))
         if rob["adversarial"]["enabled"]:
             adv = rob["adversarial"]
-            files.update({f"adversarial {a}": f"benchmarks/adversarial/{model}.{a}.tsv" for a in adv["attacks"]})
-            files.update({f"adversarial {a} shard {i}": f"benchmarks/adversarial_shard/{model}.{a}.{i}.tsv"
-                          for a in adv["attacks"] for i in range(shards(adv["max_images"], config["shard_size"]))})
+            files.update(sharded_benchmarks("adversarial", model, adv["attacks"], adv["max_images"]))
         if rob["shuffled_labels"]["enabled"] and config["models"][model]["train"] is not False:
-            files["shuffled_labels"] = f"benchmarks/shuffled_labels/{model}.tsv"
+            files["shuffled_labels"] = bench("shuffled_labels", model)
     return files
 
 
