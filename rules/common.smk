@@ -6,6 +6,7 @@ from cvaudit.config import shards
 from cvaudit.fingerprint import write_fingerprint
 from cvaudit.registry import ATTACKS, FAMILIES, FLOOR_METHOD, METHODS
 from cvaudit.runlog import name_keys
+from cvaudit.sections import report_inputs
 
 
 # Every configured attribution method, plus a random map: the floor of the faithfulness checks.
@@ -58,41 +59,8 @@ def dataset_fingerprint(wildcards):
         raise ValueError(f"cvaudit: dataset '{wildcards.dataset}': {name_keys(str(e), wildcards.dataset)}") from None
 
 
-def explain_maps(wildcards):
-    return {m: f"results/{wildcards.model}/explain/{m}/maps.npz" for m in EXPLAIN_METHODS}
-
-
 def models_of(dataset):
     return [m for m, c in config["models"].items() if c["dataset"] == dataset]
-
-
-def represent_files(wildcards):
-    """The representation views the report shows (none when switched off)."""
-    rep = config["represent"]
-    if not rep["enabled"]:
-        return {}
-    m = wildcards.model
-    files = {"represent": f"results/{m}/represent/embeddings.npz", "units": f"results/{m}/represent/units.npz"}
-    if rep["ascent"]["enabled"]:
-        files["ascent"] = f"results/{m}/represent/ascent.npz"
-    if len(models_of(dataset_of(m))) > 1:  # CKA between the models trained on the same data
-        files["compare"] = f"results/compare/{dataset_of(m)}/representations.json"
-    return files
-
-
-def robust_files(wildcards):
-    """Calibration, one curve per invariance family, one result per attack (none when switched off)."""
-    rob, m = config["robustness"], wildcards.model
-    if not rob["enabled"]:
-        return {}
-    files = {f"invariance_{f}": f"results/{m}/robust/invariance/{f}.json" for f in rob["invariance"]}
-    if rob["calibration"]["enabled"]:
-        files["calibration"] = f"results/{m}/robust/calibration.json"
-    if rob["adversarial"]["enabled"]:
-        files.update({f"adversarial_{a}": f"results/{m}/robust/adversarial/{a}.npz" for a in rob["adversarial"]["attacks"]})
-    if rob["shuffled_labels"]["enabled"] and config["models"][m]["train"] is not False:
-        files["shuffled_labels"] = f"results/{m}/robust/shuffled_labels.json"
-    return files
 
 
 def bench(rule, *names):
@@ -173,8 +141,7 @@ def compare_inputs(wildcards):
     for d in {dataset_of(m) for m in config["models"]}:
         files[f"baseline_{d}"] = f"results/data/{d}/baseline.json"
     for d in shared_datasets():
-        files[f"manifest_{d}"] = f"results/data/{d}/manifest.csv"
-        files.update({f"model_{m}": f"results/{m}/model.safetensors" for m in models_of(d)})
+        files[f"side_{d}"] = f"results/compare/{d}/side_by_side.npz"  # the same images explained by each model
         if config["represent"]["enabled"]:
             files[f"cka_{d}"] = f"results/compare/{d}/representations.json"
     return files

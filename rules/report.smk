@@ -13,12 +13,12 @@ rule render_report:
                 "history": f"results/{wc.model}/train/history.csv",
                 "eval_metrics": f"results/{wc.model}/eval/metrics.json",
                 "audit_set": f"results/{wc.model}/eval/audit_set.npz",
-                **explain_maps(wc),
-                **represent_files(wc),
-                **robust_files(wc),
+                **report_inputs(config, wc.model),  # each section's stage outputs (cvaudit.sections)
             }
         ),
         template=TEMPLATES / "report.html.j2",
+        section_templates=sorted((TEMPLATES / "sections").glob("*.html.j2")),
+        macros=TEMPLATES / "macros.html.j2",
         css=TEMPLATES / "report.css",
     output:
         html=report(
@@ -63,10 +63,37 @@ rule render_report:
         "../scripts/render_report.py"
 
 
+rule side_by_side:
+    input:
+        unpack(lambda wc: {f"model_{m}": f"results/{m}/model.safetensors" for m in models_of(wc.dataset)}),
+        manifest="results/data/{dataset}/manifest.csv",
+    output:
+        maps="results/compare/{dataset}/side_by_side.npz",
+    params:
+        options={k: config["report"]["compare"][k] for k in ("methods", "images")},
+        explain=lambda wc: {m: config["explain"].get(m, {}) for m in config["report"]["compare"]["methods"]},
+        seed=config["seed"],
+        device=config["device"],
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/side_by_side/{dataset}.log",
+    benchmark:
+        "benchmarks/side_by_side/{dataset}.tsv"
+    script:
+        "../scripts/side_by_side.py"
+
+
 rule compare_models:
     input:
         unpack(compare_inputs),
         template=TEMPLATES / "compare.html.j2",
+        macros=TEMPLATES / "macros.html.j2",
         css=TEMPLATES / "report.css",
     output:
         html=report(
@@ -91,14 +118,10 @@ rule compare_models:
         else [],
     params:
         models=lambda wc: config["models"],
-        datasets=shared_datasets(),
-        explain=config["explain"],
         settings={k: config[k] for k in ("seed", "report")},
         benchmarks=lambda wc: {m: benchmark_files(m) for m in config["models"]},
-        device=config["device"],
     threads: 1
     resources:
-        gpu=GPU,
         mem_mb=4000,
         runtime=30,
     conda:

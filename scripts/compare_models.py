@@ -1,17 +1,13 @@
-from cvaudit.compare import explain_side_by_side, render_comparison
+from cvaudit.compare import render_comparison
+from cvaudit.io import stage_failure
+from cvaudit.side_by_side import load_side_by_side
 
 
 def main(sm):
     inputs = dict(sm.input.items())
-    models, settings = sm.params.models, sm.params.settings
-    opts = settings["report"]["compare"]
-    shared = {}
-    for d in sm.params.datasets:
-        paths = {m: inputs[f"model_{m}"] for m, c in models.items() if c["dataset"] == d}
-        shared[d] = explain_side_by_side(paths, inputs[f"manifest_{d}"], opts["methods"], sm.params.explain,
-                                         opts["images"], settings["seed"], sm.params.device, sm.threads)
     pick = lambda prefix: {k[len(prefix):]: v for k, v in inputs.items() if k.startswith(prefix)}  # noqa: E731
-    render_comparison(pick("summary_"), models, pick("baseline_"), pick("cka_"), shared, settings,
+    shared = {d: {"failed": rec} if (rec := stage_failure(p)) else load_side_by_side(p) for d, p in pick("side_").items()}
+    render_comparison(pick("summary_"), sm.params.models, pick("baseline_"), pick("cka_"), shared, sm.params.settings,
                       template=sm.input.template, css=sm.input.css, out_html=sm.output.html,
                       out_summary=sm.output.summary, out_pdf=sm.output.get("pdf") or None,
                       benchmarks=sm.params.benchmarks, probs=pick("probs_"))

@@ -79,8 +79,8 @@ def test_chromium_renders_every_report_without_console_errors(run, tmp_path):
 
 
 def test_model_report_sections_come_in_the_fixed_order(run):
-    from cvaudit.report import SECTIONS
-    order = [sid for sid, _ in SECTIONS]
+    from cvaudit.sections import SECTIONS
+    order = [s.id for s in SECTIONS]
     for html in reports(run)[:2]:
         shown = dom(html).sections
         assert shown == [s for s in order if s in shown]

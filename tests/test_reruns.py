@@ -137,7 +137,8 @@ def test_changing_one_methods_options_reruns_that_method_and_the_reports(two):
     work, cfg = two
     name = variant(work, cfg, "ig.yaml", lambda c: c["explain"]["integrated_gradients"].update(steps=5))
     found = jobs(work, name)
-    assert rules_of(found) == {"explain": 2, "render_report": 2, "compare_models": 1, "gate": 1, "gate_check": 1, "all": 1}
+    assert rules_of(found) == {"explain": 2, "method_agreement": 2, "render_report": 2, "compare_models": 1, "gate": 1,
+                               "gate_check": 1, "all": 1}
     assert {w for r, w in found if r == "explain"} == {"model=cnn_a, method=integrated_gradients",
                                                         "model=mlp_b, method=integrated_gradients"}
 
@@ -147,7 +148,8 @@ def test_changing_one_models_training_reruns_only_that_models_chain(two):
     name = variant(work, cfg, "lr.yaml", lambda c: c["models"]["cnn_a"]["train"].update(lr=0.02))
     found = jobs(work, name)
     assert not any("mlp_b" in w or "dataset=" in w for _, w in found), found
-    assert rules_of(found) == {"train_model": 1, "evaluate_model": 1, "explain": 3, "calibrate": 1, "invariance": 1,
+    assert rules_of(found) == {"train_model": 1, "evaluate_model": 1, "explain": 3, "method_agreement": 1,
+                               "calibrate": 1, "invariance": 1,
                                "render_report": 1, "compare_models": 1, "gate": 1, "gate_check": 1, "all": 1}
 
 

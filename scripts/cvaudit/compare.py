@@ -102,69 +102,12 @@ def mark_best(rows: list[dict], correct: dict | None = None) -> None:
                     r["tie"].append(key)
 
 
-def shared_test_images(manifest, n: int, seed: int) -> list[dict]:
-    """n test rows of a dataset, one class at a time in a seeded order: the same images for every model."""
-    from .data import read_manifest
-    rows = read_manifest(manifest, "test")
-    if not rows:
-        raise CvauditError(f"{manifest}: the dataset has no test images to compare models on")
-    rng = np.random.default_rng(seed)
-    by_class: dict[str, list[dict]] = {}
-    for r in rows:
-        by_class.setdefault(r["label"], []).append(r)
-    queues = [list(rng.permutation(len(v))) for v in by_class.values()]
-    groups = list(by_class.values())
-    order = rng.permutation(len(groups))
-    picked: list[dict] = []
-    while len(picked) < min(n, len(rows)):
-        for g in order:
-            if queues[g] and len(picked) < n:
-                picked.append(groups[g][queues[g].pop(0)])
-    return picked
-
-
-def explain_side_by_side(models: dict, manifest, methods: list[str], options: dict, n: int, seed: int,
-                         device: str, threads: int) -> dict:
-    """Each model of one dataset explains the same test images, for its own prediction, with each method.
-
-    models: {name: model.safetensors}. Returns {"files", "true", "models": {name: {"images", "preds",
-    "confidence", "class_names", "maps": {method: (N, H, W) or None}, "reasons": {method: str}}}}."""
-    import torch
-
-    from .data import load_rgb
-    from .methods import NotApplicable, attribute_batched, get_method
-    from .pixels import pixel_model
-    from .models import auto_batch
-    from .transforms import display_transform
-
-    rows = shared_test_images(manifest, n, seed)
-    out = {"files": [Path(r["path"]).name for r in rows], "true": [r["label"] for r in rows], "models": {}}
-    for name, path in models.items():
-        model, spec, net, dev = pixel_model(path, seed, device, threads)
-        show = display_transform(spec)
-        images = np.stack([show(load_rgb(r["path"])).permute(1, 2, 0).numpy() for r in rows]).astype(np.uint8)
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(dev)
-        with torch.no_grad():
-            probs = torch.softmax(net(x), 1)
-        conf, preds = probs.max(1)
-        batch = auto_batch(x.shape[-2], x.shape[-1], dev)
-        res = {"images": images, "preds": preds.cpu().numpy(), "confidence": conf.cpu().numpy(),
-               "class_names": list(spec["class_names"]), "maps": {}, "reasons": {}}
-        for method in methods:
-            m = get_method(method, batch_size=batch, **({"seed": seed} | options.get(method, {})))
-            try:
-                res["maps"][method] = attribute_batched(m, net, x, preds)
-            except NotApplicable as e:
-                res["maps"][method], res["reasons"][method] = None, str(e)
-        out["models"][name] = res
-        log.info("%s: explained %d shared images with %s", name, len(rows), ", ".join(methods))
-    return out
-
-
 def _side_by_side_section(dataset: str, shared: dict, methods: list[str]) -> dict:
+    """The side_by_side stage's images and maps as figures (or its failure, said in the comparison)."""
     from . import figures
-    from .methods import get_method
-    labels = {m: get_method(m).label for m in methods}
+    if "failed" in shared:
+        return {"dataset": dataset, "failed": shared["failed"], "methods": [], "rows": []}
+    labels = shared["labels"]
     rows = []
     for i, (file, true) in enumerate(zip(shared["files"], shared["true"])):
         cells = []
@@ -182,7 +125,8 @@ def _side_by_side_section(dataset: str, shared: dict, methods: list[str]) -> dic
         rows.append({"file": file, "true": true, "cells": cells})
     not_applicable = {f"{labels[m]} for {name}": why for name, r in shared["models"].items()
                       for m, why in r["reasons"].items()}
-    return {"dataset": dataset, "models": list(shared["models"]), "methods": [labels[m] for m in methods], "rows": rows,
+    return {"dataset": dataset, "failed": None, "models": list(shared["models"]), "methods": [labels[m] for m in methods],
+            "rows": rows,
             "not_applicable": not_applicable}
 
 
@@ -244,7 +188,7 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
                       settings: dict, template, css, out_html, out_summary, out_pdf=None,
                       benchmarks: dict | None = None, probs: dict | None = None) -> dict:
     """summaries: {model: summary.json}; baselines: {dataset: baseline.json}; compares: {dataset:
-    representations.json}; shared: {dataset: explain_side_by_side result}; benchmarks: {model: {stage: tsv}}."""
+    representations.json}; shared: {dataset: side_by_side.load_side_by_side result}; benchmarks: {model: {stage: tsv}}."""
     from . import figures
     from .rendering import jinja_env, package_versions, read_benchmarks, write_pdf
 

@@ -14,12 +14,12 @@ from PIL import Image  # noqa: E402
 # text.parse_math off: class and file names are the user's text, drawn literally ("cost $5", "$\\alpha$"),
 # never parsed as mathtext (which crashed the report on a class name with one "$").
 plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
-                     "text.parse_math": False})
+                     "text.parse_math": False, "svg.hashsalt": "cvaudit"})  # reproducible SVG ids
 
 
 def fig_uri(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})  # the same figure, the same bytes
     plt.close(fig)
     return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode()
 

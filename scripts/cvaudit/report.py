@@ -14,38 +14,20 @@ from .data import read_manifest
 from .diagnose import diagnosis
 from .evaluate import load_audit_set
 from .io import load_npz, read_json, stage_failure, write_json, write_text
+from .sections import AGREEMENT, SECTIONS, by_section
 from .rendering import device_description, jinja_env, package_versions, read_benchmarks, write_pdf
 from .report_sections import collect_robust, compare_section, represent_section, robust_section, units_section
 from .train import read_history
 
 log = logging.getLogger("cvaudit.report")
 SUMMARY_VERSION = 3
-# Inputs every report needs; any other input is an analysis stage that may have failed (runlog.run optional).
-CORE_INPUTS = {"manifest", "train_metrics", "history", "eval_metrics", "audit_set", "template", "css"}
-# The report's sections in their fixed order: (anchor, title in the table of contents).
-SECTIONS = [("summary", "Summary and verdicts"), ("diagnosis", "Diagnosis: a degenerate model"), ("card", "Model card"), ("data", "Data"), ("training", "Training"),
-            ("evaluation", "Evaluation and baselines"), ("calibration", "Calibration"),
-            ("attributions", "Attributions and their trust checks"), ("representations", "Representations"),
-            ("units", "Inside the network"), ("invariance", "Invariance"), ("adversarial", "Adversarial examples"),
-            ("shuffled_labels", "Shuffled-label test (memorisation)"), ("appendix", "Appendix: provenance and configuration")]
 
 
-def section_of(key: str) -> str:
-    """The report section an analysis input belongs to (by its input name in rules/report.smk)."""
-    for prefix, section in (("invariance_", "invariance"), ("adversarial_", "adversarial")):
-        if key.startswith(prefix):
-            return section
-    return {"represent": "representations", "compare": "representations", "units": "units", "ascent": "units",
-            "calibration": "calibration", "shuffled_labels": "shuffled_labels"}.get(key, "attributions")
-
-
-def failed_stages(inputs: dict) -> dict:
-    """{input name: failure record} for the analysis stages that failed."""
-    out = {}
-    for key, path in inputs.items():
-        if key not in CORE_INPUTS and (rec := stage_failure(path)):
-            out[key] = {**rec, "section": section_of(key)}
-    return out
+def failed_stages(grouped: dict[str, dict[str, str]]) -> dict:
+    """{(section, name): failure record} for the analysis stages that failed, each in the section that
+    reads it (cvaudit.sections)."""
+    return {(sid, name): {**rec, "section": sid} for sid, files in grouped.items() for name, path in files.items()
+            if (rec := stage_failure(path))}
 
 
 def _sample_grid(manifest, classes: list[str], per_class: int = 6, max_classes: int = 12) -> list[dict]:
@@ -78,10 +60,10 @@ def _surrogate_fit(arrays: dict, meta: dict) -> dict | None:
     return None
 
 
-def _attribution_section(audit: dict, explain: dict, verdicts: list[dict]) -> dict:
-    """Gallery (audit images x methods, shared colour scale), trust tables, curves, agreement."""
+def _attribution_section(audit: dict, explain: dict, verdicts: list[dict], agree: dict | None) -> dict:
+    """Gallery (audit images x methods, shared colour scale), trust tables, curves, and the agreement
+    between methods (the method_agreement stage's)."""
     from .checks import method_sentence
-    from .trust import agreement
 
     names = audit["class_names"]
     usable = {m: r for m, r in explain.items() if r["meta"]["applicable"]}
@@ -121,7 +103,6 @@ def _attribution_section(audit: dict, explain: dict, verdicts: list[dict]) -> di
     curves = {labels[m]: {"deletion": usable[m]["faith_deletion"], "insertion": usable[m]["faith_insertion"]}
               for m in usable}
     fractions = next(iter(usable.values()))["faith_fractions"] if usable else None
-    agree = agreement({labels[m]: usable[m]["maps_pred"] for m in shown}) if len(shown) > 1 else None
     stages = rows[0]["sanity"]["stages"] if rows and rows[0]["sanity"] else []
     return {
         "methods": [labels[m] for m in shown],
@@ -150,7 +131,7 @@ def _cam_gradcam(agree: dict | None, labels: dict, explain: dict) -> dict | None
             "layer": explain["gradcam"]["meta"].get("layer")}
 
 
-def collect(model: str, inputs: dict, methods: list[str]) -> dict:
+def collect(model: str, inputs: dict, maps: dict[str, str]) -> dict:
     """Everything the report shows, read from the stage outputs of this run."""
     r = {"model": model,
          "dataset": read_json(inputs["dataset_info"]),
@@ -164,32 +145,37 @@ def collect(model: str, inputs: dict, methods: list[str]) -> dict:
     for row in read_manifest(inputs["manifest"]):
         for why in filter(None, (row.get("converted") or "").split("; ")):
             r["conversions"][why] = r["conversions"].get(why, 0) + 1
-    for m in list(methods) + ["random"]:
-        if m in inputs:  # absent: the stage failed (see failed_stages)
-            r["explain"][m] = load_npz(inputs[m])
+    for m, path in maps.items():  # a method whose stage failed is absent (see failed_stages)
+        r["explain"][m] = load_npz(path)
     return r
 
 
 def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, settings: dict,
                   template: str | Path, css: str | Path, out_html, out_summary, out_pdf=None,
                   benchmarks: dict | None = None) -> dict:
-    failed = failed_stages(inputs)
-    inputs = {k: v for k, v in inputs.items() if k not in failed}
-    for key, rec in failed.items():
+    grouped = by_section(inputs)
+    failed = failed_stages(grouped)
+    grouped = {sid: {name: path for name, path in files.items() if (sid, name) not in failed}
+               for sid, files in grouped.items()}
+    for rec in failed.values():
         log.warning("%s: stage %s %s failed (%s); its section says so", model, rec["rule"], rec["wildcards"], rec["error"])
-    r = collect(model, inputs, settings["explain"]["methods"])
-    r["robust"] = collect_robust(inputs, settings)
+    att_files = dict(grouped.get("attributions", {}))
+    agreement_file = att_files.pop(AGREEMENT, None)
+    r = collect(model, inputs, att_files)
+    r["robust"] = collect_robust(grouped, settings)
+    reps, unit_files = grouped.get("representations", {}), grouped.get("units", {})
     verdicts = run_checks(r, settings["verdicts"])
     model_verdicts = [v for v in verdicts if v["method"] is None]
     status = overall(model_verdicts)  # about the model; each attribution method is judged in its own section
     versions = package_versions()
     audit = load_audit_set(inputs["audit_set"])
-    attributions = _attribution_section(audit, r["explain"], verdicts)
-    represent = represent_section(inputs["represent"], [str(n) for n in audit["class_names"]],
-                                   settings["represent"]["queries"]) if "represent" in inputs else None
-    units = units_section(inputs["units"], inputs.get("ascent"), model_cfg.get("resize", "stretch")) \
-        if "units" in inputs else None
-    compare = compare_section(inputs["compare"]) if "compare" in inputs else None
+    agree = read_json(agreement_file) if agreement_file else None
+    attributions = _attribution_section(audit, r["explain"], verdicts, agree if agree and agree["matrix"] else None)
+    represent = represent_section(reps["represent"], [str(n) for n in audit["class_names"]],
+                                   settings["represent"]["queries"]) if "represent" in reps else None
+    units = units_section(unit_files["units"], unit_files.get("ascent"), model_cfg.get("resize", "stretch")) \
+        if "units" in unit_files else None
+    compare = compare_section(reps["compare"]) if "compare" in reps else None
     robust = robust_section(r["robust"], [str(n) for n in audit["class_names"]]) if r["robust"] else None
     ev = r["eval"]
     stage_runs = read_benchmarks(benchmarks or {})
@@ -201,7 +187,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                "representations": represent is not None, "units": units is not None,
                "invariance": bool(robust and robust["invariance"]), "adversarial": bool(robust and robust["adversarial"]),
                "shuffled_labels": bool(robust and robust["shuffled_labels"])}
-    sections = [(sid, title) for sid, title in SECTIONS if present.get(sid, True) or sid in failed_by_section]
+    sections = [(s.id, s.title) for s in SECTIONS if present.get(s.id, True) or s.id in failed_by_section]
     summary = {
         "summary_version": SUMMARY_VERSION,
         "model": model,

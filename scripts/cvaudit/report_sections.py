@@ -102,16 +102,18 @@ def compare_section(path) -> dict:
     return {**c, "cka_fig": figures.agreement_heatmap(c["models"], c["cka"], label="linear CKA", vmin=0)}
 
 
-def collect_robust(inputs: dict, settings: dict) -> dict | None:
-    """Calibration, invariance curves and adversarial results, as the checks and the report read them."""
-    inv = {k[len("invariance_"):]: read_json(v) for k, v in inputs.items() if k.startswith("invariance_")}
-    adv = {k[len("adversarial_"):]: load_npz(v) for k, v in inputs.items() if k.startswith("adversarial_")}
-    if not inv and not adv and "calibration" not in inputs and "shuffled_labels" not in inputs:
+def collect_robust(grouped: dict[str, dict[str, str]], settings: dict) -> dict | None:
+    """Calibration, invariance curves and adversarial results, as the checks and the report read them
+    (grouped: the report's inputs by section, cvaudit.sections)."""
+    inv = {f: read_json(v) for f, v in grouped.get("invariance", {}).items()}
+    adv = {a: load_npz(v) for a, v in grouped.get("adversarial", {}).items()}
+    cal, shuffled = grouped.get("calibration", {}), grouped.get("shuffled_labels", {})
+    if not inv and not adv and not cal and not shuffled:
         return None
     rob = settings["robustness"]
     return {"invariance": inv, "adversarial": {a: v["meta"] for a, v in adv.items()}, "adversarial_arrays": adv,
-            "calibration": read_json(inputs["calibration"]) if "calibration" in inputs else None,
-            "shuffled_labels": read_json(inputs["shuffled_labels"]) if "shuffled_labels" in inputs else None,
+            "calibration": read_json(cal["calibration"]) if cal else None,
+            "shuffled_labels": read_json(shuffled["curves"]) if shuffled else None,
             "check_angle": rob["check_angle"], "check_epsilon": rob["adversarial"]["check_epsilon"]}
 
 

@@ -1,0 +1,22 @@
+# What the explain stage's maps say together (the explain stage itself is sharded: rules/sharded.smk).
+
+
+rule method_agreement:
+    input:
+        unpack(lambda wc: {m: f"results/{wc.model}/explain/{m}/maps.npz" for m in config["explain"]["methods"]}),
+    output:
+        agreement="results/{model}/explain/agreement.json",
+    params:
+        methods=config["explain"]["methods"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/method_agreement/{model}.log",
+    benchmark:
+        "benchmarks/method_agreement/{model}.tsv"
+    script:
+        "../scripts/method_agreement.py"

@@ -1,0 +1,28 @@
+"""The method_agreement stage: how alike one model's attribution maps are across methods (the mean rank
+correlation over the audit images, for the predicted class; cvaudit.trust.agreement). The report's
+attributions section reads what it writes."""
+from __future__ import annotations
+
+import logging
+
+from .io import load_npz, stage_failure, write_json
+from .registry import FLOOR_METHOD
+from .trust import agreement
+
+log = logging.getLogger("cvaudit.method_agreement")
+
+
+def run_method_agreement(maps: dict, out) -> dict:
+    """maps: {method: maps.npz} in the config's order. Methods whose stage failed or that do not apply to
+    the model are left out (their sections say why); with fewer than two left there is nothing to compare."""
+    usable = {}
+    for method, path in maps.items():
+        if method == FLOOR_METHOD or stage_failure(path):
+            continue
+        z = load_npz(path)
+        if z["meta"]["applicable"]:
+            usable[z["meta"]["label"]] = z["maps_pred"]
+    result = agreement(usable) if len(usable) > 1 else {"methods": list(usable), "matrix": None}
+    write_json(out, result)
+    log.info("agreement between %d methods", len(usable))
+    return result

@@ -1,0 +1,121 @@
+"""The model report's sections, in their order: the one registry the workflow and the report share.
+
+Each section has an id (its anchor, and its template `templates/sections/<id>.html.j2`), a title (the
+table of contents) and, for a section drawn from an analysis stage, `files(config, model)`: the
+stage outputs it reads, by name. rules/common.smk declares them as the report's inputs, named
+"<section>__<name>", and the report groups them back (`by_section`): a failed stage is shown in the
+section that reads it, and a switched-off stage's section is left out. Adding a section is its
+template, one entry here, and what it shows in cvaudit/report_sections.py. Imports nothing heavy (the
+Snakefile reads it).
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from .registry import FLOOR_METHOD
+
+SEP = "__"
+AGREEMENT = "agreement"  # the attributions section's file beside the methods' maps
+
+
+class Section(NamedTuple):
+    id: str
+    title: str
+    files: Callable[[dict, str], dict[str, str]] | None = None  # (config, model) -> {name: path}
+
+
+def _robust(config: dict) -> dict | None:
+    return config["robustness"] if config["robustness"]["enabled"] else None
+
+
+def _trained(config: dict, model: str) -> bool:
+    return config["models"][model]["train"] is not False
+
+
+def _models_on(config: dict, dataset: str) -> list[str]:
+    return [m for m, c in config["models"].items() if c["dataset"] == dataset]
+
+
+def _calibration(config, model):
+    rob = _robust(config)
+    return {"calibration": f"results/{model}/robust/calibration.json"} \
+        if rob and rob["calibration"]["enabled"] else {}
+
+
+def _attributions(config, model):
+    files = {m: f"results/{model}/explain/{m}/maps.npz" for m in [*config["explain"]["methods"], FLOOR_METHOD]}
+    if len(config["explain"]["methods"]) > 1:  # the method_agreement stage: how alike the methods' maps are
+        files[AGREEMENT] = f"results/{model}/explain/agreement.json"
+    return files
+
+
+def _representations(config, model):
+    if not config["represent"]["enabled"]:
+        return {}
+    files = {"represent": f"results/{model}/represent/embeddings.npz"}
+    dataset = config["models"][model]["dataset"]
+    if len(_models_on(config, dataset)) > 1:  # CKA between the models trained on the same data
+        files["compare"] = f"results/compare/{dataset}/representations.json"
+    return files
+
+
+def _units(config, model):
+    rep = config["represent"]
+    if not rep["enabled"]:
+        return {}
+    files = {"units": f"results/{model}/represent/units.npz"}
+    if rep["ascent"]["enabled"]:
+        files["ascent"] = f"results/{model}/represent/ascent.npz"
+    return files
+
+
+def _invariance(config, model):
+    rob = _robust(config)
+    return {f: f"results/{model}/robust/invariance/{f}.json" for f in rob["invariance"]} if rob else {}
+
+
+def _adversarial(config, model):
+    rob = _robust(config)
+    if not rob or not rob["adversarial"]["enabled"]:
+        return {}
+    return {a: f"results/{model}/robust/adversarial/{a}.npz" for a in rob["adversarial"]["attacks"]}
+
+
+def _shuffled_labels(config, model):
+    rob = _robust(config)
+    return {"curves": f"results/{model}/robust/shuffled_labels.json"} \
+        if rob and rob["shuffled_labels"]["enabled"] and _trained(config, model) else {}
+
+
+SECTIONS = [
+    Section("summary", "Summary and verdicts"),
+    Section("diagnosis", "Diagnosis: a degenerate model"),
+    Section("card", "Model card"),
+    Section("data", "Data"),
+    Section("training", "Training"),
+    Section("evaluation", "Evaluation and baselines"),
+    Section("calibration", "Calibration", _calibration),
+    Section("attributions", "Attributions and their trust checks", _attributions),
+    Section("representations", "Representations", _representations),
+    Section("units", "Inside the network", _units),
+    Section("invariance", "Invariance", _invariance),
+    Section("adversarial", "Adversarial examples", _adversarial),
+    Section("shuffled_labels", "Shuffled-label test (memorisation)", _shuffled_labels),
+    Section("appendix", "Appendix: provenance and configuration"),
+]
+BY_ID = {s.id: s for s in SECTIONS}
+
+
+def report_inputs(config: dict, model: str) -> dict[str, str]:
+    """Every analysis output a model's report reads, named "<section>__<name>"."""
+    return {f"{s.id}{SEP}{name}": path for s in SECTIONS if s.files for name, path in s.files(config, model).items()}
+
+
+def by_section(inputs: dict) -> dict[str, dict[str, str]]:
+    """The report's analysis inputs grouped back: {section id: {name: path}} (other inputs are left out)."""
+    out: dict[str, dict[str, str]] = {}
+    for key, path in inputs.items():
+        sid, sep, name = key.partition(SEP)
+        if sep and sid in BY_ID:
+            out.setdefault(sid, {})[name] = path
+    return out

@@ -1,0 +1,96 @@
+"""The report's section registry (cvaudit.sections): what each section reads, grouped back the same way,
+one template per section, and the two stages that took work out of the renderers."""
+import copy
+
+import numpy as np
+import yaml
+
+from conftest import REPO
+from cvaudit.config import validate_config
+from cvaudit.sections import SECTIONS, by_section, report_inputs
+
+DEMO = validate_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+
+
+def test_every_section_has_its_template_and_no_template_is_orphaned():
+    templates = {p.name.removesuffix(".html.j2") for p in (REPO / "templates" / "sections").glob("*.html.j2")}
+    assert templates == {s.id for s in SECTIONS}
+    layout = (REPO / "templates" / "report.html.j2").read_text()
+    assert '{% include "sections/" ~ sid ~ ".html.j2" %}' in layout and "<section" not in layout
+
+
+def test_the_report_reads_each_stage_output_once_and_groups_it_back_by_section():
+    inputs = report_inputs(DEMO, "cnn_fmnist")
+    assert len(set(inputs.values())) == len(inputs)
+    grouped = by_section({**inputs, "manifest": "m.csv", "audit_set": "a.npz"})  # core inputs are no section's
+    assert set(grouped["attributions"]) == {*DEMO["explain"]["methods"], "random", "agreement"}
+    assert set(grouped["invariance"]) == set(DEMO["robustness"]["invariance"])
+    assert set(grouped["adversarial"]) == set(DEMO["robustness"]["adversarial"]["attacks"])
+    assert grouped["representations"]["compare"] == "results/compare/fmnist/representations.json"
+    assert set(grouped["units"]) == {"units", "ascent"} and "shuffled_labels" not in grouped  # off in the demo
+    assert "representations" in by_section(report_inputs(DEMO, "lite0_imagenet"))
+    assert "compare" not in by_section(report_inputs(DEMO, "lite0_imagenet"))["representations"]  # alone on its data
+
+
+def test_switches_remove_a_sections_files():
+    cfg = copy.deepcopy(DEMO)
+    cfg["robustness"]["adversarial"]["enabled"] = False
+    cfg["represent"]["enabled"] = False
+    cfg["robustness"]["shuffled_labels"]["enabled"] = True
+    grouped = by_section(report_inputs(cfg, "cnn_fmnist"))
+    assert not {"adversarial", "representations", "units"} & set(grouped)
+    assert grouped["shuffled_labels"] == {"curves": "results/cnn_fmnist/robust/shuffled_labels.json"}
+    assert "shuffled_labels" not in by_section(report_inputs(cfg, "lite0_imagenet"))  # not trained here
+    cfg["robustness"]["enabled"] = False
+    assert not {"calibration", "invariance", "shuffled_labels"} & set(by_section(report_inputs(cfg, "cnn_fmnist")))
+    cfg["explain"]["methods"] = ["gradcam"]  # one method: nothing to agree with, no method_agreement job
+    assert by_section(report_inputs(cfg, "cnn_fmnist"))["attributions"].keys() == {"gradcam", "random"}
+
+
+def test_method_agreement_is_the_rank_correlation_of_the_maps_and_skips_what_cannot_be_compared(tmp_path):
+    from cvaudit.io import read_json, save_npz, write_failure
+    from cvaudit.method_agreement import run_method_agreement
+    rng = np.random.default_rng(0)
+    a = rng.random((5, 8, 8)).astype(np.float32)
+    files = {}
+    for name, label, maps, ok in (("saliency", "Saliency", a, True), ("copy", "Copy", a * 3 + 1, True),
+                                  ("flipped", "Flipped", -a, True), ("cam", "CAM", None, False),
+                                  ("random", "Random", rng.random((5, 8, 8)), True)):
+        files[name] = tmp_path / f"{name}.npz"
+        save_npz(files[name], {"label": label, "applicable": ok}, **({"maps_pred": maps} if ok else {}))
+    files["lime"] = tmp_path / "lime.npz"
+    write_failure(files["lime"], {"rule": "explain", "error": "out of memory"})  # a stage that crashed
+    res = run_method_agreement(files, tmp_path / "agreement.json")
+    assert res == read_json(tmp_path / "agreement.json")
+    assert res["methods"] == ["Saliency", "Copy", "Flipped"]  # not applicable, failed and the random floor left out
+    m = np.array(res["matrix"])
+    assert np.allclose(np.diag(m), 1) and np.isclose(m[0, 1], 1) and np.isclose(m[0, 2], -1) and np.allclose(m, m.T)
+    alone = run_method_agreement({"saliency": files["saliency"]}, tmp_path / "alone.json")
+    assert alone == {"methods": ["Saliency"], "matrix": None}
+
+
+def test_side_by_side_round_trips_what_the_comparison_shows(tmp_path, monkeypatch):
+    from cvaudit import side_by_side
+    shared = {"files": ["a.png", "b.png"], "true": ["bag", "trouser"], "models": {
+        "cnn.v2": {"images": np.zeros((2, 4, 4, 3), np.uint8), "preds": np.array([0, 1]),
+                   "confidence": np.array([0.9, 0.6], np.float32), "class_names": ["bag", "trouser"],
+                   "maps": {"gradcam": np.ones((2, 4, 4), np.float32), "integrated_gradients": None},
+                   "reasons": {"integrated_gradients": "not here"}},
+        "mlp": {"images": np.ones((2, 4, 4, 3), np.uint8), "preds": np.array([1, 1]),
+                "confidence": np.array([0.5, 0.7], np.float32), "class_names": ["bag", "trouser"],
+                "maps": {"gradcam": None, "integrated_gradients": np.full((2, 4, 4), 2, np.float32)},
+                "reasons": {"gradcam": "no conv"}}}}
+    monkeypatch.setattr(side_by_side, "explain_side_by_side", lambda *a, **k: shared)
+    side_by_side.run_side_by_side({}, None, ["gradcam", "integrated_gradients"], {}, 2, 0, "cpu", 1,
+                                  out=tmp_path / "side.npz")
+    back = side_by_side.load_side_by_side(tmp_path / "side.npz")
+    assert back["files"] == shared["files"] and back["true"] == shared["true"]
+    assert back["labels"] == {"gradcam": "Grad-CAM", "integrated_gradients": "Integrated gradients"}
+    assert list(back["models"]) == ["cnn.v2", "mlp"]  # a model name with a dot survives
+    for name, r in shared["models"].items():
+        b = back["models"][name]
+        assert b["reasons"] == r["reasons"] and b["class_names"] == r["class_names"]
+        for k in ("images", "preds", "confidence"):
+            assert np.array_equal(b[k], r[k])
+        for m, v in r["maps"].items():
+            assert (b["maps"][m] is None) if v is None else np.array_equal(b["maps"][m], v)
