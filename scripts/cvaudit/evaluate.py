@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader
 from . import CvauditError, stats
 from .data import ImageDataset, load_rgb, manifest_classes, read_manifest
 from .io import atomic_path, read_json, write_json
-from .models import auto_batch, load_model, resolve_device
+from .models import auto_batch
+from .pixels import start_stage
 from .transforms import display_transform, eval_transform
-from .train import seed_everything
 
 log = logging.getLogger("cvaudit.evaluate")
 
@@ -157,9 +157,7 @@ def batch_statistics_accuracy(model, rows, spec, device, targets: np.ndarray) ->
 def evaluate_model(name: str, model_path, manifest, baseline, audit_cfg: dict, seed: int, device: str,
                    threads: int, out_predictions, out_metrics, out_audit, out_probs) -> dict:
     t0 = time.time()
-    seed_everything(seed, threads)
-    dev = resolve_device(device)
-    model, spec = load_model(model_path, dev)
+    model, spec, dev = start_stage(model_path, seed, device, threads)
     rows = read_manifest(manifest, "test")
     if not rows:
         raise CvauditError(f"model '{name}': the dataset has no test images; raise config key datasets.*.split.test")

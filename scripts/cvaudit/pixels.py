@@ -24,12 +24,18 @@ class PixelSpace(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
-def pixel_model(model_path, seed: int, device: str, threads: int, frozen: bool = False):
-    """A stage's start: seed everything, load the saved model on the device, wrap it in PixelSpace.
-    frozen: no parameter needs a gradient (only the input does). Returns model, spec, net, device."""
+def start_stage(model_path, seed: int, device: str, threads: int):
+    """A stage's start: seed everything, load the saved model on the device. Returns model, spec, device."""
     seed_everything(seed, threads)
     dev = resolve_device(device)
     model, spec = load_model(model_path, dev)
+    return model, spec, dev
+
+
+def pixel_model(model_path, seed: int, device: str, threads: int, frozen: bool = False):
+    """start_stage, with the model wrapped in PixelSpace (it takes images in [0, 1]). frozen: no parameter
+    needs a gradient (only the input does). Returns model, spec, net, device."""
+    model, spec, dev = start_stage(model_path, seed, device, threads)
     if frozen:
         for p in model.parameters():
             p.requires_grad_(False)

@@ -15,9 +15,9 @@ from . import CvauditError
 from .data import ImageDataset, read_manifest
 from .hooks import Hooks
 from .io import load_npz, save_npz
-from .models import _head_name, auto_batch, load_model, resolve_device
+from .models import _head_name, auto_batch
+from .pixels import start_stage
 from .transforms import eval_transform
-from .train import seed_everything
 
 log = logging.getLogger("cvaudit.represent")
 
@@ -124,9 +124,7 @@ def embedding_space(emb: np.ndarray, labels: np.ndarray, seed: int, k: int = 5, 
 
 def run_represent(model_path, manifest, options: dict, seed: int, device: str, threads: int, out) -> dict:
     t0 = time.time()
-    seed_everything(seed, threads)
-    dev = resolve_device(device)
-    model, spec = load_model(model_path, dev)
+    model, spec, dev = start_stage(model_path, seed, device, threads)
     rows = read_manifest(manifest, "test")
     index = {c: i for i, c in enumerate(spec["class_names"])}
     labels = np.array([index[r["label"]] for r in rows])
