@@ -64,9 +64,9 @@ def test_attribution_section_shows_every_method_and_its_trust_scores(run):
 
 
 def test_representation_section_shows_the_embedding_numbers(run):
-    from cvaudit.represent import load_represent
+    from cvaudit.io import load_npz
     for m in MODELS:
-        rep = load_represent(run / "results" / m / "represent" / "embeddings.npz")
+        rep = load_npz(run / "results" / m / "represent" / "embeddings.npz")
         html = (run / "results" / m / "report" / "report.html").read_text()
         n_test = json.loads((run / "results" / m / "eval" / "metrics.json").read_text())["n_test"]
         assert rep["embeddings"].shape[0] == rep["labels"].shape[0] == rep["tsne"].shape[0] == n_test

@@ -12,9 +12,8 @@ from .io import load_npz, read_json
 
 def represent_section(path, names: list[str], queries: int) -> dict:
     """Embedding space figures, k-NN / silhouette, neighbour retrieval (mistakes first), layer CKA."""
-    from .represent import load_represent
 
-    r = load_represent(path)
+    r = load_npz(path)
     meta = r["meta"]
     labels, preds, paths = r["labels"], r["preds"], [str(p) for p in r["paths"]]
     wrong = labels != preds

@@ -145,7 +145,6 @@ def run_represent(model_path, manifest, options: dict, seed: int, device: str, t
     return meta
 
 
-load_represent = load_npz
 
 def compare_models(paths: dict, seed: int, out, max_images: int = 2000) -> dict:
     """Linear CKA between the penultimate embeddings of models that saw the same test images, and
