@@ -1,4 +1,4 @@
-from cvaudit.evaluate import fit_baseline
+from cvaudit.baseline import fit_baseline
 
 
 def main(sm):

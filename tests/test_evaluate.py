@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from cvaudit.data import ingest, read_manifest
-from cvaudit.evaluate import choose_audit_set, classification_metrics, fit_baseline
+from cvaudit.baseline import fit_baseline
+from cvaudit.evaluate import choose_audit_set, classification_metrics
 
 
 def test_metrics_on_a_hand_computed_example():
