@@ -59,3 +59,30 @@ def test_the_package_has_no_import_cycle():
     for m in sorted(graph):
         if m not in state:
             visit(m)
+
+
+def test_compare_results_names_every_changed_missing_and_new_number(tmp_path):
+    """tools/compare_results.py: the check that a refactor moved no number of the demo (issue 14)."""
+    import json
+    import subprocess
+    import sys
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root, acc, extra in ((a, 0.8, {}), (b, 0.8, {})):
+        (root / "m" / "report").mkdir(parents=True)
+        doc = {"metrics": {"accuracy": acc, "n": 10}, "provenance": {"generated": str(root), "stage_runs": [1]},
+               "robustness": {"randomisation": {"chance": 0.1}}, **extra}
+        (root / "m" / "report" / "summary.json").write_text(json.dumps(doc))
+    tool = [sys.executable, str(REPO / "tools" / "compare_results.py"), str(a), str(b)]
+    p = subprocess.run(tool, capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.startswith("identical: 3 values")  # time stamps and run times skipped
+    doc = json.loads((b / "m" / "report" / "summary.json").read_text())
+    doc["metrics"]["accuracy"] = 0.8000001
+    doc["robustness"] = {"shuffled_labels": {"chance": 0.1}}
+    (b / "m" / "report" / "summary.json").write_text(json.dumps(doc))
+    p = subprocess.run(tool, capture_output=True, text=True)
+    assert p.returncode == 1 and "changed  m/report/summary.json:metrics/accuracy: 0.8 -> 0.8000001" in p.stdout
+    assert "missing  m/report/summary.json:robustness/randomisation/chance" in p.stdout
+    assert "new      m/report/summary.json:robustness/shuffled_labels/chance" in p.stdout
+    p = subprocess.run(tool + ["--rename", "randomisation=shuffled_labels", "--tol", "1e-6"], capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stdout

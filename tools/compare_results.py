@@ -29,7 +29,8 @@ def flatten(value, prefix: str = "") -> dict[str, object]:
         for key, item in value.items():
             if key in VOLATILE:
                 continue
-            out.update(flatten(item, f"{prefix}/{key}" if prefix else str(key)))
+            sep = "" if not prefix or prefix.endswith(":") else "/"
+            out.update(flatten(item, f"{prefix}{sep}{key}"))
     elif isinstance(value, list):
         for i, item in enumerate(value):
             out.update(flatten(item, f"{prefix}[{i}]"))
