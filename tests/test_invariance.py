@@ -83,7 +83,8 @@ def test_identity_returns_the_batch_itself_and_an_unknown_family_is_named():
     x = torch.rand(1, 3, 8, 8)
     for family, identity in IDENTITY.items():
         assert transform(family, x, identity) is x
-    with pytest.raises(CvauditError, match=r"unknown transform family 'warp' \(config key robustness.invariance\)"):
+    with pytest.raises(CvauditError, match=r"unknown transform family 'warp' \(config key robustness.invariance\)"
+                                           r"; available: translate, rotate, scale, brightness, contrast, noise, blur, jpeg$"):
         transform("warp", x, 1.0)
 
 
@@ -116,8 +117,8 @@ def test_equivariance_error_scales_each_map_to_max_one_and_ignores_negative_evid
 
 
 def test_translation_is_a_pure_shift_by_a_fraction_of_the_width():
-    x = torch.zeros(1, 3, 60, 100)
-    x[..., 3, 4] = 1  # far from the centre: any rotation or shear would move it off the shifted spot
+    x = torch.zeros(1, 3, 400, 100)
+    x[..., 3, 4] = 1  # far from the centre: any rotation or shear (even 1 degree) would move it off the spot
     y = transform("translate", x, 0.1)  # 10 px (of the width, 100), right and down
     want = torch.zeros_like(x)
     want[..., 13, 14] = 1
