@@ -57,7 +57,14 @@ def same(a, b, tol: float) -> bool:
 
 
 def compare(before: dict, after: dict, tol: float) -> list[str]:
+    """A line per value that differs; a file only one side has is one line."""
     lines = []
+    files = lambda leaves: {k.split(":", 1)[0] for k in leaves}  # noqa: E731
+    only_after, only_before = files(after) - files(before), files(before) - files(after)
+    lines += [f"new file      {f}" for f in sorted(only_after)]
+    lines += [f"missing file  {f}" for f in sorted(only_before)]
+    before = {k: v for k, v in before.items() if k.split(":", 1)[0] not in only_before}
+    after = {k: v for k, v in after.items() if k.split(":", 1)[0] not in only_after}
     for key in sorted(set(before) | set(after)):
         if key not in after:
             lines.append(f"missing  {key} (was {before[key]!r})")
