@@ -280,4 +280,3 @@ def merge(attack: str, job: dict, parts: list[tuple[dict, dict]], out) -> dict:
     for chk in result.get("masking", []):
         log.info("masking check %s: %s (%s)", chk["name"], "pass" if chk["passed"] else "FAIL", chk["detail"])
     return result
-

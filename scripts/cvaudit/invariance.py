@@ -199,4 +199,3 @@ def merge(family: str, job: dict, parts: list[tuple[dict, dict]], out) -> dict:
     log.info("%s: score %s, accuracy %s (%.1fs, %d part(s))", family, result["score"], np.round(acc, 3).tolist(),
              result["seconds"], len(loaded))
     return result
-
