@@ -132,3 +132,15 @@ def test_blur_uses_three_sigmas_each_side():
 
 def test_a_single_severity_away_from_the_identity_scores_its_accuracy_over_clean():
     assert robustness_score([2.0], [0.4], 0.8, 1.0) == pytest.approx(0.5)
+
+
+def test_every_family_takes_an_empty_batch_and_so_does_predict():
+    """A shard past the end of a small test set has no images: it must give empty results, not fail."""
+    from cvaudit.pixels import predict
+    from tiny_models import pixel_cnn
+    empty = torch.zeros(0, 3, 8, 8)
+    for family in IDENTITY:
+        away = {"scale": 0.5, "brightness": 0.5, "contrast": 0.5, "jpeg": 50, "rotate": 15}.get(family, 0.1)
+        assert transform(family, empty, away, seeds=[]).shape == (0, 3, 8, 8), family
+    preds, conf = predict(pixel_cnn(), torch.zeros(0, 3, 28, 28), 4)
+    assert preds.dtype == torch.long and preds.shape == conf.shape == (0,)

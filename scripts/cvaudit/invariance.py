@@ -23,6 +23,8 @@ log = logging.getLogger("cvaudit.invariance")
 
 def _jpeg(x: torch.Tensor, quality: float) -> torch.Tensor:
     """JPEG round trip per image with Pillow (torchvision's encoder is deprecated)."""
+    if not len(x):  # an empty shard
+        return x
     import io
 
     from PIL import Image

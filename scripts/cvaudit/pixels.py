@@ -49,7 +49,7 @@ def inner(net: nn.Module) -> nn.Module:
 @torch.no_grad()
 def class_probability(net: nn.Module, x: torch.Tensor, target: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Softmax probability of `target` (one class per image, broadcast if one) in batches."""
-    out = []
+    out = [torch.zeros(0, device=x.device)]  # no images (an empty shard): no probabilities
     for i in range(0, len(x), batch_size):
         p = torch.softmax(net(x[i:i + batch_size]).float(), 1)
         t = target[i:i + batch_size] if target.numel() > 1 else target.expand(len(p))
@@ -82,7 +82,7 @@ def image_generator(seed: int, index: int) -> torch.Generator:
 @torch.no_grad()
 def predict(net, x01: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted class and its probability for images in [0, 1], in batches."""
-    preds, conf = [], []
+    preds, conf = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0)]  # an empty shard has none
     for i in range(0, len(x01), batch):
         p = torch.softmax(net(x01[i:i + batch]).float(), 1)
         c, q = p.max(1)

@@ -45,7 +45,7 @@ def explain_side_by_side(models: dict, manifest, methods: list[str], options: di
 
     from .data import load_rgb
     from .methods import NotApplicable, attribute_batched, get_method
-    from .pixels import pixel_model
+    from .pixels import pixel_model, predict
     from .models import auto_batch
     from .transforms import display_transform
 
@@ -56,16 +56,14 @@ def explain_side_by_side(models: dict, manifest, methods: list[str], options: di
         show = display_transform(spec)
         images = np.stack([show(load_rgb(r["path"])).permute(1, 2, 0).numpy() for r in rows]).astype(np.uint8)
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(dev)
-        with torch.no_grad():
-            probs = torch.softmax(net(x), 1)
-        conf, preds = probs.max(1)
         batch = auto_batch(x.shape[-2], x.shape[-1], dev)
-        res = {"images": images, "preds": preds.cpu().numpy(), "confidence": conf.cpu().numpy(),
+        preds, conf = predict(net, x, batch)
+        res = {"images": images, "preds": preds.numpy(), "confidence": conf.numpy(),
                "class_names": list(spec["class_names"]), "maps": {}, "reasons": {}}
         for method in methods:
             m = get_method(method, batch_size=batch, **({"seed": seed} | options.get(method, {})))
             try:
-                res["maps"][method] = attribute_batched(m, net, x, preds)
+                res["maps"][method] = attribute_batched(m, net, x, preds.to(dev))
             except NotApplicable as e:
                 res["maps"][method], res["reasons"][method] = None, str(e)
         out["models"][name] = res
