@@ -103,3 +103,24 @@ def test_the_workflow_runs_shards_as_jobs_and_merges_them(run, tmp_path):
         else:
             (tmp_path / "before.npz").write_bytes(before[t])
             same_npz(tmp_path / "before.npz", work / t)
+
+
+def test_streamed_chunks_equal_one_chunk(run, tmp_path, monkeypatch):
+    """Within a job the explain stage streams the audit set in chunks (explain.CHUNK_IMAGES): chunks of 4
+    images (6 audit images: 4 + 2, the sanity check in the first) give what one chunk gives, including the
+    per-image records that integrated gradients and LIME keep."""
+    from cvaudit import explain
+    from cvaudit.config import validate_config
+    from cvaudit.shards import run_stage
+    from conftest import REPO
+    cfg = validate_config(yaml.safe_load((run / "config.yaml").read_text()), REPO / "config" / "schema.yaml")
+    res = run / "results" / "cnn_tiny"
+    for method in ("integrated_gradients", "lime", "gradcam"):
+        job = dict(model=res / "model.safetensors", seed=cfg["seed"], device="cpu", threads=1,
+                   data=res / "eval" / "audit_set.npz", options=cfg["explain"].get(method, {}),
+                   trust=cfg["explain"]["trust"])
+        run_stage("explain", method, job, tmp_path / f"{method}.one.npz")
+        monkeypatch.setattr(explain, "CHUNK_IMAGES", 4)
+        run_stage("explain", method, job, tmp_path / f"{method}.chunked.npz")
+        monkeypatch.setattr(explain, "CHUNK_IMAGES", 64)
+        same_npz(tmp_path / f"{method}.one.npz", tmp_path / f"{method}.chunked.npz")

@@ -6,7 +6,8 @@ from safetensors.torch import load_file
 
 from cvaudit.data import ingest
 from cvaudit.models import build_model, load_model
-from cvaudit.train import read_history, train_model
+from cvaudit.io import read_history
+from cvaudit.train import train_model
 
 TRAIN = {"batch_size": 8, "head_epochs": 0, "finetune_epochs": 0, "lr": 0.01, "finetune_lr": 0.001,
          "weight_decay": 0.0, "patience": 100, "label_smoothing": 0.0, "freeze_bn": True,
@@ -83,10 +84,10 @@ def test_precise_bn_sets_running_statistics_to_the_training_images_batch_average
     import numpy as np
     import torch
 
-    from cvaudit.data import ingest, read_manifest
+    from cvaudit.data import image_loader, ingest, read_manifest
     from cvaudit.models import build_model
     from cvaudit.transforms import eval_transform
-    from cvaudit.train import _loader, precise_bn
+    from cvaudit.train import precise_bn
     ingest({"source": "imagefolder", "path": str(clean_folder), "split": {"val": 0.0, "test": 0.0}}, "t", 0, tmp_path)
     rows = read_manifest(tmp_path / "manifest.csv", "train")
     spec = {"arch": "simple_cnn", "arch_options": {"channels": [4, 8]}, "weights": "none", "num_classes": 3,
@@ -98,8 +99,25 @@ def test_precise_bn_sets_running_statistics_to_the_training_images_batch_average
         bn.running_mean.fill_(7.0)  # stale
     seen = []
     h = bn.register_forward_hook(lambda m, i, o: seen.append(i[0].mean((0, 2, 3)).clone()))
-    used = precise_bn(model, _loader(rows, spec["class_names"], eval_transform(spec), 8, True, 0), "cpu")
+    used = precise_bn(model, image_loader(rows, spec["class_names"], eval_transform(spec), 8, "cpu", True, 0),
+                      "cpu")
     h.remove()
     assert used == len(seen) == int(np.ceil(len(rows) / 8)) - (len(rows) % 8 == 1)
     assert torch.allclose(bn.running_mean, torch.stack(seen).mean(0), atol=1e-5)
     assert not model.training and not bn.training and bn.momentum == 0.1
+
+
+def test_image_loader_decodes_in_the_main_process_on_a_cpu_and_with_pinned_workers_on_a_gpu(monkeypatch):
+    """The GPU path (issue 15): a stage on CUDA gets decoding workers (up to 4, one core left for the main
+    process) and pinned memory; on a CPU it decodes in the main process, as the tests' results assume."""
+    import os
+
+    from cvaudit import data
+    rows = [{"path": "x.png", "label": "a"}]
+    cpu = data.image_loader(rows, ["a"], None, 4, "cpu")
+    assert cpu.num_workers == 0 and not cpu.pin_memory
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    gpu = data.image_loader(rows, ["a"], None, 4, "cuda:0")
+    assert gpu.num_workers == 4 and gpu.pin_memory
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert data.loader_workers("cuda") == 1 and data.loader_workers("cpu") == 0

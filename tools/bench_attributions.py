@@ -1,18 +1,25 @@
 #!/usr/bin/env python
-"""Speed of the perturbation methods against their compute floor, and against the libraries' defaults.
+"""Speed of the perturbation methods (and integrated gradients) against their compute floor, and against
+the libraries' own defaults, timed so that a drift in this machine's speed cannot fake a ratio.
 
-For each method on the demo model (EfficientNet-Lite0, packaged ImageNet weights, 224 px, foolbox's
-photos) it measures wall time, the images the model really saw (counted by a hook), and the ratio
-of wall time to the time of the same number of plain batched passes (forward, or forward + input
-gradient for integrated gradients). Then the same explanations with the libraries' defaults.
+For each method on the demo's pretrained model (EfficientNet-Lite0, packaged ImageNet weights, 224 px,
+foolbox's photos):
+- the passes the model really makes are recorded by a hook (the images of every call, and whether an
+  input gradient was taken), and the floor is the replay of exactly those calls as plain batched passes
+  (same batch sizes, same gradients): the time the model alone needs for that method;
+- the method and its floor run interleaved (A B A B ..., `--repeats` pairs after a warm-up), and the
+  table gives the median of the per-pair ratios with their min-max; likewise against the library's
+  default (captum's, lime's, shap's own call with its default batching).
 
-    .venv/bin/python tools/bench_attributions.py [--images 4] [--threads 2] [--out results/bench/attributions.json]
+    .venv/bin/python tools/bench_attributions.py [--images 4] [--threads 2] [--repeats 5] [--device cpu]
+        [--out results/bench/attributions.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,159 +28,161 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from cvaudit.data import foolbox_dir, load_rgb  # noqa: E402
-from cvaudit.explain import PixelSpace, attribute_batched, get_method  # noqa: E402
+from cvaudit.hooks import Hooks  # noqa: E402
+from cvaudit.methods import attribute_batched, get_method  # noqa: E402
+from cvaudit.methods.perturbation import superpixels, target_probability_fn  # noqa: E402
 from cvaudit.models import auto_batch, build_model, normalisation  # noqa: E402
-from cvaudit.trust import deletion_insertion  # noqa: E402
+from cvaudit.pixels import PixelSpace  # noqa: E402
+
+SETTINGS = {"occlusion": {"window": 56, "stride": 28}, "integrated_gradients": {"steps": 16},
+            "lime": {"samples": 128, "segments": 40}, "shap": {"evals": 128}}
 
 
-class Counter:
-    """Counts the images passed through a model (one object owns the hook; removed on exit)."""
-
-    def __init__(self, net):
-        self.net, self.n = net, 0
-
-    def __enter__(self):
-        self.h = self.net.register_forward_pre_hook(lambda m, a: setattr(self, "n", self.n + a[0].shape[0]))
-        return self
-
-    def __exit__(self, *exc):
-        self.h.remove()
+def trace(fn, net) -> list[tuple[int, bool]]:
+    """The model calls `fn` makes: (images, with an input gradient) for each."""
+    calls = []
+    with Hooks() as hooks:
+        hooks.forward_pre(net, lambda m, a: calls.append((a[0].shape[0], torch.is_grad_enabled()
+                                                          and a[0].requires_grad)))
+        fn()
+    return calls
 
 
-def timed(fn, net, repeats: int = 2):
-    """Best wall time of `repeats` runs (this machine's speed drifts by tens of percent) and the images
-    the model saw in one run."""
-    best, seen = float("inf"), 0
+def replay(net, x: torch.Tensor, calls: list[tuple[int, bool]]):
+    """The floor: the same calls as plain passes (a forward, or a forward and an input gradient)."""
+    pool = x.repeat((max(b for b, _ in calls) + len(x) - 1) // len(x), 1, 1, 1)
+
+    def run():
+        for b, grad in calls:
+            xb = pool[:b]
+            if grad:
+                xi = xb.clone().requires_grad_(True)
+                torch.autograd.grad(net(xi)[:, 0].sum(), xi)
+            else:
+                with torch.no_grad():
+                    net(xb)
+        sync(x.device)
+    return run
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(a, b, repeats: int, device) -> dict:
+    """Time a and b in turn (a warm-up pair first), `repeats` pairs; the ratio a/b per pair."""
+    def once(fn):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        return time.perf_counter() - t
+    once(a), once(b)
+    ta, tb = [], []
     for _ in range(repeats):
-        with Counter(net) as c:
-            t = time.perf_counter()
-            fn()
-            best, seen = min(best, time.perf_counter() - t), c.n
-    return best, seen
+        ta.append(once(a))
+        tb.append(once(b))
+    ratios = [x / y for x, y in zip(ta, tb)]
+    return {"a_s": round(statistics.median(ta), 3), "b_s": round(statistics.median(tb), 3),
+            "ratio": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
+            "ratio_max": round(max(ratios), 3)}
 
 
-def per_image_floor(net, x, batch: int, grad: bool, reps: int = 5) -> float:
-    xb = x.repeat((batch + len(x) - 1) // len(x), 1, 1, 1)[:batch]
-    t = torch.zeros(batch, dtype=torch.long)
+def library_defaults(net, x, target) -> dict:
+    """Each method as its library's own call with the library's default batching."""
+    from captum.attr import IntegratedGradients, Occlusion
 
-    def once():
-        if grad:
-            xi = xb.clone().requires_grad_(True)
-            out = net(xi)
-            torch.autograd.grad(out.gather(1, t.view(-1, 1)).sum(), xi)
-        else:
-            with torch.no_grad():
-                net(xb)
-    once()  # warm-up
-    times = []
-    for _ in range(reps):
-        s = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - s)
-    return float(np.min(times)) / batch
+    def occlusion():
+        Occlusion(lambda inp: torch.softmax(net(inp), 1)).attribute(
+            x, sliding_window_shapes=(3, 56, 56), strides=(3, 28, 28), baselines=0.5, target=target)
+
+    def integrated_gradients():
+        IntegratedGradients(net).attribute(x, baselines=torch.zeros_like(x), target=target, n_steps=16)
+
+    def lime():
+        from lime import lime_image
+        for img, t in zip(x.cpu().permute(0, 2, 3, 1).double().numpy(), target.tolist()):
+            lime_image.LimeImageExplainer(random_state=0).explain_instance(
+                img, target_probability_fn(net, t), labels=(0,), top_labels=None, num_samples=128,
+                segmentation_fn=lambda im: superpixels(im, 40))  # batch_size left at its default (10)
+
+    def shap():
+        import shap as sh
+        imgs = x.cpu().permute(0, 2, 3, 1).numpy().astype(np.float64)
+        masker = sh.maskers.Image(np.zeros(imgs.shape[1:]), imgs.shape[1:])
+        for img, t in zip(imgs, target.tolist()):
+            sh.Explainer(target_probability_fn(net, t), masker, algorithm="partition")(img[None], max_evals=128,
+                                                                                      silent=True)
+    return {"occlusion": ("captum Occlusion, perturbations_per_eval=1", occlusion),
+            "integrated_gradients": ("captum IG, internal_batch_size=None", integrated_gradients),
+            "lime": ("lime_image, batch_size=10", lime),
+            "shap": ("shap Partition, batch_size='auto'", shap)}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved pairs per comparison (after a warm-up pair)")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", default="auto", help="images per model call for cvaudit (default: auto, by pixels)")
+    ap.add_argument("--methods", nargs="+", default=list(SETTINGS))
     ap.add_argument("--out", default="results/bench/attributions.json")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
     spec = {"arch": "timm:tf_efficientnet_lite0", "weights": "packaged:efficientnet_lite0", "input_size": 224,
             "num_classes": 1000, "keep_head": True}
     model = build_model(spec).eval()
-    net = PixelSpace(model, *normalisation(spec, model)).eval()
+    net = PixelSpace(model, *normalisation(spec, model)).to(dev).eval()
     from torchvision.transforms import v2 as T
+
+    from cvaudit.images import load_rgb
+    from cvaudit.sources import foolbox_dir
     tf = T.Compose([T.ToImage(), T.Resize((224, 224), antialias=True), T.ToDtype(torch.float32, scale=True)])
-    x = torch.stack([tf(load_rgb(p)) for p in sorted(foolbox_dir().glob("imagenet_*.jpg"))[:a.images]])
+    x = torch.stack([tf(load_rgb(p)) for p in sorted(foolbox_dir().glob("imagenet_*.jpg"))[:a.images]]).to(dev)
     with torch.no_grad():
         target = net(x).argmax(1)
-    # the compute floor: plain passes at the fastest batch size (on a CPU that is a small batch)
-    batch = auto_batch(224, 224, "cpu", a.batch)
-    sizes = sorted({1, 2, 4, 8, 16, 64, batch})
-    fwd_by = {b: per_image_floor(net, x, b, grad=False) for b in sizes}
-    bwd_by = {b: per_image_floor(net, x, b, grad=True) for b in sizes}
-    fwd, bwd = min(fwd_by.values()), min(bwd_by.values())
-    print("forward img/s by batch size:", {b: round(1 / t, 1) for b, t in fwd_by.items()})
-    print("forward+input-gradient img/s by batch size:", {b: round(1 / t, 1) for b, t in bwd_by.items()})
-
-    settings = {"occlusion": {"window": 56, "stride": 28}, "integrated_gradients": {"steps": 16},
-                "lime": {"samples": 128, "segments": 40}, "shap": {"evals": 128}}
+    batch = auto_batch(224, 224, dev, a.batch)
+    libs = library_defaults(net, x, target)
     rows = []
+    for name in a.methods:
+        m = get_method(name, batch_size=batch, **SETTINGS[name])
 
-    def record(name, impl, fn, grad=False):
-        wall, passes = timed(fn, net)
-        floor = passes * (bwd if grad else fwd)
-        same = passes * (bwd_by if grad else fwd_by).get(batch, fwd)
-        rows.append({"method": name, "implementation": impl, "images": len(x), "wall_s": round(wall, 2),
-                     "images_per_s": round(len(x) / wall, 3), "passes_per_image": passes / len(x),
-                     "floor_s": round(floor, 2), "ratio_to_floor": round(wall / floor, 2) if floor else None,
-                     "ratio_to_same_batch": round(wall / same, 2) if same else None})
-        print(f"{name:22s} {impl:40s} {wall:7.2f}s  {passes / len(x):6.0f} passes/img  ratio {wall / floor:5.2f}")
-
-    for name, opts in settings.items():
-        m = get_method(name, batch_size=batch, **opts)
-        record(name, f"cvaudit (batch {batch})", lambda m=m: attribute_batched(m, net, x, target),
-               grad=name == "integrated_gradients")
-    maps = get_method("saliency").attribute(net, x, target)
-    record("deletion/insertion", f"cvaudit (8 steps, batch {batch})",
-           lambda: deletion_insertion(net, x, target, maps, steps=8, batch_size=batch))
-
-    # the same explanations with the libraries' defaults
-    from captum.attr import IntegratedGradients, Occlusion
-    occ = Occlusion(lambda inp: torch.softmax(net(inp), 1))
-    record("occlusion", "captum Occlusion, perturbations_per_eval=1",
-           lambda: occ.attribute(x, sliding_window_shapes=(3, 56, 56), strides=(3, 28, 28), baselines=0.5,
-                                 target=target))
-    record("integrated_gradients", "captum IG, internal_batch_size=None",
-           lambda: IntegratedGradients(net).attribute(x, baselines=torch.zeros_like(x), target=target, n_steps=16),
-           grad=True)
-    record("integrated_gradients", "captum IG, internal_batch_size=1 image",
-           lambda: [IntegratedGradients(net).attribute(x[i:i + 1], baselines=torch.zeros_like(x[i:i + 1]),
-                                                       target=target[i:i + 1], n_steps=16, internal_batch_size=1)
-                    for i in range(len(x))], grad=True)
-
-    from lime import lime_image
-    from cvaudit.explain import superpixels, target_probability_fn
-
-    def lime_default():
-        for img, t in zip(x.permute(0, 2, 3, 1).double().numpy(), target.tolist()):
-            lime_image.LimeImageExplainer(random_state=0).explain_instance(
-                img, target_probability_fn(net, t), labels=(0,), top_labels=None, num_samples=128,
-                segmentation_fn=lambda im: superpixels(im, 40))  # batch_size left at its default (10)
-    record("lime", "lime_image defaults (batch_size=10)", lime_default)
-
-    import shap
-
-    def shap_default():
-        imgs = x.permute(0, 2, 3, 1).numpy().astype(np.float64)
-        masker = shap.maskers.Image(np.zeros(imgs.shape[1:]), imgs.shape[1:])
-        for img, t in zip(imgs, target.tolist()):
-            shap.Explainer(target_probability_fn(net, t), masker, algorithm="partition")(img[None], max_evals=128, silent=True)
-    record("shap", "shap Partition, batch_size='auto'", shap_default)
-
-    ours = {r["method"]: r["wall_s"] for r in rows if r["implementation"].startswith("cvaudit")}
-    for r in rows:
-        if not r["implementation"].startswith("cvaudit"):
-            r["our_speedup"] = round(r["wall_s"] / ours[r["method"]], 2)
-    out = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        def ours(m=m):
+            attribute_batched(m, net, x, target)
+            sync(dev)
+        calls = trace(ours, net)
+        vs_floor = interleaved(ours, replay(net, x, calls), a.repeats, dev)
+        impl, lib = libs[name]
+        lib_calls = trace(lib, net)
+        vs_lib = interleaved(lib, ours, a.repeats, dev)
+        row = {"method": name, "images": len(x), "batch_size": batch, "calls": len(calls),
+               "passes_per_image": sum(b for b, _ in calls) / len(x), "wall_s": vs_floor["a_s"],
+               "floor_s": vs_floor["b_s"], "wall_over_floor": vs_floor["ratio"],
+               "wall_over_floor_min_max": [vs_floor["ratio_min"], vs_floor["ratio_max"]],
+               "library": impl, "library_passes_per_image": sum(b for b, _ in lib_calls) / len(x),
+               "library_wall_s": vs_lib["a_s"], "speedup_over_library": vs_lib["ratio"],
+               "speedup_min_max": [vs_lib["ratio_min"], vs_lib["ratio_max"]]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    out = {"machine": f"{platform.machine()}, {a.device}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+                      + (f", {torch.cuda.get_device_name()}" if dev.type == "cuda" else ""),
            "model": "EfficientNet-Lite0 (packaged ImageNet weights), 224 px, foolbox ImageNet photos",
-           "floor_images_per_s": {"forward": {b: round(1 / t, 1) for b, t in fwd_by.items()},
-                                  "forward_input_gradient": {b: round(1 / t, 1) for b, t in bwd_by.items()}},
-           "batch_size": batch,
-           "rows": rows}
+           "repeats": a.repeats, "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2))
-    print("\n| method | implementation | img/s | passes/img | wall / floor (fastest batch) | wall / same-batch passes "
-          "| our speed-up |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n{out['machine']}; {len(x)} images; medians of {a.repeats} interleaved pairs (min-max)\n")
+    print("| method | passes/img | calls | wall s | wall / floor (same calls) | library default | its passes/img "
+          "| our speed-up over it |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['implementation']} | {r['images_per_s']:.2f} | {r['passes_per_image']:.0f} | "
-              f"{r['ratio_to_floor']:.2f} | {r['ratio_to_same_batch']:.2f} | {r.get('our_speedup', '')} |")
+        print(f"| {r['method']} | {r['passes_per_image']:.0f} | {r['calls']} | {r['wall_s']:.2f} | "
+              f"{r['wall_over_floor']:.2f} ({r['wall_over_floor_min_max'][0]:.2f}-{r['wall_over_floor_min_max'][1]:.2f})"
+              f" | {r['library']} | {r['library_passes_per_image']:.0f} | {r['speedup_over_library']:.2f} "
+              f"({r['speedup_min_max'][0]:.2f}-{r['speedup_min_max'][1]:.2f}) |")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from .data import read_manifest
 from .evaluate import predict_proba
 from .io import write_json
 from .models import load_model, resolve_device
-from .train import seed_everything
+from .pixels import seed_everything
 
 log = logging.getLogger("cvaudit.calibrate")
 

@@ -285,3 +285,25 @@ class ImageDataset:
 
     def __getitem__(self, i):
         return self.transform(load_rgb(self.rows[i]["path"])), self.targets[i]
+
+
+def loader_workers(device) -> int:
+    """Image-decoding worker processes for a stage on `device`: none on a CPU (the job's threads already
+    run the model, and decoding in the main process keeps its results bit-identical to the tests'); on a
+    GPU, up to 4 (the cores left beside the main process), so that decoding does not starve it."""
+    import os
+    if str(device).startswith("cuda"):
+        return max(0, min(4, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1) - 1))
+    return 0
+
+
+def image_loader(rows: list[dict], class_names: list[str], transform, batch_size: int, device,
+                 shuffle: bool = False, seed: int | None = None):
+    """The one DataLoader of every stage that streams images from disk: on a GPU with decoding workers and
+    pinned memory (batches are copied with non_blocking=True), on a CPU in the main process. seed: the
+    loader's own generator (training); without one, the loader draws its seed from torch's global one."""
+    import torch
+    from torch.utils.data import DataLoader
+    return DataLoader(ImageDataset(rows, class_names, transform), batch_size=batch_size, shuffle=shuffle,
+                      generator=None if seed is None else torch.Generator().manual_seed(seed),
+                      num_workers=loader_workers(device), pin_memory=str(device).startswith("cuda"))

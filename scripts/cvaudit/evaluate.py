@@ -7,10 +7,9 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from . import CvauditError, stats
-from .data import ImageDataset, load_rgb, manifest_classes, read_manifest
+from .data import image_loader, load_rgb, manifest_classes, read_manifest
 from .io import atomic_path, read_json, write_json
 from .models import auto_batch
 from .pixels import start_stage
@@ -22,11 +21,10 @@ log = logging.getLogger("cvaudit.evaluate")
 @torch.no_grad()
 def predict_proba(model, rows, spec, device, batch_size: int | str = "auto") -> np.ndarray:
     """Softmax probabilities for `rows`, streamed from disk in batches: (N, num_classes)."""
-    ds = ImageDataset(rows, spec["class_names"], eval_transform(spec))
     batch_size = auto_batch(spec["input_size"], spec["input_size"], device, batch_size)
     out = []
-    for x, _ in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0):
-        out.append(torch.softmax(model(x.to(device)).float(), 1).cpu())
+    for x, _ in image_loader(rows, spec["class_names"], eval_transform(spec), batch_size, device):
+        out.append(torch.softmax(model(x.to(device, non_blocking=True)).float(), 1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, spec["num_classes"]), np.float32)
 
 
@@ -211,11 +209,6 @@ def evaluate_model(name: str, model_path, manifest, baseline, audit_cfg: dict, s
     write_json(out_metrics, m)
     log.info("%s: accuracy %.4f on %d test images (%.1fs)", name, m["accuracy"], len(rows), m["seconds"])
     return m
-
-
-def load_audit_set(path) -> dict:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
 
 
 def _read_json_or_none(path):

@@ -9,8 +9,7 @@ import time
 import numpy as np
 import torch
 
-from .evaluate import load_audit_set
-from .io import save_npz
+from .io import load_audit_set, save_npz
 from .methods import (SHAP, GradCAM, IntegratedGradients, LIME, NotApplicable, attribute_batched,
                       get_method, layer_name)
 from .models import auto_batch
@@ -24,72 +23,98 @@ PER_IMAGE = ("maps_pred", "maps_true", "faith_deletion", "faith_insertion", "fai
              "shap_regions")
 
 
+# Images explained at a time: the audit set stays uint8 and only this many images are floats on the device
+# at once (with their maps, curves and perturbations), so memory does not grow with audit.max_images.
+CHUNK_IMAGES = 64
+
+
 def part(method: str, job: dict, start: int = 0, stop: int | None = None) -> tuple[dict, dict]:
     """Explain audit images [start, stop) (all by default): the predicted class of each (and the true
     class where they differ), then score the maps: deletion/insertion faithfulness, and (in the part
     holding the first images) the cascading randomisation check. Every per-image result depends only
-    on that image, so parts concatenated equal one whole run. job (cvaudit.shards): model, data (the
-    audit set), options (the method's), trust, seed, device, threads."""
-    from . import trust as tr
-
+    on that image, so parts concatenated equal one whole run, and the images are streamed through in
+    chunks of CHUNK_IMAGES. job (cvaudit.shards): model, data (the audit set), options (the method's),
+    trust, seed, device, threads."""
     t0 = time.time()
     options, trust, seed = job["options"], job["trust"], job["seed"]
     model, spec, net, dev = pixel_model(job["model"], seed, job["device"], job["threads"])
     audit = load_audit_set(job["data"])
-    x_all = audit_images(audit, dev)
-    stop = len(x_all) if stop is None else min(stop, len(x_all))
+    n_all, h, w = audit["images"].shape[:3]
+    stop = n_all if stop is None else min(stop, n_all)
     start = min(start, stop)
-    x, index = x_all[start:stop], torch.arange(start, stop)
-    batch = auto_batch(x_all.shape[-2], x_all.shape[-1], dev, trust["batch_size"])
+    batch = auto_batch(h, w, dev, trust["batch_size"])
     m = get_method(method, batch_size=batch, **({"seed": seed} | options))
-    preds = torch.from_numpy(audit["preds"][start:stop]).to(dev)
-    targets = torch.from_numpy(audit["targets"][start:stop]).to(dev)
     result = {"method": method, "label": m.label, "kind": m.kind, "reads": m.reads, "applicable": True,
-              "reason": "", "options": m.options, "start": start, "n_images": int(len(x)), "batch_size": batch}
-    arrays = {}
+              "reason": "", "options": m.options, "start": start, "n_images": int(stop - start), "batch_size": batch}
+    arrays: dict = {}
     try:
-        if len(x) == 0:  # an empty shard (the audit set is smaller than the shards planned for it)
+        if stop == start:  # an empty shard (the audit set is smaller than the shards planned for it)
             result["attribution_seconds"] = 0.0
             return result, arrays
         if isinstance(m, GradCAM):
-            result["layer"] = layer_name(net, m.layer(net, x))
-        ta = time.time()
-        maps_pred = attribute_batched(m, net, x, preds, index)
-        result["attribution_seconds"] = round(time.time() - ta, 3)
-        if isinstance(m, LIME):  # each surrogate's fit on fresh samples, and its own score
-            arrays.update(lime_r2_fresh=np.array([r["r2_fresh"] for r in m.records[:len(x)]]),
-                          lime_r2_own=np.array([r["r2_own"] for r in m.records[:len(x)]]))
-        if isinstance(m, SHAP):  # its effective resolution: distinct values (regions) per map
-            arrays.update(shap_regions=np.array([len(np.unique(mp)) for mp in maps_pred]))
-        if isinstance(m, IntegratedGradients):  # completeness per image: unconverged maps leave the trust scores
-            rec = {k: np.concatenate([r[k] for r in m.records]) for k in ("steps", "completeness_error", "converged")}
-            arrays.update(converged=rec["converged"], ig_steps=rec["steps"],
-                          completeness_error=rec["completeness_error"])
-            if not rec["converged"].all():
-                log.warning("integrated gradients: %d of %d maps miss completeness by more than %.0f%% at %d steps",
-                            int((~rec["converged"]).sum()), len(x), 100 * m.options["tolerance"], m.options["max_steps"])
-        differ = (preds != targets).nonzero().flatten()
-        maps_true = np.full_like(maps_pred, np.nan)
-        if len(differ):
-            maps_true[differ.cpu().numpy()] = attribute_batched(m, net, x[differ], targets[differ],
-                                                                index[differ.cpu()])
-        arrays.update(maps_pred=maps_pred, maps_true=maps_true)
-        faith = tr.deletion_insertion(net, x, preds, torch.from_numpy(maps_pred), steps=trust["steps"],
-                                      batch_size=batch, seed=seed, index=index.tolist(),
-                                      substrate=trust.get("substrate", "rise"))
-        arrays.update({f"faith_{k}": v for k, v in faith.items()})
-        k = min(trust["sanity_images"], len(x)) if start == 0 else 0
-        if m.kind != "reference" and k > 0:
-            result["sanity"] = tr.cascading_randomisation(m, net, x[:k], preds[:k], maps_pred[:k],
-                                                          stages=trust["sanity_stages"], seed=seed)
-            if "converged" in arrays:
-                result["sanity"]["converged"] = arrays["converged"][:k].tolist()
+            result["layer"] = layer_name(net, m.layer(net, audit_images(audit, dev, start, start + 1)))
+        chunk = max(CHUNK_IMAGES, trust["sanity_images"])
+        pieces, seconds = [], 0.0
+        for lo in range(start, stop, chunk):
+            got, took = _explain_chunk(m, net, audit, lo, min(lo + chunk, stop), dev, trust, seed, batch, result)
+            pieces.append(got)
+            seconds += took
+        result["attribution_seconds"] = round(seconds, 3)
+        arrays = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0] if k != "faith_fractions"}
+        if "faith_fractions" in pieces[0]:
+            arrays["faith_fractions"] = pieces[0]["faith_fractions"]
+        if "converged" in arrays and not arrays["converged"].all():
+            log.warning("integrated gradients: %d of %d maps miss completeness by more than %.0f%% at %d steps",
+                        int((~arrays["converged"].astype(bool)).sum()), len(arrays["converged"]),
+                        100 * m.options["tolerance"], m.options["max_steps"])
     except NotApplicable as e:
         log.warning("%s is not applicable to this model: %s", m.label, e)
         result.update(applicable=False, reason=str(e))
+        arrays = {}
     finally:
         result["seconds"] = round(time.time() - t0, 2)
     return result, arrays
+
+
+def _explain_chunk(m, net, audit: dict, lo: int, hi: int, dev, trust: dict, seed: int, batch: int,
+                   result: dict) -> tuple[dict, float]:
+    """Audit images [lo, hi): their maps and trust scores (and the sanity check into `result` when lo is
+    0). Returns the per-image arrays and the seconds spent attributing the predicted class."""
+    from . import trust as tr
+
+    x, index = audit_images(audit, dev, lo, hi), torch.arange(lo, hi)
+    preds = torch.from_numpy(audit["preds"][lo:hi]).to(dev)
+    targets = torch.from_numpy(audit["targets"][lo:hi]).to(dev)
+    arrays = {}
+    if isinstance(m, (LIME, IntegratedGradients)):
+        m.records.clear()  # this chunk's records
+    ta = time.time()
+    maps_pred = attribute_batched(m, net, x, preds, index)
+    took = time.time() - ta
+    if isinstance(m, LIME):  # each surrogate's fit on fresh samples, and its own score
+        arrays.update(lime_r2_fresh=np.array([r["r2_fresh"] for r in m.records[:len(x)]]),
+                      lime_r2_own=np.array([r["r2_own"] for r in m.records[:len(x)]]))
+    if isinstance(m, SHAP):  # its effective resolution: distinct values (regions) per map
+        arrays.update(shap_regions=np.array([len(np.unique(mp)) for mp in maps_pred]))
+    if isinstance(m, IntegratedGradients):  # completeness per image: unconverged maps leave the trust scores
+        rec = {k: np.concatenate([r[k] for r in m.records]) for k in ("steps", "completeness_error", "converged")}
+        arrays.update(converged=rec["converged"], ig_steps=rec["steps"], completeness_error=rec["completeness_error"])
+    differ = (preds != targets).nonzero().flatten()
+    maps_true = np.full_like(maps_pred, np.nan)
+    if len(differ):
+        maps_true[differ.cpu().numpy()] = attribute_batched(m, net, x[differ], targets[differ], index[differ.cpu()])
+    arrays.update(maps_pred=maps_pred, maps_true=maps_true)
+    faith = tr.deletion_insertion(net, x, preds, torch.from_numpy(maps_pred), steps=trust["steps"],
+                                  batch_size=batch, seed=seed, index=index.tolist(),
+                                  substrate=trust.get("substrate", "rise"))
+    arrays.update({f"faith_{k}": v for k, v in faith.items()})
+    k = min(trust["sanity_images"], len(x)) if lo == 0 else 0
+    if m.kind != "reference" and k > 0:
+        result["sanity"] = tr.cascading_randomisation(m, net, x[:k], preds[:k], maps_pred[:k],
+                                                      stages=trust["sanity_stages"], seed=seed)
+        if "converged" in arrays:
+            result["sanity"]["converged"] = arrays["converged"][:k].tolist()
+    return arrays, took
 
 
 def merge_explain(parts: list[tuple[dict, dict]]) -> tuple[dict, dict]:

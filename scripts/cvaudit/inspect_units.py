@@ -12,14 +12,12 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from . import CvauditError
-from .data import ImageDataset, read_manifest
-from .evaluate import load_audit_set
+from .data import ImageDataset, image_loader, read_manifest
 from .pixels import audit_images, pixel_model
 from .hooks import Hooks
-from .io import save_npz
+from .io import load_audit_set, save_npz
 from .models import _head_name, auto_batch
 from .transforms import eval_transform
 
@@ -129,8 +127,8 @@ def unit_statistics(model: nn.Module, rows: list[dict], spec: dict, device, laye
     with Hooks() as hooks:
         for n in names:
             hooks.forward(model.get_submodule(n), lambda m, i, o, n=n: hook(m, i, o, n))
-        for x, _ in DataLoader(ImageDataset(rows, spec["class_names"], eval_transform(spec)), batch_size=bs):
-            model(x.to(device))
+        for x, _ in image_loader(rows, spec["class_names"], eval_transform(spec), bs, device):
+            model(x.to(device, non_blocking=True))
             seen += len(x)
     return {"layers": {n: {"sparsity": 1 - s["active"] / max(1, s["total"]), "channel_max": s["max"].numpy(),
                            "dead": int((s["max"] <= 0).sum()), "channels": int(len(s["max"]))}

@@ -110,3 +110,17 @@ def load_npz(path: str | Path) -> dict:
         out = {k: z[k] for k in z.files if k != "meta"}
         out["meta"] = meta
     return out
+
+
+def load_audit_set(path: str | Path) -> dict:
+    """The evaluate stage's audit set (results/{model}/eval/audit_set.npz): images, targets, preds, ..."""
+    import numpy as np
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def read_history(path: str | Path) -> list[dict]:
+    """The train stage's history.csv: one row per epoch, numbers as floats."""
+    import csv
+    with open(path, newline="") as f:
+        return [{k: (v if k == "phase" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]

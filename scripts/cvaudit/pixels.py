@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from .models import load_model, resolve_device
-from .train import seed_everything
 
 
 class PixelSpace(nn.Module):
@@ -22,6 +21,18 @@ class PixelSpace(nn.Module):
 
     def forward(self, x):
         return self.model((x - self.mean) / self.std)
+
+
+def seed_everything(seed: int, threads: int | None = None) -> None:
+    import random
+
+    import numpy as np
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def start_stage(model_path, seed: int, device: str, threads: int):
@@ -57,9 +68,10 @@ def class_probability(net: nn.Module, x: torch.Tensor, target: torch.Tensor, bat
     return torch.cat(out)
 
 
-def audit_images(audit: dict, device) -> torch.Tensor:
-    """The audit set's uint8 images as a pixel-space batch in [0, 1]."""
-    return torch.from_numpy(audit["images"]).permute(0, 3, 1, 2).float().div(255).to(device)
+def audit_images(audit: dict, device, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """The audit set's uint8 images [start, stop) as a pixel-space batch in [0, 1] (only those are
+    converted: the stages stream a large audit set through in chunks)."""
+    return torch.from_numpy(audit["images"][start:stop]).to(device).permute(0, 3, 1, 2).float().div(255)
 
 
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -12,12 +12,10 @@ from . import figures
 from .checks import overall, run_checks
 from .data import read_manifest
 from .diagnose import diagnosis
-from .evaluate import load_audit_set
-from .io import load_npz, read_json, stage_failure, write_json, write_text
+from .io import load_audit_set, load_npz, read_history, read_json, stage_failure, write_json, write_text
 from .sections import AGREEMENT, SECTIONS, by_section
 from .rendering import device_description, jinja_env, package_versions, read_benchmarks, write_pdf
 from .report_sections import collect_robust, compare_section, represent_section, robust_section, units_section
-from .train import read_history
 
 log = logging.getLogger("cvaudit.report")
 SUMMARY_VERSION = 3

@@ -9,10 +9,9 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from . import CvauditError
-from .data import ImageDataset, read_manifest
+from .data import image_loader, read_manifest
 from .hooks import Hooks
 from .io import load_npz, save_npz
 from .models import _head_name, auto_batch
@@ -78,9 +77,8 @@ def stream_features(model: nn.Module, rows: list[dict], spec: dict, device, laye
         hooks.forward_pre(head, lambda m, a: store.__setitem__("emb", a[0].flatten(1)))
         for n, m in mods.items():
             hooks.forward(m, lambda mod, i, o, n=n: store.__setitem__(n, o))
-        ds = ImageDataset(rows, spec["class_names"], eval_transform(spec))
-        for x, _ in DataLoader(ds, batch_size=bs, shuffle=False, num_workers=0):
-            logits = model(x.to(device))
+        for x, _ in image_loader(rows, spec["class_names"], eval_transform(spec), bs, device):
+            logits = model(x.to(device, non_blocking=True))
             emb.append(store["emb"].float().cpu())
             probs.append(torch.softmax(logits.float(), 1).cpu())
             if seen < cka_images:

@@ -16,7 +16,8 @@ from .data import ImageDataset, manifest_classes, read_manifest
 from .io import write_json
 from .models import build_model, normalisation, resolve_device
 from .transforms import eval_transform
-from .train import make_spec, seed_everything
+from .pixels import seed_everything
+from .train import make_spec
 
 log = logging.getLogger("cvaudit.shuffled_labels")
 

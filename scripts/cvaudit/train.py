@@ -4,34 +4,23 @@ from __future__ import annotations
 import copy
 import csv
 import logging
-import random
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import CvauditError
-from .data import ImageDataset, imagenet_categories, manifest_classes, read_manifest
+from .data import image_loader, imagenet_categories, manifest_classes, read_manifest
 from .io import atomic_path, write_json
 from .models import _head_name, build_model, normalisation, resolve_device, save_model
+from .pixels import seed_everything
 from .transforms import eval_transform, train_transform
 
 log = logging.getLogger("cvaudit.train")
 HISTORY_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
-
-
-def seed_everything(seed: int, threads: int | None = None) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if threads:
-        torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def model_classes(model_cfg: dict) -> list[str] | None:
@@ -66,12 +55,6 @@ def make_spec(model_cfg: dict, classes: list[str]) -> dict:
     if model_cfg.get("normalisation"):
         spec["normalisation"] = model_cfg["normalisation"]
     return spec
-
-
-def _loader(rows, classes, transform, batch_size, shuffle, seed):
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(ImageDataset(rows, classes, transform), batch_size=batch_size, shuffle=shuffle,
-                      generator=g, num_workers=0)
 
 
 def _freeze_backbone(model: nn.Module, frozen: bool) -> list[nn.Parameter]:
@@ -199,8 +182,10 @@ def train_model(name: str, model_cfg: dict, manifest: str | Path, seed: int, dev
         raise CvauditError(f"model '{name}': dataset '{model_cfg['dataset']}' has no training images; "
                            f"lower config key datasets.{model_cfg['dataset']}.split.test/val")
     bs = tcfg["batch_size"]
-    train_dl = _loader(train_rows, spec["class_names"], train_transform(spec, tcfg["augment"]), bs, True, seed)
-    val_dl = _loader(val_rows, spec["class_names"], eval_transform(spec), bs * 2, False, seed) if val_rows else None
+    train_dl = image_loader(train_rows, spec["class_names"], train_transform(spec, tcfg["augment"]), bs, dev,
+                            shuffle=True, seed=seed)
+    val_dl = (image_loader(val_rows, spec["class_names"], eval_transform(spec), bs * 2, dev, seed=seed)
+              if val_rows else None)
     if val_dl is None:
         log.warning("%s: no validation split — early stopping is off and the last epoch is kept", name)
 
@@ -264,7 +249,8 @@ def train_model(name: str, model_cfg: dict, manifest: str | Path, seed: int, dev
     model.load_state_dict(best["state"])
     _freeze_backbone(model, False)
     if tcfg.get("precise_bn", True) and not (pretrained and tcfg.get("freeze_bn", True)):
-        stats_dl = _loader(train_rows, spec["class_names"], eval_transform(spec), bs, True, seed)
+        stats_dl = image_loader(train_rows, spec["class_names"], eval_transform(spec), bs, dev, shuffle=True,
+                                seed=seed)
         used = precise_bn(model, stats_dl, dev)
         if used:
             val_loss, val_acc = _validate(model, val_dl, dev, amp) if val_dl else (float("nan"), float("nan"))
@@ -286,8 +272,3 @@ def _write_history(path, rows) -> None:
         w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
         w.writeheader()
         w.writerows(rows)
-
-
-def read_history(path) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{k: (v if k == "phase" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]

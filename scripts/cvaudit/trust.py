@@ -17,7 +17,6 @@ import copy
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import spearmanr
 from torch import nn
 
 from .methods import attribute_batched
@@ -102,6 +101,7 @@ def _small(a: np.ndarray, size: int = 28) -> np.ndarray:
 def rank_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman rank correlation per image between two stacks of maps (N, H, W), on a coarse grid
     (at most 28 x 28) so that pixel noise does not dominate; NaN-free (constant maps give 0)."""
+    from scipy.stats import spearmanr  # scipy.stats: most of a second to import, for the jobs that rank
     a, b = _small(a), _small(b)
     out = []
     for u, v in zip(a, b):

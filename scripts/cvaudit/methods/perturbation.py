@@ -1,6 +1,8 @@
 """Perturbation methods (occlusion, LIME, SHAP) and the random map every method's faithfulness must beat."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 from torch import nn
@@ -124,6 +126,28 @@ class LIME(AttributionMethod):
         return float(r2_score(y, intercept + z @ weights, sample_weight=w)) if np.ptp(y) > 0 else float("nan")
 
 
+# functions that numba cannot cache: recursive ones (lower_credit), those that take another jitted function
+# as an argument (shap's link) and the links themselves: loaded from a cache they crash the process
+_SHAP_UNCACHEABLE = {"_build_fixed_multi_output", "identity", "logit", "lower_credit"}
+
+
+def _shap():
+    """shap, with its numba functions cached on disk: shap compiles them in every process that explains
+    (about 10 s of a SHAP job's start on this machine, more than the model's own work at 28 px) and does not
+    ask numba to cache them. The cache holds the same machine code numba would compile; it lives in
+    numba's cache directory (__pycache__ beside shap, or NUMBA_CACHE_DIR) and is rebuilt when shap changes."""
+    import shap
+    from numba.core.dispatcher import Dispatcher
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("shap.") and module is not None:
+            for f in vars(module).values():
+                if (isinstance(f, Dispatcher) and f._cache.__class__.__name__ == "NullCache"
+                        and f.__name__ not in _SHAP_UNCACHEABLE):
+                    f.enable_caching()
+    return shap
+
+
 class SHAP(AttributionMethod):
     name, label, kind = "shap", "SHAP (partition)", "perturbation"
     defaults = {"evals": "auto"}
@@ -139,8 +163,7 @@ class SHAP(AttributionMethod):
         return self.evals(h, w)
 
     def attribute(self, net, x, target):
-        import shap
-
+        shap = _shap()
         imgs = x.detach().cpu().permute(0, 2, 3, 1).numpy().astype(np.float64)
         blurred = blur(x.detach().cpu(), max(x.shape[-1] / 16, 1.0)).permute(0, 2, 3, 1).numpy()
         cache = self.__dict__.setdefault("_maskers", {})
