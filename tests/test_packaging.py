@@ -86,3 +86,23 @@ def test_compare_results_names_every_changed_missing_and_new_number(tmp_path):
     p = subprocess.run(tool + ["--rename", "randomisation=shuffled_labels", "--tol", "1e-6"], capture_output=True,
                        text=True)
     assert p.returncode == 0, p.stdout
+
+
+def test_a_stage_start_is_deterministic_without_importing_what_it_does_not_use():
+    """A job's start (issue 15): seed_everything turns on torch's deterministic algorithms (warn only) as
+    torch.use_deterministic_algorithms does, without importing torch._dynamo (over a second a job); the
+    modules of the explain, render and agreement jobs import neither torchvision nor scipy.stats."""
+    import subprocess
+    import sys
+    probe = """
+import sys, torch
+from cvaudit.pixels import seed_everything
+seed_everything(0, 1)
+assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+import cvaudit.explain, cvaudit.report, cvaudit.method_agreement, cvaudit.shards
+heavy = [m for m in ("torch._dynamo", "torchvision", "scipy.stats", "timm", "captum") if m in sys.modules]
+assert not heavy, heavy
+"""
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(REPO / "scripts"), "PATH": ""})
+    assert r.returncode == 0, r.stderr[-2000:]

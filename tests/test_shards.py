@@ -124,3 +124,38 @@ def test_streamed_chunks_equal_one_chunk(run, tmp_path, monkeypatch):
         run_stage("explain", method, job, tmp_path / f"{method}.chunked.npz")
         monkeypatch.setattr(explain, "CHUNK_IMAGES", 64)
         same_npz(tmp_path / f"{method}.one.npz", tmp_path / f"{method}.chunked.npz")
+
+
+def test_streamed_robustness_chunks_equal_one_chunk(run, tmp_path, monkeypatch):
+    """The invariance and adversarial stages stream their sample in chunks of CHUNK_BATCHES model batches:
+    with batches of 4 images, chunks of one batch (12 images: 3 chunks; 8 attacked: 2) give what one chunk
+    gives, bit for bit (each batch keeps its seed), including autoattack's per-component hits and masking
+    extras and the example candidates picked across chunks."""
+    from cvaudit import adversarial, invariance, models
+    from cvaudit.config import validate_config
+    from cvaudit.registry import attack_options
+    from cvaudit.shards import run_stage
+    from conftest import REPO
+    cfg = validate_config(yaml.safe_load((run / "config.yaml").read_text()), REPO / "config" / "schema.yaml")
+    res = run / "results" / "cnn_tiny"
+    manifest = run / "results" / "data" / "tiny" / "manifest.csv"
+    common = dict(model=res / "model.safetensors", seed=cfg["seed"], device="cpu", threads=1, data=manifest)
+    monkeypatch.setattr(models, "CPU_BATCH_PIXELS", 4 * 28 * 28)
+    for family in ("noise", "rotate"):
+        job = {**common, "drift": cfg["robustness"]["drift"],
+               "options": {"max_images": cfg["robustness"]["max_images"],
+                           "severities": cfg["robustness"]["invariance"][family]}}
+        out = []
+        for chunk in (8, 1):
+            monkeypatch.setattr(invariance, "CHUNK_BATCHES", chunk)
+            run_stage("invariance", family, job, tmp_path / f"{family}.{chunk}.json")
+            r = json.loads((tmp_path / f"{family}.{chunk}.json").read_text())
+            r.pop("seconds")
+            out.append(r)
+        assert out[0] == out[1] and out[0]["n"] == 12
+    for attack in ("fgsm", "pgd", "autoattack"):
+        job = {**common, "options": attack_options(cfg["robustness"]["adversarial"], attack)}
+        for chunk in (8, 1):
+            monkeypatch.setattr(adversarial, "CHUNK_BATCHES", chunk)
+            run_stage("adversarial", attack, job, tmp_path / f"{attack}.{chunk}.npz")
+        same_npz(tmp_path / f"{attack}.8.npz", tmp_path / f"{attack}.1.npz")

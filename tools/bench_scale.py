@@ -3,12 +3,16 @@
 invariance, adversarial) at growing audit-set sizes, each stage and size in a fresh process.
 
 Real Fashion-MNIST test images (Debian dataset-fashion-mnist) are ingested once into a scratch
-folder. The model is the demo's cnn_fmnist (results/cnn_fmnist/model.safetensors: run `make demo`
-first); the stages run with the demo's settings (config/config.yaml), on the CPU, one thread per
-stage as in the workflow. Time should grow linearly with the images; memory should stay flat apart
-from the results the stage keeps (maps, curves).
+folder. At 28 px the model is the demo's cnn_fmnist (results/cnn_fmnist/model.safetensors: run `make
+demo` first); at 224 px (--px 224) the images are resized to 224 x 224 as a model of that input size
+sees them, and the model is a small CNN of that input size (simple_cnn, channels 16/32/64, seeded
+random weights: time and memory do not depend on what the weights are, and no 224 px model trains in
+minutes here). The stages run with the demo's settings (config/config.yaml) unless --light, on the
+CPU, one thread per stage as in the workflow. Time should grow linearly with the images; memory should
+stay flat apart from the results the stage keeps (maps, curves, the sample's images).
 
-    .venv/bin/python tools/bench_scale.py [--sizes 50 200 800] [--out results/bench/scale.json]
+    .venv/bin/python tools/bench_scale.py [--px 224] [--sizes 100 300 1000] [--stages ...]
+        [--out results/bench/scale.json]
 """
 from __future__ import annotations
 
@@ -26,8 +30,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 MODEL = ROOT / "results" / "cnn_fmnist" / "model.safetensors"
-STAGES = ["explain saliency", "explain gradcam", "explain integrated_gradients", "explain occlusion", "explain lime",
-          "invariance rotate", "invariance noise", "adversarial pgd"]
+STAGES = ["explain random", "explain saliency", "explain deconvnet", "explain guided_backprop", "explain cam",
+          "explain gradcam", "explain guided_gradcam", "explain occlusion", "explain integrated_gradients",
+          "explain lime", "explain shap", "invariance rotate", "invariance noise", "adversarial fgsm",
+          "adversarial pgd", "adversarial autoattack"]
+
+
+def model_224(path: Path) -> Path:
+    """A small CNN at 224 px (seeded random weights), saved as the workflow saves models."""
+    import torch
+
+    from cvaudit.models import build_model, save_model
+    if not path.exists():
+        torch.manual_seed(0)
+        spec = {"arch": "simple_cnn", "arch_options": {"channels": [16, 32, 64]}, "weights": "none",
+                "num_classes": 10, "input_size": 224, "class_names": demo_config()["datasets"]["fmnist"]["class_names"],
+                "mean": [0.5] * 3, "std": [0.5] * 3}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_model(build_model(spec).eval(), spec, path)
+    return path
 
 
 def rss_mb() -> float:
@@ -42,20 +63,19 @@ def demo_config() -> dict:
                            ROOT / "config" / "schema.yaml")
 
 
-def audit_set(manifest: str, n: int, out: Path) -> None:
+def audit_set(model: Path, manifest: str, n: int, out: Path) -> None:
     """An audit set of the first n test images (evaluate_model's format), with the model's predictions."""
     import numpy as np
     import torch
 
     from cvaudit.data import load_rgb, read_manifest
     from cvaudit.models import load_model
+    from cvaudit.pixels import PixelSpace, predict
     from cvaudit.transforms import display_transform
-    from cvaudit.pixels import predict
-    model, spec = load_model(MODEL)
+    model, spec = load_model(model)
     rows = read_manifest(manifest, "test")[:n]
     show = display_transform(spec)
     images = np.stack([show(load_rgb(r["path"])).permute(1, 2, 0).numpy() for r in rows]).astype(np.uint8)
-    from cvaudit.explain import PixelSpace
     net = PixelSpace(model, spec["mean"], spec["std"]).eval()
     preds, conf = predict(net, torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255), 256)
     index = {c: i for i, c in enumerate(spec["class_names"])}
@@ -65,17 +85,25 @@ def audit_set(manifest: str, n: int, out: Path) -> None:
                         class_names=np.array(spec["class_names"]))
 
 
-def child(stage: str, manifest: str, audit: str, n: int, scratch: str) -> dict:
+LIGHT = {"lime": {"samples": 32, "segments": 40}, "shap": {"evals": 32}, "integrated_gradients": {"steps": 8,
+         "max_steps": 16}, "autoattack": {"steps": 5, "target_classes": 1, "square_queries": 20}}
+
+
+def child(stage: str, model: str, manifest: str, audit: str, n: int, scratch: str, light: bool) -> dict:
     import torch
     torch.set_num_threads(1)
     cfg = demo_config()
+    if light:  # smaller budgets for the methods that make hundreds of passes an image
+        for k in ("lime", "shap", "integrated_gradients"):
+            cfg["explain"][k].update(LIGHT[k])
+        cfg["robustness"]["adversarial"]["autoattack"].update(LIGHT["autoattack"])
     kind, name = stage.split()
     out = Path(scratch) / f"{kind}.{name}.{n}"
     base = rss_mb()
     t0 = time.perf_counter()
     from cvaudit.registry import attack_options
     from cvaudit.shards import run_stage
-    job = {"model": MODEL, "data": audit if kind == "explain" else manifest, "seed": 0, "device": "cpu", "threads": 1}
+    job = {"model": model, "data": audit if kind == "explain" else manifest, "seed": 0, "device": "cpu", "threads": 1}
     if kind == "explain":
         job.update(options=cfg["explain"].get(name, {}), trust=cfg["explain"]["trust"])
     elif kind == "invariance":
@@ -93,20 +121,25 @@ def child(stage: str, manifest: str, audit: str, n: int, scratch: str) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 800])
+    ap.add_argument("--px", type=int, choices=[28, 224], default=28, help="28: the demo's cnn_fmnist; 224: a small "
+                    "CNN of that input size on the same images resized")
+    ap.add_argument("--light", action="store_true", help="smaller LIME, SHAP, integrated-gradients and AutoAttack "
+                    "budgets (" + json.dumps(LIGHT) + "): the same code paths and batches, fewer passes an image")
     ap.add_argument("--stages", nargs="+", default=STAGES)
     ap.add_argument("--scratch", default="/tmp/cvaudit-bench-scale")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "scale.json"))
-    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     ap.add_argument("--table", action="store_true", help="print the table of a previous --out file, run nothing")
     a = ap.parse_args()
     if a.child:
-        stage, manifest, audit, n, scratch = a.child
-        print(json.dumps(child(stage, manifest, audit, int(n), scratch)))
+        stage, model, manifest, audit, n, scratch, light = a.child
+        print(json.dumps(child(stage, model, manifest, audit, int(n), scratch, light == "1")))
         return
     if a.table:
         report = json.loads(Path(a.out).read_text())
         return table(report["rows"], a.sizes, a.stages)
-    if not MODEL.exists():
+    model = model_224(Path(a.scratch) / "cnn224.safetensors") if a.px == 224 else MODEL
+    if not model.exists():
         sys.exit(f"bench_scale: {MODEL} is missing; run `make demo` first (it trains cnn_fmnist)")
     from cvaudit.data import ingest
     manifest = Path(a.scratch) / "data" / "manifest.csv"
@@ -120,9 +153,10 @@ def main():
     with tempfile.TemporaryDirectory(dir=a.scratch) as tmp:
         for n in a.sizes:
             audit = Path(tmp) / f"audit{n}.npz"
-            audit_set(str(manifest), n, audit)
+            audit_set(model, str(manifest), n, audit)
             for stage in a.stages:
-                cmd = [sys.executable, __file__, "--child", stage, str(manifest), str(audit), str(n), tmp]
+                cmd = [sys.executable, __file__, "--child", stage, str(model), str(manifest), str(audit), str(n), tmp,
+                       "1" if a.light else "0"]
                 p = subprocess.run(cmd, capture_output=True, text=True)
                 if p.returncode:
                     sys.exit(f"bench_scale: {stage} at {n} images failed:\n{p.stderr[-3000:]}")
@@ -130,7 +164,9 @@ def main():
                 print(res, flush=True)
                 rows.append(res)
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only, "
-                         "one thread per stage", "model": "cnn_fmnist (demo)", "rows": rows}
+                         "one thread per stage", "px": a.px, "light": a.light,
+              "model": "cnn_fmnist (demo)" if a.px == 28 else "simple_cnn 16/32/64 at 224 px (seeded random weights)",
+              "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2))
     table(rows, a.sizes, a.stages)

@@ -139,6 +139,12 @@ def _masking_extras(net, x, y, options, seed, start, batch) -> dict:
     return {"large_correct": cat(large_ok), "more_steps_fooled": cat(more)}
 
 
+# Model batches attacked at a time: the sample stays uint8 and only this many batches (with their
+# adversarial copies) are floats on the device, so a stage's memory does not grow with max_images.
+# Each batch keeps its own seed (_batch_seed of its first image), so chunks change no result.
+CHUNK_BATCHES = 8
+
+
 def part(attack: str, job: dict, start: int = 0, stop: int | None = None) -> tuple[dict, dict]:
     """Per image of the sample [start, stop): clean and adversarial predictions at every epsilon, the
     smallest flipping epsilon, example candidates (the first `examples` fooled and not fooled at
@@ -151,9 +157,33 @@ def part(attack: str, job: dict, start: int = 0, stop: int | None = None) -> tup
     n_total = robustness_sample_size(manifest, options["max_images"])
     start, stop = _slice(n_total, start, stop)
     x8, y, paths = robustness_images(manifest, spec, options["max_images"], seed, start, stop)
-    x, yd = x8.float().div(255).to(dev), y.to(dev)
     batch = auto_batch(x8.shape[-2], x8.shape[-1], dev)
     eps_list = sorted(float(e) for e in options["epsilons"])
+    chunk = batch * CHUNK_BATCHES
+    pieces = [_attack_chunk(attack, net, x8[lo:lo + chunk], y[lo:lo + chunk], dev, eps_list, options, seed,
+                            start + lo, batch) for lo in range(0, len(x8), chunk)]
+    if not pieces:  # an empty shard
+        pieces = [_attack_chunk(attack, net, x8, y, dev, eps_list, options, seed, start, batch)]
+    arrays = {k: np.concatenate([p[k] for p in pieces], axis=1 if k == "preds" or k.startswith("hit_") else 0)
+              for k in pieces[0] if not k.startswith("cand_")}
+    show = options["examples"]  # the first `show` fooled and not fooled of the part, as one chunk would pick
+    fooled = np.concatenate([p["cand_fooled"] for p in pieces])
+    pick = np.concatenate([np.flatnonzero(fooled)[:show], np.flatnonzero(~fooled)[:show]]).astype(np.int64)
+    arrays.update({k: np.concatenate([p[k] for p in pieces])[pick] for k in pieces[0] if k.startswith("cand_")})
+    for eps, p in zip(eps_list, arrays["preds"]):
+        log.info("%s: eps %.4f, accuracy %.3f (%d images)", attack, eps, float((p == y.numpy()).mean())
+                 if len(y) else float("nan"), len(y))
+    meta = {"start": start, "n_total": n_total, "epsilons": eps_list, "class_names": spec["class_names"],
+            "seconds": time.time() - t0}
+    return meta, {**arrays, "targets": y.numpy(), "images": x8.permute(0, 2, 3, 1).numpy(),
+                  "paths": np.array(paths, dtype=str)}
+
+
+def _attack_chunk(attack: str, net, x8: torch.Tensor, y: torch.Tensor, dev, eps_list: list[float], options: dict,
+                  seed: int, first: int, batch: int) -> dict:
+    """The attack on the images x8 (uint8), the first of which is image `first` of the sample: per-image
+    arrays, and the chunk's example candidates (cand_*: its first `examples` fooled and not fooled)."""
+    x, yd = x8.to(dev).float().div(255), y.to(dev)
     clean_pred, clean_conf = predict(net, x, batch)
     preds, flipped_at = [], np.full(len(x), np.inf)
     hits = {c: [] for c in COMPONENTS} if attack == "autoattack" else {}
@@ -165,7 +195,7 @@ def part(attack: str, job: dict, start: int = 0, stop: int | None = None) -> tup
         advs, comp = [], {c: [] for c in hits}
         for i in range(0, len(x), batch):
             adv, parts = attack_batch(attack, net, x[i:i + batch], yd[i:i + batch], eps, options,
-                                      _batch_seed(seed, start + i))
+                                      _batch_seed(seed, first + i))
             advs.append(adv)
             for c in comp:
                 comp[c].append(parts.get(c, np.zeros(len(adv), bool)))
@@ -179,21 +209,16 @@ def part(attack: str, job: dict, start: int = 0, stop: int | None = None) -> tup
         if eps == float(options["example_epsilon"]):
             fooled = ((clean_pred == y) & (p != y)).numpy()
             local = np.concatenate([np.flatnonzero(fooled)[:show], np.flatnonzero(~fooled)[:show]]).astype(np.int64)
-            cand = {"index": local + start, "fooled": fooled[local],
+            cand = {"index": local + first, "fooled": fooled[local],
                     "adv": (adv[local].cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8),
                     "pred": p[local].numpy(), "conf": c[local].numpy()}
-        log.info("%s: eps %.4f, accuracy %.3f (%d images, %.1fs)", attack, eps, float((p == y).float().mean())
-                 if len(x) else float("nan"), len(x), time.time() - t0)
     extra = {}
     if attack == "autoattack":
         extra = {f"hit_{c}": np.array(v, dtype=bool).reshape(len(eps_list), len(x)) for c, v in hits.items()}
-        extra.update(_masking_extras(net, x, yd, options, seed, start, batch))
-    meta = {"start": start, "n_total": n_total, "epsilons": eps_list, "class_names": spec["class_names"],
-            "seconds": time.time() - t0}
-    return meta, {"targets": y.numpy(), "clean_pred": clean_pred.numpy(), "clean_conf": clean_conf.numpy(),
-                  "flip_epsilon": flipped_at, "preds": np.array(preds, dtype=np.int64).reshape(len(eps_list), len(x)),
-                  "images": x8.permute(0, 2, 3, 1).numpy(), "paths": np.array(paths, dtype=str), **extra,
-                  **{f"cand_{k}": v for k, v in cand.items()}}
+        extra.update(_masking_extras(net, x, yd, options, seed, first, batch))
+    return {"clean_pred": clean_pred.numpy(), "clean_conf": clean_conf.numpy(), "flip_epsilon": flipped_at,
+            "preds": np.array(preds, dtype=np.int64).reshape(len(eps_list), len(x)), **extra,
+            **{f"cand_{k}": v for k, v in cand.items()}}
 
 
 def masking_checks(arrays: dict, options: dict) -> list[dict]:

@@ -20,6 +20,10 @@ from .sample import _slice, robustness_images, robustness_sample_size
 
 log = logging.getLogger("cvaudit.invariance")
 
+# Model batches converted to floats (and transformed) at a time: the robustness sample stays uint8, so a
+# stage's memory does not grow with robustness.max_images.
+CHUNK_BATCHES = 8
+
 
 def _jpeg(x: torch.Tensor, quality: float) -> torch.Tensor:
     """JPEG round trip per image with Pillow (torchvision's encoder is deprecated)."""
@@ -137,28 +141,33 @@ def _load(path: str, mtime_ns: int, size: int, seed: int, device: str, threads: 
 def part(family: str, job: dict, start: int = 0, stop: int | None = None) -> tuple[dict, dict]:
     """Per image of the robustness sample [start, stop): correct and unchanged predictions at each
     severity. Each image's result depends on it alone (noise seeded per image), so parts
-    concatenated equal one whole run. job (cvaudit.shards): model, data (the manifest), options
-    (max_images, severities), seed, device, threads."""
+    concatenated equal one whole run; the images are streamed through in chunks of CHUNK_BATCHES
+    model batches. job (cvaudit.shards): model, data (the manifest), options (max_images,
+    severities), seed, device, threads."""
     t0 = time.time()
     options, seed, manifest = job["options"], job["seed"], job["data"]
     model, spec, net, dev = _model(job)
     n_total = robustness_sample_size(manifest, options["max_images"])
     start, stop = _slice(n_total, start, stop)
     x8, y, _ = robustness_images(manifest, spec, options["max_images"], seed, start, stop)
-    x = x8.float().div(255).to(dev)
     batch = auto_batch(x8.shape[-2], x8.shape[-1], dev)
-    clean_pred, _ = predict(net, x, batch)
-    correct, same = [], []
-    for k, s in enumerate(options["severities"]):
-        seeds = [image_seed(image_seed(seed, k), j) for j in range(start, stop)]
-        p, _ = predict(net, transform(family, x, s, seeds=seeds), batch)
-        correct.append((p == y).numpy())
-        same.append((p == clean_pred).numpy())
-    n_sev = len(options["severities"])
+    n_sev, chunk = len(options["severities"]), batch * CHUNK_BATCHES
+    clean, correct, same = [np.zeros(0, bool)], [np.zeros((n_sev, 0), bool)], [np.zeros((n_sev, 0), bool)]
+    for lo in range(0, len(x8), chunk):
+        x, yc = x8[lo:lo + chunk].to(dev).float().div(255), y[lo:lo + chunk]
+        clean_pred, _ = predict(net, x, batch)
+        clean.append((clean_pred == yc).numpy())
+        c, sm = [], []
+        for k, s in enumerate(options["severities"]):
+            seeds = [image_seed(image_seed(seed, k), j) for j in range(start + lo, start + lo + len(x))]
+            p, _ = predict(net, transform(family, x, s, seeds=seeds), batch)
+            c.append((p == yc).numpy())
+            sm.append((p == clean_pred).numpy())
+        correct.append(np.array(c, dtype=bool).reshape(n_sev, len(x)))
+        same.append(np.array(sm, dtype=bool).reshape(n_sev, len(x)))
     return ({"start": start, "n_total": n_total, "seconds": time.time() - t0},
-            {"clean_correct": (clean_pred == y).numpy(),
-             "correct": np.array(correct, dtype=bool).reshape(n_sev, stop - start),
-             "same": np.array(same, dtype=bool).reshape(n_sev, stop - start)})
+            {"clean_correct": np.concatenate(clean), "correct": np.concatenate(correct, axis=1),
+             "same": np.concatenate(same, axis=1)})
 
 
 def merge(family: str, job: dict, parts: list[tuple[dict, dict]], out) -> dict:

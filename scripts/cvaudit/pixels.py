@@ -32,7 +32,18 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
     torch.manual_seed(seed)
     if threads:
         torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic()
+
+
+def deterministic() -> None:
+    """torch.use_deterministic_algorithms(True, warn_only=True), without the import of torch._inductor's
+    config that it makes to set the same flag for torch.compile (which cvaudit does not use): that import
+    pulls in torch._dynamo, over a second of every job's start on a 2-core machine."""
+    import sys
+    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
 
 
 def start_stage(model_path, seed: int, device: str, threads: int):
