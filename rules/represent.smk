@@ -63,6 +63,7 @@ rule visualise_ascent:
         options=config["represent"]["ascent"],
         seed=config["seed"],
         device=config["device"],
+    priority: 5  # a long job (gradient ascent): start it early, as the long explain and attack jobs
     threads: 1  # short jobs: two side by side use the cores better than one on both
     resources:
         gpu=GPU,

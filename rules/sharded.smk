@@ -3,7 +3,8 @@
 # `<stage>_shard` computes images [shard * shard_size, (shard + 1) * shard_size) and `<stage>` merges
 # its shards, or with shard_size 0 computes the whole stage in one job (cvaudit.shards). Both rules
 # take their inputs and options from the same entry, so a shard and its merge cannot disagree, and
-# each job receives only the options it reads.
+# each job receives only the options it reads. priority: the stages that hold the long jobs (integrated
+# gradients, LIME, SHAP, the attacks) start first, so that the short ones fill the cores at the end.
 from cvaudit.registry import attack_options
 
 
@@ -35,6 +36,7 @@ SHARDED = {
         "merge_job": _explain_job,
         "mem_mb": 6000,
         "runtime": 120,
+        "priority": 5,
     },
     "invariance": {
         "item": "family",
@@ -46,6 +48,7 @@ SHARDED = {
         "merge_job": _invariance_merge,
         "mem_mb": 4000,
         "runtime": 60,
+        "priority": 0,
     },
     "adversarial": {
         "item": "attack",
@@ -57,6 +60,7 @@ SHARDED = {
         "merge_job": _adversarial_job,
         "mem_mb": 6000,
         "runtime": 120,
+        "priority": 5,
     },
 }
 
@@ -91,6 +95,7 @@ for _stage, _entry in SHARDED.items():
             device=config["device"],
             shard_size=config["shard_size"],
         threads: 1
+        priority: _entry["priority"]
         resources:
             gpu=GPU,
             mem_mb=_entry["mem_mb"],
@@ -120,6 +125,7 @@ for _stage, _entry in SHARDED.items():
             seed=config["seed"],
             device=config["device"],
         threads: 1  # many small jobs: two run side by side on two cores instead of one on both
+        priority: _entry["priority"]
         resources:
             gpu=GPU,
             mem_mb=_entry["mem_mb"],

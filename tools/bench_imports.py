@@ -24,10 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # 2-core machine. torch alone is ~1.3 s; torchvision adds ~1.2 s (it imports torch._dynamo).
 BUDGET = 2.4  # seconds: torch and the stage's own code, no torchvision, no scipy.stats, no plotting
 BUDGETS = {"render_report": 1.2, "compare_models": 1.2, "gate": 0.3, "gate_check": 0.3, "side_by_side": 0.3,
-           "ingest_dataset": 0.6, "fit_baseline": 0.6}
+           "ingest_dataset": 0.6, "fit_baseline": 0.6,
+           "sharded (invariance)": 2.8}  # its transforms are torchvision's (v2 functionals on whole batches)
 # the libraries imported only by the jobs that use them (inside the function that needs them)
-LAZY = ["torch", "torchvision", "timm", "captum.attr", "lime.lime_image", "shap", "skimage.segmentation.slic_superpixels",
-        "torchattacks", "scipy.stats", "sklearn.manifold", "matplotlib.pyplot", "jinja2", "weasyprint"]
+LAZY = ['torch', 'torch._dynamo', 'torchvision', 'timm', 'captum.attr',
+        'lime.lime_image', 'shap', 'skimage.segmentation.slic_superpixels', 'torchattacks',
+        'scipy.stats', 'sklearn.manifold', 'matplotlib.pyplot', 'jinja2', 'weasyprint']
 
 
 def entry_modules() -> dict[str, str]:
@@ -65,6 +67,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     rows = {f"script {k}": v for k, v in entry_modules().items()}
     rows.update({f"library {m}": f"import {m}" for m in LAZY})
+    # a stage's start also seeds and sets torch's deterministic flag; torch.use_deterministic_algorithms
+    # imports torch._dynamo (through torch._inductor's config), cvaudit's seed_everything does not
+    rows["start: seed_everything"] = "from cvaudit.pixels import seed_everything; seed_everything(0, 1)"
+    rows["start: torch.use_deterministic_algorithms"] = "import torch; torch.use_deterministic_algorithms(True)"
     times: dict[str, list[float]] = {k: [] for k in rows}
     loads: dict[str, list[str]] = {}
     for _ in range(a.repeats):
