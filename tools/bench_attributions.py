@@ -44,23 +44,31 @@ SETTINGS = {"occlusion": {"window": 56, "stride": 28}, "integrated_gradients": {
 SAME_WORK = {"integrated_gradients": {"max_steps": 16}, "lime": {"check_samples": 0}}
 
 
-def trace(fn, net) -> list[tuple[int, bool]]:
-    """The model calls `fn` makes: (images, with an input gradient) for each."""
+def trace(fn, net) -> list[tuple[int, bool, bool]]:
+    """The model calls `fn` makes: (images, with an input gradient, channels-last memory) for each. The
+    memory layout matters: images decoded from HWC arrays arrive channels-last, and on a CPU a
+    convolution on those runs at another speed than on contiguous NCHW copies."""
     calls = []
+
+    def record(m, a):
+        t = a[0]
+        calls.append((t.shape[0], torch.is_grad_enabled() and t.requires_grad,
+                      not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)))
     with Hooks() as hooks:
-        hooks.forward_pre(net, lambda m, a: calls.append((a[0].shape[0], torch.is_grad_enabled()
-                                                          and a[0].requires_grad)))
+        hooks.forward_pre(net, record)
         fn()
     return calls
 
 
-def replay(net, x: torch.Tensor, calls: list[tuple[int, bool]]):
-    """The floor: the same calls as plain passes (a forward, or a forward and an input gradient)."""
-    pool = x.repeat((max(b for b, _ in calls) + len(x) - 1) // len(x), 1, 1, 1)
+def replay(net, x: torch.Tensor, calls: list[tuple[int, bool, bool]]):
+    """The floor: the same calls as plain passes (a forward, or a forward and an input gradient), in the
+    same memory layout."""
+    pool = x.repeat((max(c[0] for c in calls) + len(x) - 1) // len(x), 1, 1, 1).contiguous()
+    pools = {False: pool, True: pool.contiguous(memory_format=torch.channels_last)}
 
     def run():
-        for b, grad in calls:
-            xb = pool[:b]
+        for b, grad, cl in calls:
+            xb = pools[cl][:b]
             if grad:
                 xi = xb.clone().requires_grad_(True)
                 torch.autograd.grad(net(xi)[:, 0].sum(), xi)
@@ -172,10 +180,12 @@ def main(argv=None):
                 sync(dev)
         vs_lib = interleaved(lib, ours, a.repeats, dev)
         row = {"method": name, "images": len(x), "batch_size": batch, "calls": len(calls),
-               "passes_per_image": sum(b for b, _ in calls) / len(x), "wall_s": vs_floor["a_s"],
+               "passes_per_image": sum(c[0] for c in calls) / len(x),
+               "channels_last_calls": sum(c[2] for c in calls), "wall_s": vs_floor["a_s"],
                "floor_s": vs_floor["b_s"], "wall_over_floor": vs_floor["ratio"],
                "wall_over_floor_min_max": [vs_floor["ratio_min"], vs_floor["ratio_max"]],
-               "library": impl, "same_work": SAME_WORK.get(name, {}), "library_passes_per_image": sum(b for b, _ in lib_calls) / len(x),
+               "library": impl, "same_work": SAME_WORK.get(name, {}),
+               "library_passes_per_image": sum(c[0] for c in lib_calls) / len(x),
                "library_wall_s": vs_lib["a_s"], "speedup_over_library": vs_lib["ratio"],
                "speedup_min_max": [vs_lib["ratio_min"], vs_lib["ratio_max"]]}
         rows.append(row)

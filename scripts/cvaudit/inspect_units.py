@@ -235,7 +235,7 @@ def run_units(model_path, manifest, audit_set, options: dict, seed: int, device:
     model, spec, net, dev = pixel_model(model_path, seed, device, threads)
     rows = read_manifest(manifest, "test")
     audit = load_audit_set(audit_set)
-    xa = audit_images(audit, dev)[:options["images"]]
+    xa = audit_images(audit, dev, 0, options["images"])  # only those images become floats
     stages, unit, shapes = resolve_layers(model, (xa[:1] - net.mean) / net.std, options)
     log.info("activations of %s over %d test images; channels of %s", stages, len(rows), unit)
     st = unit_statistics(model, rows, spec, dev, stages, unit, options["top_k"])

@@ -100,14 +100,15 @@ def save_npz(path: str | Path, meta: dict, **arrays) -> None:
         np.savez_compressed(f, meta=np.array(json.dumps(meta, default=_jsonable)), **arrays)
 
 
-def load_npz(path: str | Path) -> dict:
-    """The arrays of a save_npz file, and its meta under "meta"."""
+def load_npz(path: str | Path, keys=None) -> dict:
+    """The arrays of a save_npz file (only `keys`, when given: the others are not read), and its meta
+    under "meta"."""
     import numpy as np
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         if FAILED_KEY in meta:
             raise_failed(path, meta[FAILED_KEY])
-        out = {k: z[k] for k in z.files if k != "meta"}
+        out = {k: z[k] for k in z.files if k != "meta" and (keys is None or k in keys)}
         out["meta"] = meta
     return out
 
