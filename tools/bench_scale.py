@@ -5,7 +5,7 @@ invariance, adversarial) at growing audit-set sizes, each stage and size in a fr
 Real Fashion-MNIST test images (Debian dataset-fashion-mnist) are ingested once into a scratch
 folder. At 28 px the model is the demo's cnn_fmnist (results/cnn_fmnist/model.safetensors: run `make
 demo` first); at 224 px (--px 224) the images are resized to 224 x 224 as a model of that input size
-sees them, and the model is a small CNN of that input size (simple_cnn, channels 8/16/32, seeded
+sees them, and the model is a small CNN of that input size (simple_cnn, channels 4/8/8, seeded
 random weights: time and memory do not depend on what the weights are, and no 224 px model trains in
 minutes here). The stages run with the demo's settings (config/config.yaml) unless --light, on the
 CPU, one thread per stage as in the workflow. Time should grow linearly with the images; memory should
@@ -43,7 +43,7 @@ def model_224(path: Path) -> Path:
     from cvaudit.models import build_model, save_model
     if not path.exists():
         torch.manual_seed(0)
-        spec = {"arch": "simple_cnn", "arch_options": {"channels": [8, 16, 32]}, "weights": "none",
+        spec = {"arch": "simple_cnn", "arch_options": {"channels": [4, 8, 8]}, "weights": "none",
                 "num_classes": 10, "input_size": 224, "class_names": demo_config()["datasets"]["fmnist"]["class_names"],
                 "mean": [0.5] * 3, "std": [0.5] * 3}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,7 +165,7 @@ def main():
                 rows.append(res)
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only, "
                          "one thread per stage", "px": a.px, "light": a.light,
-              "model": "cnn_fmnist (demo)" if a.px == 28 else "simple_cnn 8/16/32 at 224 px (seeded random weights)",
+              "model": "cnn_fmnist (demo)" if a.px == 28 else "simple_cnn 4/8/8 at 224 px (seeded random weights)",
               "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2))
