@@ -52,6 +52,14 @@ def model_224(path: Path) -> Path:
 
 
 def rss_mb() -> float:
+    """This process's peak resident memory (MB). Linux's VmHWM: getrusage's ru_maxrss survives exec, so
+    in a child it starts at the parent's size at fork and would hide the child's own peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
