@@ -14,8 +14,9 @@ log = logging.getLogger("cvaudit.method_agreement")
 
 def run_method_agreement(maps: dict, out) -> dict:
     """maps: {method: maps.npz} in the config's order. Each method's maps are read and pooled to the
-    coarse grid one at a time, so memory holds 28 x 28 per image and method, not the full maps. Methods whose stage failed or that do not apply to
-    the model are left out (their sections say why); with fewer than two left there is nothing to compare."""
+    coarse grid one at a time, so memory holds 28 x 28 per image and method, not the full maps. Methods
+    whose stage failed or that do not apply to the model are left out (their sections say why); with
+    fewer than two left there is nothing to compare."""
     usable = {}
     for method, path in maps.items():
         if method == FLOOR_METHOD or stage_failure(path):

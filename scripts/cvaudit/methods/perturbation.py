@@ -133,9 +133,10 @@ _SHAP_UNCACHEABLE = {"_build_fixed_multi_output", "identity", "logit", "lower_cr
 
 def _shap():
     """shap, with its numba functions cached on disk: shap compiles them in every process that explains
-    (about 10 s of a SHAP job's start on this machine, more than the model's own work at 28 px) and does not
-    ask numba to cache them. The cache holds the same machine code numba would compile; it lives in
-    numba's cache directory (__pycache__ beside shap, or NUMBA_CACHE_DIR) and is rebuilt when shap changes."""
+    (about 10 s of a SHAP job on this machine, more than the model's own work at 28 px) and does not ask
+    numba to cache them. Those numba can cache save about 3 s; the rest (_SHAP_UNCACHEABLE) still compile.
+    The cache holds the same machine code numba would compile; it lives in numba's cache directory
+    (__pycache__ beside shap, or NUMBA_CACHE_DIR) and is rebuilt when shap changes."""
     import shap
     from numba.core.dispatcher import Dispatcher
 
