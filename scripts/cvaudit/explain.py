@@ -53,16 +53,18 @@ def part(method: str, job: dict, start: int = 0, stop: int | None = None) -> tup
             return result, arrays
         if isinstance(m, GradCAM):
             result["layer"] = layer_name(net, m.layer(net, audit_images(audit, dev, start, start + 1)))
-        chunk = max(CHUNK_IMAGES, trust["sanity_images"])
-        pieces, seconds = [], 0.0
-        for lo in range(start, stop, chunk):
+        chunk, seconds = max(CHUNK_IMAGES, trust["sanity_images"]), 0.0
+        for lo in range(start, stop, chunk):  # each chunk's arrays go into one array per key, then are freed
             got, took = _explain_chunk(m, net, audit, lo, min(lo + chunk, stop), dev, trust, seed, batch, result)
-            pieces.append(got)
             seconds += took
+            for k, v in got.items():
+                if k == "faith_fractions":  # the same for every image
+                    arrays.setdefault(k, v)
+                    continue
+                if k not in arrays:
+                    arrays[k] = np.empty((stop - start,) + v.shape[1:], v.dtype)
+                arrays[k][lo - start:lo - start + len(v)] = v
         result["attribution_seconds"] = round(seconds, 3)
-        arrays = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0] if k != "faith_fractions"}
-        if "faith_fractions" in pieces[0]:
-            arrays["faith_fractions"] = pieces[0]["faith_fractions"]
         if "converged" in arrays and not arrays["converged"].all():
             log.warning("integrated gradients: %d of %d maps miss completeness by more than %.0f%% at %d steps",
                         int((~arrays["converged"].astype(bool)).sum()), len(arrays["converged"]),
@@ -133,7 +135,8 @@ def merge_explain(parts: list[tuple[dict, dict]]) -> tuple[dict, dict]:
     sanity = [r["sanity"] for r, _ in full if r.get("sanity")]
     if sanity:
         result["sanity"] = sanity[0]
-    arrays = {k: np.concatenate([a[k] for _, a in full]) for k in PER_IMAGE if k in full[0][1]}
+    arrays = {k: full[0][1][k] if len(full) == 1 else np.concatenate([a[k] for _, a in full])
+              for k in PER_IMAGE if k in full[0][1]}  # one part (no shards): its arrays as they are
     if "faith_fractions" in full[0][1]:
         arrays["faith_fractions"] = full[0][1]["faith_fractions"]
         ok = arrays["converged"].astype(bool) if "converged" in arrays else np.ones(len(arrays["faith_deletion_auc"]), bool)
