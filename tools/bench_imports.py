@@ -11,6 +11,7 @@ median and the min-max of the rounds. A row over its budget is marked, and the s
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import statistics
@@ -57,7 +58,7 @@ def import_time(statement: str) -> tuple[float, list[str]]:
         m = re.match(r"import time:\s+\d+ \|\s+(\d+) \| (\S.*)$", line)
         if m and not m.group(2).startswith(" "):
             total += int(m.group(1))
-    return total / 1e6, eval(r.stdout.strip().splitlines()[-1])
+    return total / 1e6, ast.literal_eval(r.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None):
