@@ -46,7 +46,7 @@ def test_the_schemas_families_are_the_registry_and_each_default_includes_the_ide
         assert callable(registry.load(family.ref)) and family.ref.endswith(":" + name)
         assert family.identity in inv["default"][name], name  # the clean point of every curve
     for name in registry.FAMILIES:  # the schema's description says what each family's severity means
-        assert f"{name}:" in inv["description"] or f", {name}:" in inv["description"] or f"{name}," in inv["description"], name
+        assert f"{name}:" in inv["description"] or f"{name}," in inv["description"], name
 
 
 def test_the_schemas_attacks_are_the_registry_and_each_reads_keys_the_schema_has():

@@ -85,7 +85,9 @@ def audit_set(model: Path, manifest: str, n: int, out: Path) -> None:
     show = display_transform(spec)
     images = np.stack([show(load_rgb(r["path"])).permute(1, 2, 0).numpy() for r in rows]).astype(np.uint8)
     net = PixelSpace(model, spec["mean"], spec["std"]).eval()
-    preds, conf = predict(net, torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255), 256)
+    chunks = [predict(net, torch.from_numpy(images[i:i + 256]).permute(0, 3, 1, 2).float().div(255), 64)
+              for i in range(0, len(images), 256)]  # only a chunk of the images as floats at a time
+    preds, conf = torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
     index = {c: i for i, c in enumerate(spec["class_names"])}
     targets = np.array([index[r["label"]] for r in rows])
     np.savez_compressed(out, images=images, targets=targets, preds=preds.numpy(), confidence=conf.numpy(),

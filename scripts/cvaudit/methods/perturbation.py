@@ -143,9 +143,12 @@ def _shap():
     for name, module in list(sys.modules.items()):
         if name.startswith("shap.") and module is not None:
             for f in vars(module).values():
-                if (isinstance(f, Dispatcher) and f._cache.__class__.__name__ == "NullCache"
+                if (isinstance(f, Dispatcher) and type(getattr(f, "_cache", None)).__name__ == "NullCache"
                         and f.__name__ not in _SHAP_UNCACHEABLE):
-                    f.enable_caching()
+                    try:
+                        f.enable_caching()
+                    except Exception:  # noqa: BLE001 — a speed-up only: without it numba compiles as shap asks
+                        pass
     return shap
 
 
