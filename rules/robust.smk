@@ -51,3 +51,47 @@ rule shuffled_labels:
         "benchmarks/shuffled_labels/{model}.tsv"
     script:
         "../scripts/shuffled_labels.py"
+
+
+# Where the model fails: image properties once per dataset, then slices and groups per model.
+rule image_properties:
+    input:
+        manifest="results/data/{dataset}/manifest.csv",
+    output:
+        properties="results/data/{dataset}/properties.csv",
+    threads: config["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/image_properties/{dataset}.log",
+    benchmark:
+        "benchmarks/image_properties/{dataset}.tsv"
+    script:
+        "../scripts/image_properties.py"
+
+
+rule slices:
+    input:
+        properties=lambda wc: f"results/data/{dataset_of(wc.model)}/properties.csv",
+        probs="results/{model}/eval/probs.npz",
+        manifest=manifest_of,
+    output:
+        slices="results/{model}/robust/slices.json",
+    params:
+        options=config["robustness"]["slices"],
+        groups=lambda wc: config["datasets"][dataset_of(wc.model)]["groups"],
+        seed=config["seed"],
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/slices/{model}.log",
+    benchmark:
+        "benchmarks/slices/{model}.tsv"
+    script:
+        "../scripts/slices.py"

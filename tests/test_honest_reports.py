@@ -167,15 +167,15 @@ def test_temperature_scaling_on_a_perfect_validation_set_is_not_applicable(tmp_p
 
     import numpy as np
 
-    from cvaudit import calibrate
+    from cvaudit import calibrate, evaluate, models
     with open(tmp_path / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["path", "label", "split"])
         w.writeheader()
         w.writerows({"path": f"v{i}.png", "label": "ab"[i % 2], "split": "val"} for i in range(20))
     targets = np.arange(20) % 2
     np.savez(tmp_path / "probs.npz", probs=np.eye(2)[targets] * 0.9 + 0.05, targets=targets)
-    monkeypatch.setattr(calibrate, "load_model", lambda p, d: (None, {"class_names": ["a", "b"]}))
-    monkeypatch.setattr(calibrate, "predict_proba", lambda m, rows, s, d: np.eye(2)[np.arange(len(rows)) % 2] * 0.98 + 0.01)
+    monkeypatch.setattr(models, "load_model", lambda p, d: (None, {"class_names": ["a", "b"]}))
+    monkeypatch.setattr(evaluate, "predict_proba", lambda m, rows, s, d: np.eye(2)[np.arange(len(rows)) % 2] * 0.98 + 0.01)
     res = calibrate.run_calibration("m", tmp_path / "manifest.csv", tmp_path / "probs.npz", {"bins": 5}, 0, "cpu", 1,
                                  tmp_path / "cal.json")
     assert res["temperature"] is None and res["after"] is None and "0 error(s) in 20 images" in res["reason"]

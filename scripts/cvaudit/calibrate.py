@@ -1,19 +1,15 @@
 """The calibrate stage: reliability, ECE (with its bootstrap interval and the equal-mass ECE), MCE, NLL and
-Brier before and after temperature scaling fitted on the validation split (Guo et al. 2017)."""
+Brier before and after temperature scaling fitted on the validation split (Guo et al. 2017).
+calibration_metrics is numpy only (torch is imported by the functions that need it): the slices stage
+reuses it per group without importing torch."""
 from __future__ import annotations
 
 import logging
 import time
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from .data import read_manifest
-from .evaluate import predict_proba
 from .io import write_json
-from .models import load_model, resolve_device
-from .pixels import seed_everything
 
 log = logging.getLogger("cvaudit.calibrate")
 
@@ -75,6 +71,8 @@ MIN_PER_BIN = 10  # a reliability bin with fewer images says little; below this 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     """The temperature T > 0 minimising the NLL of softmax(logits / T): a 1-D convex problem in
     log T, solved by bounded scalar minimisation (scipy)."""
+    import torch
+    import torch.nn.functional as F
     from scipy.optimize import minimize_scalar
     z, t = torch.as_tensor(logits, dtype=torch.float64), torch.as_tensor(targets)
 
@@ -86,6 +84,7 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
 
 
 def scaled(logits: np.ndarray, temperature: float) -> np.ndarray:
+    import torch
     return torch.softmax(torch.as_tensor(logits, dtype=torch.float64) / temperature, 1).numpy()
 
 
@@ -99,6 +98,11 @@ MIN_VAL_ERRORS = 2  # fewer misclassified validation images and temperature scal
 
 def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, device: str, threads: int,
                     out) -> dict:
+    from .data import read_manifest
+    from .evaluate import predict_proba
+    from .models import load_model, resolve_device
+    from .pixels import seed_everything
+
     t0 = time.time()
     seed_everything(seed, threads)
     dev = resolve_device(device)

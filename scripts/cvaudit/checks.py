@@ -152,6 +152,29 @@ register(Check("robust_accuracy", "Accuracy under the strongest attack", "advers
                robust_accuracy))
 
 
+def slice_gap(r: dict):
+    """The slices stage's worst slice: rest-of-test-set accuracy minus the slice's, for the slice whose
+    shortfall has the largest Bonferroni-adjusted lower bound (Newcombe interval)."""
+    sl = _robust(r).get("slices")
+    return (sl or {}).get("weak_slices", {}).get("worst")
+
+
+def group_gap(r: dict):
+    """Best minus worst group accuracy (the dataset's groups columns); with several columns, the largest."""
+    sl = _robust(r).get("slices") or {}
+    gaps = [g["gap"] for g in sl.get("groups", {}).values() if g.get("gap")]
+    return max(gaps, key=lambda g: g["value"]) if gaps else None
+
+
+register(Check("slice_gap", "Accuracy gap of the weakest slice", "slices and groups", False,
+               "Accuracy of the rest of the test set minus that of its weakest slice (a bin of brightness, contrast, "
+               "sharpness, colourfulness, size or aspect, or a pair of bins), with an interval adjusted for the "
+               "number of slices tested.", slice_gap))
+register(Check("group_gap", "Worst-group accuracy gap", "slices and groups", False,
+               "Accuracy of the best group minus that of the worst (groups from the dataset's metadata columns), "
+               "with an interval adjusted for the number of group pairs.", group_gap))
+
+
 def _point(value: float, threshold: dict, higher_is_better: bool) -> str:
     def worse(limit: float) -> bool:  # strictly on the bad side: a value on the threshold passes it
         return value < limit if higher_is_better else value > limit

@@ -32,7 +32,7 @@ from .sources import (Candidate, candidates, folder_classes, foolbox_dir,  # noq
 
 # path: the file every stage reads (a converted copy under results/data/{dataset}/converted/ when the
 # original needed one); original: the user's file; converted: what was done to it (empty: nothing).
-MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "width", "height", "mode", "original", "converted"]
+MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "width", "height", "mode", "original", "converted", "groups"]
 SPLIT_PREFERENCE = {"test": 0, "val": 1, "train": 2, None: 3}  # a duplicate kept once stays in its held-out split
 
 
@@ -196,6 +196,7 @@ def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None, w
             _ensure_each_split(kept, seed, val, test)
         for r in kept:
             c = r.pop("cand")
+            r["groups"] = json.dumps(c.groups, sort_keys=True) if c.groups else ""
             if arrays is not None:  # written only now, for the images kept
                 path = images_dir / _safe(label) / f"{c.index:06d}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -246,7 +247,7 @@ def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None, w
             "split": {"val": val, "test": test},
             "split_from": "the dataset's own split" if n_user == len(rows) else
                           "content hash" if n_user == 0 else f"the dataset's own split ({n_user} images), else content hash",
-            "max_per_class": cap, "background": list(background),
+            "max_per_class": cap, "background": list(background), "groups": list(ds.get("groups") or []),
             "n_converted": sum(1 for r in rows if r["converted"]),
             "source_fingerprint": ingested_stamp(fingerprint)}
     write_json(out_dir / "dataset.json", info)

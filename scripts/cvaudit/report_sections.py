@@ -107,18 +107,22 @@ def collect_robust(grouped: dict[str, dict[str, str]], settings: dict) -> dict |
     inv = {f: read_json(v) for f, v in grouped.get("invariance", {}).items()}
     adv = {a: load_npz(v) for a, v in grouped.get("adversarial", {}).items()}
     cal, shuffled = grouped.get("calibration", {}), grouped.get("shuffled_labels", {})
-    if not inv and not adv and not cal and not shuffled:
+    sl = grouped.get("slices", {})
+    if not inv and not adv and not cal and not shuffled and not sl:
         return None
     rob = settings["robustness"]
     return {"invariance": inv, "adversarial": {a: v["meta"] for a, v in adv.items()}, "adversarial_arrays": adv,
             "calibration": read_json(cal["calibration"]) if cal else None,
             "shuffled_labels": read_json(shuffled["curves"]) if shuffled else None,
+            "slices": read_json(sl["slices"]) if sl else None,
             "check_angle": rob["check_angle"], "check_epsilon": rob["adversarial"]["check_epsilon"]}
 
 
 def robust_section(rob: dict, names: list[str]) -> dict:
+    from .report_behaviour import slices_section
     out = {"calibration": rob["calibration"], "invariance": rob["invariance"], "adversarial": rob["adversarial"],
-           "shuffled_labels": rob["shuffled_labels"]}
+           "shuffled_labels": rob["shuffled_labels"],
+           "slices": slices_section(rob["slices"], names) if rob.get("slices") else None}
     out["shuffled_labels_fig"] = figures.memorisation_curves(rob["shuffled_labels"]) if rob["shuffled_labels"] else None
     cal = rob["calibration"]
     out["reliability"] = figures.reliability_diagram(cal["before"], cal["after"], cal["temperature"]) if cal else None

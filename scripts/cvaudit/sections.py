@@ -69,6 +69,11 @@ def _units(config, model):
     return files
 
 
+def _slices(config, model):
+    rob = _robust(config)
+    return {"slices": f"results/{model}/robust/slices.json"} if rob and rob["slices"]["enabled"] else {}
+
+
 def _invariance(config, model):
     rob = _robust(config)
     return {f: f"results/{model}/robust/invariance/{f}.json" for f in rob["invariance"]} if rob else {}
@@ -95,6 +100,7 @@ SECTIONS = [
     Section("training", "Training"),
     Section("evaluation", "Evaluation and baselines"),
     Section("calibration", "Calibration", _calibration),
+    Section("slices", "Where the model fails: slices and groups", _slices),
     Section("attributions", "Attributions and their trust checks", _attributions),
     Section("representations", "Representations", _representations),
     Section("units", "Inside the network", _units),

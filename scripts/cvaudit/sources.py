@@ -30,6 +30,23 @@ class Candidate:
     split: str | None = None  # the user's split (None: drawn from the content hash)
     where: str = ""  # for messages: "line 7" of a CSV table
     index: int = -1  # array sources: the image's index in the array
+    groups: dict | None = None  # the values of the dataset's declared group columns (config key datasets.*.groups)
+
+
+# The group a source offers without a table: idx archives, the file an image came from (Zalando's train or
+# t10k file for Fashion-MNIST). A csv source offers every column of its table.
+IDX_GROUP = "source_file"
+
+
+def _check_groups(ds: dict, available: list[str], where: str) -> list[str]:
+    groups = list(ds.get("groups") or [])
+    missing = [g for g in groups if g not in available]
+    if missing:
+        have = ", ".join(available) if available else "none"
+        raise CvauditError(f"config key datasets.*.groups names {', '.join(repr(g) for g in missing)}, which {where} "
+                           f"does not offer (group columns it has: {have}); a csv source offers every column of its "
+                           f"table, an idx source '{IDX_GROUP}'")
+    return groups
 
 
 # ----------------------------------------------------------------------------- package data
@@ -134,7 +151,11 @@ def _csv_candidates(ds: dict) -> list[Candidate]:
     folder = os.path.normpath(table.parent)
     absolute = os.path.abspath(folder)
     out = []
-    for r in read_table(table):
+    rows = read_table(table)
+    with open(table, newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f), [])
+    groups = _check_groups(ds, [c for c in header if c not in ("path", "label", "split")], f"the table {table}")
+    for r in rows:
         where = f"line {r['_line']}"
         path = os.path.normpath(os.path.join(folder, r["path"]))  # an absolute path stays as it is
         if not ds.get("allow_outside") and os.path.commonpath([absolute, os.path.abspath(path)]) != absolute:
@@ -145,7 +166,8 @@ def _csv_candidates(ds: dict) -> list[Candidate]:
         if split and split.lower() not in SPLIT_NAMES:
             raise CvauditError(f"{table} {where}: split '{split}' is not train, val or test (an empty cell: "
                                "drawn from the image's content hash)")
-        out.append(Candidate(path, str(r["label"]).strip(), SPLIT_NAMES.get(split.lower()), where))
+        out.append(Candidate(path, str(r["label"]).strip(), SPLIT_NAMES.get(split.lower()), where,
+                             groups={g: str(r.get(g, "")).strip() for g in groups} if groups else None))
     return out
 
 
@@ -183,12 +205,14 @@ def read_idx(path: Path, ndim: int):
 
 
 def read_arrays(ds: dict):
-    """(images uint8 [N, H, W], labels int [N], class names) of an array source."""
+    """(images uint8 [N, H, W], labels int [N], class names, origin) of an array source; origin: (the
+    file each run of images came from, the run lengths), or None."""
     import numpy as np
 
     if ds["source"] == "idx":
-        xs, ys = [], []
+        xs, ys, files = [], [], []
         for img, lab in idx_pairs(Path(ds["path"])):
+            files.append(img.name.split("-images-idx3-ubyte")[0])
             x, y = read_idx(img, 3), read_idx(lab, 1)
             if len(x) != len(y):
                 raise CvauditError(f"{img} holds {len(x)} images but {lab} {len(y)} labels; restore the pair")
@@ -199,15 +223,17 @@ def read_arrays(ds: dict):
         if len(names) <= int(y.max()):
             raise CvauditError(f"config key datasets.*.class_names lists {len(names)} names but the "
                                f"IDX labels go up to {int(y.max())}")
-        return x, y, list(names)
+        return x, y, list(names), (files, [len(v) for v in xs])
     arr = np.load(lfw_file())  # lfw_subset: 100 faces then 100 non-faces, 25x25 floats in [0, 1]
-    return (np.clip(arr, 0, 1) * 255).round().astype(np.uint8), np.repeat([0, 1], len(arr) // 2), ["face", "non-face"]
+    return (np.clip(arr, 0, 1) * 255).round().astype(np.uint8), np.repeat([0, 1], len(arr) // 2), ["face", "non-face"], None
 
 
 # ----------------------------------------------------------------------------- every source
 def candidates(ds: dict, arrays=None) -> list[Candidate]:
     """Every labelled image a dataset offers, before any check. `arrays`: read_arrays(ds), for array sources."""
     src = ds["source"]
+    if src in ("imagefolder", "foolbox_imagenet"):
+        _check_groups(ds, [], f"the {src} source")
     if src == "imagefolder":
         return _folder_candidates(ds["path"])
     if src == "csv":
@@ -216,8 +242,11 @@ def candidates(ds: dict, arrays=None) -> list[Candidate]:
         cats = imagenet_categories()
         return [Candidate(str(p), cats[int(p.stem.rsplit("_", 1)[1])]) for p in sorted(foolbox_dir().glob("imagenet_*.jpg"))]
     if src in ("idx", "lfw_subset"):
-        _, y, names = arrays
-        return [Candidate(None, names[int(c)], index=i) for i, c in enumerate(y)]
+        _, y, names, origin = arrays
+        if not _check_groups(ds, [IDX_GROUP] if origin else [], f"the {src} source"):
+            return [Candidate(None, names[int(c)], index=i) for i, c in enumerate(y)]
+        files = [f for f, n in zip(*origin) for _ in range(n)]
+        return [Candidate(None, names[int(c)], index=i, groups={IDX_GROUP: files[i]}) for i, c in enumerate(y)]
     raise CvauditError(f"unknown dataset source '{src}'")
 
 

@@ -1,0 +1,53 @@
+"""Figures of the behaviour sections (slices and groups, corruptions, shape and texture): SVG data URIs
+drawn the way cvaudit.figures draws the rest."""
+from __future__ import annotations
+
+import numpy as np
+
+from .figures import fig_uri, plt
+
+
+def _errorbars(ax, x, est: list[dict], **kw):
+    v = np.array([e["value"] if e["value"] is not None else np.nan for e in est], float)
+    lo = np.array([e["ci_low"] if e["ci_low"] is not None else np.nan for e in est], float)
+    hi = np.array([e["ci_high"] if e["ci_high"] is not None else np.nan for e in est], float)
+    ax.errorbar(x, v, yerr=[np.nan_to_num(v - lo), np.nan_to_num(hi - v)], fmt="o-", ms=3, capsize=2, lw=1, **kw)
+
+
+def slice_curves(properties: dict, overall: float) -> str | None:
+    """One panel per (non-constant) property: accuracy per bin with its Wilson interval, the mean
+    confidence per bin (dashed), and the overall accuracy (grey)."""
+    shown = {k: v for k, v in properties.items() if not v["constant"]}
+    if not shown:
+        return None
+    cols = min(4, len(shown))
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.8 * rows), squeeze=False, sharey=True)
+    for ax, (name, p) in zip(axes.flat, shown.items()):
+        x = np.arange(len(p["bins"]))
+        _errorbars(ax, x, [b["accuracy"] for b in p["bins"]], label="accuracy")
+        ax.plot(x, [b["confidence"] for b in p["bins"]], "s--", ms=2.5, lw=0.8, label="confidence")
+        ax.axhline(overall, color="#8c959f", lw=0.6)
+        ax.set_xticks(x, [f"{b['lo']:.2g}" if b["lo"] != b["hi"] else f"{b['lo']:g}" for b in p["bins"]], fontsize=6.5)
+        ax.set_title(name, fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6.5, frameon=False, loc="lower left")
+    fig.supxlabel("bin (lower edge)", fontsize=7)
+    fig.tight_layout()
+    return fig_uri(fig)
+
+
+def group_bars(groups: list[dict], title: str) -> str:
+    """Accuracy per group with its Wilson interval."""
+    fig, ax = plt.subplots(figsize=(min(7.2, 1.2 + 0.6 * len(groups)), 2.2))
+    x = np.arange(len(groups))
+    _errorbars(ax, x, [g["accuracy"] for g in groups])
+    ax.set_xticks(x, [f"{g['value']}\n(n={g['n']})" for g in groups], fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig_uri(fig)

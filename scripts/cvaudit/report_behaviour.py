@@ -1,0 +1,40 @@
+"""The report's behaviour sections, each built from its stage's output: slices and groups (more to come
+from the corruptions and shape-texture stages), and their summary.json entries."""
+from __future__ import annotations
+
+from . import behaviour_figures
+
+
+def _where(where: list[dict]) -> str:
+    return " and ".join(f"{w['property']} {w['bin']}" for w in where)
+
+
+def slices_section(sl: dict, names: list[str], shown: int = 12) -> dict:
+    """Per-property curves, the weak slices (or the most suspicious tested ones), and per group column
+    its table and chart."""
+    ws = sl["weak_slices"]
+    rows = [{**s, "label": _where(s["where"])} for s in ws["slices"][:shown]]
+    groups = {}
+    for col, g in sl["groups"].items():
+        label_names = [names[i] if 0 <= i < len(names) else str(i) for i in g["labels"]]
+        groups[col] = {**g, "chart": behaviour_figures.group_bars(g["groups"], f"accuracy per {col}"),
+                       "label_names": label_names}
+    return {"n": sl["n"], "accuracy": sl["accuracy"], "weak": ws, "rows": rows,
+            "worst_label": _where(ws["worst"]["where"]) if ws["worst"] else None,
+            "constant": {k: v["value"] for k, v in sl["properties"].items() if v["constant"]},
+            "descriptions": sl["descriptions"], "options": sl["options"],
+            "curves": behaviour_figures.slice_curves(sl["properties"], sl["accuracy"]["value"]), "groups": groups}
+
+
+def slices_summary(sl: dict | None) -> dict | None:
+    if not sl:
+        return None
+    ws = sl["weak_slices"]
+    return {"n": sl["n"], "n_tested": ws["n_tested"], "weak": ws["weak"], "alpha": ws["alpha"],
+            "weak_slices": [{"where": _where(s["where"]), "n": s["n"], "accuracy": s["accuracy"],
+                             "rest_accuracy": s["rest_accuracy"], "p_adjusted": s["p_adjusted"]}
+                            for s in ws["slices"] if s["weak"]],
+            "worst_gap": ws["worst"] and {**{k: ws["worst"][k] for k in ("value", "n", "ci_low", "ci_high", "method", "note")},
+                                          "where": _where(ws["worst"]["where"])},
+            "groups": {col: {"groups": [{k: g[k] for k in ("value", "n", "accuracy", "ece", "confidence")} for g in v["groups"]],
+                             "gap": v["gap"]} for col, v in sl["groups"].items()}}

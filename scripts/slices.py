@@ -1,0 +1,12 @@
+from cvaudit.slices import run_slices
+
+
+def main(sm):
+    run_slices(sm.input.properties, sm.input.probs, sm.input.manifest, sm.params.options, list(sm.params.groups),
+               sm.output.slices, seed=sm.params.seed)
+
+
+if __name__ == "__main__":
+    from cvaudit.runlog import run
+
+    run(main, snakemake, optional=True)  # noqa: F821 — injected by Snakemake. optional: a failure is reported, not fatal
