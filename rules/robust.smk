@@ -95,3 +95,28 @@ rule slices:
         "benchmarks/slices/{model}.tsv"
     script:
         "../scripts/slices.py"
+
+
+rule shape_texture:
+    input:
+        model="results/{model}/model.safetensors",
+        manifest=manifest_of,
+    output:
+        results="results/{model}/robust/shape_texture.npz",
+    params:
+        options=config["robustness"]["shape_texture"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/shape_texture/{model}.log",
+    benchmark:
+        "benchmarks/shape_texture/{model}.tsv"
+    script:
+        "../scripts/shape_texture.py"

@@ -112,3 +112,20 @@ def test_more_images_scales_the_half_width_on_the_thresholds_side_as_one_over_ro
     assert stats.more_images(stats.estimate(0.85, 0, 0.8, 0.9), 0.8) is None
     assert stats.more_images(stats.estimate(0.5, 1, 0.1, 0.9), 0.8) == 1  # n (0.4 / 0.3)^2 = 1.8: 2 images, 1 more
     assert stats.more_images(stats.estimate(0.85, 20, 0.849, 0.95, "wilson"), 0.8) == 1  # already clear: at least 1
+
+
+def test_error_consistency_is_cohens_kappa_of_the_right_wrong_decisions():
+    """Geirhos et al. 2020's error consistency equals scikit-learn's Cohen's kappa on the two right/wrong
+    vectors; the same mistakes give 1, independent ones about 0, and two perfect models no value."""
+    from sklearn.metrics import cohen_kappa_score
+    rng = np.random.default_rng(0)
+    a = rng.random(400) < 0.8
+    b = np.where(rng.random(400) < 0.7, a, rng.random(400) < 0.8)  # mostly the same mistakes
+    est = stats.error_consistency(a, b, seed=0)
+    assert est["value"] == pytest.approx(cohen_kappa_score(a, b))
+    assert est["ci_low"] < est["value"] < est["ci_high"] and est["ci_low"] > 0.4
+    assert est["observed"] == pytest.approx(np.mean(a == b))
+    assert stats.error_consistency(a, a)["value"] == pytest.approx(1.0)
+    indep = stats.error_consistency(a, rng.random(400) < 0.8, seed=0)
+    assert indep["ci_low"] < 0 < indep["ci_high"]
+    assert stats.error_consistency(np.ones(50, bool), np.ones(50, bool))["value"] is None

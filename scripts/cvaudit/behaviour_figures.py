@@ -51,3 +51,31 @@ def group_bars(groups: list[dict], title: str) -> str:
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return fig_uri(fig)
+
+
+def shape_texture_bars(meta: dict) -> str:
+    """Accuracy (Wilson interval) on the clean images, per patch-shuffling grid and per texture removal, and
+    the shape bias beside Geirhos et al.'s reference numbers."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(7.2, 2.4), gridspec_kw={"width_ratios": [3, 1.3]})
+    items = [("clean", meta["clean"])] + [(f"grid {g}", v) for g, v in meta["shuffle"].items() if g != "1"] + \
+        [(k, v) for k, v in meta["removal"].items()]
+    x = np.arange(len(items))
+    _errorbars(ax, x, [v for _, v in items])
+    ax.set_xticks(x, [k for k, _ in items], fontsize=7, rotation=30)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy")
+    ax.set_title("shape destroyed (grids) | texture removed (right)", fontsize=8)
+    sb = meta["cue_conflict"]["shape_bias"]
+    refs = list(meta["reference"].items())
+    bx.barh(range(len(refs)), [v for _, v in refs], color="#d0d7de")
+    for i, (k, v) in enumerate(refs):
+        bx.text(0.02, i, k.split(" (")[0], va="center", fontsize=6.5)
+    if sb["value"] is not None:
+        bx.axvline(sb["value"], color="#0969da", lw=1.5)
+        if sb["ci_low"] is not None:
+            bx.axvspan(sb["ci_low"], sb["ci_high"], color="#0969da", alpha=0.15)
+    bx.set_xlim(0, 1)
+    bx.set_yticks([])
+    bx.set_title("shape bias (blue: this model)", fontsize=8)
+    fig.tight_layout()
+    return fig_uri(fig)

@@ -166,6 +166,15 @@ def group_gap(r: dict):
     return max(gaps, key=lambda g: g["value"]) if gaps else None
 
 
+def shape_bias(r: dict):
+    st = _robust(r).get("shape_texture")
+    return st["meta"]["cue_conflict"]["shape_bias"] if st else None
+
+
+register(Check("shape_bias", "Shape bias", "shape and texture", True,
+               "Share of shape decisions among the shape-or-texture decisions on cue-conflict images (the figure of "
+               "one test image filled with the texture of another class's; Geirhos et al. 2019), Wilson interval.",
+               shape_bias))
 register(Check("slice_gap", "Accuracy gap of the weakest slice", "slices and groups", False,
                "Accuracy of the rest of the test set minus that of its weakest slice (a bin of brightness, contrast, "
                "sharpness, colourfulness, size or aspect, or a pair of bins), with an interval adjusted for the "

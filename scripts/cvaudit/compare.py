@@ -171,6 +171,35 @@ def check_gate(gate_json) -> None:
                            "without failing the run, set audit.fail_on: never.")
 
 
+def error_consistencies(datasets: list[str], rows: list[dict], correct: dict, paths: dict, seed: int = 0) -> dict:
+    """Per dataset with two or more models: the error consistency (Cohen's kappa, Geirhos et al. 2020) of
+    every pair on the test images they share, with its interval, and the kappa matrix as a heat map."""
+    from . import figures
+    out = {}
+    for d in datasets:
+        models = [r["model"] for r in rows if r["dataset"] == d and r["model"] in correct]
+        if len(models) < 2:
+            continue
+        k = np.eye(len(models))
+        pairs = []
+        for i, a in enumerate(models):
+            for j in range(i + 1, len(models)):
+                b = models[j]
+                ca, cb = correct[a], correct[b]
+                if paths.get(a) != paths.get(b):  # the same test images, matched by path
+                    common = sorted(set(paths[a]) & set(paths[b]))
+                    ia, ib = {p: n for n, p in enumerate(paths[a])}, {p: n for n, p in enumerate(paths[b])}
+                    ca, cb = ca[[ia[p] for p in common]], cb[[ib[p] for p in common]]
+                est = stats.error_consistency(ca, cb, seed=seed)
+                k[i, j] = k[j, i] = np.nan if est["value"] is None else est["value"]
+                pairs.append({"a": a, "b": b, "accuracy_a": float(np.mean(ca)), "accuracy_b": float(np.mean(cb)),
+                              "kappa": est})
+        out[d] = {"models": models, "pairs": pairs, "matrix": k.tolist(),
+                  "fig": figures.agreement_heatmap(models, np.nan_to_num(k).tolist(), label="error consistency (kappa)",
+                                                   vmin=-1)}
+    return out
+
+
 def same_data(loaded: dict, model_cfgs: dict) -> None:
     """Refuse to compare reports of one dataset that were built from different data (manifests)."""
     seen: dict[str, tuple[str, str]] = {}
@@ -195,12 +224,14 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
     loaded = {m: read_json(p) for m, p in summaries.items()}
     same_data(loaded, model_cfgs)
     rows = [metric_row(s, model_cfgs[m]) for m, s in loaded.items()]
-    correct = {}
+    correct, paths = {}, {}
     for m, p in (probs or {}).items():
         with np.load(p, allow_pickle=False) as z:
             correct[m] = z["probs"].argmax(1) == z["targets"]
+            paths[m] = [str(s) for s in z["paths"]] if "paths" in z.files else None
     mark_best(rows, correct)
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    consistency = error_consistencies(datasets, rows, correct, paths, settings.get("seed", 0))
     base = {}
     for d, p in baselines.items():
         b = read_json(p)
@@ -232,11 +263,13 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
                                                             "status": r["status"], **r["values"], "best": r["best"], "tie": r["tie"],
                                                             "intervals": r["intervals"],
                                                             "failed_stages": len(r["failed_stages"])} for r in rows},
-               "baselines": base, "cka_between_models": {d: {k: c[k] for k in ("models", "matrix")}
+               "baselines": base,
+               "error_consistency": {d: {k: c[k] for k in ("models", "pairs")} for d, c in consistency.items()},
+               "cka_between_models": {d: {k: c[k] for k in ("models", "matrix")}
                                                          for d, c in cka.items() if "failed" not in c}}
     html = jinja_env(template).get_template(Path(template).name).render(
         title=settings["report"]["title"], rows=rows, columns=COLUMNS, checks=checks, datasets=datasets, base=base,
-        cka=cka, side=side, scatter=scatter, stage_runs=stage_runs, versions=package_versions(),
+        cka=cka, consistency=consistency, side=side, scatter=scatter, stage_runs=stage_runs, versions=package_versions(),
         labels={r["model"]: r["kind"] for r in rows}, css=Path(css).read_text(), settings=settings)
     write_text(out_html, html)
     if out_pdf:

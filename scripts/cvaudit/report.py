@@ -15,7 +15,7 @@ from .diagnose import diagnosis
 from .io import load_audit_set, load_npz, read_history, read_json, stage_failure, write_json, write_text
 from .sections import AGREEMENT, SECTIONS, by_section
 from .rendering import device_description, jinja_env, package_versions, read_benchmarks, write_pdf
-from .report_behaviour import slices_summary
+from .report_behaviour import shape_texture_summary, slices_summary
 from .report_sections import collect_robust, compare_section, represent_section, robust_section, units_section
 
 log = logging.getLogger("cvaudit.report")
@@ -185,7 +185,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     present = {"diagnosis": diag is not None, "calibration": bool(robust and robust["calibration"]), "attributions": True,
                "representations": represent is not None, "units": units is not None,
                "invariance": bool(robust and robust["invariance"]), "adversarial": bool(robust and robust["adversarial"]),
-               "shuffled_labels": bool(robust and robust["shuffled_labels"]), "slices": bool(robust and robust["slices"])}
+               "shuffled_labels": bool(robust and robust["shuffled_labels"]), "slices": bool(robust and robust["slices"]),
+               "shape_texture": bool(robust and robust["shape_texture"])}
     sections = [(s.id, s.title) for s in SECTIONS if present.get(s.id, True) or s.id in failed_by_section]
     summary = {
         "summary_version": SUMMARY_VERSION,
@@ -229,6 +230,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                                 **{k: v[k] for k in ("components", "masking") if k in v}}
                             for a, v in robust["adversarial"].items()},
             "slices": slices_summary(r["robust"]["slices"]),
+            "shape_texture": shape_texture_summary(r["robust"]["shape_texture"]),
             "shuffled_labels": None if not robust["shuffled_labels"] else {
                 "final_train_accuracy": {k: v[-1] for k, v in robust["shuffled_labels"]["train_accuracy"].items()},
                 "chance": robust["shuffled_labels"]["chance"]}},

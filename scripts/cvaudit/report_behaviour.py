@@ -38,3 +38,34 @@ def slices_summary(sl: dict | None) -> dict | None:
                                           "where": _where(ws["worst"]["where"])},
             "groups": {col: {"groups": [{k: g[k] for k in ("value", "n", "accuracy", "ece", "confidence")} for g in v["groups"]],
                              "gap": v["gap"]} for col, v in sl["groups"].items()}}
+
+
+def shape_texture_section(st: dict) -> dict:
+    """Shape bias beside the paper's reference numbers, accuracy per shuffle grid and texture removal,
+    and cue-conflict examples with the decision."""
+    from . import figures
+    meta = st["meta"]
+    names = meta["class_names"]
+    examples = []
+    for i in range(len(st["conflict_images"])):
+        s, t, p = int(st["shape_class"][i]), int(st["texture_class"][i]), int(st["conflict_pred"][i])
+        examples.append({"shape": figures.png_uri(st["shape_images"][i], 80, 112),
+                         "texture": figures.png_uri(st["texture_images"][i], 80, 112),
+                         "conflict": figures.png_uri(st["conflict_images"][i], 80, 112),
+                         "shape_class": names[s], "texture_class": names[t], "pred": names[p] if 0 <= p < len(names) else str(p),
+                         "decision": "shape" if p == s else "texture" if p == t else "neither"})
+    kinds = [k for k in ("edges", "silhouette", "smooth") if k in st] + [k for k in st if k.startswith("grid_")]
+    stimuli = [{"kind": k.replace("grid_", "shuffled, grid "), "images": [figures.png_uri(a, 64, 96) for a in st[k]]}
+               for k in kinds]
+    return {**meta, "examples": examples, "stimuli": stimuli,
+            "bars": behaviour_figures.shape_texture_bars(meta)}
+
+
+def shape_texture_summary(st: dict | None) -> dict | None:
+    if not st:
+        return None
+    m = st["meta"]
+    return {"shape_bias": m["cue_conflict"]["shape_bias"],
+            **{k: m["cue_conflict"][k] for k in ("n", "shape", "texture", "neither", "with_figure")},
+            "clean_accuracy": m["clean"], "shuffle_accuracy": m["shuffle"], "texture_removed_accuracy": m["removal"],
+            "reference": m["reference"]}

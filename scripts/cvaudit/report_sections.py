@@ -107,22 +107,24 @@ def collect_robust(grouped: dict[str, dict[str, str]], settings: dict) -> dict |
     inv = {f: read_json(v) for f, v in grouped.get("invariance", {}).items()}
     adv = {a: load_npz(v) for a, v in grouped.get("adversarial", {}).items()}
     cal, shuffled = grouped.get("calibration", {}), grouped.get("shuffled_labels", {})
-    sl = grouped.get("slices", {})
-    if not inv and not adv and not cal and not shuffled and not sl:
+    sl, st = grouped.get("slices", {}), grouped.get("shape_texture", {})
+    if not inv and not adv and not cal and not shuffled and not sl and not st:
         return None
     rob = settings["robustness"]
     return {"invariance": inv, "adversarial": {a: v["meta"] for a, v in adv.items()}, "adversarial_arrays": adv,
             "calibration": read_json(cal["calibration"]) if cal else None,
             "shuffled_labels": read_json(shuffled["curves"]) if shuffled else None,
             "slices": read_json(sl["slices"]) if sl else None,
+            "shape_texture": load_npz(st["results"]) if st else None,
             "check_angle": rob["check_angle"], "check_epsilon": rob["adversarial"]["check_epsilon"]}
 
 
 def robust_section(rob: dict, names: list[str]) -> dict:
-    from .report_behaviour import slices_section
+    from .report_behaviour import shape_texture_section, slices_section
     out = {"calibration": rob["calibration"], "invariance": rob["invariance"], "adversarial": rob["adversarial"],
            "shuffled_labels": rob["shuffled_labels"],
-           "slices": slices_section(rob["slices"], names) if rob.get("slices") else None}
+           "slices": slices_section(rob["slices"], names) if rob.get("slices") else None,
+           "shape_texture": shape_texture_section(rob["shape_texture"]) if rob.get("shape_texture") else None}
     out["shuffled_labels_fig"] = figures.memorisation_curves(rob["shuffled_labels"]) if rob["shuffled_labels"] else None
     cal = rob["calibration"]
     out["reliability"] = figures.reliability_diagram(cal["before"], cal["after"], cal["temperature"]) if cal else None

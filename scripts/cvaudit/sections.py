@@ -74,6 +74,11 @@ def _slices(config, model):
     return {"slices": f"results/{model}/robust/slices.json"} if rob and rob["slices"]["enabled"] else {}
 
 
+def _shape_texture(config, model):
+    rob = _robust(config)
+    return {"results": f"results/{model}/robust/shape_texture.npz"} if rob and rob["shape_texture"]["enabled"] else {}
+
+
 def _invariance(config, model):
     rob = _robust(config)
     return {f: f"results/{model}/robust/invariance/{f}.json" for f in rob["invariance"]} if rob else {}
@@ -106,6 +111,7 @@ SECTIONS = [
     Section("units", "Inside the network", _units),
     Section("invariance", "Invariance", _invariance),
     Section("adversarial", "Adversarial examples", _adversarial),
+    Section("shape_texture", "Shape or texture?", _shape_texture),
     Section("shuffled_labels", "Shuffled-label test (memorisation)", _shuffled_labels),
     Section("appendix", "Appendix: provenance and configuration"),
 ]

@@ -95,3 +95,28 @@ def more_images(est: dict, threshold: float) -> int | None:
         return None
     need = math.ceil(est["n"] * (half / gap) ** 2)
     return max(need - est["n"], 1)
+
+
+def _kappa(a, b, axis=-1):
+    """Cohen's kappa of two right/wrong vectors (Geirhos et al. 2020's error consistency): observed
+    agreement beyond what the two accuracies alone predict."""
+    pa, pb = np.mean(a, axis=axis), np.mean(b, axis=axis)
+    observed = np.mean(a == b, axis=axis)
+    expected = pa * pb + (1 - pa) * (1 - pb)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (observed - expected) / (1 - expected)
+
+
+def error_consistency(a_correct, b_correct, seed: int = 0) -> dict:
+    """Error consistency of two models on the same images (Geirhos et al. 2020): Cohen's kappa of their
+    right/wrong decisions with a paired bootstrap interval, plus the observed and the expected consistency.
+    Undefined (None) when both models are right on every image or wrong on every image."""
+    a, b = np.asarray(a_correct, float), np.asarray(b_correct, float)
+    pa, pb = a.mean() if len(a) else 0.0, b.mean() if len(b) else 0.0
+    expected = pa * pb + (1 - pa) * (1 - pb)
+    if not len(a) or expected >= 1 - 1e-12:
+        est = estimate(None, len(a), method="bootstrap", note="both models right (or both wrong) on every image: "
+                                                             "kappa is undefined")
+    else:
+        est = bootstrap(_kappa, a, b, seed=seed)
+    return {**est, "observed": float(np.mean(a == b)) if len(a) else None, "expected": float(expected)}
