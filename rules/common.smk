@@ -99,6 +99,8 @@ def benchmark_files(model):
             files.update(sharded_benchmarks("adversarial", model, adv["attacks"], adv["max_images"]))
         if rob["shuffled_labels"]["enabled"] and config["models"][model]["train"] is not False:
             files["shuffled_labels"] = bench("shuffled_labels", model)
+        if rob["corruptions"]["enabled"]:
+            files["corruptions"] = bench("corruptions", model)
         if rob["shape_texture"]["enabled"]:
             files["shape_texture"] = bench("shape_texture", model)
         if rob["slices"]["enabled"]:

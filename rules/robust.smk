@@ -120,3 +120,28 @@ rule shape_texture:
         "benchmarks/shape_texture/{model}.tsv"
     script:
         "../scripts/shape_texture.py"
+
+
+rule corruptions:
+    input:
+        model="results/{model}/model.safetensors",
+        manifest=manifest_of,
+    output:
+        results="results/{model}/robust/corruptions.npz",
+    params:
+        options={k: v for k, v in config["robustness"]["corruptions"].items() if k != "reference"},  # the reference is read by the report
+        seed=config["seed"],
+        device=config["device"],
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/corruptions/{model}.log",
+    benchmark:
+        "benchmarks/corruptions/{model}.tsv"
+    script:
+        "../scripts/corruptions.py"

@@ -79,3 +79,35 @@ def shape_texture_bars(meta: dict) -> str:
     bx.set_title("shape bias (blue: this model)", fontsize=8)
     fig.tight_layout()
     return fig_uri(fig)
+
+
+def corruption_curves(meta: dict) -> str:
+    """Accuracy against severity, one panel per category (noise, blur, weather, digital), one line per
+    corruption, the clean accuracy in grey; and the ECE per severity (interval bars) beside the clean ECE."""
+    cats = list(dict.fromkeys(meta["categories"]))
+    fig, axes = plt.subplots(1, len(cats) + 1, figsize=(1.75 * (len(cats) + 1), 2.1), squeeze=False)
+    sev = meta["severities"]
+    for ax, cat in zip(axes[0], cats):
+        for name, c, acc in zip(meta["corruptions"], meta["categories"], meta["accuracy"]):
+            if c == cat:
+                ax.plot(sev, [a["value"] for a in acc], "o-", ms=2.5, lw=1, label=name.replace("_", " "))
+        ax.axhline(meta["clean"]["value"], color="#8c959f", lw=0.8)
+        ax.set_ylim(0, 1.02)
+        ax.set_xticks(sev)
+        ax.set_title(cat, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=5.5, frameon=False, loc="lower left")
+    ex = axes[0][-1]
+    _errorbars(ex, np.asarray(sev, float), meta["ece_by_severity"], label="corrupted")
+    ce = meta["clean_ece"]
+    ex.axhline(ce["value"], color="#8c959f", lw=0.8)
+    if ce["ci_low"] is not None:
+        ex.axhspan(ce["ci_low"], ce["ci_high"], color="#8c959f", alpha=0.15)
+    ex.set_xticks(sev)
+    ex.set_ylim(0, None)
+    ex.set_title("ECE (grey: clean)", fontsize=8)
+    ex.tick_params(labelsize=7)
+    fig.supxlabel("severity", fontsize=7)
+    axes[0][0].set_ylabel("accuracy", fontsize=8)
+    fig.tight_layout()
+    return fig_uri(fig)

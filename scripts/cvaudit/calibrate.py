@@ -55,14 +55,26 @@ def calibration_metrics(probs: np.ndarray, targets: np.ndarray, bins: int = 15, 
            "bins": rows, "n": int(n)}
     if seed is not None and n:
         from . import stats
-        out["ece_ci"] = stats.bootstrap(lambda c, k, w, axis=-1: _bin_gaps(c, k, w, bins), conf, correct, which,
-                                        seed=seed, value=float(ece))
+        out["ece_ci"] = ece_estimate(conf, correct, bins, seed, value=float(ece))
         mass = np.minimum((np.argsort(np.argsort(conf, kind="stable")) * bins) // n, bins - 1)
         out["ece_equal_mass"] = float(_bin_gaps(conf, correct, mass, bins)[0])
         filled = [r["count"] for r in rows if r["count"]]
         out["images_per_bin"] = float(np.median(filled)) if filled else 0.0
         out["enough_per_bin"] = bool(filled) and out["images_per_bin"] >= MIN_PER_BIN
     return out
+
+
+def ece_estimate(conf, correct, bins: int = 15, seed: int = 0, value: float | None = None) -> dict:
+    """ECE over equal-width confidence bins from each image's top confidence and whether it was right, with
+    its bootstrap interval over images (stats.bootstrap)."""
+    from . import stats
+    conf, correct = np.asarray(conf, np.float64), np.asarray(correct, np.float64)
+    if not len(conf):
+        return stats.estimate(None, 0, method="bootstrap", note="no images")
+    which = np.clip(np.digitize(conf, np.linspace(0, 1, bins + 1)[1:-1], right=True), 0, bins - 1)
+    value = float(_bin_gaps(conf, correct, which, bins)[0]) if value is None else value
+    return stats.bootstrap(lambda c, k, w, axis=-1: _bin_gaps(c, k, w, bins), conf, correct, which, seed=seed,
+                           value=value)
 
 
 MIN_PER_BIN = 10  # a reliability bin with fewer images says little; below this median the diagram cannot support a verdict

@@ -166,6 +166,17 @@ def group_gap(r: dict):
     return max(gaps, key=lambda g: g["value"]) if gaps else None
 
 
+def mce(r: dict):
+    co = _robust(r).get("corruptions")
+    return co["errors"]["mce"] if co else None
+
+
+register(Check("mce", "Mean corruption error (mCE)", "corruptions", False,
+               "Errors under the 15 common corruptions of Hendrycks & Dietterich (5 severities each) relative to the "
+               "reference model's on the same images, averaged over corruptions; above 1: less robust than the "
+               "reference (paired bootstrap interval).", mce))
+
+
 def shape_bias(r: dict):
     st = _robust(r).get("shape_texture")
     return st["meta"]["cue_conflict"]["shape_bias"] if st else None
@@ -211,9 +222,11 @@ def judge(value, threshold: dict, higher_is_better: bool) -> str:
         return "n/a"
     if est["method"] == "none":
         return _point(est["value"], threshold, higher_is_better)
-    if est["ci_low"] is None:
+    if est["ci_low"] is None and est["ci_high"] is None:
         return "inconclusive"
-    lo, hi = (_point(est[k], threshold, higher_is_better) for k in ("ci_low", "ci_high"))
+    # one missing bound: the interval is unbounded on that side (e.g. a ratio whose denominator can be 0)
+    bounds = (-np.inf if est["ci_low"] is None else est["ci_low"], np.inf if est["ci_high"] is None else est["ci_high"])
+    lo, hi = (_point(b, threshold, higher_is_better) for b in bounds)
     return lo if lo == hi else "inconclusive"
 
 
@@ -221,8 +234,10 @@ def settle(est: dict | None, threshold: dict) -> str:
     """What would settle an inconclusive verdict, in words."""
     if est is None:
         return ""
-    if est["ci_low"] is None:
+    if est["ci_low"] is None and est["ci_high"] is None:
         return est["note"] or "too few images for an interval"
+    if est["ci_low"] is None or est["ci_high"] is None:
+        return est["note"] or "the interval is unbounded on one side; add images"
     crossed = [t for t in (threshold.get("warn"), threshold.get("fail")) if t is not None and stats.straddles(est, t)]
     if not crossed:
         return ""

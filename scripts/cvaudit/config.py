@@ -120,6 +120,14 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
         if not any(abs(e - adv[key]) < 1e-9 for e in adv["epsilons"]):
             raise CvauditError(f"config key 'robustness.adversarial.{key}': {adv[key]} is not among "
                                f"robustness.adversarial.epsilons {adv['epsilons']}; add it there or change it")
+    for d, ref in rob["corruptions"]["reference"].items():
+        if d not in config["datasets"]:
+            raise CvauditError(f"config key 'robustness.corruptions.reference.{d}': unknown dataset '{d}'; "
+                               f"defined datasets: {', '.join(sorted(config['datasets']))}")
+        if config["models"].get(ref, {}).get("dataset") != d:
+            ours = [m for m, c in config["models"].items() if c["dataset"] == d]
+            raise CvauditError(f"config key 'robustness.corruptions.reference.{d}': '{ref}' is not a model of dataset "
+                               f"'{d}'; its models: {', '.join(ours) or 'none'}")
     sanity = config["explain"]["trust"]["sanity_images"]
     if 0 < config["shard_size"] < sanity:
         raise CvauditError(f"config key 'shard_size': {config['shard_size']} is smaller than "

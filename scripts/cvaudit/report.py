@@ -15,7 +15,7 @@ from .diagnose import diagnosis
 from .io import load_audit_set, load_npz, read_history, read_json, stage_failure, write_json, write_text
 from .sections import AGREEMENT, SECTIONS, by_section
 from .rendering import device_description, jinja_env, package_versions, read_benchmarks, write_pdf
-from .report_behaviour import shape_texture_summary, slices_summary
+from .report_behaviour import corruptions_summary, shape_texture_summary, slices_summary
 from .report_sections import collect_robust, compare_section, represent_section, robust_section, units_section
 
 log = logging.getLogger("cvaudit.report")
@@ -186,7 +186,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                "representations": represent is not None, "units": units is not None,
                "invariance": bool(robust and robust["invariance"]), "adversarial": bool(robust and robust["adversarial"]),
                "shuffled_labels": bool(robust and robust["shuffled_labels"]), "slices": bool(robust and robust["slices"]),
-               "shape_texture": bool(robust and robust["shape_texture"])}
+               "shape_texture": bool(robust and robust["shape_texture"]),
+               "corruptions": bool(robust and robust["corruptions"])}
     sections = [(s.id, s.title) for s in SECTIONS if present.get(s.id, True) or s.id in failed_by_section]
     summary = {
         "summary_version": SUMMARY_VERSION,
@@ -231,6 +232,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                             for a, v in robust["adversarial"].items()},
             "slices": slices_summary(r["robust"]["slices"]),
             "shape_texture": shape_texture_summary(r["robust"]["shape_texture"]),
+            "corruptions": corruptions_summary(r["robust"]["corruptions"]),
             "shuffled_labels": None if not robust["shuffled_labels"] else {
                 "final_train_accuracy": {k: v[-1] for k, v in robust["shuffled_labels"]["train_accuracy"].items()},
                 "chance": robust["shuffled_labels"]["chance"]}},

@@ -69,3 +69,28 @@ def shape_texture_summary(st: dict | None) -> dict | None:
             **{k: m["cue_conflict"][k] for k in ("n", "shape", "texture", "neither", "with_figure")},
             "clean_accuracy": m["clean"], "shuffle_accuracy": m["shuffle"], "texture_removed_accuracy": m["removal"],
             "reference": m["reference"]}
+
+
+def corruptions_section(co: dict) -> dict:
+    """Curves per category, CE per corruption against the reference, and one image under every corruption
+    and severity."""
+    from . import figures
+    meta, errors, ex = co["meta"], co["errors"], co["arrays"]["examples"]
+    rows = []
+    for i, name in enumerate(meta["corruptions"]):
+        rows.append({"name": name, "category": meta["categories"][i], "accuracy": meta["accuracy"][i],
+                     "ce": errors["ce"][i] if errors["ce"] else None,
+                     "images": [figures.png_uri(ex[i, j], 48, 80) for j in range(ex.shape[1])] if len(ex) else []})
+    return {**meta, "errors": errors, "rows": rows, "curves": behaviour_figures.corruption_curves(meta)}
+
+
+def corruptions_summary(co: dict | None) -> dict | None:
+    if not co:
+        return None
+    m, e = co["meta"], co["errors"]
+    return {"n": m["n"], "table": m["table"], "severities": m["severities"], "clean_accuracy": m["clean"],
+            "accuracy": {c: m["accuracy"][i] for i, c in enumerate(m["corruptions"])},
+            "clean_ece": m["clean_ece"], "ece_by_severity": dict(zip(map(str, m["severities"]), m["ece_by_severity"])),
+            "reference": e["reference"], "mce": e["mce"], "relative_mce": e["relative_mce"],
+            "mean_error": e["mean_error"], "ce": dict(zip(m["corruptions"], e["ce"])) if e["ce"] else None,
+            "note": e["note"]}

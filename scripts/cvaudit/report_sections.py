@@ -107,8 +107,8 @@ def collect_robust(grouped: dict[str, dict[str, str]], settings: dict) -> dict |
     inv = {f: read_json(v) for f, v in grouped.get("invariance", {}).items()}
     adv = {a: load_npz(v) for a, v in grouped.get("adversarial", {}).items()}
     cal, shuffled = grouped.get("calibration", {}), grouped.get("shuffled_labels", {})
-    sl, st = grouped.get("slices", {}), grouped.get("shape_texture", {})
-    if not inv and not adv and not cal and not shuffled and not sl and not st:
+    sl, st, co = grouped.get("slices", {}), grouped.get("shape_texture", {}), grouped.get("corruptions", {})
+    if not inv and not adv and not cal and not shuffled and not sl and not st and not co:
         return None
     rob = settings["robustness"]
     return {"invariance": inv, "adversarial": {a: v["meta"] for a, v in adv.items()}, "adversarial_arrays": adv,
@@ -116,15 +116,35 @@ def collect_robust(grouped: dict[str, dict[str, str]], settings: dict) -> dict |
             "shuffled_labels": read_json(shuffled["curves"]) if shuffled else None,
             "slices": read_json(sl["slices"]) if sl else None,
             "shape_texture": load_npz(st["results"]) if st else None,
+            "corruptions": _corruptions(co, settings["seed"]) if "results" in co else None,
             "check_angle": rob["check_angle"], "check_epsilon": rob["adversarial"]["check_epsilon"]}
 
 
+def _corruptions(files: dict, seed: int) -> dict:
+    """The corruptions stage's arrays and the corruption errors against the reference's (a reference whose
+    stage failed leaves CE and mCE out, with the reason)."""
+    from .corruptions import corruption_errors
+    from .io import stage_failure
+    own = load_npz(files["results"])
+    ref_path = files.get("reference")
+    ref_name = Path(ref_path).parts[-3] if ref_path else None  # results/{ref}/robust/corruptions.npz
+    if ref_path and (rec := stage_failure(ref_path)):
+        errors = corruption_errors(own, None, ref_name, seed)
+        errors["note"] = f"the reference {ref_name}'s corruptions stage failed ({rec['error']})"
+    else:
+        errors = corruption_errors(own, load_npz(ref_path) if ref_path else None, ref_name, seed)
+        if not ref_path:
+            errors["note"] = "this model is its dataset's reference: its CE is 1 by definition"
+    return {"arrays": own, "meta": own["meta"], "errors": errors}
+
+
 def robust_section(rob: dict, names: list[str]) -> dict:
-    from .report_behaviour import shape_texture_section, slices_section
+    from .report_behaviour import corruptions_section, shape_texture_section, slices_section
     out = {"calibration": rob["calibration"], "invariance": rob["invariance"], "adversarial": rob["adversarial"],
            "shuffled_labels": rob["shuffled_labels"],
            "slices": slices_section(rob["slices"], names) if rob.get("slices") else None,
-           "shape_texture": shape_texture_section(rob["shape_texture"]) if rob.get("shape_texture") else None}
+           "shape_texture": shape_texture_section(rob["shape_texture"]) if rob.get("shape_texture") else None,
+           "corruptions": corruptions_section(rob["corruptions"]) if rob.get("corruptions") else None}
     out["shuffled_labels_fig"] = figures.memorisation_curves(rob["shuffled_labels"]) if rob["shuffled_labels"] else None
     cal = rob["calibration"]
     out["reliability"] = figures.reliability_diagram(cal["before"], cal["after"], cal["temperature"]) if cal else None

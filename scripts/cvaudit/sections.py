@@ -74,6 +74,24 @@ def _slices(config, model):
     return {"slices": f"results/{model}/robust/slices.json"} if rob and rob["slices"]["enabled"] else {}
 
 
+def corruption_reference(config: dict, model: str) -> str:
+    """The model a model's corruption errors are relative to (robustness.corruptions.reference, default the
+    dataset's first model)."""
+    dataset = config["models"][model]["dataset"]
+    return config["robustness"]["corruptions"]["reference"].get(dataset) or _models_on(config, dataset)[0]
+
+
+def _corruptions(config, model):
+    rob = _robust(config)
+    if not rob or not rob["corruptions"]["enabled"]:
+        return {}
+    files = {"results": f"results/{model}/robust/corruptions.npz"}
+    ref = corruption_reference(config, model)
+    if ref != model:
+        files["reference"] = f"results/{ref}/robust/corruptions.npz"
+    return files
+
+
 def _shape_texture(config, model):
     rob = _robust(config)
     return {"results": f"results/{model}/robust/shape_texture.npz"} if rob and rob["shape_texture"]["enabled"] else {}
@@ -110,6 +128,7 @@ SECTIONS = [
     Section("representations", "Representations", _representations),
     Section("units", "Inside the network", _units),
     Section("invariance", "Invariance", _invariance),
+    Section("corruptions", "Common corruptions", _corruptions),
     Section("adversarial", "Adversarial examples", _adversarial),
     Section("shape_texture", "Shape or texture?", _shape_texture),
     Section("shuffled_labels", "Shuffled-label test (memorisation)", _shuffled_labels),

@@ -81,7 +81,12 @@ def mcnemar_p(a_correct, b_correct) -> float | None:
 
 
 def straddles(est: dict, threshold: float) -> bool:
-    return est["ci_low"] is not None and est["ci_low"] < threshold < est["ci_high"]
+    """Whether the interval holds the threshold (a missing bound of a one-sided interval is unbounded)."""
+    if est["ci_low"] is None and est["ci_high"] is None:
+        return False
+    lo = -math.inf if est["ci_low"] is None else est["ci_low"]
+    hi = math.inf if est["ci_high"] is None else est["ci_high"]
+    return lo < threshold < hi
 
 
 def more_images(est: dict, threshold: float) -> int | None:

@@ -1,0 +1,12 @@
+from cvaudit.corruptions import run_corruptions
+
+
+def main(sm):
+    run_corruptions(sm.input.model, sm.input.manifest, sm.params.options, seed=sm.params.seed, device=sm.params.device,
+                    threads=sm.threads, out=sm.output.results)
+
+
+if __name__ == "__main__":
+    from cvaudit.runlog import run
+
+    run(main, snakemake, optional=True)  # noqa: F821 — injected by Snakemake. optional: a failure is reported, not fatal

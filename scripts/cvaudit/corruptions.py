@@ -1,0 +1,128 @@
+"""The corruptions stage: the 15 common corruptions of Hendrycks & Dietterich (2019) at 5 severities on the
+robustness sample (cvaudit.corruption_functions), per image right or wrong and the confidence, the
+accuracy per corruption and severity (Wilson intervals) and the ECE per severity beside the clean ECE
+(calibration under shift). Corruption error (CE) and mCE need a reference model's errors on the same
+images, so they are computed where both are read (corruption_errors, by the report).
+
+CE_c = sum_s E(c, s) / sum_s E_ref(c, s); mCE = mean_c CE_c; relative CE_c subtracts each model's clean
+error from each term first (the paper's definitions). Intervals: a paired bootstrap over images.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from . import stats
+from .calibrate import ece_estimate
+from .corruption_functions import CORRUPTIONS, corrupt, table
+from .io import save_npz
+
+log = logging.getLogger("cvaudit.corruptions")
+
+
+def _probs(net, x8: np.ndarray, dev, batch: int) -> np.ndarray:
+    import torch
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x8), batch):
+            x = torch.from_numpy(x8[i:i + batch]).to(dev).permute(0, 3, 1, 2).float().div(255)
+            out.append(torch.softmax(net(x).float(), 1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def corrupted(x8: np.ndarray, name: str, severity: int, seed: int, start: int = 0) -> np.ndarray:
+    """Images (N, H, W, 3) uint8 under one corruption; image i's randomness is its own (seeded by the
+    stage seed, the corruption, the severity and its index in the sample)."""
+    from .pixels import image_seed
+    k = list(CORRUPTIONS).index(name)
+    return np.stack([corrupt(im, name, severity, np.random.default_rng(image_seed(seed + 7919 * k + 104729 * severity,
+                                                                                   start + i)))
+                     for i, im in enumerate(x8)]) if len(x8) else x8
+
+
+def run_corruptions(model_path, manifest, options: dict, seed: int, device: str, threads: int, out) -> dict:
+    from .models import auto_batch
+    from .pixels import pixel_model
+    from .sample import robustness_images
+
+    t0 = time.time()
+    model, spec, net, dev = pixel_model(model_path, seed, device, threads, frozen=True)
+    x, y, paths = robustness_images(manifest, spec, options["max_images"], seed)
+    x8 = x.permute(0, 2, 3, 1).numpy()
+    y = y.numpy()
+    batch = auto_batch(x8.shape[1], x8.shape[2], dev)
+    names, sevs = list(options["corruptions"]), list(options["severities"])
+    clean = _probs(net, x8, dev, batch)
+    clean_correct, clean_conf = clean.argmax(1) == y, clean.max(1)
+    correct = np.zeros((len(names), len(sevs), len(y)), bool)
+    conf = np.zeros((len(names), len(sevs), len(y)), np.float32)
+    examples = np.zeros((len(names), len(sevs)) + x8.shape[1:], np.uint8)
+    for a, name in enumerate(names):
+        t1 = time.time()
+        for b, s in enumerate(sevs):
+            xs = corrupted(x8, name, s, seed)
+            p = _probs(net, xs, dev, batch)
+            correct[a, b], conf[a, b] = p.argmax(1) == y, p.max(1)
+            if len(xs):
+                examples[a, b] = xs[0]
+        log.info("%s: accuracy %s (%.1fs)", name, np.round(correct[a].mean(1), 3).tolist(), time.time() - t1)
+    n = len(y)
+    meta = {"corruptions": names, "categories": [CORRUPTIONS[c] for c in names], "severities": sevs, "n": n,
+            "table": table(min(x8.shape[1:3])) if n else None, "input_size": int(x8.shape[1]) if n else None,
+            "clean": stats.proportion(int(clean_correct.sum()), n),
+            "accuracy": [[stats.proportion(int(correct[a, b].sum()), n) for b in range(len(sevs))] for a in range(len(names))],
+            "clean_ece": ece_estimate(clean_conf, clean_correct, seed=seed),
+            "ece_by_severity": [ece_estimate(conf[:, b].ravel(), correct[:, b].ravel(), seed=seed) for b in range(len(sevs))],
+            "mean_accuracy": float(correct.mean()) if n else None}
+    meta["seconds"] = round(time.time() - t0, 2)
+    save_npz(out, meta, correct=correct, confidence=conf, clean_correct=clean_correct, clean_confidence=clean_conf,
+             paths=np.array(paths), examples=examples)
+    log.info("corruptions: mean accuracy %s over %d x %d on %d images (%.1fs)", meta["mean_accuracy"], len(names),
+             len(sevs), n, meta["seconds"])
+    return meta
+
+
+def _ce(*samples, axis=-1):
+    """mean_c sum_i a_c / sum_i b_c over the first half of samples (a) and the second (b)."""
+    k = len(samples) // 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.mean([np.sum(samples[c], axis=axis) / np.sum(samples[k + c], axis=axis) for c in range(k)], axis=0)
+
+
+def corruption_errors(own: dict, ref: dict | None, ref_name: str | None, seed: int = 0) -> dict:
+    """CE per corruption and mCE (plain and relative) of `own` against `ref` (the corruptions stage's
+    arrays), with paired bootstrap intervals over the images; ref None: the model is its own reference or
+    none was available, and only the mean corruption error is given."""
+    wrong = ~np.asarray(own["correct"], bool)  # (C, S, N)
+    names = own["meta"]["corruptions"]
+    out = {"reference": ref_name, "corruptions": names, "mean_error": stats.mean(wrong.mean((0, 1)), seed=seed),
+           "ce": None, "mce": None, "relative_mce": None, "note": ""}
+    if ref is None:
+        out["note"] = "no reference model: CE and mCE are relative to one (robustness.corruptions.reference)"
+        return out
+    if ref["meta"]["corruptions"] != names or ref["meta"]["severities"] != own["meta"]["severities"] or \
+            list(map(str, ref["paths"])) != list(map(str, own["paths"])):
+        out["note"] = f"the reference {ref_name} was run on other corruptions, severities or images"
+        return out
+    rwrong = ~np.asarray(ref["correct"], bool)
+    a = [wrong[c].sum(0).astype(float) for c in range(len(names))]  # per image: errors summed over severities
+    b = [rwrong[c].sum(0).astype(float) for c in range(len(names))]
+    if any(v.sum() == 0 for v in b):
+        out["note"] = f"the reference {ref_name} makes no error under some corruption: CE is undefined there"
+    ce = [float(a[c].sum() / b[c].sum()) if b[c].sum() else None for c in range(len(names))]
+    out["ce"] = [stats.bootstrap(_ce, a[c], b[c], seed=seed, value=ce[c]) if ce[c] is not None else
+                 stats.estimate(None, len(a[c]), note="reference error 0") for c in range(len(names))]
+    if all(v is not None for v in ce):
+        out["mce"] = stats.bootstrap(_ce, *a, *b, seed=seed, value=float(np.mean(ce)))
+        if out["mce"]["ci_high"] is None and out["mce"]["ci_low"] is not None:
+            out["mce"]["note"] = (f"no upper bound: in some resamples {ref_name} makes no error under a corruption, "
+                                  "so a ratio is unbounded; add images")
+        s = wrong.shape[1]
+        ra = [a[c] - s * (~np.asarray(own["clean_correct"], bool)) for c in range(len(names))]
+        rb = [b[c] - s * (~np.asarray(ref["clean_correct"], bool)) for c in range(len(names))]
+        if all(v.sum() > 0 for v in rb):
+            out["relative_mce"] = stats.bootstrap(_ce, *ra, *rb, seed=seed,
+                                                  value=float(np.mean([ra[c].sum() / rb[c].sum() for c in range(len(names))])))
+    return out
