@@ -88,6 +88,8 @@ def benchmark_files(model):
         files.update({r: bench(r, model) for r in ("represent", "inspect_units")})
         if rep["ascent"]["enabled"]:
             files["visualise_ascent"] = bench("visualise_ascent", model)
+        if rep["layer_views"]["enabled"]:
+            files["layer_views"] = bench("layer_views", model)
         if len(models_of(d)) > 1:
             files["compare_representations"] = bench("compare_representations", d)
     if rob["enabled"]:

@@ -97,3 +97,30 @@ rule compare_representations:
         "benchmarks/compare_representations/{dataset}.tsv"
     script:
         "../scripts/compare_representations.py"
+
+
+rule layer_views:
+    input:
+        model="results/{model}/model.safetensors",
+        manifest=manifest_of,
+        audit_set="results/{model}/eval/audit_set.npz",
+    output:
+        views="results/{model}/represent/layers.npz",
+    params:
+        units={k: config["represent"]["units"][k] for k in ("layers", "stages")},
+        options=config["represent"]["layer_views"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/layer_views/{model}.log",
+    benchmark:
+        "benchmarks/layer_views/{model}.tsv"
+    script:
+        "../scripts/layer_views.py"

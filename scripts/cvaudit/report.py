@@ -15,7 +15,7 @@ from .diagnose import diagnosis
 from .io import load_audit_set, load_npz, read_history, read_json, stage_failure, write_json, write_text
 from .sections import AGREEMENT, SECTIONS, by_section
 from .rendering import device_description, jinja_env, package_versions, read_benchmarks, write_pdf
-from .report_behaviour import corruptions_summary, shape_texture_summary, slices_summary
+from .report_behaviour import corruptions_summary, layers_section, layers_summary, shape_texture_summary, slices_summary
 from .report_sections import collect_robust, compare_section, represent_section, robust_section, units_section
 
 log = logging.getLogger("cvaudit.report")
@@ -175,6 +175,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     units = units_section(unit_files["units"], unit_files.get("ascent"), model_cfg.get("resize", "stretch")) \
         if "units" in unit_files else None
     compare = compare_section(reps["compare"]) if "compare" in reps else None
+    layer_files = grouped.get("layers", {})
+    layers = layers_section(layer_files["views"]) if "views" in layer_files else None
     robust = robust_section(r["robust"], [str(n) for n in audit["class_names"]]) if r["robust"] else None
     ev = r["eval"]
     stage_runs = read_benchmarks(benchmarks or {})
@@ -184,6 +186,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     diag = diagnosis(r, model_cfg)
     present = {"diagnosis": diag is not None, "calibration": bool(robust and robust["calibration"]), "attributions": True,
                "representations": represent is not None, "units": units is not None,
+               "layers": layers is not None,
                "invariance": bool(robust and robust["invariance"]), "adversarial": bool(robust and robust["adversarial"]),
                "shuffled_labels": bool(robust and robust["shuffled_labels"]), "slices": bool(robust and robust["slices"]),
                "shape_texture": bool(robust and robust["shape_texture"]),
@@ -236,6 +239,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
             "shuffled_labels": None if not robust["shuffled_labels"] else {
                 "final_train_accuracy": {k: v[-1] for k, v in robust["shuffled_labels"]["train_accuracy"].items()},
                 "chance": robust["shuffled_labels"]["chance"]}},
+        "layer_views": layers_summary(layers),
         "provenance": {"arch": model_cfg["arch"], "weights": model_cfg["weights"], "seed": settings["seed"],
                        "device": device_description(r["train"]["device"]),
                        "manifest_sha256": r["dataset"]["manifest_sha256"], "packages": versions,
@@ -246,7 +250,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
         sections=sections, failed=failed_by_section, stage_runs=stage_runs,
         title=settings["report"]["title"], model=model, r=r, ev=ev, verdicts=model_verdicts, status=status,
         summary=summary, model_cfg=model_cfg, dataset_cfg=dataset_cfg, settings=settings, att=attributions,
-        rep=represent, units=units, compare=compare, rob=robust, diag=diag,
+        rep=represent, units=units, layers=layers, compare=compare, rob=robust, diag=diag,
         css=Path(css).read_text(),
         samples=_sample_grid(inputs["manifest"], r["dataset"]["classes"]),
         curves=figures.learning_curves(r["history"]) if r["history"] else None,

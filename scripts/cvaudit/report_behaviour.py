@@ -1,6 +1,8 @@
-"""The report's behaviour sections, each built from its stage's output: slices and groups (more to come
-from the corruptions and shape-texture stages), and their summary.json entries."""
+"""The report's sections from issue 16's stages, each built from its stage's output, and their summary.json
+entries: slices and groups, shape and texture, common corruptions, what the layers keep."""
 from __future__ import annotations
+
+import numpy as np
 
 from . import behaviour_figures
 
@@ -94,3 +96,40 @@ def corruptions_summary(co: dict | None) -> dict | None:
             "reference": e["reference"], "mce": e["mce"], "relative_mce": e["relative_mce"],
             "mean_error": e["mean_error"], "ce": dict(zip(m["corruptions"], e["ce"])) if e["ce"] else None,
             "note": e["note"]}
+
+
+def layers_section(path) -> dict:
+    """Feature inversions (rows: the image, then each layer's reconstruction) and effective receptive fields."""
+    from . import figures
+    from .io import load_npz
+    v = load_npz(path)
+    meta = v["meta"]
+    inv = None
+    if meta["inversion"]:
+        rows = []
+        for i, img in enumerate(v["originals"]):
+            rows.append({"original": figures.png_uri(img, 80, 112),
+                         "layers": [{"image": figures.png_uri(v["inversions"][j, i], 80, 112),
+                                     "distance": meta["inversion"]["distance"][j][i]} for j in range(len(meta["layers"]))]})
+        inv = {**meta["inversion"], "rows": rows}
+    erf = []
+    for j, name in enumerate(meta["layers"]):
+        e = meta["erf"].get(name)
+        if e is None:
+            continue
+        row = {"layer": name, **e}
+        if f"erf_{j}" in v:
+            m = v[f"erf_{j}"]
+            row["map"] = figures.png_uri((255 * m / max(float(m.max()), 1e-12)).astype(np.uint8), 80, 112)
+        erf.append(row)
+    return {"layers": meta["layers"], "inversion": inv, "erf": erf, "input_size": meta["input_size"],
+            "erf_images": max((e.get("images", 0) for e in erf), default=0)}
+
+
+def layers_summary(layers: dict | None) -> dict | None:
+    if not layers:
+        return None
+    inv = layers["inversion"]
+    return {"layers": layers["layers"],
+            "inversion_distance": None if not inv else dict(zip(layers["layers"], inv["mean_distance"])),
+            "erf": {e["layer"]: {k: e.get(k) for k in ("r50", "r90", "theoretical", "reason")} for e in layers["erf"]}}

@@ -97,6 +97,11 @@ def _shape_texture(config, model):
     return {"results": f"results/{model}/robust/shape_texture.npz"} if rob and rob["shape_texture"]["enabled"] else {}
 
 
+def _layers(config, model):
+    rep = config["represent"]
+    return {"views": f"results/{model}/represent/layers.npz"} if rep["enabled"] and rep["layer_views"]["enabled"] else {}
+
+
 def _invariance(config, model):
     rob = _robust(config)
     return {f: f"results/{model}/robust/invariance/{f}.json" for f in rob["invariance"]} if rob else {}
@@ -127,6 +132,7 @@ SECTIONS = [
     Section("attributions", "Attributions and their trust checks", _attributions),
     Section("representations", "Representations", _representations),
     Section("units", "Inside the network", _units),
+    Section("layers", "What the layers keep", _layers),
     Section("invariance", "Invariance", _invariance),
     Section("corruptions", "Common corruptions", _corruptions),
     Section("adversarial", "Adversarial examples", _adversarial),
