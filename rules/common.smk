@@ -101,6 +101,8 @@ def benchmark_files(model):
             files.update(sharded_benchmarks("adversarial", model, adv["attacks"], adv["max_images"]))
         if rob["shuffled_labels"]["enabled"] and config["models"][model]["train"] is not False:
             files["shuffled_labels"] = bench("shuffled_labels", model)
+        if rob["shift"]["enabled"] and config["models"][model]["shift_sets"]:
+            files["shift"] = bench("shift", model)
         if rob["corruptions"]["enabled"]:
             files["corruptions"] = bench("corruptions", model)
         if rob["shape_texture"]["enabled"]:

@@ -145,3 +145,31 @@ rule corruptions:
         "benchmarks/corruptions/{model}.tsv"
     script:
         "../scripts/corruptions.py"
+
+
+rule shift:
+    input:
+        unpack(lambda wc: {f"shift_{d}": f"results/data/{d}/manifest.csv" for d in config["models"][wc.model]["shift_sets"]}),
+        model="results/{model}/model.safetensors",
+        manifest=manifest_of,
+        probs="results/{model}/eval/probs.npz",
+    output:
+        shift="results/{model}/robust/shift.json",
+    params:
+        options=config["robustness"]["shift"],
+        descriptions=lambda wc: {d: config["datasets"][d]["description"] for d in config["models"][wc.model]["shift_sets"]},
+        seed=config["seed"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/shift/{model}.log",
+    benchmark:
+        "benchmarks/shift/{model}.tsv"
+    script:
+        "../scripts/shift.py"

@@ -54,7 +54,6 @@ def calibration_metrics(probs: np.ndarray, targets: np.ndarray, bins: int = 15, 
            "brier": float(((probs - onehot) ** 2).sum(1).mean()), "mean_confidence": float(conf.mean()),
            "bins": rows, "n": int(n)}
     if seed is not None and n:
-        from . import stats
         out["ece_ci"] = ece_estimate(conf, correct, bins, seed, value=float(ece))
         mass = np.minimum((np.argsort(np.argsort(conf, kind="stable")) * bins) // n, bins - 1)
         out["ece_equal_mass"] = float(_bin_gaps(conf, correct, mass, bins)[0])

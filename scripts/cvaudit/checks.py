@@ -166,6 +166,17 @@ def group_gap(r: dict):
     return max(gaps, key=lambda g: g["value"]) if gaps else None
 
 
+def shift_gap(r: dict):
+    sh = _robust(r).get("shift")
+    gaps = [s["gap"] for s in (sh or {}).get("sets", {}).values() if s.get("gap")]
+    return max(gaps, key=lambda g: g["value"]) if gaps else None
+
+
+register(Check("shift_gap", "Accuracy lost on a shifted test set", "shifted test sets", False,
+               "In-distribution test accuracy minus accuracy on the shifted test set the model does worst on "
+               "(models.*.shift_sets), with a Newcombe interval.", shift_gap))
+
+
 def mce(r: dict):
     co = _robust(r).get("corruptions")
     return co["errors"]["mce"] if co else None

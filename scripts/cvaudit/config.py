@@ -101,6 +101,11 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
             raise CvauditError(
                 f"config key 'models.{name}.dataset': unknown dataset '{model['dataset']}'; "
                 f"defined datasets: {', '.join(sorted(config['datasets']))}")
+        for d in model.get("shift_sets", []):
+            if d not in config["datasets"] or d == model["dataset"]:
+                why = "the model's own dataset" if d == model["dataset"] else "not a key of datasets"
+                raise CvauditError(f"config key 'models.{name}.shift_sets': '{d}' is {why}; list other datasets of the "
+                                   f"same classes (defined: {', '.join(sorted(config['datasets']))})")
         if model["weights"].startswith("packaged:") and model["weights"] != "packaged:efficientnet_lite0":
             raise CvauditError(f"config key 'models.{name}.weights': unknown packaged weights "
                                f"'{model['weights']}'; available: packaged:efficientnet_lite0")

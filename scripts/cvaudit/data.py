@@ -201,7 +201,7 @@ def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None, w
                 path = images_dir / _safe(label) / f"{c.index:06d}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(arrays[0][c.index]).save(path)
-                r.update(path=str(path), original="", sha256=sha256_file(path))
+                r.update(path=str(path), original=c.where, sha256=sha256_file(path))
             else:
                 path = c.path
                 if r["converted"]:  # read once as a person sees it, written as 8-bit RGB for every stage

@@ -190,7 +190,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                "invariance": bool(robust and robust["invariance"]), "adversarial": bool(robust and robust["adversarial"]),
                "shuffled_labels": bool(robust and robust["shuffled_labels"]), "slices": bool(robust and robust["slices"]),
                "shape_texture": bool(robust and robust["shape_texture"]),
-               "corruptions": bool(robust and robust["corruptions"])}
+               "corruptions": bool(robust and robust["corruptions"]), "shift": bool(robust and robust["shift"])}
     sections = [(s.id, s.title) for s in SECTIONS if present.get(s.id, True) or s.id in failed_by_section]
     summary = {
         "summary_version": SUMMARY_VERSION,
@@ -236,6 +236,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
             "slices": slices_summary(r["robust"]["slices"]),
             "shape_texture": shape_texture_summary(r["robust"]["shape_texture"]),
             "corruptions": corruptions_summary(r["robust"]["corruptions"]),
+            "shift": r["robust"]["shift"],
             "shuffled_labels": None if not robust["shuffled_labels"] else {
                 "final_train_accuracy": {k: v[-1] for k, v in robust["shuffled_labels"]["train_accuracy"].items()},
                 "chance": robust["shuffled_labels"]["chance"]}},

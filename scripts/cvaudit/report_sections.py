@@ -108,7 +108,8 @@ def collect_robust(grouped: dict[str, dict[str, str]], settings: dict) -> dict |
     adv = {a: load_npz(v) for a, v in grouped.get("adversarial", {}).items()}
     cal, shuffled = grouped.get("calibration", {}), grouped.get("shuffled_labels", {})
     sl, st, co = grouped.get("slices", {}), grouped.get("shape_texture", {}), grouped.get("corruptions", {})
-    if not inv and not adv and not cal and not shuffled and not sl and not st and not co:
+    sh = grouped.get("shift", {})
+    if not inv and not adv and not cal and not shuffled and not sl and not st and not co and not sh:
         return None
     rob = settings["robustness"]
     return {"invariance": inv, "adversarial": {a: v["meta"] for a, v in adv.items()}, "adversarial_arrays": adv,
@@ -117,6 +118,7 @@ def collect_robust(grouped: dict[str, dict[str, str]], settings: dict) -> dict |
             "slices": read_json(sl["slices"]) if sl else None,
             "shape_texture": load_npz(st["results"]) if st else None,
             "corruptions": _corruptions(co, settings["seed"]) if "results" in co else None,
+            "shift": read_json(sh["shift"]) if sh else None,
             "check_angle": rob["check_angle"], "check_epsilon": rob["adversarial"]["check_epsilon"]}
 
 
@@ -144,7 +146,8 @@ def robust_section(rob: dict, names: list[str]) -> dict:
            "shuffled_labels": rob["shuffled_labels"],
            "slices": slices_section(rob["slices"], names) if rob.get("slices") else None,
            "shape_texture": shape_texture_section(rob["shape_texture"]) if rob.get("shape_texture") else None,
-           "corruptions": corruptions_section(rob["corruptions"]) if rob.get("corruptions") else None}
+           "corruptions": corruptions_section(rob["corruptions"]) if rob.get("corruptions") else None,
+           "shift": rob.get("shift")}
     out["shuffled_labels_fig"] = figures.memorisation_curves(rob["shuffled_labels"]) if rob["shuffled_labels"] else None
     cal = rob["calibration"]
     out["reliability"] = figures.reliability_diagram(cal["before"], cal["after"], cal["temperature"]) if cal else None

@@ -92,6 +92,12 @@ def _corruptions(config, model):
     return files
 
 
+def _shift(config, model):
+    rob = _robust(config)
+    return {"shift": f"results/{model}/robust/shift.json"} \
+        if rob and rob["shift"]["enabled"] and config["models"][model].get("shift_sets") else {}
+
+
 def _shape_texture(config, model):
     rob = _robust(config)
     return {"results": f"results/{model}/robust/shape_texture.npz"} if rob and rob["shape_texture"]["enabled"] else {}
@@ -134,6 +140,7 @@ SECTIONS = [
     Section("units", "Inside the network", _units),
     Section("layers", "What the layers keep", _layers),
     Section("invariance", "Invariance", _invariance),
+    Section("shift", "Shifted test sets", _shift),
     Section("corruptions", "Common corruptions", _corruptions),
     Section("adversarial", "Adversarial examples", _adversarial),
     Section("shape_texture", "Shape or texture?", _shape_texture),

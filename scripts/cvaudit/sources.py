@@ -185,6 +185,20 @@ def idx_pairs(folder: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def selected_idx_pairs(ds: dict) -> list[tuple[Path, Path]]:
+    """The archive pairs of an idx dataset, limited to config key datasets.*.files when it is given."""
+    pairs = idx_pairs(Path(ds["path"]))
+    want = ds.get("files")
+    if not want:
+        return pairs
+    stem = {img.name.split("-images-idx3-ubyte")[0]: (img, lab) for img, lab in pairs}
+    unknown = [f for f in want if f not in stem]
+    if unknown:
+        raise CvauditError(f"config key datasets.*.files names {', '.join(repr(f) for f in unknown)}, not an archive in "
+                           f"{ds['path']} (archives: {', '.join(stem)})")
+    return [stem[f] for f in want]
+
+
 def read_idx(path: Path, ndim: int):
     """An IDX array (MNIST format, gzip-compressed); a damaged archive is named with the fix."""
     import numpy as np
@@ -211,7 +225,7 @@ def read_arrays(ds: dict):
 
     if ds["source"] == "idx":
         xs, ys, files = [], [], []
-        for img, lab in idx_pairs(Path(ds["path"])):
+        for img, lab in selected_idx_pairs(ds):
             files.append(img.name.split("-images-idx3-ubyte")[0])
             x, y = read_idx(img, 3), read_idx(lab, 1)
             if len(x) != len(y):
@@ -219,13 +233,16 @@ def read_arrays(ds: dict):
             xs.append(x)
             ys.append(y)
         x, y = np.concatenate(xs), np.concatenate(ys).astype(int)
+        if ds.get("invert"):
+            x = 255 - x
         names = ds.get("class_names") or [str(i) for i in range(int(y.max()) + 1)]
         if len(names) <= int(y.max()):
             raise CvauditError(f"config key datasets.*.class_names lists {len(names)} names but the "
                                f"IDX labels go up to {int(y.max())}")
         return x, y, list(names), (files, [len(v) for v in xs])
     arr = np.load(lfw_file())  # lfw_subset: 100 faces then 100 non-faces, 25x25 floats in [0, 1]
-    return (np.clip(arr, 0, 1) * 255).round().astype(np.uint8), np.repeat([0, 1], len(arr) // 2), ["face", "non-face"], None
+    x = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+    return (255 - x if ds.get("invert") else x), np.repeat([0, 1], len(arr) // 2), ["face", "non-face"], None
 
 
 # ----------------------------------------------------------------------------- every source
@@ -243,10 +260,14 @@ def candidates(ds: dict, arrays=None) -> list[Candidate]:
         return [Candidate(str(p), cats[int(p.stem.rsplit("_", 1)[1])]) for p in sorted(foolbox_dir().glob("imagenet_*.jpg"))]
     if src in ("idx", "lfw_subset"):
         _, y, names, origin = arrays
-        if not _check_groups(ds, [IDX_GROUP] if origin else [], f"the {src} source"):
+        groups = _check_groups(ds, [IDX_GROUP] if origin else [], f"the {src} source")
+        if not origin:
             return [Candidate(None, names[int(c)], index=i) for i, c in enumerate(y)]
-        files = [f for f, n in zip(*origin) for _ in range(n)]
-        return [Candidate(None, names[int(c)], index=i, groups={IDX_GROUP: files[i]}) for i, c in enumerate(y)]
+        # where: the archive and the image's index in it (the manifest's `original`: the same image read by two
+        # datasets, e.g. a shifted rendering, is recognised by it)
+        where = [f"{f} #{k}" for f, n in zip(*origin) for k in range(n)]
+        return [Candidate(None, names[int(c)], where=where[i], index=i,
+                          groups={IDX_GROUP: where[i].split(" #")[0]} if groups else None) for i, c in enumerate(y)]
     raise CvauditError(f"unknown dataset source '{src}'")
 
 
@@ -258,7 +279,7 @@ def source_files(ds: dict) -> list[str]:
     if src == "csv":
         return sorted({ds["path"], *(c.path for c in _csv_candidates(ds))})
     if src == "idx":
-        return [str(p) for pair in idx_pairs(Path(ds["path"])) for p in pair]
+        return [str(p) for pair in selected_idx_pairs(ds) for p in pair]
     if src == "foolbox_imagenet":
         return sorted(str(p) for p in foolbox_dir().glob("imagenet_*.jpg"))
     if src == "lfw_subset":

@@ -1,0 +1,90 @@
+"""Shifted test sets: the shift stage's accuracy, ECE and gap on real image files, classes matched by name
+(a class the model lacks is a config error naming the key), and images the model trained on left out."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cvaudit import CvauditError
+from cvaudit.models import save_model
+from cvaudit.shift import run_shift, shift_rows
+from conftest import TINY
+from tiny_models import tiny_cnn
+
+FIELDS = ["path", "label", "split", "sha256", "original"]
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _rows(split, inverted_dir=None):
+    rows = []
+    for label in ("bag", "sneaker", "trouser"):
+        for i, p in enumerate(sorted((TINY / label).glob("fm*.png"))):
+            path = p
+            if inverted_dir is not None:  # a re-rendering: new file, same source entry
+                path = inverted_dir / f"{label}_{p.name}"
+                Image.fromarray(255 - np.asarray(Image.open(p).convert("RGB"))).save(path)
+            rows.append({"path": str(path), "label": label, "split": split(i), "sha256": f"{label}{i}{inverted_dir is not None}",
+                         "original": f"{label}/{p.name}"})
+    return rows
+
+
+def test_the_shift_stage_scores_a_shifted_rendering_and_leaves_out_what_the_model_trained_on(tmp_path):
+    model, spec = tiny_cnn(seed=0)
+    save_model(model, spec, tmp_path / "m.safetensors")
+    own = _rows(lambda i: "train" if i == 0 else "test")
+    _write(tmp_path / "own.csv", own)
+    test = [r for r in own if r["split"] == "test"]
+    from cvaudit.evaluate import predict_proba
+    probs = predict_proba(model, test, spec, "cpu")
+    targets = np.array([spec["class_names"].index(r["label"]) for r in test])
+    np.savez(tmp_path / "probs.npz", probs=probs, targets=targets, paths=np.array([r["path"] for r in test]))
+    (tmp_path / "inv").mkdir()
+    shifted = _rows(lambda i: "test", tmp_path / "inv")
+    _write(tmp_path / "shift.csv", shifted)
+    res = run_shift(tmp_path / "m.safetensors", "m", tmp_path / "own.csv", tmp_path / "probs.npz",
+                    {"inverted": tmp_path / "shift.csv"}, {"max_images": 100}, seed=0, device="cpu", threads=1,
+                    out=tmp_path / "shift.json", descriptions={"inverted": "the tiny images inverted"})
+    s = res["sets"]["inverted"]
+    assert s["overlap_left_out"] == 3  # the three training images' re-renderings
+    assert s["n"] == len(shifted) - 3
+    kept = [r for r in shifted if not r["path"].endswith(tuple(f"{lab}_{sorted((TINY / lab).glob('fm*.png'))[0].name}"
+                                                              for lab in ("bag", "sneaker", "trouser")))]
+    p = predict_proba(model, kept, spec, "cpu")
+    acc = float((p.argmax(1) == [spec["class_names"].index(r["label"]) for r in kept]).mean())
+    assert s["accuracy"]["value"] == pytest.approx(acc)
+    own_acc = float((probs.argmax(1) == targets).mean())
+    assert s["gap"]["value"] == pytest.approx(own_acc - acc)
+    assert s["gap"]["ci_low"] < s["gap"]["value"] < s["gap"]["ci_high"]
+    assert json.loads((tmp_path / "shift.json").read_text())["sets"]["inverted"]["description"] == "the tiny images inverted"
+
+
+def test_a_class_the_model_lacks_is_a_config_error_naming_the_key(tmp_path):
+    rows = _rows(lambda i: "test")
+    rows[0] = {**rows[0], "label": "boot"}
+    _write(tmp_path / "shift.csv", rows)
+    _write(tmp_path / "own.csv", _rows(lambda i: "train"))
+    with pytest.raises(CvauditError, match=r"models\.m\.shift_sets: dataset 'other' has class\(es\) boot"):
+        shift_rows("m", "other", tmp_path / "shift.csv", tmp_path / "own.csv", ["bag", "sneaker", "trouser"], 10, 0)
+
+
+def test_shift_sets_must_name_another_dataset():
+    import yaml
+
+    from cvaudit.config import validate_config
+    from conftest import REPO
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["models"]["cnn_fmnist"]["shift_sets"] = ["fmnist"]
+    with pytest.raises(CvauditError, match=r"models.cnn_fmnist.shift_sets': 'fmnist' is the model's own dataset"):
+        validate_config(cfg)
+    cfg["models"]["cnn_fmnist"]["shift_sets"] = ["nowhere"]
+    with pytest.raises(CvauditError, match=r"'nowhere' is not a key of datasets"):
+        validate_config(cfg)
