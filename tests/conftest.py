@@ -39,6 +39,10 @@ def run(tmp_path_factory):
     shutil.copytree(TINY, work / "images")
     cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     cfg["datasets"]["tiny"]["path"] = str(work / "images")
+    # the same images as a "shifted" test set: the shift stage must leave out those cnn_tiny trained on
+    cfg["datasets"]["tiny_again"] = {"source": "imagefolder", "path": str(work / "images"),
+                                     "split": {"val": 0.0, "test": 1.0}, "description": "the tiny images again"}
+    cfg["models"]["cnn_tiny"]["shift_sets"] = ["tiny_again"]
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     os.environ["CVAUDIT_CHECK_READS"] = "1"  # every stage fails if it reads a file its rule does not declare
     try:

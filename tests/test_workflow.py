@@ -155,6 +155,39 @@ def test_second_run_does_nothing_and_a_changed_image_reruns_its_chain(run):
     assert planned(run).get("ingest_dataset") == 1
 
 
+def test_behaviour_sections_show_their_stages_numbers(run):
+    """Slices and groups, the shifted set, corruptions, shape and texture, what the layers keep: each stage's
+    numbers reach the report and summary.json, the verdicts read them."""
+    from cvaudit.io import load_npz
+    for m in MODELS:
+        base = run / "results" / m
+        html = (base / "report" / "report.html").read_text()
+        summary = json.loads((base / "report" / "summary.json").read_text())
+        verdicts = {v["name"]: v for v in summary["verdicts"]}
+        sl = json.loads((base / "robust" / "slices.json").read_text())
+        assert sl["n"] == json.loads((base / "eval" / "metrics.json").read_text())["n_test"]
+        assert summary["robustness"]["slices"]["n_tested"] == sl["weak_slices"]["n_tested"]
+        st = load_npz(base / "robust" / "shape_texture.npz")["meta"]
+        assert summary["robustness"]["shape_texture"]["shape_bias"] == st["cue_conflict"]["shape_bias"]
+        assert verdicts["shape_bias"]["value"] == st["cue_conflict"]["shape_bias"]["value"]
+        co = load_npz(base / "robust" / "corruptions.npz")
+        assert co["correct"].shape == (15, 2, 6)  # 15 corruptions x severities [1, 5] x 6 images (test.yaml)
+        assert summary["robustness"]["corruptions"]["reference"] == (None if m == "cnn_tiny" else "cnn_tiny")
+        lv = load_npz(base / "represent" / "layers.npz")["meta"]
+        assert summary["layer_views"]["layers"] == lv["layers"] and len(lv["erf"]) == len(lv["layers"])
+        for section in ('id="slices"', 'id="shape_texture"', 'id="corruptions"', 'id="layers"'):
+            assert section in html
+    sh = json.loads((run / "results" / "cnn_tiny" / "robust" / "shift.json").read_text())["sets"]["tiny_again"]
+    trained = len(read_manifest(run / "results" / "data" / "tiny" / "manifest.csv", "train")) + \
+        len(read_manifest(run / "results" / "data" / "tiny" / "manifest.csv", "val"))
+    assert sh["overlap_left_out"] == trained and sh["n"] > 0  # the images it trained on are left out, the rest scored
+    assert 'id="shift"' in (run / "results" / "cnn_tiny" / "report" / "report.html").read_text()
+    assert not (run / "results" / "lite0_tiny" / "robust" / "shift.json").exists()  # no shift_sets: no stage
+    cmp_ = json.loads((run / "results" / "compare" / "summary.json").read_text())
+    pair = cmp_["error_consistency"]["tiny"]["pairs"][0]
+    assert {pair["a"], pair["b"]} == set(MODELS) and pair["kappa"]["n"] > 0
+
+
 def test_switches_add_and_remove_stages(tmp_path):
     cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     cfg["datasets"]["tiny"]["path"] = str(TINY)
@@ -167,7 +200,8 @@ def test_switches_add_and_remove_stages(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     jobs = planned(tmp_path)
     assert not {"shuffled_labels", "adversarial", "invariance", "calibrate", "represent", "inspect_units",
-                "visualise_ascent", "compare_representations"} & set(jobs)
+                "visualise_ascent", "compare_representations", "slices", "image_properties", "shape_texture",
+                "corruptions", "layer_views", "shift"} & set(jobs)
     assert jobs["render_report"] == 2
 
 

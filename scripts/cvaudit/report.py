@@ -236,7 +236,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
             "slices": slices_summary(r["robust"]["slices"]),
             "shape_texture": shape_texture_summary(r["robust"]["shape_texture"]),
             "corruptions": corruptions_summary(r["robust"]["corruptions"]),
-            "shift": r["robust"]["shift"],
+            "shift": None if not r["robust"]["shift"] else {
+                "in_distribution": r["robust"]["shift"]["in_distribution"], "sets": r["robust"]["shift"]["sets"]},
             "shuffled_labels": None if not robust["shuffled_labels"] else {
                 "final_train_accuracy": {k: v[-1] for k, v in robust["shuffled_labels"]["train_accuracy"].items()},
                 "chance": robust["shuffled_labels"]["chance"]}},
