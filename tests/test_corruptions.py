@@ -90,3 +90,13 @@ def test_ce_and_mce_follow_the_papers_definitions():
     assert corruption_errors(other, ref, "ref")["mce"] is None  # other images: no CE
     alone = corruption_errors(half, None, None)
     assert alone["mce"] is None and alone["mean_error"]["value"] == pytest.approx(wrong.mean())
+
+
+def test_the_schemas_corruption_list_is_the_modules():
+    import yaml
+
+    from conftest import REPO
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    co = schema["properties"]["robustness"]["properties"]["corruptions"]["properties"]["corruptions"]
+    assert co["items"]["enum"] == co["default"] == list(CORRUPTIONS)
+    assert set(TABLES) == set(CORRUPTIONS) and all(len(t) == 5 for pair in TABLES.values() for t in pair)

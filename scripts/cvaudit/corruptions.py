@@ -113,12 +113,13 @@ def corruption_errors(own: dict, ref: dict | None, ref_name: str | None, seed: i
         out["note"] = f"the reference {ref_name} makes no error under some corruption: CE is undefined there"
     ce = [float(a[c].sum() / b[c].sum()) if b[c].sum() else None for c in range(len(names))]
     out["ce"] = [stats.bootstrap(_ce, a[c], b[c], seed=seed, value=ce[c]) if ce[c] is not None else
-                 stats.estimate(None, len(a[c]), note="reference error 0") for c in range(len(names))]
+                 stats.estimate(None, len(a[c]), method="bootstrap", note="the reference makes no error here: CE undefined") for c in range(len(names))]
     if all(v is not None for v in ce):
         out["mce"] = stats.bootstrap(_ce, *a, *b, seed=seed, value=float(np.mean(ce)))
-        if out["mce"]["ci_high"] is None and out["mce"]["ci_low"] is not None:
-            out["mce"]["note"] = (f"no upper bound: in some resamples {ref_name} makes no error under a corruption, "
-                                  "so a ratio is unbounded; add images")
+        if out["mce"]["ci_high"] is None:  # resamples where the reference makes no error: CE infinite or 0/0
+            out["mce"]["note"] = (f"{'no upper bound' if out['mce']['ci_low'] is not None else 'no interval'}: in some "
+                                  f"resamples of the images {ref_name} makes no error under a corruption, so its CE is "
+                                  "unbounded or undefined; add images")
         s = wrong.shape[1]
         ra = [a[c] - s * (~np.asarray(own["clean_correct"], bool)) for c in range(len(names))]
         rb = [b[c] - s * (~np.asarray(ref["clean_correct"], bool)) for c in range(len(names))]
