@@ -112,8 +112,9 @@ def corruption_errors(own: dict, ref: dict | None, ref_name: str | None, seed: i
     if any(v.sum() == 0 for v in b):
         out["note"] = f"the reference {ref_name} makes no error under some corruption: CE is undefined there"
     ce = [float(a[c].sum() / b[c].sum()) if b[c].sum() else None for c in range(len(names))]
+    undefined = "the reference makes no error here: CE undefined"
     out["ce"] = [stats.bootstrap(_ce, a[c], b[c], seed=seed, value=ce[c]) if ce[c] is not None else
-                 stats.estimate(None, len(a[c]), method="bootstrap", note="the reference makes no error here: CE undefined") for c in range(len(names))]
+                 stats.estimate(None, len(a[c]), method="bootstrap", note=undefined) for c in range(len(names))]
     if all(v is not None for v in ce):
         out["mce"] = stats.bootstrap(_ce, *a, *b, seed=seed, value=float(np.mean(ce)))
         if out["mce"]["ci_high"] is None:  # resamples where the reference makes no error: CE infinite or 0/0

@@ -39,14 +39,15 @@ def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
 
 
 class InversionObjective:
-    """Scores a batch whose image i inverts the features of target image i at layer layers[i]:
-    -(||phi(x) - phi(x0)||^2 / ||phi(x0)||^2) - tv * TV(x); one forward pass for every layer."""
+    """Scores a batch whose image i inverts targets[which[i]][i], the features of its target image at layer
+    which[i]: -(||phi(x) - phi(x0)||^2 / ||phi(x0)||^2) - tv * TV(x); one forward pass for every layer."""
 
-    def __init__(self, net, layers: list[str], targets: dict[str, torch.Tensor], which: list[str], tv: float):
+    def __init__(self, net, targets: dict[str, torch.Tensor], which: list[str], tv: float):
         self.net, self.which, self.targets, self.tv = net, which, targets, tv
         self.store, self.hooks = {}, Hooks()
-        for name in dict.fromkeys(which):
-            self.hooks.forward(net.model.get_submodule(name), lambda m, i, o, name=name: self.store.__setitem__(name, o.clone()))  # the next module may work in place
+        for name in dict.fromkeys(which):  # a clone: the next module may work in place
+            self.hooks.forward(net.model.get_submodule(name),
+                               lambda m, i, o, name=name: self.store.__setitem__(name, o.clone()))
 
     def loss(self, x):
         self.net(x)
@@ -80,7 +81,7 @@ def invert(net, x0: torch.Tensor, layers: list[str], options: dict, seed: int, d
     feats = _features(net, x0, layers)
     which = [name for name in layers for _ in range(n)]
     targets = {name: feats[name].repeat(k, *([1] * (feats[name].dim() - 1))) for name in layers}
-    obj = InversionObjective(net, layers, targets, which, options["tv"])
+    obj = InversionObjective(net, targets, which, options["tv"])
     try:
         res = gradient_ascent(net, obj, n * k, x0.shape[-1], options["steps"], options["lr"], 0, 0, 0.5, 0.0, seed, device)
         with torch.no_grad():
