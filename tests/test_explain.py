@@ -210,6 +210,10 @@ def test_run_explain_writes_maps_and_trust_scores(tmp_path):
     assert maps["faith_deletion"].shape == (4, 5) and 0 <= meta["faithfulness"]["deletion_auc"] <= 1
     assert len(meta["sanity"]["stages"]) == 2
 
+    meta = run_stage("explain", "deeplift", job, tmp_path / "deeplift.npz")  # its completeness, per image, in its result
+    err = load_maps(tmp_path / "deeplift.npz")["completeness_error"]
+    assert meta["axiom"]["of"] == 4 and meta["axiom"]["within"] == int((err <= 0.05).sum()) and len(meta["sanity"]["stages"]) == 2
+
     mlp_spec = {**spec, "arch": "mlp", "arch_options": {"hidden": [8]}}
     save_model(build_model(mlp_spec), mlp_spec, tmp_path / "mlp.safetensors")
     meta = run_stage("explain", "gradcam", {**job, "model": tmp_path / "mlp.safetensors"}, tmp_path / "mlp_maps.npz")
@@ -225,3 +229,43 @@ def test_batching_does_not_change_the_maps():
         small = attribute_batched(_method(name, batch_size=2), net, x, t)
         big = attribute_batched(_method(name, batch_size=256), net, x, t)
         assert np.allclose(small, big, atol=1e-5), name
+
+
+def test_deeplift_keeps_completeness_on_a_relu_network_and_is_flagged_where_it_breaks_it():
+    """DeepLIFT's promise: the map sums to F(x) - F(black). It holds through convolutions and ReLU; captum's
+    max-pooling rule and ReLU6 (outside the rescale rule's list: the plain gradient passes) break it, and
+    the records show the miss."""
+    def net_with(act, pool):
+        torch.manual_seed(0)
+        layers = [nn.Conv2d(3, 8, 3, padding=1), act(), nn.Conv2d(8, 8, 3, padding=1), act(), *pool,
+                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)]
+        return PixelSpace(nn.Sequential(*layers), [0.5] * 3, [0.5] * 3).eval()
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([0, 1, 2, 0])
+    net = net_with(nn.ReLU, [])
+    m = get_method("deeplift")
+    a = m.attribute(net, x, t)
+    with torch.no_grad():
+        want = (net(x) - net(torch.zeros_like(x))).gather(1, t.view(-1, 1))[:, 0]
+    assert torch.allclose(a.sum((1, 2)), want, rtol=1e-4, atol=1e-6)
+    assert (m.records[-1]["completeness_error"] < 1e-4).all() and m.records[-1]["within"].all()
+    for act, pool, scale in ((nn.ReLU, [nn.MaxPool2d(2)], 1), (nn.ReLU6, [], 8)):  # ReLU6 saturates on large inputs
+        broken = get_method("deeplift")
+        broken.attribute(net_with(act, pool), x * scale, t)
+        assert not broken.records[-1]["within"].all(), act
+
+
+def test_smoothgrad_family_follows_its_seed_and_image_not_its_batch():
+    model, spec = _cnn()
+    net = PixelSpace(model, spec["mean"], spec["std"]).eval()
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    t = torch.tensor([0, 1, 2, 0])
+    for name in ("smoothgrad", "smoothgrad_sq", "vargrad"):
+        whole = attribute_batched(get_method(name, seed=1, batch_size=64), net, x, t)
+        split = attribute_batched(get_method(name, seed=1, batch_size=16), net, x, t)  # 16 samples: one image a call
+        assert np.allclose(whole, split, atol=1e-6), name
+        other = attribute_batched(get_method(name, seed=2), net, x, t)
+        assert not np.allclose(whole, other), name
+    plain = get_method("saliency").attribute(net, x, t)
+    sg = torch.from_numpy(attribute_batched(get_method("smoothgrad", noise=1e-6), net, x, t))
+    assert torch.allclose(sg, plain, rtol=1e-3, atol=1e-6)  # no noise: SmoothGrad is the gradient

@@ -166,7 +166,7 @@ def hostile(tmp_path_factory):
     cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     cfg["datasets"] = {"hostile": {"source": "csv", "path": str(work / "table.csv"), "split": {"val": 0.2, "test": 0.4}}}
     cfg["models"] = {"cnn_tiny": {**cfg["models"]["cnn_tiny"], "dataset": "hostile"}}
-    cfg["explain"].update(methods=["saliency", "gradcam"], gradcam={"layer": "no_such_layer"})
+    cfg["explain"].update(methods=["saliency", "gradcam", "deeplift"], gradcam={"layer": "no_such_layer"})
     cfg["represent"] = {"enabled": False}
     cfg["robustness"].update(invariance={"rotate": [0, 15]}, adversarial={"enabled": False})
     cfg["audit"].update(fail_on="fail")
@@ -204,8 +204,9 @@ def test_a_failed_stage_is_reported_and_the_rest_renders(hostile):
     assert "snakemake --forcerun results/cnn_tiny/explain/gradcam/maps.npz" in html
     scan = dom(rep / "report.html")
     assert {"attributions", "calibration", "invariance"} <= set(scan.sections)
-    assert not {"representations", "units", "adversarial", "shuffled_labels"} & set(scan.sections)  # switched off
-    assert "Vanilla gradient" in html and set(summary["attributions"]) == {"saliency"}
+    assert not {"representations", "units", "layers", "adversarial", "shuffled_labels"} & set(scan.sections)  # switched off
+    assert "Vanilla gradient" in html and set(summary["attributions"]) == {"saliency", "deeplift"}
+    assert "DeepLIFT (rescale) promises completeness" in html  # its axiom checked per map (the tiny CNN max-pools)
     assert (rep / "report.pdf").stat().st_size > 10_000
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Speed of the perturbation methods (and integrated gradients) against their compute floor, and against
+"""Speed of the perturbation methods (and integrated gradients, the SmoothGrad family, gradient x input and
+DeepLIFT) against their compute floor, and against
 the libraries' own defaults, timed so that a drift in this machine's speed cannot fake a ratio.
 
 For each method on the demo's pretrained model (EfficientNet-Lite0, packaged ImageNet weights, 224 px,
@@ -37,7 +38,8 @@ from cvaudit.models import auto_batch, build_model, normalisation  # noqa: E402
 from cvaudit.pixels import PixelSpace  # noqa: E402
 
 SETTINGS = {"occlusion": {"window": 56, "stride": 28}, "integrated_gradients": {"steps": 16},
-            "lime": {"samples": 128, "segments": 40}, "shap": {"evals": 128}}
+            "lime": {"samples": 128, "segments": 40}, "shap": {"evals": 128}, "smoothgrad": {"samples": 16},
+            "vargrad": {"samples": 16}, "input_x_gradient": {}, "deeplift": {}}
 # against a library, the same work: cvaudit's integrated gradients raise the steps of an image until its map
 # is complete (up to 512), captum's call makes 16; cvaudit's LIME also scores its surrogate on 64 fresh
 # samples, lime's call does not. For that comparison ours stops after its first 16 steps, and skips the score.
@@ -128,7 +130,28 @@ def library_defaults(net, x, target) -> dict:
         for img, t in zip(imgs, target.tolist()):
             sh.Explainer(target_probability_fn(net, t), masker, algorithm="partition")(img[None], max_evals=128,
                                                                                       silent=True)
+    def noise_tunnel(kind):
+        from captum.attr import NoiseTunnel, Saliency
+        return lambda: NoiseTunnel(Saliency(net)).attribute(x, nt_type=kind, nt_samples=16, stdevs=0.15, target=target)
+
+    def input_x_gradient():
+        from captum.attr import InputXGradient
+        InputXGradient(net).attribute(x, target=target)
+
+    def deeplift():
+        from captum.attr import DeepLift
+        relus = [m for m in net.modules() if getattr(m, "inplace", False)]
+        for m in relus:
+            m.inplace = False
+        DeepLift(net).attribute(x, baselines=torch.zeros_like(x), target=target)
+        for m in relus:
+            m.inplace = True
+
     return {"occlusion": ("captum Occlusion, perturbations_per_eval=1", occlusion),
+            "smoothgrad": ("captum NoiseTunnel(Saliency), all samples in one call", noise_tunnel("smoothgrad")),
+            "vargrad": ("captum NoiseTunnel(Saliency), all samples in one call", noise_tunnel("vargrad")),
+            "input_x_gradient": ("captum InputXGradient", input_x_gradient),
+            "deeplift": ("captum DeepLift", deeplift),
             "integrated_gradients": ("captum IG, internal_batch_size=None", integrated_gradients),
             "lime": ("lime_image, batch_size=10", lime),
             "shap": ("shap Partition, batch_size='auto'", shap)}

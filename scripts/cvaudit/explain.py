@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .io import load_audit_set, save_npz
-from .methods import (SHAP, GradCAM, IntegratedGradients, LIME, NotApplicable, attribute_batched,
+from .methods import (SHAP, DeepLift, GradCAM, IntegratedGradients, LIME, NotApplicable, attribute_batched,
                       get_method, layer_name)
 from .models import auto_batch
 from .pixels import audit_images, pixel_model
@@ -88,7 +88,7 @@ def _explain_chunk(m, net, audit: dict, lo: int, hi: int, dev, trust: dict, seed
     preds = torch.from_numpy(audit["preds"][lo:hi]).to(dev)
     targets = torch.from_numpy(audit["targets"][lo:hi]).to(dev)
     arrays = {}
-    if isinstance(m, (LIME, IntegratedGradients)):
+    if isinstance(m, (LIME, IntegratedGradients, DeepLift)):
         m.records.clear()  # this chunk's records
     ta = time.time()
     maps_pred = attribute_batched(m, net, x, preds, index)
@@ -101,6 +101,8 @@ def _explain_chunk(m, net, audit: dict, lo: int, hi: int, dev, trust: dict, seed
     if isinstance(m, IntegratedGradients):  # completeness per image: unconverged maps leave the trust scores
         rec = {k: np.concatenate([r[k] for r in m.records]) for k in ("steps", "completeness_error", "converged")}
         arrays.update(converged=rec["converged"], ig_steps=rec["steps"], completeness_error=rec["completeness_error"])
+    if isinstance(m, DeepLift):  # its own promise, checked per image: the map sums to F(x) - F(baseline)
+        arrays.update(completeness_error=np.concatenate([r["completeness_error"] for r in m.records]))
     differ = (preds != targets).nonzero().flatten()
     maps_true = np.full_like(maps_pred, np.nan)
     if len(differ):
@@ -147,6 +149,11 @@ def merge_explain(parts: list[tuple[dict, dict]]) -> tuple[dict, dict]:
             result["completeness"] = {"converged": int(ok.sum()), "of": int(len(ok)),
                                       "max_error": float(np.max(arrays["completeness_error"])),
                                       "max_steps": int(np.max(arrays["ig_steps"]))}
+        elif "completeness_error" in arrays:  # DeepLIFT: reported, and flagged when broken, never retried
+            err = arrays["completeness_error"]
+            tol = result["options"].get("tolerance", 0.05)
+            result["axiom"] = {"within": int((err <= tol).sum()), "of": int(len(err)), "tolerance": tol,
+                               "median_error": float(np.median(err)) if len(err) else None}
     return result, arrays
 
 

@@ -93,7 +93,7 @@ def _attribution_section(audit: dict, explain: dict, verdicts: list[dict], agree
                      "gain_ci": (f["ci_low"], f["ci_high"]) if f and f["ci_low"] is not None else None,
                      "gain_n": f["n"] if f else None, "faith_settle": f["settle"] if f else "",
                      "sanity_settle": s["settle"] if s else "",
-                     "completeness": meta.get("completeness"), "fit": _surrogate_fit(usable[m], meta),
+                     "completeness": meta.get("completeness"), "axiom": meta.get("axiom"), "fit": _surrogate_fit(usable[m], meta),
                      "faith_status": f["status"] if f else "n/a", "sanity": meta.get("sanity"),
                      "sanity_status": s["status"] if s else "n/a", "seconds": meta.get("attribution_seconds"),
                      "sentence": method_sentence(meta["label"], f["status"] if f else "n/a",

@@ -4,13 +4,15 @@ ReLU6, CAM, and the glue that batches every model call."""
 from .. import registry as _registry
 from .base import AttributionMethod, NotApplicable, attribute_batched, get_method
 from .cam import CAM, GradCAM, GuidedGradCAM, block_outputs, layer_name
-from .gradient import Deconvnet, GuidedBackprop, IntegratedGradients, Saliency
+from .gradient import (DeepLift, Deconvnet, GuidedBackprop, InputXGradient, IntegratedGradients, Saliency,
+                       SmoothGrad, SmoothGradSquared, VarGrad)
 from .perturbation import LIME, SHAP, Occlusion, RandomMap, superpixels, target_probability_fn
 
 # Every method by name (cvaudit.registry.METHODS, the one list), for code that wants them all.
 METHODS = {name: _registry.load(ref) for name, ref in _registry.METHODS.items()}
 
 __all__ = ["METHODS", "AttributionMethod", "NotApplicable", "attribute_batched", "get_method",
-           "CAM", "GradCAM", "GuidedGradCAM", "block_outputs", "layer_name", "Deconvnet", "GuidedBackprop",
+           "CAM", "GradCAM", "GuidedGradCAM", "block_outputs", "layer_name", "DeepLift", "Deconvnet", "GuidedBackprop",
+           "InputXGradient", "SmoothGrad", "SmoothGradSquared", "VarGrad",
            "IntegratedGradients", "Saliency", "LIME", "SHAP", "Occlusion", "RandomMap", "superpixels",
            "target_probability_fn"]
