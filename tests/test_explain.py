@@ -14,7 +14,9 @@ from cvaudit.pixels import PixelSpace
 from cvaudit.models import build_model, save_model
 from cvaudit.trust import agreement, cascade_cuts, cascading_randomisation, deletion_insertion, rank_corr
 
-SMALL = {"integrated_gradients": {"steps": 8}, "lime": {"samples": 60, "segments": 16}, "shap": {"evals": 60}}
+SMALL = {"integrated_gradients": {"steps": 8}, "lime": {"samples": 60, "segments": 16}, "shap": {"evals": 60},
+         "kernel_shap": {"samples": 200, "segments": 16}, "shapley_sampling": {"samples": 2, "segments": 16},
+         "deeplift_shap": {"background": 4}}
 
 
 def _cnn(seed=0, **kw):
@@ -213,6 +215,8 @@ def test_run_explain_writes_maps_and_trust_scores(tmp_path):
     meta = run_stage("explain", "deeplift", job, tmp_path / "deeplift.npz")  # its completeness, per image, in its result
     err = load_maps(tmp_path / "deeplift.npz")["completeness_error"]
     assert meta["axiom"]["of"] == 4 and meta["axiom"]["within"] == int((err <= 0.05).sum()) and len(meta["sanity"]["stages"]) == 2
+    meta = run_stage("explain", "deeplift_shap", {**job, "options": {"background": 3}}, tmp_path / "dls.npz")
+    assert meta["axiom"]["of"] == 4 and "background's mean" in meta["axiom"]["promise"] and meta["axiom"]["caveat"]
 
     mlp_spec = {**spec, "arch": "mlp", "arch_options": {"hidden": [8]}}
     save_model(build_model(mlp_spec), mlp_spec, tmp_path / "mlp.safetensors")
@@ -248,11 +252,11 @@ def test_deeplift_keeps_completeness_on_a_relu_network_and_is_flagged_where_it_b
     with torch.no_grad():
         want = (net(x) - net(torch.zeros_like(x))).gather(1, t.view(-1, 1))[:, 0]
     assert torch.allclose(a.sum((1, 2)), want, rtol=1e-4, atol=1e-6)
-    assert (m.records[-1]["completeness_error"] < 1e-4).all() and m.records[-1]["within"].all()
+    assert (m.records[-1]["completeness_error"] < 1e-4).all()
     for act, pool, scale in ((nn.ReLU, [nn.MaxPool2d(2)], 1), (nn.ReLU6, [], 8)):  # ReLU6 saturates on large inputs
         broken = get_method("deeplift")
         broken.attribute(net_with(act, pool), x * scale, t)
-        assert not broken.records[-1]["within"].all(), act
+        assert (broken.records[-1]["completeness_error"] > 0.05).any(), act
 
 
 def test_smoothgrad_family_follows_its_seed_and_image_not_its_batch():
@@ -269,3 +273,84 @@ def test_smoothgrad_family_follows_its_seed_and_image_not_its_batch():
     plain = get_method("saliency").attribute(net, x, t)
     sg = torch.from_numpy(attribute_batched(get_method("smoothgrad", noise=1e-6), net, x, t))
     assert torch.allclose(sg, plain, rtol=1e-3, atol=1e-6)  # no noise: SmoothGrad is the gradient
+
+
+def _relu_net(bias=True):
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 8, 3, padding=1, bias=bias), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, bias=bias), nn.ReLU(),
+              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3, bias=bias)]
+    return PixelSpace(nn.Sequential(*layers), [0.5] * 3, [0.5] * 3).eval()
+
+
+@pytest.mark.parametrize("name", ["deeplift", "deeplift_shap", "shap", "kernel_shap", "shapley_sampling", "lrp"])
+def test_the_additive_methods_keep_their_own_axiom_on_a_small_relu_network(name):
+    """Completeness / efficiency / conservation, each computed here from the model, not from the method's own
+    record: DeepLIFT's map sums to F(x) - F(black), Deep SHAP's to F(x) minus the background's mean, the SHAP
+    family's to p(x) - p(baseline), bias-free LRP's to the logit. The record agrees, within tolerance."""
+    net = _relu_net(bias=name != "lrp")
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([0, 1, 2, 0])
+    m = _method(name)
+    a = m.attribute(net, x, t).double()
+    with torch.no_grad():
+        logit = net(x).gather(1, t.view(-1, 1))[:, 0].double()
+        prob = torch.softmax(net(x), 1).gather(1, t.view(-1, 1))[:, 0].double()
+        if name == "deeplift":
+            want = logit - net(torch.zeros_like(x))[:, t].diagonal().double()
+        elif name == "deeplift_shap":
+            want = logit - net(m._baselines(x))[:, t].mean(0).double()
+        elif name == "lrp":
+            want = logit
+        elif name == "shap":
+            want = None  # its baseline (the blurred image) is shap's masker's: the record is the check
+        else:  # superpixel values: one per region, repeated over its pixels (below)
+            want = None
+    if name in ("kernel_shap", "shapley_sampling"):  # rebuild the superpixels and the mean-colour baseline here
+        from cvaudit.methods import superpixels
+        for k in range(len(x)):
+            img = x[k].permute(1, 2, 0).double().numpy()
+            seg = torch.from_numpy(superpixels(img, m.options["segments"]))
+            fill = x[k].clone()
+            for s in seg.unique():
+                fill[:, seg == s] = x[k][:, seg == s].mean(1, keepdim=True)
+            with torch.no_grad():
+                p_fill = torch.softmax(net(fill[None]), 1)[0, t[k]].double()
+            total = sum(a[k][seg == s][0] for s in seg.unique())
+            assert abs(float(total - (prob[k] - p_fill))) < 1e-4 * max(abs(float(prob[k] - p_fill)), 1e-3)
+    elif want is not None:
+        assert torch.allclose(a.sum((1, 2)), want, rtol=1e-3, atol=1e-5), (a.sum((1, 2)), want)
+    assert (m.records[-1]["completeness_error"] < m.options["tolerance"]).all(), m.records[-1]["completeness_error"]
+
+
+def test_lrp_equals_the_rules_computed_by_hand_and_is_flagged_where_biases_absorb_relevance():
+    """zennit's epsilon-z+-flat composite against the rules written out with autograd: flat on the first conv,
+    z+ on the second, the pooling's share by activation, epsilon on the dense layer. Then the same network
+    with biases: relevance is lost, and the record shows it."""
+    import torch.nn.functional as F
+    net = _relu_net(bias=False)
+    seq = net.model
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    t = torch.tensor([1, 2])
+    got = get_method("lrp").attribute(net, x, t)
+
+    def share(fn, inp, rel, eps=1e-6):  # inp * d/dinp [fn(inp) . (rel / fn(inp))]: the z-rule family
+        inp = inp.detach().requires_grad_(True)
+        z = fn(inp)
+        (g,) = torch.autograd.grad((z * (rel / (z + eps * z.sign())).detach()).sum(), inp)
+        return inp.detach() * g
+
+    x0 = (x - net.mean) / net.std
+    a1 = F.relu(seq[0](x0))
+    a2 = F.relu(seq[2](a1))
+    pooled = seq[4](a2).flatten(1)
+    out = seq[6](pooled)
+    r_out = F.one_hot(t, 3).double() * out.double()
+    r_pooled = share(lambda v: F.linear(v, seq[6].weight.double()), pooled.double(), r_out)
+    r_a2 = share(lambda v: F.adaptive_avg_pool2d(v, 1).flatten(1), a2.double(), r_pooled)
+    r_a1 = share(lambda v: F.conv2d(v, seq[2].weight.double().clamp(min=0), padding=1), a1.double(), r_a2)
+    ones = torch.ones_like(x0, dtype=torch.float64)
+    r_x = share(lambda v: F.conv2d(v, torch.ones_like(seq[0].weight, dtype=torch.float64), padding=1), ones, r_a1)
+    assert torch.allclose(got.double(), r_x.sum(1), rtol=1e-3, atol=1e-6)
+    biased = get_method("lrp")
+    biased.attribute(_relu_net(bias=True), x, t)
+    assert (biased.records[-1]["completeness_error"] > 0.05).any()

@@ -206,7 +206,7 @@ def test_a_failed_stage_is_reported_and_the_rest_renders(hostile):
     assert {"attributions", "calibration", "invariance"} <= set(scan.sections)
     assert not {"representations", "units", "layers", "adversarial", "shuffled_labels"} & set(scan.sections)  # switched off
     assert "Vanilla gradient" in html and set(summary["attributions"]) == {"saliency", "deeplift"}
-    assert "DeepLIFT (rescale) promises completeness" in html  # its axiom checked per map (the tiny CNN max-pools)
+    assert "DeepLIFT (rescale) promises its map sums to F(x) − F(black)" in html  # its axiom checked per map (the tiny CNN max-pools)
     assert (rep / "report.pdf").stat().st_size > 10_000
 
 

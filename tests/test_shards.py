@@ -54,7 +54,7 @@ def test_merged_shards_equal_one_job(run, tmp_path, model):
     manifest = run / "results" / "data" / "tiny" / "manifest.csv"
     common = dict(model=res / "model.safetensors", seed=cfg["seed"], device="cpu", threads=1)
     size = 4  # 6 audit images -> 2 shards (4 + 2); 12 robustness images -> 3; 8 attacked -> 2 ...
-    for method in ("random", "saliency", "gradcam", "occlusion", "lime"):
+    for method in ("random", "saliency", "gradcam", "occlusion", "lime", "deeplift_shap", "kernel_shap"):
         job = {**common, "data": res / "eval" / "audit_set.npz", "options": cfg["explain"].get(method, {}),
                "trust": cfg["explain"]["trust"]}
         # ... and one empty shard at the end

@@ -146,3 +146,77 @@ def test_randomise_resets_a_layer_or_draws_its_own_parameters_only():
     trust._randomise(g)
     assert abs(float(g.w.mean())) < 0.002 and 0.018 < float(g.w.std()) < 0.022
     assert torch.equal(g.child.weight, child)  # its children are layers of their own
+
+
+class _TwoQuadrants(nn.Module):
+    """Class 0 reads only the top-left quadrant, class 1 only the bottom-right (sum of squares, so the
+    gradient is 2x there and exactly 0 elsewhere)."""
+
+    def forward(self, x):
+        return torch.stack([(x[:, :, :8, :8] ** 2).sum((1, 2, 3)), (x[:, :, 8:, 8:] ** 2).sum((1, 2, 3))], 1)
+
+
+class _Image:
+    """A 'method' that ignores the model and the class: the image itself (channel mean)."""
+    name, label, kind, batch_size = "image", "The image", "reference", 64
+
+    def model_passes(self, h, w):
+        return 0
+
+    def attribute(self, net, x, target):
+        return x.mean(1)
+
+
+def test_random_logit_separates_a_class_map_from_one_that_ignores_the_class():
+    from cvaudit.methods import get_method
+    from cvaudit.methods import attribute_batched
+    net = _TwoQuadrants()
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(3)) + 0.1
+    t = torch.zeros(6, dtype=torch.long)
+    sal = get_method("saliency")
+    got = trust.random_logit(sal, net, x, t, attribute_batched(sal, net, x, t), n_classes=2, seed=0)
+    assert got["classes"] == [1] * 6  # the only other class
+    assert got["rank_corr"] < 0, got  # the other class's map is bright exactly where this one is dark
+    img = _Image()
+    same = trust.random_logit(img, net, x, t, attribute_batched(img, net, x, t), n_classes=2, seed=0)
+    assert same["rank_corr"] > 0.99
+    others = trust.other_classes(torch.tensor([0, 3, 9, 9]), 10, seed=1, index=[0, 1, 2, 2])
+    assert (others != torch.tensor([0, 3, 9, 9])).all() and others[2] == others[3]  # seeded by the image's index
+
+
+def test_max_sensitivity_measures_the_maps_relative_change_under_input_noise():
+    """The image as its own map, on a uniform grey image: uniform noise of half-width r, averaged over 3
+    channels, has a standard deviation of r/3 per pixel, so the map moves by about (r/3)/0.5 of its size."""
+    from cvaudit.methods import get_method
+    x = torch.full((3, 3, 32, 32), 0.5)
+    t = torch.zeros(3, dtype=torch.long)
+    got = trust.max_sensitivity(_Image(), _TwoQuadrants(), x, t, radius=0.03, samples=4, seed=0)
+    assert len(got["per_image"]) == 3 and 0.9 * 0.02 < got["median"] < 1.15 * 0.02, got
+    again = trust.max_sensitivity(_Image(), _TwoQuadrants(), x, t, radius=0.03, samples=4, seed=0)
+    assert again == got  # seeded
+    sal = trust.max_sensitivity(get_method("saliency"), _TwoQuadrants(), x, t, radius=0.03, samples=4, seed=0)
+    assert sal["median"] > got["median"]  # |gradient| = 2|x|: the max over channels moves more than their mean
+    one = trust.max_sensitivity(get_method("lime", samples=20, segments=4), _cnn(), x[:1, :, :16, :16], t[:1], radius=0.03,
+                                samples=2, seed=0)  # one image: captum leaves its target unexpanded
+    assert len(one["per_image"]) == 1 and np.isfinite(one["median"])
+
+
+class _Quadrant(nn.Module):
+    """Two classes; class 0's logit is the brightness of the top-left quadrant."""
+
+    def forward(self, x):
+        q = x[:, :, :8, :8].mean((1, 2, 3)) * 20 - 10
+        return torch.stack([q, -q], 1)
+
+
+def test_road_ranks_the_map_of_the_pixels_that_matter_above_a_random_one_and_its_inverse_below():
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 0.5 + 0.5  # bright: class 0
+    t = torch.zeros(4, dtype=torch.long)
+    right = np.zeros((4, 16, 16), np.float32)
+    right[:, :8, :8] = 1 + np.random.default_rng(0).random((4, 8, 8))  # the quadrant first, in some order
+    rand = np.random.default_rng(1).random((4, 16, 16)).astype(np.float32)
+    scores = {name: trust.road(_Quadrant(), x, t, m, [25, 50, 75], seed=0)
+              for name, m in (("right", right), ("random", rand), ("inverse", -right))}
+    assert (scores["right"] > scores["random"] + 0.05).all() and (scores["inverse"] < scores["random"] - 0.05).all(), scores
+    one = trust.road(_Quadrant(), x[2:3], t[2:3], rand[2:3], [25, 50, 75], seed=0, index=[2])
+    assert one[0] == scores["random"][2]  # an image's imputation noise is its own: no batch or shard changes it

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Speed of the perturbation methods (and integrated gradients, the SmoothGrad family, gradient x input and
-DeepLIFT) against their compute floor, and against
+"""Speed of the perturbation methods (and integrated gradients, the SmoothGrad family, gradient x input,
+DeepLIFT, Deep SHAP, Kernel SHAP, Shapley value sampling and LRP) against their compute floor, and against
 the libraries' own defaults, timed so that a drift in this machine's speed cannot fake a ratio.
 
 For each method on the demo's pretrained model (EfficientNet-Lite0, packaged ImageNet weights, 224 px,
@@ -33,13 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 os.environ.setdefault("TQDM_DISABLE", "1")  # shap's progress bars
 from cvaudit.hooks import Hooks  # noqa: E402
 from cvaudit.methods import attribute_batched, get_method  # noqa: E402
+from cvaudit.methods.base import out_of_place  # noqa: E402
 from cvaudit.methods.perturbation import superpixels, target_probability_fn  # noqa: E402
 from cvaudit.models import auto_batch, build_model, normalisation  # noqa: E402
 from cvaudit.pixels import PixelSpace  # noqa: E402
 
 SETTINGS = {"occlusion": {"window": 56, "stride": 28}, "integrated_gradients": {"steps": 16},
             "lime": {"samples": 128, "segments": 40}, "shap": {"evals": 128}, "smoothgrad": {"samples": 16},
-            "vargrad": {"samples": 16}, "input_x_gradient": {}, "deeplift": {}}
+            "vargrad": {"samples": 16}, "input_x_gradient": {}, "deeplift": {}, "deeplift_shap": {"background": 8},
+            "kernel_shap": {"samples": 256, "segments": 40}, "shapley_sampling": {"samples": 2, "segments": 40},
+            "lrp": {}}
 # against a library, the same work: cvaudit's integrated gradients raise the steps of an image until its map
 # is complete (up to 512), captum's call makes 16; cvaudit's LIME also scores its surrogate on 64 fresh
 # samples, lime's call does not. For that comparison ours stops after its first 16 steps, and skips the score.
@@ -56,8 +59,8 @@ def trace(fn, net) -> list[tuple[int, bool, bool]]:
         t = a[0]
         calls.append((t.shape[0], torch.is_grad_enabled() and t.requires_grad,
                       not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)))
-    with Hooks() as hooks:
-        hooks.forward_pre(net, record)
+    with Hooks() as hooks:  # on the model inside the normalisation: LRP calls it directly
+        hooks.forward_pre(getattr(net, "model", net), record)
         fn()
     return calls
 
@@ -147,7 +150,38 @@ def library_defaults(net, x, target) -> dict:
         for m in relus:
             m.inplace = True
 
+    def deeplift_shap():
+        from captum.attr import DeepLiftShap
+        base = torch.linspace(0, 1, 8).view(-1, 1, 1, 1).expand(8, *x.shape[1:]).contiguous()
+        with out_of_place(net):
+            DeepLiftShap(net).attribute(x, baselines=base, target=target)
+
+    def superpixel_shapley(cls, **kw):
+        def run():
+            prob = lambda inp: torch.softmax(net(inp), 1)  # noqa: E731
+            for k in range(len(x)):
+                img = x[k].permute(1, 2, 0).cpu().double().numpy()
+                seg = torch.from_numpy(np.unique(superpixels(img, 40), return_inverse=True)[1].reshape(img.shape[:2]))
+                fill = x[k:k + 1].clone()
+                for s in seg.unique():
+                    fill[0, :, seg == s] = x[k][:, seg == s].mean(1, keepdim=True)
+                cls(prob).attribute(x[k:k + 1], baselines=fill, target=target[k:k + 1],
+                                    feature_mask=seg.view(1, 1, *seg.shape).expand(1, 3, *seg.shape).contiguous(), **kw)
+        return run
+
+    def lrp():
+        from zennit.attribution import Gradient
+        from zennit.composites import EpsilonPlusFlat
+        with out_of_place(net), Gradient(model=net, composite=EpsilonPlusFlat()) as attributor:
+            attributor(x, lambda o: torch.nn.functional.one_hot(target, o.shape[1]).to(o.dtype) * o)
+
+    from captum.attr import KernelShap, ShapleyValueSampling
     return {"occlusion": ("captum Occlusion, perturbations_per_eval=1", occlusion),
+            "deeplift_shap": ("captum DeepLiftShap, 8 baselines in one call", deeplift_shap),
+            "kernel_shap": ("captum KernelShap, perturbations_per_eval=1", superpixel_shapley(KernelShap, n_samples=256)),
+            "shapley_sampling": ("captum ShapleyValueSampling, perturbations_per_eval=1",
+                                 superpixel_shapley(ShapleyValueSampling, n_samples=2)),
+            "lrp": ("zennit EpsilonPlusFlat on the whole batch, no batch-norm merge", lrp),
             "smoothgrad": ("captum NoiseTunnel(Saliency), all samples in one call", noise_tunnel("smoothgrad")),
             "vargrad": ("captum NoiseTunnel(Saliency), all samples in one call", noise_tunnel("vargrad")),
             "input_x_gradient": ("captum InputXGradient", input_x_gradient),

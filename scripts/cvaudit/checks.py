@@ -67,6 +67,23 @@ def sanity_similarity(results: dict, method: str):
     return stats.mean(per, seed=results.get("seed", 0))
 
 
+def road_gain(results: dict, method: str):
+    """Mean over audit images of the method's ROAD score minus the random map's on the same image."""
+    mine, floor = results["explain"][method].get("road"), results["explain"].get("random", {}).get("road")
+    if mine is None or floor is None or len(mine) != len(floor):
+        return None
+    _, ok = _per_image_gap(results["explain"][method])
+    ok = np.ones(len(mine), bool) if ok is None else ok
+    return stats.paired_difference(np.asarray(mine, float)[ok], np.asarray(floor, float)[ok], seed=results.get("seed", 0))
+
+
+def class_sensitivity(results: dict, method: str):
+    rl = results["explain"][method]["meta"].get("random_logit")
+    if not rl:
+        return None
+    return stats.mean(np.asarray(rl["per_image"], float), seed=results.get("seed", 0))
+
+
 def accuracy(results: dict):
     ev = results["eval"]
     return ev.get("accuracy_ci") or stats.proportion(round(ev["accuracy"] * ev["n_test"]), ev["n_test"])
@@ -86,6 +103,14 @@ register(Check("sanity_similarity", "Similarity after model randomisation", "att
                "Rank correlation between the maps of the trained model and of the same model with every layer "
                "re-initialised (Adebayo et al.); a map that barely changes does not explain the model.",
                sanity_similarity, per_method=True))
+register(Check("road_gain", "ROAD beyond a random map", "attribution faithfulness", True,
+               "ROAD score (Rong et al. 2022: the most and the least relevant pixels removed and filled by noisy linear "
+               "imputation, so the mask leaks no shape) of the method minus that of a random map on the same audit images "
+               "(paired bootstrap interval).", road_gain, per_method=True))
+register(Check("class_sensitivity", "Similarity to another class's map", "attribution sanity", False,
+               "Rank correlation between the map for the explained class and the map for a random other class of the "
+               "same image (the random-logit test, Sixt et al. 2020); a map that barely changes shows the image, not "
+               "the evidence for a class.", class_sensitivity, per_method=True))
 
 
 def _robust(r: dict) -> dict:

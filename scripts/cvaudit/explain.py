@@ -1,6 +1,7 @@
 """The explain stage: each attribution method (cvaudit.methods) explains the audit set, for the predicted
 class of each image and its true class where they differ, and its maps are scored by the trust checks
-(cvaudit.trust): deletion/insertion faithfulness and cascading randomisation. Sharded runs equal one job."""
+(cvaudit.trust): deletion/insertion faithfulness, and on the first `sanity_images` images cascading
+randomisation, the random-logit test and max-sensitivity. Sharded runs equal one job."""
 from __future__ import annotations
 
 import logging
@@ -10,8 +11,8 @@ import numpy as np
 import torch
 
 from .io import load_audit_set, save_npz
-from .methods import (SHAP, DeepLift, GradCAM, IntegratedGradients, LIME, NotApplicable, attribute_batched,
-                      get_method, layer_name)
+from .methods import (SHAP, Completeness, DeepLiftShap, GradCAM, IntegratedGradients, LIME, NotApplicable,
+                      attribute_batched, get_method, layer_name)
 from .models import auto_batch
 from .pixels import audit_images, pixel_model
 
@@ -20,8 +21,10 @@ log = logging.getLogger("cvaudit.explain")
 
 PER_IMAGE = ("maps_pred", "maps_true", "faith_deletion", "faith_insertion", "faith_deletion_auc",
              "faith_insertion_auc", "converged", "ig_steps", "completeness_error", "lime_r2_fresh", "lime_r2_own",
-             "shap_regions")
+             "shap_regions", "road")
 
+
+ROAD_PERCENTILES = (10, 30, 50, 70, 90)  # the schema's default (explain.trust.road.percentiles)
 
 # Images explained at a time: the audit set stays uint8 and only this many images are floats on the device
 # at once (with their maps, curves and perturbations), so memory does not grow with audit.max_images.
@@ -46,6 +49,12 @@ def part(method: str, job: dict, start: int = 0, stop: int | None = None) -> tup
     m = get_method(method, batch_size=batch, **({"seed": seed} | options))
     result = {"method": method, "label": m.label, "kind": m.kind, "reads": m.reads, "applicable": True,
               "reason": "", "options": m.options, "start": start, "n_images": int(stop - start), "batch_size": batch}
+    if isinstance(m, Completeness):
+        result.update(promise=m.promise, caveat=m.caveat)
+    if isinstance(m, DeepLiftShap):  # its background: the same seeded draw from the whole audit set in every shard
+        k = min(max(2, int(m.options["background"])), n_all)
+        pick = np.sort(np.random.default_rng(seed).choice(n_all, k, replace=False))
+        m.background = torch.from_numpy(audit["images"][pick]).to(dev).permute(0, 3, 1, 2).float().div(255)
     arrays: dict = {}
     try:
         if stop == start:  # an empty shard (the audit set is smaller than the shards planned for it)
@@ -88,7 +97,7 @@ def _explain_chunk(m, net, audit: dict, lo: int, hi: int, dev, trust: dict, seed
     preds = torch.from_numpy(audit["preds"][lo:hi]).to(dev)
     targets = torch.from_numpy(audit["targets"][lo:hi]).to(dev)
     arrays = {}
-    if isinstance(m, (LIME, IntegratedGradients, DeepLift)):
+    if isinstance(m, (LIME, IntegratedGradients, Completeness)):
         m.records.clear()  # this chunk's records
     ta = time.time()
     maps_pred = attribute_batched(m, net, x, preds, index)
@@ -101,7 +110,7 @@ def _explain_chunk(m, net, audit: dict, lo: int, hi: int, dev, trust: dict, seed
     if isinstance(m, IntegratedGradients):  # completeness per image: unconverged maps leave the trust scores
         rec = {k: np.concatenate([r[k] for r in m.records]) for k in ("steps", "completeness_error", "converged")}
         arrays.update(converged=rec["converged"], ig_steps=rec["steps"], completeness_error=rec["completeness_error"])
-    if isinstance(m, DeepLift):  # its own promise, checked per image: the map sums to F(x) - F(baseline)
+    if isinstance(m, Completeness):  # its own promise, checked per image (e.g. the map sums to F(x) - F(baseline))
         arrays.update(completeness_error=np.concatenate([r["completeness_error"] for r in m.records]))
     differ = (preds != targets).nonzero().flatten()
     maps_true = np.full_like(maps_pred, np.nan)
@@ -112,12 +121,20 @@ def _explain_chunk(m, net, audit: dict, lo: int, hi: int, dev, trust: dict, seed
                                   batch_size=batch, seed=seed, index=index.tolist(),
                                   substrate=trust.get("substrate", "rise"))
     arrays.update({f"faith_{k}": v for k, v in faith.items()})
+    if trust.get("road", {}).get("enabled", True):
+        arrays["road"] = tr.road(net, x, preds, maps_pred, trust.get("road", {}).get("percentiles", ROAD_PERCENTILES),
+                                 seed, index.tolist())
     k = min(trust["sanity_images"], len(x)) if lo == 0 else 0
     if m.kind != "reference" and k > 0:
         result["sanity"] = tr.cascading_randomisation(m, net, x[:k], preds[:k], maps_pred[:k],
                                                       stages=trust["sanity_stages"], seed=seed)
         if "converged" in arrays:
             result["sanity"]["converged"] = arrays["converged"][:k].tolist()
+        if trust.get("random_logit", True):
+            result["random_logit"] = tr.random_logit(m, net, x[:k], preds[:k], maps_pred[:k],
+                                                     len(audit["class_names"]), seed, range(k))
+        result["sensitivity"] = tr.max_sensitivity(m, net, x[:k], preds[:k], trust.get("sensitivity_radius", 0.02),
+                                                   trust.get("sensitivity_samples", 4), seed)
     return arrays, took
 
 
@@ -134,9 +151,10 @@ def merge_explain(parts: list[tuple[dict, dict]]) -> tuple[dict, dict]:
         result.pop("sanity", None)
         return result, {}
     result["attribution_seconds"] = round(sum(r.get("attribution_seconds", 0) for r, _ in full), 3)
-    sanity = [r["sanity"] for r, _ in full if r.get("sanity")]
-    if sanity:
-        result["sanity"] = sanity[0]
+    for key in ("sanity", "random_logit", "sensitivity"):  # computed in the part holding the first images
+        got = [r[key] for r, _ in full if r.get(key)]
+        if got:
+            result[key] = got[0]
     arrays = {k: full[0][1][k] if len(full) == 1 else np.concatenate([a[k] for _, a in full])
               for k in PER_IMAGE if k in full[0][1]}  # one part (no shards): its arrays as they are
     if "faith_fractions" in full[0][1]:
@@ -145,15 +163,18 @@ def merge_explain(parts: list[tuple[dict, dict]]) -> tuple[dict, dict]:
         result["faithfulness"] = {"deletion_auc": float(arrays["faith_deletion_auc"][ok].mean()) if ok.any() else None,
                                   "insertion_auc": float(arrays["faith_insertion_auc"][ok].mean()) if ok.any() else None,
                                   "n": int(ok.sum()), "left_out": int((~ok).sum())}
+        if "road" in arrays:
+            result["road"] = float(arrays["road"][ok].mean()) if ok.any() else None
         if "converged" in arrays:
             result["completeness"] = {"converged": int(ok.sum()), "of": int(len(ok)),
                                       "max_error": float(np.max(arrays["completeness_error"])),
                                       "max_steps": int(np.max(arrays["ig_steps"]))}
-        elif "completeness_error" in arrays:  # DeepLIFT: reported, and flagged when broken, never retried
+        elif "completeness_error" in arrays:  # DeepLIFT, the SHAP family, LRP: reported, flagged when broken
             err = arrays["completeness_error"]
             tol = result["options"].get("tolerance", 0.05)
             result["axiom"] = {"within": int((err <= tol).sum()), "of": int(len(err)), "tolerance": tol,
-                               "median_error": float(np.median(err)) if len(err) else None}
+                               "median_error": float(np.median(err)) if len(err) else None,
+                               "promise": result.get("promise", ""), "caveat": result.get("caveat", "")}
     return result, arrays
 
 

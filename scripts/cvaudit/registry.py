@@ -34,8 +34,12 @@ METHODS = {
     "vargrad": "cvaudit.methods.gradient:VarGrad",
     "input_x_gradient": "cvaudit.methods.gradient:InputXGradient",
     "deeplift": "cvaudit.methods.gradient:DeepLift",
+    "deeplift_shap": "cvaudit.methods.gradient:DeepLiftShap",
+    "lrp": "cvaudit.methods.relevance:LRP",
     "lime": "cvaudit.methods.perturbation:LIME",
     "shap": "cvaudit.methods.perturbation:SHAP",
+    "kernel_shap": "cvaudit.methods.perturbation:KernelShap",
+    "shapley_sampling": "cvaudit.methods.perturbation:ShapleySampling",
     "random": "cvaudit.methods.perturbation:RandomMap",
 }
 FLOOR_METHOD = "random"

@@ -59,6 +59,45 @@ def _surrogate_fit(arrays: dict, meta: dict) -> dict | None:
     return None
 
 
+def _road_clause(verdict: dict | None, faithful: str) -> str:
+    """ROAD in the verdict sentence: said when it disagrees with deletion/insertion, or fails."""
+    if not verdict or verdict["status"] in ("n/a", "inconclusive") or verdict["status"] == faithful:
+        return ""
+    if verdict["status"] == "pass":
+        return (f" Under ROAD (removed pixels imputed from their neighbours, so the mask's shape leaks nothing) it does "
+                f"beat a random map (gain {verdict['value']:.3f}).")
+    return (f" Under ROAD (removed pixels imputed from their neighbours, so the mask's shape leaks nothing) it "
+            f"{'does not beat' if verdict['status'] == 'fail' else 'barely beats'} a random map (gain {verdict['value']:.3f}): "
+            "what the deletion curve credits it with may be the mask's shape, not the pixels.")
+
+
+def _class_clause(verdict: dict | None, rl: dict | None) -> str:
+    """The random-logit test in the verdict sentence: said when it warns or fails, or cannot decide."""
+    if not verdict or verdict["status"] in ("pass", "n/a") or not rl:
+        return ""
+    if verdict["status"] == "inconclusive":
+        return f" Whether its maps depend on the class is inconclusive ({verdict['settle']})."
+    return (f" Its maps hardly depend on the class: explained for a random other class, the same image's map has a rank "
+            f"correlation of {verdict['value']:.2f} with it (n = {verdict['n']}), so it shows the image more than the "
+            "evidence for one class.")
+
+
+def _sensitivity_clause(sens: dict | None) -> str:
+    if not sens:
+        return ""
+    return (f" Noise of ±{sens['radius']:g} per pixel moves its map by up to {100 * sens['median']:.0f}% of its size "
+            f"(median max-sensitivity, {sens['samples']} noisy copies of each of {len(sens['per_image'])} images).")
+
+
+def _axiom_clause(axiom: dict | None) -> str:
+    """The verdict sentence's last words for a method that breaks its own promise (completeness,
+    efficiency, conservation) on this model's maps."""
+    if not axiom or axiom["within"] >= axiom["of"]:
+        return ""
+    return (f" It breaks its own axiom here: {axiom['of'] - axiom['within']} of {axiom['of']} maps miss "
+            f"that {axiom['promise'] or 'completeness'} by more than {100 * axiom['tolerance']:g}%.")
+
+
 def _attribution_section(audit: dict, explain: dict, verdicts: list[dict], agree: dict | None) -> dict:
     """Gallery (audit images x methods, shared colour scale), trust tables, curves, and the agreement
     between methods (the method_agreement stage's)."""
@@ -87,6 +126,7 @@ def _attribution_section(audit: dict, explain: dict, verdicts: list[dict], agree
     for m in shown:
         meta = usable[m]["meta"]
         f, s = by.get(("faithfulness_gain", m)), by.get(("sanity_similarity", m))
+        c, rd = by.get(("class_sensitivity", m)), by.get(("road_gain", m))
         rows.append({"method": m, "label": meta["label"], "kind": meta["kind"], "reads": meta["reads"],
                      "layer": meta.get("layer"), "deletion": meta["faithfulness"]["deletion_auc"],
                      "insertion": meta["faithfulness"]["insertion_auc"], "gain": f["value"] if f else None,
@@ -97,7 +137,15 @@ def _attribution_section(audit: dict, explain: dict, verdicts: list[dict], agree
                      "faith_status": f["status"] if f else "n/a", "sanity": meta.get("sanity"),
                      "sanity_status": s["status"] if s else "n/a", "seconds": meta.get("attribution_seconds"),
                      "sentence": method_sentence(meta["label"], f["status"] if f else "n/a",
-                                                 s["status"] if s else "n/a", s["value"] if s else None)})
+                                                 s["status"] if s else "n/a", s["value"] if s else None)
+                     + _road_clause(rd, f["status"] if f else "n/a") + _class_clause(c, meta.get("random_logit")) + _sensitivity_clause(meta.get("sensitivity"))
+                     + _axiom_clause(meta.get("axiom")),
+                     "class_corr": c["value"] if c else None,
+                     "class_ci": (c["ci_low"], c["ci_high"]) if c and c["ci_low"] is not None else None,
+                     "class_status": c["status"] if c else "n/a", "class_n": c["n"] if c else None, "class_settle": c["settle"] if c else "",
+                     "sensitivity": meta.get("sensitivity"), "road_gain": rd["value"] if rd else None,
+                     "road_ci": (rd["ci_low"], rd["ci_high"]) if rd and rd["ci_low"] is not None else None,
+                     "road_status": rd["status"] if rd else "n/a", "road_settle": rd["settle"] if rd else ""})
     rand = usable.get("random", {}).get("meta", {}).get("faithfulness")
     curves = {labels[m]: {"deletion": usable[m]["faith_deletion"], "insertion": usable[m]["faith_insertion"]}
               for m in usable}
@@ -212,7 +260,11 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                                   for v in model_verdicts if v["value"] is not None}},
         "attributions": {row["method"]: {"deletion_auc": row["deletion"], "insertion_auc": row["insertion"],
                                          "faithfulness_gain": row["gain"],
-                                         "sanity_final_rank_corr": (row["sanity"] or {}).get("final_rank_corr")}
+                                         "sanity_final_rank_corr": (row["sanity"] or {}).get("final_rank_corr"),
+                                         "class_sensitivity": row["class_corr"], "road_gain": row["road_gain"],
+                                         "max_sensitivity": (row["sensitivity"] or {}).get("median"),
+                                         "axiom_kept": None if not row["axiom"] else
+                                         {k: row["axiom"][k] for k in ("within", "of", "tolerance", "median_error")}}
                          for row in attributions["rows"]},
         "representation": None if represent is None else {
             **{k: represent["meta"][k] for k in ("knn_accuracy", "k", "silhouette", "dim", "n")},

@@ -8,6 +8,12 @@
   pixels (RISE: 224 pixels a step, which at 224 px is 224 steps a curve).
 - Sanity (Adebayo et al.): cascading randomisation of the model's parameters from the top layer down;
   a map that barely changes does not depend on what the model learned.
+- Class sensitivity (Sixt et al. 2020): the random-logit test, each image explained for a random other
+  class; a map that barely changes does not depend on the class it explains.
+- Explanation robustness (Yeh et al. 2019): captum's max-sensitivity, the largest relative change of a
+  map under small uniform input noise.
+- ROAD (Rong et al. 2022): faithfulness without the deletion curve's artefact: removed pixels are filled
+  by noisy linear imputation (pytorch-grad-cam's implementation), so the mask's shape leaks no class.
 - Agreement: rank correlation between the maps of two methods on the same images.
 """
 from __future__ import annotations
@@ -20,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .methods import attribute_batched
-from .pixels import blur, class_probability, image_generator, inner
+from .pixels import blur, class_probability, image_generator, image_seed, inner
 
 
 def _order(maps: torch.Tensor, seed: int, index=None) -> torch.Tensor:
@@ -160,3 +166,92 @@ def agreement(maps: dict[str, np.ndarray]) -> dict:
         for j in range(i + 1, len(names)):
             m[i, j] = m[j, i] = float(rank_corr(maps[a], maps[names[j]]).mean())
     return {"methods": names, "matrix": m.tolist()}
+
+
+def other_classes(target: torch.Tensor, n_classes: int, seed: int, index) -> torch.Tensor:
+    """A class other than each image's own, drawn uniformly with the image's own seed."""
+    out = []
+    for t, j in zip(target.tolist(), index):
+        k = int(torch.randint(n_classes - 1, (1,), generator=image_generator(seed + 1, int(j))))
+        out.append(k + (k >= t))
+    return torch.tensor(out, dtype=torch.long, device=target.device)
+
+
+def random_logit(method, net: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: np.ndarray,
+                 n_classes: int, seed: int = 0, index=None) -> dict | None:
+    """The random-logit test (Sixt et al. 2020, "When explanations lie"): each image explained again for
+    a random other class; the rank correlation with its map for the explained class. Near 1, the map
+    does not depend on which class it explains (it shows the image, or what every class shares)."""
+    if n_classes < 2 or len(x) == 0:
+        return None
+    index = list(range(len(x))) if index is None else list(index)
+    other = other_classes(target, n_classes, seed, index)
+    omaps = attribute_batched(method, net, x, other, torch.tensor(index))
+    corr = rank_corr(maps, omaps)
+    return {"rank_corr": float(corr.mean()), "per_image": corr.tolist(), "classes": other.tolist()}
+
+
+def max_sensitivity(method, net: nn.Module, x: torch.Tensor, target: torch.Tensor, radius: float, samples: int,
+                    seed: int = 0) -> dict | None:
+    """Explanation robustness (Yeh et al. 2019): captum's sensitivity_max, the largest relative change of a
+    map, ||map(x') - map(x)|| / ||map(x)||, over `samples` inputs x' drawn uniformly within `radius` of x
+    (pixel scale, [0, 1]). Each image keeps its own seed, so a seeded method's own noise is not counted."""
+    from captum.metrics import sensitivity_max
+
+    if samples < 1 or len(x) == 0:
+        return None
+    k = len(x)
+
+    def explain(inp, target):
+        inp = inp[0] if isinstance(inp, tuple) else inp  # captum hands over a tuple of inputs
+        target = torch.as_tensor(target, device=inp.device).reshape(-1)
+        if len(target) != len(inp):  # captum does not expand a one-element target
+            target = target.repeat_interleave(len(inp) // len(target))
+        index = torch.arange(k) if len(inp) == k else torch.arange(k).repeat_interleave(len(inp) // k)
+        return (torch.from_numpy(attribute_batched(method, net, inp, target, index)).to(inp.device),)  # and takes one
+
+    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+        torch.manual_seed(seed)
+        sens = sensitivity_max(explain, x, target=target, perturb_radius=radius, n_perturb_samples=samples,
+                               max_examples_per_batch=k * samples)
+    per = sens.detach().double().cpu().numpy()
+    return {"median": float(np.median(per)), "per_image": per.tolist(), "radius": radius, "samples": samples}
+
+
+def _road_metric():
+    """pytorch-grad-cam's ROADCombined, imported without running its package's __init__, which imports
+    every CAM, its image helpers and matplotlib (2.5 s of a job that uses none of them): a bare package
+    module stands in for `pytorch_grad_cam` so that only metrics/road.py and what it imports load."""
+    import importlib.util
+    import sys
+    import types
+    if "pytorch_grad_cam" not in sys.modules:
+        spec = importlib.util.find_spec("pytorch_grad_cam")
+        pkg = types.ModuleType("pytorch_grad_cam")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["pytorch_grad_cam"] = pkg
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    return ROADCombined
+
+
+def road(net: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: np.ndarray, percentiles, seed: int = 0,
+         index=None) -> np.ndarray:
+    """ROAD (Rong et al. 2022, remove and debias) per image, through pytorch-grad-cam's ROADCombined: the
+    pixels a map ranks highest (most relevant first) or lowest (least relevant first) are removed at each
+    percentile and filled by noisy linear imputation from their neighbours, which leaks no shape of the
+    mask; the score is the mean over percentiles of (class probability after removing the least relevant
+    - after removing the most relevant) / 2. Higher is better. Each image's imputation noise has its own
+    seed, so a score does not depend on its batch or shard."""
+    import warnings
+    metric = _road_metric()(percentiles=list(percentiles))
+    index = range(len(x)) if index is None else index
+    out = []
+    for k, j in enumerate(index):
+        c = int(target[k])
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # numpy's, on the library's np.float32(list of tensors)
+            torch.manual_seed(image_seed(seed, int(j)))
+            s = metric(x[k:k + 1], np.nan_to_num(maps[k:k + 1].astype(np.float32)),
+                       [lambda o, c=c: torch.softmax(o.float(), -1)[c]], net)
+        out.append(float(np.ravel(s)[0]))
+    return np.array(out)

@@ -1,18 +1,19 @@
 """Attribution methods behind one interface (methods.base), one module per family. Captum, lime and
-shap do the work; written here is only what none of them does: guided backprop / deconvnet for
+shap do the work (zennit LRP's); written here is only what none of them does: guided backprop / deconvnet for
 ReLU6, CAM, and the glue that batches every model call."""
 from .. import registry as _registry
-from .base import AttributionMethod, NotApplicable, attribute_batched, get_method
+from .base import AttributionMethod, Completeness, NotApplicable, attribute_batched, get_method
 from .cam import CAM, GradCAM, GuidedGradCAM, block_outputs, layer_name
-from .gradient import (DeepLift, Deconvnet, GuidedBackprop, InputXGradient, IntegratedGradients, Saliency,
+from .gradient import (DeepLift, DeepLiftShap, Deconvnet, GuidedBackprop, InputXGradient, IntegratedGradients, Saliency,
                        SmoothGrad, SmoothGradSquared, VarGrad)
-from .perturbation import LIME, SHAP, Occlusion, RandomMap, superpixels, target_probability_fn
+from .perturbation import (LIME, SHAP, KernelShap, Occlusion, RandomMap, ShapleySampling, superpixels,
+                           target_probability_fn)
 
 # Every method by name (cvaudit.registry.METHODS, the one list), for code that wants them all.
 METHODS = {name: _registry.load(ref) for name, ref in _registry.METHODS.items()}
 
-__all__ = ["METHODS", "AttributionMethod", "NotApplicable", "attribute_batched", "get_method",
-           "CAM", "GradCAM", "GuidedGradCAM", "block_outputs", "layer_name", "DeepLift", "Deconvnet", "GuidedBackprop",
+__all__ = ["METHODS", "AttributionMethod", "Completeness", "NotApplicable", "attribute_batched", "get_method",
+           "CAM", "GradCAM", "GuidedGradCAM", "block_outputs", "layer_name", "DeepLift", "DeepLiftShap", "Deconvnet", "GuidedBackprop",
            "InputXGradient", "SmoothGrad", "SmoothGradSquared", "VarGrad",
-           "IntegratedGradients", "Saliency", "LIME", "SHAP", "Occlusion", "RandomMap", "superpixels",
+           "IntegratedGradients", "Saliency", "LIME", "SHAP", "KernelShap", "ShapleySampling", "Occlusion", "RandomMap", "superpixels",
            "target_probability_fn"]

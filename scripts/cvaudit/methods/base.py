@@ -5,6 +5,8 @@ A new method is one class in the module of its family plus one line in cvaudit.r
 options in the schema)."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import nn
@@ -33,6 +35,39 @@ class AttributionMethod:
     def model_passes(self, h: int, w: int) -> int:
         """Model passes per image (forward, or forward + backward for gradient methods)."""
         return 1
+
+
+@contextlib.contextmanager
+def out_of_place(net: nn.Module):
+    """ReLU/ReLU6 modules switched to out-of-place while captum's or zennit's hooks run (backward hooks cannot
+    see through an in-place op), and switched back after, whatever happens."""
+    relus = [m for m in net.modules() if isinstance(m, (nn.ReLU, nn.ReLU6)) and m.inplace]
+    for m in relus:
+        m.inplace = False
+    try:
+        yield net
+    finally:
+        for m in relus:
+            m.inplace = True
+
+
+class Completeness:
+    """A method that promises its map sums to a score difference (DeepLIFT, the SHAP family, LRP's
+    conservation): every call records, per image, the relative miss |sum of the map - expected| / |expected|
+    (`records`), which the explain stage reports per model and the report flags when the method breaks
+    its own promise. Subclasses set `promise` (what the sum should equal, for the report) and `caveat`
+    (where the promise is known not to hold), and call `check` with both sides."""
+    promise = ""
+    caveat = ""
+
+    def __init__(self, batch_size: int = 64, **options):
+        super().__init__(batch_size, **options)
+        self.records: list[dict] = []
+
+    def check(self, total: torch.Tensor, expected: torch.Tensor) -> None:
+        err = ((total.detach().double() - expected.detach().double()).abs()
+               / expected.detach().double().abs().clamp_min(1e-12)).cpu().numpy()
+        self.records.append({"completeness_error": err})
 
 
 def get_method(name: str, **options) -> AttributionMethod:

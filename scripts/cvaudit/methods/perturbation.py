@@ -1,4 +1,4 @@
-"""Perturbation methods (occlusion, LIME, SHAP) and the random map every method's faithfulness must beat."""
+"""Perturbation methods (occlusion, LIME, the SHAP family: partition, Kernel SHAP, Shapley value sampling) and the random map every method's faithfulness must beat."""
 from __future__ import annotations
 
 import sys
@@ -9,7 +9,7 @@ from torch import nn
 
 from .. import CvauditError
 from ..pixels import blur, image_generator
-from .base import AttributionMethod
+from .base import AttributionMethod, Completeness
 
 
 class Occlusion(AttributionMethod):
@@ -152,9 +152,11 @@ def _shap():
     return shap
 
 
-class SHAP(AttributionMethod):
+class SHAP(Completeness, AttributionMethod):
     name, label, kind = "shap", "SHAP (partition)", "perturbation"
-    defaults = {"evals": "auto"}
+    defaults = {"evals": "auto", "tolerance": 0.05}
+    promise = "its values sum to p(x) − p(fully blurred image)"
+    caveat = "shap's partition explainer keeps this by construction; a miss means the model's output is not deterministic"
     reads = ("Lundberg & Lee, Partition explainer: Shapley values of a hierarchy of image regions, hidden regions "
              "replaced by a blurred copy; the values of a map add up to the class probability minus that of the "
              "fully blurred image.")
@@ -174,13 +176,92 @@ class SHAP(AttributionMethod):
         if imgs.shape[1:] not in cache:  # its partition tree takes ~0.7 s for a 224 px image: build it once
             cache[imgs.shape[1:]] = shap.maskers.Image(np.zeros(imgs.shape[1:]), imgs.shape[1:])
         masker = cache[imgs.shape[1:]]
-        out = []
+        out, total, expected = [], [], []
         for img, soft, t in zip(imgs, blurred, target.tolist()):
             masker.mask_value = soft.astype(np.float64).ravel()  # blur without OpenCV, one partition tree
             explainer = shap.Explainer(target_probability_fn(net, t), masker, algorithm="partition")
             sv = explainer(img[None], max_evals=self.evals(*img.shape[:2]), batch_size=self.batch_size, silent=True)
             out.append(sv.values[0, ..., 0].sum(-1))
+            total.append(sv.values[0, ..., 0].sum())
+            expected.append(explainer.model(img[None])[0, 0] - np.ravel(sv.base_values)[0])
+        self.check(torch.tensor(total), torch.tensor(expected))
         return torch.tensor(np.stack(out), dtype=torch.float32)
+
+
+class ShapleySampling(Completeness, AttributionMethod):
+    """Shapley values of the LIME superpixels through captum's ShapleyValueSampling (Strumbelj & Kononenko's
+    permutation sampling): `samples` random orders of the superpixels, each adding them one at a time to the
+    baseline (every superpixel filled with its own mean colour, as LIME hides it) and crediting each with the
+    change in the class probability. Each order telescopes, so the values sum exactly to p(x) - p(baseline)
+    (efficiency). Each image's orders come from its own seed, so a map does not depend on its batch."""
+    name, label, kind = "shapley_sampling", "Shapley value sampling", "perturbation"
+    defaults = {"samples": 8, "segments": 40, "seed": 0, "tolerance": 0.01}
+    reads = ("Strumbelj & Kononenko / Lundberg & Lee's Shapley sampling values: each superpixel's average effect on "
+             "the class probability when it is revealed, over random orders; the values add up to the probability "
+             "minus that of the image with every superpixel filled with its mean colour.")
+    promise = "its values sum to p(x) − p(every superpixel filled with its mean colour)"
+    caveat = "permutation sampling keeps this exactly; a miss means the model's output is not deterministic"
+
+    def model_passes(self, h, w):
+        return int(self.options["samples"]) * (int(self.options["segments"]) + 1)
+
+    def _explainer(self, prob):
+        from captum.attr import ShapleyValueSampling
+        return ShapleyValueSampling(prob)
+
+    def attribute(self, net, x, target):
+        from ..pixels import image_seed
+
+        def prob(inp):
+            return torch.softmax(net(inp).float(), 1)
+
+        index = getattr(self, "index", None)
+        index = range(len(x)) if index is None else [int(i) for i in index]
+        out, total, expected = [], [], []
+        for k, j in zip(range(len(x)), index):
+            xi, ti = x[k:k + 1], target[k:k + 1]
+            img = xi[0].detach().permute(1, 2, 0).cpu().double().numpy()
+            seg = np.unique(superpixels(img, int(self.options["segments"])), return_inverse=True)[1].reshape(img.shape[:2])
+            mask = torch.from_numpy(seg).to(x.device).view(1, 1, *seg.shape)
+            fill = torch.zeros_like(xi)
+            for s in range(int(seg.max()) + 1):  # each superpixel's own mean colour, as LIME hides it
+                sel = (mask[0, 0] == s)
+                fill[0, :, sel] = xi[0, :, sel].mean(1, keepdim=True)
+            with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+                torch.manual_seed(image_seed(int(self.options["seed"]), j))
+                a = self._explainer(prob).attribute(xi, baselines=fill, target=ti,
+                                                    feature_mask=mask.expand_as(xi).contiguous(),
+                                                    perturbations_per_eval=max(1, self.batch_size), show_progress=False,
+                                                    n_samples=int(self.options["samples"]))
+            values = torch.stack([a[0, 0][mask[0, 0] == s][0] for s in range(int(seg.max()) + 1)])
+            with torch.no_grad():
+                p = prob(torch.cat([xi, fill]))[:, int(ti)]
+            total.append(values.sum())
+            expected.append(p[0] - p[1])
+            out.append(a[0, 0].detach())
+        self.check(torch.stack(total), torch.stack(expected))
+        return torch.stack(out).float()
+
+
+class KernelShap(ShapleySampling):
+    """Lundberg & Lee's Kernel SHAP through captum's KernelShap on the same superpixels and baseline: a
+    weighted linear model of the class probability on `samples` coalitions drawn from the Shapley kernel.
+    Local accuracy (the values sum to p(x) - p(baseline)) is kept by captum's regression, which gives the
+    full and the empty coalition a weight of 10^6; the check confirms it per image."""
+    name, label = "kernel_shap", "Kernel SHAP"
+    defaults = {"samples": 256, "segments": 40, "seed": 0, "tolerance": 0.05}
+    reads = ("Lundberg & Lee: Shapley values of the superpixels estimated by a weighted linear regression on random "
+             "coalitions (hidden superpixels filled with their mean colour); they add up to the probability minus "
+             "that of the fully hidden image.")
+    caveat = ("captum's regression keeps it only through a large weight on the full and the empty coalition, so a miss "
+              "means the fit failed: raise explain.kernel_shap.samples")
+
+    def model_passes(self, h, w):
+        return int(self.options["samples"])
+
+    def _explainer(self, prob):
+        from captum.attr import KernelShap as CaptumKernelShap
+        return CaptumKernelShap(prob)
 
 
 class RandomMap(AttributionMethod):
