@@ -354,3 +354,14 @@ def test_lrp_equals_the_rules_computed_by_hand_and_is_flagged_where_biases_absor
     biased = get_method("lrp")
     biased.attribute(_relu_net(bias=True), x, t)
     assert (biased.records[-1]["completeness_error"] > 0.05).any()
+
+
+def test_lrp_refuses_a_transformer():
+    """zennit has no rules for attention or layer norm: on a ViT its maps miss the logit by orders of magnitude,
+    so the method says it does not apply rather than draw them."""
+    from cvaudit.models import build_model
+    spec = {"arch": "timm:vit_tiny_patch16_224", "arch_options": {"img_size": 16, "patch_size": 4, "depth": 1},
+            "weights": "none", "input_size": 16, "num_classes": 3}
+    net = PixelSpace(build_model(spec), [0.5] * 3, [0.5] * 3).eval()
+    with pytest.raises(NotApplicable, match="no LRP rules for attention"):
+        get_method("lrp").attribute(net, torch.rand(1, 3, 16, 16), torch.tensor([0]))

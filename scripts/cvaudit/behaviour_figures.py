@@ -11,7 +11,9 @@ def _errorbars(ax, x, est: list[dict], **kw):
     v = np.array([e["value"] if e["value"] is not None else np.nan for e in est], float)
     lo = np.array([e["ci_low"] if e["ci_low"] is not None else np.nan for e in est], float)
     hi = np.array([e["ci_high"] if e["ci_high"] is not None else np.nan for e in est], float)
-    ax.errorbar(x, v, yerr=[np.nan_to_num(v - lo), np.nan_to_num(hi - v)], fmt="o-", ms=3, capsize=2, lw=1, **kw)
+    # clipped at 0: a Wilson bound at k = n is 1 - 1e-16, below the value 1.0 (matplotlib refuses negative bars)
+    yerr = [np.clip(np.nan_to_num(v - lo), 0, None), np.clip(np.nan_to_num(hi - v), 0, None)]
+    ax.errorbar(x, v, yerr=yerr, fmt="o-", ms=3, capsize=2, lw=1, **kw)
 
 
 def slice_curves(properties: dict, overall: float) -> str | None:

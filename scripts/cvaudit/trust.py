@@ -208,7 +208,9 @@ def max_sensitivity(method, net: nn.Module, x: torch.Tensor, target: torch.Tenso
         if len(target) != len(inp):  # captum does not expand a one-element target
             target = target.repeat_interleave(len(inp) // len(target))
         index = torch.arange(k) if len(inp) == k else torch.arange(k).repeat_interleave(len(inp) // k)
-        return (torch.from_numpy(attribute_batched(method, net, inp, target, index)).to(inp.device),)  # and takes one
+        with torch.enable_grad():  # captum runs this under no_grad; the gradient methods need their graph
+            maps = attribute_batched(method, net, inp, target, index)
+        return (torch.from_numpy(maps).to(inp.device),)  # and takes a tuple back
 
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
         torch.manual_seed(seed)

@@ -3,7 +3,8 @@ LRP library: the EpsilonPlusFlat composite the literature recommends for CNNs (f
 z+ on the other convolutions, epsilon on the dense layers), with every batch norm that directly follows a
 convolution or linear layer merged into it first (zennit's canonizer, the pairs found by tracing one pass).
 
-What zennit refuses, in effect: it puts its rules on modules only. An operation written as a function in a
+A model with attention or layer norm (a vision transformer) is refused: zennit has no rules for them.
+What zennit refuses, in effect, elsewhere: it puts its rules on modules only. An operation written as a function in a
 model's forward (a residual `x + y`, `F.relu`, a reshape) and a module it has no rule for (max-pooling,
 SiLU, GELU, attention) pass the plain gradient, and a batch norm that does not follow a linear layer
 directly is not merged. Relevance is then no longer conserved: each map's sum is checked against the
@@ -66,6 +67,12 @@ class LRP(Completeness, AttributionMethod):
         inner, xin = (net.model, (x - net.mean) / net.std) if isinstance(net, PixelSpace) else (net, x)
         if not any(isinstance(m, Linear) for m in inner.modules()):
             raise NotApplicable("LRP needs convolution or linear layers to put its rules on")
+        attention = sorted({type(m).__name__ for m in inner.modules()
+                            if isinstance(m, (nn.LayerNorm, nn.MultiheadAttention)) or type(m).__name__.endswith("Attention")})
+        if attention:  # a vision transformer: relevance through attention needs rules zennit does not have
+            raise NotApplicable(f"the model has {', '.join(attention)} layers: zennit has no LRP rules for attention or "
+                                "layer norm, so relevance would pass them as plain gradient and its conservation would "
+                                "not hold (on a 4-block ViT the maps miss the logit by a factor of 10^13)")
         xin = xin.detach()
         with out_of_place(inner):
             composite = EpsilonPlusFlat(canonizers=[NamedMergeBatchNorm(batchnorm_pairs(inner, xin))])
