@@ -252,9 +252,18 @@ class DeepLift(Completeness, AttributionMethod):
         """The promise, per image: paired baselines (DeepLIFT) or the mean over a background (Deep SHAP)."""
         with torch.no_grad():
             fx = net(x).gather(1, target.view(-1, 1))[:, 0]
-            fb = net(base)[:, target].mean(0) if isinstance(self, DeepLiftShap) else \
+            fb = self._background_scores(net, base)[:, target].mean(0) if isinstance(self, DeepLiftShap) else \
                 net(base).gather(1, target.view(-1, 1))[:, 0]
         self.check(a.sum((1, 2, 3)), fx - fb)
+
+    def _background_scores(self, net, base):
+        """F(background), computed once per network (the sanity check's randomised copies are others)."""
+        cache = self.__dict__.setdefault("_scores", {})
+        key = (id(net), base.data_ptr(), tuple(base.shape))
+        if key not in cache or cache[key][0]() is not net:
+            import weakref
+            cache[key] = (weakref.ref(net), net(base))
+        return cache[key][1]
 
 
 class DeepLiftShap(DeepLift):
@@ -271,9 +280,10 @@ class DeepLiftShap(DeepLift):
 
     def _baselines(self, x):
         k = max(2, int(self.options["background"]))
-        if self.background is not None:
-            return self.background.to(x.device, x.dtype)
-        return torch.linspace(0, 1, k, device=x.device).view(-1, 1, 1, 1).expand(k, *x.shape[1:]).contiguous()
+        if self.background is None or self.background.shape[1:] != x.shape[1:]:  # a bare call: k greys, made once
+            self.background = torch.linspace(0, 1, k, device=x.device).view(-1, 1, 1, 1).expand(k, *x.shape[1:]).contiguous()
+        self.background = self.background.to(x.device, x.dtype)
+        return self.background
 
     def model_passes(self, h, w):
         return max(2, int(self.options["background"]))
