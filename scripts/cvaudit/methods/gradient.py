@@ -232,29 +232,24 @@ class DeepLift(Completeness, AttributionMethod):
     def _baselines(self, x):
         return torch.zeros_like(x)
 
+    captum, paired = "DeepLift", True  # captum's class; one baseline per image (DeepLIFT) or a background (Deep SHAP)
+
     def attribute(self, net, x, target):
-        from captum.attr import DeepLift as CaptumDeepLift
+        import captum.attr
         base = self._baselines(x)
+        explainer = getattr(captum.attr, self.captum)(net)
+        # One image (with its baselines) per call: captum's max-pooling rule divides by input differences, which
+        # amplifies the rounding that differs between batch sizes (2.5% of a map's range between a call of 36 and
+        # one of 12 on the tests' tiny CNN), so a batched map would depend on its shard.
         with out_of_place(net):
-            a = self._per_image(lambda xi, bi, ti: CaptumDeepLift(net).attribute(xi, baselines=bi, target=ti), x, base,
-                                target, paired=True)
-        self._check(net, x, base, target, a)
-        return a.sum(1).detach()
-
-    @staticmethod
-    def _per_image(fn, x, base, target, paired):
-        """One image (with its baselines) per call: captum's max-pooling rule divides by input differences,
-        which amplifies the rounding that differs between batch sizes (2.5% of a map's range between a call
-        of 36 and one of 12 on the tests' tiny CNN), so a batched map would depend on its shard."""
-        return torch.cat([fn(x[k:k + 1], base[k:k + 1] if paired else base, target[k:k + 1]) for k in range(len(x))])
-
-    def _check(self, net, x, base, target, a):
-        """The promise, per image: paired baselines (DeepLIFT) or the mean over a background (Deep SHAP)."""
-        with torch.no_grad():
+            a = torch.cat([explainer.attribute(x[k:k + 1], baselines=base[k:k + 1] if self.paired else base,
+                                               target=target[k:k + 1]) for k in range(len(x))])
+        with torch.no_grad():  # the promise, per image: against its own baseline, or the background's mean
             fx = net(x).gather(1, target.view(-1, 1))[:, 0]
-            fb = self._background_scores(net, base)[:, target].mean(0) if isinstance(self, DeepLiftShap) else \
-                net(base).gather(1, target.view(-1, 1))[:, 0]
+            fb = net(base).gather(1, target.view(-1, 1))[:, 0] if self.paired else \
+                self._background_scores(net, base)[:, target].mean(0)
         self.check(a.sum((1, 2, 3)), fx - fb)
+        return a.sum(1).detach()
 
     def _background_scores(self, net, base):
         """F(background), computed once per network (the sanity check's randomised copies are others)."""
@@ -285,14 +280,7 @@ class DeepLiftShap(DeepLift):
         self.background = self.background.to(x.device, x.dtype)
         return self.background
 
+    captum, paired = "DeepLiftShap", False
+
     def model_passes(self, h, w):
         return max(2, int(self.options["background"]))
-
-    def attribute(self, net, x, target):
-        from captum.attr import DeepLiftShap as CaptumDeepLiftShap
-        base = self._baselines(x)
-        with out_of_place(net):
-            a = self._per_image(lambda xi, bi, ti: CaptumDeepLiftShap(net).attribute(xi, baselines=bi, target=ti), x, base,
-                                target, paired=False)
-        self._check(net, x, base, target, a)
-        return a.sum(1).detach()
