@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from cvaudit.inspect_units import activation_layers
-from cvaudit.layer_views import effective_receptive_field, invert, total_variation
+from cvaudit.layer_views import effective_receptive_field, effective_receptive_fields, invert, total_variation
 from tiny_models import pixel_cnn
 
 
@@ -37,6 +37,8 @@ def test_the_effective_receptive_field_grows_with_depth_within_the_theoretical_f
     assert erf[0]["theoretical"] == 3  # one 3 x 3 convolution
     assert [e["theoretical"] for e in erf] == sorted(e["theoretical"] for e in erf)
     assert erf[-1]["r90"] > erf[0]["r90"] and erf[-1]["r50"] >= erf[0]["r50"]
+    together = effective_receptive_fields(net, x, layers, batch=8)  # one forward pass per batch for all layers
+    assert all(np.allclose(together[n]["map"], e["map"]) and together[n]["r90"] == e["r90"] for n, e in zip(layers, erf))
     for e in erf:
         assert abs(float(e["map"].sum()) - 1) < 1e-5 and e["r50"] <= e["r90"] <= e["theoretical"] / 2 + 0.5
     mlp = pixel_cnn(seed=0)

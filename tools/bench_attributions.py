@@ -143,12 +143,8 @@ def library_defaults(net, x, target) -> dict:
 
     def deeplift():
         from captum.attr import DeepLift
-        relus = [m for m in net.modules() if getattr(m, "inplace", False)]
-        for m in relus:
-            m.inplace = False
-        DeepLift(net).attribute(x, baselines=torch.zeros_like(x), target=target)
-        for m in relus:
-            m.inplace = True
+        with out_of_place(net):
+            DeepLift(net).attribute(x, baselines=torch.zeros_like(x), target=target)
 
     def deeplift_shap():
         from captum.attr import DeepLiftShap

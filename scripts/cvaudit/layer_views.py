@@ -94,28 +94,39 @@ def invert(net, x0: torch.Tensor, layers: list[str], options: dict, seed: int, d
     return {"images": rec, "feature_loss": final.reshape(k, n), "distance": dist}
 
 
-def effective_receptive_field(net, x: torch.Tensor, layer: str, batch: int) -> dict | None:
-    """Mean |d (sum over channels of the centre unit) / d input| over images x, summed over colour channels
-    and normalised to sum 1; radii holding 50% and 90% of it; the theoretical field's extent. None for a
-    layer without a spatial map."""
-    total, support, n = None, None, 0
-    module = net.model.get_submodule(layer)
+def effective_receptive_fields(net, x: torch.Tensor, layers: list[str], batch: int) -> dict[str, dict | None]:
+    """Per layer: mean |d (sum over channels of the centre unit) / d input| over images x, summed over colour
+    channels and normalised to sum 1; radii holding 50% and 90% of it; the theoretical field's extent. None
+    for a layer without a spatial map. One forward pass per batch serves every layer (a backward each)."""
+    total, support, n = {}, {}, 0
+    modules = {name: net.model.get_submodule(name) for name in layers}
     for i in range(0, len(x), batch):
         xb = x[i:i + batch].clone().requires_grad_(True)
         store = {}
         with Hooks() as hooks:
-            hooks.forward(module, lambda m, inp, o: store.__setitem__("o", o.clone()))
+            for name, module in modules.items():
+                hooks.forward(module, lambda m, inp, o, name=name: store.__setitem__(name, o.clone()))
             net(xb)
-        o = store["o"]
-        if o.dim() != 4:
-            return None
-        h, w = o.shape[-2:]
-        (grad,) = torch.autograd.grad(o[:, :, h // 2, w // 2].sum(), xb)
-        g = grad.abs().sum(1).detach().cpu().double()  # (B, H, W)
-        total = g.sum(0) if total is None else total + g.sum(0)
-        nz = (g > 0).any(0)
-        support = nz if support is None else support | nz
+        spatial = [name for name in layers if store[name].dim() == 4]
+        for k, name in enumerate(spatial):
+            o = store[name]
+            h, w = o.shape[-2:]
+            (grad,) = torch.autograd.grad(o[:, :, h // 2, w // 2].sum(), xb, retain_graph=k < len(spatial) - 1)
+            g = grad.abs().sum(1).detach().cpu().double()  # (B, H, W)
+            total[name] = g.sum(0) if name not in total else total[name] + g.sum(0)
+            nz = (g > 0).any(0)
+            support[name] = nz if name not in support else support[name] | nz
         n += len(xb)
+    return {name: _erf_summary(total[name], support[name], n, store[name].shape[-2:]) if name in total else None
+            for name in layers}
+
+
+def effective_receptive_field(net, x: torch.Tensor, layer: str, batch: int) -> dict | None:
+    """One layer's effective receptive field (effective_receptive_fields)."""
+    return effective_receptive_fields(net, x, [layer], batch)[layer]
+
+
+def _erf_summary(total: torch.Tensor, support: torch.Tensor, n: int, feature_map) -> dict:
     erf = (total / total.sum().clamp_min(1e-300)).numpy()
     H, W = erf.shape
     cy, cx = (H - 1) / 2, (W - 1) / 2
@@ -127,7 +138,7 @@ def effective_receptive_field(net, x: torch.Tensor, layer: str, batch: int) -> d
     theory = int(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)) if len(rows) else 0
     return {"map": erf.astype(np.float32), "r50": float(radii[np.searchsorted(mass, 0.5 - 1e-12)]),
             "r90": float(radii[np.searchsorted(mass, 0.9 - 1e-12)]), "theoretical": theory, "images": n,
-            "feature_map": [int(h), int(w)]}
+            "feature_map": [int(d) for d in feature_map]}
 
 
 def run_layer_views(model_path, manifest, audit_set, units_options: dict, options: dict, seed: int, device: str,
@@ -153,9 +164,9 @@ def run_layer_views(model_path, manifest, audit_set, units_options: dict, option
     if options["erf"]["images"]:
         x8, _, _ = robustness_images(manifest, spec, options["erf"]["images"], seed)
         x = x8.to(dev).float().div(255)
-        batch = auto_batch(size, size, dev)
+        fields = effective_receptive_fields(net, x, layers, auto_batch(size, size, dev))
         for j, name in enumerate(layers):
-            e = effective_receptive_field(net, x, name, batch)
+            e = fields[name]
             if e is None:
                 meta["erf"][name] = {"reason": "no spatial feature map (a fully connected layer sees the whole image)"}
                 continue
