@@ -35,8 +35,8 @@ def test_every_method_resolves_to_its_class_and_its_defaults_are_the_schemas():
             own = {k: v for k, v in cls.defaults.items() if k != "seed"}  # the run's seed is passed in
             assert schema == own, name
             checked += 1
-    assert checked == 14  # gradcam, guided_gradcam, occlusion, integrated_gradients, lime, the SHAP family, the SmoothGrads,
-    # deeplift, deeplift_shap, lrp
+    assert checked == 15  # gradcam, guided_gradcam, occlusion, integrated_gradients, lime, the SHAP family, the SmoothGrads,
+    # deeplift, deeplift_shap, lrp, attention_rollout
 
 
 def test_the_schemas_families_are_the_registry_and_each_default_includes_the_identity():

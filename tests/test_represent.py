@@ -69,3 +69,52 @@ def test_compare_models_cka_and_a_clear_error_for_different_test_images(tmp_path
              preds=np.zeros(50, int))
     with pytest.raises(CvauditError, match="different test images"):
         compare_models({n: tmp_path / f"{n}.npz" for n in runs}, seed=0, out=tmp_path / "cmp.json")
+
+
+def test_layer_uniformity_knows_alike_layers_from_different_ones():
+    from cvaudit.represent import layer_uniformity, uniformity_difference
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 10))
+    alike = {f"l{i}": x @ np.linalg.qr(rng.normal(size=(10, 10)))[0] + 0.05 * rng.normal(size=(120, 10)) for i in range(4)}
+    apart = {f"l{i}": rng.normal(size=(120, 10)) for i in range(4)}
+    u, v = layer_uniformity(alike, seed=0), layer_uniformity(apart, seed=0)
+    assert u["mean"] > 0.95 and u["low"] <= u["mean"] <= u["high"] and u["n"] == 120 and u["layers"] == 4
+    assert v["high"] < 0.3 and layer_uniformity({"only": x}, seed=0) is None
+    d = uniformity_difference(alike, apart, seed=0)
+    assert d["low"] > 0.5 and d["mean"] == pytest.approx(u["mean"] - v["mean"])
+
+
+def test_a_vits_layers_are_its_blocks_and_its_tokens_are_pooled_like_maps(tiny_copy, tmp_path):
+    from cvaudit.data import ingest, read_manifest
+    from tiny_models import tiny_vit_spec
+    ingest({"source": "imagefolder", "path": str(tiny_copy)}, "t", 0, tmp_path)
+    rows = read_manifest(tmp_path / "manifest.csv", "test")
+    spec = tiny_vit_spec(input_size=32, depth=3)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    layers = pick_layers(model, 6)
+    assert layers == ["patch_embed", "blocks.0", "blocks.1", "blocks.2"]
+    f = stream_features(model, rows, spec, "cpu", layers, cka_images=4, batch_size=3)
+    assert f["layers"]["patch_embed"].shape == (4, 32 * 4)  # no class token yet: the grid pooled to 2x2
+    assert f["layers"]["blocks.1"].shape == (4, 32 + 32 * 4)  # the class token beside the pooled grid
+    assert f["embeddings"].shape == (len(rows), 32)
+
+
+def test_compare_models_sets_a_transformers_layers_against_a_cnns(tmp_path):
+    from cvaudit.io import save_npz
+    from cvaudit.represent import compare_models
+    rng = np.random.default_rng(0)
+    paths = np.array([f"img{i}.png" for i in range(40)])
+    base = rng.normal(size=(40, 6))
+    vit = {f"layer_{i}": base + 0.1 * rng.normal(size=(40, 6)) for i in range(3)}  # alike layers
+    cnn = {"layer_0": base, "layer_1": rng.normal(size=(40, 6))}
+    for name, layers, flag in (("vit", vit, True), ("cnn", cnn, False), ("mlp", cnn, False)):
+        meta = {"knn_accuracy": 0.5, "dim": 6, "transformer": flag,
+                "cka": {"layers": [f"{name}.{i}" for i in range(len(layers))], "matrix": []}}
+        save_npz(tmp_path / f"{name}.npz", meta, embeddings=base, paths=paths, preds=np.zeros(40, int), **layers)
+    res = compare_models({n: tmp_path / f"{n}.npz" for n in ("cnn", "vit", "mlp")}, seed=0, out=tmp_path / "c.json")
+    pairs = res["layer_pairs"]
+    assert [(p["rows"], p["columns"]) for p in pairs] == [("vit", "cnn"), ("vit", "mlp")]  # CNN-CNN pairs are not drawn
+    m = np.array(pairs[0]["matrix"])
+    assert m.shape == (3, 2) and (m[:, 0] > 0.9).all() and (m[:, 1] < 0.5).all()
+    assert pairs[0]["uniformity_difference"]["low"] > 0 and pairs[0]["n_images"] == 40

@@ -243,8 +243,10 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
             cka[d] = {"failed": rec}
             continue
         c = read_json(p)
-        cka[d] = {"models": c["models"], "matrix": c["cka"],
-                  "fig": figures.agreement_heatmap(c["models"], c["cka"], label="linear CKA", vmin=0)}
+        cka[d] = {"models": c["models"], "matrix": c["cka"], "n_images": c["n_images"],
+                  "fig": figures.agreement_heatmap(c["models"], c["cka"], label="linear CKA", vmin=0),
+                  "uniformity": c.get("uniformity") or {}, "transformer": c.get("transformer") or {},
+                  "layer_pairs": [{**pair, "fig": figures.layer_cka_heatmap(pair)} for pair in c.get("layer_pairs", [])]}
     checks = list(dict.fromkeys(k for r in rows for k in r["verdicts"]))
     methods = settings["report"]["compare"]["methods"]
     side = [_side_by_side_section(d, shared[d], methods) for d in datasets if d in shared]
@@ -266,7 +268,11 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
                "baselines": base,
                "error_consistency": {d: {k: c[k] for k in ("models", "pairs")} for d, c in consistency.items()},
                "cka_between_models": {d: {k: c[k] for k in ("models", "matrix")}
-                                                         for d, c in cka.items() if "failed" not in c}}
+                                                         for d, c in cka.items() if "failed" not in c},
+               "layer_uniformity": {d: c["uniformity"] for d, c in cka.items() if "failed" not in c},
+               "transformer_vs_cnn": {d: [{k: p[k] for k in ("rows", "columns", "n_images", "row_layers", "column_layers",
+                                                             "matrix", "uniformity_difference")} for p in c["layer_pairs"]]
+                                      for d, c in cka.items() if "failed" not in c and c["layer_pairs"]}}
     html = jinja_env(template).get_template(Path(template).name).render(
         title=settings["report"]["title"], rows=rows, columns=COLUMNS, checks=checks, datasets=datasets, base=base,
         cka=cka, consistency=consistency, side=side, scatter=scatter, stage_runs=stage_runs, versions=package_versions(),

@@ -141,6 +141,23 @@ def agreement_heatmap(labels: list[str], matrix: list[list[float]], label: str =
     return fig_uri(fig)
 
 
+def layer_cka_heatmap(pair: dict) -> str:
+    """Linear CKA between every layer of a transformer (rows) and of another model (columns), as Raghu et al."""
+    m = np.asarray(pair["matrix"])
+    fig, ax = plt.subplots(figsize=(1.8 + 0.4 * m.shape[1], 1.4 + 0.32 * m.shape[0]))
+    im = ax.imshow(m, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(m.shape[1]), pair["column_layers"], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(m.shape[0]), pair["row_layers"], fontsize=7)
+    ax.set_xlabel(f"{pair['columns']} layers (early → late)", fontsize=8)
+    ax.set_ylabel(f"{pair['rows']} layers", fontsize=8)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white" if m[i, j] < 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="linear CKA")
+    fig.tight_layout()
+    return fig_uri(fig)
+
+
 def embedding_scatter(points: np.ndarray, labels: np.ndarray, names: list[str], title: str,
                       wrong: np.ndarray | None = None) -> str:
     fig, ax = plt.subplots(figsize=(4.6, 3.8))

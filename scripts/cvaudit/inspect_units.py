@@ -19,6 +19,7 @@ from .pixels import audit_images, pixel_model
 from .hooks import Hooks
 from .io import load_audit_set, save_npz
 from .models import _head_name, auto_batch
+from .tokens import as_maps, token_layout
 from .transforms import eval_transform
 
 log = logging.getLogger("cvaudit.inspect_units")
@@ -38,11 +39,13 @@ def activation_layers(model: nn.Module) -> list[str]:
 
 @torch.no_grad()
 def output_shapes(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, tuple]:
-    """Output shape (without batch) of each named module for input `x`, in the order they run."""
-    shapes = {}
+    """Output shape (without batch) of each named module for input `x`, in the order they run; a transformer's
+    token outputs as maps on the patch grid (channels, rows, cols)."""
+    shapes, layout = {}, token_layout(model)
     with Hooks() as hooks:
         for n in names:
-            hooks.forward(model.get_submodule(n), lambda m, i, o, n=n: shapes.setdefault(n, tuple(o.shape[1:])))
+            hooks.forward(model.get_submodule(n),
+                          lambda m, i, o, n=n: shapes.setdefault(n, tuple(as_maps(o, layout).shape[1:])))
         model(x)
     return shapes
 
@@ -110,10 +113,10 @@ def unit_statistics(model: nn.Module, rows: list[dict], spec: dict, device, laye
     the top-k images per channel by their strongest position."""
     names = list(dict.fromkeys(layers + [unit]))
     stats = {n: {"active": 0, "total": 0, "max": None} for n in names}
-    top, seen = TopK(top_k), 0
+    top, seen, layout = TopK(top_k), 0, token_layout(model)
 
     def hook(mod, inp, out, n):
-        o = out.detach().float()
+        o = as_maps(out.detach().float(), layout)  # a transformer's patch tokens on the grid
         s = stats[n]
         s["active"] += int((o > 0).sum())
         s["total"] += o.numel()
@@ -175,7 +178,7 @@ def receptive_boxes(model: nn.Module, x: torch.Tensor, layer: str, channels: tor
     with Hooks() as hooks, linear_backward(model), torch.enable_grad():
         hooks.forward_pre(model.get_submodule(layer), lambda m, a: store.__setitem__("o", a[0]))
         model(x)
-        o = store["o"]
+        o = as_maps(store["o"], token_layout(model))
         i = torch.arange(len(x), device=x.device)
         unit = o.flatten(2)[i, channels, locs] if o.dim() == 4 else o[i, channels]
         g, = torch.autograd.grad(unit.sum(), x)
@@ -215,13 +218,14 @@ def activation_grids(net: nn.Module, x: torch.Tensor, layers: list[str], channel
     """For each image and layer the `channels` feature maps with the largest mean activation."""
     store = {}
     model = net.model
+    layout = token_layout(model)
     with Hooks() as hooks:
         for n in layers:  # a copy: later in-place ops must not change it
             hooks.forward(model.get_submodule(n), lambda m, i, o, n=n: store.__setitem__(n, o.detach().float().clone()))
         net(x)
     out = {}
     for j, n in enumerate(layers):
-        o = store[n]
+        o = as_maps(store[n], layout)
         if o.dim() != 4:
             continue
         top = o.mean((2, 3)).topk(min(channels, o.shape[1]), 1).indices

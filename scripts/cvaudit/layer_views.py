@@ -26,6 +26,7 @@ from .io import save_npz
 from .models import auto_batch
 from .pixels import pixel_model
 from .sample import robustness_images
+from .tokens import as_maps, token_layout
 from .visualise_ascent import gradient_ascent
 
 log = logging.getLogger("cvaudit.layer_views")
@@ -98,14 +99,14 @@ def effective_receptive_fields(net, x: torch.Tensor, layers: list[str], batch: i
     """Per layer: mean |d (sum over channels of the centre unit) / d input| over images x, summed over colour
     channels and normalised to sum 1; radii holding 50% and 90% of it; the theoretical field's extent. None
     for a layer without a spatial map. One forward pass per batch serves every layer (a backward each)."""
-    total, support, n = {}, {}, 0
+    total, support, n, layout = {}, {}, 0, token_layout(net)
     modules = {name: net.model.get_submodule(name) for name in layers}
     for i in range(0, len(x), batch):
         xb = x[i:i + batch].clone().requires_grad_(True)
         store = {}
         with Hooks() as hooks:
-            for name, module in modules.items():
-                hooks.forward(module, lambda m, inp, o, name=name: store.__setitem__(name, o.clone()))
+            for name, module in modules.items():  # a transformer's patch tokens on the grid
+                hooks.forward(module, lambda m, inp, o, name=name: store.__setitem__(name, as_maps(o.clone(), layout)))
             net(xb)
         spatial = [name for name in layers if store[name].dim() == 4]
         for k, name in enumerate(spatial):

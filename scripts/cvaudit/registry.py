@@ -36,6 +36,8 @@ METHODS = {
     "deeplift": "cvaudit.methods.gradient:DeepLift",
     "deeplift_shap": "cvaudit.methods.gradient:DeepLiftShap",
     "lrp": "cvaudit.methods.relevance:LRP",
+    "attention_rollout": "cvaudit.methods.transformer:AttentionRollout",
+    "transformer_attribution": "cvaudit.methods.transformer:TransformerAttribution",
     "lime": "cvaudit.methods.perturbation:LIME",
     "shap": "cvaudit.methods.perturbation:SHAP",
     "kernel_shap": "cvaudit.methods.perturbation:KernelShap",

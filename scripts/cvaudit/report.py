@@ -268,6 +268,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                          for row in attributions["rows"]},
         "representation": None if represent is None else {
             **{k: represent["meta"][k] for k in ("knn_accuracy", "k", "silhouette", "dim", "n")},
+            "layer_uniformity": represent["meta"].get("uniformity"),
             "layers": None if units is None else [
                 {k: layer[k] for k in ("name", "sparsity", "dead", "channels")} for layer in units["meta"]["layers"]],
             "cka_between_models": None if compare is None else {

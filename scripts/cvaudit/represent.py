@@ -16,6 +16,7 @@ from .hooks import Hooks
 from .io import load_npz, save_npz
 from .models import _head_name, auto_batch
 from .pixels import start_stage
+from .tokens import as_maps, blocks, prefix_tokens, token_layout
 from .transforms import eval_transform
 
 log = logging.getLogger("cvaudit.represent")
@@ -51,11 +52,54 @@ def cka_matrix(feats: dict[str, np.ndarray]) -> dict:
     return {"layers": names, "matrix": m.tolist()}
 
 
+def cross_cka(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[list[float]]:
+    """Linear CKA between every layer of one model (rows) and every layer of another (columns), on the
+    same images: Raghu et al.'s figure comparing a ViT with a CNN layer by layer."""
+    ga, gb = [_centred_gram(v) for v in a.values()], [_centred_gram(v) for v in b.values()]
+    return [[_cka(x, y) for y in gb] for x in ga]
+
+
+def layer_uniformity(feats: dict[str, np.ndarray], seed: int, resamples: int = 200) -> dict | None:
+    """How alike a model's layers are: the mean linear CKA between different layers (Raghu et al.: a ViT's
+    layers are much more alike than a CNN's, whose early and late layers differ), with a 95% bootstrap
+    interval over the images. None with fewer than two layers."""
+    if len(feats) < 2:
+        return None
+    n = len(next(iter(feats.values())))
+    rng = np.random.default_rng(seed)
+    boot = [_mean_off_diagonal(feats, rng.integers(0, n, n)) for _ in range(resamples)]
+    return {"mean": _mean_off_diagonal(feats, np.arange(n)), "low": float(np.percentile(boot, 2.5)),
+            "high": float(np.percentile(boot, 97.5)), "n": int(n), "layers": len(feats), "resamples": resamples}
+
+
+def _mean_off_diagonal(feats: dict[str, np.ndarray], idx: np.ndarray) -> float:
+    m = np.asarray(cka_matrix({k: v[idx] for k, v in feats.items()})["matrix"])
+    return float(m[~np.eye(len(m), dtype=bool)].mean())
+
+
+def uniformity_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray], seed: int, resamples: int = 200) -> dict:
+    """Layer uniformity of `a` minus that of `b` on the same images, with a paired 95% bootstrap interval
+    (the same resampled images for both models)."""
+    n = min(len(next(iter(a.values()))), len(next(iter(b.values()))))
+    a, b = {k: v[:n] for k, v in a.items()}, {k: v[:n] for k, v in b.items()}
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(resamples):
+        idx = rng.integers(0, n, n)
+        boot.append(_mean_off_diagonal(a, idx) - _mean_off_diagonal(b, idx))
+    everything = np.arange(n)
+    return {"mean": _mean_off_diagonal(a, everything) - _mean_off_diagonal(b, everything),
+            "low": float(np.percentile(boot, 2.5)), "high": float(np.percentile(boot, 97.5)), "n": int(n)}
+
+
 # ----------------------------------------------------------------------------- embedding space
 def pick_layers(model: nn.Module, k: int = 6) -> list[str]:
-    """About k modules from early to late: evenly spaced Conv2d/Linear layers, the head excluded."""
+    """About k modules from early to late: evenly spaced Conv2d/Linear layers, the head excluded; for a
+    vision transformer the patch embedding and the blocks' outputs (the residual stream, as Raghu et al.)."""
     head = _head_name(model)
     cands = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n != head]
+    if token_layout(model) is not None and blocks(model):
+        cands = ["patch_embed"] + blocks(model)
     if len(cands) <= k:
         return cands
     return [cands[int(round(i * (len(cands) - 1) / (k - 1)))] for i in range(k)]
@@ -65,8 +109,10 @@ def pick_layers(model: nn.Module, k: int = 6) -> list[str]:
 def stream_features(model: nn.Module, rows: list[dict], spec: dict, device, layers: list[str] = (),
                     cka_images: int = 0, batch_size="auto") -> dict:
     """One streamed pass over `rows`: penultimate embeddings (the head's input) for all images, and
-    for the first `cka_images` the outputs of `layers` (spatially pooled to 2x2). Memory holds the
+    for the first `cka_images` the outputs of `layers` (spatially pooled to 2x2; a transformer's patch
+    tokens pooled the same way on the patch grid, its class token beside them). Memory holds the
     embedding matrix, never the images."""
+    layout = token_layout(model)
     head = model.get_submodule(_head_name(model))
     mods = {n: model.get_submodule(n) for n in layers}
     store: dict[str, torch.Tensor] = {}
@@ -85,8 +131,10 @@ def stream_features(model: nn.Module, rows: list[dict], spec: dict, device, laye
                 take = min(len(x), cka_images - seen)
                 for n in layers:
                     o = store[n][:take].float()
-                    o = nn.functional.adaptive_avg_pool2d(o, 2) if o.dim() == 4 else o
-                    feats[n].append(o.flatten(1).cpu())
+                    cls = prefix_tokens(o, layout)
+                    o = as_maps(o, layout)
+                    o = nn.functional.adaptive_avg_pool2d(o, 2).flatten(1) if o.dim() == 4 else o.flatten(1)
+                    feats[n].append((o if cls is None else torch.cat([cls, o], 1)).cpu())
             seen += len(x)
     return {"embeddings": torch.cat(emb).numpy(), "probs": torch.cat(probs).numpy(),
             "layers": {n: torch.cat(v).numpy() for n, v in feats.items() if v}}
@@ -135,8 +183,10 @@ def run_represent(model_path, manifest, options: dict, seed: int, device: str, t
     meta = {"n": len(rows), "dim": int(f["embeddings"].shape[1]), "knn_accuracy": space["knn_accuracy"],
             "k": options["k"], "silhouette": space["silhouette"],
             "explained_variance": space["explained_variance"].tolist(), "cka": cka,
+            "uniformity": layer_uniformity(f["layers"], seed), "transformer": token_layout(model) is not None,
             "seconds": round(time.time() - t0, 2)}
-    save_npz(out, meta, embeddings=f["embeddings"].astype(np.float32), labels=labels, preds=preds,
+    layer_arrays = {f"layer_{i}": v.astype(np.float32) for i, v in enumerate(f["layers"].values())}
+    save_npz(out, meta, **layer_arrays, embeddings=f["embeddings"].astype(np.float32), labels=labels, preds=preds,
              pca=space["pca"], tsne=space["tsne"], tsne_index=space["tsne_index"], neighbours=space["neighbours"],
              paths=np.array([r["path"] for r in rows]))
     log.info("k-NN accuracy %s, silhouette %s (%.1fs)", meta["knn_accuracy"], meta["silhouette"], meta["seconds"])
@@ -163,7 +213,35 @@ def compare_models(paths: dict, seed: int, out, max_images: int = 2000) -> dict:
     agree = [[float((preds[a] == preds[b]).mean()) for b in names] for a in names]
     result = {"models": names, "n_images": int(len(sub)), "cka": cka["matrix"], "prediction_agreement": agree,
               "knn_accuracy": {m: runs[m]["meta"]["knn_accuracy"] for m in names},
-              "dim": {m: runs[m]["meta"]["dim"] for m in names}}
+              "dim": {m: runs[m]["meta"]["dim"] for m in names}, **layer_comparison(runs, seed)}
     write_json(out, result)
     log.info("CKA between %s on %d images: %s", names, len(sub), np.round(cka["matrix"], 3).tolist())
     return result
+
+
+def _layers(run: dict) -> dict[str, np.ndarray]:
+    names = (run["meta"].get("cka") or {}).get("layers", [])
+    return {n: run[f"layer_{i}"] for i, n in enumerate(names) if f"layer_{i}" in run}
+
+
+def layer_comparison(runs: dict, seed: int) -> dict:
+    """Each model's layer uniformity, and for every pair of models one of which is a transformer, linear CKA
+    between all their layers on the CKA images they share (the first cka_images test images, the same for
+    every model of a dataset)."""
+    names = list(runs)
+    feats = {m: _layers(runs[m]) for m in names}
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ta, tb = runs[a]["meta"].get("transformer"), runs[b]["meta"].get("transformer")
+            if not (ta or tb) or len(feats[a]) < 2 or len(feats[b]) < 2:
+                continue
+            a_, b_ = (a, b) if ta else (b, a)  # the transformer's layers down the rows
+            n = min(len(next(iter(feats[a_].values()))), len(next(iter(feats[b_].values()))))
+            pairs.append({"rows": a_, "columns": b_, "n_images": int(n), "row_layers": list(feats[a_]),
+                          "column_layers": list(feats[b_]),
+                          "matrix": cross_cka({k: v[:n] for k, v in feats[a_].items()},
+                                              {k: v[:n] for k, v in feats[b_].items()}),
+                          "uniformity_difference": uniformity_difference(feats[a_], feats[b_], seed)})
+    return {"uniformity": {m: runs[m]["meta"].get("uniformity") for m in names},
+            "transformer": {m: bool(runs[m]["meta"].get("transformer")) for m in names}, "layer_pairs": pairs}

@@ -15,6 +15,7 @@ from torch import nn
 from .hooks import Hooks
 from .io import load_npz, save_npz
 from .pixels import blur, pixel_model
+from .tokens import as_maps, token_layout
 
 log = logging.getLogger("cvaudit.visualise_ascent")
 
@@ -53,7 +54,7 @@ def channel_activation(net: nn.Module, layer: str, x: torch.Tensor, channels) ->
     with Hooks() as hooks:
         hooks.forward(net.model.get_submodule(layer), lambda m, i, o: store.__setitem__("o", o))
         net(x)
-    o = store["o"].float()
+    o = as_maps(store["o"].float(), token_layout(net))
     o = o.flatten(2).mean(2) if o.dim() == 4 else o
     return o[torch.arange(len(x)), torch.as_tensor(channels, dtype=torch.long)].cpu()
 
@@ -76,7 +77,7 @@ class AscentObjective:
         nc = len(self.channels)
         parts = []
         if nc:
-            pre = self.store["pre"][:nc]
+            pre = as_maps(self.store["pre"][:nc], token_layout(self.net))
             pre = pre.flatten(2).mean(2) if pre.dim() == 4 else pre
             parts.append(pre[torch.arange(nc), self.channels.to(pre.device)])
         if len(self.classes):

@@ -1,5 +1,6 @@
-"""The CAM family: Grad-CAM at a block or stage output, guided Grad-CAM, and CAM for networks that
-end in global pooling and one linear layer."""
+"""The CAM family: Grad-CAM at a block or stage output (for a vision transformer, on the last block's
+tokens reshaped to the patch grid), guided Grad-CAM, and CAM for networks that end in global pooling and
+one linear layer."""
 from __future__ import annotations
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 from .. import CvauditError
 from ..hooks import Hooks
 from ..pixels import inner
+from ..tokens import as_maps, blocks, token_layout
 from .base import AttributionMethod, NotApplicable
 from .gradient import GuidedBackprop
 
@@ -57,6 +59,37 @@ def _conv_layer(net: nn.Module, x: torch.Tensor, layer: str, min_resolution: int
     return names[big[-1]]
 
 
+def _token_layer(net: nn.Module, layer: str) -> nn.Module:
+    """For a vision transformer: the configured module, or (auto) the last block's first LayerNorm, whose
+    patch tokens feed the attention that the class token reads (the last block's own output reaches the
+    head only through the class token, so its patch tokens have no gradient)."""
+    model = inner(net)
+    names = dict(model.named_modules())
+    if layer != "auto":
+        if layer not in names:
+            raise CvauditError(f"config key explain.gradcam.layer: no module '{layer}' in the model; "
+                               f"blocks: {blocks(model)[-4:]}")
+        return names[layer]
+    last = model.blocks[-1]
+    return getattr(last, "norm1", last)
+
+
+def token_gradcam(net: nn.Module, x: torch.Tensor, target: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """Grad-CAM over a token layer, (N, 1, rows, cols) on the patch grid: the layer's patch tokens as maps
+    (the class token dropped), weighted by their mean gradient, positive part."""
+    layout = token_layout(inner(net))
+    store = {}
+    x = x.detach().requires_grad_(True)  # the weights may be frozen: the graph must reach the layer
+    with Hooks() as hooks, torch.enable_grad():
+        hooks.forward(module, lambda m, i, o: store.__setitem__("a", o))
+        score = net(x).gather(1, target.view(-1, 1)).sum()  # images are independent in eval mode
+        g, = torch.autograd.grad(score, store["a"])
+    a, g = as_maps(store["a"].detach(), layout), as_maps(g, layout)
+    if a.dim() != 4:
+        raise NotApplicable(f"the layer's output {tuple(a.shape[1:])} is not a token sequence on the patch grid")
+    return F.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True))
+
+
 def layer_name(net: nn.Module, module: nn.Module) -> str:
     return next(n for n, m in inner(net).named_modules() if m is module)
 
@@ -67,13 +100,20 @@ class GradCAM(AttributionMethod):
     reads = ("Selvaraju et al.: the layer's feature maps weighted by the average gradient of the class score, "
              "positive part: bright regions raised the score. Its resolution is that of the layer; by default the "
              "last block or stage output whose maps are at least 7 pixels across (at full resolution CAM's layer, "
-             "where Grad-CAM is ReLU(CAM) up to scale).")
+             "where Grad-CAM is ReLU(CAM) up to scale); for a vision transformer the last block's tokens, one "
+             "value per patch.")
 
     def layer(self, net, x):
+        if token_layout(inner(net)) is not None:
+            return _token_layer(net, self.options["layer"])
         return _conv_layer(net, x, self.options["layer"], self.options["min_resolution"])
 
     def attribute(self, net, x, target):
         from captum.attr import LayerAttribution, LayerGradCam
+
+        if token_layout(inner(net)) is not None:
+            cam = token_gradcam(net, x, target, self.layer(net, x))
+            return F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0].detach()
 
         cam = LayerGradCam(net, self.layer(net, x)).attribute(x, target=target, relu_attributions=True)
         return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0].detach()
