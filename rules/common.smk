@@ -6,7 +6,7 @@ from cvaudit.config import shards
 from cvaudit.fingerprint import write_fingerprint
 from cvaudit.registry import ATTACKS, FAMILIES, FLOOR_METHOD, METHODS
 from cvaudit.runlog import name_keys
-from cvaudit.sections import report_inputs
+from cvaudit.sections import is_ensemble, report_inputs, trained_here
 
 
 # Every configured attribution method, plus a random map: the floor of the faithfulness checks.
@@ -85,11 +85,13 @@ def benchmark_files(model):
     files["evaluate_model"] = bench("evaluate_model", model)
     files.update(sharded_benchmarks("explain", model, EXPLAIN_METHODS, config["audit"]["max_images"]))
     if rep["enabled"]:
-        files.update({r: bench(r, model) for r in ("represent", "inspect_units")})
-        if rep["ascent"]["enabled"]:
-            files["visualise_ascent"] = bench("visualise_ascent", model)
-        if rep["layer_views"]["enabled"]:
-            files["layer_views"] = bench("layer_views", model)
+        files["represent"] = bench("represent", model)
+        if not is_ensemble(config, model):  # an ensemble has no units or layers of its own
+            files["inspect_units"] = bench("inspect_units", model)
+            if rep["ascent"]["enabled"]:
+                files["visualise_ascent"] = bench("visualise_ascent", model)
+            if rep["layer_views"]["enabled"]:
+                files["layer_views"] = bench("layer_views", model)
         if len(models_of(d)) > 1:
             files["compare_representations"] = bench("compare_representations", d)
     if rob["enabled"]:
@@ -99,7 +101,7 @@ def benchmark_files(model):
         if rob["adversarial"]["enabled"]:
             adv = rob["adversarial"]
             files.update(sharded_benchmarks("adversarial", model, adv["attacks"], adv["max_images"]))
-        if rob["shuffled_labels"]["enabled"] and config["models"][model]["train"] is not False:
+        if rob["shuffled_labels"]["enabled"] and trained_here(config, model):
             files["shuffled_labels"] = bench("shuffled_labels", model)
         if rob["shift"]["enabled"] and config["models"][model]["shift_sets"]:
             files["shift"] = bench("shift", model)
@@ -137,6 +139,8 @@ def shared_datasets():
 def user_model_files(wildcards):
     """The files of a model you bring (models.*.weights as a path, arch python:FILE:FACTORY, classes_file)."""
     cfg, files = config["models"][wildcards.model], {}
+    for m in cfg.get("members") or []:  # an ensemble is its members' saved models
+        files[f"member_{m}"] = f"results/{m}/model.safetensors"
     if cfg["weights"] != "none" and not cfg["weights"].startswith(("packaged:", "torchvision:")):
         files["weights"] = cfg["weights"]
     if cfg["arch"].startswith("python:"):

@@ -2,7 +2,13 @@ from cvaudit.train import train_model
 
 
 def main(sm):
-    train_model(sm.wildcards.model, sm.params.cfg, sm.input.manifest, seed=sm.params.seed, device=sm.params.device,
+    cfg = sm.params.cfg
+    if cfg["arch"] == "ensemble":  # nothing to train: its members' saved models, together
+        from cvaudit.ensemble import assemble
+        assemble(sm.wildcards.model, cfg, {m: sm.input[f"member_{m}"] for m in cfg["members"]},
+                 out_model=sm.output.model, out_history=sm.output.history, out_metrics=sm.output.metrics)
+        return
+    train_model(sm.wildcards.model, cfg, sm.input.manifest, seed=sm.params.seed, device=sm.params.device,
                 threads=sm.threads, out_model=sm.output.model, out_history=sm.output.history,
                 out_metrics=sm.output.metrics)
 

@@ -118,3 +118,13 @@ def test_compare_models_sets_a_transformers_layers_against_a_cnns(tmp_path):
     m = np.array(pairs[0]["matrix"])
     assert m.shape == (3, 2) and (m[:, 0] > 0.9).all() and (m[:, 1] < 0.5).all()
     assert pairs[0]["uniformity_difference"]["low"] > 0 and pairs[0]["n_images"] == 40
+
+
+def test_uniformity_is_compared_on_as_many_layers_of_each_model():
+    from cvaudit.represent import uniformity_difference
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(80, 6))
+    drift = {f"l{i}": x + 0.4 * i * rng.normal(size=(80, 6)) for i in range(7)}  # neighbours alike, ends apart
+    few = {k: drift[k] for k in ("l0", "l3", "l6")}
+    d = uniformity_difference(drift, few, seed=0)
+    assert d["layers"][0] == ["l0", "l3", "l6"] and abs(d["mean"]) < 1e-12  # the same three layers: no difference

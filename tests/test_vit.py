@@ -105,7 +105,7 @@ def test_rollout_and_chefer_relevance_follow_their_definitions():
 def test_token_gradcam_equals_pytorch_grad_cam():
     """The independent implementation: pytorch-grad-cam's GradCAM with its ViT recipe (the last block's norm1,
     tokens reshaped to the grid), compared on the patch grid before either upsamples."""
-    from pytorch_grad_cam import GradCAM as TrustedGradCAM
+    from pytorch_grad_cam.grad_cam import GradCAM as TrustedGradCAM  # not the package: cvaudit.trust may stub it
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     net = pixel_vit(seed=2)

@@ -31,6 +31,10 @@ COLUMNS = [("accuracy", "accuracy", True), ("macro_f1", "macro F1", True),
 def kind_of(model_cfg: dict) -> str:
     """What sort of model this is, for a reader comparing them."""
     arch, weights = model_cfg["arch"], model_cfg.get("weights", "none")
+    if arch == "ensemble":
+        return "ensemble of " + ", ".join(model_cfg.get("members") or [])
+    if arch.startswith("timm:vit") or arch.startswith("torchvision:vit"):
+        return "vision transformer" + (" from scratch" if weights in (None, "none") and model_cfg.get("train") is not False else "")
     if arch == "mlp":
         return "fully connected net"
     if model_cfg.get("train") is False:
@@ -200,6 +204,43 @@ def error_consistencies(datasets: list[str], rows: list[dict], correct: dict, pa
     return out
 
 
+def _ece(c, k, axis=-1, bins: int = 15):
+    """ECE over equal-width confidence bins from each image's top confidence c and whether it was right k
+    (calibrate.calibration_metrics's ECE; works on resampled rows)."""
+    from .calibrate import _bin_gaps
+    which = np.clip(np.digitize(c, np.linspace(0, 1, bins + 1)[1:-1], right=True), 0, bins - 1)
+    return _bin_gaps(c, k, which, bins)
+
+
+def _ece_diff(ca, ka, cb, kb, axis=-1):
+    """ECE of a minus ECE of b on the same (resampled) images."""
+    return _ece(ca, ka) - _ece(cb, kb)
+
+
+def ensembles_against_members(model_cfgs: dict, correct: dict, conf: dict, paths: dict, seed: int = 0) -> list[dict]:
+    """For every ensemble (arch: ensemble) with its members' predictions on the same test images: its accuracy and
+    ECE minus each member's, with paired bootstrap 95% intervals (and McNemar's exact p for accuracy)."""
+    out = []
+    for m, cfg in model_cfgs.items():
+        if cfg.get("arch") != "ensemble" or m not in correct:
+            continue
+        ke = correct[m].astype(float)
+        rows = []
+        for member in cfg.get("members") or []:
+            if member not in correct or paths.get(m) != paths.get(member):
+                rows.append({"member": member, "reason": "its predictions are not on the same test images"})
+                continue
+            km = correct[member].astype(float)
+            rows.append({"member": member, "accuracy": float(km.mean()), "ece": float(_ece(conf[member], km)[0]),
+                         "accuracy_diff": stats.paired_difference(ke, km, seed),
+                         "mcnemar_p": stats.mcnemar_p(correct[m], correct[member]),
+                         "ece_diff": stats.bootstrap(_ece_diff, conf[m], ke, conf[member], km, seed=seed,
+                                                     value=float(_ece_diff(conf[m], ke, conf[member], km)[0]))})
+        out.append({"model": m, "n": int(len(ke)), "accuracy": float(ke.mean()), "ece": float(_ece(conf[m], ke)[0]),
+                    "members": rows})
+    return out
+
+
 def same_data(loaded: dict, model_cfgs: dict) -> None:
     """Refuse to compare reports of one dataset that were built from different data (manifests)."""
     seen: dict[str, tuple[str, str]] = {}
@@ -224,14 +265,16 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
     loaded = {m: read_json(p) for m, p in summaries.items()}
     same_data(loaded, model_cfgs)
     rows = [metric_row(s, model_cfgs[m]) for m, s in loaded.items()]
-    correct, paths = {}, {}
+    correct, paths, conf = {}, {}, {}
     for m, p in (probs or {}).items():
         with np.load(p, allow_pickle=False) as z:
             correct[m] = z["probs"].argmax(1) == z["targets"]
+            conf[m] = z["probs"].max(1)
             paths[m] = [str(s) for s in z["paths"]] if "paths" in z.files else None
     mark_best(rows, correct)
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     consistency = error_consistencies(datasets, rows, correct, paths, settings.get("seed", 0))
+    ensembles = ensembles_against_members(model_cfgs, correct, conf, paths, settings.get("seed", 0))
     base = {}
     for d, p in baselines.items():
         b = read_json(p)
@@ -265,7 +308,7 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
                                                             "status": r["status"], **r["values"], "best": r["best"], "tie": r["tie"],
                                                             "intervals": r["intervals"],
                                                             "failed_stages": len(r["failed_stages"])} for r in rows},
-               "baselines": base,
+               "baselines": base, "ensembles": ensembles,
                "error_consistency": {d: {k: c[k] for k in ("models", "pairs")} for d, c in consistency.items()},
                "cka_between_models": {d: {k: c[k] for k in ("models", "matrix")}
                                                          for d, c in cka.items() if "failed" not in c},
@@ -275,7 +318,7 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
                                       for d, c in cka.items() if "failed" not in c and c["layer_pairs"]}}
     html = jinja_env(template).get_template(Path(template).name).render(
         title=settings["report"]["title"], rows=rows, columns=COLUMNS, checks=checks, datasets=datasets, base=base,
-        cka=cka, consistency=consistency, side=side, scatter=scatter, stage_runs=stage_runs, versions=package_versions(),
+        cka=cka, consistency=consistency, ensembles=ensembles, side=side, scatter=scatter, stage_runs=stage_runs, versions=package_versions(),
         labels={r["model"]: r["kind"] for r in rows}, css=Path(css).read_text(), settings=settings)
     write_text(out_html, html)
     if out_pdf:

@@ -79,6 +79,31 @@ def _numbers_from_text(validator, config: dict) -> None:
             node[e.absolute_path[-1]] = int(value) if "number" not in wants else value
 
 
+def _check_ensemble(config: dict, name: str, model: dict) -> None:
+    """arch: ensemble needs members, other non-ensemble models of the same dataset that see the same images."""
+    members = model.get("members")
+    if model["arch"] != "ensemble":
+        if members:
+            raise CvauditError(f"config key 'models.{name}.members' is for arch: ensemble; remove it or set the arch")
+        return
+    if not members:
+        raise CvauditError(f"config key 'models.{name}.members': an ensemble needs at least two other models of "
+                           f"dataset '{model['dataset']}', e.g. members: [cnn_a, cnn_b]")
+    for m in members:
+        other = config["models"].get(m)
+        why = ("the ensemble itself" if m == name else "not a key of models" if other is None
+               else "an ensemble (members must be single models)" if other["arch"] == "ensemble"
+               else f"a model of dataset '{other['dataset']}'" if other["dataset"] != model["dataset"]
+               else f"of input_size {other['input_size']}, not {model['input_size']}" if other["input_size"] != model["input_size"]
+               else f"resized by {other['resize']}, not {model['resize']}" if other["resize"] != model["resize"] else "")
+        if why:
+            raise CvauditError(f"config key 'models.{name}.members': '{m}' is {why}; an ensemble's members are other "
+                               f"models of dataset '{model['dataset']}' with its input_size and resize "
+                               f"(set models.{name}.input_size to theirs)")
+    if model["weights"] != "none":
+        raise CvauditError(f"config key 'models.{name}.weights': an ensemble has no weights of its own; remove it")
+
+
 def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     """Validate `config` in place (filling defaults) and return it; raise CvauditError naming the key."""
     _renamed(config)
@@ -106,6 +131,7 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
                 why = "the model's own dataset" if d == model["dataset"] else "not a key of datasets"
                 raise CvauditError(f"config key 'models.{name}.shift_sets': '{d}' is {why}; list other datasets of the "
                                    f"same classes (defined: {', '.join(sorted(config['datasets']))})")
+        _check_ensemble(config, name, model)
         if model["weights"].startswith("packaged:") and model["weights"] != "packaged:efficientnet_lite0":
             raise CvauditError(f"config key 'models.{name}.weights': unknown packaged weights "
                                f"'{model['weights']}'; available: packaged:efficientnet_lite0")

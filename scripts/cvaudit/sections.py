@@ -28,8 +28,13 @@ def _robust(config: dict) -> dict | None:
     return config["robustness"] if config["robustness"]["enabled"] else None
 
 
-def _trained(config: dict, model: str) -> bool:
-    return config["models"][model]["train"] is not False
+def is_ensemble(config: dict, model: str) -> bool:
+    return config["models"][model]["arch"] == "ensemble"
+
+
+def trained_here(config: dict, model: str) -> bool:
+    """Trained by cvaudit (an ensemble is only put together from its members; train: false is audited as is)."""
+    return config["models"][model]["train"] is not False and not is_ensemble(config, model)
 
 
 def _models_on(config: dict, dataset: str) -> list[str]:
@@ -61,7 +66,7 @@ def _representations(config, model):
 
 def _units(config, model):
     rep = config["represent"]
-    if not rep["enabled"]:
+    if not rep["enabled"] or is_ensemble(config, model):  # no units of its own: its members' reports show theirs
         return {}
     files = {"units": f"results/{model}/represent/units.npz"}
     if rep["ascent"]["enabled"]:
@@ -105,7 +110,8 @@ def _shape_texture(config, model):
 
 def _layers(config, model):
     rep = config["represent"]
-    return {"views": f"results/{model}/represent/layers.npz"} if rep["enabled"] and rep["layer_views"]["enabled"] else {}
+    return {"views": f"results/{model}/represent/layers.npz"} \
+        if rep["enabled"] and rep["layer_views"]["enabled"] and not is_ensemble(config, model) else {}
 
 
 def _invariance(config, model):
@@ -123,7 +129,7 @@ def _adversarial(config, model):
 def _shuffled_labels(config, model):
     rob = _robust(config)
     return {"curves": f"results/{model}/robust/shuffled_labels.json"} \
-        if rob and rob["shuffled_labels"]["enabled"] and _trained(config, model) else {}
+        if rob and rob["shuffled_labels"]["enabled"] and trained_here(config, model) else {}
 
 
 SECTIONS = [

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import CvauditError, registry
+from ..models import is_ensemble
 
 
 class NotApplicable(Exception):
@@ -35,6 +36,13 @@ class AttributionMethod:
     def model_passes(self, h: int, w: int) -> int:
         """Model passes per image (forward, or forward + backward for gradient methods)."""
         return 1
+
+
+def refuse_ensemble(net: nn.Module, why: str) -> None:
+    """NotApplicable for an ensemble (arch: ensemble) where a method needs one network's layers."""
+    if is_ensemble(net):
+        raise NotApplicable(f"the model is an ensemble: {why}, and an ensemble's average has no such layer of its own "
+                            "(each member's report shows this method on that member)")
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from .. import CvauditError
 from ..hooks import Hooks
 from ..pixels import inner
 from ..tokens import as_maps, blocks, token_layout
-from .base import AttributionMethod, NotApplicable
+from .base import AttributionMethod, NotApplicable, refuse_ensemble
 from .gradient import GuidedBackprop
 
 
@@ -104,6 +104,7 @@ class GradCAM(AttributionMethod):
              "value per patch.")
 
     def layer(self, net, x):
+        refuse_ensemble(net, "Grad-CAM weighs one network's feature maps")
         if token_layout(inner(net)) is not None:
             return _token_layer(net, self.options["layer"])
         return _conv_layer(net, x, self.options["layer"], self.options["min_resolution"])
@@ -136,6 +137,7 @@ class CAM(AttributionMethod):
     @staticmethod
     def parts(net: nn.Module):
         """(feature module whose output is pooled, head Linear), or NotApplicable."""
+        refuse_ensemble(net, "CAM weighs one network's last feature maps by its head")
         model = inner(net)
         mods = list(model.named_modules())
         pools = [i for i, (_, m) in enumerate(mods)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import AttributionMethod, Completeness, NotApplicable, out_of_place
+from .base import AttributionMethod, Completeness, NotApplicable, out_of_place, refuse_ensemble
 
 
 def batchnorm_pairs(model: nn.Module, x: torch.Tensor) -> list[tuple[list[str], str]]:
@@ -57,6 +57,7 @@ class LRP(Completeness, AttributionMethod):
               "passes the plain gradient and a batch norm that does not directly follow a linear layer stays unmerged")
 
     def attribute(self, net, x, target):
+        refuse_ensemble(net, "LRP's rules follow one network's layers down to its input")
         from zennit.attribution import Gradient
         from zennit.canonizers import NamedMergeBatchNorm
         from zennit.composites import EpsilonPlusFlat

@@ -1,0 +1,109 @@
+"""A tiny vision transformer end to end through snakemake beside a CNN on the tiny real images: trained from
+scratch, evaluated, explained by the methods that apply (and the others refused with their reason), its units
+and layers read on the patch grid, its layers compared with the CNN's, and both reports rendered. The two
+together as an ensemble (arch: ensemble), audited as one model and set against each of them."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, TINY, smk
+from cvaudit.io import load_npz, read_json
+
+pytestmark = pytest.mark.e2e
+METHODS = ["saliency", "gradcam", "attention_rollout", "transformer_attribution", "integrated_gradients", "cam", "lrp"]
+
+
+@pytest.fixture(scope="module")
+def vit_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("vit")
+    shutil.copytree(TINY, work / "images")
+    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    cfg["datasets"]["tiny"]["path"] = str(work / "images")
+    cfg["models"] = {
+        "vit_tiny": {"dataset": "tiny", "arch": "timm:vit_tiny_patch16_224", "input_size": 32, "weights": "none",
+                     "arch_options": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2},
+                     "train": {"batch_size": 8, "head_epochs": 2, "finetune_epochs": 0, "lr": 0.001}},
+        "cnn_tiny": cfg["models"]["cnn_tiny"],
+        "ens_tiny": {"dataset": "tiny", "arch": "ensemble", "members": ["vit_tiny", "cnn_tiny"], "input_size": 32}}
+    cfg["explain"]["methods"] = METHODS
+    cfg["represent"]["layers"] = 4
+    cfg["robustness"] = {"enabled": False}
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    os.environ["CVAUDIT_CHECK_READS"] = "1"  # every stage fails if it reads a file its rule does not declare
+    try:
+        smk(work, "--configfile", str(work / "config.yaml"))
+    finally:
+        del os.environ["CVAUDIT_CHECK_READS"]
+    return work
+
+
+def test_the_vit_is_trained_evaluated_and_reported(vit_run):
+    rep = vit_run / "results" / "vit_tiny" / "report"
+    summary = json.loads((rep / "summary.json").read_text())
+    metrics = json.loads((vit_run / "results" / "vit_tiny" / "eval" / "metrics.json").read_text())
+    assert summary["model"] == "vit_tiny" and summary["metrics"]["accuracy"] == metrics["accuracy"]
+    assert (rep / "report.pdf").stat().st_size > 10_000
+
+
+def test_the_methods_that_read_a_vit_run_and_the_others_say_why_not(vit_run):
+    summary = json.loads((vit_run / "results" / "vit_tiny" / "report" / "summary.json").read_text())
+    html = (vit_run / "results" / "vit_tiny" / "report" / "report.html").read_text()
+    assert set(summary["attributions"]) == {"saliency", "gradcam", "attention_rollout", "transformer_attribution",
+                                            "integrated_gradients"}
+    for method in ("gradcam", "attention_rollout", "transformer_attribution"):
+        maps = load_npz(vit_run / "results" / "vit_tiny" / "explain" / method / "maps.npz")
+        assert maps["meta"]["applicable"] and maps["maps_pred"].shape[1:] == (32, 32) and np.isfinite(maps["maps_pred"]).all()
+        a = summary["attributions"][method]
+        assert f"{a['deletion_auc']:.3f}" in html
+    assert "Attention rollout" in html and "global average pooling" in html and "attention or layer norm" in html
+    cnn = json.loads((vit_run / "results" / "cnn_tiny" / "report" / "summary.json").read_text())
+    assert "attention_rollout" not in cnn["attributions"] and "cam" in cnn["attributions"]
+
+
+def test_units_and_layers_of_a_vit_are_read_on_its_patch_grid(vit_run):
+    units = load_npz(vit_run / "results" / "vit_tiny" / "represent" / "units.npz")
+    assert units["meta"]["unit_layer"].startswith("blocks.") and units["meta"]["unit_shape"][1:] == [4, 4]
+    assert all(layer["shape"][1:] == [4, 4] for layer in units["meta"]["layers"])
+    emb = load_npz(vit_run / "results" / "vit_tiny" / "represent" / "embeddings.npz")
+    assert emb["meta"]["transformer"] and emb["meta"]["cka"]["layers"][0] == "patch_embed"
+    u = json.loads((vit_run / "results" / "vit_tiny" / "report" / "summary.json").read_text())["representation"]["layer_uniformity"]
+    assert u["low"] <= u["mean"] <= u["high"] and u["layers"] == 4
+
+
+def test_the_comparison_sets_the_vits_layers_against_the_cnns(vit_run):
+    reps = read_json(vit_run / "results" / "compare" / "tiny" / "representations.json")
+    (pair,) = reps["layer_pairs"]
+    assert pair["rows"] == "vit_tiny" and pair["columns"] == "cnn_tiny"
+    assert np.array(pair["matrix"]).shape == (len(pair["row_layers"]), len(pair["column_layers"]))
+    d = pair["uniformity_difference"]
+    assert d["low"] <= d["mean"] <= d["high"]
+    html = (vit_run / "results" / "compare" / "report.html").read_text()
+    assert "Linear CKA between every layer of vit_tiny (rows) and of cnn_tiny (columns)" in html
+    summary = read_json(vit_run / "results" / "compare" / "summary.json")
+    assert summary["transformer_vs_cnn"]["tiny"][0]["rows"] == "vit_tiny"
+
+
+def test_the_ensemble_is_audited_as_one_model_and_set_against_its_members(vit_run):
+    res = vit_run / "results"
+    train = json.loads((res / "ens_tiny" / "train" / "metrics.json").read_text())
+    assert train["ensemble"] == ["vit_tiny", "cnn_tiny"] and not train["trained"]
+    summary = json.loads((res / "ens_tiny" / "report" / "summary.json").read_text())
+    html = (res / "ens_tiny" / "report" / "report.html").read_text()
+    assert "the\n      ensemble of vit_tiny, cnn_tiny" in html or "ensemble of vit_tiny, cnn_tiny" in html
+    assert {"saliency", "integrated_gradients"} <= set(summary["attributions"]) and "gradcam" not in summary["attributions"]
+    assert "the model is an ensemble" in html  # Grad-CAM, CAM and LRP say why they refuse it
+    emb = load_npz(res / "ens_tiny" / "represent" / "embeddings.npz")
+    assert emb["embeddings"].shape[1] == 32 + 16  # the ViT's class token beside the CNN's 16 channels
+    assert not (res / "ens_tiny" / "represent" / "units.npz").exists() and 'id="units"' not in html
+    # its probabilities are the members' average, image by image
+    probs = {m: np.load(res / m / "eval" / "probs.npz")["probs"] for m in ("ens_tiny", "vit_tiny", "cnn_tiny")}
+    assert np.allclose(probs["ens_tiny"], (probs["vit_tiny"] + probs["cnn_tiny"]) / 2, atol=1e-5)
+    (e,) = read_json(res / "compare" / "summary.json")["ensembles"]
+    assert e["model"] == "ens_tiny" and [r["member"] for r in e["members"]] == ["vit_tiny", "cnn_tiny"]
+    for r in e["members"]:
+        assert r["accuracy_diff"]["value"] == pytest.approx(e["accuracy"] - r["accuracy"])
+    assert "Ensembles against their members" in (res / "compare" / "report.html").read_text()
