@@ -3,13 +3,17 @@ SHELL := /bin/bash
 VENV  := .venv/bin
 CORES ?= all
 
-.PHONY: setup demo test test-fast mutation lint clean
+.PHONY: setup demo vit test test-fast mutation lint clean
 setup:
 	@tools/setup.sh
 
 demo: setup
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going --configfile config/config.yaml
 	@echo "Reports: results/*/report/report.html (and .pdf)"
+
+vit: setup  # the second config: a small ViT from scratch beside the demo's CNN, and the two as an ensemble
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going --configfile config/vit.yaml
+	@echo "Reports: results/*/report/report.html; the ViT-CNN comparison: results/compare/report.html"
 
 test: setup
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/python -m pytest -ra
