@@ -12,8 +12,8 @@ demo: setup
 	@echo "Reports: results/*/report/report.html (and .pdf)"
 
 vit: setup  # the second config: a small ViT from scratch beside the demo's CNN, and the two as an ensemble
-	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going --configfile config/vit.yaml
-	@echo "Reports: results/*/report/report.html; the ViT-CNN comparison: results/compare/report.html"
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going --directory runs/vit --configfile config/vit.yaml
+	@echo "Reports: runs/vit/results/*/report/report.html; the ViT-CNN comparison: runs/vit/results/compare/report.html"
 
 test: setup
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/python -m pytest -ra
@@ -29,4 +29,4 @@ lint: setup
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --lint --configfile config/config.yaml
 
 clean:
-	rm -rf results logs benchmarks .snakemake
+	rm -rf results logs benchmarks .snakemake runs

@@ -232,9 +232,13 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     for rec in failed.values():
         failed_by_section.setdefault(rec["section"], []).append(rec)
     diag = diagnosis(r, model_cfg)
+    ensemble = model_cfg["arch"] == "ensemble"
     present = {"diagnosis": diag is not None, "calibration": bool(robust and robust["calibration"]), "attributions": True,
-               "representations": represent is not None, "units": units is not None,
-               "layers": layers is not None,
+               "representations": represent is not None,
+               # an ensemble's units and layers are its members': the sections say so when the views are on
+               "units": units is not None or (ensemble and settings["represent"]["enabled"]),
+               "layers": layers is not None or (ensemble and settings["represent"]["enabled"]
+                                                and settings["represent"]["layer_views"]["enabled"]),
                "invariance": bool(robust and robust["invariance"]), "adversarial": bool(robust and robust["adversarial"]),
                "shuffled_labels": bool(robust and robust["shuffled_labels"]), "slices": bool(robust and robust["slices"]),
                "shape_texture": bool(robust and robust["shape_texture"]),
