@@ -80,6 +80,8 @@ def benchmark_files(model):
     """{stage: Snakemake benchmark file} of every job behind a model's report, for its run-time table."""
     d, rep, rob = dataset_of(model), config["represent"], config["robustness"]
     files = {r: bench(r, d) for r in ("ingest_dataset", "fit_baseline")}
+    if config["data_audit"]["enabled"]:
+        files["data_audit"] = bench("data_audit", d)
     if config["models"][model]["train"] is not False:
         files["train_model"] = bench("train_model", model)
     files["evaluate_model"] = bench("evaluate_model", model)

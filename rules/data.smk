@@ -44,3 +44,24 @@ rule fit_baseline:
         "benchmarks/fit_baseline/{dataset}.tsv"
     script:
         "../scripts/fit_baseline.py"
+
+
+rule data_audit:
+    input:
+        manifest="results/data/{dataset}/manifest.csv",
+    output:
+        audit="results/data/{dataset}/data_audit.npz",
+    params:
+        options=config["data_audit"],
+        seed=config["seed"],
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/data_audit/{dataset}.log",
+    benchmark:
+        "benchmarks/data_audit/{dataset}.tsv"
+    script:
+        "../scripts/data_audit.py"

@@ -32,23 +32,30 @@ def planned(workdir, config: str = "config.yaml") -> dict:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
 
 
-@pytest.fixture(scope="session")
-def run(tmp_path_factory):
-    """The test config (config/test.yaml) run end to end once per session, on a copy of the tiny images."""
-    work = tmp_path_factory.mktemp("e2e")
+def tiny_workflow(work: Path, change) -> subprocess.CompletedProcess:
+    """config/test.yaml, changed by change(cfg, images), run end to end in `work` on a copy of the tiny images,
+    every stage failing if it reads a file its rule does not declare (CVAUDIT_CHECK_READS)."""
     shutil.copytree(TINY, work / "images")
     cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     cfg["datasets"]["tiny"]["path"] = str(work / "images")
-    # the same images as a "shifted" test set: the shift stage must leave out those cnn_tiny trained on
-    cfg["datasets"]["tiny_again"] = {"source": "imagefolder", "path": str(work / "images"),
-                                     "split": {"val": 0.0, "test": 1.0}, "description": "the tiny images again"}
-    cfg["models"]["cnn_tiny"]["shift_sets"] = ["tiny_again"]
+    change(cfg, work / "images")
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
-    os.environ["CVAUDIT_CHECK_READS"] = "1"  # every stage fails if it reads a file its rule does not declare
+    os.environ["CVAUDIT_CHECK_READS"] = "1"
     try:
-        p = smk(work, "--configfile", str(work / "config.yaml"))
+        return smk(work, "--configfile", str(work / "config.yaml"))
     finally:
         del os.environ["CVAUDIT_CHECK_READS"]
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    """The test config (config/test.yaml) run end to end once per session, on a copy of the tiny images."""
+    def shifted(cfg, images):  # the same images as a "shifted" test set: the shift stage must leave out those cnn_tiny trained on
+        cfg["datasets"]["tiny_again"] = {"source": "imagefolder", "path": str(images),
+                                         "split": {"val": 0.0, "test": 1.0}, "description": "the tiny images again"}
+        cfg["models"]["cnn_tiny"]["shift_sets"] = ["tiny_again"]
+    work = tmp_path_factory.mktemp("e2e")
+    p = tiny_workflow(work, shifted)
     (work / "run.stderr").write_text(p.stderr)  # what the user saw
     return work
 

@@ -233,7 +233,7 @@ def test_a_model_built_to_collapse_gets_a_diagnosis_and_no_best_marks(tmp_path):
     assert "Diagnosis: a degenerate model" in html and "BatchNorm statistics" in html and "Collapse" in html
     scored = {v["name"]: v["status"] for v in summary["verdicts"]}
     assert scored["accuracy"] != "n/a" and all(s == "n/a" for k, s in scored.items()  # 13 images: fail or inconclusive
-                                               if k.split(":")[0] not in ("accuracy", "gain_over_baseline"))
+                                               if k.split(":")[0] not in ("accuracy", "gain_over_baseline", "leakage"))
     comp = (tmp_path / "results" / "compare" / "report.html").read_text()
     row = comp.split("<b>prior</b>")[1].split("</tr>")[0]
     assert "degenerate: not ranked" in row and " best" not in row and "≈" not in row

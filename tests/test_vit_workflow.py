@@ -3,26 +3,18 @@ scratch, evaluated, explained by the methods that apply (and the others refused 
 and layers read on the patch grid, its layers compared with the CNN's, and both reports rendered. The two
 together as an ensemble (arch: ensemble), audited as one model and set against each of them."""
 import json
-import os
-import shutil
 
 import numpy as np
 import pytest
-import yaml
 
-from conftest import REPO, TINY, smk
+from conftest import tiny_workflow
 from cvaudit.io import load_npz, read_json
 
 pytestmark = pytest.mark.e2e
 METHODS = ["saliency", "gradcam", "attention_rollout", "transformer_attribution", "integrated_gradients", "cam", "lrp"]
 
 
-@pytest.fixture(scope="module")
-def vit_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("vit")
-    shutil.copytree(TINY, work / "images")
-    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
-    cfg["datasets"]["tiny"]["path"] = str(work / "images")
+def _vit_and_ensemble(cfg, images):
     cfg["models"] = {
         "vit_tiny": {"dataset": "tiny", "arch": "timm:vit_tiny_patch16_224", "input_size": 32, "weights": "none",
                      "arch_options": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2},
@@ -32,12 +24,12 @@ def vit_run(tmp_path_factory):
     cfg["explain"]["methods"] = METHODS
     cfg["represent"]["layers"] = 4
     cfg["robustness"] = {"enabled": False}
-    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
-    os.environ["CVAUDIT_CHECK_READS"] = "1"  # every stage fails if it reads a file its rule does not declare
-    try:
-        smk(work, "--configfile", str(work / "config.yaml"))
-    finally:
-        del os.environ["CVAUDIT_CHECK_READS"]
+
+
+@pytest.fixture(scope="module")
+def vit_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("vit")
+    tiny_workflow(work, _vit_and_ensemble)
     return work
 
 
@@ -108,3 +100,14 @@ def test_the_ensemble_is_audited_as_one_model_and_set_against_its_members(vit_ru
     for r in e["members"]:
         assert r["accuracy_diff"]["value"] == pytest.approx(e["accuracy"] - r["accuracy"])
     assert "Ensembles against their members" in (res / "compare" / "report.html").read_text()
+
+
+def test_every_summary_follows_the_schema_with_a_vit_and_an_ensemble(vit_run):
+    import jsonschema
+    import yaml
+    from conftest import REPO
+    schema = yaml.safe_load((REPO / "report" / "summary.schema.yaml").read_text())
+    for m in ("vit_tiny", "cnn_tiny", "ens_tiny"):
+        summary = json.loads((vit_run / "results" / m / "report" / "summary.json").read_text())
+        jsonschema.validate(summary, schema)
+        assert summary["failed_stages"] == [], m

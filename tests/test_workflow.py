@@ -150,7 +150,7 @@ def test_second_run_does_nothing_and_a_changed_image_reruns_its_chain(run):
                     "represent": 2, "inspect_units": 2, "visualise_ascent": 2, "compare_representations": 1,
                     "calibrate": 2, "invariance": 8, "adversarial": 6, "render_report": 2, "compare_models": 1,
                     "method_agreement": 2, "side_by_side": 1, "gate": 1, "gate_check": 1, "image_properties": 1,
-                    "slices": 2, "shape_texture": 2, "corruptions": 2, "layer_views": 2, "shift": 1,
+                    "data_audit": 1, "slices": 2, "shape_texture": 2, "corruptions": 2, "layer_views": 2, "shift": 1,
                     "all": 1}  # 10 methods + the random floor, per model
     smk(run, "--configfile", str(run / "config.yaml"), "--touch")  # mark up to date again
     shutil.copy(img, run / "images" / "trouser" / "added.png")  # a new file is a new input
@@ -199,9 +199,10 @@ def test_switches_add_and_remove_stages(tmp_path):
     assert jobs["shuffled_labels"] == 2 and jobs["adversarial"] == 6 and jobs["invariance"] == 8
     cfg["robustness"] = {"enabled": False}
     cfg["represent"] = {"enabled": False}
+    cfg["data_audit"] = {"enabled": False}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     jobs = planned(tmp_path)
-    assert not {"shuffled_labels", "adversarial", "invariance", "calibrate", "represent", "inspect_units",
+    assert not {"data_audit", "shuffled_labels", "adversarial", "invariance", "calibrate", "represent", "inspect_units",
                 "visualise_ascent", "compare_representations", "slices", "image_properties", "shape_texture",
                 "corruptions", "layer_views", "shift"} & set(jobs)
     assert jobs["render_report"] == 2
@@ -268,3 +269,17 @@ def test_every_stage_read_only_what_its_rule_declares(run):
         assert json.loads((run / "results" / m / "report" / "summary.json").read_text())["failed_stages"] == []
     said = [p for p in (run / "logs").rglob("*.log") if "does not declare" in p.read_text()]
     assert said == []
+
+
+def test_the_data_audit_runs_once_per_dataset_and_leads_the_report(run):
+    from cvaudit.io import load_npz
+    audit = load_npz(run / "results" / "data" / "tiny" / "data_audit.npz")
+    n = len(read_manifest(run / "results" / "data" / "tiny" / "manifest.csv"))
+    assert audit["meta"]["n"] == n and len(audit["hashes"]) == n and audit["meta"]["leaked"] == 0
+    for m in MODELS:
+        summary = json.loads((run / "results" / m / "report" / "summary.json").read_text())
+        assert summary["data_audit"]["n"] == n and summary["data_audit"]["leaked_share"]["n"] == 14
+        leak = next(v for v in summary["verdicts"] if v["check"] == "leakage")
+        assert leak["status"] == "inconclusive" and leak["value"] == 0  # 0 of 14: the interval reaches past 5%
+        html = (run / "results" / m / "report" / "report.html").read_text()
+        assert html.index('id="data_audit"') < html.index('id="training"')

@@ -222,6 +222,15 @@ register(Check("shape_bias", "Shape bias", "shape and texture", True,
                "Share of shape decisions among the shape-or-texture decisions on cue-conflict images (the figure of "
                "one test image filled with the texture of another class's; Geirhos et al. 2019), Wilson interval.",
                shape_bias))
+def leakage(r: dict):
+    """The data audit's leaked share: test images with a near duplicate in the training or validation split."""
+    audit = r.get("data_audit")
+    return audit["meta"]["duplicates"]["leaked_share"] if audit else None
+
+
+register(Check("leakage", "Test images leaked from training", "data", False,
+               "Share of the test split with a near duplicate (pHash and pixels) in the training or validation split: "
+               "those images were seen in training, so every metric on them is inflated (Wilson interval).", leakage))
 register(Check("slice_gap", "Accuracy gap of the weakest slice", "slices and groups", False,
                "Accuracy of the rest of the test set minus that of its weakest slice (a bin of brightness, contrast, "
                "sharpness, colourfulness, size or aspect, or a pair of bins), with an interval adjusted for the "
@@ -286,7 +295,7 @@ def settle(est: dict | None, threshold: dict) -> str:
 
 # Checks that still mean something for a degenerate model (collapsed, or at chance): its accuracy and
 # what it gains over the baseline. Every other check reads behaviour relative to a working model.
-SCORED_WHEN_DEGENERATE = ("accuracy", "gain_over_baseline")
+SCORED_WHEN_DEGENERATE = ("accuracy", "gain_over_baseline", "leakage")  # leakage is about the data
 
 
 def run_checks(results: dict, thresholds: dict) -> list[dict]:

@@ -16,7 +16,8 @@ from .io import load_audit_set, load_npz, read_history, read_json, stage_failure
 from .sections import AGREEMENT, SECTIONS, by_section
 from .rendering import device_description, jinja_env, package_versions, read_benchmarks, write_pdf
 from .report_behaviour import corruptions_summary, layers_section, layers_summary, shape_texture_summary, slices_summary
-from .report_sections import collect_robust, compare_section, represent_section, robust_section, units_section
+from .report_sections import (collect_robust, compare_section, data_audit_section, represent_section, robust_section,
+                              units_section)
 
 log = logging.getLogger("cvaudit.report")
 SUMMARY_VERSION = 3
@@ -210,6 +211,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     agreement_file = att_files.pop(AGREEMENT, None)
     r = collect(model, inputs, att_files)
     r["robust"] = collect_robust(grouped, settings)
+    audit_file = grouped.get("data_audit", {}).get("audit")
+    r["data_audit"] = data_audit_section(audit_file, settings["data_audit"]["examples"]) if audit_file else None
     reps, unit_files = grouped.get("representations", {}), grouped.get("units", {})
     verdicts = run_checks(r, settings["verdicts"])
     model_verdicts = [v for v in verdicts if v["method"] is None]
@@ -234,6 +237,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     diag = diagnosis(r, model_cfg)
     ensemble = model_cfg["arch"] == "ensemble"
     present = {"diagnosis": diag is not None, "calibration": bool(robust and robust["calibration"]), "attributions": True,
+               "data_audit": r["data_audit"] is not None,
                "representations": represent is not None,
                # an ensemble's units and layers are its members': the sections say so when the views are on
                "units": units is not None or (ensemble and settings["represent"]["enabled"]),
@@ -277,6 +281,12 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                 {k: layer[k] for k in ("name", "sparsity", "dead", "channels")} for layer in units["meta"]["layers"]],
             "cka_between_models": None if compare is None else {
                 m: compare["cka"][compare["models"].index(model)][j] for j, m in enumerate(compare["models"])}},
+        "data_audit": None if r["data_audit"] is None else {
+            k: r["data_audit"]["meta"][k] for k in ("n", "leaked", "label_issues", "max_distance")} | {
+            "near_duplicate_pairs": r["data_audit"]["meta"]["duplicates"]["pairs"],
+            "by_split": r["data_audit"]["meta"]["duplicates"]["by_split"],
+            "leaked_share": r["data_audit"]["meta"]["duplicates"]["leaked_share"],
+            "outliers": {k: v["count"] for k, v in r["data_audit"]["meta"]["outliers"].items()}},
         "robustness": None if robust is None else {
             "calibration": None if not robust["calibration"] else {
                 "temperature": robust["calibration"]["temperature"],

@@ -170,3 +170,25 @@ def robust_section(rob: dict, names: list[str]) -> dict:
                              "adv_pred": names[int(v["adv_pred"][i])], "adv_conf": float(v["adv_conf"][i])})
     out["examples"] = examples
     return out
+
+
+def data_audit_section(path, examples: int) -> dict:
+    """The data audit's findings with examples: near-duplicate pairs (leaks across splits first), label-issue
+    candidates (given against suggested label), quality outliers per property."""
+    a = load_npz(path)
+    meta, paths, splits, y = a["meta"], [str(p) for p in a["paths"]], a["splits"], a["labels"]
+    classes = meta["classes"]
+    thumb = lambda i: figures.png_uri(figures.thumbnail(paths[i]), 64)  # noqa: E731
+    pairs = a["pairs"]
+    crossing = [k for k, (i, j, _) in enumerate(pairs) if splits[i] != splits[j]]
+    order = crossing + [k for k in range(len(pairs)) if splits[pairs[k][0]] == splits[pairs[k][1]]]
+    duplicates = [{"a": thumb(int(i)), "b": thumb(int(j)), "splits": f"{splits[i]} · {splits[j]}",
+                   "labels": f"{classes[y[i]]} · {classes[y[j]]}", "distance": int(d),
+                   "leak": {str(splits[i]), str(splits[j])} in ({"test", "train"}, {"test", "val"})}
+                  for i, j, d in (pairs[k] for k in order[:examples])]
+    issues = [] if "issue_index" not in a else [
+        {"image": thumb(int(i)), "given": classes[g], "suggested": classes[s], "confidence": float(c), "split": str(splits[i])}
+        for i, g, s, c in list(zip(a["issue_index"], a["issue_given"], a["issue_suggested"], a["issue_self_confidence"]))[:examples]]
+    outliers = {k: [{"image": thumb(int(i)), "split": str(splits[i])} for i in a[f"outlier_{k}"][:examples]]
+                for k in meta["outliers"]}
+    return {"meta": meta, "duplicates": duplicates, "issues": issues, "outliers": outliers}

@@ -41,6 +41,12 @@ def _models_on(config: dict, dataset: str) -> list[str]:
     return [m for m, c in config["models"].items() if c["dataset"] == dataset]
 
 
+def _data_audit(config, model):
+    if not config["data_audit"]["enabled"]:
+        return {}
+    return {"audit": f"results/data/{config['models'][model]['dataset']}/data_audit.npz"}
+
+
 def _calibration(config, model):
     rob = _robust(config)
     return {"calibration": f"results/{model}/robust/calibration.json"} \
@@ -137,6 +143,7 @@ SECTIONS = [
     Section("diagnosis", "Diagnosis: a degenerate model"),
     Section("card", "Model card"),
     Section("data", "Data"),
+    Section("data_audit", "Data audit: duplicates, leakage, label issues, outliers", _data_audit),
     Section("training", "Training"),
     Section("evaluation", "Evaluation and baselines"),
     Section("calibration", "Calibration", _calibration),

@@ -31,6 +31,14 @@ def block_outputs(model: nn.Module) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _configured(model: nn.Module, layer: str, some: str) -> nn.Module:
+    """The module config key explain.gradcam.layer names, or an error listing `some` that exist."""
+    module = dict(model.named_modules()).get(layer)
+    if module is None:
+        raise CvauditError(f"config key explain.gradcam.layer: no module '{layer}' in the model; {some}")
+    return module
+
+
 def _conv_layer(net: nn.Module, x: torch.Tensor, layer: str, min_resolution: int) -> nn.Module:
     """The configured layer, or (auto) the last block or stage output (block_outputs) whose feature maps
     are at least `min_resolution` pixels on their short side for inputs like `x`: a 2x2 last layer (small
@@ -38,12 +46,9 @@ def _conv_layer(net: nn.Module, x: torch.Tensor, layer: str, min_resolution: int
     last feature map, CAM's layer, where Grad-CAM equals ReLU(CAM) up to scale. Falls back to the last
     block output with maps more than 1 pixel across."""
     model = inner(net)
-    names = dict(model.named_modules())
     if layer != "auto":
-        if layer not in names:
-            raise CvauditError(f"config key explain.gradcam.layer: no module '{layer}' in the model; "
-                               f"block outputs: {block_outputs(model)[-6:]}")
-        return names[layer]
+        return _configured(model, layer, f"block outputs: {block_outputs(model)[-6:]}")
+    names = dict(model.named_modules())
     if not any(isinstance(m, nn.Conv2d) for m in names.values()):
         raise NotApplicable("the model has no Conv2d layer (it needs spatial feature maps)")
     sizes: dict[str, int] = {}  # in the order the modules finish their forward pass
@@ -64,12 +69,8 @@ def _token_layer(net: nn.Module, layer: str) -> nn.Module:
     patch tokens feed the attention that the class token reads (the last block's own output reaches the
     head only through the class token, so its patch tokens have no gradient)."""
     model = inner(net)
-    names = dict(model.named_modules())
     if layer != "auto":
-        if layer not in names:
-            raise CvauditError(f"config key explain.gradcam.layer: no module '{layer}' in the model; "
-                               f"blocks: {blocks(model)[-4:]}")
-        return names[layer]
+        return _configured(model, layer, f"blocks: {blocks(model)[-4:]}")
     last = model.blocks[-1]
     return getattr(last, "norm1", last)
 

@@ -1,0 +1,11 @@
+from cvaudit.data_audit import run_data_audit
+
+
+def main(sm):
+    run_data_audit(sm.input.manifest, sm.params.options, seed=sm.params.seed, out=sm.output.audit)
+
+
+if __name__ == "__main__":
+    from cvaudit.runlog import run
+
+    run(main, snakemake)  # noqa: F821 — injected by Snakemake

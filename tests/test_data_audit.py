@@ -1,0 +1,88 @@
+"""The data audit's checks on planted known answers: near duplicates (resized, re-encoded) found across splits
+and none among distinct images; flipped labels among cleanlab's candidates; outliers by robust z-score."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cvaudit.data_audit import (class_balance, label_issues, leakage, near_duplicates, out_of_sample_probabilities,
+                                phash, quality_outliers)
+from conftest import FMNIST
+
+pytestmark = pytest.mark.skipif(not FMNIST.exists(), reason="needs Debian's dataset-fashion-mnist")
+
+
+def _fmnist(n: int, seed: int = 0):
+    """n real Fashion-MNIST training images (28 x 28 grey, as RGB uint8) and their labels."""
+    from cvaudit.sources import read_idx
+    images = read_idx(FMNIST / "train-images-idx3-ubyte.gz", 3)
+    labels = read_idx(FMNIST / "train-labels-idx1-ubyte.gz", 1)
+    pick = np.random.default_rng(seed).choice(len(images), n, replace=False)
+    return np.repeat(images[pick][..., None], 3, -1), labels[pick]
+
+
+def _reencoded(rgb: np.ndarray, size: int, quality: int) -> np.ndarray:
+    im = Image.fromarray(rgb).resize((size, size), Image.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB").resize((28, 28), Image.BILINEAR))
+
+
+def test_planted_near_duplicates_are_found_and_distinct_images_are_not():
+    images, _ = _fmnist(300)
+    plants = ((3, 56, 70), (10, 40, 50), (20, 28, 30), (5, 20, 90))  # (image, resized to px, JPEG quality)
+    copies = [_reencoded(images[i], s, q) for i, s, q in plants]
+    every = list(images) + copies
+    hashes = np.array([phash(x) for x in every], dtype=np.uint64)
+    pixels = np.array([_grey(x) for x in every])
+    hash_only = {(int(i), int(j)) for i, j, _ in near_duplicates(hashes, max_distance=8)}
+    # the pigeonhole candidates miss nothing a brute-force comparison finds
+    d = np.array([[bin(int(a) ^ int(b)).count("1") for b in hashes] for a in hashes])
+    assert hash_only == {(i, j) for i in range(len(hashes)) for j in range(i + 1, len(hashes)) if d[i, j] <= 8}
+    assert len([p for p in hash_only if p[1] < 300]) > 20  # on 28 px garments a pHash alone pairs distinct images
+    found = {(int(i), int(j)) for i, j, _ in near_duplicates(hashes, 8, pixels, max_difference=0.02)}
+    assert found == {(3, 300), (10, 301), (20, 302), (5, 303)}  # every planted copy, and no distinct pair
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(rgb).convert("L").resize((16, 16), Image.BILINEAR), np.float32).ravel() / 255
+
+
+def test_leakage_counts_test_images_with_a_copy_in_train_or_val():
+    splits = np.array(["train", "test", "test", "val", "test"])
+    pairs = np.array([[0, 1, 2], [2, 4, 1], [3, 4, 0]])  # train-test, test-test, val-test
+    out = leakage(pairs, splits)
+    assert out["leaked"] == [1, 4] and out["by_split"] == {"test-train": 1, "test-test": 1, "test-val": 1}
+    assert out["leaked_share"]["value"] == pytest.approx(2 / 3) and out["leaked_share"]["n"] == 3
+
+
+def test_flipped_labels_are_among_cleanlabs_candidates():
+    images, labels = _fmnist(600, seed=1)
+    x = images[..., 0].reshape(len(images), -1).astype(np.float32) / 255
+    y = labels.astype(int).copy()
+    rng = np.random.default_rng(0)
+    flipped = rng.choice(len(y), 12, replace=False)
+    y[flipped] = (y[flipped] + 5) % 10  # e.g. T-shirt -> sandal: far from the truth
+    issues = label_issues(out_of_sample_probabilities(x, y, seed=0), y)
+    found = set(issues["index"].tolist())
+    assert len(found & set(flipped.tolist())) >= 9  # most of the 12 planted flips
+    assert len(found) < 120  # and not a fifth of the dataset
+    top = issues["index"][:12]
+    assert (issues["given"][:12] == y[top]).all() and (issues["self_confidence"] <= 1).all()
+
+
+def test_quality_outliers_by_robust_z_score():
+    rng = np.random.default_rng(0)
+    props = {k: rng.normal(0.5, 0.05, 200) for k in ("brightness", "contrast", "sharpness")}
+    props["aspect"] = np.ones(200)
+    props["brightness"][[7, 9]] = [0.01, 0.99]
+    props["aspect"][5] = 3.0
+    out = quality_outliers(props, z=5.0)
+    assert set(out["brightness"]["index"].tolist()) == {7, 9} and out["brightness"]["low"] == 1
+    assert out["aspect"]["index"].tolist() == [5] and len(out["contrast"]["index"]) == 0
+
+
+def test_class_balance():
+    b = class_balance(["a", "a", "b", "a"], ["train", "test", "train", "val"], ["a", "b"])
+    assert b["counts"]["train"] == {"a": 1, "b": 1} and b["total"] == {"a": 3, "b": 1} and b["imbalance"] == 3
