@@ -273,6 +273,10 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
             paths[m] = [str(s) for s in z["paths"]] if "paths" in z.files else None
     mark_best(rows, correct)
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    data_audits = {}  # the data audit of each dataset, as its models' reports carry it (the same file)
+    for m, s in loaded.items():
+        if s.get("data_audit"):
+            data_audits.setdefault(model_cfgs[m]["dataset"], s["data_audit"])
     consistency = error_consistencies(datasets, rows, correct, paths, settings.get("seed", 0))
     ensembles = ensembles_against_members(model_cfgs, correct, conf, paths, settings.get("seed", 0))
     base = {}
@@ -308,7 +312,7 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
                                                             "status": r["status"], **r["values"], "best": r["best"], "tie": r["tie"],
                                                             "intervals": r["intervals"],
                                                             "failed_stages": len(r["failed_stages"])} for r in rows},
-               "baselines": base, "ensembles": ensembles,
+               "baselines": base, "ensembles": ensembles, "data_audit": data_audits,
                "error_consistency": {d: {k: c[k] for k in ("models", "pairs")} for d, c in consistency.items()},
                "cka_between_models": {d: {k: c[k] for k in ("models", "matrix")}
                                                          for d, c in cka.items() if "failed" not in c},
@@ -318,7 +322,7 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
                                       for d, c in cka.items() if "failed" not in c and c["layer_pairs"]}}
     html = jinja_env(template).get_template(Path(template).name).render(
         title=settings["report"]["title"], rows=rows, columns=COLUMNS, checks=checks, datasets=datasets, base=base,
-        cka=cka, consistency=consistency, ensembles=ensembles, side=side, scatter=scatter, stage_runs=stage_runs, versions=package_versions(),
+        cka=cka, consistency=consistency, ensembles=ensembles, data_audits=data_audits, side=side, scatter=scatter, stage_runs=stage_runs, versions=package_versions(),
         labels={r["model"]: r["kind"] for r in rows}, css=Path(css).read_text(), settings=settings)
     write_text(out_html, html)
     if out_pdf:
