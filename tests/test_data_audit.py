@@ -86,3 +86,17 @@ def test_quality_outliers_by_robust_z_score():
 def test_class_balance():
     b = class_balance(["a", "a", "b", "a"], ["train", "test", "train", "val"], ["a", "b"])
     assert b["counts"]["train"] == {"a": 1, "b": 1} and b["total"] == {"a": 3, "b": 1} and b["imbalance"] == 3
+
+
+def test_the_label_check_reads_a_seeded_sample_beyond_its_cap(tmp_path, tiny_copy):
+    from cvaudit.data import ingest, read_manifest
+    from cvaudit.data_audit import label_sample, run_data_audit
+    assert label_sample(5, 10, 0).tolist() == [0, 1, 2, 3, 4]
+    s = label_sample(100, 30, 1)
+    assert len(s) == 30 and (np.diff(s) > 0).all() and s.tolist() == label_sample(100, 30, 1).tolist()
+    ingest({"source": "imagefolder", "path": str(tiny_copy)}, "t", 0, tmp_path)
+    n = len(read_manifest(tmp_path / "manifest.csv"))
+    options = {"max_distance": 8, "max_pixel_difference": 0.02, "size": 16, "folds": 2, "outlier_z": 5.0,
+               "max_label_images": n - 6}
+    meta = run_data_audit(tmp_path / "manifest.csv", options, seed=0, out=tmp_path / "audit.npz")
+    assert meta["n"] == n and meta["label_images"] == n - 6 and meta["label_issues"] is not None

@@ -113,6 +113,14 @@ def label_issues(probs: np.ndarray, y: np.ndarray) -> dict:
             "self_confidence": probs[idx, y[idx]]}
 
 
+def label_sample(n: int, cap: int, seed: int) -> np.ndarray:
+    """The images the label check reads: all of them, or a seeded sample of `cap` (sorted) when there are more:
+    the cross-validated classifier's cost grows with the images."""
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
+
+
 # ----------------------------------------------------------------------------- balance and quality
 def class_balance(labels: list[str], splits: list[str], classes: list[str]) -> dict:
     counts = {s: {c: 0 for c in classes} for s in ("train", "val", "test")}
@@ -167,14 +175,15 @@ def run_data_audit(manifest, options: dict, seed: int, out) -> dict:
     hashes, props, pixels = _read(rows, options["size"])
     pairs = near_duplicates(hashes, options["max_distance"], pixels, options["max_pixel_difference"])
     leak = leakage(pairs, splits)
-    issues = None
-    if len(classes) > 1 and np.bincount(y).min() >= 2:
-        issues = label_issues(out_of_sample_probabilities(pixels, y, seed, options["folds"]), y)
+    issues, checked = None, label_sample(len(rows), options["max_label_images"], seed)
+    if len(classes) > 1 and np.bincount(y[checked], minlength=len(classes)).min() >= 2:
+        found = label_issues(out_of_sample_probabilities(pixels[checked], y[checked], seed, options["folds"]), y[checked])
+        issues = {**found, "index": checked[found["index"]]}  # back to the dataset's own indices
     outliers = quality_outliers(props, options["outlier_z"])
     meta = {"n": len(rows), "classes": classes, "balance": class_balance([r["label"] for r in rows], list(splits), classes),
             "duplicates": {k: leak[k] for k in ("pairs", "by_split", "leaked_share")}, "leaked": len(leak["leaked"]),
             "max_distance": options["max_distance"],
-            "label_issues": None if issues is None else len(issues["index"]),
+            "label_issues": None if issues is None else len(issues["index"]), "label_images": int(len(checked)),
             "outliers": {k: {"count": len(v["index"]), "low": v["low"], "high": v["high"], "median": v["median"]}
                          for k, v in outliers.items()},
             "options": options, "seconds": round(time.time() - t0, 2)}
