@@ -46,7 +46,7 @@ def test_planted_near_duplicates_are_found_and_distinct_images_are_not():
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:
-    return np.asarray(Image.fromarray(rgb).convert("L").resize((16, 16), Image.BILINEAR), np.float32).ravel() / 255
+    return np.asarray(Image.fromarray(rgb).convert("L").resize((16, 16), Image.BILINEAR)).ravel()
 
 
 def test_leakage_counts_test_images_with_a_copy_in_train_or_val():

@@ -27,6 +27,17 @@ def _bin_gaps(conf, correct, which, bins, axis=-1):
     return out
 
 
+def bin_of(conf, bins: int) -> np.ndarray:
+    """The equal-width confidence bin (0 .. bins - 1) of each confidence; a confidence on an edge goes below it."""
+    return np.clip(np.digitize(conf, np.linspace(0, 1, bins + 1)[1:-1], right=True), 0, bins - 1)
+
+
+def ece(conf, correct, bins: int = 15, axis=-1) -> np.ndarray:
+    """ECE over equal-width bins from each image's top confidence and whether it was right; one value per row
+    of resampled images (stats.bootstrap's vectorised form)."""
+    return _bin_gaps(conf, correct, bin_of(conf, bins), bins)
+
+
 def calibration_metrics(probs: np.ndarray, targets: np.ndarray, bins: int = 15, seed: int | None = None) -> dict:
     """ECE and MCE over `bins` equal-width confidence bins (Guo et al.), NLL, Brier score (sum over
     classes of the squared error, averaged over images) and the reliability diagram's bins. With a
@@ -37,7 +48,7 @@ def calibration_metrics(probs: np.ndarray, targets: np.ndarray, bins: int = 15, 
     conf, pred = probs.max(1), probs.argmax(1)
     correct = (pred == targets).astype(np.float64)
     edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    which = bin_of(conf, bins)
     rows, ece, mce = [], 0.0, 0.0
     for b in range(bins):
         m = which == b
@@ -70,7 +81,7 @@ def ece_estimate(conf, correct, bins: int = 15, seed: int = 0, value: float | No
     conf, correct = np.asarray(conf, np.float64), np.asarray(correct, np.float64)
     if not len(conf):
         return stats.estimate(None, 0, method="bootstrap", note="no images")
-    which = np.clip(np.digitize(conf, np.linspace(0, 1, bins + 1)[1:-1], right=True), 0, bins - 1)
+    which = bin_of(conf, bins)
     value = float(_bin_gaps(conf, correct, which, bins)[0]) if value is None else value
     return stats.bootstrap(lambda c, k, w, axis=-1: _bin_gaps(c, k, w, bins), conf, correct, which, seed=seed,
                            value=value)

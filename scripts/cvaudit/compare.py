@@ -15,6 +15,7 @@ import numpy as np
 
 from . import CvauditError
 from . import stats
+from .calibrate import ece
 from .checks import STATUS_ORDER
 from .io import read_json, stage_failure, write_json, write_text
 
@@ -204,17 +205,9 @@ def error_consistencies(datasets: list[str], rows: list[dict], correct: dict, pa
     return out
 
 
-def _ece(c, k, axis=-1, bins: int = 15):
-    """ECE over equal-width confidence bins from each image's top confidence c and whether it was right k
-    (calibrate.calibration_metrics's ECE; works on resampled rows)."""
-    from .calibrate import _bin_gaps
-    which = np.clip(np.digitize(c, np.linspace(0, 1, bins + 1)[1:-1], right=True), 0, bins - 1)
-    return _bin_gaps(c, k, which, bins)
-
-
 def _ece_diff(ca, ka, cb, kb, axis=-1):
-    """ECE of a minus ECE of b on the same (resampled) images."""
-    return _ece(ca, ka) - _ece(cb, kb)
+    """ECE (calibrate.ece, 15 bins) of a minus that of b on the same (resampled) images."""
+    return ece(ca, ka) - ece(cb, kb)
 
 
 def ensembles_against_members(model_cfgs: dict, correct: dict, conf: dict, paths: dict, seed: int = 0) -> list[dict]:
@@ -231,12 +224,12 @@ def ensembles_against_members(model_cfgs: dict, correct: dict, conf: dict, paths
                 rows.append({"member": member, "reason": "its predictions are not on the same test images"})
                 continue
             km = correct[member].astype(float)
-            rows.append({"member": member, "accuracy": float(km.mean()), "ece": float(_ece(conf[member], km)[0]),
+            rows.append({"member": member, "accuracy": float(km.mean()), "ece": float(ece(conf[member], km)[0]),
                          "accuracy_diff": stats.paired_difference(ke, km, seed),
                          "mcnemar_p": stats.mcnemar_p(correct[m], correct[member]),
                          "ece_diff": stats.bootstrap(_ece_diff, conf[m], ke, conf[member], km, seed=seed,
                                                      value=float(_ece_diff(conf[m], ke, conf[member], km)[0]))})
-        out.append({"model": m, "n": int(len(ke)), "accuracy": float(ke.mean()), "ece": float(_ece(conf[m], ke)[0]),
+        out.append({"model": m, "n": int(len(ke)), "accuracy": float(ke.mean()), "ece": float(ece(conf[m], ke)[0]),
                     "members": rows})
     return out
 

@@ -39,16 +39,12 @@ def phash(rgb: np.ndarray) -> int:
     return int(np.packbits(bits.astype(np.uint8)).view(">u8")[0])
 
 
-def _popcount(x: np.ndarray) -> np.ndarray:
-    return np.unpackbits(x.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1).sum(1).astype(np.int64)
-
-
 def near_duplicates(hashes: np.ndarray, max_distance: int, pixels: np.ndarray | None = None,
                     max_difference: float = 1.0) -> np.ndarray:
     """Every pair (i, j, Hamming distance), i < j, of hashes at most `max_distance` bits apart, sorted.
     Candidates come from max_distance + 1 bands of the hash (pigeonhole: a pair that close shares one band),
-    then each is checked on the whole hash and, given `pixels` (one row per image), on the mean absolute
-    difference of its two rows (at most `max_difference`)."""
+    then each is checked on the whole hash and, given `pixels` (one row per image, uint8), on the mean
+    absolute difference of its two rows in [0, 1] (at most `max_difference`)."""
     hashes = np.asarray(hashes, dtype=np.uint64)
     n, bands = len(hashes), max_distance + 1
     edges = np.linspace(0, HASH_BITS, bands + 1).astype(int)
@@ -66,10 +62,11 @@ def near_duplicates(hashes: np.ndarray, max_distance: int, pixels: np.ndarray | 
     pairs = np.unique(np.concatenate(found), axis=0)
     if not len(pairs):
         return np.zeros((0, 3), np.int64)
-    dist = _popcount(hashes[pairs[:, 0]] ^ hashes[pairs[:, 1]])
+    dist = np.bitwise_count(hashes[pairs[:, 0]] ^ hashes[pairs[:, 1]]).astype(np.int64)
     keep = dist <= max_distance
     if pixels is not None:
-        keep &= np.abs(pixels[pairs[:, 0]] - pixels[pairs[:, 1]]).mean(1) <= max_difference
+        a, b = pixels[pairs[:, 0]].astype(np.float32), pixels[pairs[:, 1]].astype(np.float32)
+        keep &= np.abs(a - b).mean(1) / 255 <= max_difference
     return np.column_stack([pairs[keep], dist[keep]])
 
 
@@ -148,10 +145,11 @@ def quality_outliers(props: dict[str, np.ndarray], z: float) -> dict:
 
 # ----------------------------------------------------------------------------- the stage
 def _read(rows: list[dict], size: int) -> tuple[np.ndarray, dict, np.ndarray]:
-    """One read of every image: its pHash, its quality properties and its grey pixels at size x size."""
+    """One read of every image: its pHash, its quality properties and its grey pixels at size x size (uint8:
+    256 bytes an image, so a million images hold 256 MB)."""
     from PIL import Image
     hashes = np.empty(len(rows), np.uint64)
-    pixels = np.empty((len(rows), size * size), np.float32)
+    pixels = np.empty((len(rows), size * size), np.uint8)
     props = {k: np.empty(len(rows)) for k in QUALITY}
     for i, r in enumerate(rows):
         im = load_rgb(r["path"])
@@ -161,7 +159,7 @@ def _read(rows: list[dict], size: int) -> tuple[np.ndarray, dict, np.ndarray]:
         for k in ("brightness", "contrast", "sharpness"):
             props[k][i] = p[k]
         props["aspect"][i] = im.width / im.height
-        pixels[i] = np.asarray(im.convert("L").resize((size, size), Image.BILINEAR), np.float32).ravel() / 255
+        pixels[i] = np.asarray(im.convert("L").resize((size, size), Image.BILINEAR)).ravel()
     return hashes, props, pixels
 
 
@@ -177,7 +175,8 @@ def run_data_audit(manifest, options: dict, seed: int, out) -> dict:
     leak = leakage(pairs, splits)
     issues, checked = None, label_sample(len(rows), options["max_label_images"], seed)
     if len(classes) > 1 and np.bincount(y[checked], minlength=len(classes)).min() >= 2:
-        found = label_issues(out_of_sample_probabilities(pixels[checked], y[checked], seed, options["folds"]), y[checked])
+        x = pixels[checked].astype(np.float32) / 255
+        found = label_issues(out_of_sample_probabilities(x, y[checked], seed, options["folds"]), y[checked])
         issues = {**found, "index": checked[found["index"]]}  # back to the dataset's own indices
     outliers = quality_outliers(props, options["outlier_z"])
     meta = {"n": len(rows), "classes": classes, "balance": class_balance([r["label"] for r in rows], list(splits), classes),

@@ -3,6 +3,7 @@ The images a model sees are made by cvaudit.transforms."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -64,7 +65,7 @@ class Ensemble(nn.Module):
     def forward(self, x):
         logp = [torch.log_softmax(m((x - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}")).float(), 1)
                 for i, m in enumerate(self.members)]
-        return torch.logsumexp(torch.stack(logp), 0) - torch.log(torch.tensor(float(len(logp)), device=x.device))
+        return torch.logsumexp(torch.stack(logp), 0) - math.log(len(logp))
 
     def heads(self) -> list[nn.Module]:
         return [m.get_submodule(_head_name(m)) for m in self.members]
