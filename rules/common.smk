@@ -14,7 +14,8 @@ EXPLAIN_METHODS = list(config["explain"]["methods"]) + [FLOOR_METHOD]
 
 
 def one_of(names):
-    return "|".join(re.escape(n) for n in names)
+    """A wildcard constraint matching exactly these names (none: a pattern that matches nothing)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 # Methods, families and attacks come from cvaudit.registry (the one list; the schema's enums agree).
@@ -79,13 +80,16 @@ def sharded_benchmarks(stage, model, items, n_images):
 def benchmark_files(model):
     """{stage: Snakemake benchmark file} of every job behind a model's report, for its run-time table."""
     d, rep, rob = dataset_of(model), config["represent"], config["robustness"]
-    files = {r: bench(r, d) for r in ("ingest_dataset", "fit_baseline")}
+    made_by = "plant_cue" if config["datasets"][d]["source"] == "planted_cue" else "ingest_dataset"
+    files = {made_by: bench(made_by, d), "fit_baseline": bench("fit_baseline", d)}
     if config["data_audit"]["enabled"]:
         files["data_audit"] = bench("data_audit", d)
     if config["models"][model]["train"] is not False:
         files["train_model"] = bench("train_model", model)
     files["evaluate_model"] = bench("evaluate_model", model)
     files.update(sharded_benchmarks("explain", model, EXPLAIN_METHODS, config["audit"]["max_images"]))
+    if config["clever_hans"]["enabled"]:
+        files["clever_hans"] = bench("clever_hans", model)
     if rep["enabled"]:
         files["represent"] = bench("represent", model)
         if not is_ensemble(config, model):  # an ensemble has no units or layers of its own

@@ -1,6 +1,8 @@
 rule ingest_dataset:
     input:
         fingerprint=dataset_fingerprint,
+    wildcard_constraints:
+        dataset=one_of(d for d, ds in config["datasets"].items() if ds["source"] != "planted_cue"),
     output:
         manifest="results/data/{dataset}/manifest.csv",
         rejected="results/data/{dataset}/rejected.csv",
@@ -22,6 +24,33 @@ rule ingest_dataset:
         "benchmarks/ingest_dataset/{dataset}.tsv"
     script:
         "../scripts/ingest_dataset.py"
+
+
+rule plant_cue:
+    input:
+        parent=lambda wc: f"results/data/{config['datasets'][wc.dataset]['from']}/manifest.csv",
+    output:
+        manifest="results/data/{dataset}/manifest.csv",
+        rejected="results/data/{dataset}/rejected.csv",
+        info="results/data/{dataset}/dataset.json",
+        images=directory("results/data/{dataset}/images"),
+    wildcard_constraints:
+        dataset=one_of(d for d, ds in config["datasets"].items() if ds["source"] == "planted_cue"),
+    params:
+        dataset=lambda wc: config["datasets"][wc.dataset],
+        seed=config["seed"],
+    priority: 10
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/plant_cue/{dataset}.log",
+    benchmark:
+        "benchmarks/plant_cue/{dataset}.tsv"
+    script:
+        "../scripts/plant_cue.py"
 
 
 rule fit_baseline:

@@ -20,3 +20,28 @@ rule method_agreement:
         "benchmarks/method_agreement/{model}.tsv"
     script:
         "../scripts/method_agreement.py"
+
+
+rule clever_hans:
+    input:
+        model="results/{model}/model.safetensors",
+        manifest=manifest_of,
+    output:
+        results="results/{model}/explain/clever_hans.npz",
+    params:
+        options=config["clever_hans"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/clever_hans/{model}.log",
+    benchmark:
+        "benchmarks/clever_hans/{model}.tsv"
+    script:
+        "../scripts/clever_hans.py"

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from cvaudit import CvauditError, stats
-from cvaudit.checks import judge, run_checks, settle
+from cvaudit.checks import run_checks
+from cvaudit.judge import judge, settle
 from cvaudit.evaluate import choose_audit_set
 
 

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from cvaudit import CvauditError
-from cvaudit.checks import group_gap, judge, slice_gap
+from cvaudit.checks import group_gap, slice_gap
+from cvaudit.judge import judge
 from cvaudit.data import ingest, read_manifest
 from cvaudit.image_properties import compute_properties, properties_of
 from cvaudit.slices import bin_values, gap_interval, group_metrics, run_slices

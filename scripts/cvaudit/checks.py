@@ -9,10 +9,7 @@ from typing import Callable
 import numpy as np
 
 from . import stats
-
-# pass and n/a never count; inconclusive (the interval straddles a threshold) sits between pass and warn,
-# so audit.fail_on: inconclusive is the strictest gate.
-STATUS_ORDER = {"pass": 0, "n/a": 0, "inconclusive": 1, "warn": 2, "fail": 3}
+from .judge import as_estimate, judge, settle
 
 
 @dataclass(frozen=True)
@@ -231,6 +228,28 @@ def leakage(r: dict):
 register(Check("leakage", "Test images leaked from training", "data", False,
                "Share of the test split with a near duplicate (pHash and pixels) in the training or validation split: "
                "those images were seen in training, so every metric on them is inflated (Wilson interval).", leakage))
+def shortcut_suspected(r: dict):
+    """The highest paste flip rate among SpRAy's flagged clusters; 0 (a bare number, with its n and a note) when
+    no cluster is flagged."""
+    ch = r.get("clever_hans")
+    if not ch:
+        return None
+    m = ch["meta"]
+    if not m["flagged"]:
+        return stats.estimate(0.0, m["n"], method="none",
+                              note=f"SpRAy flagged no cluster in {m['n_classes_analysed']} classes ({m['n']} test images, "
+                                   f"{m['method']} maps)")
+    worst = max(m["flagged"], key=lambda f: f["paste"]["value"] or 0)
+    control = worst["control_paste"]["value"]
+    return {**worst["paste"], "note": f"{worst['class']}, cluster {worst['cluster']} ({worst['size']} images): a random "
+                                      f"region of the same size flips {control:.0%}" if control is not None else ""}
+
+
+register(Check("shortcut_suspected", "Clever-Hans shortcut", "explanations at scale", False,
+               "SpRAy (Lapuschkin et al. 2019) clusters each class's attribution maps; a cluster whose relevance sits "
+               "in a small region, the same across its images and off where objects usually are, is pasted into other "
+               "classes' test images: the share that turn into its class (Wilson interval). A region that flips "
+               "predictions on its own is a shortcut the model learnt from the data.", shortcut_suspected))
 register(Check("slice_gap", "Accuracy gap of the weakest slice", "slices and groups", False,
                "Accuracy of the rest of the test set minus that of its weakest slice (a bin of brightness, contrast, "
                "sharpness, colourfulness, size or aspect, or a pair of bins), with an interval adjusted for the "
@@ -238,59 +257,6 @@ register(Check("slice_gap", "Accuracy gap of the weakest slice", "slices and gro
 register(Check("group_gap", "Worst-group accuracy gap", "slices and groups", False,
                "Accuracy of the best group minus that of the worst (groups from the dataset's metadata columns), "
                "with an interval adjusted for the number of group pairs.", group_gap))
-
-
-def _point(value: float, threshold: dict, higher_is_better: bool) -> str:
-    def worse(limit: float) -> bool:  # strictly on the bad side: a value on the threshold passes it
-        return value < limit if higher_is_better else value > limit
-    if "fail" in threshold and worse(threshold["fail"]):
-        return "fail"
-    if "warn" in threshold and worse(threshold["warn"]):
-        return "warn"
-    return "pass"
-
-
-def as_estimate(value) -> dict | None:
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        return value
-    return stats.estimate(value, 0, method="none", note="no interval")
-
-
-def judge(value, threshold: dict, higher_is_better: bool) -> str:
-    """pass / warn / fail against {warn, fail}; inconclusive when the value's interval straddles a
-    threshold (or the sample is too small for an interval); n/a when there is no value. A bare number
-    (no interval) is judged as it is."""
-    est = as_estimate(value)
-    if est is None or est["value"] is None:
-        return "n/a"
-    if est["method"] == "none":
-        return _point(est["value"], threshold, higher_is_better)
-    if est["ci_low"] is None and est["ci_high"] is None:
-        return "inconclusive"
-    # one missing bound: the interval is unbounded on that side (e.g. a ratio whose denominator can be 0)
-    bounds = (-np.inf if est["ci_low"] is None else est["ci_low"], np.inf if est["ci_high"] is None else est["ci_high"])
-    lo, hi = (_point(b, threshold, higher_is_better) for b in bounds)
-    return lo if lo == hi else "inconclusive"
-
-
-def settle(est: dict | None, threshold: dict) -> str:
-    """What would settle an inconclusive verdict, in words."""
-    if est is None:
-        return ""
-    if est["ci_low"] is None and est["ci_high"] is None:
-        return est["note"] or "too few images for an interval"
-    if est["ci_low"] is None or est["ci_high"] is None:
-        return est["note"] or "the interval is unbounded on one side; add images"
-    crossed = [t for t in (threshold.get("warn"), threshold.get("fail")) if t is not None and stats.straddles(est, t)]
-    if not crossed:
-        return ""
-    t = min(crossed, key=lambda t: abs(t - est["value"]))
-    more = stats.more_images(est, t)
-    if more is None:
-        return f"the value sits on the threshold {t:g}; no sample size settles it"
-    return f"about {more:,} more images would settle it against {t:g}"
 
 
 # Checks that still mean something for a degenerate model (collapsed, or at chance): its accuracy and
@@ -327,8 +293,6 @@ def run_checks(results: dict, thresholds: dict) -> list[dict]:
     return out
 
 
-def overall(verdicts: list[dict]) -> str:
-    return max((v["status"] for v in verdicts), key=STATUS_ORDER.get, default="pass")
 
 
 def method_sentence(label: str, faithful: str, sane: str, sanity_value: float | None) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 from . import CvauditError
 from . import stats
 from .calibrate import ece
-from .checks import STATUS_ORDER
+from .judge import STATUS_ORDER
 from .io import read_json, stage_failure, write_json, write_text
 
 log = logging.getLogger("cvaudit.compare")

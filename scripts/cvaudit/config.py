@@ -13,6 +13,7 @@ import jsonschema
 import yaml
 
 from . import CvauditError
+from .registry import FLOOR_METHOD, METHODS
 
 SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
@@ -138,9 +139,18 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     for name, ds in config["datasets"].items():
         if ds["source"] in ("imagefolder", "csv", "idx") and "path" not in ds:
             raise CvauditError(f"config key 'datasets.{name}.path' is required for source '{ds['source']}'")
+        if ds["source"] == "planted_cue":
+            _check_planted(config, name, ds)
+        elif "from" in ds or "cue" in ds or ds.get("near_duplicates"):
+            raise CvauditError(f"config key 'datasets.{name}': from, cue and near_duplicates belong to source "
+                               f"planted_cue, not '{ds['source']}'; remove them")
         split = ds.get("split", {})
         if split.get("val", 0) + split.get("test", 0) > 1.0 + 1e-9:
             raise CvauditError(f"config key 'datasets.{name}.split': val + test must be at most 1")
+    unknown = [m for m in config["clever_hans"]["methods"] if m not in METHODS or m == FLOOR_METHOD]
+    if unknown:
+        raise CvauditError(f"config key 'clever_hans.methods': unknown method(s) {', '.join(unknown)}; available: "
+                           f"{', '.join(sorted(m for m in METHODS if m != FLOOR_METHOD))}")
     rob = config["robustness"]
     rotate = rob["invariance"].get("rotate")
     if rotate is not None and not any(abs(abs(a) - rob["check_angle"]) < 1e-9 for a in rotate):
@@ -165,6 +175,21 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
                            f"explain.trust.sanity_images ({sanity}), which the first shard explains for the "
                            "parameter-randomisation check; raise shard_size or lower sanity_images")
     return config
+
+
+def _check_planted(config: dict, name: str, ds: dict) -> None:
+    defined = ", ".join(sorted(config["datasets"]))
+    parent = config["datasets"].get(ds.get("from"))
+    if "from" not in ds:
+        raise CvauditError(f"config key 'datasets.{name}.from' is required for source planted_cue: the dataset "
+                           f"to copy (defined: {defined})")
+    if parent is None or parent["source"] == "planted_cue":
+        why = "is planted itself" if parent is not None else "is not a key of datasets"
+        raise CvauditError(f"config key 'datasets.{name}.from': '{ds['from']}' {why}; name a dataset to copy "
+                           f"(defined: {defined})")
+    if "cue" not in ds:
+        raise CvauditError(f"config key 'datasets.{name}.cue' is required for source planted_cue: at least "
+                           "{class: NAME}, the class the cue goes with")
 
 
 def _local(value) -> bool:

@@ -42,7 +42,7 @@ def _unit(*parts) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64
 
 
-def _safe(label: str) -> str:
+def safe_name(label: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
 
 
@@ -198,14 +198,14 @@ def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None, w
             c = r.pop("cand")
             r["groups"] = json.dumps(c.groups, sort_keys=True) if c.groups else ""
             if arrays is not None:  # written only now, for the images kept
-                path = images_dir / _safe(label) / f"{c.index:06d}.png"
+                path = images_dir / safe_name(label) / f"{c.index:06d}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(arrays[0][c.index]).save(path)
                 r.update(path=str(path), original=c.where, sha256=sha256_file(path))
             else:
                 path = c.path
                 if r["converted"]:  # read once as a person sees it, written as 8-bit RGB for every stage
-                    path = converted_dir / _safe(label) / f"{Path(c.path).stem}.{r['key'][:12]}.png"
+                    path = converted_dir / safe_name(label) / f"{Path(c.path).stem}.{r['key'][:12]}.png"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     with Image.open(c.path) as im:
                         to_rgb(im, background).save(path)

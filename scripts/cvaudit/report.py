@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from . import figures
-from .checks import overall, run_checks
+from .checks import run_checks
+from .judge import overall
 from .data import read_manifest
 from .diagnose import diagnosis
 from .io import load_audit_set, load_npz, read_history, read_json, stage_failure, write_json, write_text
 from .sections import AGREEMENT, SECTIONS, by_section
 from .rendering import device_description, jinja_env, package_versions, read_benchmarks, write_pdf
 from .report_behaviour import corruptions_summary, layers_section, layers_summary, shape_texture_summary, slices_summary
-from .report_sections import (collect_robust, compare_section, data_audit_section, represent_section, robust_section,
-                              units_section)
+from .report_sections import (clever_hans_section, collect_robust, compare_section, data_audit_section,
+                              represent_section, robust_section, units_section)
 
 log = logging.getLogger("cvaudit.report")
 SUMMARY_VERSION = 3
@@ -213,6 +214,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     r["robust"] = collect_robust(grouped, settings)
     audit_file = grouped.get("data_audit", {}).get("audit")
     r["data_audit"] = data_audit_section(audit_file, settings["data_audit"]["examples"]) if audit_file else None
+    ch_file = grouped.get("clever_hans", {}).get("results")
+    r["clever_hans"] = clever_hans_section(ch_file) if ch_file else None
     reps, unit_files = grouped.get("representations", {}), grouped.get("units", {})
     verdicts = run_checks(r, settings["verdicts"])
     model_verdicts = [v for v in verdicts if v["method"] is None]
@@ -237,7 +240,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     diag = diagnosis(r, model_cfg)
     ensemble = model_cfg["arch"] == "ensemble"
     present = {"diagnosis": diag is not None, "calibration": bool(robust and robust["calibration"]), "attributions": True,
-               "data_audit": r["data_audit"] is not None,
+               "data_audit": r["data_audit"] is not None, "clever_hans": r["clever_hans"] is not None,
                "representations": represent is not None,
                # an ensemble's units and layers are its members': the sections say so when the views are on
                "units": units is not None or (ensemble and settings["represent"]["enabled"]),
@@ -287,6 +290,9 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
             "by_split": r["data_audit"]["meta"]["duplicates"]["by_split"],
             "leaked_share": r["data_audit"]["meta"]["duplicates"]["leaked_share"],
             "outliers": {k: v["count"] for k, v in r["data_audit"]["meta"]["outliers"].items()}},
+        "clever_hans": None if r["clever_hans"] is None else {
+            k: r["clever_hans"]["meta"][k] for k in ("n", "method", "grid", "n_classes_analysed", "flagged")} | {
+            "strategies": {e["class"]: e.get("k") for e in r["clever_hans"]["meta"]["classes"]}},
         "robustness": None if robust is None else {
             "calibration": None if not robust["calibration"] else {
                 "temperature": robust["calibration"]["temperature"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from . import figures
 from .io import load_npz, read_json
@@ -192,3 +193,37 @@ def data_audit_section(path, examples: int) -> dict:
     outliers = {k: [{"image": thumb(int(i)), "split": str(splits[i])} for i in a[f"outlier_{k}"][:examples]]
                 for k in meta["outliers"]}
     return {"meta": meta, "duplicates": duplicates, "issues": issues, "outliers": outliers}
+
+
+def clever_hans_section(path) -> dict:
+    """SpRAy's clusters per class (mean map over the members' mean image, the region boxed; member thumbnails)
+    and each flagged cluster's counterfactual evidence (before and after the paste, before and after the removal)."""
+    from .spray import box_of
+
+    a = load_npz(path)
+    meta = a["meta"]
+    names = meta["class_names"]
+    thumbs = a["cluster_thumbs"]
+    rows = []
+    for e in meta["classes"]:
+        clusters = []
+        for cl in e["clusters"]:
+            t = thumbs[cl["row"]][:cl["n_thumbs"]]
+            base = t.astype(np.float32).mean(0).astype(np.uint8)
+            h, w = base.shape[:2]
+            up = np.asarray(Image.fromarray(a["cluster_maps"][cl["row"]].astype(np.float32), "F").resize((w, h), Image.NEAREST))
+            region = np.array(cl["region"], bool)
+            tile = figures.draw_box(figures.overlay(base, up), box_of(region, h, w), width=max(1, h // 56))
+            item = {**cl, "map": figures.png_uri(tile, 96), "thumbs": [figures.png_uri(im, 48) for im in t]}
+            if cl["flagged"]:
+                ev = a["evidence"][cl["evidence_row"]]
+                k = len(cl["evidence_preds"]["paste"])
+                boxed = lambda im, box=cl["box"]: figures.png_uri(figures.draw_box(im, box, width=1), 64)  # noqa: E731
+                item["evidence"] = {
+                    "paste": [{"before": boxed(ev[0, i]), "after": boxed(ev[1, i]), "pred": names[p]}
+                              for i, p in enumerate(cl["evidence_preds"]["paste"][:k])],
+                    "remove": [{"before": boxed(ev[2, i]), "after": boxed(ev[3, i]), "pred": names[p]}
+                               for i, p in enumerate(cl["evidence_preds"]["remove"])]}
+            clusters.append(item)
+        rows.append({**e, "clusters": clusters})
+    return {"meta": meta, "rows": rows}

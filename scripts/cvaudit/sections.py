@@ -47,6 +47,10 @@ def _data_audit(config, model):
     return {"audit": f"results/data/{config['models'][model]['dataset']}/data_audit.npz"}
 
 
+def _clever_hans(config, model):
+    return {"results": f"results/{model}/explain/clever_hans.npz"} if config["clever_hans"]["enabled"] else {}
+
+
 def _calibration(config, model):
     rob = _robust(config)
     return {"calibration": f"results/{model}/robust/calibration.json"} \
@@ -146,6 +150,7 @@ SECTIONS = [
     Section("data_audit", "Data audit: duplicates, leakage, label issues, outliers", _data_audit),
     Section("training", "Training"),
     Section("evaluation", "Evaluation and baselines"),
+    Section("clever_hans", "Clever Hans: does the model cheat?", _clever_hans),
     Section("calibration", "Calibration", _calibration),
     Section("slices", "Where the model fails: slices and groups", _slices),
     Section("attributions", "Attributions and their trust checks", _attributions),

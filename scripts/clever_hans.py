@@ -1,0 +1,12 @@
+from cvaudit.clever_hans import run_clever_hans
+
+
+def main(sm):
+    run_clever_hans(sm.input.model, sm.input.manifest, sm.params.options, seed=sm.params.seed,
+                    device=sm.params.device, threads=sm.threads, out=sm.output.results)
+
+
+if __name__ == "__main__":
+    from cvaudit.runlog import run
+
+    run(main, snakemake, optional=True)  # noqa: F821 — injected by Snakemake. optional: a failure is reported, not fatal

@@ -1,0 +1,143 @@
+"""A planted shortcut: a copy of a dataset in which one class carries a small artificial cue.
+
+Source `planted_cue` (config key datasets.NAME, `from: PARENT`): every image of the parent dataset is
+copied with the parent's split. In train and val, images of `cue.class` carry the cue (a bright square in
+a corner) with probability `cue.rate`, images of other classes with `cue.other_rate`; in test, every image
+carries it with probability `cue.test_rate`, whatever its class. A model trained on the copy can learn the
+cue instead of the garment: a Clever-Hans predictor whose clean test accuracy still looks plausible. The
+draws are seeded (seed and dataset name), so the copy is reproducible. The manifest's groups column says
+which images carry the cue (`cue`: marked / clean), so the slices stage can compare the two.
+
+`near_duplicates: N` copies N training images, re-encoded as JPEG (quality 60-90), into the test split: a
+leakage the data audit must find (their group `planted_duplicate` names the training image).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import CvauditError
+from .data import MANIFEST_COLUMNS, safe_name, manifest_classes, read_dataset_info, read_manifest
+from .io import atomic_path, sha256_file, write_json
+
+CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
+
+
+def cue_box(width: int, height: int, cue: dict) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the cue's square: `size` of the shorter side (at least 2 px), `margin` from the
+    corner's edges."""
+    side = max(2, round(cue["size"] * min(width, height)))
+    margin = round(cue["margin"] * min(width, height))
+    x0 = margin if cue["corner"].endswith("left") else width - margin - side
+    y0 = margin if cue["corner"].startswith("top") else height - margin - side
+    return x0, y0, x0 + side, y0 + side
+
+
+def paint_cue(im: Image.Image, cue: dict) -> Image.Image:
+    """The image with the cue painted on (value 0..1 of the brightest grey, in every channel)."""
+    im = im.copy()
+    x0, y0, x1, y1 = cue_box(im.width, im.height, cue)
+    level = round(cue["value"] * 255)
+    fill = level if im.mode in ("L", "I", "F") else (level,) * len(im.getbands())
+    if im.mode == "RGBA":
+        fill = (level, level, level, 255)
+    im.paste(fill, (x0, y0, x1, y1))
+    return im
+
+
+def near_copy(im: Image.Image, quality: int) -> Image.Image:
+    """A near duplicate: the image re-encoded as JPEG at `quality` (what a re-saved or re-uploaded copy is)."""
+    buf = io.BytesIO()
+    im.convert("RGB" if im.mode not in ("L", "RGB") else im.mode).save(buf, "JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as j:
+        return j.convert(im.mode if im.mode in ("L", "RGB") else "RGB")
+
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def plant(ds: dict, name: str, parent_manifest: str | Path, seed: int, out_dir: str | Path, progress=None) -> dict:
+    """Write results/data/{name}/ (manifest.csv, rejected.csv, dataset.json, images/) from the parent's manifest."""
+    out_dir = Path(out_dir)
+    images_dir = out_dir / "images"
+    if images_dir.exists():
+        shutil.rmtree(images_dir)
+    images_dir.mkdir(parents=True)
+    cue = ds["cue"]
+    classes = manifest_classes(parent_manifest)
+    if cue["class"] not in classes:
+        raise CvauditError(f"config key 'datasets.{name}.cue.class': '{cue['class']}' is not a class of dataset "
+                           f"'{ds['from']}' (its classes: {', '.join(classes)})")
+    parent_info = read_dataset_info(parent_manifest)
+    offered = [*parent_info.get("groups", []), "cue"]
+    if unknown := [g for g in ds.get("groups") or [] if g not in offered]:
+        raise CvauditError(f"config key 'datasets.{name}.groups': {', '.join(unknown)} not offered; a planted_cue "
+                           f"dataset offers its parent's groups and 'cue' ({', '.join(offered)})")
+    rows = read_manifest(parent_manifest)
+    rng = _rng(seed, name)
+    draws = rng.random(len(rows))
+    rate = {s: (cue["test_rate"] if s == "test" else None) for s in ("train", "val", "test")}
+    manifest, marked = [], {c: {s: 0 for s in ("train", "val", "test")} for c in classes}
+    for i, (r, u) in enumerate(zip(rows, draws)):
+        p = rate[r["split"]]
+        if p is None:
+            p = cue["rate"] if r["label"] == cue["class"] else cue["other_rate"]
+        with Image.open(r["path"]) as im:
+            im.load()
+        mark = bool(u < p)
+        if mark:
+            im = paint_cue(im, cue)
+            marked[r["label"]][r["split"]] += 1
+        groups = {**(json.loads(r["groups"]) if r["groups"] else {}), "cue": "marked" if mark else "clean"}
+        manifest.append(_write(im, images_dir, r, f"{i:07d}", groups))
+        if progress and (i + 1) % 5000 == 0:
+            progress(f"{name}: {i + 1} of {len(rows)} images copied")
+
+    train = [i for i, r in enumerate(rows) if r["split"] == "train"]
+    n_dup = min(ds["near_duplicates"], len(train))
+    planted = []
+    for k, i in enumerate(sorted(rng.choice(train, size=n_dup, replace=False).tolist()) if n_dup else []):
+        with Image.open(manifest[i]["path"]) as im:  # the copy as the model sees it in train (cue and all)
+            im.load()
+        dup = near_copy(im, quality=60 + 10 * (k % 4))
+        src = manifest[i]
+        groups = {**json.loads(src["groups"]), "planted_duplicate": src["path"]}
+        manifest.append(_write(dup, images_dir, {**rows[i], "split": "test"}, f"dup{k:04d}", groups))
+        planted.append({"train": src["path"], "test": manifest[-1]["path"]})
+
+    with atomic_path(out_dir / "manifest.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+        w.writeheader()
+        w.writerows(manifest)
+    with atomic_path(out_dir / "rejected.csv") as tmp, open(tmp, "w", newline="") as f:
+        csv.DictWriter(f, fieldnames=["path", "label", "reason"]).writeheader()
+    counts = {c: {s: sum(1 for r in manifest if r["label"] == c and r["split"] == s) for s in ("train", "val", "test")}
+              for c in classes}
+    info = {"name": name, "source": "planted_cue", "path": None, "from": ds["from"], "classes": classes,
+            "counts": counts, "n_images": len(manifest), "n_rejected": 0, "n_duplicates": 0, "n_conflicting": 0,
+            "manifest_sha256": sha256_file(out_dir / "manifest.csv"), "seed": seed,
+            "split": parent_info.get("split"), "split_from": f"dataset '{ds['from']}' (the parent's split)",
+            "max_per_class": parent_info.get("max_per_class"), "background": parent_info.get("background"),
+            "groups": list(ds.get("groups") or []), "n_converted": 0, "source_fingerprint": None,
+            "cue": {**cue, "box_at_28px": list(cue_box(28, 28, cue))}, "marked": marked,
+            "planted_duplicates": planted}
+    write_json(out_dir / "dataset.json", info)
+    return info
+
+
+def _write(im: Image.Image, images_dir: Path, row: dict, stem: str, groups: dict) -> dict:
+    path = images_dir / safe_name(row["label"]) / f"{stem}.png"
+    path.parent.mkdir(exist_ok=True)
+    im.save(path)
+    return {"path": str(path), "label": row["label"], "split": row["split"], "sha256": sha256_file(path),
+            "width": im.width, "height": im.height, "mode": im.mode, "original": row["path"], "converted": "",
+            "groups": json.dumps(groups, sort_keys=True)}

@@ -1,0 +1,238 @@
+"""Clever-Hans detection on models built to known answers: SpRAy finds two strategies in a model that uses
+two (evidence in one of two quadrants); a model keyed on a corner mark for one class is flagged, its mark
+flips most pasted images while a random region of the same size flips almost none; the same model without
+the mark's weight is not flagged. The planted-cue dataset copy is checked against its config."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cvaudit.clever_hans import analyse, paste, random_box, remove
+from cvaudit.config import validate_config
+from cvaudit.spray import box_of, pool_maps, region_of, spray
+
+S = 32  # image side
+
+
+def _options(**over) -> dict:
+    cfg = validate_config({"datasets": {"d": {"source": "foolbox_imagenet"}},
+                           "models": {"m": {"dataset": "d", "arch": "simple_cnn"}}})
+    return {**cfg["clever_hans"], **over}
+
+
+def _mask(y0, y1, x0, x1) -> torch.Tensor:
+    m = torch.zeros(3, S, S)
+    m[:, y0:y1, x0:x1] = 1.0
+    return m
+
+
+class Linear(nn.Module):
+    """logits = <x, w_c> + b_c: each class sums the pixels under its own mask."""
+
+    def __init__(self, masks: list[torch.Tensor], bias=None):
+        super().__init__()
+        self.fc = nn.Linear(3 * S * S, len(masks))
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.stack([m.flatten() for m in masks]))
+            self.fc.bias.copy_(torch.zeros(len(masks)) if bias is None else torch.tensor(bias))
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def _blob(y0, x0, side=6, value=1.0) -> torch.Tensor:
+    x = torch.full((3, S, S), 0.05)
+    x[:, y0:y0 + side, x0:x0 + side] = value
+    return x
+
+
+def test_spray_finds_the_two_strategies_of_a_model_that_uses_two():
+    """Class 0 is evidence in the top-left or in the bottom-right quadrant; class 1 in the centre. Input x
+    gradient maps of class-0 images: the eigengap must say 2 and the clusters must be the two quadrants."""
+    g = torch.Generator().manual_seed(0)
+    net = Linear([_mask(0, 16, 0, 16) + _mask(16, 32, 16, 32), _mask(8, 24, 8, 24) * 0.9]).eval()
+    pos = lambda lo, hi: int(torch.randint(lo, hi, (1,), generator=g))  # noqa: E731
+    tl = [_blob(pos(0, 10), pos(0, 10)) for _ in range(25)]
+    br = [_blob(pos(16, 26), pos(16, 26)) for _ in range(25)]
+    x = torch.stack(tl + br)
+    assert (net(x).argmax(1) == 0).all()
+    from cvaudit.methods.base import attribute_batched, get_method
+    maps = attribute_batched(get_method("input_x_gradient"), net, x, torch.zeros(50, dtype=torch.long))
+    s = spray(pool_maps(maps, 8), neighbors=10, max_clusters=6, seed=0)
+    assert s["k"] == 2
+    truth = np.array([0] * 25 + [1] * 25)
+    agree = max((s["labels"] == truth).mean(), (s["labels"] != truth).mean())
+    assert agree == 1.0
+    # one strategy: class-0 images all top-left -> the eigengap says 1
+    s1 = spray(pool_maps(maps[:25], 8), neighbors=10, max_clusters=6, seed=0)
+    assert s1["k"] == 1
+
+
+def _pattern(kind: str) -> torch.Tensor:
+    """A 20 x 20 garment in the middle of the image: horizontal stripes, vertical stripes or a checkerboard."""
+    i = torch.arange(20)
+    stripes = ((i // 2) % 2).float()
+    p = {"h": stripes[:, None].expand(20, 20), "v": stripes[None, :].expand(20, 20),
+         "c": ((i[:, None] // 4 + i[None, :] // 4) % 2).float()}[kind]
+    m = torch.zeros(3, S, S)
+    m[:, 6:26, 6:26] = p
+    return m
+
+
+def _cue_world(n_per_class=40, cue_weight=10.0, seed=0):
+    """Three classes of large centred garments told apart by their pattern (the template matching weights of
+    a linear model); class 2 also gains `cue_weight` per unit of brightness of each pixel of a 4 x 4 mark in
+    the top-left corner, off every garment, and 80% of its test images carry the mark."""
+    g = torch.Generator().manual_seed(seed)
+    kinds = ["h", "v", "c"]
+    box = _mask(6, 26, 6, 26)
+    cue = _mask(1, 5, 1, 5)
+    net = Linear([(_pattern(k) - 0.5) * box + (cue * cue_weight if c == 2 else 0) for c, k in enumerate(kinds)]).eval()
+    xs, ys = [], []
+    for c, k in enumerate(kinds):
+        for i in range(n_per_class):
+            x = 0.05 + 0.03 * torch.rand(3, S, S, generator=g)
+            x = torch.where(box > 0, _pattern(k) * (0.6 + 0.4 * torch.rand(1, generator=g)) + 0.1, x)
+            if c == 2 and i < int(0.8 * n_per_class):
+                x[:, 1:5, 1:5] = 1.0
+            xs.append(x)
+            ys.append(c)
+    x8 = (torch.stack(xs).clamp(0, 1) * 255).round().to(torch.uint8)
+    assert (net(x8.float() / 255).argmax(1) == torch.tensor(ys)).all()
+    return net, x8, torch.tensor(ys)
+
+
+def test_a_model_keyed_on_a_corner_mark_is_flagged_and_the_mark_flips_predictions():
+    net, x8, y = _cue_world()
+    result, arrays = analyse(net, x8, y, ["left", "right", "bottom"], _options(methods=["input_x_gradient"]), 0, "cpu")
+    flagged = result["flagged"]
+    assert [f["class"] for f in flagged] == ["bottom"] * len(flagged) and flagged
+    f = max(flagged, key=lambda f: f["paste"]["value"])
+    y0, y1, x0, x1 = f["box"]
+    assert y0 < 5 and x0 < 5 and y1 <= 8 and x1 <= 8  # on the mark (px 1-4), in the corner's cells (4 px each)
+    assert f["paste"]["value"] >= 0.9 and f["paste"]["ci_low"] > 0.8  # the mark alone makes "bottom"
+    assert f["control_paste"]["value"] <= 0.05  # a random region of the same size does not
+    # the marked images are real checkerboards: without the mark they stay "bottom". The paste rate says the mark
+    # suffices; the remove rate says whether the class needs it (here not)
+    assert f["remove"]["value"] <= 0.1
+    assert arrays["evidence"] and arrays["evidence"][0].shape == (4, 6, S, S, 3)
+
+
+def test_the_same_world_without_the_shortcut_is_not_flagged():
+    net, x8, y = _cue_world(cue_weight=0.0)
+    result, _ = analyse(net, x8, y, ["left", "right", "bottom"], _options(methods=["input_x_gradient"]), 0, "cpu")
+    assert result["flagged"] == []
+    assert result["n_classes_analysed"] == 3
+
+
+def test_the_verdict_reads_the_highest_paste_flip_rate_and_passes_when_nothing_is_flagged():
+    from cvaudit.checks import shortcut_suspected
+    from cvaudit.judge import judge
+    net, x8, y = _cue_world()
+    cheat, _ = analyse(net, x8, y, ["left", "right", "bottom"], _options(methods=["input_x_gradient"]), 0, "cpu")
+    est = shortcut_suspected({"clever_hans": {"meta": cheat}})
+    assert est["value"] >= 0.9 and judge(est, {"warn": 0.1, "fail": 0.3}, False) == "fail"
+    net, x8, y = _cue_world(cue_weight=0.0)
+    clean, _ = analyse(net, x8, y, ["left", "right", "bottom"], _options(methods=["input_x_gradient"]), 0, "cpu")
+    est = shortcut_suspected({"clever_hans": {"meta": clean}})
+    assert est["value"] == 0 and "flagged no cluster" in est["note"]
+    assert judge(est, {"warn": 0.1, "fail": 0.3}, False) == "pass"
+
+
+def test_paste_remove_and_the_control_box():
+    x = torch.rand(4, 3, S, S)
+    src = torch.ones(3, S, S)
+    box = (2, 6, 3, 9)
+    p = paste(x, src, box)
+    assert torch.equal(p[..., 2:6, 3:9], torch.ones(4, 3, 4, 6))
+    outside = torch.ones(S, S, dtype=torch.bool)
+    outside[2:6, 3:9] = False
+    assert torch.equal(p[..., outside], x[..., outside])
+    flat = torch.full((1, 3, S, S), 0.2)
+    flat[..., 2:6, 3:9] = 1.0  # a mark on a flat image: inpainting restores the flat grey
+    r = remove(flat, box)
+    assert torch.allclose(r, torch.full_like(r, 0.2), atol=1e-6)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a0, a1, b0, b1 = random_box(box, S, S, rng)
+        assert (a1 - a0, b1 - b0) == (4, 6) and (a0 >= 6 or a1 <= 2 or b0 >= 9 or b1 <= 3)
+
+
+def test_region_and_box_of_a_pooled_map():
+    m = np.zeros((8, 8))
+    m[0, 0], m[0, 1], m[5, 5] = 0.5, 0.3, 0.2
+    assert region_of(m, 0.5).sum() == 1 and region_of(m, 0.8).sum() == 2 and region_of(m, 0.81).sum() == 3
+    assert box_of(region_of(m, 0.8), 32, 32) == (0, 4, 0, 8)
+    assert box_of(region_of(m, 0.5), 28, 28) == (0, 4, 0, 4)  # 28 / 8 = 3.5 px cells, rounded outward
+
+
+def test_pooled_maps_sum_to_one_and_a_blank_map_is_uniform():
+    maps = np.zeros((2, 16, 16), np.float32)
+    maps[0, :4, :4] = 2.0
+    maps[0, 8:, 8:] = -5.0  # negative evidence is not relevance for the class
+    p = pool_maps(maps, 4)
+    assert np.allclose(p.sum((1, 2)), 1) and p[0, 0, 0] == pytest.approx(1.0) and np.allclose(p[1], 1 / 16)
+
+
+# ----------------------------------------------------------------------------- the planted copy
+def test_planted_copy_marks_the_configured_class_and_plants_findable_duplicates(tmp_path):
+    from conftest import FMNIST
+    if not FMNIST.exists():
+        pytest.skip("needs Debian's dataset-fashion-mnist")
+    from PIL import Image
+
+    from cvaudit.data import ingest, read_manifest
+    from cvaudit.data_audit import run_data_audit
+    from cvaudit.plant_cue import cue_box, plant
+    cfg = validate_config({"datasets": {
+        "f": {"source": "idx", "path": str(FMNIST), "max_per_class": 60,
+              "class_names": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                              "Bag", "Ankle boot"]},
+        "s": {"source": "planted_cue", "from": "f", "cue": {"class": "Shirt", "rate": 0.9, "test_rate": 0.5},
+              "near_duplicates": 5, "groups": ["cue"]}},
+        "models": {"m": {"dataset": "s", "arch": "simple_cnn"}}})
+    ingest(cfg["datasets"]["f"], "f", 1, tmp_path / "f")
+    info = plant(cfg["datasets"]["s"], "s", tmp_path / "f" / "manifest.csv", 1, tmp_path / "s")
+    rows = read_manifest(tmp_path / "s" / "manifest.csv")
+    parent = read_manifest(tmp_path / "f" / "manifest.csv")
+    assert len(rows) == len(parent) + 5
+    assert [r["split"] for r in rows[:len(parent)]] == [r["split"] for r in parent]  # the parent's split, kept
+    marked = lambda r: json.loads(r["groups"])["cue"] == "marked"  # noqa: E731
+    held = [r for r in rows[:len(parent)] if r["split"] != "test"]
+    shirts = [r for r in held if r["label"] == "Shirt"]
+    assert 0.75 <= np.mean([marked(r) for r in shirts]) <= 1.0
+    assert not any(marked(r) for r in held if r["label"] != "Shirt")
+    test = [r for r in rows[:len(parent)] if r["split"] == "test"]
+    assert 0.3 <= np.mean([marked(r) for r in test]) <= 0.7 and len({r["label"] for r in test if marked(r)}) >= 5
+    x0, y0, x1, y1 = cue_box(28, 28, cfg["datasets"]["s"]["cue"])
+    for r in rows[:len(parent)][:50]:
+        a = np.asarray(Image.open(r["path"]))
+        assert (a[y0:y1, x0:x1] == 255).all() == marked(r)
+    assert sum(v["test"] for v in info["marked"].values()) == sum(marked(r) for r in test)
+    # the planted near duplicates are test images the data audit must find leaked from training
+    audit = run_data_audit(tmp_path / "s" / "manifest.csv", validate_config(
+        {"datasets": {"d": {"source": "foolbox_imagenet"}}, "models": {"m": {"dataset": "d", "arch": "simple_cnn"}}}
+    )["data_audit"], 0, tmp_path / "audit.npz")
+    assert audit["leaked"] >= 5
+
+
+@pytest.mark.parametrize("ds, key", [
+    ({"source": "planted_cue", "cue": {"class": "a"}}, "datasets.s.from"),
+    ({"source": "planted_cue", "from": "nope", "cue": {"class": "a"}}, "datasets.s.from"),
+    ({"source": "planted_cue", "from": "d"}, "datasets.s.cue"),
+    ({"source": "foolbox_imagenet", "cue": {"class": "a"}}, "datasets.s"),
+])
+def test_a_planted_dataset_config_names_the_key_to_fix(ds, key):
+    from cvaudit import CvauditError
+    with pytest.raises(CvauditError, match=key.replace(".", r"\.")):
+        validate_config({"datasets": {"d": {"source": "foolbox_imagenet"}, "s": ds},
+                         "models": {"m": {"dataset": "s", "arch": "simple_cnn"}}})
+
+
+def test_an_unknown_clever_hans_method_names_the_key():
+    from cvaudit import CvauditError
+    with pytest.raises(CvauditError, match="clever_hans.methods"):
+        validate_config({"datasets": {"d": {"source": "foolbox_imagenet"}}, "clever_hans": {"methods": ["lrpx"]},
+                         "models": {"m": {"dataset": "d", "arch": "simple_cnn"}}})
