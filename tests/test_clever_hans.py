@@ -139,6 +139,8 @@ def test_the_verdict_reads_the_highest_paste_flip_rate_and_passes_when_nothing_i
     est = shortcut_suspected({"clever_hans": {"meta": clean}})
     assert est["value"] == 0 and "flagged no cluster" in est["note"]
     assert judge(est, {"warn": 0.1, "fail": 0.3}, False) == "pass"
+    searched_nothing = {**clean, "n_classes_analysed": 0, "flagged": []}  # too few images in every class
+    assert judge(shortcut_suspected({"clever_hans": {"meta": searched_nothing}}), {"warn": 0.1, "fail": 0.3}, False) == "n/a"
 
 
 def test_paste_remove_and_the_control_box():

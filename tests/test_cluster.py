@@ -18,7 +18,8 @@ CLUSTER = REPO / "tools" / "slurm_cluster.sh"
 
 def small_config(work):
     """One model, one attribution method, calibration, one invariance family and the behaviour stages (image
-    properties, slices, corruptions, shape and texture) and the data audit: 18 jobs, 15 of them through sbatch."""
+    properties, slices, corruptions, shape and texture), the data audit and Clever-Hans detection: 19 jobs, 16 of them
+    through sbatch."""
     shutil.copytree(TINY, work / "images")
     cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     cfg["datasets"]["tiny"]["path"] = str(work / "images")
@@ -53,7 +54,7 @@ def test_the_test_config_runs_through_slurm_and_matches_a_local_run(slurm, tmp_p
     out = p.stdout + p.stderr
     submitted = dict(re.findall(r"submitted with SLURM jobid (\d+) \(log: ([^)]+)\)", out))
     # every job but the local gate and the `all` target went through sbatch, each with its own SLURM job id
-    assert len(submitted) == 15, out[-3000:]
+    assert len(submitted) == 16, out[-3000:]
     for jobid, log in submitted.items():
         assert log.endswith(f"/{jobid}.log") and os.path.exists(log), log
     assert any("rule_train_model" in log for log in submitted.values())

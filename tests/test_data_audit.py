@@ -100,3 +100,25 @@ def test_the_label_check_reads_a_seeded_sample_beyond_its_cap(tmp_path, tiny_cop
                "max_label_images": n - 6}
     meta = run_data_audit(tmp_path / "manifest.csv", options, seed=0, out=tmp_path / "audit.npz")
     assert meta["n"] == n and meta["label_images"] == n - 6 and meta["label_issues"] is not None
+
+
+def test_the_models_own_test_probabilities_flag_flipped_labels():
+    """A model's test probabilities are out of sample: confident learning on them finds flipped test labels."""
+    from cvaudit.data_audit import model_label_issues
+    rng = np.random.default_rng(0)
+    targets = np.repeat(np.arange(4), 50)
+    probs = np.full((200, 6), 0.01)  # six outputs, four of them in the test split
+    probs[np.arange(200), targets] = 0.9
+    probs += rng.uniform(0, 0.05, probs.shape)
+    probs /= probs.sum(1, keepdims=True)
+    flipped = rng.choice(200, 8, replace=False)
+    given = targets.copy()
+    given[flipped] = (targets[flipped] + 1) % 4
+    found = model_label_issues(probs, given)
+    idx = found["issues"]["index"]
+    hit = np.isin(idx, flipped)
+    assert hit.sum() >= 7 and len(idx) <= 12  # 7 of the 8 flipped labels at least, among few candidates
+    assert (found["issues"]["suggested"][hit] == targets[idx[hit]]).all()  # and the true class suggested
+    few = model_label_issues(probs[:104], targets[:104])  # class 2 has 4 test images: too few
+    assert few["issues"] is None and "at least 5" in few["why"]
+    assert "one class" in model_label_issues(probs[:6], given[:6])["why"]

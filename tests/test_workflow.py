@@ -150,7 +150,7 @@ def test_second_run_does_nothing_and_a_changed_image_reruns_its_chain(run):
                     "represent": 2, "inspect_units": 2, "visualise_ascent": 2, "compare_representations": 1,
                     "calibrate": 2, "invariance": 8, "adversarial": 6, "render_report": 2, "compare_models": 1,
                     "method_agreement": 2, "side_by_side": 1, "gate": 1, "gate_check": 1, "image_properties": 1,
-                    "data_audit": 1, "slices": 2, "shape_texture": 2, "corruptions": 2, "layer_views": 2, "shift": 1,
+                    "data_audit": 1, "clever_hans": 2, "slices": 2, "shape_texture": 2, "corruptions": 2, "layer_views": 2, "shift": 1,
                     "all": 1}  # 10 methods + the random floor, per model
     smk(run, "--configfile", str(run / "config.yaml"), "--touch")  # mark up to date again
     shutil.copy(img, run / "images" / "trouser" / "added.png")  # a new file is a new input
@@ -200,9 +200,10 @@ def test_switches_add_and_remove_stages(tmp_path):
     cfg["robustness"] = {"enabled": False}
     cfg["represent"] = {"enabled": False}
     cfg["data_audit"] = {"enabled": False}
+    cfg["clever_hans"] = {"enabled": False}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     jobs = planned(tmp_path)
-    assert not {"data_audit", "shuffled_labels", "adversarial", "invariance", "calibrate", "represent", "inspect_units",
+    assert not {"data_audit", "clever_hans", "shuffled_labels", "adversarial", "invariance", "calibrate", "represent", "inspect_units",
                 "visualise_ascent", "compare_representations", "slices", "image_properties", "shape_texture",
                 "corruptions", "layer_views", "shift"} & set(jobs)
     assert jobs["render_report"] == 2
@@ -287,3 +288,23 @@ def test_the_data_audit_runs_once_per_dataset_and_leads_the_report(run):
     compare = json.loads((run / "results" / "compare" / "summary.json").read_text())
     assert compare["data_audit"]["tiny"]["n"] == n
     assert "The data each model was judged on" in (run / "results" / "compare" / "report.html").read_text()
+
+
+def test_clever_hans_detection_reaches_each_report_and_the_comparison(run):
+    from cvaudit.io import load_npz
+    for m in MODELS:
+        ch = load_npz(run / "results" / m / "explain" / "clever_hans.npz")
+        meta = ch["meta"]
+        summary = json.loads((run / "results" / m / "report" / "summary.json").read_text())
+        assert meta["n"] == len(read_manifest(run / "results" / "data" / "tiny" / "manifest.csv", "test"))
+        assert summary["clever_hans"]["n"] == meta["n"] and summary["clever_hans"]["method"] == meta["method"]
+        assert sum(e["n"] for e in meta["classes"]) == meta["n"]  # every test image in its predicted class
+        assert len(ch["cluster_maps"]) == sum(len(e["clusters"]) for e in meta["classes"])
+        verdict = next(v for v in summary["verdicts"] if v["check"] == "shortcut_suspected")
+        worst = max(meta["flagged"], key=lambda f: f["paste"]["value"], default=None)
+        assert verdict["n"] == (worst["paste"]["n"] if worst else meta["n"])  # pasted images, or every image searched
+        html = (run / "results" / m / "report" / "report.html").read_text()
+        assert 'id="clever_hans"' in html and "Strategies per class" in html
+    compare = json.loads((run / "results" / "compare" / "summary.json").read_text())
+    assert set(compare["clever_hans"]) == set(MODELS)
+    assert "Does a model cheat?" in (run / "results" / "compare" / "report.html").read_text()

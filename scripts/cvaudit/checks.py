@@ -235,6 +235,9 @@ def shortcut_suspected(r: dict):
     if not ch:
         return None
     m = ch["meta"]
+    if not m["n_classes_analysed"]:  # nothing searched: no verdict, not a pass
+        return stats.estimate(None, m["n"], method="none",
+                              note="no predicted class had enough test images to cluster (clever_hans.min_class_images)")
     if not m["flagged"]:
         return stats.estimate(0.0, m["n"], method="none",
                               note=f"SpRAy flagged no cluster in {m['n_classes_analysed']} classes ({m['n']} test images, "

@@ -234,6 +234,20 @@ def ensembles_against_members(model_cfgs: dict, correct: dict, conf: dict, paths
     return out
 
 
+def shortcuts(loaded: dict) -> list[dict]:
+    """Each model's Clever-Hans finding, from its summary: the verdict, and every flagged cluster's flip rates."""
+    out = []
+    for m, s in loaded.items():
+        ch = s.get("clever_hans")
+        if not ch:
+            continue
+        v = next((v for v in s["verdicts"] if v["check"] == "shortcut_suspected"), None)
+        out.append({"model": m, "dataset": s["dataset"], "status": v["status"] if v else "n/a",
+                    "note": v["note"] if v else "", **{k: ch[k] for k in ("n", "method", "n_classes_analysed", "flagged")},
+                    "cheats": bool(v and v["status"] in ("warn", "fail"))})
+    return out
+
+
 def same_data(loaded: dict, model_cfgs: dict) -> None:
     """Refuse to compare reports of one dataset that were built from different data (manifests)."""
     seen: dict[str, tuple[str, str]] = {}
@@ -272,6 +286,7 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
             data_audits.setdefault(model_cfgs[m]["dataset"], s["data_audit"])
     consistency = error_consistencies(datasets, rows, correct, paths, settings.get("seed", 0))
     ensembles = ensembles_against_members(model_cfgs, correct, conf, paths, settings.get("seed", 0))
+    cheating = shortcuts(loaded)
     base = {}
     for d, p in baselines.items():
         b = read_json(p)
@@ -306,6 +321,7 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
                                                             "intervals": r["intervals"],
                                                             "failed_stages": len(r["failed_stages"])} for r in rows},
                "baselines": base, "ensembles": ensembles, "data_audit": data_audits,
+               "clever_hans": {c["model"]: {k: c[k] for k in ("status", "cheats", "n", "method", "flagged")} for c in cheating},
                "error_consistency": {d: {k: c[k] for k in ("models", "pairs")} for d, c in consistency.items()},
                "cka_between_models": {d: {k: c[k] for k in ("models", "matrix")}
                                                          for d, c in cka.items() if "failed" not in c},
@@ -315,7 +331,8 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
                                       for d, c in cka.items() if "failed" not in c and c["layer_pairs"]}}
     html = jinja_env(template).get_template(Path(template).name).render(
         title=settings["report"]["title"], rows=rows, columns=COLUMNS, checks=checks, datasets=datasets, base=base,
-        cka=cka, consistency=consistency, ensembles=ensembles, data_audits=data_audits, side=side, scatter=scatter, stage_runs=stage_runs, versions=package_versions(),
+        cka=cka, consistency=consistency, ensembles=ensembles, data_audits=data_audits, cheating=cheating, side=side,
+        scatter=scatter, stage_runs=stage_runs, versions=package_versions(),
         labels={r["model"]: r["kind"] for r in rows}, css=Path(css).read_text(), settings=settings)
     write_text(out_html, html)
     if out_pdf:

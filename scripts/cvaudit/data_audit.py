@@ -110,6 +110,24 @@ def label_issues(probs: np.ndarray, y: np.ndarray) -> dict:
             "self_confidence": probs[idx, y[idx]]}
 
 
+def model_label_issues(probs: np.ndarray, targets: np.ndarray, min_per_class: int = 5) -> dict:
+    """Confident learning on a model's own test probabilities (out of sample: it never trained on the test
+    split), over the classes the test split has; None with the reason when a class has too few test images
+    for cleanlab's per-class thresholds."""
+    present, y = np.unique(targets, return_inverse=True)
+    counts = np.bincount(y)
+    if len(present) < 2 or counts.min() < min_per_class:
+        why = ("the test split has one class" if len(present) < 2 else
+               f"a class has {int(counts.min())} test image(s); confident learning needs at least {min_per_class} per class")
+        return {"issues": None, "n": int(len(targets)), "why": why}
+    p = probs[:, present].astype(np.float64)
+    p /= p.sum(1, keepdims=True).clip(1e-12)
+    found = label_issues(p, y)
+    return {"issues": {"index": found["index"], "given": present[found["given"]],
+                       "suggested": present[found["suggested"]], "self_confidence": found["self_confidence"]},
+            "n": int(len(targets)), "why": ""}
+
+
 def label_sample(n: int, cap: int, seed: int) -> np.ndarray:
     """The images the label check reads: all of them, or a seeded sample of `cap` (sorted) when there are more:
     the cross-validated classifier's cost grows with the images."""

@@ -212,8 +212,9 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     agreement_file = att_files.pop(AGREEMENT, None)
     r = collect(model, inputs, att_files)
     r["robust"] = collect_robust(grouped, settings)
-    audit_file = grouped.get("data_audit", {}).get("audit")
-    r["data_audit"] = data_audit_section(audit_file, settings["data_audit"]["examples"]) if audit_file else None
+    audit_files = grouped.get("data_audit", {})
+    r["data_audit"] = data_audit_section(audit_files["audit"], settings["data_audit"]["examples"],
+                                         audit_files.get("probs")) if "audit" in audit_files else None
     ch_file = grouped.get("clever_hans", {}).get("results")
     r["clever_hans"] = clever_hans_section(ch_file) if ch_file else None
     reps, unit_files = grouped.get("representations", {}), grouped.get("units", {})
@@ -289,7 +290,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
             "near_duplicate_pairs": r["data_audit"]["meta"]["duplicates"]["pairs"],
             "by_split": r["data_audit"]["meta"]["duplicates"]["by_split"],
             "leaked_share": r["data_audit"]["meta"]["duplicates"]["leaked_share"],
-            "outliers": {k: v["count"] for k, v in r["data_audit"]["meta"]["outliers"].items()}},
+            "outliers": {k: v["count"] for k, v in r["data_audit"]["meta"]["outliers"].items()},
+            "label_issues_by_model": (r["data_audit"]["by_model"] or {}).get("count")},
         "clever_hans": None if r["clever_hans"] is None else {
             k: r["clever_hans"]["meta"][k] for k in ("n", "method", "grid", "n_classes_analysed", "flagged")} | {
             "strategies": {e["class"]: e.get("k") for e in r["clever_hans"]["meta"]["classes"]}},

@@ -173,9 +173,11 @@ def robust_section(rob: dict, names: list[str]) -> dict:
     return out
 
 
-def data_audit_section(path, examples: int) -> dict:
+def data_audit_section(path, examples: int, probs_path=None) -> dict:
     """The data audit's findings with examples: near-duplicate pairs (leaks across splits first), label-issue
-    candidates (given against suggested label), quality outliers per property."""
+    candidates (given against suggested label), the candidates the model's own test probabilities give, quality
+    outliers per property."""
+    from .data_audit import model_label_issues
     a = load_npz(path)
     meta, paths, splits, y = a["meta"], [str(p) for p in a["paths"]], a["splits"], a["labels"]
     classes = meta["classes"]
@@ -192,7 +194,20 @@ def data_audit_section(path, examples: int) -> dict:
         for i, g, s, c in list(zip(a["issue_index"], a["issue_given"], a["issue_suggested"], a["issue_self_confidence"]))[:examples]]
     outliers = {k: [{"image": thumb(int(i)), "split": str(splits[i])} for i in a[f"outlier_{k}"][:examples]]
                 for k in meta["outliers"]}
-    return {"meta": meta, "duplicates": duplicates, "issues": issues, "outliers": outliers}
+    by_model = None
+    if probs_path:
+        with np.load(probs_path, allow_pickle=False) as z:
+            found = model_label_issues(z["probs"], z["targets"])
+            test_paths, names = [str(p) for p in z["paths"]], [str(c) for c in z["class_names"]]
+        by_model = {"n": found["n"], "why": found["why"], "count": None, "examples": []}
+        if found["issues"] is not None:
+            f = found["issues"]
+            by_model["count"] = int(len(f["index"]))
+            by_model["examples"] = [
+                {"image": figures.png_uri(figures.thumbnail(test_paths[i]), 64), "given": names[g], "suggested": names[s],
+                 "confidence": float(c)}
+                for i, g, s, c in list(zip(f["index"], f["given"], f["suggested"], f["self_confidence"]))[:examples]]
+    return {"meta": meta, "duplicates": duplicates, "issues": issues, "outliers": outliers, "by_model": by_model}
 
 
 def clever_hans_section(path) -> dict:

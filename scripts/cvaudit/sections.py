@@ -44,7 +44,8 @@ def _models_on(config: dict, dataset: str) -> list[str]:
 def _data_audit(config, model):
     if not config["data_audit"]["enabled"]:
         return {}
-    return {"audit": f"results/data/{config['models'][model]['dataset']}/data_audit.npz"}
+    return {"audit": f"results/data/{config['models'][model]['dataset']}/data_audit.npz",
+            "probs": f"results/{model}/eval/probs.npz"}  # label issues by the model's own test probabilities
 
 
 def _clever_hans(config, model):
