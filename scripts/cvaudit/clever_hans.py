@@ -131,10 +131,13 @@ def analyse(net, x8: torch.Tensor, y: torch.Tensor, class_names: list[str], opti
                 cl["control_box"] = random_box(cl["box"], H, W, rng)
                 cl["control_paste"], cl["control_remove"], _ = flip_rates(net, x, c, source, members, others,
                                                                           cl["control_box"], batch)
+                k = options["examples"]  # the examples: the images whose prediction changed first
+                pick_p = np.argsort(ev["paste"] != c, kind="stable")[:k]
+                pick_r = np.argsort(ev["remove"] == c, kind="stable")[:k]
                 cl["evidence_row"] = len(arrays["evidence"])
-                arrays["evidence"].append(_evidence(x, x8, source, others, members, ev, options["examples"]))
-                cl["evidence_preds"] = {"paste": ev["paste"][:options["examples"]].tolist(),
-                                        "remove": ev["remove"][:options["examples"]].tolist()}
+                pasted, removed = ev["pasted"][torch.as_tensor(pick_p)], ev["removed"][torch.as_tensor(pick_r)]
+                arrays["evidence"].append(_evidence(x8, others[pick_p], pasted, members[pick_r], removed, k))
+                cl["evidence_preds"] = {"paste": ev["paste"][pick_p].tolist(), "remove": ev["remove"][pick_r].tolist()}
             entry["clusters"].append(cl)
     result["flagged"] = [{"class": e["class"], "cluster": cl["cluster"], "paste": cl["paste"], "remove": cl["remove"],
                           "control_paste": cl["control_paste"], "size": cl["size"], "box": cl["box"]}
@@ -143,14 +146,14 @@ def analyse(net, x8: torch.Tensor, y: torch.Tensor, class_names: list[str], opti
     return result, arrays
 
 
-def _evidence(x, x8, source, others, members, ev, k) -> np.ndarray:
+def _evidence(x8, others, pasted, members, removed, k) -> np.ndarray:
     """(4, k, H, W, 3) uint8: images of other classes before and after the paste, members before and after
     the removal (padded with zeros)."""
     to8 = lambda t: (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
-    H, W = x.shape[-2:]
+    H, W = x8.shape[-2:]
     out = np.zeros((4, k, H, W, 3), np.uint8)
-    for row, imgs in enumerate((x8[torch.as_tensor(others[:k])].permute(0, 2, 3, 1).numpy(), to8(ev["pasted"][:k]),
-                                x8[torch.as_tensor(members[:k])].permute(0, 2, 3, 1).numpy(), to8(ev["removed"][:k]))):
+    for row, imgs in enumerate((x8[torch.as_tensor(others)].permute(0, 2, 3, 1).numpy(), to8(pasted),
+                                x8[torch.as_tensor(members)].permute(0, 2, 3, 1).numpy(), to8(removed))):
         out[row, :len(imgs)] = imgs
     return out
 
