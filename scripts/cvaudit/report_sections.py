@@ -231,14 +231,11 @@ def clever_hans_section(path) -> dict:
             tile = figures.draw_box(figures.overlay(base, up), box_of(region, h, w), width=max(1, h // 56))
             item = {**cl, "map": figures.png_uri(tile, 96), "thumbs": [figures.png_uri(im, 48) for im in t]}
             if cl["flagged"]:
-                ev = a["evidence"][cl["evidence_row"]]
-                k = len(cl["evidence_preds"]["paste"])
+                ev = a["evidence"][cl["evidence_row"]]  # rows: before and after the paste, before and after the removal
                 boxed = lambda im, box=cl["box"]: figures.png_uri(figures.draw_box(im, box, width=1), 64)  # noqa: E731
-                item["evidence"] = {
-                    "paste": [{"before": boxed(ev[0, i]), "after": boxed(ev[1, i]), "pred": names[p]}
-                              for i, p in enumerate(cl["evidence_preds"]["paste"][:k])],
-                    "remove": [{"before": boxed(ev[2, i]), "after": boxed(ev[3, i]), "pred": names[p]}
-                               for i, p in enumerate(cl["evidence_preds"]["remove"])]}
+                item["evidence"] = {kind: [{"before": boxed(ev[row, i]), "after": boxed(ev[row + 1, i]), "pred": names[p]}
+                                           for i, p in enumerate(cl["evidence_preds"][kind])]
+                                    for kind, row in (("paste", 0), ("remove", 2))}
             clusters.append(item)
         rows.append({**e, "clusters": clusters})
     return {"meta": meta, "rows": rows}
