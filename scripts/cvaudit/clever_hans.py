@@ -104,6 +104,8 @@ def analyse(net, x8: torch.Tensor, y: torch.Tensor, class_names: list[str], opti
     arrays = {"cluster_maps": [], "cluster_class": [], "cluster_thumbs": [], "evidence": []}
     for c, name in enumerate(class_names):
         idx = np.flatnonzero(pn == c)
+        if not len(idx):  # a class no test image is predicted as (most of ImageNet's 1000 on a small set)
+            continue
         entry = {"class": name, "index": c, "n": int(len(idx)), "clusters": []}
         result["classes"].append(entry)
         if len(idx) < options["min_class_images"]:
