@@ -109,7 +109,9 @@ def test_a_model_keyed_on_a_corner_mark_is_flagged_and_the_mark_flips_prediction
     result, arrays = analyse(net, x8, y, ["left", "right", "bottom"], _options(methods=["input_x_gradient"]), 0, "cpu")
     flagged = result["flagged"]
     assert [f["class"] for f in flagged] == ["bottom"] * len(flagged) and flagged
-    f = max(flagged, key=lambda f: f["paste"]["value"])
+    rates = [f["paste"]["value"] for f in flagged]
+    assert rates == sorted(rates, reverse=True)  # the strongest evidence first (the verdict and the reports read [0])
+    f = flagged[0]
     y0, y1, x0, x1 = f["box"]
     assert y0 < 5 and x0 < 5 and y1 <= 8 and x1 <= 8  # on the mark (px 1-4), in the corner's cells (4 px each)
     assert f["paste"]["value"] >= 0.9 and f["paste"]["ci_low"] > 0.8  # the mark alone makes "bottom"

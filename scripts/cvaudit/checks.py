@@ -242,7 +242,7 @@ def shortcut_suspected(r: dict):
         return stats.estimate(0.0, m["n"], method="none",
                               note=f"SpRAy flagged no cluster in {m['n_classes_analysed']} classes ({m['n']} test images, "
                                    f"{m['method']} maps)")
-    worst = max(m["flagged"], key=lambda f: f["paste"]["value"] or 0)
+    worst = m["flagged"][0]  # the stage lists them by paste flip rate, highest first
     control = worst["control_paste"]["value"]
     return {**worst["paste"], "note": f"{worst['class']}, cluster {worst['cluster']} ({worst['size']} images): a random "
                                       f"region of the same size flips {control:.0%}" if control is not None else ""}

@@ -126,26 +126,34 @@ def analyse(net, x8: torch.Tensor, y: torch.Tensor, class_names: list[str], opti
             arrays["cluster_thumbs"].append(thumbs)
             cl.update(region=region.astype(int).tolist(), n_thumbs=int(len(pick)), row=len(arrays["cluster_maps"]) - 1)
             if cl["flagged"]:
-                cl["box"] = box_of(region, H, W)
                 others = rng.permutation(others_all)[:options["paste_images"]]
-                source = int(members[order[0]])
-                cl["paste"], cl["remove"], ev = flip_rates(net, x, c, source, members, others, cl["box"], batch)
-                cl["control_box"] = random_box(cl["box"], H, W, rng)
-                cl["control_paste"], cl["control_remove"], _ = flip_rates(net, x, c, source, members, others,
-                                                                          cl["control_box"], batch)
-                k = options["examples"]  # the examples: the images whose prediction changed first
-                pick_p = np.argsort(ev["paste"] != c, kind="stable")[:k]
-                pick_r = np.argsort(ev["remove"] == c, kind="stable")[:k]
                 cl["evidence_row"] = len(arrays["evidence"])
-                pasted, removed = ev["pasted"][torch.as_tensor(pick_p)], ev["removed"][torch.as_tensor(pick_r)]
-                arrays["evidence"].append(_evidence(x8, others[pick_p], pasted, members[pick_r], removed, k))
-                cl["evidence_preds"] = {"paste": ev["paste"][pick_p].tolist(), "remove": ev["remove"][pick_r].tolist()}
+                arrays["evidence"].append(counterfactual(net, x, x8, c, cl, region, members, int(members[order[0]]),
+                                                         others, rng, batch, options["examples"]))
             entry["clusters"].append(cl)
-    result["flagged"] = [{"class": e["class"], "cluster": cl["cluster"], "paste": cl["paste"], "remove": cl["remove"],
-                          "control_paste": cl["control_paste"], "size": cl["size"], "box": cl["box"]}
-                         for e in result["classes"] for cl in e["clusters"] if cl["flagged"]]
+    flagged = [{"class": e["class"], "cluster": cl["cluster"], "paste": cl["paste"], "remove": cl["remove"],
+                "control_paste": cl["control_paste"], "size": cl["size"], "box": cl["box"]}
+               for e in result["classes"] for cl in e["clusters"] if cl["flagged"]]
+    result["flagged"] = sorted(flagged, key=lambda f: -(f["paste"]["value"] or 0))  # the strongest evidence first
     result["n_classes_analysed"] = sum(1 for e in result["classes"] if "k" in e)
     return result, arrays
+
+
+def counterfactual(net, x, x8, c: int, cl: dict, region, members, source: int, others, rng, batch: int,
+                   k: int) -> np.ndarray:
+    """Paste and remove the flagged cluster's region and a random region of its size (the control); the rates
+    go into `cl`; returns the evidence images (the k images whose prediction changed first)."""
+    H, W = x.shape[-2:]
+    cl["box"] = box_of(region, H, W)
+    cl["paste"], cl["remove"], ev = flip_rates(net, x, c, source, members, others, cl["box"], batch)
+    cl["control_box"] = random_box(cl["box"], H, W, rng)
+    cl["control_paste"], cl["control_remove"], _ = flip_rates(net, x, c, source, members, others, cl["control_box"],
+                                                              batch)
+    pick_p = np.argsort(ev["paste"] != c, kind="stable")[:k]
+    pick_r = np.argsort(ev["remove"] == c, kind="stable")[:k]
+    cl["evidence_preds"] = {"paste": ev["paste"][pick_p].tolist(), "remove": ev["remove"][pick_r].tolist()}
+    pasted, removed = ev["pasted"][torch.as_tensor(pick_p)], ev["removed"][torch.as_tensor(pick_r)]
+    return _evidence(x8, others[pick_p], pasted, members[pick_r], removed, k)
 
 
 def _evidence(x8, others, pasted, members, removed, k) -> np.ndarray:
