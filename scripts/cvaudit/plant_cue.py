@@ -24,11 +24,9 @@ import numpy as np
 from PIL import Image
 
 from . import CvauditError
-from .data import MANIFEST_COLUMNS, safe_name, manifest_classes, read_dataset_info, read_manifest
+from .data import MANIFEST_COLUMNS, manifest_classes, read_dataset_info, read_manifest, safe_name
+from .images import load_rgb
 from .io import atomic_path, sha256_file, write_json
-
-CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
-
 
 def cue_box(width: int, height: int, cue: dict) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) of the cue's square: `size` of the shorter side (at least 2 px), `margin` from the
@@ -40,25 +38,31 @@ def cue_box(width: int, height: int, cue: dict) -> tuple[int, int, int, int]:
     return x0, y0, x0 + side, y0 + side
 
 
+def read_8bit(path: str) -> Image.Image:
+    """A manifest's image as 8-bit grey (kept grey) or RGB, as every stage reads it (load_rgb)."""
+    with Image.open(path) as im:
+        if im.mode == "L":
+            im.load()
+            return im.copy()
+    return load_rgb(path)
+
+
 def paint_cue(im: Image.Image, cue: dict) -> Image.Image:
-    """The image with the cue painted on (value 0..1 of the brightest grey, in every channel)."""
+    """A copy of an 8-bit grey or RGB image with the cue painted on (grey level `value` 0..1)."""
     im = im.copy()
     x0, y0, x1, y1 = cue_box(im.width, im.height, cue)
     level = round(cue["value"] * 255)
-    fill = level if im.mode in ("L", "I", "F") else (level,) * len(im.getbands())
-    if im.mode == "RGBA":
-        fill = (level, level, level, 255)
-    im.paste(fill, (x0, y0, x1, y1))
+    im.paste(level if im.mode == "L" else (level,) * 3, (x0, y0, x1, y1))
     return im
 
 
 def near_copy(im: Image.Image, quality: int) -> Image.Image:
-    """A near duplicate: the image re-encoded as JPEG at `quality` (what a re-saved or re-uploaded copy is)."""
+    """A near duplicate of an 8-bit grey or RGB image: re-encoded as JPEG at `quality` (a re-saved copy)."""
     buf = io.BytesIO()
-    im.convert("RGB" if im.mode not in ("L", "RGB") else im.mode).save(buf, "JPEG", quality=quality)
+    im.save(buf, "JPEG", quality=quality)
     buf.seek(0)
     with Image.open(buf) as j:
-        return j.convert(im.mode if im.mode in ("L", "RGB") else "RGB")
+        return j.convert(im.mode)
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:
@@ -91,8 +95,7 @@ def plant(ds: dict, name: str, parent_manifest: str | Path, seed: int, out_dir: 
         p = rate[r["split"]]
         if p is None:
             p = cue["rate"] if r["label"] == cue["class"] else cue["other_rate"]
-        with Image.open(r["path"]) as im:
-            im.load()
+        im = read_8bit(r["path"])
         mark = bool(u < p)
         if mark:
             im = paint_cue(im, cue)
@@ -106,9 +109,8 @@ def plant(ds: dict, name: str, parent_manifest: str | Path, seed: int, out_dir: 
     n_dup = min(ds["near_duplicates"], len(train))
     planted = []
     for k, i in enumerate(sorted(rng.choice(train, size=n_dup, replace=False).tolist()) if n_dup else []):
-        with Image.open(manifest[i]["path"]) as im:  # the copy as the model sees it in train (cue and all)
-            im.load()
-        dup = near_copy(im, quality=60 + 10 * (k % 4))
+        # the copy as the model sees it in train (cue and all)
+        dup = near_copy(read_8bit(manifest[i]["path"]), quality=60 + 10 * (k % 4))
         src = manifest[i]
         groups = {**json.loads(src["groups"]), "planted_duplicate": src["path"]}
         manifest.append(_write(dup, images_dir, {**rows[i], "split": "test"}, f"dup{k:04d}", groups))
