@@ -244,8 +244,8 @@ def shortcut_suspected(r: dict):
                                    f"{m['method']} maps)")
     worst = m["flagged"][0]  # the stage lists them by paste flip rate, highest first
     control = worst["control_paste"]["value"]
-    return {**worst["paste"], "note": f"{worst['class']}, cluster {worst['cluster']} ({worst['size']} images): a random "
-                                      f"region of the same size flips {control:.0%}" if control is not None else ""}
+    versus = "no image to paste into" if control is None else f"a random region of the same size flips {control:.0%}"
+    return {**worst["paste"], "note": f"{worst['class']}, cluster {worst['cluster']} ({worst['size']} images): {versus}"}
 
 
 register(Check("shortcut_suspected", "Clever-Hans shortcut", "explanations at scale", False,
