@@ -6,7 +6,7 @@ from cvaudit.config import shards
 from cvaudit.fingerprint import write_fingerprint
 from cvaudit.registry import ATTACKS, FAMILIES, FLOOR_METHOD, METHODS
 from cvaudit.runlog import name_keys
-from cvaudit.sections import is_ensemble, report_inputs, trained_here
+from cvaudit.sections import embedding_duplicates_on, is_ensemble, report_inputs, trained_here
 
 
 # Every configured attribution method, plus a random map: the floor of the faithfulness checks.
@@ -92,6 +92,8 @@ def benchmark_files(model):
         files["clever_hans"] = bench("clever_hans", model)
     if rep["enabled"]:
         files["represent"] = bench("represent", model)
+        if embedding_duplicates_on(config):
+            files["embedding_duplicates"] = bench("embedding_duplicates", model)
         if not is_ensemble(config, model):  # an ensemble has no units or layers of its own
             files["inspect_units"] = bench("inspect_units", model)
             if rep["ascent"]["enabled"]:

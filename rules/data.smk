@@ -81,7 +81,7 @@ rule data_audit:
     output:
         audit="results/data/{dataset}/data_audit.npz",
     params:
-        options=config["data_audit"],
+        options={k: v for k, v in config["data_audit"].items() if k != "embedding"},  # a model's job, not this one
         seed=config["seed"],
     resources:
         mem_mb=4000,

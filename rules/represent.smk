@@ -27,6 +27,33 @@ rule represent:
         "../scripts/represent.py"
 
 
+
+rule embedding_duplicates:
+    input:
+        model="results/{model}/model.safetensors",
+        manifest=manifest_of,
+        embeddings="results/{model}/represent/embeddings.npz",
+        audit=lambda w: f"results/data/{dataset_of(w.model)}/data_audit.npz",
+    output:
+        duplicates="results/{model}/represent/duplicates.npz",
+    params:
+        options=config["data_audit"]["embedding"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=6000,
+        runtime=60,
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/embedding_duplicates/{model}.log",
+    benchmark:
+        "benchmarks/embedding_duplicates/{model}.tsv"
+    script:
+        "../scripts/embedding_duplicates.py"
+
 rule inspect_units:
     input:
         model="results/{model}/model.safetensors",

@@ -147,7 +147,7 @@ def test_second_run_does_nothing_and_a_changed_image_reruns_its_chain(run):
     jobs = planned(run)
     # ingestion twice: the shifted set tiny_again reads the same folder
     assert jobs == {"ingest_dataset": 2, "fit_baseline": 1, "train_model": 2, "evaluate_model": 2, "explain": 22,
-                    "represent": 2, "inspect_units": 2, "visualise_ascent": 2, "compare_representations": 1,
+                    "represent": 2, "embedding_duplicates": 2, "inspect_units": 2, "visualise_ascent": 2, "compare_representations": 1,
                     "calibrate": 2, "invariance": 8, "adversarial": 6, "render_report": 2, "compare_models": 1,
                     "method_agreement": 2, "side_by_side": 1, "gate": 1, "gate_check": 1, "image_properties": 1,
                     "data_audit": 1, "clever_hans": 2, "slices": 2, "shape_texture": 2, "corruptions": 2, "layer_views": 2, "shift": 1,
@@ -203,7 +203,7 @@ def test_switches_add_and_remove_stages(tmp_path):
     cfg["clever_hans"] = {"enabled": False}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     jobs = planned(tmp_path)
-    assert not {"data_audit", "clever_hans", "shuffled_labels", "adversarial", "invariance", "calibrate", "represent", "inspect_units",
+    assert not {"data_audit", "embedding_duplicates", "clever_hans", "shuffled_labels", "adversarial", "invariance", "calibrate", "represent", "inspect_units",
                 "visualise_ascent", "compare_representations", "slices", "image_properties", "shape_texture",
                 "corruptions", "layer_views", "shift"} & set(jobs)
     assert jobs["render_report"] == 2
@@ -285,8 +285,15 @@ def test_the_data_audit_runs_once_per_dataset_and_leads_the_report(run):
         assert leak["status"] == "inconclusive" and leak["value"] == 0  # 0 of ~14: the interval reaches past 5%
         html = (run / "results" / m / "report" / "report.html").read_text()
         assert html.index('id="data_audit"') < html.index('id="training"')
+        emb = load_npz(run / "results" / m / "represent" / "duplicates.npz")["meta"]  # the model's own embedding
+        assert summary["data_audit"]["embedding_duplicates"]["n_test"] == emb["n_test"] == n_test
+        assert emb["n_reference"] == n - n_test and emb["why"] == ""
+        assert summary["data_audit"]["embedding_duplicates"]["pairs"] == emb["pairs"]
+        assert "Near duplicates in this model&#39;s embedding space" in html or "Near duplicates in this model's embedding space" in html
     compare = json.loads((run / "results" / "compare" / "summary.json").read_text())
     assert compare["data_audit"]["tiny"]["n"] == n
+    assert "embedding_duplicates" not in compare["data_audit"]["tiny"]  # it differs by model: listed per model
+    assert set(compare["embedding_duplicates"]) == set(MODELS)
     assert "The data each model was judged on" in (run / "results" / "compare" / "report.html").read_text()
 
 

@@ -220,14 +220,20 @@ register(Check("shape_bias", "Shape bias", "shape and texture", True,
                "one test image filled with the texture of another class's; Geirhos et al. 2019), Wilson interval.",
                shape_bias))
 def leakage(r: dict):
-    """The data audit's leaked share: test images with a near duplicate in the training or validation split."""
+    """The leaked share: test images with a near duplicate in the training or validation split, by the data
+    audit's pHash or (where it ran) the model's embedding neighbours, both confirmed on the pixels."""
     audit = r.get("data_audit")
-    return audit["meta"]["duplicates"]["leaked_share"] if audit else None
+    if not audit:
+        return None
+    found = (audit.get("embedding") or {}).get("meta", {}).get("leaked_share")
+    return found or audit["meta"]["duplicates"]["leaked_share"]
 
 
 register(Check("leakage", "Test images leaked from training", "data", False,
-               "Share of the test split with a near duplicate (pHash and pixels) in the training or validation split: "
-               "those images were seen in training, so every metric on them is inflated (Wilson interval).", leakage))
+               "Share of the test split with a near duplicate in the training or validation split (a perceptual hash, "
+               "and nearest neighbours in the model's embedding up to a mirror and a shift; both confirmed on the "
+               "pixels): those images were seen in training, so every metric on them is inflated (Wilson interval).",
+               leakage))
 def shortcut_suspected(r: dict):
     """The highest paste flip rate among SpRAy's flagged clusters; 0 (a bare number, with its n and a note) when
     no cluster is flagged."""

@@ -281,9 +281,14 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
     mark_best(rows, correct)
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     data_audits = {}  # the data audit of each dataset, as its models' reports carry it (the same file)
+    embedding_leaks = {}  # and what each model's own embedding found beyond it (differs by model)
     for m, s in loaded.items():
         if s.get("data_audit"):
-            data_audits.setdefault(model_cfgs[m]["dataset"], s["data_audit"])
+            audit = dict(s["data_audit"])
+            found = audit.pop("embedding_duplicates", None)
+            data_audits.setdefault(model_cfgs[m]["dataset"], audit)
+            if found:
+                embedding_leaks[m] = {"dataset": model_cfgs[m]["dataset"], **found}
     consistency = error_consistencies(datasets, rows, correct, paths, settings.get("seed", 0))
     ensembles = ensembles_against_members(model_cfgs, correct, conf, paths, settings.get("seed", 0))
     cheating = shortcuts(loaded)
@@ -320,7 +325,7 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
                                                             "status": r["status"], **r["values"], "best": r["best"], "tie": r["tie"],
                                                             "intervals": r["intervals"],
                                                             "failed_stages": len(r["failed_stages"])} for r in rows},
-               "baselines": base, "ensembles": ensembles, "data_audit": data_audits,
+               "baselines": base, "ensembles": ensembles, "data_audit": data_audits, "embedding_duplicates": embedding_leaks,
                "clever_hans": {c["model"]: {k: c[k] for k in ("status", "cheats", "n", "method", "flagged")} for c in cheating},
                "error_consistency": {d: {k: c[k] for k in ("models", "pairs")} for d, c in consistency.items()},
                "cka_between_models": {d: {k: c[k] for k in ("models", "matrix")}
@@ -331,7 +336,8 @@ def render_comparison(summaries: dict, model_cfgs: dict, baselines: dict, compar
                                       for d, c in cka.items() if "failed" not in c and c["layer_pairs"]}}
     html = jinja_env(template).get_template(Path(template).name).render(
         title=settings["report"]["title"], rows=rows, columns=COLUMNS, checks=checks, datasets=datasets, base=base,
-        cka=cka, consistency=consistency, ensembles=ensembles, data_audits=data_audits, cheating=cheating, side=side,
+        cka=cka, consistency=consistency, ensembles=ensembles, data_audits=data_audits, embedding_leaks=embedding_leaks,
+        cheating=cheating, side=side,
         scatter=scatter, stage_runs=stage_runs, versions=package_versions(),
         labels={r["model"]: r["kind"] for r in rows}, css=Path(css).read_text(), settings=settings)
     write_text(out_html, html)

@@ -17,7 +17,7 @@ from .io import load_audit_set, load_npz, read_history, read_json, stage_failure
 from .sections import AGREEMENT, SECTIONS, by_section
 from .rendering import device_description, jinja_env, package_versions, read_benchmarks, write_pdf
 from .report_behaviour import corruptions_summary, layers_section, layers_summary, shape_texture_summary, slices_summary
-from .report_sections import (clever_hans_section, collect_robust, compare_section, data_audit_section,
+from .report_sections import (clever_hans_section, collect_robust, compare_section, data_audit_section, embedding_summary,
                               represent_section, robust_section, units_section)
 
 log = logging.getLogger("cvaudit.report")
@@ -214,7 +214,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     r["robust"] = collect_robust(grouped, settings)
     audit_files = grouped.get("data_audit", {})
     r["data_audit"] = data_audit_section(audit_files["audit"], settings["data_audit"]["examples"],
-                                         audit_files.get("probs")) if "audit" in audit_files else None
+                                         audit_files.get("probs"), audit_files.get("embedding")) \
+        if "audit" in audit_files else None
     ch_file = grouped.get("clever_hans", {}).get("results")
     r["clever_hans"] = clever_hans_section(ch_file) if ch_file else None
     reps, unit_files = grouped.get("representations", {}), grouped.get("units", {})
@@ -291,7 +292,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
             "by_split": r["data_audit"]["meta"]["duplicates"]["by_split"],
             "leaked_share": r["data_audit"]["meta"]["duplicates"]["leaked_share"],
             "outliers": {k: v["count"] for k, v in r["data_audit"]["meta"]["outliers"].items()},
-            "label_issues_by_model": (r["data_audit"]["by_model"] or {}).get("count")},
+            "label_issues_by_model": (r["data_audit"]["by_model"] or {}).get("count"),
+            "embedding_duplicates": embedding_summary(r["data_audit"]["embedding"])},
         "clever_hans": None if r["clever_hans"] is None else {
             k: r["clever_hans"]["meta"][k] for k in ("n", "method", "grid", "n_classes_analysed", "flagged")} | {
             "strategies": {e["class"]: e.get("k") for e in r["clever_hans"]["meta"]["classes"]}},

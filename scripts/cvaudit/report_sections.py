@@ -173,10 +173,10 @@ def robust_section(rob: dict, names: list[str]) -> dict:
     return out
 
 
-def data_audit_section(path, examples: int, probs_path=None) -> dict:
+def data_audit_section(path, examples: int, probs_path=None, embedding_path=None) -> dict:
     """The data audit's findings with examples: near-duplicate pairs (leaks across splits first), label-issue
     candidates (given against suggested label), the candidates the model's own test probabilities give, quality
-    outliers per property."""
+    outliers per property, and the near duplicates the model's embedding found (what the pHash missed first)."""
     from .data_audit import model_label_issues
     a = load_npz(path)
     meta, paths, splits, y = a["meta"], [str(p) for p in a["paths"]], a["splits"], a["labels"]
@@ -207,7 +207,37 @@ def data_audit_section(path, examples: int, probs_path=None) -> dict:
                 {"image": figures.png_uri(figures.thumbnail(test_paths[i]), 64), "given": names[g], "suggested": names[s],
                  "confidence": float(c)}
                 for i, g, s, c in list(zip(f["index"], f["given"], f["suggested"], f["self_confidence"]))[:examples]]
-    return {"meta": meta, "duplicates": duplicates, "issues": issues, "outliers": outliers, "by_model": by_model}
+    embedding = None if embedding_path is None else embedding_pairs(embedding_path, paths, y, splits, classes, examples)
+    return {"meta": meta, "duplicates": duplicates, "issues": issues, "outliers": outliers, "by_model": by_model,
+            "embedding": embedding}
+
+
+def embedding_pairs(path, paths: list[str], y, splits, classes: list[str], examples: int) -> dict:
+    """The embedding_duplicates stage's findings, its pairs as thumbnails (test image, then its copy, the copy
+    mirrored and shifted as the pixel check matched it), with labels and splits from the data audit's table."""
+    e = load_npz(path)
+    where = {p: i for i, p in enumerate(paths)}
+    pairs = []
+    for k in range(min(examples, len(e.get("test_index", [])))):
+        a, b = str(e["test_paths"][e["test_index"][k]]), str(e["ref_paths"][e["ref_index"][k]])
+        ia, ib = where.get(a), where.get(b)
+        dy, dx = (int(v) for v in e["shift"][k])
+        pairs.append({"a": figures.png_uri(figures.thumbnail(a), 64), "b": figures.png_uri(figures.thumbnail(b), 64),
+                      "splits": f"test · {splits[ib] if ib is not None else '?'}",
+                      "labels": " · ".join(classes[y[i]] if i is not None else "?" for i in (ia, ib)),
+                      "how": ", ".join(filter(None, ["mirrored" if e["mirror"][k] else "",
+                                                     f"shifted {dy:+d}, {dx:+d} px" if dy or dx else ""])) or "as is",
+                      "difference": float(e["difference"][k]), "by_phash": bool(e["by_phash"][k])})
+    return {"meta": e["meta"], "pairs": pairs}
+
+
+def embedding_summary(embedding: dict | None) -> dict | None:
+    """summary.json's data_audit.embedding_duplicates: what the model's embedding found (null: not run)."""
+    if embedding is None:
+        return None
+    m = embedding["meta"]
+    return {k: m.get(k) for k in ("n_test", "n_reference", "reference_total", "neighbors", "pairs", "new_pairs",
+                                  "leaked", "leaked_only_by_embedding", "leaked_share", "why")}
 
 
 def clever_hans_section(path) -> dict:

@@ -44,8 +44,18 @@ def _models_on(config: dict, dataset: str) -> list[str]:
 def _data_audit(config, model):
     if not config["data_audit"]["enabled"]:
         return {}
-    return {"audit": f"results/data/{config['models'][model]['dataset']}/data_audit.npz",
-            "probs": f"results/{model}/eval/probs.npz"}  # label issues by the model's own test probabilities
+    files = {"audit": f"results/data/{config['models'][model]['dataset']}/data_audit.npz",
+             "probs": f"results/{model}/eval/probs.npz"}  # label issues by the model's own test probabilities
+    if embedding_duplicates_on(config):  # near duplicates in the model's own embedding space
+        files["embedding"] = f"results/{model}/represent/duplicates.npz"
+    return files
+
+
+def embedding_duplicates_on(config: dict) -> bool:
+    """The embedding_duplicates stage runs: the data audit and its embedding search are on, and the represent
+    stage gives the test images' embeddings."""
+    return bool(config["data_audit"]["enabled"] and config["data_audit"]["embedding"]["enabled"]
+                and config["represent"]["enabled"])
 
 
 def _clever_hans(config, model):

@@ -1,0 +1,164 @@
+"""The embedding_duplicates stage (one job per model): near duplicates across splits that the data audit's
+perceptual hash misses, found as nearest neighbours in the model's own embedding space.
+
+A model trained with flips and shifts maps a flipped or shifted copy of a training image next to it, where a
+pHash (and a pixel difference) sees another image; and a test image the model has effectively seen through
+its augmentation is a leak for that model. So, for every test image (the represent stage's penultimate
+embeddings), its `neighbors` nearest training and validation images (at most `max_reference`, a seeded sample
+beyond) by cosine distance of the centred embeddings (scikit-learn's brute-force search); each candidate pair
+is confirmed on the pixels as a person would: the mean absolute difference of the two grey images at
+size x size (or the images' own side when smaller; slightly blurred, so JPEG noise counts little), at the
+best of the image as it is or mirrored and shifted by up to `max_shift` of its side, compared where the two
+overlap, is at most `max_pixel_difference`. An embedding alone pairs distinct but similar images (Fashion-MNIST: a classifier
+maps most plain T-shirts together); the pixel check keeps only copies.
+
+Measured on Fashion-MNIST (tools/bench_embedding_duplicates.py): see the README's data-audit section."""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from . import stats
+from .data import load_rgb, read_manifest
+from .io import load_npz, save_npz
+
+log = logging.getLogger("cvaudit.embedding_duplicates")
+
+
+# ----------------------------------------------------------------------------- neighbours
+def unit_rows(x: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Rows centred on `centre` (the reference images' mean: a classifier's post-ReLU features share a large
+    common part that would make every pair look alike) and scaled to unit length."""
+    x = np.asarray(x, np.float32) - centre
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def nearest(queries: np.ndarray, reference: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest reference rows of every query by cosine distance (both centred on the reference's mean):
+    (indices, distances), nearest first."""
+    from sklearn.neighbors import NearestNeighbors
+    centre = np.asarray(reference, np.float32).mean(0)
+    ref = unit_rows(reference, centre)
+    search = NearestNeighbors(n_neighbors=min(k, len(ref)), metric="cosine", algorithm="brute").fit(ref)
+    dist, idx = search.kneighbors(unit_rows(queries, centre))
+    return idx, dist
+
+
+# ----------------------------------------------------------------------------- the pixel check
+def thumbnail(path, size: int, blur: float) -> np.ndarray:
+    """The image as a person sees it (orientation, alpha, bit depth: load_rgb), grey at size x size in [0, 1],
+    blurred by a Gaussian of `blur` pixels."""
+    from PIL import Image
+    from scipy.ndimage import gaussian_filter
+    g = np.asarray(load_rgb(path).convert("L").resize((size, size), Image.BILINEAR), np.float32) / 255
+    return gaussian_filter(g, blur) if blur > 0 else g
+
+
+def aligned_difference(a: np.ndarray, b: np.ndarray, max_shift: int, chunk: int = 4096) -> dict:
+    """For pairs of grey images a[i], b[i] (n, s, s): the smallest mean absolute difference over b as it is
+    or mirrored left to right, shifted by up to max_shift pixels each way, on the region where the two overlap;
+    with the mirror (0/1) and the shift (dy, dx) that gave it."""
+    n, s = len(a), a.shape[-1]
+    best = np.full(n, np.inf, np.float32)
+    how = np.zeros((n, 3), np.int64)
+    for lo in range(0, n, chunk):
+        x, y = a[lo:lo + chunk], b[lo:lo + chunk]
+        for mirror, yy in ((0, y), (1, y[:, :, ::-1])):
+            for dy in range(-max_shift, max_shift + 1):
+                for dx in range(-max_shift, max_shift + 1):
+                    d = np.abs(x[:, max(dy, 0):s + min(dy, 0), max(dx, 0):s + min(dx, 0)]
+                               - yy[:, max(-dy, 0):s + min(-dy, 0), max(-dx, 0):s + min(-dx, 0)]).mean((1, 2))
+                    better = d < best[lo:lo + chunk]
+                    best[lo:lo + chunk][better] = d[better]
+                    how[lo:lo + chunk][better] = (mirror, dy, dx)
+    return {"difference": best, "mirror": how[:, 0], "shift": how[:, 1:]}
+
+
+# ----------------------------------------------------------------------------- the stage
+def reference_rows(manifest, cap: int, seed: int) -> tuple[list[dict], int]:
+    """The training and validation images the test images are searched against: all of them, or a seeded
+    sample of `cap` (in manifest order); with how many there are."""
+    rows = [r for r in read_manifest(manifest) if r["split"] in ("train", "val")]
+    if len(rows) <= cap:
+        return rows, len(rows)
+    keep = np.sort(np.random.default_rng(seed).choice(len(rows), cap, replace=False))
+    return [rows[i] for i in keep], len(rows)
+
+
+def compare_side(paths: list[str], size: int) -> int:
+    """The side the pixel check compares at: `size`, or the images' own (the median shorter side of `paths`,
+    read from the headers) when smaller. Never upsampled: a shift of whole pixels in a 28 px garment is a
+    fraction of a pixel at 32, which resampling blurs into a difference (Fashion-MNIST, shifted by 2 px:
+    78% confirmed at 28, 42% at 32)."""
+    from PIL import Image
+    sides = []
+    for p in paths:
+        with Image.open(p) as im:
+            sides.append(min(im.size))
+    return int(min(size, np.median(sides))) if sides else size
+
+
+def confirm(test_paths: list[str], ref_paths: list[str], idx: np.ndarray, options: dict) -> dict:
+    """The pixel check of every candidate pair (test i, its neighbours idx[i]); each image read once."""
+    size, blur = compare_side(test_paths, options["size"]), options["blur"]
+    thumbs_test = np.stack([thumbnail(p, size, blur) for p in test_paths])
+    used = np.unique(idx)
+    thumbs_ref = np.zeros((len(ref_paths), size, size), np.float32)
+    for j in used:
+        thumbs_ref[j] = thumbnail(ref_paths[j], size, blur)
+    qi = np.repeat(np.arange(len(test_paths)), idx.shape[1])
+    shift = int(round(options["max_shift"] * size))
+    return {"query": qi, "side": size, **aligned_difference(thumbs_test[qi], thumbs_ref[idx.ravel()], shift)}
+
+
+def leaked_test_paths(audit_path) -> tuple[set[str], set[tuple[str, str]]]:
+    """The data audit's leaked test images and its pairs (as paths), to tell what the embedding adds."""
+    a = load_npz(audit_path)
+    paths = [str(p) for p in a["paths"]]
+    return {paths[i] for i in a["leaked"]}, {frozenset((paths[i], paths[j])) for i, j, _ in a["pairs"]}
+
+
+def run_embedding_duplicates(model_path, manifest, embeddings, audit, options: dict, seed: int, device: str,
+                             threads: int, out) -> dict:
+    from .pixels import start_stage
+    from .represent import stream_features
+    t0 = time.time()
+    emb = load_npz(embeddings)
+    test_paths = [str(p) for p in emb["paths"]]
+    refs, total = reference_rows(manifest, options["max_reference"], seed)
+    meta = {"n_test": len(test_paths), "n_reference": len(refs), "reference_total": total,
+            "neighbors": options["neighbors"], "options": options, "why": ""}
+    arrays = {"test_paths": np.array(test_paths), "ref_paths": np.array([r["path"] for r in refs])}
+    phash_leaked, phash_pairs = leaked_test_paths(audit)
+    if not refs or not test_paths:
+        meta.update(why="the dataset has no training or validation image" if not refs else "the test split is empty",
+                    pairs=0, new_pairs=0, leaked=None, leaked_share=None, seconds=round(time.time() - t0, 2))
+        save_npz(out, meta, **arrays)
+        log.info("embedding duplicates not searched: %s", meta["why"])
+        return meta
+    model, spec, dev = start_stage(model_path, seed, device, threads)
+    log.info("embedding %d training/validation images (of %d) to search %d test images' %d nearest",
+             len(refs), total, len(test_paths), options["neighbors"])
+    ref_emb = stream_features(model, refs, spec, dev)["embeddings"]
+    idx, dist = nearest(emb["embeddings"], ref_emb, options["neighbors"])
+    log.info("confirming %d candidate pairs on the pixels", idx.size)
+    c = confirm(test_paths, arrays["ref_paths"].tolist(), idx, options)
+    ok = c["difference"] <= options["max_pixel_difference"]
+    q, r = c["query"][ok], idx.ravel()[ok]
+    known = np.array([frozenset((test_paths[i], refs[j]["path"])) in phash_pairs for i, j in zip(q, r)], bool)
+    found = {test_paths[i] for i in q}
+    leaked = found | (phash_leaked & set(test_paths))
+    meta.update(pairs=int(ok.sum()), new_pairs=int((~known).sum()), leaked_by_embedding=len(found),
+                leaked_only_by_embedding=len(found - phash_leaked), leaked=len(leaked),
+                leaked_share=stats.proportion(len(leaked), len(test_paths)),
+                candidates_per_image=int(idx.shape[1]), side=c["side"], seconds=round(time.time() - t0, 2))
+    order = np.lexsort((c["difference"][ok], known))  # what only the embedding found first, closest first
+    save_npz(out, meta, **arrays, test_index=q[order], ref_index=r[order], by_phash=known[order],
+             difference=c["difference"][ok][order], mirror=c["mirror"][ok][order], shift=c["shift"][ok][order],
+             distance=dist.ravel()[ok][order].astype(np.float32),
+             leaked_index=np.flatnonzero([p in leaked for p in test_paths]))
+    log.info("embedding duplicates: %d pairs confirmed (%d the pHash missed); %d test images leaked in all (%.1fs)",
+             meta["pairs"], meta["new_pairs"], meta["leaked"], meta["seconds"])
+    return meta

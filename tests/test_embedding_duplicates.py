@@ -1,0 +1,137 @@
+"""Near duplicates in a model's embedding space (the embedding_duplicates stage): the pixel check recovers a
+planted mirror and shift and refuses distinct garments; the stage, on real Fashion-MNIST files and a real
+CNN, finds every planted copy across splits (the mirrored and shifted ones the perceptual hash misses), marks
+which the hash found too, pairs nothing else, and feeds the leakage verdict."""
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cvaudit.embedding_duplicates import aligned_difference, compare_side, nearest, run_embedding_duplicates, thumbnail
+from cvaudit.models import save_model
+from test_data_audit import _fmnist, _reencoded
+from tiny_models import tiny_cnn
+
+OPTIONS = {"enabled": True, "neighbors": 10, "max_reference": 100000, "size": 32, "blur": 1.0, "max_shift": 0.1,
+           "max_pixel_difference": 0.0125}
+
+
+def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """a moved by (dy, dx) pixels, the uncovered border black (as a re-framed photo, not wrapped round)."""
+    out = np.zeros_like(a)
+    h, w = a.shape[:2]
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = a[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def test_the_pixel_check_recovers_a_mirror_and_a_shift_and_refuses_distinct_garments(tmp_path):
+    rgb, _ = _fmnist(40, seed=3)
+    grey = rgb[..., 0].astype(np.float32) / 255
+    copy = _shift(grey[0][:, ::-1], 2, -1)  # mirrored, then moved down 2 and left 1
+    r = aligned_difference(np.stack([copy, grey[1]]), np.stack([grey[0], grey[2]]), max_shift=3)
+    assert r["difference"][0] < 1e-6  # exact where they overlap
+    assert r["mirror"][0] == 1 and tuple(r["shift"][0]) == (2, -1)
+    assert r["difference"][1] > 0.05
+    # every pair of 40 distinct garments stays above the stage's threshold, at any mirror and shift
+    i, j = np.triu_indices(40, 1)
+    paths = [tmp_path / f"{k}.png" for k in range(len(rgb))]
+    for p, g in zip(paths, rgb):
+        Image.fromarray(g).save(p)
+    side = compare_side(paths, OPTIONS["size"])
+    assert side == 28 and compare_side(paths, 16) == 16  # the images' own side, never upsampled to 32
+    thumbs = np.stack([thumbnail(p, side, OPTIONS["blur"]) for p in paths])
+    d = aligned_difference(thumbs[i], thumbs[j], max_shift=3)["difference"]
+    assert d.min() > OPTIONS["max_pixel_difference"], d.min()
+
+
+def test_nearest_finds_each_querys_source_after_centring():
+    rng = np.random.default_rng(0)
+    common = rng.normal(size=64) * 50  # a large part every row shares, as post-ReLU features do
+    ref = common + rng.normal(size=(300, 64))
+    pick = rng.choice(300, 20, replace=False)
+    idx, dist = nearest(ref[pick] + 0.05 * rng.normal(size=(20, 64)), ref, k=3)
+    assert (idx[:, 0] == pick).all()
+    assert (np.diff(dist, axis=1) >= 0).all() and dist[:, 0].max() < 0.01
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """160 training and 40 test Fashion-MNIST files plus four copies of training images in test: two re-encoded
+    as JPEG (the data audit's pHash finds them), two mirrored and shifted (it does not); a CNN saved as the
+    workflow saves one; the data audit run on it."""
+    from cvaudit.data_audit import run_data_audit
+    tmp = tmp_path_factory.mktemp("embdup")
+    rgb, labels = _fmnist(200, seed=5)
+    names = [str(c) for c in range(10)]
+    rows = []
+    for k, (im, y) in enumerate(zip(rgb, labels)):
+        p = tmp / f"img{k:03d}.png"
+        Image.fromarray(im).save(p)
+        rows.append({"path": str(p), "label": names[y], "split": "train" if k < 160 else "test"})
+    copies = {0: _reencoded(rgb[0], 28, 70), 1: _reencoded(rgb[1], 28, 80),
+              2: _shift(rgb[2][:, ::-1], 1, 2), 3: _shift(rgb[3][:, ::-1], -2, 0)}
+    for k, im in copies.items():
+        p = tmp / f"copy{k}.png"
+        Image.fromarray(im).save(p)
+        rows.append({"path": str(p), "label": names[labels[k]], "split": "test"})
+    manifest = tmp / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, ["path", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    run_data_audit(manifest, {"size": 16, "max_distance": 8, "max_pixel_difference": 0.02, "max_label_images": 1000,
+                              "folds": 3, "outlier_z": 5.0}, seed=0, out=tmp / "audit.npz")
+    model, spec = tiny_cnn(seed=0, channels=(16, 32), class_names=names)
+    save_model(model, spec, tmp / "model.safetensors")
+    from cvaudit.represent import run_represent
+    run_represent(tmp / "model.safetensors", manifest, {"k": 3, "layers": 2, "cka_images": 10}, 0, "cpu", 1,
+                  tmp / "embeddings.npz")
+    return tmp, rows
+
+
+def test_the_stage_finds_every_planted_copy_and_nothing_else(planted):
+    from cvaudit.io import load_npz
+    tmp, rows = planted
+    meta = run_embedding_duplicates(tmp / "model.safetensors", tmp / "manifest.csv", tmp / "embeddings.npz",
+                                    tmp / "audit.npz", OPTIONS, 0, "cpu", 1, tmp / "dup.npz")
+    e = load_npz(tmp / "dup.npz")
+    found = {(str(e["test_paths"][i]).rsplit("/", 1)[-1], str(e["ref_paths"][j]).rsplit("/", 1)[-1]): bool(h)
+             for i, j, h in zip(e["test_index"], e["ref_index"], e["by_phash"])}
+    assert found == {("copy0.png", "img000.png"): True, ("copy1.png", "img001.png"): True,
+                     ("copy2.png", "img002.png"): False, ("copy3.png", "img003.png"): False}
+    assert meta["pairs"] == 4 and meta["new_pairs"] == 2 and meta["leaked_only_by_embedding"] == 2
+    assert meta["leaked"] == 4 and meta["n_test"] == 44 and meta["n_reference"] == 160
+    assert meta["leaked_share"]["value"] == pytest.approx(4 / 44)
+    assert e["mirror"][~e["by_phash"]].all()
+    # what only the embedding found comes first (the report shows it first)
+    assert not e["by_phash"][:2].any() and e["by_phash"][2:].all()
+
+
+def test_the_leakage_verdict_counts_the_embeddings_finds(planted):
+    from cvaudit.checks import leakage
+    from cvaudit.io import load_npz
+    from cvaudit.report_sections import data_audit_section
+    tmp, _ = planted
+    run_embedding_duplicates(tmp / "model.safetensors", tmp / "manifest.csv", tmp / "embeddings.npz",
+                             tmp / "audit.npz", OPTIONS, 0, "cpu", 1, tmp / "dup2.npz")
+    without = data_audit_section(tmp / "audit.npz", 4)
+    with_emb = data_audit_section(tmp / "audit.npz", 4, embedding_path=tmp / "dup2.npz")
+    assert leakage({"data_audit": without})["value"] == pytest.approx(2 / 44)  # the pHash's two
+    assert leakage({"data_audit": with_emb})["value"] == pytest.approx(4 / 44)
+    shown = with_emb["embedding"]["pairs"]
+    assert [p["by_phash"] for p in shown] == [False, False, True, True]
+    assert shown[0]["how"].startswith("mirrored") and shown[0]["splits"] == "test · train"
+    assert load_npz(tmp / "audit.npz")["meta"]["leaked"] == 2
+
+
+def test_nothing_to_search_is_said_not_scored(planted, tmp_path):
+    tmp, rows = planted
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, ["path", "label", "split"])
+        w.writeheader()
+        w.writerows([r for r in rows if r["split"] == "test"])
+    meta = run_embedding_duplicates(tmp / "model.safetensors", manifest, tmp / "embeddings.npz", tmp / "audit.npz",
+                                    OPTIONS, 0, "cpu", 1, tmp_path / "dup.npz")
+    assert meta["why"] == "the dataset has no training or validation image" and meta["leaked_share"] is None
