@@ -1,7 +1,8 @@
 """The demo's planted shortcut, end to end: the demo's two CNNs (cnn_fmnist and cnn_fmnist_shortcut, trained as
 config/config.yaml trains them) through the workflow with only the stages this needs. The audit must flag the
 shortcut model on its own (SpRAy flags a Shirt cluster at the marked corner, the counterfactual confirms it, the
-verdict fails) and must not flag the clean model; the data audit must find the planted leaks. A few minutes:
+verdict fails) and must not flag the clean model; the data audit (the hash, and the model's embedding) must find
+the planted leaks. A few minutes:
 two trainings of about a minute each on a 2-core CPU."""
 import json
 
@@ -24,7 +25,7 @@ def demo_pair(tmp_path_factory):
     cfg["models"] = {m: {**cfg["models"][m], "shift_sets": []} for m in MODELS}
     cfg["report"] = {"pdf": False}
     cfg["explain"]["methods"] = ["gradcam"]  # the stages a report needs, and Clever Hans
-    cfg["represent"] = {"enabled": False}
+    cfg["represent"] = {"enabled": True, "ascent": {"enabled": False}, "layer_views": {"enabled": False}}  # embeddings
     cfg["robustness"] = {"enabled": False}
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     smk(work, "--configfile", str(work / "config.yaml"))  # every report and the comparison
@@ -60,6 +61,10 @@ def test_the_planted_copy_and_its_leaks(demo_pair):
     leaked = {paths[k] for i, j, _ in audit["pairs"] if {splits[i], splits[j]} == {"test", "train"}
               for k in (i, j) if splits[k] == "test"}
     assert len(planted) == 6 and planted <= leaked
+    # the shortcut model's own embedding finds them again (each confirmed on the pixels, the hash's pairs too)
+    emb = load_npz(demo_pair / "results/cnn_fmnist_shortcut/represent/duplicates.npz")
+    found = {str(emb["test_paths"][i]) for i, h in zip(emb["test_index"], emb["by_phash"]) if h}
+    assert planted <= found and emb["meta"]["side"] == 28
 
 
 def test_the_reports_lead_with_it_and_the_comparison_says_who_cheats(demo_pair):
