@@ -134,7 +134,8 @@ def run_embedding_duplicates(model_path, manifest, embeddings, audit, options: d
     phash_leaked, phash_pairs = leaked_test_paths(audit)
     if not refs or not test_paths:
         meta.update(why="the dataset has no training or validation image" if not refs else "the test split is empty",
-                    pairs=0, new_pairs=0, leaked=None, leaked_share=None, seconds=round(time.time() - t0, 2))
+                    pairs=0, new_pairs=0, leaked=None, leaked_by_embedding=None, leaked_only_by_embedding=None,
+                    leaked_share=None, candidates_per_image=0, side=None, seconds=round(time.time() - t0, 2))
         save_npz(out, meta, **arrays)
         log.info("embedding duplicates not searched: %s", meta["why"])
         return meta
