@@ -135,3 +135,16 @@ def test_nothing_to_search_is_said_not_scored(planted, tmp_path):
     meta = run_embedding_duplicates(tmp / "model.safetensors", manifest, tmp / "embeddings.npz", tmp / "audit.npz",
                                     OPTIONS, 0, "cpu", 1, tmp_path / "dup.npz")
     assert meta["why"] == "the dataset has no training or validation image" and meta["leaked_share"] is None
+
+
+def test_the_pixel_check_in_chunks_equals_it_at_once(planted):
+    from cvaudit.embedding_duplicates import confirm
+    _, rows = planted
+    test = [r["path"] for r in rows if r["split"] == "test"]
+    ref = [r["path"] for r in rows if r["split"] == "train"]
+    idx = np.random.default_rng(0).integers(0, len(ref), (len(test), 3))
+    idx[-4:, 0] = [0, 1, 2, 3]  # the copies' sources among the candidates
+    whole, parts = confirm(test, ref, idx, OPTIONS), confirm(test, ref, idx, OPTIONS, chunk=7)
+    for k in ("difference", "mirror", "shift", "query"):
+        np.testing.assert_array_equal(whole[k], parts[k])
+    assert whole["side"] == 28 and (whole["difference"].reshape(-1, 3)[-4:, 0] <= OPTIONS["max_pixel_difference"]).all()

@@ -56,23 +56,21 @@ def thumbnail(path, size: int, blur: float) -> np.ndarray:
     return gaussian_filter(g, blur) if blur > 0 else g
 
 
-def aligned_difference(a: np.ndarray, b: np.ndarray, max_shift: int, chunk: int = 4096) -> dict:
+def aligned_difference(a: np.ndarray, b: np.ndarray, max_shift: int) -> dict:
     """For pairs of grey images a[i], b[i] (n, s, s): the smallest mean absolute difference over b as it is
     or mirrored left to right, shifted by up to max_shift pixels each way, on the region where the two overlap;
     with the mirror (0/1) and the shift (dy, dx) that gave it."""
     n, s = len(a), a.shape[-1]
     best = np.full(n, np.inf, np.float32)
     how = np.zeros((n, 3), np.int64)
-    for lo in range(0, n, chunk):
-        x, y = a[lo:lo + chunk], b[lo:lo + chunk]
-        for mirror, yy in ((0, y), (1, y[:, :, ::-1])):
-            for dy in range(-max_shift, max_shift + 1):
-                for dx in range(-max_shift, max_shift + 1):
-                    d = np.abs(x[:, max(dy, 0):s + min(dy, 0), max(dx, 0):s + min(dx, 0)]
-                               - yy[:, max(-dy, 0):s + min(-dy, 0), max(-dx, 0):s + min(-dx, 0)]).mean((1, 2))
-                    better = d < best[lo:lo + chunk]
-                    best[lo:lo + chunk][better] = d[better]
-                    how[lo:lo + chunk][better] = (mirror, dy, dx)
+    for mirror, bb in ((0, b), (1, b[:, :, ::-1])):
+        for dy in range(-max_shift, max_shift + 1):
+            for dx in range(-max_shift, max_shift + 1):
+                d = np.abs(a[:, max(dy, 0):s + min(dy, 0), max(dx, 0):s + min(dx, 0)]
+                           - bb[:, max(-dy, 0):s + min(-dy, 0), max(-dx, 0):s + min(-dx, 0)]).mean((1, 2))
+                better = d < best
+                best[better] = d[better]
+                how[better] = (mirror, dy, dx)
     return {"difference": best, "mirror": how[:, 0], "shift": how[:, 1:]}
 
 
@@ -100,17 +98,19 @@ def compare_side(paths: list[str], size: int) -> int:
     return int(min(size, np.median(sides))) if sides else size
 
 
-def confirm(test_paths: list[str], ref_paths: list[str], idx: np.ndarray, options: dict) -> dict:
-    """The pixel check of every candidate pair (test i, its neighbours idx[i]); each image read once."""
+def confirm(test_paths: list[str], ref_paths: list[str], idx: np.ndarray, options: dict, chunk: int = 4096) -> dict:
+    """The pixel check of every candidate pair (test i, its neighbours idx[i]). Each image is read once, the
+    candidates' only (4 KB each at 32 px); the pairs are compared a chunk at a time, so memory holds the
+    thumbnails, never a copy per pair."""
     size, blur = compare_side(test_paths, options["size"]), options["blur"]
     thumbs_test = np.stack([thumbnail(p, size, blur) for p in test_paths])
-    used = np.unique(idx)
-    thumbs_ref = np.zeros((len(ref_paths), size, size), np.float32)
-    for j in used:
-        thumbs_ref[j] = thumbnail(ref_paths[j], size, blur)
-    qi = np.repeat(np.arange(len(test_paths)), idx.shape[1])
+    used, at = np.unique(idx, return_inverse=True)  # the candidates only, and where each pair's sits among them
+    thumbs_ref = np.stack([thumbnail(ref_paths[j], size, blur) for j in used])
+    qi, ri = np.repeat(np.arange(len(test_paths)), idx.shape[1]), at.ravel()
     shift = int(round(options["max_shift"] * size))
-    return {"query": qi, "side": size, **aligned_difference(thumbs_test[qi], thumbs_ref[idx.ravel()], shift)}
+    parts = [aligned_difference(thumbs_test[qi[lo:lo + chunk]], thumbs_ref[ri[lo:lo + chunk]], shift)
+             for lo in range(0, len(qi), chunk)]
+    return {"query": qi, "side": size, **{k: np.concatenate([p[k] for p in parts]) for k in parts[0]}}
 
 
 def leaked_test_paths(audit_path) -> tuple[set[str], set[tuple[str, str]]]:
