@@ -9,7 +9,7 @@ min_version("9.27")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from cvaudit import CvauditError
-from cvaudit.config import check_paths, resolve_paths, validate_config
+from cvaudit.config import canonical_order, check_paths, resolve_paths, validate_config
 
 
 # The demo config is the default. Only when no --configfile/--config is given: Snakemake would
@@ -36,6 +36,7 @@ try:
     validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
     resolve_paths(config, CONFIG_DIR)
     check_paths(config)  # before the DAG: existing results never stand in for a dataset that is gone
+    canonical_order(config)  # keys in another order, or a default written out, rerun nothing
 except CvauditError as e:
     raise ValueError(f"cvaudit: {e}") from None
 

@@ -64,6 +64,22 @@ def test_a_second_run_does_nothing(two):
     assert jobs(work) == set()
 
 
+def test_the_same_settings_in_another_order_or_with_a_default_written_out_rerun_nothing(two):
+    """Snakemake compares a rule's params by their repr: without the canonical order a config whose keys come
+    in another order (a hand edit, or a tool that writes YAML sorted) reruns every job."""
+    work, cfg = two
+
+    def backwards(x):
+        if isinstance(x, dict):
+            return {k: backwards(x[k]) for k in reversed(list(x))}
+        return [backwards(v) for v in x] if isinstance(x, list) else x
+    c = {k: ({n: backwards(v) for n, v in cfg[k].items()} if k in ("models", "datasets") else backwards(cfg[k]))
+         for k in cfg}
+    c["models"]["mlp_b"]["train"]["lr"] = 0.001  # the default, written out
+    (work / "reordered.yaml").write_text(yaml.safe_dump(c, sort_keys=False))
+    assert jobs(work, "reordered.yaml") == set()
+
+
 def test_touching_or_restoring_the_images_reruns_nothing(two):
     work, _ = two
     later = time.time() + 120

@@ -251,3 +251,20 @@ def check_paths(config: dict, base: str | Path = ".") -> None:
 def shards(n_images: int, shard_size: int) -> int:
     """Jobs a stage over at most n_images images is split into (0: not sharded)."""
     return 0 if shard_size <= 0 else max(1, -(-n_images // shard_size))
+
+
+ORDERED = ("models", "datasets")  # their order is the reports' order: kept as written
+
+
+def canonical_order(config: dict) -> None:
+    """Every setting's keys in sorted order, in place, after validation (which appends the defaults a config
+    leaves out). Snakemake's params trigger compares the repr of a rule's params, so otherwise a config whose
+    keys are merely in another order, or that writes out a default, would rerun every job that reads them.
+    The order of the models and of the datasets is kept (the reports list them so); lists are never reordered."""
+    def canon(x):
+        if isinstance(x, dict):
+            return {k: canon(x[k]) for k in sorted(x, key=str)}
+        return [canon(v) for v in x] if isinstance(x, list) else x
+    for key in list(config):
+        v = config[key]
+        config[key] = {n: canon(c) for n, c in v.items()} if key in ORDERED and isinstance(v, dict) else canon(v)
