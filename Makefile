@@ -9,11 +9,9 @@ setup:
 
 demo: setup
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going --configfile config/config.yaml
-	@echo "Reports: results/*/report/report.html (and .pdf)"
 
 vit: setup  # the second config: a small ViT from scratch beside the demo's CNN, and the two as an ensemble
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going --directory runs/vit --configfile config/vit.yaml
-	@echo "Reports: runs/vit/results/*/report/report.html; the ViT-CNN comparison: runs/vit/results/compare/report.html"
 
 test: setup
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/python -m pytest -ra

@@ -35,6 +35,7 @@ rule render_report:
             subcategory="{model}",
             labels={"model": "{model}", "file": "summary.json"},
         ),
+        evidence=directory("results/{model}/report/evidence"),
         pdf=report(
             "results/{model}/report/report.pdf",
             caption="../report/audit_report.rst",

@@ -6,7 +6,7 @@ def main(sm):
     render_report(sm.wildcards.model, inputs, sm.params.model_cfg, sm.params.dataset_cfg, sm.params.settings,
                   template=sm.input.template, css=sm.input.css, out_html=sm.output.html,
                   out_summary=sm.output.summary, out_pdf=sm.output.get("pdf") or None,
-                  benchmarks=sm.params.benchmarks)
+                  benchmarks=sm.params.benchmarks, out_evidence=sm.output.evidence)
 
 
 if __name__ == "__main__":

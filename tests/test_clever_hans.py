@@ -108,14 +108,16 @@ def test_a_model_keyed_on_a_corner_mark_is_flagged_and_the_mark_flips_prediction
     net, x8, y = _cue_world()
     result, arrays = analyse(net, x8, y, ["left", "right", "bottom"], _options(methods=["input_x_gradient"]), 0, "cpu")
     flagged = result["flagged"]
-    assert [f["class"] for f in flagged] == ["bottom"] * len(flagged) and flagged
-    rates = [f["paste"]["value"] for f in flagged]
-    assert rates == sorted(rates, reverse=True)  # the strongest evidence first (the verdict and the reports read [0])
-    f = flagged[0]
+    assert flagged and {f["class"] for f in flagged} == {"bottom"}
+    gains = [f["gain"]["value"] for f in flagged]
+    assert gains == sorted(gains, reverse=True)  # the strongest evidence first (the verdict and the reports read [0])
+    f = next(f for f in flagged if f["shape"] == "compact")
     y0, y1, x0, x1 = f["box"]
     assert y0 < 5 and x0 < 5 and y1 <= 8 and x1 <= 8  # on the mark (px 1-4), in the corner's cells (4 px each)
+    assert f["area"] == pytest.approx(np.array(f["region"]).mean())  # the cells' area, not a bounding box's
     assert f["paste"]["value"] >= 0.9 and f["paste"]["ci_low"] > 0.8  # the mark alone makes "bottom"
-    assert f["control_paste"]["value"] <= 0.05  # a random region of the same size does not
+    assert f["control_paste"]["value"] <= 0.05  # the same cells elsewhere do not
+    assert f["gain"]["ci_low"] > 0.7 and f["gain"]["n"] == f["paste"]["n"]  # paired: the same images
     # the marked images are real checkerboards: without the mark they stay "bottom". The paste rate says the mark
     # suffices; the remove rate says whether the class needs it (here not)
     assert f["remove"]["value"] <= 0.1
@@ -129,23 +131,144 @@ def test_the_same_world_without_the_shortcut_is_not_flagged():
     assert result["n_classes_analysed"] == 3
 
 
-def test_the_verdict_reads_the_highest_paste_flip_rate_and_passes_when_nothing_is_flagged():
+def test_the_verdict_reads_the_gain_over_the_control_and_passes_when_nothing_is_suspect():
     from cvaudit.checks import shortcut_suspected
     from cvaudit.judge import judge
     net, x8, y = _cue_world()
     cheat, _ = analyse(net, x8, y, ["left", "right", "bottom"], _options(methods=["input_x_gradient"]), 0, "cpu")
     est = shortcut_suspected({"clever_hans": {"meta": cheat}})
-    assert est["value"] >= 0.9 and judge(est, {"warn": 0.1, "fail": 0.3}, False) == "fail"
+    top = cheat["flagged"][0]
+    assert est["value"] == top["gain"]["value"] == pytest.approx(top["paste"]["value"] - top["control_paste"]["value"])
+    assert est["value"] >= 0.85 and judge(est, {"warn": 0.1, "fail": 0.3}, False) == "fail"
     net, x8, y = _cue_world(cue_weight=0.0)
     clean, _ = analyse(net, x8, y, ["left", "right", "bottom"], _options(methods=["input_x_gradient"]), 0, "cpu")
     est = shortcut_suspected({"clever_hans": {"meta": clean}})
-    assert est["value"] == 0 and "flagged no cluster" in est["note"]
+    assert est["value"] == 0 and "no suspect" in est["note"] and "edge strips" in est["note"]
     assert judge(est, {"warn": 0.1, "fail": 0.3}, False) == "pass"
     searched_nothing = {**clean, "n_classes_analysed": 0, "flagged": []}  # too few images in every class
     assert judge(shortcut_suspected({"clever_hans": {"meta": searched_nothing}}), {"warn": 0.1, "fail": 0.3}, False) == "n/a"
 
 
-def test_paste_remove_and_the_control_box():
+def test_a_clean_model_stays_clean_under_widened_region_settings():
+    """Settings a user widens to catch a mark along an edge make big regions suspect; the control moves the same
+    cells, so the clean model's gain stays small and the verdict passes."""
+    from cvaudit.checks import shortcut_suspected
+    from cvaudit.judge import judge
+    net, x8, y = _cue_world(cue_weight=0.0)
+    wide = _options(methods=["input_x_gradient"], max_area=0.5, max_object=0.9, min_member_share=0.2,
+                    min_enrichment=1.0, min_structure_share=0.05)
+    result, _ = analyse(net, x8, y, ["left", "right", "bottom"], wide, 0, "cpu")
+    assert result["flagged"]  # the widened settings do make suspects
+    est = shortcut_suspected({"clever_hans": {"meta": result}})
+    assert judge(est, {"warn": 0.1, "fail": 0.3}, False) == "pass", est
+
+
+def test_a_region_whose_control_flips_as_often_is_not_a_shortcut():
+    """A region so large that it holds the garment (what a bounding box of scattered cells becomes under widened
+    settings): pasting it turns every other image into the class, and so does the same region shifted (the
+    control). The gain is 0, the verdict passes, and its note says what the control did."""
+    from cvaudit.checks import shortcut_suspected
+    from cvaudit.clever_hans import judge_tests, region_test
+    from cvaudit.judge import judge
+    net, x8, y = _cue_world(cue_weight=0.0)
+    x = x8.float() / 255
+    big = np.zeros((S, S), bool)
+    big[2:30, 0:28] = True  # 77% of the image, the garment (6:26) inside
+    moved = np.zeros((S, S), bool)
+    moved[4:32, 4:32] = True
+    others = np.flatnonzero(y.numpy() != 2)
+    members = np.flatnonzero(y.numpy() == 2)[:10]
+    out = region_test(net, x, 2, int(members[0]), members, others, big, moved, 64)
+    finding = {"kind": "region", "class": "bottom", "cluster": 0, "size": 10, "shape": "compact", "area": float(big.mean())}
+    f = judge_tests([(finding, out, others, members)], x8, {"evidence": []}, _options(), 0)[0]
+    assert f["paste"]["value"] == 1.0 and f["controls"]["same cells elsewhere"] == 1.0
+    assert f["control"] == "same cells elsewhere" and f["gain"]["value"] == 0.0  # the stronger control is the one read
+    est = shortcut_suspected({"clever_hans": {"meta": {"n": len(x), "n_classes_analysed": 3, "flagged": [f]}}})
+    assert judge(est, {"warn": 0.1, "fail": 0.3}, False) == "pass"
+    assert "77% of the image" in est["note"] and "its control 100%" in est["note"]
+
+
+def _marked_world(mark: torch.Tensor, cue_weight: float, n_per_class=40, seed=0):
+    """The three-pattern world of _cue_world with another mark (a (3, S, S) 0/1 tensor) on 80% of class 2's images,
+    weighted cue_weight per unit brightness."""
+    g = torch.Generator().manual_seed(seed)
+    box = _mask(6, 26, 6, 26)
+    kinds = ["h", "v", "c"]
+    w = cue_weight * mark / float(mark[0].sum()) * 16  # as strong in all as the 4 x 4 corner mark
+    net = Linear([(_pattern(k) - 0.5) * box + (w if c == 2 else 0) for c, k in enumerate(kinds)]).eval()
+    xs, ys = [], []
+    for c, k in enumerate(kinds):
+        for i in range(n_per_class):
+            x = 0.05 + 0.03 * torch.rand(3, S, S, generator=g)
+            x = torch.where(box > 0, _pattern(k) * (0.6 + 0.4 * torch.rand(1, generator=g)) + 0.1, x)
+            if c == 2 and i < int(0.8 * n_per_class):
+                x = torch.where(mark > 0, torch.ones_like(x), x)
+            xs.append(x)
+            ys.append(c)
+    x8 = (torch.stack(xs).clamp(0, 1) * 255).round().to(torch.uint8)
+    return net, x8, torch.tensor(ys)
+
+
+def _line(edge: str) -> torch.Tensor:
+    m = torch.zeros(3, S, S)
+    {"top": lambda: m[:, 0, :].fill_(1), "bottom": lambda: m[:, -1, :].fill_(1),
+     "left": lambda: m[:, :, 0].fill_(1), "right": lambda: m[:, :, -1].fill_(1)}[edge]()
+    return m
+
+
+def _frame() -> torch.Tensor:
+    m = torch.ones(3, S, S)
+    m[:, 1:-1, 1:-1] = 0
+    return m
+
+
+@pytest.mark.parametrize("kind, mark, shapes", [
+    ("a line along the top edge", _line("top"), {"top edge", "compact"}),
+    ("a line along the right edge", _line("right"), {"right edge", "compact"}),
+    ("a frame round the border", _frame(), {"border", "top edge", "bottom edge", "left edge", "right edge", "compact"}),
+])
+def test_thin_marks_along_the_edges_fail_and_their_clean_twins_pass(kind, mark, shapes):
+    from cvaudit.checks import shortcut_suspected
+    from cvaudit.judge import judge
+    t = {"warn": 0.1, "fail": 0.3}
+    opts = _options(methods=["input_x_gradient"])
+    net, x8, y = _marked_world(mark, 10.0)
+    cheat, _ = analyse(net, x8, y, ["left", "right", "bottom"], opts, 0, "cpu")
+    assert cheat["flagged"] and cheat["flagged"][0]["shape"] in shapes, (kind, [f["shape"] for f in cheat["flagged"]])
+    assert judge(shortcut_suspected({"clever_hans": {"meta": cheat}}), t, False) == "fail", kind
+    net, x8, y = _marked_world(mark, 0.0)
+    clean, _ = analyse(net, x8, y, ["left", "right", "bottom"], opts, 0, "cpu")
+    assert judge(shortcut_suspected({"clever_hans": {"meta": clean}}), t, False) == "pass", kind
+
+
+def test_a_global_brightness_cue_is_found_from_the_training_images_and_its_clean_twin_passes():
+    """Class 2's training images are all brighter (+0.3). The cheating model adds the image's mean brightness to
+    class 2's logit; its twin ignores it. No map can point at a place: the property search must find it."""
+    from cvaudit.checks import shortcut_suspected
+    from cvaudit.judge import judge
+    t = {"warn": 0.1, "fail": 0.3}
+    opts = _options(methods=["input_x_gradient"])
+    for weight, want in ((0.05, "fail"), (0.0, "pass")):
+        net, x8, y = _cue_world(cue_weight=0.0, seed=1)
+        with torch.no_grad():  # the garments' evidence scaled down; class 2 adds the image's brightness over 0.25
+            net.fc.weight.mul_(0.1)
+            net.fc.weight[2] += weight
+            net.fc.bias[2] -= weight * 3 * S * S * 0.25
+        assert (net(x8.float() / 255).argmax(1) == y).all()
+        train8, ty = _cue_world(cue_weight=0.0, seed=2)[1:]
+        bright = (train8.float() + 0.3 * 255 * (ty == 2).float()[:, None, None, None]).clamp(0, 255).round().to(torch.uint8)
+        result, _ = analyse(net, x8, y, ["left", "right", "bottom"], opts, 0, "cpu", train=(bright, ty))
+        g = result["global"]
+        assert g["searched"] and any(s["class_index"] == "bottom" and s["property"] == "brightness" for s in g["suspects"])
+        status = judge(shortcut_suspected({"clever_hans": {"meta": result}}), t, False)
+        assert status == want, (weight, result["flagged"][:1])
+        if want == "fail":
+            f = result["flagged"][0]
+            assert f["kind"] == "property" and f["class"] == "bottom" and f["shape"] in ("brightness", "border")
+            assert f["control"] == "shifted the other way" and f["control_paste"]["value"] <= 0.05
+
+
+def test_paste_remove_and_the_control_region():
     x = torch.rand(4, 3, S, S)
     src = torch.ones(3, S, S)
     box = (2, 6, 3, 9)
@@ -154,6 +277,11 @@ def test_paste_remove_and_the_control_box():
     outside = torch.ones(S, S, dtype=torch.bool)
     outside[2:6, 3:9] = False
     assert torch.equal(p[..., outside], x[..., outside])
+    ring = np.ones((S, S), bool)
+    ring[1:-1, 1:-1] = False
+    q = paste(x, src, ring)  # a mask: only its pixels
+    assert torch.equal(q[..., torch.from_numpy(ring)], torch.ones(4, 3, int(ring.sum())))
+    assert torch.equal(q[..., 1:-1, 1:-1], x[..., 1:-1, 1:-1])
     flat = torch.full((1, 3, S, S), 0.2)
     flat[..., 2:6, 3:9] = 1.0  # a mark on a flat image: inpainting restores the flat grey
     r = remove(flat, box)
@@ -162,6 +290,26 @@ def test_paste_remove_and_the_control_box():
     for _ in range(20):
         a0, a1, b0, b1 = random_box(box, S, S, rng)
         assert (a1 - a0, b1 - b0) == (4, 6) and (a0 >= 6 or a1 <= 2 or b0 >= 9 or b1 <= 3)
+    from cvaudit.spray import control_region, structures
+    for name, region in structures(8).items():
+        for _ in range(10):
+            c = control_region(region, rng)
+            assert c.sum() == region.sum() and not (c & region).any(), name  # as many cells, none shared
+    top = structures(8)["top edge"]
+    c = control_region(top, rng)
+    assert c.sum(1).max() == 8  # a strip moves as a strip
+
+
+def test_pixel_masks_cut_the_grid_as_pooling_does():
+    from cvaudit.spray import pixel_mask
+    region = np.zeros((8, 8), bool)
+    region[0, :] = True
+    m = pixel_mask(region, 28, 28)
+    assert m[:4].all() and not m[4:].any()  # 28 / 8 = 3.5 px cells: the first row of cells covers rows 0-3
+    region[:] = False
+    region[0, 0] = region[7, 7] = True  # scattered cells stay scattered: no bounding box
+    m = pixel_mask(region, 32, 32)
+    assert m.sum() == 2 * 16 and m[0, 0] and m[31, 31] and not m[16, 16]
 
 
 def test_region_and_box_of_a_pooled_map():

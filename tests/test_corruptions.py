@@ -100,3 +100,37 @@ def test_the_schemas_corruption_list_is_the_modules():
     co = schema["properties"]["robustness"]["properties"]["corruptions"]["properties"]["corruptions"]
     assert co["items"]["enum"] == co["default"] == list(CORRUPTIONS)
     assert set(TABLES) == set(CORRUPTIONS) and all(len(t) == 5 for pair in TABLES.values() for t in pair)
+
+
+def _reference_function(name: str, offsets=None):
+    """imagecorruptions' own code of one corruption (its module no longer imports on this stack: scikit-image
+    dropped `multichannel`), run with scikit-image's gaussian under the new keyword and, given `offsets`, its
+    np.random.randint drawing those values in order."""
+    import ast
+    import importlib.util
+    import types
+    from pathlib import Path
+
+    from skimage.filters import gaussian as sk_gaussian
+    src = (Path(importlib.util.find_spec("imagecorruptions").submodule_search_locations[0]) / "corruptions.py").read_text()
+    fn = next(n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name == name)
+    draws = iter(offsets if offsets is not None else [])
+    fake_np = types.SimpleNamespace(**{k: getattr(np, k) for k in ("uint8", "array", "clip", "float32")})
+    fake_np.random = types.SimpleNamespace(randint=lambda lo, hi, size=None: next(draws))
+    ns = {"np": fake_np, "gaussian": lambda x, sigma, multichannel=True: sk_gaussian(x, sigma=sigma, channel_axis=-1)}
+    exec(compile(ast.Module([fn], []), "imagecorruptions/corruptions.py", "exec"), ns)
+    return ns[name]
+
+
+@pytest.mark.parametrize("severity", [1, 3, 5])
+def test_glass_blur_is_the_benchmarks_glass_blur(severity):
+    """The same offsets through imagecorruptions' own glass_blur (ImageNet-C's table: a 128 px photo) and its
+    final np.uint8: every pixel equal."""
+    img = _photo(128)
+    assert table(128) == "ImageNet-C"
+    mine = corrupt(img, "glass_blur", severity, np.random.default_rng(severity))
+    _, delta, iterations = TABLES["glass_blur"][0][severity - 1]
+    offsets = np.random.default_rng(severity).integers(-delta, delta, size=(iterations * (128 - 2 * delta) ** 2, 2))
+    ref = np.uint8(_reference_function("glass_blur", [tuple(o) for o in offsets])(Image.fromarray(img), severity))
+    assert np.array_equal(mine, ref)
+    assert (mine != img).any()

@@ -33,21 +33,26 @@ def demo_pair(tmp_path_factory):
 
 
 def test_the_shortcut_model_is_caught_and_the_clean_one_is_not(demo_pair):
+    import numpy as np
+
+    from cvaudit.checks import shortcut_suspected
+    from cvaudit.judge import judge
+    from cvaudit.spray import pixel_mask
     cheat = load_npz(demo_pair / "results/cnn_fmnist_shortcut/explain/clever_hans.npz")["meta"]
     clean = load_npz(demo_pair / "results/cnn_fmnist/explain/clever_hans.npz")["meta"]
     assert cheat["method"] == clean["method"] == "lrp"
-    assert clean["flagged"] == [] and clean["n_classes_analysed"] == 10
-    assert cheat["flagged"] and {f["class"] for f in cheat["flagged"]} == {"Shirt"}
-    f = max(cheat["flagged"], key=lambda f: f["paste"]["value"])
-    y0, y1, x0, x1 = f["box"]
-    assert y0 <= 1 and x0 <= 1 and y1 >= 5 and x1 >= 5 and y1 <= 10 and x1 <= 10  # the mark: px 1-4 of the corner
-    assert f["paste"]["ci_low"] > 0.3  # the fail threshold: the mark alone turns other garments into shirts
-    assert f["control_paste"]["ci_high"] < 0.1  # a random region of the same size does not
-    from cvaudit.checks import shortcut_suspected
-    from cvaudit.judge import judge
+    assert clean["n_classes_analysed"] == 10 and cheat["n_train"] > 0  # the training images are searched too
     thresholds = {"warn": 0.1, "fail": 0.3}
-    assert judge(shortcut_suspected({"clever_hans": {"meta": cheat}}), thresholds, False) == "fail"
+    assert all((f["gain"]["value"] or 0) < 0.1 for f in clean["flagged"])  # whatever was suspect, nothing beat its control
     assert judge(shortcut_suspected({"clever_hans": {"meta": clean}}), thresholds, False) == "pass"
+    f = cheat["flagged"][0]  # the largest gain
+    assert f["class"] == "Shirt" and f["kind"] == "region"
+    assert pixel_mask(np.array(f["region"], bool), 28, 28)[1:5, 1:5].all()  # the region holds the mark: px 1-4 of the corner
+    assert f["area"] <= 0.15  # the cells' own area: a corner or an edge strip, never a bounding box of scattered cells
+    assert f["paste"]["ci_low"] > 0.3  # the mark alone turns other garments into shirts
+    assert f["control_paste"]["ci_high"] < 0.1  # its control does not
+    assert f["gain"]["ci_low"] > 0.3
+    assert judge(shortcut_suspected({"clever_hans": {"meta": cheat}}), thresholds, False) == "fail"
 
 
 def test_the_planted_copy_and_its_leaks(demo_pair):
@@ -82,4 +87,5 @@ def test_the_reports_lead_with_it_and_the_comparison_says_who_cheats(demo_pair):
     text = (res / "compare" / "report.html").read_text()
     said = text[text.index('id="clever-hans"'):text.index("</section>", text.index('id="clever-hans"'))]
     assert "cnn_fmnist_shortcut</b> (fmnist_shortcut):" in said and "<strong>cheats.</strong>" in said
-    assert said.count("<strong>cheats.</strong>") == 1 and "no sign of a shortcut" in said
+    assert said.count("<strong>cheats.</strong>") == 1
+    assert "no sign of a shortcut" in said or "no shortcut: the suspects flip no more than their controls" in said

@@ -303,13 +303,17 @@ def test_clever_hans_detection_reaches_each_report_and_the_comparison(run):
         ch = load_npz(run / "results" / m / "explain" / "clever_hans.npz")
         meta = ch["meta"]
         summary = json.loads((run / "results" / m / "report" / "summary.json").read_text())
-        assert meta["n"] == len(read_manifest(run / "results" / "data" / "tiny" / "manifest.csv", "test"))
+        assert meta["n_test"] == len(read_manifest(run / "results" / "data" / "tiny" / "manifest.csv", "test"))
+        assert meta["n_train"] == len(read_manifest(run / "results" / "data" / "tiny" / "manifest.csv", "train"))
+        assert meta["n"] == meta["n_test"] + meta["n_train"]
         assert summary["clever_hans"]["n"] == meta["n"] and summary["clever_hans"]["method"] == meta["method"]
-        assert sum(e["n"] for e in meta["classes"]) == meta["n"]  # every test image in its predicted class
+        assert sum(e["n"] for e in meta["classes"]) == meta["n"]  # every image in its predicted class
         assert len(ch["cluster_maps"]) == sum(len(e["clusters"]) for e in meta["classes"])
         verdict = next(v for v in summary["verdicts"] if v["check"] == "shortcut_suspected")
-        worst = max(meta["flagged"], key=lambda f: f["paste"]["value"], default=None)
-        assert verdict["n"] == (worst["paste"]["n"] if worst else meta["n"])  # pasted images, or every image searched
+        worst = meta["flagged"][0] if meta["flagged"] else None
+        assert verdict["n"] == (worst["gain"]["n"] if worst else meta["n"])  # pasted images, or every image searched
+        assert (verdict["value"] == worst["gain"]["value"]) if worst else verdict["value"] == 0
+        assert "searched" in verdict["note"] or "control" in verdict["note"]  # what was searched, or the control
         html = (run / "results" / m / "report" / "report.html").read_text()
         assert 'id="clever_hans"' in html and "Strategies per class" in html
     compare = json.loads((run / "results" / "compare" / "summary.json").read_text())

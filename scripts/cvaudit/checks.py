@@ -234,31 +234,46 @@ register(Check("leakage", "Test images leaked from training", "data", False,
                "and nearest neighbours in the model's embedding up to a mirror and a shift; both confirmed on the "
                "pixels): those images were seen in training, so every metric on them is inflated (Wilson interval).",
                leakage))
+def _searched(m: dict) -> str:
+    g = m.get("global") or {}
+    what = f"SpRAy over {m['n_classes_analysed']} classes ({m['n']} test images, {m['method']} maps: compact regions, edge strips, the border)"
+    if g.get("searched"):
+        what += f"; global properties ({', '.join(g['properties'])}) of {g['n_train']} training images"
+    return what
+
+
 def shortcut_suspected(r: dict):
-    """The highest paste flip rate among SpRAy's flagged clusters; 0 (a bare number, with its n and a note) when
-    no cluster is flagged."""
+    """The largest gain among the suspects tested: a suspect's paste (or shift) flip rate minus its control's on
+    the same images, with a paired interval corrected for the number of suspects. 0 (a bare number, with its n
+    and a note saying what was searched) when nothing was suspect."""
     ch = r.get("clever_hans")
     if not ch:
         return None
     m = ch["meta"]
-    if not m["n_classes_analysed"]:  # nothing searched: no verdict, not a pass
+    searched_global = (m.get("global") or {}).get("searched")
+    if not m["n_classes_analysed"] and not searched_global:  # nothing searched: no verdict, not a pass
         return stats.estimate(None, m["n"], method="none",
                               note="no predicted class had enough test images to cluster (clever_hans.min_class_images)")
     if not m["flagged"]:
-        return stats.estimate(0.0, m["n"], method="none",
-                              note=f"SpRAy flagged no cluster in {m['n_classes_analysed']} classes ({m['n']} test images, "
-                                   f"{m['method']} maps)")
-    worst = m["flagged"][0]  # the stage lists them by paste flip rate, highest first
-    control = worst["control_paste"]["value"]
-    versus = "no image to paste into" if control is None else f"a random region of the same size flips {control:.0%}"
-    return {**worst["paste"], "note": f"{worst['class']}, cluster {worst['cluster']} ({worst['size']} images): {versus}"}
+        return stats.estimate(0.0, m["n"], method="none", note=f"no suspect found; searched: {_searched(m)}")
+    worst = m["flagged"][0]  # the stage lists them by gain, highest first
+    if worst["kind"] == "property":
+        what = f"{worst['class']}: {worst['shape']} shifted to the class's mean"
+    else:
+        what = f"{worst['class']}, cluster {worst['cluster']} ({worst['size']} images): {worst['shape']} region, {worst['area']:.0%} of the image"
+    versus = f"flips {worst['paste']['value']:.0%}, its control {worst['control_paste']['value']:.0%}" \
+        if worst["paste"]["value"] is not None else "no image to paste into"
+    return {**worst["gain"], "note": f"{what}: {versus}"}
 
 
 register(Check("shortcut_suspected", "Clever-Hans shortcut", "explanations at scale", False,
                "SpRAy (Lapuschkin et al. 2019) clusters each class's attribution maps; a cluster whose relevance sits "
-               "in a small region, the same across its images and off where objects usually are, is pasted into other "
-               "classes' test images: the share that turn into its class (Wilson interval). A region that flips "
-               "predictions on its own is a shortcut the model learnt from the data.", shortcut_suspected))
+               "in a small region, an edge strip or the border, the same across its images and off where objects "
+               "usually are, is pasted into other classes' test images; a property on which a class's training images "
+               "stand out (brightness, contrast, sharpness, border, colour) is shifted in them. The value is the share "
+               "that turn into the class minus the share its control turns (the same cells elsewhere; the property "
+               "shifted the other way), paired interval corrected for the suspects tested: a cue that flips "
+               "predictions beyond its control is a shortcut the model learnt from the data.", shortcut_suspected))
 register(Check("slice_gap", "Accuracy gap of the weakest slice", "slices and groups", False,
                "Accuracy of the rest of the test set minus that of its weakest slice (a bin of brightness, contrast, "
                "sharpness, colourfulness, size or aspect, or a pair of bins), with an interval adjusted for the "

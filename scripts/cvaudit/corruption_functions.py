@@ -77,7 +77,7 @@ def corrupt(img: np.ndarray, name: str, severity: int, rng: np.random.Generator)
         raise ValueError(f"unknown corruption {name}; known: {', '.join(CORRUPTIONS)}")
     side = min(img.shape[:2])
     out = globals()[name](img, _param(name, severity, side), rng, side)
-    return np.clip(np.asarray(out, np.float64), 0, 255).round().astype(np.uint8)
+    return np.clip(np.asarray(out, np.float64), 0, 255).astype(np.uint8)  # truncated, as the reference's np.uint8
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -175,7 +175,10 @@ def motion(x: np.ndarray, radius: float, sigma: float, angle: float) -> np.ndarr
 
 
 def _glass_swaps(x: np.ndarray, delta: int, iterations: int, offsets: np.ndarray) -> None:
-    """The reference's local pixel shuffle, in place: the same sequence of swaps, offsets drawn up front."""
+    """The reference's local pixel shuffle, in place, offsets drawn up front. The reference's "swap" is a tuple
+    assignment of two numpy views (`x[h, w], x[hp, wp] = x[hp, wp], x[h, w]`): the second view already holds the
+    first pixel's new value, so each step copies pixel (hp, wp) onto (h, w) and leaves (hp, wp) as it was.
+    Done the same way here, so the numbers are the benchmark's (checked against imagecorruptions' own code)."""
     h_max, w_max = x.shape[0], x.shape[1]
     k = 0
     for _ in range(iterations):
@@ -184,9 +187,8 @@ def _glass_swaps(x: np.ndarray, delta: int, iterations: int, offsets: np.ndarray
                 dx, dy = offsets[k]
                 k += 1
                 hp, wp = h + dy, w + dx
-                tmp = x[h, w].copy()
-                x[h, w] = x[hp, wp]
-                x[hp, wp] = tmp
+                for c in range(x.shape[2]):
+                    x[h, w, c] = x[hp, wp, c]
 
 
 @lru_cache(maxsize=1)

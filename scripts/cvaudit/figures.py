@@ -222,6 +222,20 @@ def draw_box(image: np.ndarray, box, colour=(255, 200, 0), width: int = 2) -> np
     return np.asarray(im)
 
 
+def outline_mask(image: np.ndarray, mask: np.ndarray, min_size: int = 64, colour=(255, 200, 0)) -> np.ndarray:
+    """A copy of a uint8 RGB image, upscaled (nearest) to at least min_size, with the outline of the pixels of
+    `mask` ((H, W) bool) drawn just outside them, so a thin mark inside stays visible."""
+    from scipy.ndimage import binary_dilation
+    k = max(1, int(np.ceil(min_size / max(image.shape[:2]))))
+    big = np.repeat(np.repeat(np.asarray(Image.fromarray(image).convert("RGB")), k, 0), k, 1).copy()
+    m = np.repeat(np.repeat(np.asarray(mask, bool), k, 0), k, 1)
+    ring = binary_dilation(m, iterations=max(1, k // 4)) & ~m
+    if not ring.any():  # the mask fills the image: outline its inner edge
+        ring = m & ~np.pad(m, 1)[2:, 1:-1] | m & ~np.pad(m, 1)[:-2, 1:-1] | m & ~np.pad(m, 1)[1:-1, 2:] | m & ~np.pad(m, 1)[1:-1, :-2]
+    big[ring] = colour
+    return big
+
+
 def reliability_diagram(before: dict, after: dict | None, temperature: float | None) -> str:
     """Accuracy against confidence per bin (the diagonal is perfect calibration), before and after
     temperature scaling, with the share of images per bin below."""

@@ -1,12 +1,17 @@
 """A planted shortcut: a copy of a dataset in which one class carries a small artificial cue.
 
 Source `planted_cue` (config key datasets.NAME, `from: PARENT`): every image of the parent dataset is
-copied with the parent's split. In train and val, images of `cue.class` carry the cue (a bright square in
-a corner) with probability `cue.rate`, images of other classes with `cue.other_rate`; in test, every image
+copied with the parent's split. In train and val, images of `cue.class` carry the cue with probability
+`cue.rate`, images of other classes with `cue.other_rate`; in test, every image
 carries it with probability `cue.test_rate`, whatever its class. A model trained on the copy can learn the
 cue instead of the garment: a Clever-Hans predictor whose clean test accuracy still looks plausible. The
 draws are seeded (seed and dataset name), so the copy is reproducible. The manifest's groups column says
 which images carry the cue (`cue`: marked / clean), so the slices stage can compare the two.
+
+The cue's `kind` gives it a shape a shortcut really takes: `square` (a bright square near a corner, like a
+watermark), `line` (a thin line along one edge, like a scanner's or a camera's stripe), `frame` (a thin ring
+round the border, like a mount or a vignette) or `brightness` (every pixel brighter: a global cue with no
+mark at all, like one hospital's scanner).
 
 `near_duplicates: N` copies N training images, re-encoded as JPEG (quality 60-90), into the test split: a
 leakage the data audit must find (their group `planted_duplicate` names the training image).
@@ -47,13 +52,37 @@ def read_8bit(path: str) -> Image.Image:
     return load_rgb(path)
 
 
+def cue_mask(width: int, height: int, cue: dict) -> np.ndarray:
+    """(height, width) bool: the pixels a mark of `cue.kind` covers (all False for a global cue)."""
+    mask = np.zeros((height, width), bool)
+    kind = cue.get("kind", "square")
+    margin = round(cue["margin"] * min(width, height))
+    w = cue.get("width", 1)
+    if kind == "square":
+        x0, y0, x1, y1 = cue_box(width, height, cue)
+        mask[y0:y1, x0:x1] = True
+    elif kind == "line":
+        edge = cue.get("edge", "top")
+        lo, hi = (margin, margin + w) if edge in ("top", "left") else (-(margin + w), -margin or None)
+        if edge in ("top", "bottom"):
+            mask[lo:hi, :] = True
+        else:
+            mask[:, lo:hi] = True
+    elif kind == "frame":
+        mask[margin:height - margin, margin:width - margin] = True
+        mask[margin + w:height - margin - w, margin + w:width - margin - w] = False
+    return mask
+
+
 def paint_cue(im: Image.Image, cue: dict) -> Image.Image:
-    """A copy of an 8-bit grey or RGB image with the cue painted on (grey level `value` 0..1)."""
-    im = im.copy()
-    x0, y0, x1, y1 = cue_box(im.width, im.height, cue)
-    level = round(cue["value"] * 255)
-    im.paste(level if im.mode == "L" else (level,) * 3, (x0, y0, x1, y1))
-    return im
+    """A copy of an 8-bit grey or RGB image with the cue painted on: a mark at grey level `value` (0..1), or
+    for `brightness` every pixel raised by `offset`."""
+    a = np.asarray(im).copy()
+    if cue.get("kind", "square") == "brightness":
+        a = np.clip(a.astype(np.int16) + round(cue["offset"] * 255), 0, 255).astype(np.uint8)
+    else:
+        a[cue_mask(im.width, im.height, cue)] = round(cue["value"] * 255)
+    return Image.fromarray(a, im.mode)
 
 
 def near_copy(im: Image.Image, quality: int) -> Image.Image:
@@ -130,7 +159,7 @@ def plant(ds: dict, name: str, parent_manifest: str | Path, seed: int, out_dir: 
             "split": parent_info.get("split"), "split_from": f"dataset '{ds['from']}' (the parent's split)",
             "max_per_class": parent_info.get("max_per_class"), "background": parent_info.get("background"),
             "groups": list(ds.get("groups") or []), "n_converted": 0, "source_fingerprint": None,
-            "cue": {**cue, "box_at_28px": list(cue_box(28, 28, cue))}, "marked": marked,
+            "cue": {**cue, "box_at_28px": list(cue_box(28, 28, cue)) if cue.get("kind", "square") == "square" else None}, "marked": marked,
             "planted_duplicates": planted}
     write_json(out_dir / "dataset.json", info)
     return info

@@ -17,12 +17,18 @@ from .io import load_audit_set, load_npz, read_history, read_json, stage_failure
 from .sections import AGREEMENT, SECTIONS, by_section
 from .rendering import device_description, jinja_env, package_versions, read_benchmarks, write_pdf
 from .report_behaviour import corruptions_summary, layers_section, layers_summary, shape_texture_summary, slices_summary
+from .evidence import links as evidence_links
+from .evidence import write_evidence
 from .report_sections import (clever_hans_section, collect_robust, compare_section, data_audit_section, embedding_summary,
                               represent_section, robust_section, units_section)
 
 log = logging.getLogger("cvaudit.report")
 SUMMARY_VERSION = 3
 
+
+# A Clever-Hans suspect as summary.json carries it (report/summary.schema.yaml)
+SHORTCUT_KEYS = ("kind", "class", "shape", "cluster", "size", "area", "box", "effect", "paste", "control_paste", "gain",
+                 "remove", "control_remove")
 
 def failed_stages(grouped: dict[str, dict[str, str]]) -> dict:
     """{(section, name): failure record} for the analysis stages that failed, each in the section that
@@ -201,7 +207,7 @@ def collect(model: str, inputs: dict, maps: dict[str, str]) -> dict:
 
 def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, settings: dict,
                   template: str | Path, css: str | Path, out_html, out_summary, out_pdf=None,
-                  benchmarks: dict | None = None) -> dict:
+                  benchmarks: dict | None = None, out_evidence=None) -> dict:
     grouped = by_section(inputs)
     failed = failed_stages(grouped)
     grouped = {sid: {name: path for name, path in files.items() if (sid, name) not in failed}
@@ -236,6 +242,10 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     robust = robust_section(r["robust"], [str(n) for n in audit["class_names"]]) if r["robust"] else None
     ev = r["eval"]
     stage_runs = read_benchmarks(benchmarks or {})
+    evidence = write_evidence(Path(out_evidence or Path(out_html).parent / "evidence"), audit_files.get("audit"),
+                              audit_files.get("embedding"),
+                              (r["data_audit"]["by_model"] or {}).get("all") if r["data_audit"] else None, ch_file,
+                              inputs.get("rejected"))
     failed_by_section: dict[str, list] = {}
     for rec in failed.values():
         failed_by_section.setdefault(rec["section"], []).append(rec)
@@ -295,7 +305,9 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
             "label_issues_by_model": (r["data_audit"]["by_model"] or {}).get("count"),
             "embedding_duplicates": embedding_summary(r["data_audit"]["embedding"])},
         "clever_hans": None if r["clever_hans"] is None else {
-            k: r["clever_hans"]["meta"][k] for k in ("n", "method", "grid", "n_classes_analysed", "flagged")} | {
+            k: r["clever_hans"]["meta"][k] for k in ("n", "n_test", "n_train", "method", "grid", "n_classes_analysed")} | {
+            "flagged": [{k: f.get(k) for k in SHORTCUT_KEYS} for f in r["clever_hans"]["meta"]["flagged"]],
+            "global": r["clever_hans"]["meta"]["global"],
             "strategies": {e["class"]: e.get("k") for e in r["clever_hans"]["meta"]["classes"]}},
         "robustness": None if robust is None else {
             "calibration": None if not robust["calibration"] else {
@@ -319,6 +331,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                 "final_train_accuracy": {k: v[-1] for k, v in robust["shuffled_labels"]["train_accuracy"].items()},
                 "chance": robust["shuffled_labels"]["chance"]}},
         "layer_views": layers_summary(layers),
+        "evidence": {k: {"file": f"evidence/{k}.csv", "rows": n} for k, n in evidence.items()},
         "provenance": {"arch": model_cfg["arch"], "weights": model_cfg["weights"], "seed": settings["seed"],
                        "device": device_description(r["train"]["device"]),
                        "manifest_sha256": r["dataset"]["manifest_sha256"], "packages": versions,
@@ -328,7 +341,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     html = jinja_env(template).get_template(Path(template).name).render(
         sections=sections, failed=failed_by_section, stage_runs=stage_runs,
         title=settings["report"]["title"], model=model, r=r, ev=ev, verdicts=model_verdicts, status=status,
-        summary=summary, model_cfg=model_cfg, dataset_cfg=dataset_cfg, settings=settings, att=attributions,
+        summary=summary, evidence=evidence_links(evidence), model_cfg=model_cfg, dataset_cfg=dataset_cfg, settings=settings, att=attributions,
         rep=represent, units=units, layers=layers, compare=compare, rob=robust, diag=diag,
         css=Path(css).read_text(),
         samples=_sample_grid(inputs["manifest"], r["dataset"]["classes"]),

@@ -203,10 +203,10 @@ def data_audit_section(path, examples: int, probs_path=None, embedding_path=None
         if found["issues"] is not None:
             f = found["issues"]
             by_model["count"] = int(len(f["index"]))
-            by_model["examples"] = [
-                {"image": figures.png_uri(figures.thumbnail(test_paths[i]), 64), "given": names[g], "suggested": names[s],
-                 "confidence": float(c)}
-                for i, g, s, c in list(zip(f["index"], f["given"], f["suggested"], f["self_confidence"]))[:examples]]
+            by_model["all"] = [{"path": test_paths[i], "given": names[g], "suggested": names[s], "confidence": float(c)}
+                               for i, g, s, c in zip(f["index"], f["given"], f["suggested"], f["self_confidence"])]
+            by_model["examples"] = [{**e, "image": figures.png_uri(figures.thumbnail(e["path"]), 64)}
+                                    for e in by_model["all"][:examples]]
     embedding = None if embedding_path is None else embedding_pairs(embedding_path, paths, y, splits, classes, examples)
     return {"meta": meta, "duplicates": duplicates, "issues": issues, "outliers": outliers, "by_model": by_model,
             "embedding": embedding}
@@ -241,9 +241,10 @@ def embedding_summary(embedding: dict | None) -> dict | None:
 
 
 def clever_hans_section(path) -> dict:
-    """SpRAy's clusters per class (mean map over the members' mean image, the region boxed; member thumbnails)
-    and each flagged cluster's counterfactual evidence (before and after the paste, before and after the removal)."""
-    from .spray import box_of
+    """SpRAy's clusters per class (mean map over the members' mean image, the compact region boxed; member
+    thumbnails) and each tested suspect's counterfactual evidence (before and after the paste or shift, before
+    and after the removal), the region outlined."""
+    from .spray import box_of, pixel_mask
 
     a = load_npz(path)
     meta = a["meta"]
@@ -259,13 +260,16 @@ def clever_hans_section(path) -> dict:
             up = np.asarray(Image.fromarray(a["cluster_maps"][cl["row"]].astype(np.float32), "F").resize((w, h), Image.NEAREST))
             region = np.array(cl["region"], bool)
             tile = figures.draw_box(figures.overlay(base, up), box_of(region, h, w), width=max(1, h // 56))
-            item = {**cl, "map": figures.png_uri(tile, 96), "thumbs": [figures.png_uri(im, 48) for im in t]}
-            if cl["flagged"]:
-                ev = a["evidence"][cl["evidence_row"]]  # rows: before and after the paste, before and after the removal
-                boxed = lambda im, box=cl["box"]: figures.png_uri(figures.draw_box(im, box, width=1), 64)  # noqa: E731
-                item["evidence"] = {kind: [{"before": boxed(ev[row, i]), "after": boxed(ev[row + 1, i]), "pred": names[p]}
-                                           for i, p in enumerate(cl["evidence_preds"][kind])]
-                                    for kind, row in (("paste", 0), ("remove", 2))}
-            clusters.append(item)
+            clusters.append({**cl, "map": figures.png_uri(tile, 96), "thumbs": [figures.png_uri(im, 48) for im in t]})
         rows.append({**e, "clusters": clusters})
-    return {"meta": meta, "rows": rows}
+    evidence = []
+    for f in meta.get("flagged", []):
+        ev = a["evidence"][f["evidence_row"]]  # rows: before and after the paste, before and after the removal
+        h, w = ev.shape[2:4]
+        mask = pixel_mask(np.array(f["region"], bool), h, w) if f["kind"] == "region" else None
+        show = (lambda im: figures.png_uri(figures.outline_mask(im, mask), 64)) if mask is not None \
+            else (lambda im: figures.png_uri(im, 64))
+        evidence.append({"f": f, **{kind: [{"before": show(ev[row, i]), "after": show(ev[row + 1, i]), "pred": names[p]}
+                                           for i, p in enumerate(f["evidence_preds"][kind])]
+                                    for kind, row in (("paste", 0), ("remove", 2))}})
+    return {"meta": meta, "rows": rows, "evidence": evidence}

@@ -11,12 +11,12 @@ from .transforms import display_transform
 
 
 def robustness_images(manifest, spec: dict, n: int, seed: int, start: int = 0,
-                      stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """A seeded, class-stratified sample of at most n test images, as the model sees them (uint8,
-    resized to its input size), with targets in the model's class indices. start/stop: only that
+                      stop: int | None = None, split: str = "test") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """A seeded, class-stratified sample of at most n test images (or images of `split`), as the model sees
+    them (uint8, resized to its input size), with targets in the model's class indices. start/stop: only that
     slice of the sample is read (a shard); robustness_sample_size gives the sample's length."""
-    rows = read_manifest(manifest, "test")
-    if not rows:
+    rows = [r for r in read_manifest(manifest, split) if r["label"] in spec["class_names"]]
+    if not rows and split == "test":
         raise CvauditError("the dataset has no test images; raise config key datasets.*.split.test")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(rows))

@@ -2,10 +2,14 @@
 attribution maps of many images of one class, pooled to a small grid, clustered spectrally; the eigengap
 of the affinity graph's Laplacian says how many distinct strategies the model uses for that class.
 
-Each cluster is then described: its mean map, the smallest set of grid cells holding `mass` of that mean
-relevance (its region), how much of each member's relevance lies there, and how often the images have
-an object there. A cluster is *flagged* when its relevance is concentrated (a small region), the same
-across its members, and off the objects' usual area: what a watermark or a corner mark looks like.
+Each cluster is then described by candidate regions, the shapes a shortcut takes: the smallest set of grid
+cells holding `mass` of its mean relevance (a *compact* region: a watermark, a corner mark), each edge's
+outermost strip of cells (a line along an edge) and the border ring (a frame). For each: its area, how much of
+each member's relevance lies there, how much more than the images of the other classes put there (the
+*enrichment*), and how often the images have an object there. A compact region is *flagged* when it is
+small, holds the same share across the members, and lies off the objects' usual area; a strip or the ring
+when the members put a large and enriched share of their relevance there, off the objects. A flag is a
+suspicion for the counterfactual test (cvaudit.clever_hans), not a verdict.
 scikit-learn's spectral clustering does the clustering; the affinity is the symmetric k-nearest-neighbour
 graph of the pooled maps, as in CoRelAy's SpRAy pipeline.
 """
@@ -96,26 +100,103 @@ def foreground_frequency(x8: np.ndarray, grid: int, threshold: float = 0.1) -> n
     return (cells >= 0.5).mean(0)
 
 
-def describe(pooled: np.ndarray, labels: np.ndarray, object_freq: np.ndarray, options: dict) -> list[dict]:
-    """Each cluster of one class: size, mean map, region and the three tests behind a flag."""
+def structures(grid: int) -> dict[str, np.ndarray]:
+    """The thin shapes a shortcut takes along the image's edges, as boolean grids: each edge's outermost strip
+    (one cell wide on grids up to 8, an eighth of the grid beyond) and the border ring of the same width."""
+    w = max(1, grid // 8)
+    out = {name: np.zeros((grid, grid), bool) for name in ("top edge", "bottom edge", "left edge", "right edge")}
+    out["top edge"][:w], out["bottom edge"][-w:] = True, True
+    out["left edge"][:, :w], out["right edge"][:, -w:] = True, True
+    out["border"] = np.ones((grid, grid), bool)
+    out["border"][w:-w, w:-w] = False
+    return out
+
+
+def _candidate(shape: str, region: np.ndarray, pooled_members: np.ndarray, reference: np.ndarray,
+               object_freq: np.ndarray) -> dict:
+    share = pooled_members[:, region].sum(1)  # each member's relevance inside the region
+    ref = float(reference[region].sum())
+    member_share = float(np.median(share))
+    return {"shape": shape, "region": region, "area": float(region.mean()), "member_share": member_share,
+            "reference_share": ref, "enrichment": member_share / ref if ref > 0 else float("inf"),
+            "object_frequency": float(object_freq[region].mean())}
+
+
+def describe(pooled: np.ndarray, labels: np.ndarray, object_freq: np.ndarray, options: dict,
+             reference: np.ndarray | None = None) -> list[dict]:
+    """Each cluster of one class: size, mean map, and its candidate regions with the tests behind a flag.
+    `reference`: where the images of the other classes put their relevance (a grid summing to 1; uniform when
+    not given). The cluster's own fields are those of its compact region; `suspects` lists every flagged
+    candidate, compact first, then the structure with the highest enrichment."""
     n = len(pooled)
+    grid = pooled.shape[-1] if n else 0
+    ref = np.full((grid, grid), 1.0 / max(grid * grid, 1)) if reference is None else np.asarray(reference)
+    shapes = structures(grid) if n else {}
     out = []
     for c in range(int(labels.max()) + 1 if n else 0):
         members = np.flatnonzero(labels == c)
         mean = pooled[members].mean(0)
-        region = region_of(mean, options["mass"])
-        share = pooled[members][:, region].sum(1)  # each member's relevance inside the region
-        area = float(region.mean())
-        obj = float(object_freq[region].mean())
         big = len(members) >= max(options["min_cluster_images"], options["min_cluster_share"] * n)
-        concentrated = area <= options["max_area"]
-        consistent = float(np.median(share)) >= options["min_member_share"]
-        off_object = obj <= options["max_object"]
+        compact = _candidate("compact", region_of(mean, options["mass"]), pooled[members], ref, object_freq)
+        compact.update(concentrated=compact["area"] <= options["max_area"],
+                       consistent=compact["member_share"] >= options["min_member_share"],
+                       off_object=compact["object_frequency"] <= options["max_object"])
+        compact["flagged"] = bool(big and compact["concentrated"] and compact["consistent"] and compact["off_object"])
+        thin = [_candidate(name, mask, pooled[members], ref, object_freq) for name, mask in shapes.items()]
+        for t in thin:
+            t.update(concentrated=t["enrichment"] >= options["min_enrichment"],
+                     consistent=t["member_share"] >= options["min_structure_share"],
+                     off_object=t["object_frequency"] <= options["max_object"])
+            t["flagged"] = bool(big and t["concentrated"] and t["consistent"] and t["off_object"])
+        best_thin = max((t for t in thin if t["flagged"]), key=lambda t: t["enrichment"], default=None)
+        suspects = [t for t in (compact, best_thin) if t is not None and t["flagged"]]
         out.append({"cluster": c, "size": int(len(members)), "share_of_class": len(members) / n, "members": members,
-                    "mean_map": mean, "region": region, "area": area, "member_share": float(np.median(share)),
-                    "object_frequency": obj, "big_enough": bool(big), "concentrated": bool(concentrated),
-                    "consistent": bool(consistent), "off_object": bool(off_object),
-                    "flagged": bool(big and concentrated and consistent and off_object)})
+                    "mean_map": mean, "big_enough": bool(big),
+                    **{k: v for k, v in compact.items() if k not in ("shape", "flagged")},
+                    "flagged": bool(suspects), "suspects": suspects})
+    return out
+
+
+def pixel_mask(region: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(height, width) bool: the pixels of a region's cells, cut as adaptive pooling cuts them."""
+    g = region.shape[0]
+    mask = np.zeros((height, width), bool)
+    for i, j in zip(*np.nonzero(region)):
+        mask[(i * height) // g:-(-(i + 1) * height // g), (j * width) // g:-(-(j + 1) * width // g)] = True
+    return mask
+
+
+def control_region(region: np.ndarray, rng: np.random.Generator, object_freq: np.ndarray | None = None,
+                   tolerance: float = 0.05) -> np.ndarray:
+    """The control of a region: the same cells moved to a random place, or (where no shift fits, e.g. the border
+    ring) as many cells drawn from outside it. Given the grid's `object_freq`, only places about as often on an
+    object as the region itself (within `tolerance` of the closest) are drawn, overlapping the region as little
+    as they can: pasting a piece of the object flips a prediction for a real reason, and a control off the object
+    would make any object part look like a shortcut."""
+    g = region.shape[0]
+    obj = np.zeros(region.shape) if object_freq is None else np.asarray(object_freq, float)
+    want = float(obj[region].mean())
+    rows, cols = np.nonzero(region)
+    places, score, overlap = [], [], []
+    for dy in range(-rows.min(), g - rows.max()):
+        for dx in range(-cols.min(), g - cols.max()):
+            if dy or dx:
+                places.append((dy, dx))
+                score.append(abs(float(obj[rows + dy, cols + dx].mean()) - want))
+                overlap.append(int(region[rows + dy, cols + dx].sum()))
+    out = np.zeros_like(region)
+    if places:
+        score, overlap = np.asarray(score), np.asarray(overlap)
+        near = score <= score.min() + tolerance
+        best = np.flatnonzero(near & (overlap == overlap[near].min()))
+        if overlap[best[0]] < len(rows):  # a place that moves at least one cell
+            dy, dx = places[int(best[rng.integers(len(best))])]
+            out[rows + dy, cols + dx] = True
+            return out
+    outside = np.flatnonzero(~region.ravel())
+    pool = outside if len(outside) >= len(rows) else np.arange(g * g)
+    closest = pool[np.argsort(np.abs(obj.ravel()[pool] - want), kind="stable")][:max(2 * len(rows), 1)]
+    out.ravel()[rng.choice(closest, size=min(len(rows), len(closest)), replace=False)] = True
     return out
 
 

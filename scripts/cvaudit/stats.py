@@ -32,9 +32,10 @@ def proportion(successes: int, n: int) -> dict:
     return estimate(successes / n, n, lo, hi, "wilson")
 
 
-def bootstrap(statistic, *samples, seed: int = 0, value=None) -> dict:
+def bootstrap(statistic, *samples, seed: int = 0, value=None, level: float = LEVEL) -> dict:
     """statistic(*samples) with a seeded percentile bootstrap interval over images (samples are
-    resampled together: paired). statistic must accept an `axis` keyword (scipy's vectorised form)."""
+    resampled together: paired). statistic must accept an `axis` keyword (scipy's vectorised form).
+    `level`: the interval's confidence (above 95% where several are tested at once)."""
     from scipy.stats import bootstrap as sp_bootstrap
     samples = [np.asarray(s, dtype=np.float64) for s in samples]
     n = len(samples[0]) if samples else 0
@@ -44,7 +45,7 @@ def bootstrap(statistic, *samples, seed: int = 0, value=None) -> dict:
                         note=f"{n} images: too few for an interval (at least {MIN_BOOTSTRAP_N})")
     if all(np.ptp(s) == 0 for s in samples):  # every image the same: no spread to resample
         return estimate(value, n, value, value, "bootstrap")
-    res = sp_bootstrap(samples, statistic, n_resamples=RESAMPLES, confidence_level=LEVEL, method="percentile",
+    res = sp_bootstrap(samples, statistic, n_resamples=RESAMPLES, confidence_level=level, method="percentile",
                        paired=True, vectorized=True, rng=np.random.default_rng(seed))
     ci = res.confidence_interval
     return estimate(value, n, ci.low, ci.high, "bootstrap")
@@ -63,9 +64,9 @@ def _mean_diff(a, b, axis=-1):
     return np.mean(a, axis=axis) - np.mean(b, axis=axis)
 
 
-def paired_difference(a, b, seed: int = 0) -> dict:
+def paired_difference(a, b, seed: int = 0, level: float = LEVEL) -> dict:
     """mean(a) - mean(b) over the same images, with a paired bootstrap interval."""
-    return bootstrap(_mean_diff, a, b, seed=seed)
+    return bootstrap(_mean_diff, a, b, seed=seed, level=level)
 
 
 def mcnemar_p(a_correct, b_correct) -> float | None:
