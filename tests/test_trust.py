@@ -2,6 +2,7 @@
 inserted pixel becomes, how the cascade walks the layers and with which seeds, how rank correlation treats
 constant maps, and that batching never changes a curve."""
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -210,7 +211,8 @@ class _Quadrant(nn.Module):
 
 
 def test_road_ranks_the_map_of_the_pixels_that_matter_above_a_random_one_and_its_inverse_below():
-    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 0.5 + 0.5  # bright: class 0
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 0.2  # a dark image...
+    x[:, :, :8, :8] += 0.5  # ...with a bright quadrant: class 0, and filling the quadrant from its surroundings undoes it
     t = torch.zeros(4, dtype=torch.long)
     right = np.zeros((4, 16, 16), np.float32)
     right[:, :8, :8] = 1 + np.random.default_rng(0).random((4, 8, 8))  # the quadrant first, in some order
@@ -220,3 +222,22 @@ def test_road_ranks_the_map_of_the_pixels_that_matter_above_a_random_one_and_its
     assert (scores["right"] > scores["random"] + 0.05).all() and (scores["inverse"] < scores["random"] - 0.05).all(), scores
     one = trust.road(_Quadrant(), x[2:3], t[2:3], rand[2:3], [25, 50, 75], seed=0, index=[2])
     assert one[0] == scores["random"][2]  # an image's imputation noise is its own: no batch or shard changes it
+
+
+def test_road_removes_each_percentile_of_a_map_full_of_ties_and_averages_its_imputations():
+    """A map of 4 x 4 blocks (an upsampled Grad-CAM) ranks 16 values for 1,024 pixels: without a tie order the 30%
+    threshold removes whole blocks, as many as the 70% one does. The seeded rank order removes 30% and 70% exactly."""
+    from cvaudit.trust import tie_broken_ranks
+    blocky = np.kron(np.arange(16, dtype=np.float32).reshape(4, 4), np.ones((8, 8), np.float32))
+    r = tie_broken_ranks(blocky, 0)
+    for p in (30, 70):
+        assert (r >= np.percentile(r, p)).mean() == pytest.approx(1 - p / 100, abs=1 / 1024)
+    assert (blocky >= np.percentile(blocky, 30)).mean() != pytest.approx(0.7, abs=0.01)  # what ties do untreated
+    assert np.all(np.diff(r.ravel()[np.argsort(blocky.ravel(), kind="stable")].reshape(16, -1).max(1)) > 0)  # order kept
+    assert np.array_equal(r, tie_broken_ranks(blocky, 0)) and not np.array_equal(r, tie_broken_ranks(blocky, 1))
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.zeros(2, dtype=torch.long)
+    maps = np.stack([blocky, blocky])
+    one = trust.road(_Quadrant(), x, t, maps, [30, 70], seed=0, imputations=1)
+    three = trust.road(_Quadrant(), x, t, maps, [30, 70], seed=0, imputations=3)
+    assert one.shape == three.shape == (2,) and np.isfinite(three).all() and not np.allclose(one, three)

@@ -123,7 +123,7 @@ def _explain_chunk(m, net, audit: dict, lo: int, hi: int, dev, trust: dict, seed
     arrays.update({f"faith_{k}": v for k, v in faith.items()})
     if trust.get("road", {}).get("enabled", True):
         arrays["road"] = tr.road(net, x, preds, maps_pred, trust.get("road", {}).get("percentiles", ROAD_PERCENTILES),
-                                 seed, index.tolist())
+                                 seed, index.tolist(), trust.get("road", {}).get("imputations", 1))
     k = min(trust["sanity_images"], len(x)) if lo == 0 else 0
     if m.kind != "reference" and k > 0:
         result["sanity"] = tr.cascading_randomisation(m, net, x[:k], preds[:k], maps_pred[:k],

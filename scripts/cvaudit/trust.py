@@ -236,24 +236,40 @@ def _road_metric():
     return ROADCombined
 
 
+def tie_broken_ranks(m: np.ndarray, seed: int) -> np.ndarray:
+    """A map (H, W) as the ranks of its values in [0, 1), equal values in a seeded random order. ROAD removes the
+    pixels above a percentile of the map: on a map with many equal values (an upsampled Grad-CAM, a map of zeros)
+    the threshold would take all of them at once, whatever the percentile."""
+    flat = np.nan_to_num(np.asarray(m, np.float64)).ravel()
+    order = np.lexsort((np.random.default_rng(seed).random(flat.size), flat))
+    ranks = np.empty(flat.size)
+    ranks[order] = np.arange(flat.size) / flat.size
+    return ranks.reshape(np.shape(m)).astype(np.float32)
+
+
 def road(net: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: np.ndarray, percentiles, seed: int = 0,
-         index=None) -> np.ndarray:
+         index=None, imputations: int = 1) -> np.ndarray:
     """ROAD (Rong et al. 2022, remove and debias) per image, through pytorch-grad-cam's ROADCombined: the
     pixels a map ranks highest (most relevant first) or lowest (least relevant first) are removed at each
     percentile and filled by noisy linear imputation from their neighbours, which leaks no shape of the
     mask; the score is the mean over percentiles of (class probability after removing the least relevant
     - after removing the most relevant) / 2. Higher is better. Each image's imputation noise has its own
-    seed, so a score does not depend on its batch or shard."""
+    seed, so a score does not depend on its batch or shard; its score is the mean over `imputations` draws of
+    that noise, and ties in its map are broken in a seeded order (tie_broken_ranks), so every percentile removes
+    that share of the pixels."""
     import warnings
     metric = _road_metric()(percentiles=list(percentiles))
     index = range(len(x)) if index is None else index
     out = []
     for k, j in enumerate(index):
         c = int(target[k])
-        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # numpy's, on the library's np.float32(list of tensors)
-            torch.manual_seed(image_seed(seed, int(j)))
-            s = metric(x[k:k + 1], np.nan_to_num(maps[k:k + 1].astype(np.float32)),
-                       [lambda o, c=c: torch.softmax(o.float(), -1)[c]], net)
-        out.append(float(np.ravel(s)[0]))
+        ranked = tie_broken_ranks(maps[k], image_seed(seed, int(j)))[None]
+        scores = []
+        for r in range(imputations):
+            with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # numpy's, on the library's np.float32(list of tensors)
+                torch.manual_seed(image_seed(seed + 104729 * r, int(j)))
+                s = metric(x[k:k + 1], ranked, [lambda o, c=c: torch.softmax(o.float(), -1)[c]], net)
+            scores.append(float(np.ravel(s)[0]))
+        out.append(float(np.mean(scores)))
     return np.array(out)
