@@ -88,6 +88,10 @@ def test_ce_and_mce_follow_the_papers_definitions():
     assert e["relative_mce"]["value"] == pytest.approx(rel)
     other = {**half, "paths": half["paths"][::-1]}
     assert corruption_errors(other, ref, "ref")["mce"] is None  # other images: no CE
+    larger = {**half, "meta": {**half["meta"], "input_size": 64, "table": "CIFAR-10-C"}}
+    small = {**ref, "meta": {**ref["meta"], "input_size": 28, "table": "CIFAR-10-C"}}
+    e = corruption_errors(larger, small, "ref")  # the same pixel table at another resolution is another corruption
+    assert e["mce"] is None and e["ce"] is None and "28 px" in e["note"] and "64 px" in e["note"]
     alone = corruption_errors(half, None, None)
     assert alone["mce"] is None and alone["mean_error"]["value"] == pytest.approx(wrong.mean())
 

@@ -200,8 +200,13 @@ register(Check("shift_gap", "Accuracy lost on a shifted test set", "shifted test
 
 
 def mce(r: dict):
+    """The mCE against the reference model; with no CE (no reference, another resolution, other images), no value
+    and the reason as the note, so the verdict row says why it is not applicable."""
     co = _robust(r).get("corruptions")
-    return co["errors"]["mce"] if co else None
+    if not co:
+        return None
+    e = co["errors"]
+    return e["mce"] or stats.estimate(None, e["mean_error"]["n"], method="none", note=e["note"] or "no mCE")
 
 
 register(Check("mce", "Mean corruption error (mCE)", "corruptions", False,

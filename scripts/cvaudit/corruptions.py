@@ -106,6 +106,13 @@ def corruption_errors(own: dict, ref: dict | None, ref_name: str | None, seed: i
             list(map(str, ref["paths"])) != list(map(str, own["paths"])):
         out["note"] = f"the reference {ref_name} was run on other corruptions, severities or images"
         return out
+    if (ref["meta"].get("input_size"), ref["meta"].get("table")) != (own["meta"].get("input_size"), own["meta"].get("table")):
+        # the corruptions' parameters are in pixels: the same table at another resolution is another corruption
+        out["note"] = (f"no CE: the reference {ref_name} was corrupted at {ref['meta'].get('input_size')} px "
+                       f"({ref['meta'].get('table')} table), this model at {own['meta'].get('input_size')} px "
+                       f"({own['meta'].get('table')} table); CE compares robustness only at the same resolution "
+                       "(robustness.corruptions.reference: a model of the same input size)")
+        return out
     rwrong = ~np.asarray(ref["correct"], bool)
     a = [wrong[c].sum(0).astype(float) for c in range(len(names))]  # per image: errors summed over severities
     b = [rwrong[c].sum(0).astype(float) for c in range(len(names))]
