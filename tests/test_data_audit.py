@@ -1,6 +1,7 @@
 """The data audit's checks on planted known answers: near duplicates (resized, re-encoded) found across splits
 and none among distinct images; flipped labels among cleanlab's candidates; outliers by robust z-score."""
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,7 +98,7 @@ def test_the_label_check_reads_a_seeded_sample_beyond_its_cap(tmp_path, tiny_cop
     ingest({"source": "imagefolder", "path": str(tiny_copy)}, "t", 0, tmp_path)
     n = len(read_manifest(tmp_path / "manifest.csv"))
     options = {"max_distance": 8, "max_pixel_difference": 0.02, "size": 16, "folds": 2, "outlier_z": 5.0,
-               "max_label_images": n - 6}
+               "max_label_images": n - 6, "copies": {"enabled": False}}
     meta = run_data_audit(tmp_path / "manifest.csv", options, seed=0, out=tmp_path / "audit.npz")
     assert meta["n"] == n and meta["label_images"] == n - 6 and meta["label_issues"] is not None
 
@@ -122,3 +123,52 @@ def test_the_models_own_test_probabilities_flag_flipped_labels():
     few = model_label_issues(probs[:104], targets[:104])  # class 2 has 4 test images: too few
     assert few["issues"] is None and "at least 5" in few["why"]
     assert "one class" in model_label_issues(probs[:6], given[:6])["why"]
+
+
+def test_the_audit_finds_copies_a_person_would_recognise_and_says_what_it_searched(tmp_path):
+    """A real Fashion-MNIST split (imagefolder, 200 images) with copies of training images planted in test:
+    brightened, flattened, mirrored, rotated, cropped and resized back. The hash finds few of them; the copy
+    search finds every one, and leaks nothing else."""
+    from PIL import ImageEnhance
+
+    from cvaudit.config import validate_config
+    from cvaudit.data import ingest, read_manifest
+    from cvaudit.data_audit import run_data_audit
+    images, labels = _fmnist(200, seed=5)
+    root = tmp_path / "imgs"
+    for i, (x, y) in enumerate(zip(images, labels)):
+        (root / f"c{y}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x).save(root / f"c{y}" / f"{i:04d}.png")
+    cfg = validate_config({"datasets": {"d": {"source": "imagefolder", "path": str(root), "split": {"val": 0.1, "test": 0.3}}},
+                           "models": {"m": {"dataset": "d", "arch": "simple_cnn"}}})
+    ingest(cfg["datasets"]["d"], "d", 0, tmp_path / "d")
+    train = [r for r in read_manifest(tmp_path / "d" / "manifest.csv") if r["split"] == "train"]
+    kinds = {"brighter": lambda im: ImageEnhance.Brightness(im).enhance(1.2),
+             "flatter": lambda im: ImageEnhance.Contrast(im).enhance(0.75),
+             "mirrored": lambda im: im.transpose(Image.FLIP_LEFT_RIGHT),
+             "rotated": lambda im: im.rotate(6, Image.BILINEAR),
+             "cropped": lambda im: im.crop((1, 1, 27, 27)).resize((28, 28), Image.BILINEAR)}
+    planted = {}
+    rows = read_manifest(tmp_path / "d" / "manifest.csv")
+    for (kind, make), src in zip(kinds.items(), train[::7]):
+        with Image.open(src["path"]) as im:
+            copy = make(im.convert("RGB"))
+        path = tmp_path / "d" / f"copy_{kind}.png"
+        copy.save(path)
+        rows.append({**src, "path": str(path), "split": "test", "sha256": kind})
+        planted[str(path)] = src["path"]
+    import csv
+    with open(tmp_path / "d" / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    meta = run_data_audit(tmp_path / "d" / "manifest.csv", cfg["data_audit"], 0, tmp_path / "audit.npz")
+    from cvaudit.io import load_npz
+    a = load_npz(tmp_path / "audit.npz")
+    paths = [str(p) for p in a["paths"]]
+    found = {(paths[i], paths[j]) for i, j, _ in a["pairs"]} | {(paths[j], paths[i]) for i, j, _ in a["pairs"]}
+    missed = [Path(c).name for c, src in planted.items() if (c, src) not in found]
+    assert not missed, missed
+    leaked = {paths[i] for i in a["leaked"]}
+    assert leaked == set(planted)  # every copy, and no distinct test image
+    assert "brightness" in meta["copies"]["searched"] and "colour changes" in meta["copies"]["not_searched"]

@@ -81,7 +81,7 @@ def planted(tmp_path_factory):
         w.writeheader()
         w.writerows(rows)
     run_data_audit(manifest, {"size": 16, "max_distance": 8, "max_pixel_difference": 0.02, "max_label_images": 1000,
-                              "folds": 3, "outlier_z": 5.0}, seed=0, out=tmp / "audit.npz")
+                              "folds": 3, "outlier_z": 5.0, "copies": {"enabled": False}}, seed=0, out=tmp / "audit.npz")
     model, spec = tiny_cnn(seed=0, channels=(16, 32), class_names=names)
     save_model(model, spec, tmp / "model.safetensors")
     from cvaudit.represent import run_represent

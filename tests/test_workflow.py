@@ -319,3 +319,31 @@ def test_clever_hans_detection_reaches_each_report_and_the_comparison(run):
     compare = json.loads((run / "results" / "compare" / "summary.json").read_text())
     assert set(compare["clever_hans"]) == set(MODELS)
     assert "Does a model cheat?" in (run / "results" / "compare" / "report.html").read_text()
+
+
+def test_every_list_behind_a_verdict_is_a_csv_next_to_the_report(run):
+    """The evidence files: one per list, linked from the report, counted in summary.json, whole (the report shows a
+    few rows; the CSV has them all)."""
+    import csv
+
+    from cvaudit.evidence import FILES
+    from cvaudit.io import load_npz
+    for m in MODELS:
+        report = run / "results" / m / "report"
+        summary = json.loads((report / "summary.json").read_text())
+        html = (report / "report.html").read_text()
+        assert set(summary["evidence"]) == set(FILES)
+        for name, e in summary["evidence"].items():
+            with open(report / e["file"], newline="") as f:
+                rows = list(csv.reader(f))
+            assert len(rows) - 1 == e["rows"], name
+            assert f'href="{e["file"]}"' in html, name
+        audit = load_npz(run / "results" / "data" / "tiny" / "data_audit.npz")
+        assert summary["evidence"]["near_duplicates"]["rows"] == len(audit["pairs"])
+        assert summary["evidence"]["label_issues"]["rows"] == len(audit.get("issue_index", []))
+        rejected = list(csv.reader(open(run / "results" / "data" / "tiny" / "rejected.csv")))
+        assert summary["evidence"]["rejected"]["rows"] == len(rejected) - 1 >= 3  # the fixture's bad files
+        ch = load_npz(run / "results" / m / "explain" / "clever_hans.npz")
+        assert summary["evidence"]["shortcut_clusters"]["rows"] == sum(cl["size"] for e in ch["meta"]["classes"]
+                                                                       for cl in e["clusters"])
+        assert summary["evidence"]["shortcut_suspects"]["rows"] == len(ch["meta"]["flagged"])

@@ -68,7 +68,7 @@ def shape_texture_bars(meta: dict) -> str:
     ax.set_ylabel("accuracy")
     ax.set_title("shape destroyed (grids) | texture removed (right)", fontsize=8)
     sb = meta["cue_conflict"]["shape_bias"]
-    refs = list(meta["reference"].items())
+    refs = list(meta["reference"].items())  # empty where they are not comparable (shape_texture.reference_incomparable)
     bx.barh(range(len(refs)), [v for _, v in refs], color="#d0d7de")
     for i, (k, v) in enumerate(refs):
         bx.text(0.02, i, k.split(" (")[0], va="center", fontsize=6.5)

@@ -13,6 +13,9 @@
   image), ranked by self-confidence; shown with the given and the suggested label.
 - Class balance per split, and image-quality outliers: properties (image_properties.properties_of) more than
   `outlier_z` robust z-scores (median and MAD) from the dataset's, per property.
+- Copies a hash misses (brightened, re-contrasted, rotated, cropped, mirrored: cvaudit.copies): every test image's
+  nearest training and validation thumbnails, confirmed as a person would; they join the near-duplicate pairs and
+  the leakage count, and the report says which kinds of copy were searched.
 Exact copies never reach here: ingestion keeps one copy of identical files (manifest sha256)."""
 from __future__ import annotations
 
@@ -181,6 +184,30 @@ def _read(rows: list[dict], size: int) -> tuple[np.ndarray, dict, np.ndarray]:
     return hashes, props, pixels
 
 
+def copy_search(rows: list[dict], splits: np.ndarray, options: dict, seed: int) -> dict:
+    """Test images that are copies of training or validation images (cvaudit.copies): pairs (test, reference) in
+    the rows' indices, with the distance and the alignment that matched them."""
+    from . import copies
+    test = np.flatnonzero(splits == "test")
+    ref = np.flatnonzero(np.isin(splits, ["train", "val"]))
+    if len(ref) > options["max_reference"]:
+        ref = np.sort(np.random.default_rng(seed).choice(ref, options["max_reference"], replace=False))
+    empty = {"pairs": np.zeros((0, 2), np.int64), "distance": np.zeros(0, np.float32), "mirror": np.zeros(0, np.int64),
+             "rotation": np.zeros(0, np.float32), "scale": np.zeros(0, np.float32), "shift": np.zeros((0, 2), np.int64),
+             "side": None, "candidates": 0, "n_test": int(len(test)), "n_reference": int(len(ref))}
+    if not len(test) or not len(ref):
+        return empty
+    side = copies.compare_side([rows[i]["path"] for i in test[:200]], options["side"])
+    thumb = lambda i: copies.thumbnail(load_rgb(rows[i]["path"]), side, options["blur"])  # noqa: E731
+    t_test, t_ref = np.stack([thumb(i) for i in test]), np.stack([thumb(i) for i in ref])
+    cand = copies.candidates(t_test, t_ref, options["neighbors"])
+    d = copies.distance(t_test[cand[:, 0]], t_ref[cand[:, 1]])
+    ok = d["distance"] <= options["max_distance"]
+    return {**empty, "pairs": np.column_stack([test[cand[ok, 0]], ref[cand[ok, 1]]]).astype(np.int64),
+            **{k: d[k][ok] for k in ("distance", "mirror", "rotation", "scale", "shift")}, "side": side,
+            "candidates": int(len(cand))}
+
+
 def run_data_audit(manifest, options: dict, seed: int, out) -> dict:
     t0 = time.time()
     rows = read_manifest(manifest)
@@ -190,6 +217,17 @@ def run_data_audit(manifest, options: dict, seed: int, out) -> dict:
     log.info("data audit of %d images: hashes, quality, out-of-sample probabilities", len(rows))
     hashes, props, pixels = _read(rows, options["size"])
     pairs = near_duplicates(hashes, options["max_distance"], pixels, options["max_pixel_difference"])
+    n_hash = len(pairs)
+    copied = copy_search(rows, splits, options["copies"], seed) if options["copies"]["enabled"] else None
+    if copied is not None and len(copied["pairs"]):
+        known = {(int(i), int(j)) for i, j, _ in pairs}
+        extra = [(min(i, j), max(i, j)) for i, j in copied["pairs"].tolist() if (min(i, j), max(i, j)) not in known]
+        if extra:
+            e = np.array(sorted(set(extra)), np.int64)
+            dist = np.bitwise_count(hashes[e[:, 0]] ^ hashes[e[:, 1]]).astype(np.int64)
+            pairs = np.concatenate([pairs, np.column_stack([e, dist])])
+        log.info("copy search: %d candidates, %d confirmed (%d the hash missed)", copied["candidates"],
+                 len(copied["pairs"]), len(extra))
     leak = leakage(pairs, splits)
     issues, checked = None, label_sample(len(rows), options["max_label_images"], seed)
     if len(classes) > 1 and np.bincount(y[checked], minlength=len(classes)).min() >= 2:
@@ -199,13 +237,22 @@ def run_data_audit(manifest, options: dict, seed: int, out) -> dict:
     outliers = quality_outliers(props, options["outlier_z"])
     meta = {"n": len(rows), "classes": classes, "balance": class_balance([r["label"] for r in rows], list(splits), classes),
             "duplicates": {k: leak[k] for k in ("pairs", "by_split", "leaked_share")}, "leaked": len(leak["leaked"]),
-            "max_distance": options["max_distance"],
+            "max_distance": options["max_distance"], "hash_pairs": n_hash,
+            "copies": None if copied is None else {
+                "searched": ["JPEG re-encoding", "brightness", "contrast", "mirror", "rotation up to 10 degrees",
+                             "crop to 85% and resized back", "shift"],
+                "not_searched": ["rotation beyond 10 degrees", "crops below 85%", "colour changes", "overlays and text",
+                                 "copies within a split"],
+                **{k: copied[k] for k in ("side", "candidates", "n_test", "n_reference")}, "pairs": int(len(copied["pairs"])),
+                "max_distance": options["copies"]["max_distance"]},
             "label_issues": None if issues is None else len(issues["index"]), "label_images": int(len(checked)),
             "outliers": {k: {"count": len(v["index"]), "low": v["low"], "high": v["high"], "median": v["median"]}
                          for k, v in outliers.items()},
             "options": options, "seconds": round(time.time() - t0, 2)}
     arrays = {"paths": np.array([r["path"] for r in rows]), "labels": y, "splits": splits, "pairs": pairs,
               "leaked": np.array(leak["leaked"], np.int64), "hashes": hashes.view(np.int64)}
+    if copied is not None:
+        arrays.update({f"copy_{k}": copied[k] for k in ("pairs", "distance", "mirror", "rotation", "scale", "shift")})
     if issues is not None:
         arrays.update({f"issue_{k}": v for k, v in issues.items()})
     arrays.update({f"outlier_{k}": v["index"] for k, v in outliers.items()})

@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from . import stats
+from .copies import compare_side
 from .data import load_rgb, read_manifest
 from .io import load_npz, save_npz
 
@@ -83,19 +84,6 @@ def reference_rows(manifest, cap: int, seed: int) -> tuple[list[dict], int]:
         return rows, len(rows)
     keep = np.sort(np.random.default_rng(seed).choice(len(rows), cap, replace=False))
     return [rows[i] for i in keep], len(rows)
-
-
-def compare_side(paths: list[str], size: int) -> int:
-    """The side the pixel check compares at: `size`, or the images' own (the median shorter side of `paths`,
-    read from the headers) when smaller. Never upsampled: a shift of whole pixels in a 28 px garment is a
-    fraction of a pixel at 32, which resampling blurs into a difference (Fashion-MNIST, shifted by 2 px:
-    78% confirmed at 28, 42% at 32)."""
-    from PIL import Image
-    sides = []
-    for p in paths:
-        with Image.open(p) as im:
-            sides.append(min(im.size))
-    return int(min(size, np.median(sides))) if sides else size
 
 
 def confirm(test_paths: list[str], ref_paths: list[str], idx: np.ndarray, options: dict, chunk: int = 4096) -> dict:

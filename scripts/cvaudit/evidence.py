@@ -13,7 +13,7 @@ import numpy as np
 from .io import atomic_path, load_npz
 
 FILES = {
-    "near_duplicates": "Near-duplicate pairs by perceptual hash, confirmed on the pixels (leaks across splits first)",
+    "near_duplicates": "Near duplicates and copies across and within splits (hash and copy search; leaks first)",
     "embedding_duplicates": "Near duplicates found in this model's embedding, confirmed on the pixels",
     "label_issues": "Label-issue candidates by a classic classifier (confident learning), most suspicious first",
     "label_issues_by_model": "Label-issue candidates by this model's own test probabilities",
@@ -40,11 +40,14 @@ def _audit_rows(audit_file) -> dict:
         return {"near_duplicates": [], "label_issues": [], "quality_outliers": []}
     a = load_npz(audit_file)
     paths, splits, y, classes = [str(p) for p in a["paths"]], [str(s) for s in a["splits"]], a["labels"], a["meta"]["classes"]
-    pairs = [tuple(int(v) for v in p) for p in a["pairs"]]
+    n_hash = a["meta"].get("hash_pairs", len(a["pairs"]))  # the hash's pairs come first, the copy search's after
+    by_copy = {tuple(sorted((int(i), int(j)))) for i, j in a.get("copy_pairs", [])}
+    pairs = [(*(int(v) for v in p), k < n_hash) for k, p in enumerate(a["pairs"])]
     leak = lambda i, j: {splits[i], splits[j]} in ({"test", "train"}, {"test", "val"})  # noqa: E731
     pairs.sort(key=lambda p: not leak(p[0], p[1]))  # leaks first, as the report shows them
-    out = {"near_duplicates": [(paths[i], splits[i], classes[y[i]], paths[j], splits[j], classes[y[j]], d, int(leak(i, j)))
-                               for i, j, d in pairs]}
+    found_by = lambda i, j, h: " and ".join(k for k, ok in (("hash", h), ("copy search", (i, j) in by_copy)) if ok)  # noqa: E731
+    out = {"near_duplicates": [(paths[i], splits[i], classes[y[i]], paths[j], splits[j], classes[y[j]], d, int(leak(i, j)),
+                                found_by(i, j, h)) for i, j, d, h in pairs]}
     out["label_issues"] = [] if "issue_index" not in a else [
         (paths[i], splits[i], classes[g], classes[s], f"{c:.4f}")
         for i, g, s, c in zip(a["issue_index"], a["issue_given"], a["issue_suggested"], a["issue_self_confidence"])]
@@ -92,7 +95,7 @@ def write_evidence(out_dir, audit_file=None, embedding_file=None, model_issues: 
     counts = {}
     audit = _audit_rows(audit_file)
     counts["near_duplicates"] = _write(out / "near_duplicates.csv", ["path_a", "split_a", "label_a", "path_b", "split_b",
-                                                                     "label_b", "hash_distance", "leak"], audit["near_duplicates"])
+                                                                     "label_b", "hash_distance", "leak", "found_by"], audit["near_duplicates"])
     counts["embedding_duplicates"] = _write(out / "embedding_duplicates.csv", [
         "test_path", "reference_path", "mirrored", "shift_y", "shift_x", "pixel_difference", "also_by_hash"],
         _embedding_rows(embedding_file))

@@ -299,6 +299,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
         "data_audit": None if r["data_audit"] is None else {
             k: r["data_audit"]["meta"][k] for k in ("n", "leaked", "label_issues", "max_distance")} | {
             "near_duplicate_pairs": r["data_audit"]["meta"]["duplicates"]["pairs"],
+            "copies": r["data_audit"]["meta"].get("copies"),
             "by_split": r["data_audit"]["meta"]["duplicates"]["by_split"],
             "leaked_share": r["data_audit"]["meta"]["duplicates"]["leaked_share"],
             "outliers": {k: v["count"] for k, v in r["data_audit"]["meta"]["outliers"].items()},
