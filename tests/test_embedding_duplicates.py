@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvaudit.embedding_duplicates import aligned_difference, compare_side, nearest, run_embedding_duplicates, thumbnail
+from cvaudit.copies import distance
+from cvaudit.embedding_duplicates import compare_side, nearest, run_embedding_duplicates, thumbnail
 from cvaudit.models import save_model
 from test_data_audit import _fmnist, _reencoded
 from tiny_models import tiny_cnn
 
-OPTIONS = {"enabled": True, "neighbors": 10, "max_reference": 100000, "size": 32, "blur": 1.0, "max_shift": 0.1,
-           "max_pixel_difference": 0.0125}
+OPTIONS = {"enabled": True, "neighbors": 10, "max_reference": 100000, "size": 32, "blur": 0.8, "max_shift": 0.15,
+           "max_pixel_difference": 0.013}
 
 
 def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -29,10 +30,10 @@ def test_the_pixel_check_recovers_a_mirror_and_a_shift_and_refuses_distinct_garm
     rgb, _ = _fmnist(40, seed=3)
     grey = rgb[..., 0].astype(np.float32) / 255
     copy = _shift(grey[0][:, ::-1], 2, -1)  # mirrored, then moved down 2 and left 1
-    r = aligned_difference(np.stack([copy, grey[1]]), np.stack([grey[0], grey[2]]), max_shift=3)
-    assert r["difference"][0] < 1e-6  # exact where they overlap
-    assert r["mirror"][0] == 1 and tuple(r["shift"][0]) == (2, -1)
-    assert r["difference"][1] > 0.05
+    r = distance(np.stack([copy, grey[1]]), np.stack([grey[0], grey[2]]), max_shift=0.15)
+    assert r["distance"][0] < 1e-5  # exact where they overlap
+    assert r["mirror"][0] == 1 and sorted(np.abs(r["shift"][0])) == [1, 2] and r["rotation"][0] == 0
+    assert r["distance"][1] > 0.05
     # every pair of 40 distinct garments stays above the stage's threshold, at any mirror and shift
     i, j = np.triu_indices(40, 1)
     paths = [tmp_path / f"{k}.png" for k in range(len(rgb))]
@@ -41,7 +42,7 @@ def test_the_pixel_check_recovers_a_mirror_and_a_shift_and_refuses_distinct_garm
     side = compare_side(paths, OPTIONS["size"])
     assert side == 28 and compare_side(paths, 16) == 16  # the images' own side, never upsampled to 32
     thumbs = np.stack([thumbnail(p, side, OPTIONS["blur"]) for p in paths])
-    d = aligned_difference(thumbs[i], thumbs[j], max_shift=3)["difference"]
+    d = distance(thumbs[i], thumbs[j], max_shift=OPTIONS["max_shift"])["distance"]
     assert d.min() > OPTIONS["max_pixel_difference"], d.min()
 
 

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_duplicates import FMNIST, copy, grey  # noqa: E402
 from cvaudit.data_audit import phash  # noqa: E402
-from cvaudit.embedding_duplicates import aligned_difference, compare_side, nearest, thumbnail  # noqa: E402
+from cvaudit.copies import distance  # noqa: E402
+from cvaudit.embedding_duplicates import compare_side, nearest, thumbnail  # noqa: E402
 from cvaudit.sources import read_idx  # noqa: E402
 
 
@@ -52,9 +53,9 @@ def main():
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--neighbors", type=int, default=5)
     ap.add_argument("--size", type=int, default=32, help="as the stage: never above the images' own side (28)")
-    ap.add_argument("--blur", type=float, default=1.0)
-    ap.add_argument("--max-shift", type=float, default=0.1)
-    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.01, 0.0125, 0.015])
+    ap.add_argument("--blur", type=float, default=0.8)
+    ap.add_argument("--max-shift", type=float, default=0.15)
+    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.01, 0.013, 0.015])
     args = ap.parse_args()
     from cvaudit.pixels import start_stage
     from cvaudit.represent import stream_features
@@ -74,10 +75,9 @@ def main():
         ref = stream_features(model, rows(orig), spec, dev)["embeddings"]
         side = compare_side(orig, args.size)
         th = np.stack([thumbnail(p, side, args.blur) for p in orig])
-        shift_px = round(args.max_shift * side)
         idx, _ = nearest(ref, ref, args.neighbors + 1)  # each original against the others: itself comes first
         cand = idx[:, 1:]
-        d = aligned_difference(np.repeat(th, args.neighbors, 0), th[cand.ravel()], shift_px)["difference"]
+        d = distance(np.repeat(th, args.neighbors, 0), th[cand.ravel()], args.max_shift)["distance"]
         print(f"{args.model}: {args.images} distinct images, {args.neighbors} neighbours each, compared at {side} px; false pairs: "
               + ", ".join(f"{int((d <= t).sum())} at {t}" for t in args.thresholds))
         hashes = np.array([phash(np.repeat(a[..., None], 3, -1)) for a in imgs[:200]], np.uint64)
@@ -88,7 +88,7 @@ def main():
             near, _ = nearest(emb, ref, args.neighbors)
             inside = (near == np.arange(200)[:, None]).any(1)
             ct = np.stack([thumbnail(p, side, args.blur) for p in paths])
-            diff = aligned_difference(ct, th[:200], shift_px)["difference"]
+            diff = distance(ct, th[:200], args.max_shift)["distance"]
             h = np.array([phash(np.repeat(a[..., None], 3, -1)) for a in made], np.uint64)
             by_hash = (np.bitwise_count(h ^ hashes) <= 8) & (np.abs(np.stack([grey(a) for a in made])
                                                                     - np.stack([grey(a) for a in imgs[:200]])).mean((1, 2)) <= 0.02)

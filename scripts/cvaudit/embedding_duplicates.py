@@ -5,12 +5,12 @@ A model trained with flips and shifts maps a flipped or shifted copy of a traini
 pHash (and a pixel difference) sees another image; and a test image the model has effectively seen through
 its augmentation is a leak for that model. So, for every test image (the represent stage's penultimate
 embeddings), its `neighbors` nearest training and validation images (at most `max_reference`, a seeded sample
-beyond) by cosine distance of the centred embeddings (scikit-learn's brute-force search); each candidate pair
-is confirmed on the pixels as a person would: the mean absolute difference of the two grey images at
-size x size (or the images' own side when smaller; slightly blurred, so JPEG noise counts little), at the
-best of the image as it is or mirrored and shifted by up to `max_shift` of its side, compared where the two
-overlap, is at most `max_pixel_difference`. An embedding alone pairs distinct but similar images (Fashion-MNIST: a classifier
-maps most plain T-shirts together); the pixel check keeps only copies.
+beyond) by cosine distance of the centred embeddings (scikit-learn's brute-force search); a candidate pair is a
+copy when, aligned as a person would (cvaudit.copies: the best alignment over mirror, rotation, zoom and shift by
+up to `max_shift` of the side, at size x size or the images' own side when smaller, slightly blurred so JPEG
+noise counts little), the difference left after fitting brightness and contrast is at most
+`max_pixel_difference`. An embedding alone pairs distinct but similar images (Fashion-MNIST: a classifier maps
+most plain T-shirts together); the pixel check keeps only copies.
 
 Measured on Fashion-MNIST (tools/bench_embedding_duplicates.py): see the README's data-audit section."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from . import stats
+from . import copies, stats
 from .copies import compare_side
 from .data import load_rgb, read_manifest
 from .io import load_npz, save_npz
@@ -51,31 +51,9 @@ def nearest(queries: np.ndarray, reference: np.ndarray, k: int) -> tuple[np.ndar
 def thumbnail(path, size: int, blur: float) -> np.ndarray:
     """The image as a person sees it (orientation, alpha, bit depth: load_rgb), grey at size x size in [0, 1],
     blurred by a Gaussian of `blur` pixels."""
-    from PIL import Image
-    from scipy.ndimage import gaussian_filter
-    g = np.asarray(load_rgb(path).convert("L").resize((size, size), Image.BILINEAR), np.float32) / 255
-    return gaussian_filter(g, blur) if blur > 0 else g
+    return copies.thumbnail(load_rgb(path), size, blur)
 
 
-def aligned_difference(a: np.ndarray, b: np.ndarray, max_shift: int) -> dict:
-    """For pairs of grey images a[i], b[i] (n, s, s): the smallest mean absolute difference over b as it is
-    or mirrored left to right, shifted by up to max_shift pixels each way, on the region where the two overlap;
-    with the mirror (0/1) and the shift (dy, dx) that gave it."""
-    n, s = len(a), a.shape[-1]
-    best = np.full(n, np.inf, np.float32)
-    how = np.zeros((n, 3), np.int64)
-    for mirror, bb in ((0, b), (1, b[:, :, ::-1])):
-        for dy in range(-max_shift, max_shift + 1):
-            for dx in range(-max_shift, max_shift + 1):
-                d = np.abs(a[:, max(dy, 0):s + min(dy, 0), max(dx, 0):s + min(dx, 0)]
-                           - bb[:, max(-dy, 0):s + min(-dy, 0), max(-dx, 0):s + min(-dx, 0)]).mean((1, 2))
-                better = d < best
-                best[better] = d[better]
-                how[better] = (mirror, dy, dx)
-    return {"difference": best, "mirror": how[:, 0], "shift": how[:, 1:]}
-
-
-# ----------------------------------------------------------------------------- the stage
 def reference_rows(manifest, cap: int, seed: int) -> tuple[list[dict], int]:
     """The training and validation images the test images are searched against: all of them, or a seeded
     sample of `cap` (in manifest order); with how many there are."""
@@ -95,10 +73,11 @@ def confirm(test_paths: list[str], ref_paths: list[str], idx: np.ndarray, option
     used, at = np.unique(idx, return_inverse=True)  # the candidates only, and where each pair's sits among them
     thumbs_ref = np.stack([thumbnail(ref_paths[j], size, blur) for j in used])
     qi, ri = np.repeat(np.arange(len(test_paths)), idx.shape[1]), at.ravel()
-    shift = int(round(options["max_shift"] * size))
-    parts = [aligned_difference(thumbs_test[qi[lo:lo + chunk]], thumbs_ref[ri[lo:lo + chunk]], shift)
+    parts = [copies.distance(thumbs_test[qi[lo:lo + chunk]], thumbs_ref[ri[lo:lo + chunk]], options["max_shift"])
              for lo in range(0, len(qi), chunk)]
-    return {"query": qi, "side": size, **{k: np.concatenate([p[k] for p in parts]) for k in parts[0]}}
+    keys = ("distance", "mirror", "rotation", "scale", "shift")
+    out = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    return {"query": qi, "side": size, "difference": out.pop("distance"), **out}
 
 
 def leaked_test_paths(audit_path) -> tuple[set[str], set[tuple[str, str]]]:

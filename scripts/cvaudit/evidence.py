@@ -8,8 +8,6 @@ import csv
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from .io import atomic_path, load_npz
 
 FILES = {
@@ -125,7 +123,3 @@ def write_evidence(out_dir, audit_file=None, embedding_file=None, model_issues: 
 def links(counts: dict) -> list[dict]:
     """The report's list of evidence files: name, relative link, description, rows."""
     return [{"name": k, "href": f"evidence/{k}.csv", "what": FILES[k], "rows": counts.get(k, 0)} for k in FILES]
-
-
-def np_safe(v):
-    return int(v) if isinstance(v, np.integer) else v
