@@ -241,3 +241,21 @@ def test_road_removes_each_percentile_of_a_map_full_of_ties_and_averages_its_imp
     one = trust.road(_Quadrant(), x, t, maps, [30, 70], seed=0, imputations=1)
     three = trust.road(_Quadrant(), x, t, maps, [30, 70], seed=0, imputations=3)
     assert one.shape == three.shape == (2,) and np.isfinite(three).all() and not np.allclose(one, three)
+
+
+def test_seed_stability_tells_a_method_whose_maps_are_its_draws_from_one_that_settles():
+    """SmoothGrad with 2 noisy samples of a large noise: another seed gives another map (low rank correlation); with
+    64 samples of a small noise the maps settle (high). A deterministic method is not checked."""
+    from cvaudit.explain import seed_stability
+    from cvaudit.methods import attribute_batched, get_method
+    net = pixel_cnn(seed=0)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    t = net(x).argmax(1)
+    idx = torch.arange(4)
+    shaky = get_method("smoothgrad", samples=2, noise=0.5, seed=0)
+    steady = get_method("smoothgrad", samples=64, noise=0.05, seed=0)
+    low = seed_stability(shaky, net, x, t, attribute_batched(shaky, net, x, t, idx), idx)
+    high = seed_stability(steady, net, x, t, attribute_batched(steady, net, x, t, idx), idx)
+    assert low["median"] < 0.6 < high["median"] and low["seeds"] == [0, 7919], (low["median"], high["median"])
+    assert len(high["per_image"]) == 4
+    assert "seed" not in get_method("saliency").options

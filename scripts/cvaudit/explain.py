@@ -31,6 +31,8 @@ ROAD_PERCENTILES = (10, 30, 50, 70, 90)  # the schema's default (explain.trust.r
 CHUNK_IMAGES = 64
 
 
+STABILITY_SEED_OFFSET = 7919  # the second seed of the stability check: the method's own plus this
+
 def part(method: str, job: dict, start: int = 0, stop: int | None = None) -> tuple[dict, dict]:
     """Explain audit images [start, stop) (all by default): the predicted class of each (and the true
     class where they differ), then score the maps: deletion/insertion faithfulness, and (in the part
@@ -135,7 +137,20 @@ def _explain_chunk(m, net, audit: dict, lo: int, hi: int, dev, trust: dict, seed
                                                      len(audit["class_names"]), seed, range(k))
         result["sensitivity"] = tr.max_sensitivity(m, net, x[:k], preds[:k], trust.get("sensitivity_radius", 0.02),
                                                    trust.get("sensitivity_samples", 4), seed)
+        if "seed" in m.options:  # a method that draws at random: the same images with another seed
+            result["stability"] = seed_stability(m, net, x[:k], preds[:k], maps_pred[:k], index[:k])
     return arrays, took
+
+
+def seed_stability(m, net, x: torch.Tensor, target: torch.Tensor, maps: np.ndarray, index) -> dict:
+    """How much a method's maps depend on its random draws: the rank correlation (trust.rank_corr) of each map with
+    the map of the same image and class from the method with another seed. A low one means a single map shows
+    the draw as much as the model."""
+    from . import trust as tr
+    twin = type(m)(batch_size=m.batch_size, **{**m.options, "seed": int(m.options["seed"]) + STABILITY_SEED_OFFSET})
+    corr = tr.rank_corr(maps, attribute_batched(twin, net, x, target, index))
+    return {"per_image": corr.tolist(), "median": float(np.median(corr)) if len(corr) else None,
+            "seeds": [int(m.options["seed"]), int(m.options["seed"]) + STABILITY_SEED_OFFSET]}
 
 
 def merge_explain(parts: list[tuple[dict, dict]]) -> tuple[dict, dict]:
@@ -151,7 +166,7 @@ def merge_explain(parts: list[tuple[dict, dict]]) -> tuple[dict, dict]:
         result.pop("sanity", None)
         return result, {}
     result["attribution_seconds"] = round(sum(r.get("attribution_seconds", 0) for r, _ in full), 3)
-    for key in ("sanity", "random_logit", "sensitivity"):  # computed in the part holding the first images
+    for key in ("sanity", "random_logit", "sensitivity", "stability"):  # computed in the part holding the first images
         got = [r[key] for r, _ in full if r.get(key)]
         if got:
             result[key] = got[0]

@@ -97,6 +97,19 @@ def _sensitivity_clause(sens: dict | None) -> str:
             f"(median max-sensitivity, {sens['samples']} noisy copies of each of {len(sens['per_image'])} images).")
 
 
+LOW_STABILITY = 0.5  # a rank correlation between two seeds' maps below this is flagged in the report
+
+
+def _stability_clause(st: dict | None) -> str:
+    if not st or st.get("median") is None:
+        return ""
+    if st["median"] < LOW_STABILITY:
+        return (f" Its maps change with its random draws: with another seed the same image's map has a rank correlation "
+                f"of only {st['median']:.2f} with it (median of {len(st['per_image'])} images), so one map shows the draw "
+                "as much as the model; raise its samples.")
+    return f" Another seed gives nearly the same maps (rank correlation {st['median']:.2f}, median of {len(st['per_image'])} images)."
+
+
 def _axiom_clause(axiom: dict | None) -> str:
     """The verdict sentence's last words for a method that breaks its own promise (completeness,
     efficiency, conservation) on this model's maps."""
@@ -147,7 +160,10 @@ def _attribution_section(audit: dict, explain: dict, verdicts: list[dict], agree
                      "sentence": method_sentence(meta["label"], f["status"] if f else "n/a",
                                                  s["status"] if s else "n/a", s["value"] if s else None)
                      + _road_clause(rd, f["status"] if f else "n/a") + _class_clause(c, meta.get("random_logit")) + _sensitivity_clause(meta.get("sensitivity"))
-                     + _axiom_clause(meta.get("axiom")),
+                     + _stability_clause(meta.get("stability")) + _axiom_clause(meta.get("axiom")),
+                     "stability": meta.get("stability"),
+                     "unstable": bool(meta.get("stability") and meta["stability"]["median"] is not None
+                                      and meta["stability"]["median"] < LOW_STABILITY),
                      "class_corr": c["value"] if c else None,
                      "class_ci": (c["ci_low"], c["ci_high"]) if c and c["ci_low"] is not None else None,
                      "class_status": c["status"] if c else "n/a", "class_n": c["n"] if c else None, "class_settle": c["settle"] if c else "",
@@ -161,6 +177,7 @@ def _attribution_section(audit: dict, explain: dict, verdicts: list[dict], agree
     stages = rows[0]["sanity"]["stages"] if rows and rows[0]["sanity"] else []
     return {
         "methods": [labels[m] for m in shown],
+        "unstable": [labels[m] for m in shown if any(r["method"] == m and r["unstable"] for r in rows)],
         "gallery": [row(i, "maps_pred") for i in range(n)],
         "gallery_true": [row(i, "maps_true") for i in wrong],
         "not_applicable": [{"label": r["meta"]["label"], "reason": r["meta"]["reason"]}
@@ -286,6 +303,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                                          "sanity_final_rank_corr": (row["sanity"] or {}).get("final_rank_corr"),
                                          "class_sensitivity": row["class_corr"], "road_gain": row["road_gain"],
                                          "max_sensitivity": (row["sensitivity"] or {}).get("median"),
+                                         "seed_stability": (row["stability"] or {}).get("median"),
                                          "axiom_kept": None if not row["axiom"] else
                                          {k: row["axiom"][k] for k in ("within", "of", "tolerance", "median_error")}}
                          for row in attributions["rows"]},
