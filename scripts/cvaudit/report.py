@@ -23,7 +23,7 @@ from .report_sections import (clever_hans_section, collect_robust, compare_secti
                               represent_section, robust_section, units_section)
 
 log = logging.getLogger("cvaudit.report")
-SUMMARY_VERSION = 3
+SUMMARY_VERSION = 4
 
 
 # A Clever-Hans suspect as summary.json carries it (report/summary.schema.yaml)

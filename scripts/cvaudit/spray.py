@@ -126,8 +126,8 @@ def describe(pooled: np.ndarray, labels: np.ndarray, object_freq: np.ndarray, op
              reference: np.ndarray | None = None) -> list[dict]:
     """Each cluster of one class: size, mean map, and its candidate regions with the tests behind a flag.
     `reference`: where the images of the other classes put their relevance (a grid summing to 1; uniform when
-    not given). The cluster's own fields are those of its compact region; `suspects` lists every flagged
-    candidate, compact first, then the structure with the highest enrichment."""
+    not given). The cluster's own fields are those of its compact region; `suspects` lists the flagged
+    candidates: the compact region, the edge strip with the highest enrichment, and the border ring."""
     n = len(pooled)
     grid = pooled.shape[-1] if n else 0
     ref = np.full((grid, grid), 1.0 / max(grid * grid, 1)) if reference is None else np.asarray(reference)
@@ -148,8 +148,10 @@ def describe(pooled: np.ndarray, labels: np.ndarray, object_freq: np.ndarray, op
                      consistent=t["member_share"] >= options["min_structure_share"],
                      off_object=t["object_frequency"] <= options["max_object"])
             t["flagged"] = bool(big and t["concentrated"] and t["consistent"] and t["off_object"])
-        best_thin = max((t for t in thin if t["flagged"]), key=lambda t: t["enrichment"], default=None)
-        suspects = [t for t in (compact, best_thin) if t is not None and t["flagged"]]
+        strips = [t for t in thin if t["flagged"] and t["shape"] != "border"]
+        best_strip = max(strips, key=lambda t: t["enrichment"], default=None)
+        border = next((t for t in thin if t["shape"] == "border" and t["flagged"]), None)
+        suspects = [t for t in (compact, best_strip, border) if t is not None and t["flagged"]]
         out.append({"cluster": c, "size": int(len(members)), "share_of_class": len(members) / n, "members": members,
                     "mean_map": mean, "big_enough": bool(big),
                     **{k: v for k, v in compact.items() if k not in ("shape", "flagged")},
