@@ -186,3 +186,80 @@ def test_the_hash_cache_reads_only_new_or_touched_files(tmp_path, monkeypatch):
     os.utime(root / "a" / "img002.png", (later, later))
     write_fingerprint(ds, "d", tmp_path / "r" / "source.json")
     assert read == ["img002.png"]
+
+
+def _every_file(root: Path) -> int:
+    """Every entry under root that is not a folder (files, links, FIFOs), links to folders counted once, not
+    followed: what a person would count in a file browser."""
+    n = 0
+    for base, dirs, files in os.walk(root):
+        n += len(files) + sum(1 for d in dirs if os.path.islink(os.path.join(base, d)))
+    return n
+
+
+def test_every_file_under_a_folder_is_read_rejected_or_ignored_and_the_three_add_up(tmp_path):
+    """A folder of every kind of clutter: nested sub-folders, archive and OS debris (__MACOSX, .DS_Store,
+    Thumbs.db, desktop.ini, ._ resource forks), a text file, a file outside any class folder, upper-case
+    extensions, a FIFO, a link to /dev/zero named like an image, a link to a folder. Nothing hangs, no debris
+    becomes a class, and files seen = manifest + rejected + ignored; with recursive: true the nested images
+    join their top-level class."""
+    root = tmp_path / "imgs"
+    _images(root, per_class=6)
+    (root / "a" / "2019").mkdir()
+    (root / "a" / "2019" / "deep").mkdir()
+    for k, sub in enumerate(["2019", "2019/deep"]):
+        shutil.copy(root / "b" / "img000.png", root / "a" / sub / f"nested{k}.png")
+        other = np.asarray(Image.open(root / "b" / f"img00{k + 1}.png")).copy()
+        other[5, 5] = 200 + k  # content of its own
+        Image.fromarray(other).save(root / "a" / sub / f"other{k}.PNG")
+    (root / "__MACOSX" / "a").mkdir(parents=True)
+    (root / "__MACOSX" / "a" / "._img000.png").write_bytes(b"\x00\x05\x16\x07")
+    for junk in ("a/.DS_Store", "b/Thumbs.db", "b/desktop.ini", "a/._img001.png", ".DS_Store"):
+        (root / junk).write_bytes(b"junk")
+    (root / "b" / "notes.txt").write_text("labels checked by hand")
+    (root / "loose.png").write_bytes((root / "a" / "img002.png").read_bytes())
+    upper = np.asarray(Image.open(root / "b" / "img003.png")).copy()
+    upper[6, 6] = 7
+    Image.fromarray(upper).save(root / "b" / "UPPER.JPG")
+    os.mkfifo(root / "a" / "pipe.png")
+    os.symlink("/dev/zero", root / "b" / "zero.png")
+    os.symlink(root / "a" / "2019", root / "b" / "linked")
+    seen = _every_file(root)
+    info = ingest({"source": "imagefolder", "path": str(root)}, "t", 0, tmp_path / "out")
+    manifest = read_manifest(tmp_path / "out" / "manifest.csv")
+    rejected = list(csv.DictReader(open(tmp_path / "out" / "rejected.csv")))
+    assert info["classes"] == ["a", "b"]  # __MACOSX is no class
+    assert len(manifest) + len(rejected) + info["n_ignored_system_files"] == seen
+    assert info["n_ignored_system_files"] == 6
+    reasons = {Path(r["path"]).name: r["reason"] for r in rejected}
+    assert "nested folder (a/2019)" in reasons["nested0.png"] and "recursive: true" in reasons["nested0.png"]
+    assert "nested folder (a/2019)" in reasons["nested1.png"]  # deeper still: its top nested folder named
+    assert "not a regular file (a named pipe" in reasons["pipe.png"]
+    assert "not a regular file (a device)" in reasons["zero.png"]
+    assert "not in a class folder" in reasons["loose.png"] and "link to a folder" in reasons["linked"]
+    assert "not an image extension" in reasons["notes.txt"]
+    assert any(Path(r["path"]).name == "UPPER.JPG" for r in manifest)  # an upper-case extension is an image
+    os.unlink(root / "b" / "linked")  # through the link the same images would carry class b too: conflicting labels
+    again = ingest({"source": "imagefolder", "path": str(root), "recursive": True}, "t", 0, tmp_path / "out2")
+    names = {Path(r["path"]).name: r["label"] for r in read_manifest(tmp_path / "out2" / "manifest.csv")}
+    assert names["other0.PNG"] == names["other1.PNG"] == "a"  # nested images in their top-level class
+    rejected2 = list(csv.DictReader(open(tmp_path / "out2" / "rejected.csv")))
+    assert len(read_manifest(tmp_path / "out2" / "manifest.csv")) + len(rejected2) + again["n_ignored_system_files"] \
+        == seen - 1
+    assert not any("nested folder" in r["reason"] for r in rejected2)
+
+
+def test_planning_never_reads_a_device_or_a_fifo(tmp_path):
+    """The fingerprint (what `snakemake -n` computes) stats every listed file and hashes only regular ones:
+    a link named .png to /dev/zero and a FIFO are not read (either would hang)."""
+    root = tmp_path / "imgs"
+    _images(root, per_class=4)
+    os.mkfifo(root / "a" / "pipe.png")
+    os.symlink("/dev/zero", root / "b" / "zero.png")
+    import threading
+    done = {}
+    t = threading.Thread(target=lambda: done.setdefault("d", write_fingerprint(
+        {"source": "imagefolder", "path": str(root)}, "t", tmp_path / "fp.json")), daemon=True)
+    t.start()
+    t.join(30)
+    assert "d" in done, "the fingerprint hung on a device or a FIFO"

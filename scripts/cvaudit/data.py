@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import multiprocessing
 import shutil
 import sys
@@ -27,8 +28,10 @@ from . import CvauditError
 from .fingerprint import HashCache, content_hashes, ingested_stamp
 from .images import background_rgb, check_image, load_rgb, to_rgb  # noqa: F401 — load_rgb: the readers' import
 from .io import atomic_path, sha256_file, write_json
-from .sources import (Candidate, candidates, folder_classes, foolbox_dir,  # noqa: F401 — foolbox_dir re-exported
-                      imagenet_categories, read_arrays)
+from .sources import (Candidate, candidates, folder_classes, folder_listing, foolbox_dir,  # noqa: F401 — re-exported
+                      imagenet_categories, listing_candidates, read_arrays)
+
+log = logging.getLogger("cvaudit.data")
 
 # path: the file every stage reads (a converted copy under results/data/{dataset}/converted/ when the
 # original needed one); original: the user's file; converted: what was done to it (empty: nothing).
@@ -129,14 +132,24 @@ def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None, w
     images_dir.mkdir(parents=True, exist_ok=True)
     where = ds.get("path", ds["source"])
     arrays = read_arrays(ds) if ds["source"] in ("idx", "lfw_subset") else None
-    cands = candidates(ds, arrays)
+    ignored = 0
+    if ds["source"] == "imagefolder":  # every file under the folder: read, rejected unread, or system debris
+        listing = folder_listing(ds["path"], ds.get("recursive", False))
+        cands, ignored = listing_candidates(listing), listing["ignored"]
+        if ignored:
+            log.info("dataset '%s': %d system file(s) ignored (dot-files, __MACOSX, .DS_Store, Thumbs.db, desktop.ini)",
+                     name, ignored)
+    else:
+        cands = candidates(ds, arrays)
+    rejected = [{"path": c.path, "label": c.label, "reason": c.reason} for c in cands if c.reason]  # refused unread
+    n_seen = len(cands)
+    cands = [c for c in cands if not c.reason]
     if arrays is not None:
         digests = [hashlib.sha256(arrays[0][c.index].tobytes()).hexdigest() for c in cands]
     else:
         hashes = content_hashes([c.path for c in cands], HashCache(out_dir / "hashes.sqlite"), progress=f"dataset '{name}'")
         digests = [hashes[c.path] for c in cands]
 
-    rejected = []
     for c, d in zip(cands, digests):  # unreadable files: check_image says why
         if d is None:
             rejected.append({"path": c.path, "label": c.label, "reason": check_image(Path(c.path))[1] or "cannot be read"})
@@ -241,7 +254,8 @@ def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None, w
               for label, kept in manifest}
     n_user = sum(1 for r in rows if r["user_split"])
     info = {"name": name, "source": ds["source"], "path": ds.get("path"), "classes": [c for c, _ in manifest],
-            "counts": counts, "n_images": len(rows), "n_rejected": len(rejected),
+            "counts": counts, "n_images": len(rows), "n_rejected": len(rejected), "n_ignored_system_files": ignored,
+            "n_over_max_per_class": n_seen - len(rows) - len(rejected) if arrays is None else None,
             "n_duplicates": n_duplicates, "n_conflicting": n_conflicting,
             "manifest_sha256": sha256_file(out_dir / "manifest.csv"), "seed": seed,
             "split": {"val": val, "test": test},

@@ -61,12 +61,14 @@ class HashCache:
 
 
 def stat_all(paths: list[str]) -> dict[str, tuple[int, int] | None]:
-    """{path: (size, mtime_ns)}, None for a file that is missing or cannot be read."""
+    """{path: (size, mtime_ns)}, None for a file that is missing or cannot be read, and for anything that is
+    not a regular file once links are followed (a device or a FIFO would block or never end a read)."""
+    import stat
     out: dict[str, tuple[int, int] | None] = {}
     for p in paths:
         try:
             st = os.stat(p)
-            out[p] = (st.st_size, st.st_mtime_ns)
+            out[p] = (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
         except OSError:
             out[p] = None
     return out

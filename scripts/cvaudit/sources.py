@@ -31,6 +31,34 @@ class Candidate:
     where: str = ""  # for messages: "line 7" of a CSV table
     index: int = -1  # array sources: the image's index in the array
     groups: dict | None = None  # the values of the dataset's declared group columns (config key datasets.*.groups)
+    reason: str | None = None  # rejected before any read (a nested folder, not a regular file): why
+
+
+# What operating systems and archivers leave in folders: never a class, never an image, counted and ignored.
+SYSTEM_DIRS = {"__macosx", "$recycle.bin", "system volume information", ".trashes", ".spotlight-v100", ".fseventsd",
+               "@eadir", "__pycache__"}
+SYSTEM_FILES = {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r", ".directory"}
+
+
+def is_system(name: str) -> bool:
+    """A dot-file or -folder, or operating-system debris (__MACOSX, .DS_Store, Thumbs.db, desktop.ini ...)."""
+    low = name.lower()
+    return low.startswith(".") or low in SYSTEM_DIRS or low in SYSTEM_FILES or low.startswith("._")
+
+
+def not_regular(path: str) -> str | None:
+    """Why `path` is not a regular file to read (following links), or None: devices, FIFOs and sockets would
+    block or never end a read, so they are refused before any."""
+    import stat as st
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # missing or a broken link: the image check says which
+    if st.S_ISREG(mode):
+        return None
+    kind = ("a directory" if st.S_ISDIR(mode) else "a named pipe (FIFO)" if st.S_ISFIFO(mode) else
+            "a socket" if st.S_ISSOCK(mode) else "a device" if st.S_ISCHR(mode) or st.S_ISBLK(mode) else "not a file")
+    return f"not a regular file ({kind}); only files are read"
 
 
 # The group a source offers without a table: idx archives, the file an image came from (Zalando's train or
@@ -85,7 +113,7 @@ def _is_dir(e: os.DirEntry) -> bool:
 
 def _dirs(path: str) -> list[str]:
     with os.scandir(path) as it:
-        return sorted(e.name for e in it if not e.name.startswith(".") and _is_dir(e))
+        return sorted(e.name for e in it if not is_system(e.name) and _is_dir(e))
 
 
 def folder_layout(root: str | Path) -> tuple[bool, list[str]]:
@@ -107,23 +135,76 @@ def folder_classes(root: str | Path) -> list[str]:
     return sorted({c for s in top for c in _dirs(os.path.join(str(root), s))})
 
 
-def _folder_files(root: str) -> list[tuple[str, str, str | None]]:
-    """(path, class, the folder's split) of every file of an imagefolder, sorted by folder then name.
-    Paths start with the root as the config gives it (relative stays relative: a moved project works)."""
+def _walk_files(folder: str) -> list[str]:
+    """Every file under folder, system files and folders left out, sorted; symbolic links to folders are not
+    followed (a link loop would never end)."""
+    out = []
+    for base, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not is_system(d))
+        out.extend(os.path.join(base, f) for f in sorted(files) if not is_system(f))
+    return out
+
+
+def _count_system(folder: str) -> int:
+    n = 0
+    for base, dirs, files in os.walk(folder):
+        n += sum(1 for f in files) if is_system(os.path.basename(base)) else sum(1 for f in files if is_system(f))
+    return n
+
+
+def folder_listing(root: str | Path, recursive: bool = False) -> dict:
+    """Every file under an imagefolder, accounted for: `files` (path, class, the folder's split) to read,
+    `rejected` (path, class, reason) for files in nested folders (unless `recursive`, which gives them their
+    top-level class) and files outside any class folder, and `ignored`, the count of system files (dot-files,
+    __MACOSX, .DS_Store, Thumbs.db, desktop.ini ...). Sorted by folder then name; paths start with the root
+    as the config gives it (relative stays relative: a moved project works)."""
     root = str(root)
     split_layout, top = folder_layout(root)
     groups = [(os.path.join(root, s, c), c, SPLIT_NAMES[s.lower()]) for s in top for c in _dirs(os.path.join(root, s))] \
         if split_layout else [(os.path.join(root, c), c, None) for c in top]
-    out = []
+    files, rejected = [], []
+    ignored = _count_system(root)
+    containers = [root] + ([os.path.join(root, s) for s in top] if split_layout else [])
+    for folder in containers:  # files beside the class folders belong to no class
+        with os.scandir(folder) as it:
+            for e in sorted(it, key=lambda e: e.name):
+                if not is_system(e.name) and not _is_dir(e):
+                    rejected.append((e.path, "", "not in a class folder: move it into the folder of its class"))
     for folder, label, split in groups:
         with os.scandir(folder) as it:
-            paths = sorted(e.path for e in it if not e.name.startswith(".") and (e.is_symlink() or e.is_file()))
-        out.extend((p, label, split) for p in paths)
-    return out
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            if is_system(e.name):
+                continue
+            if _is_dir(e) and not e.is_symlink() or _is_dir(e) and recursive:
+                inner = _walk_files(e.path)
+                if recursive:
+                    files.extend((p, label, split) for p in inner)
+                else:
+                    sub = os.path.relpath(e.path, root)
+                    rejected.extend((p, label, f"in a nested folder ({sub}): set the dataset's recursive: true to "
+                                              f"take nested folders into their top-level class") for p in inner)
+            elif _is_dir(e):  # a link to a folder, not followed
+                rejected.append((e.path, label, "a link to a folder (not followed: set recursive: true to read it)"))
+            else:
+                files.append((e.path, label, split))
+    return {"files": files, "rejected": rejected, "ignored": ignored}
 
 
-def _folder_candidates(root: str) -> list[Candidate]:
-    return [Candidate(p, label, split) for p, label, split in _folder_files(root)]
+def _folder_files(root: str, recursive: bool = False) -> list[tuple[str, str, str | None]]:
+    """(path, class, the folder's split) of every file an imagefolder gives to read (see folder_listing)."""
+    return folder_listing(root, recursive)["files"]
+
+
+def listing_candidates(listing: dict) -> list[Candidate]:
+    """A folder_listing as candidates: its files (those that are not regular files refused unread) and its
+    rejected files with their reasons."""
+    return ([Candidate(p, label, split, reason=not_regular(p)) for p, label, split in listing["files"]]
+            + [Candidate(p, label, None, reason=why) for p, label, why in listing["rejected"]])
+
+
+def _folder_candidates(root: str, recursive: bool = False) -> list[Candidate]:
+    return listing_candidates(folder_listing(root, recursive))
 
 
 # ----------------------------------------------------------------------------- csv
@@ -252,7 +333,7 @@ def candidates(ds: dict, arrays=None) -> list[Candidate]:
     if src in ("imagefolder", "foolbox_imagenet"):
         _check_groups(ds, [], f"the {src} source")
     if src == "imagefolder":
-        return _folder_candidates(ds["path"])
+        return _folder_candidates(ds["path"], ds.get("recursive", False))
     if src == "csv":
         return _csv_candidates(ds)
     if src == "foolbox_imagenet":
@@ -274,8 +355,9 @@ def candidates(ds: dict, arrays=None) -> list[Candidate]:
 def source_files(ds: dict) -> list[str]:
     """Every file a dataset is read from, sorted: what its fingerprint hashes."""
     src = ds["source"]
-    if src == "imagefolder":
-        return [p for p, _, _ in _folder_files(ds["path"])]
+    if src == "imagefolder":  # the files to read and those rejected unread: both are the dataset
+        listing = folder_listing(ds["path"], ds.get("recursive", False))
+        return sorted([p for p, _, _ in listing["files"]] + [p for p, _, _ in listing["rejected"]])
     if src == "csv":
         return sorted({ds["path"], *(c.path for c in _csv_candidates(ds))})
     if src == "idx":
