@@ -9,7 +9,7 @@ min_version("9.27")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from cvaudit import CvauditError
-from cvaudit.config import canonical_order, check_paths, resolve_paths, validate_config
+from cvaudit.config import canonical_order, check_config_file, check_paths, resolve_paths, validate_config
 
 
 # The demo config is the default. Only when no --configfile/--config is given: Snakemake would
@@ -33,6 +33,8 @@ if not config:
 CONFIG_DIR = Path(workflow.overwrite_configfiles[-1]).absolute().parent if workflow.overwrite_configfiles else Path.cwd()
 
 try:
+    for _f in workflow.overwrite_configfiles:  # read strictly: duplicate keys, templating
+        check_config_file(_f)
     validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
     resolve_paths(config, CONFIG_DIR)
     check_paths(config)  # before the DAG: existing results never stand in for a dataset that is gone

@@ -64,3 +64,32 @@ def test_the_old_randomisation_key_names_both_tests_it_could_mean():
     del cfg["robustness"]["randomisation"]
     cfg["robustness"]["shuffled_labels"] = {"enabled": True}
     assert validate_config(cfg)["robustness"]["shuffled_labels"]["epochs"] == 15  # the new key, its defaults
+
+
+def test_a_config_file_is_read_strictly_and_its_errors_say_where(tmp_path):
+    """A key given twice (two models: blocks) names both lines; a YAML error names the line and column and shows
+    the line; Snakemake's templating is refused; NaN and infinity are refused wherever they appear."""
+    from cvaudit import CvauditError
+    from cvaudit.config import check_config_file, validate_config
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("seed: 1\nmodels:\n  a: {dataset: d, arch: mlp}\ndatasets:\n  d: {source: foolbox_imagenet}\n"
+                   "models:\n  b: {dataset: d, arch: mlp}\n")
+    with pytest.raises(CvauditError, match=r"dup.yaml: key 'models' is given twice, on line 2 and on line 6"):
+        check_config_file(dup)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("models:\n  a:\n    dataset: d\n    dataset: e\n")
+    with pytest.raises(CvauditError, match="key 'dataset' is given twice, on line 3 and on line 4"):
+        check_config_file(nested)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: 1\nmodels:\n  a: {dataset: d, arch: mlp\ndatasets: x\n")
+    with pytest.raises(CvauditError, match=r"bad.yaml: not valid YAML at line 4, column 9.*\n    datasets: x\n"):
+        check_config_file(bad)
+    yte = tmp_path / "yte.yaml"
+    yte.write_text("__use_yte__: true\nseed: ?1 + 1\n")
+    with pytest.raises(CvauditError, match="__use_yte__"):
+        check_config_file(yte)
+    check_config_file(REPO / "config" / "config.yaml")  # the demo's passes
+    for bad_value in (float("nan"), float("inf")):
+        with pytest.raises(CvauditError, match=r"config key 'models.m.train.lr'"):
+            validate_config({"datasets": {"d": {"source": "foolbox_imagenet"}},
+                             "models": {"m": {"dataset": "d", "arch": "mlp", "train": {"lr": bad_value}}}})
