@@ -121,3 +121,14 @@ def test_image_loader_decodes_in_the_main_process_on_a_cpu_and_with_pinned_worke
     assert gpu.num_workers == 4 and gpu.pin_memory
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert data.loader_workers("cuda") == 1 and data.loader_workers("cpu") == 0
+
+
+def test_a_network_with_an_output_per_something_else_is_refused_naming_both_counts(tmp_path):
+    """A python: factory that ignores num_classes (5 outputs for 3 classes) would leave probability on outputs
+    no class owns: refused when the model is built, naming both counts."""
+    from cvaudit import CvauditError
+    from cvaudit.train import check_input_size
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 5))
+    with pytest.raises(CvauditError, match=r"models\.m\.arch: the network gives 5 outputs for 3 classes"):
+        check_input_size(net, 28, "models.m.input_size", num_classes=3)
+    check_input_size(net, 28, "models.m.input_size", num_classes=5)  # one per class: fine

@@ -78,12 +78,17 @@ def _set_train_mode(model: nn.Module, frozen: bool, freeze_bn: bool) -> None:
 
 
 @torch.no_grad()
-def check_input_size(model: nn.Module, size: int, key: str) -> None:
-    """Refuse an input size the network cannot take (pooling down to nothing), naming the smallest that works."""
+def check_input_size(model: nn.Module, size: int, key: str, num_classes: int | None = None) -> None:
+    """Refuse an input size the network cannot take (pooling down to nothing), naming the smallest that works;
+    and, given num_classes, a network whose outputs are not one per class (a factory that ignores num_classes
+    would leave probability on outputs no class owns)."""
+    shape = {}
+
     def works(s: int) -> bool:
         try:
             with torch.no_grad():
-                model(torch.zeros(1, 3, s, s))
+                out = model(torch.zeros(1, 3, s, s))
+            shape["out"] = tuple(getattr(out, "shape", ()))
             return True
         except RuntimeError:
             return False
@@ -92,6 +97,12 @@ def check_input_size(model: nn.Module, size: int, key: str) -> None:
     model.eval()
     try:
         if works(size):
+            got = shape["out"]
+            if num_classes is not None and (len(got) != 2 or got[1] != num_classes):
+                raise CvauditError(f"config key {key.rsplit('.', 1)[0]}.arch: the network gives "
+                                   f"{got[1] if len(got) == 2 else 'outputs of shape ' + str(got)} outputs for "
+                                   f"{num_classes} classes; it must give one logit per class (a factory must build its "
+                                   "head with the num_classes it is given)")
             return
         lo, hi = size, size
         while not works(hi):
@@ -158,7 +169,7 @@ def train_model(name: str, model_cfg: dict, manifest: str | Path, seed: int, dev
     dev = resolve_device(device)
     spec = make_spec(model_cfg, manifest_classes(manifest))
     model = build_model(spec)
-    check_input_size(model, spec["input_size"], f"models.{name}.input_size")
+    check_input_size(model, spec["input_size"], f"models.{name}.input_size", spec["num_classes"])
     spec["mean"], spec["std"] = normalisation(spec, model)
     model.to(dev)
     tcfg = model_cfg["train"]
