@@ -190,3 +190,24 @@ def test_a_conflict_names_where_each_copy_is_listed_and_at_most_six_copies():
     assert rej == [{"path": "x.png", "label": "a", "reason": "the same file listed again (line 2): kept once"}]
     unnamed = [Candidate("x.png", "a"), Candidate("x.png", "a")]
     assert _dedupe(unnamed, ["h", "h"])[1][0]["reason"] == "the same file listed again (above): kept once"
+
+
+def test_a_manifest_damaged_by_hand_is_refused_with_the_command_that_rebuilds_it(tmp_path, clean_folder):
+    """Cut mid-row, or rows deleted: every stage reads the manifest through read_manifest, which refuses it
+    instead of auditing part of the data as if it were all."""
+    from cvaudit import CvauditError
+    from cvaudit.data import ingest, read_manifest
+    ingest({"source": "imagefolder", "path": str(clean_folder)}, "t", 0, tmp_path)
+    m = tmp_path / "manifest.csv"
+    text = m.read_text()
+    n = len(read_manifest(m))
+    lines = text.splitlines(keepends=True)
+    m.write_text("".join(lines[:n // 2]) + lines[n // 2][:20] + "\n")  # cut in the middle of a row
+    with pytest.raises(CvauditError, match=r"manifest.csv is damaged: line \d+ has too few columns; rebuild it: "
+                                           r"snakemake --forcerun .*manifest.csv"):
+        read_manifest(m)
+    m.write_text("".join(lines[:n // 3]))  # whole rows gone
+    with pytest.raises(CvauditError, match=rf"{n // 3 - 1} rows where its dataset.json counts {n} images"):
+        read_manifest(m)
+    m.write_text(text)
+    assert len(read_manifest(m)) == n

@@ -158,10 +158,13 @@ def test_the_audit_finds_copies_a_person_would_recognise_and_says_what_it_search
         rows.append({**src, "path": str(path), "split": "test", "sha256": kind})
         planted[str(path)] = src["path"]
     import csv
+    import json
     with open(tmp_path / "d" / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    info = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    (tmp_path / "d" / "dataset.json").write_text(json.dumps({**info, "n_images": len(rows)}))
     meta = run_data_audit(tmp_path / "d" / "manifest.csv", cfg["data_audit"], 0, tmp_path / "audit.npz")
     from cvaudit.io import load_npz
     a = load_npz(tmp_path / "audit.npz")

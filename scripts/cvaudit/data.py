@@ -270,8 +270,25 @@ def ingest(ds: dict, name: str, seed: int, out_dir: str | Path, progress=None, w
 
 # ----------------------------------------------------------------------------- reading back
 def read_manifest(path: str | Path, split: str | None = None) -> list[dict]:
+    """The manifest's rows (of `split`, when given). A manifest damaged after it was written (a row cut short or
+    run on, fewer rows than its dataset.json counts) is refused, naming the command that rebuilds it: a report
+    on part of the data would look complete."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
+    rebuild = f"rebuild it: snakemake --forcerun {path}"
+    for k, r in enumerate(rows):
+        if None in r or any(v is None for v in r.values()):
+            raise CvauditError(f"{path} is damaged: line {k + 2} has {'too many' if None in r else 'too few'} "
+                               f"columns; {rebuild}")
+    info = Path(path).parent / "dataset.json"
+    if info.exists():
+        try:
+            expected = json.loads(info.read_text()).get("n_images")
+        except ValueError:
+            raise CvauditError(f"{info} is damaged (not JSON); {rebuild}") from None
+        if expected is not None and expected != len(rows):
+            raise CvauditError(f"{path} is damaged: {len(rows)} rows where its dataset.json counts {expected} "
+                               f"images; {rebuild}")
     return [r for r in rows if split is None or r["split"] == split]
 
 
