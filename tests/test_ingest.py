@@ -167,6 +167,15 @@ def test_fingerprint_changes_with_content_and_files_never_with_a_touch_or_a_copy
     assert added[0] != changed[0]
     (root / "b" / "new.png").unlink()  # removed again: the fingerprint of the data before
     assert stamp()[0] == changed[0]
+    # content replaced with its size and modification time put back: seen all the same
+    target = root / "a" / "img002.png"
+    before = target.stat()
+    other = (root / "b" / "img002.png").read_bytes()
+    same_size = other[:before.st_size].ljust(before.st_size, b"\0")
+    target.write_bytes(same_size)
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert target.stat().st_size == before.st_size and target.stat().st_mtime_ns == before.st_mtime_ns
+    assert stamp()[0] != changed[0]
 
 
 def test_the_hash_cache_reads_only_new_or_touched_files(tmp_path, monkeypatch):

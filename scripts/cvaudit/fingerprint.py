@@ -6,8 +6,8 @@ is rewritten only when that changes, so a touch, a copy or a restore that keeps 
 nothing, while a changed, new or removed file reruns ingestion and its dependents. No image path
 reaches Snakemake (a million inputs cost it minutes and gigabytes; `<unk>` is a pattern to it).
 
-Content hashes are cached by (path, size, modification time) in results/data/{dataset}/hashes.sqlite:
-only new or touched files are read again. This module is imported when Snakemake parses the
+Content hashes are cached by (path, size, and a stamp of the modification time, the status-change time and
+the inode) in results/data/{dataset}/hashes.sqlite: only new, touched or rewritten files are read again. This module is imported when Snakemake parses the
 workflow, so it uses the standard library only.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .sources import source_files
 
 
 class HashCache:
-    """sha256 of files, remembered by (path, size, mtime_ns) in a SQLite file. A cache that cannot be
+    """sha256 of files, remembered by (path, size, change_stamp) in a SQLite file. A cache that cannot be
     opened (a read-only folder, a file system without locks) is left out: everything is hashed."""
 
     def __init__(self, path: str | Path | None):
@@ -61,17 +61,26 @@ class HashCache:
 
 
 def stat_all(paths: list[str]) -> dict[str, tuple[int, int] | None]:
-    """{path: (size, mtime_ns)}, None for a file that is missing or cannot be read, and for anything that is
+    """{path: (size, change_stamp)}, None for a file that is missing or cannot be read, and for anything that is
     not a regular file once links are followed (a device or a FIFO would block or never end a read)."""
     import stat
     out: dict[str, tuple[int, int] | None] = {}
     for p in paths:
         try:
             st = os.stat(p)
-            out[p] = (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+            out[p] = (st.st_size, change_stamp(st)) if stat.S_ISREG(st.st_mode) else None
         except OSError:
             out[p] = None
     return out
+
+
+def change_stamp(st: os.stat_result) -> int:
+    """One integer for a file's modification time, status-change time and inode. The status-change time moves
+    whenever the content is written and cannot be set back (utime moves it too), so content replaced with its
+    size and modification time restored is read again; a touch or a copy is read again too, and its unchanged
+    content reruns nothing."""
+    key = f"{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=7).digest(), "big")
 
 
 def content_hashes(paths: list[str], cache: HashCache | None = None, workers: int = 8,
