@@ -65,7 +65,16 @@ def jinja_env(template: str | Path):
     env.filters["fmt"] = _fmt
     env.filters["pct"] = lambda v: "—" if v is None else f"{100 * v:.1f}%"
     env.filters["toyaml"] = _yaml
+    env.filters["breakable"] = breakable
     return env
+
+
+def breakable(name) -> str:
+    """A name (escaped) that may wrap only after its separators (_ - : / .), never in the middle of a word."""
+    import re
+
+    from markupsafe import Markup, escape
+    return Markup(re.sub(r"([_\-:/.])", r"\1<wbr>", str(escape(str(name)))))
 
 
 def _yaml(value) -> str:
