@@ -5,9 +5,10 @@ counterfactual against its own control.
 - A flagged cluster's region (its cells: a compact region, an edge strip or the border ring) is taken from the
   member that puts the most relevance there and pasted into test images of other classes: the share now
   predicted as the class is the *paste* flip rate. The region is also removed (biharmonic inpainting,
-  scikit-image) from the members: the share no longer predicted as the class is the *remove* flip rate. The
-  same cells moved to a place as often on an object as the region (cvaudit.spray.control_region), pasted into
-  and removed from the same images, are the control: a piece of the object flips its control too.
+  scikit-image) from the members: the share no longer predicted as the class is the *remove* flip rate. Two
+  controls on the same images, the stronger counts: the region's pixels taken from other images of other
+  classes, and the same cells moved to a place as often on an object as the region
+  (cvaudit.spray.control_region; a piece of the object flips its control too).
 - A global suspect (a property) is shifted to the class's mean in the other classes' images, and as far the
   other way for the control (see cvaudit.global_cues).
 
@@ -105,9 +106,10 @@ def region_test(net, x, c: int, source: int, members, others, mask, moved, batch
     controls = {"other images": _outcomes(net, torch.where(m, x[donors], x[others]), batch) == c}
     if moved is not None:
         controls["same cells elsewhere"] = _outcomes(net, paste(x[others], x[source], moved), batch) == c
-    cr = _outcomes(net, remove(x[members], moved if moved is not None else mask), batch)
-    return {"paste": p == c, "controls": controls, "remove": r != c,
-            "control_remove": cr != c if moved is not None else np.zeros(len(members), bool),
+    control_remove = np.zeros(len(members), bool)  # a ring cannot move: its removal has no control
+    if moved is not None:
+        control_remove = _outcomes(net, remove(x[members], moved), batch) != c
+    return {"paste": p == c, "controls": controls, "remove": r != c, "control_remove": control_remove,
             "paste_pred": p, "remove_pred": r, "pasted": pasted, "removed": removed}
 
 
