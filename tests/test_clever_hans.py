@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from cvaudit.clever_hans import analyse, paste, random_box, remove
+from cvaudit.clever_hans import analyse, paste, remove
 from cvaudit.config import validate_config
 from cvaudit.spray import box_of, pool_maps, region_of, spray
 
@@ -291,9 +291,6 @@ def test_paste_remove_and_the_control_region():
     r = remove(flat, box)
     assert torch.allclose(r, torch.full_like(r, 0.2), atol=1e-6)
     rng = np.random.default_rng(0)
-    for _ in range(20):
-        a0, a1, b0, b1 = random_box(box, S, S, rng)
-        assert (a1 - a0, b1 - b0) == (4, 6) and (a0 >= 6 or a1 <= 2 or b0 >= 9 or b1 <= 3)
     from cvaudit.spray import control_region, structures
     for name, region in structures(8).items():
         for _ in range(10):

@@ -64,18 +64,6 @@ def remove(x: torch.Tensor, mask) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).to(x.device, x.dtype)
 
 
-def random_box(box, height: int, width: int, rng: np.random.Generator):
-    """A box of the same size at a random place that does not overlap `box` (anywhere, if it cannot)."""
-    y0, y1, x0, x1 = box
-    h, w = y1 - y0, x1 - x0
-    places = [(a, b) for a in range(height - h + 1) for b in range(width - w + 1)
-              if a >= y1 or a + h <= y0 or b >= x1 or b + w <= x0]
-    if not places:
-        places = [(a, b) for a in range(height - h + 1) for b in range(width - w + 1)]
-    a, b = places[int(rng.integers(len(places)))]
-    return int(a), int(a + h), int(b), int(b + w)
-
-
 def maps_for(net, x: torch.Tensor, pred: torch.Tensor, options: dict, batch: int, seed: int):
     """The maps of the predicted class by the first of the configured methods that applies, and why the ones
     before it did not."""
@@ -157,8 +145,8 @@ def analyse(net, x8: torch.Tensor, y: torch.Tensor, class_names: list[str], opti
     rng = np.random.default_rng(seed)
     H, W = x.shape[-2:]
     pn, yn = pred.numpy(), y.numpy()
-    result = {"n": int(len(x)), "n_test": int(n_test), "n_train": int(len(x) - n_test), "method": method, "method_note": why, "grid": grid, "classes": [],
-              "object_frequency": obj.tolist(), "reference": REFERENCE}
+    result = {"n": int(len(x)), "n_test": int(n_test), "n_train": int(len(x) - n_test), "method": method,
+              "method_note": why, "grid": grid, "classes": [], "object_frequency": obj.tolist(), "reference": REFERENCE}
     arrays = {"cluster_maps": [], "cluster_class": [], "cluster_thumbs": [], "evidence": [], "member_index": [],
               "member_row": [], "member_share": []}
     tests = []  # (finding, outcomes): every counterfactual, judged together at the end
@@ -224,9 +212,11 @@ def analyse(net, x8: torch.Tensor, y: torch.Tensor, class_names: list[str], opti
 
 
 def global_search(net, x, pn, yn, held_out, class_names, options, train, batch, seed, rng, tests) -> dict:
-    """The global suspects (class x property) of the training images, the strongest `max_property_tests` tested."""
-    if train is None or not len(train[0]) or not options["properties"]["enabled"]:
-        return {"searched": False, "why": "no training images" if train is None else "clever_hans.properties.enabled is false"}
+    """The global suspects (class x property) of the training images, the strongest `properties.max_tests` tested."""
+    if not options["properties"]["enabled"]:
+        return {"searched": False, "why": "clever_hans.properties.enabled is false"}
+    if train is None or not len(train[0]):
+        return {"searched": False, "why": "no training images (clever_hans.train_images is 0, or the dataset has none)"}
     xt, yt = train
     xt = xt.float().div(255)
     found = global_cues.suspects(xt, yt.numpy(), len(class_names), options["properties"]["min_effect"])
