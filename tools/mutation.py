@@ -44,10 +44,20 @@ SCOPE = {
     "calibrate": ["_bin_gaps", "calibration_metrics", "fit_temperature", "scaled", "log_probs"],
     "invariance": ["transform", "translate", "rotate", "scale", "brightness", "contrast", "noise", "blur", "jpeg", "_jpeg", "robustness_score", "equivariance_error"],
     "data": ["_unit", "hashed_split", "_ensure_each_split", "_dedupe"],
+    "spray": ["pool_maps", "eigengap", "spray", "region_of", "structures", "_candidate", "describe", "pixel_mask",
+              "control_region", "box_of"],
+    "clever_hans": ["paste", "region_test", "property_test", "judge_tests"],
+    "global_cues": ["measure", "transform", "strength_for", "cohens_d", "suspects"],
+    "copies": ["_box_mean", "_search", "distance", "_residual", "descriptor", "candidates"],
+    "data_audit": ["near_duplicates", "leakage", "label_issues", "quality_outliers", "copy_search"],
+    "embedding_duplicates": ["unit_rows", "nearest", "confirm"],
 }
 # Modules whose slowest fast tests (attacks on trained networks, seconds each) would make a run take hours:
 # their mutants are judged by these tests alone (attacks on linear models with closed-form answers).
-TESTS = {"adversarial": ["tests/test_attacks.py"]}
+TESTS = {"adversarial": ["tests/test_attacks.py"], "spray": ["tests/test_clever_hans.py"],
+         "clever_hans": ["tests/test_clever_hans.py"], "global_cues": ["tests/test_clever_hans.py"],
+         "copies": ["tests/test_copies.py", "tests/test_data_audit.py"], "data_audit": ["tests/test_data_audit.py"],
+         "embedding_duplicates": ["tests/test_embedding_duplicates.py"]}
 # Modules whose tests, forked from a process that has run them, deadlocked (thread pools: file hashing, torch's
 # intra-op threads in attacks and temperature fits, scipy): their mutants run from a fork server instead.
 FORKSERVER = {"data", "adversarial", "calibrate", "invariance"}
