@@ -138,6 +138,8 @@ def analyse(net, x8: torch.Tensor, y: torch.Tensor, class_names: list[str], opti
     x = x8.to(dev).float().div(255)
     batch = auto_batch(x.shape[-2], x.shape[-1], dev)
     pred, _ = predict(net, x, batch)
+    log.info("attributing %d images (%d test, %d training) with the first of %s that applies", len(x), n_test,
+             len(x) - n_test, options["methods"])
     method, maps, why = maps_for(net, x, pred.to(dev), options, batch, seed)
     grid = options["grid"]
     pooled = pool_maps(maps, grid)
@@ -201,6 +203,8 @@ def analyse(net, x8: torch.Tensor, y: torch.Tensor, class_names: list[str], opti
                        "control_region": None if control is None else control.astype(int).tolist(),
                        "area": float(mask.mean()), "box": list(box_of(cells, H, W)), "member_share": sus["member_share"],
                        "enrichment": sus["enrichment"], "object_frequency": sus["object_frequency"], "row": cl["row"]}
+            log.info("%s: testing the %s region of cluster %d (%d images pasted into, %d inpainted)", name, sus["shape"],
+                     cl["cluster"], len(others), len(removed))
             out = region_test(net, x, c, source, removed, others, mask, cmask, batch)
             tests.append((finding, out, others, removed))
             cl["tests"].append(sus["shape"])
@@ -228,6 +232,8 @@ def global_search(net, x, pn, yn, held_out, class_names, options, train, batch, 
         members = np.flatnonzero((pn == c) & held_out)[:options["paste_images"]]
         finding = {"kind": "property", "class": class_names[c], "class_index": c, "cluster": None, "size": int(len(members)),
                    "shape": sus["property"], **{k: sus[k] for k in ("effect", "class_mean", "others_mean")}}
+        log.info("%s: testing its %s (standardised difference %.1f against the other classes)", class_names[c],
+                 sus["property"], sus["effect"])
         out = property_test(net, x, c, members, others, sus, batch, seed)
         finding.update({k: sus[k] for k in sus if k.endswith(("strength", "reached", "_from"))})
         tests.append((finding, out, others, members))
