@@ -93,13 +93,16 @@ def record_failure(sm, error: BaseException, log_path) -> dict:
 def watch_reads(sm):
     """With CVAUDIT_CHECK_READS=1 (the tests set it), record every file the stage opens; the returned
     function raises if the stage read a file under results/ that its rule does not declare (an input, an
-    output or a log; the images a declared manifest names, under results/data/*/images|converted; the
+    output or a log; the images a declared manifest names, under results/data/*/images|converted, and its
+    dataset.json; the
     temporary file an atomic write puts beside an output). A report must be built from exactly the data
     its rule names, or Snakemake cannot know when to rebuild it."""
     import os
     if not os.environ.get("CVAUDIT_CHECK_READS"):
         return lambda: None
     files = {os.path.abspath(str(p)) for p in (*sm.input, *sm.output, *sm.log)}
+    # a manifest's dataset.json is written by the same job (read_manifest checks the row count against it)
+    files |= {os.path.join(os.path.dirname(p), "dataset.json") for p in files if os.path.basename(p) == "manifest.csv"}
     folders = tuple(p + os.sep for p in files)  # a directory() input or output
     out_dirs = {os.path.dirname(os.path.abspath(str(p))) for p in sm.output}
     results = os.path.abspath("results") + os.sep
