@@ -301,6 +301,20 @@ def test_paste_remove_and_the_control_region():
     assert c.sum(1).max() == 8  # a strip moves as a strip
 
 
+def test_a_ring_is_a_frame_only_when_the_relevance_goes_round_it():
+    from cvaudit.spray import goes_round, structures
+    shapes = structures(8)
+    frame = shapes["border"].astype(float)
+    corner = np.zeros((8, 8))
+    corner[0, 0], corner[4, 4] = 1.0, 1.0
+    line = np.zeros((8, 8))
+    line[0, :] = 1.0
+    three = shapes["border"].astype(float)
+    three[:, -1] = 0  # a frame with one side missing is still a frame
+    assert goes_round(frame, shapes) and goes_round(three, shapes)
+    assert not goes_round(corner, shapes) and not goes_round(line, shapes) and not goes_round(np.zeros((8, 8)), shapes)
+
+
 def test_pixel_masks_cut_the_grid_as_pooling_does():
     from cvaudit.spray import pixel_mask
     region = np.zeros((8, 8), bool)

@@ -47,8 +47,9 @@ def test_the_shortcut_model_is_caught_and_the_clean_one_is_not(demo_pair):
     assert judge(shortcut_suspected({"clever_hans": {"meta": clean}}), thresholds, False) == "pass"
     f = cheat["flagged"][0]  # the largest gain
     assert f["class"] == "Shirt" and f["kind"] == "region"
-    assert pixel_mask(np.array(f["region"], bool), 28, 28)[1:5, 1:5].all()  # the region holds the mark: px 1-4 of the corner
+    assert pixel_mask(np.array(f["region"], bool), 28, 28)[1:5, 1:5].mean() >= 0.5  # on the mark: px 1-4 of the corner
     assert f["area"] <= 0.15  # the cells' own area: a corner or an edge strip, never a bounding box of scattered cells
+    assert all(g["shape"] != "border" for g in cheat["flagged"])  # a corner mark is no frame
     assert f["paste"]["ci_low"] > 0.3  # the mark alone turns other garments into shirts
     assert f["control_paste"]["ci_high"] < 0.1  # its control does not
     assert f["gain"]["ci_low"] > 0.3

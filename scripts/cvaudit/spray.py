@@ -127,7 +127,8 @@ def describe(pooled: np.ndarray, labels: np.ndarray, object_freq: np.ndarray, op
     """Each cluster of one class: size, mean map, and its candidate regions with the tests behind a flag.
     `reference`: where the images of the other classes put their relevance (a grid summing to 1; uniform when
     not given). The cluster's own fields are those of its compact region; `suspects` lists the flagged
-    candidates: the compact region, the edge strip with the highest enrichment, and the border ring."""
+    candidates: the compact region, the edge strip with the highest enrichment, and the border ring where the
+    relevance goes round it (goes_round)."""
     n = len(pooled)
     grid = pooled.shape[-1] if n else 0
     ref = np.full((grid, grid), 1.0 / max(grid * grid, 1)) if reference is None else np.asarray(reference)
@@ -150,13 +151,24 @@ def describe(pooled: np.ndarray, labels: np.ndarray, object_freq: np.ndarray, op
             t["flagged"] = bool(big and t["concentrated"] and t["consistent"] and t["off_object"])
         strips = [t for t in thin if t["flagged"] and t["shape"] != "border"]
         best_strip = max(strips, key=lambda t: t["enrichment"], default=None)
-        border = next((t for t in thin if t["shape"] == "border" and t["flagged"]), None)
+        border = next((t for t in thin if t["shape"] == "border" and t["flagged"] and goes_round(mean, shapes)), None)
         suspects = [t for t in (compact, best_strip, border) if t is not None and t["flagged"]]
         out.append({"cluster": c, "size": int(len(members)), "share_of_class": len(members) / n, "members": members,
                     "mean_map": mean, "big_enough": bool(big),
                     **{k: v for k, v in compact.items() if k not in ("shape", "flagged")},
                     "flagged": bool(suspects), "suspects": suspects})
     return out
+
+
+def goes_round(mean_map: np.ndarray, shapes: dict[str, np.ndarray], min_side: float = 0.15) -> bool:
+    """Whether a map's relevance on the border ring goes round it (at least 3 of its 4 sides hold `min_side` of
+    the ring's relevance each): a frame. A mark in a corner or a line along one edge sits on the ring too, but
+    the compact region and the edge strip are what they are."""
+    ring = mean_map[shapes["border"]].sum()
+    if ring <= 0:
+        return False
+    sides = [mean_map[shapes[k]].sum() / ring for k in ("top edge", "bottom edge", "left edge", "right edge")]
+    return sum(v >= min_side for v in sides) >= 3
 
 
 def pixel_mask(region: np.ndarray, height: int, width: int) -> np.ndarray:
