@@ -85,23 +85,9 @@ def _cue_world(n_per_class=40, cue_weight=10.0, seed=0):
     """Three classes of large centred garments told apart by their pattern (the template matching weights of
     a linear model); class 2 also gains `cue_weight` per unit of brightness of each pixel of a 4 x 4 mark in
     the top-left corner, off every garment, and 80% of its test images carry the mark."""
-    g = torch.Generator().manual_seed(seed)
-    kinds = ["h", "v", "c"]
-    box = _mask(6, 26, 6, 26)
-    cue = _mask(1, 5, 1, 5)
-    net = Linear([(_pattern(k) - 0.5) * box + (cue * cue_weight if c == 2 else 0) for c, k in enumerate(kinds)]).eval()
-    xs, ys = [], []
-    for c, k in enumerate(kinds):
-        for i in range(n_per_class):
-            x = 0.05 + 0.03 * torch.rand(3, S, S, generator=g)
-            x = torch.where(box > 0, _pattern(k) * (0.6 + 0.4 * torch.rand(1, generator=g)) + 0.1, x)
-            if c == 2 and i < int(0.8 * n_per_class):
-                x[:, 1:5, 1:5] = 1.0
-            xs.append(x)
-            ys.append(c)
-    x8 = (torch.stack(xs).clamp(0, 1) * 255).round().to(torch.uint8)
-    assert (net(x8.float() / 255).argmax(1) == torch.tensor(ys)).all()
-    return net, x8, torch.tensor(ys)
+    net, x8, y = _marked_world(_mask(1, 5, 1, 5), cue_weight, n_per_class, seed)
+    assert (net(x8.float() / 255).argmax(1) == y).all()
+    return net, x8, y
 
 
 def test_a_model_keyed_on_a_corner_mark_is_flagged_and_the_mark_flips_predictions():
