@@ -32,19 +32,23 @@ def planned(workdir, config: str = "config.yaml") -> dict:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
 
 
+HEARTBEAT_S = 2  # seconds between progress lines in the end-to-end runs' logs (30 by default)
+
+
 def tiny_workflow(work: Path, change) -> subprocess.CompletedProcess:
     """config/test.yaml, changed by change(cfg, images), run end to end in `work` on a copy of the tiny images,
-    every stage failing if it reads a file its rule does not declare (CVAUDIT_CHECK_READS)."""
+    every stage failing if it reads a file its rule does not declare (CVAUDIT_CHECK_READS), every job writing a
+    progress line to its log every HEARTBEAT_S seconds."""
     shutil.copytree(TINY, work / "images")
     cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     cfg["datasets"]["tiny"]["path"] = str(work / "images")
     change(cfg, work / "images")
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
-    os.environ["CVAUDIT_CHECK_READS"] = "1"
+    os.environ.update(CVAUDIT_CHECK_READS="1", CVAUDIT_HEARTBEAT_S=str(HEARTBEAT_S))
     try:
         return smk(work, "--configfile", str(work / "config.yaml"))
     finally:
-        del os.environ["CVAUDIT_CHECK_READS"]
+        del os.environ["CVAUDIT_CHECK_READS"], os.environ["CVAUDIT_HEARTBEAT_S"]
 
 
 @pytest.fixture(scope="session")

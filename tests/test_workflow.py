@@ -347,3 +347,24 @@ def test_every_list_behind_a_verdict_is_a_csv_next_to_the_report(run):
         assert summary["evidence"]["shortcut_clusters"]["rows"] == sum(cl["size"] for e in ch["meta"]["classes"]
                                                                        for cl in e["clusters"])
         assert summary["evidence"]["shortcut_suspects"]["rows"] == len(ch["meta"]["flagged"])
+
+
+def test_no_job_is_silent_in_its_log_for_longer_than_its_heartbeat(run):
+    """The run fixture asks for a progress line every HEARTBEAT_S seconds: between any two timestamped lines
+    of a job's log there is at most about that long, and the long jobs say how far they are."""
+    import re
+    from datetime import datetime
+
+    from conftest import HEARTBEAT_S
+    stamp = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+    worst, counted = (0.0, None), []
+    for log in (run / "logs").rglob("*.log"):
+        times = [datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f") for line in log.read_text().splitlines()
+                 if (m := stamp.match(line))]
+        gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+        if gaps and max(gaps) > worst[0]:
+            worst = (max(gaps), log)
+        counted += [line for line in log.read_text().splitlines() if re.search(r"progress: .*: \d+ of \d+ ", line)]
+    assert worst[0] <= 2 * HEARTBEAT_S + 2, f"{worst[1]} is silent for {worst[0]:.1f} s"
+    assert any("training cnn_tiny" in line for line in counted)
+    assert any("image-epsilon pairs" in line for line in counted) or any("maps and trust" in line for line in counted)

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from . import CvauditError
+from . import CvauditError, progress
 from .pixels import image_seed, pixel_model, predict
 from .io import save_npz
 from .models import auto_batch
@@ -160,6 +160,7 @@ def part(attack: str, job: dict, start: int = 0, stop: int | None = None) -> tup
     batch = auto_batch(x8.shape[-2], x8.shape[-1], dev)
     eps_list = sorted(float(e) for e in options["epsilons"])
     chunk = batch * CHUNK_BATCHES
+    progress.task(f"{attack}", len(x8) * len(eps_list), "image-epsilon pairs")
     pieces = [_attack_chunk(attack, net, x8[lo:lo + chunk], y[lo:lo + chunk], dev, eps_list, options, seed,
                             start + lo, batch) for lo in range(0, len(x8), chunk)]
     if not pieces:  # an empty shard
@@ -197,6 +198,7 @@ def _attack_chunk(attack: str, net, x8: torch.Tensor, y: torch.Tensor, dev, eps_
             adv, parts = attack_batch(attack, net, x[i:i + batch], yd[i:i + batch], eps, options,
                                       _batch_seed(seed, first + i))
             advs.append(adv)
+            progress.advance(len(adv))
             for c in comp:
                 comp[c].append(parts.get(c, np.zeros(len(adv), bool)))
         adv = torch.cat(advs) if advs else x.clone()

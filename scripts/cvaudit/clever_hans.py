@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from . import global_cues, stats
+from . import global_cues, progress, stats
 from .io import save_npz
 from .methods.base import NotApplicable, attribute_batched, get_method
 from .models import auto_batch
@@ -140,7 +140,9 @@ def analyse(net, x8: torch.Tensor, y: torch.Tensor, class_names: list[str], opti
     pred, _ = predict(net, x, batch)
     log.info("attributing %d images (%d test, %d training) with the first of %s that applies", len(x), n_test,
              len(x) - n_test, options["methods"])
+    progress.task(f"attributing {len(x)} images for SpRAy")
     method, maps, why = maps_for(net, x, pred.to(dev), options, batch, seed)
+    progress.task("clustering each class's maps and testing its suspects", len(class_names), "classes")
     grid = options["grid"]
     pooled = pool_maps(maps, grid)
     obj = foreground_frequency(x8.numpy(), grid)
@@ -154,6 +156,7 @@ def analyse(net, x8: torch.Tensor, y: torch.Tensor, class_names: list[str], opti
     tests = []  # (finding, outcomes): every counterfactual, judged together at the end
     total = pooled.sum(0)
     for c, name in enumerate(class_names):
+        progress.advance(1 if c else 0)  # the classes before this one are done
         idx = np.flatnonzero(pn == c)
         if not len(idx):  # a class no test image is predicted as (most of ImageNet's 1000 on a small set)
             continue
@@ -209,6 +212,7 @@ def analyse(net, x8: torch.Tensor, y: torch.Tensor, class_names: list[str], opti
             tests.append((finding, out, others, removed))
             cl["tests"].append(sus["shape"])
     result["n_classes_analysed"] = sum(1 for e in result["classes"] if "k" in e)
+    progress.task("searching the training images for global cues")
     result["global"] = global_search(net, x, pn, yn, held_out, class_names, options, train, batch, seed, rng, tests)
     result["flagged"] = judge_tests(tests, x8, arrays, options, seed)
     result["n_tested"] = len(tests)

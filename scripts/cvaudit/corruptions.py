@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from . import stats
+from . import progress, stats
 from .calibrate import ece_estimate
 from .corruption_functions import CORRUPTIONS, corrupt, table
 from .io import save_npz
@@ -59,6 +59,7 @@ def run_corruptions(model_path, manifest, options: dict, seed: int, device: str,
     correct = np.zeros((len(names), len(sevs), len(y)), bool)
     conf = np.zeros((len(names), len(sevs), len(y)), np.float32)
     examples = np.zeros((len(names), len(sevs)) + x8.shape[1:], np.uint8)
+    progress.task("corruptions", len(names) * len(sevs), "corruption-severity pairs")
     for a, name in enumerate(names):
         t1 = time.time()
         for b, s in enumerate(sevs):
@@ -67,6 +68,7 @@ def run_corruptions(model_path, manifest, options: dict, seed: int, device: str,
             correct[a, b], conf[a, b] = p.argmax(1) == y, p.max(1)
             if len(xs):
                 examples[a, b] = xs[0]
+            progress.advance()
         log.info("%s: accuracy %s (%.1fs)", name, np.round(correct[a].mean(1), 3).tolist(), time.time() - t1)
     n = len(y)
     meta = {"corruptions": names, "categories": [CORRUPTIONS[c] for c in names], "severities": sevs, "n": n,

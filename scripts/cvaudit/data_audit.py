@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from . import progress
 from .data import load_rgb, read_manifest
 from .image_properties import properties_of
 from .io import save_npz
@@ -200,6 +201,7 @@ def copy_search(rows: list[dict], splits: np.ndarray, options: dict, seed: int) 
     side = copies.compare_side([rows[i]["path"] for i in test[:200]], options["side"])
     thumb = lambda i: copies.thumbnail(load_rgb(rows[i]["path"]), side, options["blur"])  # noqa: E731
     log.info("copy search: thumbnails of %d test and %d training/validation images at %d px", len(test), len(ref), side)
+    progress.task(f"copy search over {len(test):,} test and {len(ref):,} training/validation images")
     t_test, t_ref = np.stack([thumb(i) for i in test]), np.stack([thumb(i) for i in ref])
     cand = copies.candidates(t_test, t_ref, options["neighbors"])
     log.info("copy search: confirming %d candidate pairs (about 4 ms each on a 2-core CPU)", len(cand))
@@ -217,6 +219,7 @@ def run_data_audit(manifest, options: dict, seed: int, out) -> dict:
     y = np.array([classes.index(r["label"]) for r in rows])
     splits = np.array([r["split"] for r in rows])
     log.info("data audit of %d images: hashes, quality, out-of-sample probabilities", len(rows))
+    progress.task(f"hashing and measuring {len(rows):,} images")
     hashes, props, pixels = _read(rows, options["size"])
     pairs = near_duplicates(hashes, options["max_distance"], pixels, options["max_pixel_difference"])
     n_hash = len(pairs)
@@ -231,6 +234,7 @@ def run_data_audit(manifest, options: dict, seed: int, out) -> dict:
         log.info("copy search: %d candidates, %d confirmed (%d the hash missed)", copied["candidates"],
                  len(copied["pairs"]), len(extra))
     leak = leakage(pairs, splits)
+    progress.task("label issues: out-of-sample probabilities")
     issues, checked = None, label_sample(len(rows), options["max_label_images"], seed)
     if len(classes) > 1 and np.bincount(y[checked], minlength=len(classes)).min() >= 2:
         x = pixels[checked].astype(np.float32) / 255

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
-from . import CvauditError
+from . import CvauditError, progress
 from .io import write_failure
 
 
@@ -97,7 +98,6 @@ def watch_reads(sm):
     dataset.json; the
     temporary file an atomic write puts beside an output). A report must be built from exactly the data
     its rule names, or Snakemake cannot know when to rebuild it."""
-    import os
     if not os.environ.get("CVAUDIT_CHECK_READS"):
         return lambda: None
     files = {os.path.abspath(str(p)) for p in (*sm.input, *sm.output, *sm.log)}
@@ -158,7 +158,8 @@ def run(main, sm, optional: bool = False) -> None:
     rule = getattr(sm, "rule", "?")
     try:
         check_reads = watch_reads(sm)
-        main(sm)
+        with progress.heartbeat(float(os.environ.get("CVAUDIT_HEARTBEAT_S", 30))):
+            main(sm)
         check_reads()
     except Exception as e:
         known = known_failure(e)
@@ -178,7 +179,11 @@ def run(main, sm, optional: bool = False) -> None:
         if log_file:
             log_file.flush()
         if optional:
-            rec = record_failure(sm, e, log_path)
+            try:
+                rec = record_failure(sm, e, log_path)
+            except OSError as again:  # the failure record cannot be written either: a folder gone read-only or full
+                print(f"cvaudit error in rule {rule}: {known_failure(again) or again}", file=console)
+                sys.exit(1)
             print(f"cvaudit: stage {rule} {rec['wildcards']} FAILED; the report shows it. After fixing the cause, "
                   f"rerun it with: snakemake --forcerun {rec['outputs'][0]}", file=console)
             return

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import CvauditError
+from . import CvauditError, progress
 from .data import image_loader, imagenet_categories, manifest_classes, read_manifest
 from .io import atomic_path, write_json
 from .models import _head_name, build_model, normalisation, resolve_device, save_model
@@ -211,6 +211,7 @@ def train_model(name: str, model_cfg: dict, manifest: str | Path, seed: int, dev
 
     history, best = [], {"val_loss": float("inf"), "state": None, "epoch": 0, "phase": None, "val_acc": None}
     epoch_total = 0
+    progress.task(f"training {name}", sum(max(0, p[1]) for p in phases) * len(train_dl), "batches")
     for phase, epochs, lr, frozen in phases:
         if epochs <= 0:
             continue
@@ -237,6 +238,7 @@ def train_model(name: str, model_cfg: dict, manifest: str | Path, seed: int, dev
                 loss_sum += loss.item() * len(y)
                 correct += (logits.argmax(1) == y).sum().item()
                 n += len(y)
+                progress.advance()
                 bar.set_postfix(loss=f"{loss_sum / n:.3f}")
             epoch_total += 1
             val_loss, val_acc = _validate(model, val_dl, dev, amp) if val_dl else (float("nan"), float("nan"))
