@@ -198,7 +198,8 @@ def test_run_checks_writes_one_verdict_per_check_and_applicable_method():
     assert v[0] == {"name": "accuracy", "check": "accuracy", "method": None, "label": "Test accuracy",
                     "category": "performance", "higher_is_better": True, "description": CHECKS["accuracy"].description,
                     "value": 0.75, "n": 400, "ci_low": acc["ci_low"], "ci_high": acc["ci_high"], "interval": "wilson",
-                    "note": "", "warn": 0.8, "fail": 0.5, "status": "warn", "settle": ""}
+                    "note": "", "warn": 0.8, "fail": 0.5, "status": "warn", "settle": "",
+                    "action": CHECKS["accuracy"].action, "sized_by": "the test split", "stage": None}
     g = run_checks(_results(), {"gain_over_baseline": {"warn": 0.05, "fail": 0.0}})[0]
     assert g["status"] == "fail" and g["interval"] == "none" and g["note"] == "no interval" and g["settle"] == ""
     f = v[1]

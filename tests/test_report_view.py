@@ -106,21 +106,28 @@ def test_pdf_pages_are_numbered_and_none_is_blank(run, tmp_path):
         assert f"page 2 of {n}" in text
 
 
-def test_the_comparison_of_many_models_fits_the_a4_page(run, tmp_path):
-    """Eight models side by side: no table runs past the page's right margin in the PDF."""
+def wide_comparison(run, tmp_path, n: int = 8) -> tuple[Path, Path, list[str]]:
+    """n models side by side with long names and a long architecture, as HTML and PDF."""
     from cvaudit.compare import render_comparison
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    summaries, cfgs = {}, {}
-    for k in range(8):
+    summaries, cfgs, names = {}, {}, []
+    for k in range(n):
         src = ["cnn_tiny", "lite0_tiny"][k % 2]
         s = json.loads((run / "results" / src / "report" / "summary.json").read_text())
-        s["model"] = f"{src}_with_a_long_name_{k}"
+        s["model"] = f"{src}_qwerty_uiop_asdf_{k}"
+        names.append(s["model"])
         (tmp_path / f"{k}.json").write_text(json.dumps(s))
         summaries[s["model"]], cfgs[s["model"]] = tmp_path / f"{k}.json", cfg["models"][src]
-    pdf = tmp_path / "compare.pdf"
+    html, pdf = tmp_path / "c.html", tmp_path / "compare.pdf"
     render_comparison(summaries, cfgs, {}, {}, {}, {"seed": 0, "report": {"title": "wide", "compare": {"methods": []}}},
-                      REPO / "templates" / "compare.html.j2", REPO / "templates" / "report.css", tmp_path / "c.html",
+                      REPO / "templates" / "compare.html.j2", REPO / "templates" / "report.css", html,
                       tmp_path / "c.json", out_pdf=pdf)
+    return html, pdf, names
+
+
+def test_the_comparison_of_many_models_fits_the_a4_page(run, tmp_path):
+    """Eight models side by side: no table runs past the page's right margin in the PDF."""
+    _, pdf, _ = wide_comparison(run, tmp_path)
     subprocess.run(["pdftoppm", "-r", "60", "-png", str(pdf), str(tmp_path / "page")], check=True, timeout=300)
     pages = sorted(tmp_path.glob("page-*.png"))
     assert pages
@@ -130,6 +137,43 @@ def test_the_comparison_of_many_models_fits_the_a4_page(run, tmp_path):
         body = g[: int(g.shape[0] * 0.9)]  # above the footer's page number
         assert (body[:, -margin:] < 200).sum() == 0, f"{page.name}: something crosses the right margin"
         assert (body < 200).mean() > 0.001
+
+
+SEPARATORS = "_-:/."
+
+
+def test_the_comparison_tables_wrap_names_at_separators_and_cut_no_badge(run, tmp_path):
+    """In the PDF every piece of a wrapped model name ends or starts at a separator, and every badge is whole;
+    in Chromium no cell of the two tables has content wider than the cell, and the verdict grid needs no scroll bar."""
+    import re
+    html, pdf, names = wide_comparison(run, tmp_path, n=5)
+    words = re.findall(r'<word [^>]*>([^<]*)</word>', subprocess.run(
+        ["pdftotext", "-bbox", str(pdf), "-"], capture_output=True, text=True, check=True, timeout=120).stdout)
+    pieces = 0
+    for w in {w for w in words if "_" in w or any(t in w for t in ("qwerty", "uiop", "asdf"))}:  # pieces of names
+        for name in names:
+            i = name.find(w)
+            if i < 0 or w == name:
+                continue
+            pieces += 1
+            assert i == 0 or name[i - 1] in SEPARATORS, f"{w!r} starts mid-word in {name!r}"
+            assert i + len(w) == len(name) or w[-1] in SEPARATORS, f"{w!r} ends mid-word in {name!r}"
+    assert pieces > 0, "the long names wrap somewhere (the check above saw them)"
+    assert not [w for w in words if w.upper().startswith("INCONC") and w.upper() != "INCONCLUSIVE"]
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.read_text().replace("</body>", """<script>
+      const cells = [...document.querySelectorAll("table.compare td, table.compare th, table.verdict-grid td, table.verdict-grid th")];
+      const over = cells.filter(c => [...c.querySelectorAll("*")].some(e => {
+        const a = e.getBoundingClientRect(), b = c.getBoundingClientRect();
+        return a.width > 0 && (a.left < b.left - 1 || a.right > b.right + 1); }));
+      const grid = document.querySelector("table.verdict-grid");
+      document.body.setAttribute("data-probe", JSON.stringify({cells: cells.length, over: over.map(c => c.textContent.trim()),
+        grid: grid.getBoundingClientRect().width, page: document.documentElement.clientWidth}));
+    </script></body>"""))
+    out = chromium(probe, "--dump-dom", "--window-size=1280,2000").stdout
+    got = json.loads(re.search(r'data-probe="([^"]*)"', out)[1].replace("&quot;", '"'))
+    assert got["cells"] > 20 and got["over"] == [], got["over"][:5]
+    assert got["grid"] <= got["page"]
 
 
 def test_snakemake_report_archives_the_registered_outputs(run):

@@ -21,6 +21,9 @@ class Check:
     description: str
     value: Callable  # model checks: value(results); method checks: value(results, method). An estimate (stats), a number or None
     per_method: bool = False
+    action: str = ""  # what to do when it warns or fails, in words a report reader can act on
+    sized_by: str = "the test split"  # the config key whose image count sets its n (what settles it when inconclusive)
+    stage: str | None = None  # the stage whose run time grows with that count (benchmark name, or its prefix)
 
 
 CHECKS: dict[str, Check] = {}
@@ -87,27 +90,39 @@ def accuracy(results: dict):
 
 
 register(Check("accuracy", "Test accuracy", "performance", True,
-               "Share of test images whose top prediction is the true class (Wilson 95% interval).", accuracy))
+               "Share of test images whose top prediction is the true class (Wilson 95% interval).", accuracy,
+               action="check the confusion matrix and the mistakes shown for the classes it confuses; more or cleaner training data, longer training or a stronger architecture",
+               sized_by="the test split"))
 register(Check("gain_over_baseline", "Gain over classic ML baseline", "baselines", True,
                "Test accuracy minus that of logistic regression on downsampled pixels, on the same test images "
                "(paired bootstrap interval; McNemar's test in the evaluation section): what the network buys.",
-               lambda r: r["eval"].get("gain_over_baseline_ci") or r["eval"].get("gain_over_baseline")))
+               lambda r: r["eval"].get("gain_over_baseline_ci") or r["eval"].get("gain_over_baseline"),
+               action="the network buys little over logistic regression on pixels: check the training curves and the data; a classic model may do",
+               sized_by="the test split"))
 register(Check("faithfulness_gain", "Faithfulness beyond a random map", "attribution faithfulness", True,
                "(insertion AUC - deletion AUC) of the method minus that of a random map on the same audit images "
                "(paired bootstrap interval): how much better its ranking of pixels predicts what the model needs.",
-               faithfulness_gain, per_method=True))
+               faithfulness_gain, per_method=True,
+               action="do not read this method's maps as what the model uses; prefer a method that passes",
+               sized_by="audit.max_images", stage="explain"))
 register(Check("sanity_similarity", "Similarity after model randomisation", "attribution sanity", False,
                "Rank correlation between the maps of the trained model and of the same model with every layer "
                "re-initialised (Adebayo et al.); a map that barely changes does not explain the model.",
-               sanity_similarity, per_method=True))
+               sanity_similarity, per_method=True,
+               action="this method's maps barely depend on the trained weights: do not use them to explain this model",
+               sized_by="audit.max_images", stage="explain"))
 register(Check("road_gain", "ROAD beyond a random map", "attribution faithfulness", True,
                "ROAD score (Rong et al. 2022: the most and the least relevant pixels removed and filled by noisy linear "
                "imputation, so the mask leaks no shape) of the method minus that of a random map on the same audit images "
-               "(paired bootstrap interval).", road_gain, per_method=True))
+               "(paired bootstrap interval).", road_gain, per_method=True,
+               action="this method's ranking of pixels does not beat a random one once shape cannot leak; prefer a method that passes",
+               sized_by="audit.max_images", stage="explain"))
 register(Check("class_sensitivity", "Similarity to another class's map", "attribution sanity", False,
                "Rank correlation between the map for the explained class and the map for a random other class of the "
                "same image (the random-logit test, Sixt et al. 2020); a map that barely changes shows the image, not "
-               "the evidence for a class.", class_sensitivity, per_method=True))
+               "the evidence for a class.", class_sensitivity, per_method=True,
+               action="the maps show the image, not the evidence for a class: do not read them per class",
+               sized_by="audit.max_images", stage="explain"))
 
 
 def _robust(r: dict) -> dict:
@@ -164,14 +179,20 @@ def ece(r: dict):
 register(Check("ece", "Expected calibration error", "calibration", False,
                "Average gap between confidence and accuracy over confidence bins on the test set (before "
                "temperature scaling; bootstrap interval over images): how far the model's probabilities can be "
-               "taken at face value.", ece))
+               "taken at face value.", ece,
+               action="do not take its probabilities at face value; use the temperature-scaled probabilities the calibration section fits",
+               sized_by="the test split"))
 register(Check("rotation_accuracy", "Accuracy under rotation", "invariance", True,
                "Test accuracy with every image rotated by the configured angle (robustness.check_angle).",
-               rotation_accuracy))
+               rotation_accuracy,
+               action="train with rotation augmentation if rotated inputs can occur in use",
+               sized_by="robustness.max_images", stage="invariance"))
 register(Check("robust_accuracy", "Accuracy under the strongest attack", "adversarial", True,
                "Test accuracy against the per-image worst case of every attack run (AutoAttack-style ensemble: "
                "APGD-CE, APGD-T on the DLR loss, Square; plus FGSM and PGD) at robustness.adversarial.check_epsilon.",
-               robust_accuracy))
+               robust_accuracy,
+               action="do not deploy it where inputs can be manipulated without adversarial training or input checks",
+               sized_by="robustness.adversarial.max_images", stage="adversarial"))
 
 
 def slice_gap(r: dict):
@@ -196,7 +217,9 @@ def shift_gap(r: dict):
 
 register(Check("shift_gap", "Accuracy lost on a shifted test set", "shifted test sets", False,
                "In-distribution test accuracy minus accuracy on the shifted test set the model does worst on "
-               "(models.*.shift_sets), with a Newcombe interval.", shift_gap))
+               "(models.*.shift_sets), with a Newcombe interval.", shift_gap,
+               action="do not rely on it for data like the shifted set; train or fine-tune on data like it",
+               sized_by="robustness.shift.max_images", stage="shift"))
 
 
 def mce(r: dict):
@@ -212,7 +235,9 @@ def mce(r: dict):
 register(Check("mce", "Mean corruption error (mCE)", "corruptions", False,
                "Errors under the 15 common corruptions of Hendrycks & Dietterich (5 severities each) relative to the "
                "reference model's on the same images, averaged over corruptions; above 1: less robust than the "
-               "reference (paired bootstrap interval).", mce))
+               "reference (paired bootstrap interval).", mce,
+               action="check the corruptions it fails worst; augment training with them if such images occur in use",
+               sized_by="robustness.corruptions.max_images", stage="corruptions"))
 
 
 def shape_bias(r: dict):
@@ -223,7 +248,9 @@ def shape_bias(r: dict):
 register(Check("shape_bias", "Shape bias", "shape and texture", True,
                "Share of shape decisions among the shape-or-texture decisions on cue-conflict images (the figure of "
                "one test image filled with the texture of another class's; Geirhos et al. 2019), Wilson interval.",
-               shape_bias))
+               shape_bias,
+               action="it decides by texture more than shape: expect failures on images whose texture differs from training",
+               sized_by="robustness.shape_texture.max_images", stage="shape_texture"))
 def leakage(r: dict):
     """The leaked share: test images with a near duplicate in the training or validation split, by the data
     audit's pHash or (where it ran) the model's embedding neighbours, both confirmed on the pixels."""
@@ -238,7 +265,9 @@ register(Check("leakage", "Test images leaked from training", "data", False,
                "Share of the test split with a near duplicate in the training or validation split (a perceptual hash, "
                "and nearest neighbours in the model's embedding up to a mirror and a shift; both confirmed on the "
                "pixels): those images were seen in training, so every metric on them is inflated (Wilson interval).",
-               leakage))
+               leakage,
+               action="remove the leaked copies from the test split (the evidence CSV lists them) and re-evaluate; every metric is inflated until then",
+               sized_by="the test split"))
 def _searched(m: dict) -> str:
     g = m.get("global") or {}
     what = f"SpRAy over {m['n_classes_analysed']} classes ({m['n']} test images, {m['method']} maps: compact regions, edge strips, the border)"
@@ -278,14 +307,20 @@ register(Check("shortcut_suspected", "Clever-Hans shortcut", "explanations at sc
                "stand out (brightness, contrast, sharpness, border, colour) is shifted in them. The value is the share "
                "that turn into the class minus the share its control turns (the same cells elsewhere; the property "
                "shifted the other way), paired interval corrected for the suspects tested: a cue that flips "
-               "predictions beyond its control is a shortcut the model learnt from the data.", shortcut_suspected))
+               "predictions beyond its control is a shortcut the model learnt from the data.", shortcut_suspected,
+               action="remove the cue from the training images (or balance it across classes) and retrain; until then its accuracy measures the cue",
+               sized_by="clever_hans.max_images", stage="clever_hans"))
 register(Check("slice_gap", "Accuracy gap of the weakest slice", "slices and groups", False,
                "Accuracy of the rest of the test set minus that of its weakest slice (a bin of brightness, contrast, "
                "sharpness, colourfulness, size or aspect, or a pair of bins), with an interval adjusted for the "
-               "number of slices tested.", slice_gap))
+               "number of slices tested.", slice_gap,
+               action="collect or up-weight training images like the weakest slice's; report its accuracy separately",
+               sized_by="the test split"))
 register(Check("group_gap", "Worst-group accuracy gap", "slices and groups", False,
                "Accuracy of the best group minus that of the worst (groups from the dataset's metadata columns), "
-               "with an interval adjusted for the number of group pairs.", group_gap))
+               "with an interval adjusted for the number of group pairs.", group_gap,
+               action="collect or up-weight training images of the worst group; report its accuracy separately",
+               sized_by="the test split"))
 
 
 # Checks that still mean something for a degenerate model (collapsed, or at chance): its accuracy and
@@ -318,6 +353,7 @@ def run_checks(results: dict, thresholds: dict) -> list[dict]:
                         "ci_high": None if est is None else est["ci_high"],
                         "interval": None if est is None else est["method"], "note": "" if est is None else est["note"],
                         "warn": t.get("warn"), "fail": t.get("fail"), "status": status,
+                        "action": check.action, "sized_by": check.sized_by, "stage": check.stage,
                         "settle": settle(est, t) if status == "inconclusive" else ""})
     return out
 

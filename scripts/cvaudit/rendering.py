@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import __version__
 from .io import atomic_path
+from .progress import duration
 
 PACKAGES = ["torch", "torchvision", "timm", "captum", "scikit-learn", "numpy", "snakemake", "jinja2", "weasyprint"]
 
@@ -66,6 +67,7 @@ def jinja_env(template: str | Path):
     env.filters["pct"] = lambda v: "—" if v is None else f"{100 * v:.1f}%"
     env.filters["toyaml"] = _yaml
     env.filters["breakable"] = breakable
+    env.filters["duration"] = duration
     return env
 
 

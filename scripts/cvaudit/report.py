@@ -13,6 +13,7 @@ from .checks import run_checks
 from .judge import overall
 from .data import read_manifest
 from .diagnose import diagnosis
+from .findings import findings
 from .io import load_audit_set, load_npz, read_history, read_json, stage_failure, write_json, write_text
 from .sections import AGREEMENT, SECTIONS, by_section
 from .rendering import device_description, jinja_env, package_versions, read_benchmarks, write_pdf
@@ -259,6 +260,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     robust = robust_section(r["robust"], [str(n) for n in audit["class_names"]]) if r["robust"] else None
     ev = r["eval"]
     stage_runs = read_benchmarks(benchmarks or {})
+    found = findings(verdicts, stage_runs, len(audit["class_names"]))
     evidence = write_evidence(Path(out_evidence or Path(out_html).parent / "evidence"), audit_files.get("audit"),
                               audit_files.get("embedding"),
                               (r["data_audit"]["by_model"] or {}).get("all") if r["data_audit"] else None, ch_file,
@@ -290,6 +292,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
         "attribution_methods_passing": [row["method"] for row in attributions["rows"]
                                         if row["faith_status"] == "pass" and row["sanity_status"] == "pass"],
         "verdicts": verdicts,  # model checks, then CHECK:METHOD for each attribution method
+        "findings": {"headline": found["headline"], "undecided": found["undecided"]},
         "metrics": {"accuracy": ev["accuracy"], "top5_accuracy": ev["top5_accuracy"], "macro_f1": ev["macro_f1"],
                     "n_test": ev["n_test"],
                     "baseline_accuracy": (ev["baseline"] or {}).get("accuracy"),
@@ -359,7 +362,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     }
     html = jinja_env(template).get_template(Path(template).name).render(
         sections=sections, failed=failed_by_section, stage_runs=stage_runs,
-        title=settings["report"]["title"], model=model, r=r, ev=ev, verdicts=model_verdicts, status=status,
+        title=settings["report"]["title"], model=model, r=r, ev=ev, verdicts=model_verdicts, status=status, found=found,
         summary=summary, evidence=evidence_links(evidence), model_cfg=model_cfg, dataset_cfg=dataset_cfg, settings=settings, att=attributions,
         rep=represent, units=units, layers=layers, compare=compare, rob=robust, diag=diag,
         css=Path(css).read_text(),
