@@ -93,3 +93,36 @@ def test_a_config_file_is_read_strictly_and_its_errors_say_where(tmp_path):
         with pytest.raises(CvauditError, match=r"config key 'models.m.train.lr'"):
             validate_config({"datasets": {"d": {"source": "foolbox_imagenet"}},
                              "models": {"m": {"dataset": "d", "arch": "mlp", "train": {"lr": bad_value}}}})
+
+
+def test_a_preset_fills_in_what_the_config_leaves_out_and_written_settings_win():
+    base = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    for k in ("audit", "explain", "robustness", "represent", "clever_hans", "data_audit"):
+        base.pop(k, None)
+    std = validate_config(copy.deepcopy(base))
+    quick = copy.deepcopy(base)
+    quick["audit"] = {"preset": "quick"}
+    quick["robustness"] = {"adversarial": {"pgd": {"steps": 7}}}
+    quick = validate_config(quick)
+    adv_s, adv_q = std["robustness"]["adversarial"], quick["robustness"]["adversarial"]
+    assert (adv_s["pgd"]["steps"], adv_s["max_images"], adv_s["autoattack"]["square_queries"]) == (50, 100, 5000)
+    assert (adv_q["pgd"]["steps"], adv_q["pgd"]["restarts"], adv_q["max_images"]) == (7, 1, 24)  # written wins
+    assert adv_q["autoattack"]["square_queries"] == 100 and quick["audit"]["max_images"] == 10
+    assert quick["robustness"]["corruptions"]["severities"] == [1, 3, 5] and not quick["represent"]["ascent"]["enabled"]
+    thorough = validate_config({**copy.deepcopy(base), "audit": {"preset": "thorough"}})
+    assert thorough["robustness"]["adversarial"]["pgd"] == {**adv_s["pgd"], "steps": 100, "restarts": 5}
+    with pytest.raises(CvauditError, match="audit.preset"):
+        validate_config({**copy.deepcopy(base), "audit": {"preset": "fast"}})
+
+
+def test_a_run_on_a_cpu_with_gpu_budgets_is_told_which_preset_fits():
+    from cvaudit.config import budget_notice
+    cfg = validate_config(copy.deepcopy(DEMO))
+    said = budget_notice(cfg, gpu=False)
+    assert "audit.preset: quick" in said and "no GPU" in said and "224 px" in said
+    assert budget_notice(cfg, gpu=True) is None
+    cfg["audit"]["preset"] = "quick"
+    assert budget_notice(cfg, gpu=False) is None
+    small = validate_config(yaml.safe_load((REPO / "config" / "test.yaml").read_text()))
+    small["models"] = {k: v for k, v in small["models"].items() if v["input_size"] < 128}
+    assert small["models"] and budget_notice(small, gpu=False) is None

@@ -161,10 +161,34 @@ def check_config_file(path: str | Path) -> None:
                            "file when Snakemake reads it; cvaudit configs are plain settings: write the values out")
 
 
+PRESETS = Path(__file__).resolve().parents[2] / "config" / "presets.yaml"
+
+
+def apply_preset(config: dict, presets_path: str | Path = PRESETS) -> None:
+    """Fill in, in place, what the config leaves out from its preset (audit.preset; config/presets.yaml).
+    A setting the config writes out wins, at any depth; a preset's mapping merges into the config's."""
+    audit = config.get("audit")
+    name = audit.get("preset", "standard") if isinstance(audit, dict) else "standard"
+    presets = yaml.safe_load(Path(presets_path).read_text())
+    if name not in presets:
+        return  # the schema names the allowed presets
+
+    def under(mine: dict, preset: dict) -> None:
+        for k, v in preset.items():
+            if k not in mine:
+                mine[k] = copy.deepcopy(v)
+            elif isinstance(v, dict) and isinstance(mine[k], dict):
+                under(mine[k], v)
+    under(config, presets[name])
+
+
 def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
-    """Validate `config` in place (filling defaults) and return it; raise CvauditError naming the key."""
+    """Validate `config` in place (filling the preset's settings and the defaults) and return it; raise
+    CvauditError naming the key."""
     _renamed(config)
     _non_finite(config)
+    beside = Path(schema_path).with_name("presets.yaml")
+    apply_preset(config, beside if beside.exists() else PRESETS)
     schema = yaml.safe_load(Path(schema_path).read_text())
     cls = _with_defaults(jsonschema.validators.validator_for(schema))
     _numbers_from_text(cls(schema), config)
@@ -325,3 +349,21 @@ def canonical_order(config: dict) -> None:
     for key in list(config):
         v = config[key]
         config[key] = {n: canon(c) for n, c in v.items()} if key in ORDERED and isinstance(v, dict) else canon(v)
+
+
+def budget_notice(config: dict, gpu: bool | None = None) -> str | None:
+    """A line for the start of a run whose budgets do not fit its machine: the standard and thorough
+    presets are sized for a GPU; on a CPU a model of 128 px or more takes hours with them. None when they fit.
+    (The Snakefile says it only where the config does not choose a preset itself.)
+    gpu: whether a GPU will run the jobs (None: device auto finds one by its driver, without importing torch)."""
+    import shutil
+    if gpu is None:
+        gpu = config.get("device") == "cuda" or (config.get("device", "auto") == "auto" and (
+            Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None))
+    preset = (config.get("audit") or {}).get("preset", "standard")
+    sizes = [m.get("input_size", 224) for m in config.get("models", {}).values() if m.get("arch") != "ensemble"]
+    if gpu or preset == "quick" or not sizes or max(sizes) < 128:
+        return None
+    return (f"cvaudit: no GPU, and audit.preset is {preset}, whose budgets are sized for a GPU: at {max(sizes)} px "
+            f"each model's audit can take hours on this CPU. For a first report in minutes set audit.preset: quick "
+            "(config/presets.yaml says what each preset runs; settings you write out still win)")
