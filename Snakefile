@@ -32,6 +32,7 @@ if not config:
 # Relative paths in a config file are relative to that file (the last --configfile given).
 CONFIG_DIR = Path(workflow.overwrite_configfiles[-1]).absolute().parent if workflow.overwrite_configfiles else Path.cwd()
 
+PRESET_CHOSEN = isinstance(config.get("audit"), dict) and "preset" in config["audit"]  # else told at the start
 try:
     for _f in workflow.overwrite_configfiles:  # read strictly: duplicate keys, templating
         check_config_file(_f)
@@ -55,6 +56,20 @@ include: "rules/explain.smk"
 include: "rules/represent.smk"
 include: "rules/robust.smk"
 include: "rules/report.smk"
+
+
+onstart:
+    # Before any job: a folder a job would write in but cannot (read-only, immutable, another owner's) stops the
+    # run here with its name, instead of a traceback from the first job that tries.
+    from cvaudit.config import budget_notice
+    from cvaudit.io import unwritable_folders
+
+    if not PRESET_CHOSEN and (notice := budget_notice(config)):
+        print(notice, file=sys.stderr)
+    if bad := unwritable_folders():
+        raise ValueError("cvaudit: cannot write in " + "; ".join(f"{f} ({why})" for f, why in bad)
+                         + ". Make the folder writable (chmod u+w, or chattr -i where it was made immutable), or run "
+                         "from a folder you own (snakemake --directory DIR); nothing was run or changed")
 
 
 onsuccess:

@@ -110,3 +110,27 @@ def test_snakemake_killed_mid_run_is_unlocked_and_reruns_to_the_same_numbers(tmp
     smk(work, TARGET, "--configfile", str(work / "config.yaml"), "--unlock")
     smk(work, TARGET, "--configfile", str(work / "config.yaml"), "--rerun-incomplete")
     _same(_numbers(work), uninterrupted)
+
+
+@pytest.mark.parametrize("folder, target", [
+    ("results/data/tiny", "results/data/tiny/manifest.csv"),          # ingest
+    ("results/cnn_tiny", "results/cnn_tiny/model.safetensors"),       # training
+    ("results/cnn_tiny/robust", "results/cnn_tiny/robust/calibration.json"),  # an analysis stage
+    ("results/cnn_tiny/report", "results/cnn_tiny/report/summary.json"),      # the report, on a rerun
+    ("results/compare", "results/compare/summary.json"),              # the comparison
+    ("results", "results/gate.json"),                                 # the gate
+])
+def test_a_read_only_output_folder_stops_the_run_before_any_job_naming_it(run, folder, target):
+    """Each stage's output folder made unwritable in turn (immutable: even root cannot write in it), then that
+    stage rerun: one line names the folder and the fix, no traceback, and nothing ran."""
+    before = (run / target).stat().st_mtime_ns
+    subprocess.run(["chattr", "+i", str(run / folder)], check=True)
+    try:
+        p = smk(run, target, "--forcerun", target, "--configfile", str(run / "config.yaml"), check=False)
+    finally:
+        subprocess.run(["chattr", "-i", str(run / folder)], check=True)
+    assert p.returncode != 0
+    said = p.stdout + p.stderr
+    assert f"cvaudit: cannot write in {folder} (Operation not permitted)" in said
+    assert "Traceback" not in said and "PermissionError" not in said
+    assert (run / target).stat().st_mtime_ns == before

@@ -125,3 +125,29 @@ def read_history(path: str | Path) -> list[dict]:
     import csv
     with open(path, newline="") as f:
         return [{k: (v if k == "phase" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def unwritable_folders(roots=("results", "logs", "benchmarks"), limit: int = 5) -> list[tuple[str, str]]:
+    """Folders of a run that a job could not write in: every existing folder under `roots` (not following
+    links), and for a root that does not exist yet the folder it would be made in. Each is probed by
+    creating and removing a file, which is what a job does (permission bits alone miss an immutable or a
+    read-only mounted folder, and say nothing for root). Returns up to `limit` (folder, reason) pairs."""
+    bad: list[tuple[str, str]] = []
+
+    def probe(folder: str) -> None:
+        try:
+            fd, name = tempfile.mkstemp(dir=folder, prefix=".cvaudit-write-probe-")
+            os.close(fd)
+            os.unlink(name)
+        except OSError as e:
+            bad.append((folder, e.strerror or str(e)))
+
+    for root in roots:
+        if not os.path.isdir(root):
+            probe(os.path.dirname(os.path.abspath(root)))
+            continue
+        for folder, dirs, _ in os.walk(root):
+            probe(folder)
+            if len(bad) >= limit:
+                return bad
+    return list(dict.fromkeys(bad))[:limit]
