@@ -368,3 +368,16 @@ def test_lrp_refuses_a_transformer():
     net = PixelSpace(build_model(spec), [0.5] * 3, [0.5] * 3).eval()
     with pytest.raises(NotApplicable, match="no LRP rules for attention"):
         get_method("lrp").attribute(net, torch.rand(1, 3, 16, 16), torch.tensor([0]))
+
+
+def test_integrated_gradients_on_a_randomised_model_stops_at_the_trained_maps_step_count():
+    """The parameter-randomisation check compares maps at the steps the trained maps needed; without the cap a
+    map that never meets completeness doubles its steps up to max_steps."""
+    net, spec = tiny_cnn(3)
+    x, t = torch.rand(2, 3, spec["input_size"], spec["input_size"]), torch.tensor([0, 1])
+    ig = get_method("integrated_gradients", steps=4, max_steps=64, tolerance=-1.0)  # never converges: 4 ... 64
+    ig.attribute(net, x, t)
+    assert ig.records[-1]["steps"].tolist() == [64, 64]
+    with ig.at_most(8):
+        ig.attribute(net, x, t)
+    assert ig.records[-1]["steps"].tolist() == [8, 8] and ig.options["max_steps"] == 64

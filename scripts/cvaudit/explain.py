@@ -4,12 +4,14 @@ class of each image and its true class where they differ, and its maps are score
 randomisation, the random-logit test and max-sensitivity. Sharded runs equal one job."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
 import numpy as np
 import torch
 
+from . import progress
 from .io import load_audit_set, save_npz
 from .methods import (SHAP, Completeness, DeepLiftShap, GradCAM, IntegratedGradients, LIME, NotApplicable,
                       attribute_batched, get_method, layer_name)
@@ -65,9 +67,11 @@ def part(method: str, job: dict, start: int = 0, stop: int | None = None) -> tup
         if isinstance(m, GradCAM):
             result["layer"] = layer_name(net, m.layer(net, audit_images(audit, dev, start, start + 1)))
         chunk, seconds = max(CHUNK_IMAGES, trust["sanity_images"]), 0.0
+        progress.task(f"{m.label}: maps and trust checks", stop - start)
         for lo in range(start, stop, chunk):  # each chunk's arrays go into one array per key, then are freed
             got, took = _explain_chunk(m, net, audit, lo, min(lo + chunk, stop), dev, trust, seed, batch, result)
             seconds += took
+            progress.advance(min(lo + chunk, stop) - lo)
             for k, v in got.items():
                 if k == "faith_fractions":  # the same for every image
                     arrays.setdefault(k, v)
@@ -128,8 +132,11 @@ def _explain_chunk(m, net, audit: dict, lo: int, hi: int, dev, trust: dict, seed
                                  seed, index.tolist(), trust.get("road", {}).get("imputations", 1))
     k = min(trust["sanity_images"], len(x)) if lo == 0 else 0
     if m.kind != "reference" and k > 0:
-        result["sanity"] = tr.cascading_randomisation(m, net, x[:k], preds[:k], maps_pred[:k],
-                                                      stages=trust["sanity_stages"], seed=seed)
+        pinned = m.at_most(int(arrays["ig_steps"][:k].max())) if isinstance(m, IntegratedGradients) \
+            else contextlib.nullcontext()
+        with pinned:  # the randomised models' maps at the trained maps' step count
+            result["sanity"] = tr.cascading_randomisation(m, net, x[:k], preds[:k], maps_pred[:k],
+                                                          stages=trust["sanity_stages"], seed=seed)
         if "converged" in arrays:
             result["sanity"]["converged"] = arrays["converged"][:k].tolist()
         if trust.get("random_logit", True):

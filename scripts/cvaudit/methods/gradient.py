@@ -146,6 +146,18 @@ class IntegratedGradients(AttributionMethod):
         self.records.append({"steps": used.numpy(), "completeness_error": err.numpy(), "converged": ok.numpy()})
         return attr
 
+    @contextlib.contextmanager
+    def at_most(self, steps: int):
+        """Within the block no image gets more than `steps` steps. The parameter-randomisation check compares
+        maps at the step count the trained model's maps needed: a randomised model's maps rarely meet
+        completeness, and refining them to max_steps would cost many times the map itself for no gain."""
+        old = self.options["max_steps"]
+        self.options["max_steps"] = max(int(steps), int(self.options["steps"]))
+        try:
+            yield
+        finally:
+            self.options["max_steps"] = old
+
     def model_passes(self, h, w):
         return self.options["steps"]
 
