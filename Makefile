@@ -3,11 +3,14 @@ SHELL := /bin/bash
 VENV  := .venv/bin
 CORES ?= all
 
-.PHONY: setup demo vit test test-fast mutation lint clean
+.PHONY: setup demo showcase vit test test-fast mutation lint clean
 setup:
 	@tools/setup.sh
 
-demo: setup
+demo: setup  # two models, every stage at small budgets: about 10 minutes on a 2-core CPU
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going --configfile config/demo.yaml
+
+showcase: setup  # the five-model showcase (config/config.yaml): a pretrained 224 px model, transfer learning, an MLP
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going --configfile config/config.yaml
 
 vit: setup  # the second config: a small ViT from scratch beside the demo's CNN, and the two as an ensemble

@@ -1,5 +1,7 @@
 # cvaudit: labelled images + a list of models -> one audit report per model.
 # Wiring only: logic lives in scripts/cvaudit (an importable package that never imports snakemake).
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -58,6 +60,17 @@ include: "rules/robust.smk"
 include: "rules/report.smk"
 
 
+# A plan says what the audit costs (before the DAG there is no job list: all of it, from scratch);
+# a run says what its jobs will cost before the first starts (onstart). CVAUDIT_ESTIMATE=0 skips both.
+ESTIMATE = os.environ.get("CVAUDIT_ESTIMATE", "1") != "0"
+DRY_RUN = any(a in ("--dry-run", "--dryrun") or re.fullmatch(r"-[a-zA-Z]*n[a-zA-Z]*", a) for a in sys.argv)
+if ESTIMATE and workflow.is_main_process and DRY_RUN:
+    from cvaudit.estimate import announce
+
+    if said := announce(config, workflow.cores):
+        print(said, file=sys.stderr)
+
+
 onstart:
     # Before any job: a folder a job would write in but cannot (read-only, immutable, another owner's) stops the
     # run here with its name, instead of a traceback from the first job that tries.
@@ -70,6 +83,12 @@ onstart:
         raise ValueError("cvaudit: cannot write in " + "; ".join(f"{f} ({why})" for f, why in bad)
                          + ". Make the folder writable (chmod u+w, or chattr -i where it was made immutable), or run "
                          "from a folder you own (snakemake --directory DIR); nothing was run or changed")
+    if ESTIMATE:
+        from cvaudit.estimate import announce
+
+        todo = [(j.rule.name, dict(j.wildcards.items())) for j in workflow.dag.needrun_jobs()]
+        if said := announce(config, workflow.cores, todo):
+            print(said, file=sys.stderr)
 
 
 onsuccess:

@@ -297,3 +297,21 @@ def test_class_folders_named_like_snakemake_patterns_run(tmp_path):
     smk(tmp_path, "results/data/tiny/manifest.csv", "--configfile", str(tmp_path / "c.yaml"))
     rows = read_manifest(tmp_path / "results" / "data" / "tiny" / "manifest.csv")
     assert {r["label"] for r in rows} == {"<unk>", "{x}", "<logs>"} and len(rows) == 12
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_a_damaged_intermediate_is_named_with_the_command_that_rebuilds_it(tmp_path, damage):
+    """An array or JSON a stage wrote, cut short by a crash or a full disk, or overwritten: the reader says which
+    file and how to rebuild it, never a zip or JSON parser's traceback."""
+    from cvaudit.io import load_audit_set, load_npz, read_json, save_npz, write_json
+    npz, js = tmp_path / "maps.npz", tmp_path / "calibration.json"
+    save_npz(npz, {"n": 3}, maps=np.arange(3000, dtype=np.float32))
+    write_json(js, {"ece": 0.1, "bins": list(range(50))})
+    for f in (npz, js):
+        data = f.read_bytes()
+        f.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00not what was written" * 20,
+                       "empty": b""}[damage])
+    for read, f in ((load_npz, npz), (load_audit_set, npz), (read_json, js)):
+        with pytest.raises(CvauditError) as e:
+            read(f)
+        assert str(f) in str(e.value) and f"snakemake --forcerun {f}" in str(e.value)

@@ -126,3 +126,25 @@ def test_a_run_on_a_cpu_with_gpu_budgets_is_told_which_preset_fits():
     small = validate_config(yaml.safe_load((REPO / "config" / "test.yaml").read_text()))
     small["models"] = {k: v for k, v in small["models"].items() if v["input_size"] < 128}
     assert small["models"] and budget_notice(small, gpu=False) is None
+
+
+def test_the_demo_is_the_showcase_cut_to_two_models_and_every_example_config_validates():
+    demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    assert list(demo["models"]) == ["cnn_fmnist", "cnn_fmnist_shortcut"]
+    for kind in ("models", "datasets"):  # one definition: the demo's are the showcase's
+        assert all(demo[kind][k] == DEMO[kind][k] for k in demo[kind]), kind
+    for name in ("demo", "config", "vit", "test"):
+        validate_config(yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text()))
+
+
+def test_the_config_checker_names_the_line_and_column_snakemake_does_not(tmp_path):
+    import subprocess
+    import sys
+    bad = tmp_path / "my.yaml"
+    bad.write_text("datasets:\n  a: {source: idx\nmodels: [\n")
+    p = subprocess.run([sys.executable, str(REPO / "tools" / "check_config.py"), str(bad)], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 1 and f"{bad}: not valid YAML at line 3, column 7" in p.stderr and "Traceback" not in p.stderr
+    ok = subprocess.run([sys.executable, str(REPO / "tools" / "check_config.py"), str(REPO / "config" / "demo.yaml")],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "valid (2 model(s), 3 dataset(s), preset quick)" in ok.stdout

@@ -65,10 +65,26 @@ def _numbers(work):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def clean_run(tmp_path_factory):
+    """The training target run once, uninterrupted, with the run-time estimate on: (folder, what it said)."""
     work = _workdir(tmp_path_factory.mktemp("faults"), "clean")
-    smk(work, TARGET, "--configfile", str(work / "config.yaml"))
-    return _numbers(work)
+    p = smk(work, TARGET, "--configfile", str(work / "config.yaml"), env={"CVAUDIT_ESTIMATE": "1"})
+    return work, p.stderr
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(clean_run):
+    return _numbers(clean_run[0])
+
+
+def test_a_run_starts_with_the_estimate_of_the_jobs_it_will_run(clean_run):
+    """Before any job: the expected time of this plan's jobs (ingestion and training here, nothing else)."""
+    said = clean_run[1]
+    head = said[said.index("cvaudit: estimated run time about"):].split("\n")
+    table = "\n".join(head[:12])
+    assert said.index("cvaudit: estimated run time") < said.index("rule train_model")
+    assert "train" in table and "ingest" in table and "per model: " in table
+    assert "explain" not in table and "report" not in table and "from scratch" not in head[0]
 
 
 def _same(a, b):

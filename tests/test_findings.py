@@ -34,6 +34,8 @@ def test_a_conclusive_failure_is_told_apart_from_nothing_conclusive():
     undecided = verdict("accuracy", "inconclusive", 0.7, 0.5, 0.9, 100)
     passed = verdict("rotation_accuracy", "pass", 0.95, 0.9, 0.99, 200)
     assert headline([fail, undecided, passed], 1)["text"] == "fails 1 conclusive check"
+    warn = verdict("ece", "warn", 0.08, 0.06, 0.11, 700)
+    assert headline([fail, warn, warn], 0)["text"] == "fails 1 conclusive check and warns on 2"
     assert headline([undecided, passed], 1)["text"] == "passes 1 conclusive check; nothing conclusive fails"
     h = headline([undecided], 1)
     assert h["text"].startswith("nothing conclusive") and not h["conclusive"]
@@ -47,7 +49,7 @@ def test_undecided_checks_are_grouped_by_the_key_that_sizes_them_with_the_run_ti
     vs.append(verdict("robust_accuracy", "fail", 0.0, 0.0, 0.1, 30))
     runs = [{"stage": "explain gradcam", "seconds": 30.0}, {"stage": "explain lime", "seconds": 50.0},
             {"stage": "evaluate_model", "seconds": 999.0}, {"stage": "explained", "seconds": 999.0}]
-    f = findings(vs, runs, n_classes=4)
+    f = findings(vs, runs, n_classes=4, per_class=2)
     assert [v["check"] for v in f["bad"]] == ["robust_accuracy"]
     audit, test = f["undecided"]  # the larger group first
     assert (audit["key"], audit["count"], audit["n"], test["key"], test["count"]) == \
@@ -55,6 +57,7 @@ def test_undecided_checks_are_grouped_by_the_key_that_sizes_them_with_the_run_ti
     # each method: the warn threshold 0.1 is 0.05 away with a half-width of 0.07: (0.07 / 0.05)^2 * 20 = 39.2 -> 40
     assert audit["target"] == 40 and audit["settles"] == 3
     assert audit["change"] == "audit.max_images: 40 with audit.per_class: 10"
+    assert findings(vs, runs, n_classes=4, per_class=10)["undecided"][0]["change"] == "audit.max_images: 40"
     assert audit["extra_seconds"] == pytest.approx(80.0)  # the explain stages' 80 s, doubled images
     assert test["change"] == "about 300 more labelled test images"
 

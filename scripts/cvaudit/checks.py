@@ -110,7 +110,7 @@ register(Check("sanity_similarity", "Similarity after model randomisation", "att
                "re-initialised (Adebayo et al.); a map that barely changes does not explain the model.",
                sanity_similarity, per_method=True,
                action="this method's maps barely depend on the trained weights: do not use them to explain this model",
-               sized_by="audit.max_images", stage="explain"))
+               sized_by="explain.trust.sanity_images", stage="explain"))
 register(Check("road_gain", "ROAD beyond a random map", "attribution faithfulness", True,
                "ROAD score (Rong et al. 2022: the most and the least relevant pixels removed and filled by noisy linear "
                "imputation, so the mask leaks no shape) of the method minus that of a random map on the same audit images "
@@ -122,7 +122,7 @@ register(Check("class_sensitivity", "Similarity to another class's map", "attrib
                "same image (the random-logit test, Sixt et al. 2020); a map that barely changes shows the image, not "
                "the evidence for a class.", class_sensitivity, per_method=True,
                action="the maps show the image, not the evidence for a class: do not read them per class",
-               sized_by="audit.max_images", stage="explain"))
+               sized_by="explain.trust.sanity_images", stage="explain"))
 
 
 def _robust(r: dict) -> dict:

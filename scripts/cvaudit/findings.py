@@ -45,7 +45,8 @@ def _stage_seconds(stage: str | None, stage_runs: list[dict]) -> float | None:
     return sum(secs) if secs else None
 
 
-def undecided(verdicts: list[dict], stage_runs: list[dict], n_classes: int | None = None) -> list[dict]:
+def undecided(verdicts: list[dict], stage_runs: list[dict], n_classes: int | None = None,
+              per_class: int | None = None) -> list[dict]:
     """The inconclusive verdicts grouped by what sets their n: per group the checks, their current n, the n
     that would settle about half of them, the config change that gives it and the extra run time."""
     groups: dict[str, list[dict]] = {}
@@ -66,8 +67,8 @@ def undecided(verdicts: list[dict], stage_runs: list[dict], n_classes: int | Non
                 g["change"] = f"about {max(0, target - n_now):,} more labelled test images"
             else:
                 g["change"] = f"{key}: {target}"
-                if key == "audit.max_images" and n_classes:
-                    g["change"] += f" with audit.per_class: {math.ceil(target / n_classes)}"
+                if key == "audit.max_images" and n_classes and math.ceil(target / n_classes) > (per_class or 0):
+                    g["change"] += f" with audit.per_class: {math.ceil(target / n_classes)}"  # the set is per class
                 secs = _stage_seconds(vs[0].get("stage"), stage_runs)
                 if secs is not None and n_now > 0:
                     g["extra_seconds"] = secs * max(0.0, target / n_now - 1)
@@ -81,7 +82,7 @@ def headline(model_verdicts: list[dict], n_undecided: int) -> dict:
     warns = [v for v in model_verdicts if v["status"] == "warn"]
     passes = [v for v in model_verdicts if v["status"] == "pass"]
     if fails:
-        text = f"fails {len(fails)} conclusive check{'s' * (len(fails) != 1)}"
+        text = f"fails {len(fails)} conclusive check{'s' * (len(fails) != 1)}" + (f" and warns on {len(warns)}" if warns else "")
     elif warns:
         text = f"warns on {len(warns)} conclusive check{'s' * (len(warns) != 1)}"
     elif passes and not n_undecided:
@@ -94,7 +95,8 @@ def headline(model_verdicts: list[dict], n_undecided: int) -> dict:
             "undecided": n_undecided, "conclusive": bool(fails or warns or passes)}
 
 
-def findings(verdicts: list[dict], stage_runs: list[dict], n_classes: int | None = None) -> dict:
+def findings(verdicts: list[dict], stage_runs: list[dict], n_classes: int | None = None,
+             per_class: int | None = None) -> dict:
     """Everything the report's first page says, from every verdict (the model's and each method's)."""
     model = [v for v in verdicts if v["method"] is None]
     bad = sorted((v for v in model if v["status"] in ("fail", "warn")), key=lambda v: v["status"] != "fail")
@@ -103,4 +105,4 @@ def findings(verdicts: list[dict], stage_runs: list[dict], n_classes: int | None
             "bad": bad, "passed": [v["label"] for v in model if v["status"] == "pass"],
             "not_run": [v["label"] for v in model if v["status"] == "n/a"],
             "method_bad": sum(v["status"] in ("fail", "warn") for v in methods),
-            "undecided": undecided(verdicts, stage_runs, n_classes)}
+            "undecided": undecided(verdicts, stage_runs, n_classes, per_class)}

@@ -40,8 +40,22 @@ def write_text(path: str | Path, text: str) -> None:
 FAILED_KEY = "cvaudit_failed"  # a stage that failed writes {FAILED_KEY: record} as its output (runlog.run)
 
 
+@contextlib.contextmanager
+def intact(path: str | Path):
+    """Reading an intermediate a stage wrote: a truncated, damaged or foreign file (a crash, a full disk, a
+    hand edit) is named, with the command that rebuilds it, instead of the parser's traceback."""
+    import zipfile
+    try:
+        yield
+    except (zipfile.BadZipFile, EOFError, json.JSONDecodeError, UnicodeDecodeError, ValueError, KeyError) as e:
+        from . import CvauditError
+        raise CvauditError(f"{path} is damaged or incomplete ({type(e).__name__}: {e}); rebuild it and what "
+                           f"depends on it: snakemake --forcerun {path} (with your usual --configfile)") from None
+
+
 def read_json(path: str | Path):
-    obj = json.loads(Path(path).read_text())
+    with intact(path):
+        obj = json.loads(Path(path).read_text())
     if isinstance(obj, dict) and FAILED_KEY in obj:
         raise_failed(path, obj[FAILED_KEY])
     return obj
@@ -104,7 +118,7 @@ def load_npz(path: str | Path, keys=None) -> dict:
     """The arrays of a save_npz file (only `keys`, when given: the others are not read), and its meta
     under "meta"."""
     import numpy as np
-    with np.load(path, allow_pickle=False) as z:
+    with intact(path), np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         if FAILED_KEY in meta:
             raise_failed(path, meta[FAILED_KEY])
@@ -116,7 +130,7 @@ def load_npz(path: str | Path, keys=None) -> dict:
 def load_audit_set(path: str | Path) -> dict:
     """The evaluate stage's audit set (results/{model}/eval/audit_set.npz): images, targets, preds, ..."""
     import numpy as np
-    with np.load(path, allow_pickle=False) as z:
+    with intact(path), np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 

@@ -260,7 +260,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     robust = robust_section(r["robust"], [str(n) for n in audit["class_names"]]) if r["robust"] else None
     ev = r["eval"]
     stage_runs = read_benchmarks(benchmarks or {})
-    found = findings(verdicts, stage_runs, len(audit["class_names"]))
+    found = findings(verdicts, stage_runs, len(audit["class_names"]), settings["audit"]["per_class"])
     evidence = write_evidence(Path(out_evidence or Path(out_html).parent / "evidence"), audit_files.get("audit"),
                               audit_files.get("embedding"),
                               (r["data_audit"]["by_model"] or {}).get("all") if r["data_audit"] else None, ch_file,
