@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv/bin
 CORES ?= all
 
-.PHONY: setup demo showcase vit test test-fast mutation lint clean
+.PHONY: setup demo showcase audit vit test test-fast mutation lint clean
 setup:
 	@tools/setup.sh
 
@@ -12,6 +12,12 @@ demo: setup  # two models, every stage at small budgets: about 10 minutes on a 2
 
 showcase: setup  # the five-model showcase (config/config.yaml): a pretrained 224 px model, transfer learning, an MLP
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going --configfile config/config.yaml
+
+CONFIG ?= my.yaml
+ARGS ?=
+audit: setup  # your config: make audit CONFIG=my.yaml [ARGS="-n" or targets]; the config is checked first (YAML line and column)
+	$(VENV)/python tools/check_config.py $(CONFIG)
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going $(ARGS) --configfile $(CONFIG)
 
 vit: setup  # the second config: a small ViT from scratch beside the demo's CNN, and the two as an ensemble
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going --directory runs/vit --configfile config/vit.yaml
