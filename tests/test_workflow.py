@@ -366,7 +366,6 @@ def test_no_job_is_silent_in_its_log_for_longer_than_its_heartbeat(run):
             worst = (max(gaps), log)
         counted += [line for line in log.read_text().splitlines() if re.search(r"progress: .*: \d+ of \d+ ", line)]
     assert worst[0] <= 2 * HEARTBEAT_S + 2, f"{worst[1]} is silent for {worst[0]:.1f} s"
-    assert any("training cnn_tiny" in line for line in counted)
     assert any("image-epsilon pairs" in line for line in counted) or any("maps and trust" in line for line in counted)
 
 
