@@ -106,7 +106,7 @@ def test_a_preset_fills_in_what_the_config_leaves_out_and_written_settings_win()
     quick = validate_config(quick)
     adv_s, adv_q = std["robustness"]["adversarial"], quick["robustness"]["adversarial"]
     assert (adv_s["pgd"]["steps"], adv_s["max_images"], adv_s["autoattack"]["square_queries"]) == (50, 100, 5000)
-    assert (adv_q["pgd"]["steps"], adv_q["pgd"]["restarts"], adv_q["max_images"]) == (7, 1, 24)  # written wins
+    assert (adv_q["pgd"]["steps"], adv_q["pgd"]["restarts"], adv_q["max_images"]) == (7, 1, 16)  # written wins
     assert adv_q["autoattack"]["square_queries"] == 100 and quick["audit"]["max_images"] == 10
     assert quick["robustness"]["corruptions"]["severities"] == [1, 3, 5] and not quick["represent"]["ascent"]["enabled"]
     thorough = validate_config({**copy.deepcopy(base), "audit": {"preset": "thorough"}})

@@ -20,7 +20,9 @@ GRADIENT = 3.0  # a forward and a backward pass, in forward passes
 TRAINING = 6.0  # a training step per image, in forward passes: the gradient, augmentation, loading and the optimiser
 START_UP = 6.0  # seconds a job pays before its work: 2.8 alone (tools/bench_stages.py), about 6 two at a time on 2 cores
 START_LIGHT = 2.5  # the same for a job that never imports torch (ingestion, image properties, slices)
-PER_IMAGE_CPU = {"corruptions": 0.004, "road": 0.02, "data_audit": 0.015}  # seconds per image (28 px; x pixels)
+PER_IMAGE_CPU = {"corruptions": 0.001, "road": 0.02, "data_audit": 0.015, "transform": 0.0005,
+                 "cue_conflict": 0.002}  # seconds per image at 28 px, times the pixels over 28 x 28
+EARLY_STOP = 0.5  # the attacks stop on images already fooled: about half their budget on average (measured)
 REPORT_SECONDS = 20.0  # one report: figures, HTML and the PDF
 
 
@@ -128,7 +130,8 @@ def model_jobs(config: dict, model: str, counts: dict) -> list[tuple[str, float,
     if config["clever_hans"]["enabled"]:
         ch = config["clever_hans"]
         n = min(ch["max_images"], n_te) + min(ch["train_images"], n_tr)
-        jobs.append(("clever_hans", n * (GRADIENT + 1) + 4 * ch["paste_images"] * 3, 0.0))
+        # maps (LRP's composite costs about two gradients), SpRAy, the paste and control tests, the global search
+        jobs.append(("clever_hans", 3 * (n * (GRADIENT + 1) + 4 * ch["paste_images"] * 3), 0.0))
     rep = config["represent"]
     jobs.append(("method_agreement", 0.0, 0.0))
     if rep["enabled"]:
@@ -145,7 +148,7 @@ def model_jobs(config: dict, model: str, counts: dict) -> list[tuple[str, float,
     if rob["enabled"]:
         n_rob = min(rob["max_images"], n_te)
         for family, values in rob["invariance"].items():
-            jobs.append((f"invariance {family}", n_rob * len(values), 0.0))
+            jobs.append((f"invariance {family}", n_rob * len(values), n_rob * len(values) * PER_IMAGE_CPU["transform"] * pix))
         adv = rob["adversarial"]
         if adv["enabled"]:
             n_adv, eps = min(adv["max_images"], n_te), len(adv["epsilons"])
@@ -155,16 +158,17 @@ def model_jobs(config: dict, model: str, counts: dict) -> list[tuple[str, float,
                     "autoattack": aa["restarts"] * (aa["steps"] * (1 + aa["target_classes"]) * GRADIENT
                                                     + aa["square_queries"])}
             for attack in adv["attacks"]:
-                jobs.append((f"adversarial {attack}", n_adv * eps * cost.get(attack, GRADIENT)
+                jobs.append((f"adversarial {attack}", EARLY_STOP * n_adv * eps * cost.get(attack, GRADIENT)
                              + n_adv * adv["masking"]["more_steps"] * GRADIENT, 0.0))
         c = rob["corruptions"]
         if c["enabled"]:
             k = len(c["corruptions"]) * len(c["severities"])
             n_c = min(c["max_images"], n_te)
-            jobs.append(("corruptions", n_c * k, n_c * k * PER_IMAGE_CPU["corruptions"] * pix))
+            jobs.append(("corruptions", n_c * k, n_c * k * (0.003 + PER_IMAGE_CPU["corruptions"] * pix)))
         st = rob["shape_texture"]
         if st["enabled"]:
-            jobs.append(("shape_texture", min(st["max_images"], n_te) * (len(st["grids"]) + 2), 0.0))
+            n_st = min(st["max_images"], n_te) * (len(st["grids"]) + 2)
+            jobs.append(("shape_texture", n_st, n_st * PER_IMAGE_CPU["cue_conflict"] * pix))
         if rob["calibration"]["enabled"]:
             jobs.append(("calibrate", n_va + n_te, 0.0))
         for shifted in cfg.get("shift_sets", []):
