@@ -1,4 +1,4 @@
-"""Attacks with known answers, in seconds (issue 22). On a linear model the smallest L-inf perturbation that
+"""Attacks with known answers, in seconds. On a linear model the smallest L-inf perturbation that
 changes the prediction is known in closed form: image i of true class y crosses to class j at
 eps = (z_y - z_j) / ||w_y - w_j||_1. So at a given eps the set of images a perfect attack fools is known,
 and an attack that is weaker (or a cascade that drops a stage, or an eps that is off) misses some of it."""

@@ -1,4 +1,4 @@
-"""Known answers for calibration (issue 22): bins, the equal-mass ECE, the bootstrap interval's own value,
+"""Known answers for calibration: bins, the equal-mass ECE, the bootstrap interval's own value,
 the per-bin sufficiency flag, and temperature scaling's bounds."""
 import numpy as np
 import pytest

@@ -20,7 +20,7 @@ def test_checks_carry_their_metadata_and_overall_is_the_worst():
     assert all(c.category and c.label for c in CHECKS.values())
 
 
-# Known answers for every number a verdict rests on (issue 22): each built so that a flipped sign, a swapped
+# Known answers for every number a verdict rests on: each built so that a flipped sign, a swapped
 # operand or a wrong threshold comparison changes the answer.
 import numpy as np  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The comparison's arithmetic, in seconds (issue 22): what a row says about a model, when two models can be
+"""The comparison's arithmetic, in seconds: what a row says about a model, when two models can be
 told apart, which model is marked best, and what the exit-status gate reports."""
 import numpy as np
 import pytest

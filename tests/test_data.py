@@ -99,7 +99,7 @@ def test_check_image_accepts_every_listed_format(tmp_path):
         assert reason is None and (info["width"], info["height"]) == (30, 20), ext
 
 
-# Known answers for the split and the deduplication (issue 22).
+# Known answers for the split and the deduplication.
 def test_the_unit_draw_is_the_first_eight_bytes_of_a_sha256_of_the_parts():
     import hashlib
 

@@ -54,7 +54,7 @@ def test_baseline_without_training_split_says_why(tmp_path):
     assert not res["available"] and "no training split" in res["reason"]
 
 
-# Known answers for evaluate's derived metrics (issue 22).
+# Known answers for evaluate's derived metrics.
 def test_top5_counts_the_true_class_among_the_five_highest_only():
     probs = np.array([[0.30, 0.25, 0.2, 0.1, 0.08, 0.07],  # true 4: fifth highest -> in
                       [0.30, 0.25, 0.2, 0.1, 0.08, 0.07],  # true 5: sixth -> out

@@ -1,4 +1,4 @@
-"""Reports that never mislead (issue 21): a report is built from exactly the data it names."""
+"""Reports that never mislead: a report is built from exactly the data it names."""
 from pathlib import Path
 
 import pytest

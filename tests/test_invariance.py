@@ -1,4 +1,4 @@
-"""Known answers for the invariance stage's transforms and scores (issue 22): each family against a direct
+"""Known answers for the invariance stage's transforms and scores: each family against a direct
 computation of what it promises, so a wrong sign, size or seed shows."""
 import io
 

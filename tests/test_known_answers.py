@@ -1,6 +1,6 @@
 """Known answers for the numbers verdicts and rankings rest on, each built so that the quantities differ
 (precision from recall, model from baseline, best from worst, higher- from lower-is-better): a test that
-would still pass with the sign, the order or the direction flipped is no test (issue 22)."""
+would still pass with the sign, the order or the direction flipped is no test."""
 import json
 
 import numpy as np

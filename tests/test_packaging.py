@@ -62,7 +62,7 @@ def test_the_package_has_no_import_cycle():
 
 
 def test_compare_results_names_every_changed_missing_and_new_number(tmp_path):
-    """tools/compare_results.py: the check that a refactor moved no number of the demo (issue 14)."""
+    """tools/compare_results.py: the check that a refactor moved no number of the demo."""
     import json
     import subprocess
     import sys
@@ -89,7 +89,7 @@ def test_compare_results_names_every_changed_missing_and_new_number(tmp_path):
 
 
 def test_a_stage_start_is_deterministic_without_importing_what_it_does_not_use():
-    """A job's start (issue 15): seed_everything turns on torch's deterministic algorithms (warn only) as
+    """A job's start: seed_everything turns on torch's deterministic algorithms (warn only) as
     torch.use_deterministic_algorithms does, without importing torch._dynamo (over a second a job); the
     modules of the explain, render and agreement jobs import neither torchvision nor scipy.stats."""
     import subprocess

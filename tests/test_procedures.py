@@ -1,4 +1,4 @@
-"""Procedures that match their names (issue 21): Grad-CAM's automatic layer is a block output (CAM's layer
+"""Procedures that match their names: Grad-CAM's automatic layer is a block output (CAM's layer
 at full resolution, where Grad-CAM is ReLU(CAM)); deletion/insertion equals an independent implementation
 of RISE's evaluation procedure; ties in a map are broken by a seeded total order, whatever the sort."""
 import numpy as np

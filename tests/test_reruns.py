@@ -93,7 +93,7 @@ def test_touching_or_restoring_the_images_reruns_nothing(two):
 
 
 def test_a_mistyped_dataset_path_after_a_good_run_stops_before_planning(two):
-    """Results of the old data must never be re-rendered as the new path's (issue 21)."""
+    """Results of the old data must never be re-rendered as the new path's."""
     work, cfg = two
     name = variant(work, cfg, "moved.yaml", lambda c: c["datasets"]["a"].update(path=str(work / "a_typo")))
     p = smk(work, "--dry-run", "--configfile", str(work / name), check=False)
@@ -103,7 +103,7 @@ def test_a_mistyped_dataset_path_after_a_good_run_stops_before_planning(two):
 
 def test_a_file_only_the_rejected_list_sees_still_updates_the_report(two):
     """The manifest does not change (a corrupt file is rejected), so only files the report reads beside
-    it change: they are declared inputs, so the report follows (issue 21)."""
+    it change: they are declared inputs, so the report follows."""
     work, _ = two
     bad = work / "a" / "bag" / "broken2.png"
     bad.write_bytes(b"\x89PNG broken")
@@ -120,7 +120,7 @@ def test_a_file_only_the_rejected_list_sees_still_updates_the_report(two):
 
 def test_a_copied_project_folder_plans_nothing_and_a_mistake_there_is_named(two):
     """A project folder copied elsewhere (results, Snakemake's records, config) is up to date there; a
-    mistyped dataset path in the copy stops before planning, never a FileNotFoundError mid-run (issue 21)."""
+    mistyped dataset path in the copy stops before planning, never a FileNotFoundError mid-run."""
     work, cfg = two
     copy = work.parent / (work.name + "_copy")
     shutil.copytree(work, copy, symlinks=True)
@@ -191,7 +191,7 @@ def test_adding_an_image_reruns_its_datasets_chain_and_nothing_of_the_other(two)
 ])
 def test_changing_one_attacks_settings_reruns_that_attack_alone(run, change, attack):
     """Each attack job receives only the options it reads (cvaudit.registry.attack_options): a PGD
-    setting leaves the FGSM and autoattack jobs alone (issue 14)."""
+    setting leaves the FGSM and autoattack jobs alone."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     change(cfg["robustness"]["adversarial"])
     (run / f"attack_{attack}.yaml").write_text(yaml.safe_dump(cfg))

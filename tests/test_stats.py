@@ -1,4 +1,4 @@
-"""Known answers for the uncertainty every verdict carries (issue 22): each interval, test and sample-size
+"""Known answers for the uncertainty every verdict carries: each interval, test and sample-size
 estimate against its definition or an independent computation."""
 import math
 

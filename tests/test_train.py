@@ -108,7 +108,7 @@ def test_precise_bn_sets_running_statistics_to_the_training_images_batch_average
 
 
 def test_image_loader_decodes_in_the_main_process_on_a_cpu_and_with_pinned_workers_on_a_gpu(monkeypatch):
-    """The GPU path (issue 15): a stage on CUDA gets decoding workers (up to 4, one core left for the main
+    """The GPU path: a stage on CUDA gets decoding workers (up to 4, one core left for the main
     process) and pinned memory; on a CPU it decodes in the main process, as the tests' results assume."""
     import os
 

@@ -1,4 +1,4 @@
-"""Known answers for the trust checks' own arithmetic (issue 22): which pixels come first, what a deleted or
+"""Known answers for the trust checks' own arithmetic: which pixels come first, what a deleted or
 inserted pixel becomes, how the cascade walks the layers and with which seeds, how rank correlation treats
 constant maps, and that batching never changes a curve."""
 import numpy as np

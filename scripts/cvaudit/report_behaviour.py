@@ -1,4 +1,5 @@
-"""The report's sections from issue 16's stages, each built from its stage's output, and their summary.json
+"""The report's sections of the behaviour stages (slices, shape and texture, corruptions, shift, layer views),
+each built from its stage's output, and their summary.json
 entries: slices and groups, shape and texture, common corruptions, what the layers keep."""
 from __future__ import annotations
 
