@@ -99,10 +99,12 @@ onsuccess:
 
 
 onerror:
-    from cvaudit.runlog import where_reports
+    from cvaudit.runlog import interrupted, where_reports
 
     if where := where_reports(list(config["models"])):
         print(where, file=sys.stderr)
+    if stopped := interrupted(log):
+        print(stopped, file=sys.stderr)
 
 
 rule all:

@@ -106,6 +106,14 @@ def test_a_training_job_killed_or_interrupted_mid_run_reruns_to_the_same_numbers
         os.killpg(run.pid, sig)
     out, _ = run.communicate(timeout=120)
     assert run.returncode != 0 and ("Error in rule train_model" in out or who == "snakemake"), out[-2000:]
+    if who == "snakemake":  # the user is told what finished, what was cut short and how to resume
+        said = out[out.index("cvaudit: interrupted."):]
+        assert said.startswith("cvaudit: interrupted. 1 of 2 job(s) had finished and are kept: ingest_dataset "
+                               "(dataset=tiny)."), said
+        assert "Cut short (1, their partial outputs removed): train_model (model=cnn_tiny)." in said
+        assert "run the same command again" in said and "Traceback" not in out  # the job stops with a line too
+    else:
+        assert "cvaudit: interrupted" not in out  # a job that failed is not an interruption
     assert not (work / "results" / "cnn_tiny" / "model.safetensors").exists()  # nothing half-written
     assert not list((work / "results" / "cnn_tiny").glob(".*.safetensors"))  # no temp file left either
     smk(work, TARGET, "--configfile", str(work / "config.yaml"))  # the plain rerun

@@ -48,6 +48,38 @@ def where_reports(models: list[str], compare: str | None = "results/compare/repo
     return "\n".join(["cvaudit: reports (HTML; the PDF and summary.json beside each):", *lines, *gate_line])
 
 
+def interrupted(log_path) -> str:
+    """What a run stopped by the user (Ctrl-C) ends with: which jobs had finished, which were cut short, and how to
+    resume. Read from Snakemake's own log of the run (a path or a list of them); empty when the run was not
+    interrupted."""
+    import re
+    paths = log_path if isinstance(log_path, (list, tuple)) else [log_path]  # Snakemake hands onerror a list
+    try:
+        text = "".join(Path(p).read_text(errors="replace") for p in paths)
+    except (OSError, TypeError):
+        return ""
+    if "Terminating processes on user request" not in text:
+        return ""
+    jobs: dict[str, str] = {}  # jobid -> "rule (wildcards)", in the order they started
+    for block in re.finditer(r"^(?:local)?(?:rule|checkpoint) (\w+):\n((?:    .*\n)+)", text, re.M):
+        jobid = re.search(r"^    jobid: (\d+)", block[2], re.M)
+        wc = re.search(r"^    wildcards: (.*)$", block[2], re.M)
+        if jobid:
+            jobs[jobid[1]] = block[1] + (f" ({wc[1]})" if wc else "")
+    done = re.findall(r"^Finished jobid: (\d+)", text, re.M)
+    total = re.findall(r"^\d+ of (\d+) steps", text, re.M)
+    finished = [jobs.get(j, f"job {j}") for j in done]
+    cut = [name for j, name in jobs.items() if j not in done and not name.startswith("all")]
+    of = f" of {total[-1]}" if total else ""
+    lines = [f"cvaudit: interrupted. {len(finished)}{of} job(s) had finished and are kept"
+             + (": " + "; ".join(finished) if finished else "") + "."]
+    if cut:
+        lines.append(f"  Cut short ({len(cut)}, their partial outputs removed): " + "; ".join(cut) + ".")
+    lines.append("  To resume, run the same command again: only the jobs not finished run. If Snakemake then says the "
+                 "folder is locked (Snakemake itself was killed), run it once with --unlock, then again.")
+    return "\n".join(lines)
+
+
 def name_keys(message: str, dataset: str | None = None, model: str | None = None) -> str:
     """Messages name a config key as datasets.*.path where the code does not know the name; the rule
     does: datasets.leaves.path is what the user searches their config for."""
@@ -161,6 +193,10 @@ def run(main, sm, optional: bool = False) -> None:
         with progress.heartbeat(float(os.environ.get("CVAUDIT_HEARTBEAT_S", 30))):
             main(sm)
         check_reads()
+    except KeyboardInterrupt:  # Ctrl-C reaches the jobs too: a line, no traceback; Snakemake says how to resume
+        if log_file:
+            print(f"cvaudit: rule {rule} interrupted by the user; its outputs are removed and it reruns", file=log_file)
+        sys.exit(130)
     except Exception as e:
         known = known_failure(e)
         if known:  # the traceback stays in the log; the console gets what to do
