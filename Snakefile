@@ -50,6 +50,11 @@ except CvauditError as e:
 report: "report/workflow.rst"
 
 
+# The run-time estimate (cvaudit.estimate): printed before a run or a plan, and each job's time limit (runtime).
+# CVAUDIT_ESTIMATE=0 skips it: nothing printed, each rule's fixed limit.
+ESTIMATE = os.environ.get("CVAUDIT_ESTIMATE", "1") != "0"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/model.smk"
@@ -61,8 +66,7 @@ include: "rules/report.smk"
 
 
 # A plan says what the audit costs (before the DAG there is no job list: all of it, from scratch);
-# a run says what its jobs will cost before the first starts (onstart). CVAUDIT_ESTIMATE=0 skips both.
-ESTIMATE = os.environ.get("CVAUDIT_ESTIMATE", "1") != "0"
+# a run says what its jobs will cost before the first starts (onstart).
 DRY_RUN = any(a in ("--dry-run", "--dryrun") or re.fullmatch(r"-[a-zA-Z]*n[a-zA-Z]*", a) for a in sys.argv)
 if ESTIMATE and workflow.is_main_process and DRY_RUN:
     from cvaudit.estimate import announce

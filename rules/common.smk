@@ -3,10 +3,20 @@ import re
 from pathlib import Path
 
 from cvaudit.config import shards
+from cvaudit.estimate import job_minutes
 from cvaudit.fingerprint import write_fingerprint
 from cvaudit.registry import ATTACKS, FAMILIES, FLOOR_METHOD, METHODS
 from cvaudit.runlog import name_keys
 from cvaudit.sections import embedding_duplicates_on, is_ensemble, report_inputs, trained_here
+
+
+def limit(rule_name, fixed):
+    """A rule's runtime resource in minutes (SLURM's --time): three times the run-time estimate of the job's work,
+    at least 10 (cvaudit.estimate.job_minutes), doubled on each retry; `fixed` where the estimate is off
+    (CVAUDIT_ESTIMATE=0)."""
+    if not ESTIMATE:
+        return fixed
+    return lambda wildcards, attempt: job_minutes(config, rule_name, dict(wildcards.items()), attempt)
 
 
 # Every configured attribution method, plus a random map: the floor of the faithfulness checks.

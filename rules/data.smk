@@ -15,7 +15,7 @@ rule ingest_dataset:
     threads: config["threads"]  # parallel decoding checks
     resources:
         mem_mb=4000,
-        runtime=30,
+        runtime=limit("ingest_dataset", 30),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -42,7 +42,7 @@ rule plant_cue:
     priority: 10
     resources:
         mem_mb=2000,
-        runtime=30,
+        runtime=limit("plant_cue", 30),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -64,7 +64,7 @@ rule fit_baseline:
     priority: 10  # the root of every chain: run first, so the many one-thread jobs later fill both cores
     resources:
         mem_mb=4000,
-        runtime=30,
+        runtime=limit("fit_baseline", 30),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -85,7 +85,7 @@ rule data_audit:
         seed=config["seed"],
     resources:
         mem_mb=4000,
-        runtime=60,
+        runtime=limit("data_audit", 60),
     conda:
         "../envs/cvaudit.yaml"
     log:

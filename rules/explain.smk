@@ -11,7 +11,7 @@ rule method_agreement:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=limit("method_agreement", 10),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -36,7 +36,7 @@ rule clever_hans:
     resources:
         gpu=GPU,
         mem_mb=4000,
-        runtime=30,
+        runtime=limit("clever_hans", 30),
     conda:
         "../envs/cvaudit.yaml"
     log:

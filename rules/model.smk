@@ -14,7 +14,7 @@ rule train_model:
     resources:
         gpu=GPU,
         mem_mb=6000,
-        runtime=120,
+        runtime=limit("train_model", 120),
     priority: 10  # the root of every chain: run first, so the many one-thread jobs later fill both cores
     conda:
         "../envs/cvaudit.yaml"
@@ -44,7 +44,7 @@ rule evaluate_model:
     resources:
         gpu=GPU,
         mem_mb=4000,
-        runtime=60,
+        runtime=limit("evaluate_model", 60),
     priority: 10  # the root of every chain: run first, so the many one-thread jobs later fill both cores
     conda:
         "../envs/cvaudit.yaml"

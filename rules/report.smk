@@ -54,7 +54,7 @@ rule render_report:
         benchmarks=lambda wc: benchmark_files(wc.model),
     resources:
         mem_mb=4000,
-        runtime=20,
+        runtime=limit("render_report", 20),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -80,7 +80,7 @@ rule side_by_side:
     resources:
         gpu=GPU,
         mem_mb=4000,
-        runtime=30,
+        runtime=limit("side_by_side", 30),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -125,7 +125,7 @@ rule compare_models:
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=30,
+        runtime=limit("compare_models", 30),
     conda:
         "../envs/cvaudit.yaml"
     log:

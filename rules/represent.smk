@@ -16,7 +16,7 @@ rule represent:
     resources:
         gpu=GPU,
         mem_mb=6000,
-        runtime=60,
+        runtime=limit("represent", 60),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -44,7 +44,7 @@ rule embedding_duplicates:
     resources:
         gpu=GPU,
         mem_mb=6000,
-        runtime=60,
+        runtime=limit("embedding_duplicates", 60),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -69,7 +69,7 @@ rule inspect_units:
     resources:
         gpu=GPU,
         mem_mb=6000,
-        runtime=60,
+        runtime=limit("inspect_units", 60),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -95,7 +95,7 @@ rule visualise_ascent:
     resources:
         gpu=GPU,
         mem_mb=6000,
-        runtime=60,
+        runtime=limit("visualise_ascent", 60),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -115,7 +115,7 @@ rule compare_representations:
         seed=config["seed"],
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=limit("compare_representations", 10),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -142,7 +142,7 @@ rule layer_views:
     resources:
         gpu=GPU,
         mem_mb=4000,
-        runtime=60,
+        runtime=limit("layer_views", 60),
     conda:
         "../envs/cvaudit.yaml"
     log:

@@ -17,7 +17,7 @@ rule calibrate:
     resources:
         gpu=GPU,
         mem_mb=4000,
-        runtime=30,
+        runtime=limit("calibrate", 30),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -42,7 +42,7 @@ rule shuffled_labels:
     resources:
         gpu=GPU,
         mem_mb=6000,
-        runtime=240,
+        runtime=limit("shuffled_labels", 240),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -62,7 +62,7 @@ rule image_properties:
     threads: config["threads"]
     resources:
         mem_mb=2000,
-        runtime=60,
+        runtime=limit("image_properties", 60),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -86,7 +86,7 @@ rule slices:
         seed=config["seed"],
     resources:
         mem_mb=2000,
-        runtime=30,
+        runtime=limit("slices", 30),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -111,7 +111,7 @@ rule shape_texture:
     resources:
         gpu=GPU,
         mem_mb=4000,
-        runtime=30,
+        runtime=limit("shape_texture", 30),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -136,7 +136,7 @@ rule corruptions:
     resources:
         gpu=GPU,
         mem_mb=4000,
-        runtime=120,
+        runtime=limit("corruptions", 120),
     conda:
         "../envs/cvaudit.yaml"
     log:
@@ -164,7 +164,7 @@ rule shift:
     resources:
         gpu=GPU,
         mem_mb=4000,
-        runtime=60,
+        runtime=limit("shift", 60),
     conda:
         "../envs/cvaudit.yaml"
     log:

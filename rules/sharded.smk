@@ -99,7 +99,7 @@ for _stage, _entry in SHARDED.items():
         resources:
             gpu=GPU,
             mem_mb=_entry["mem_mb"],
-            runtime=_entry["runtime"],
+            runtime=limit(f"{_stage}_shard", _entry["runtime"]),
         conda:
             "../envs/cvaudit.yaml"
         log:
@@ -129,7 +129,7 @@ for _stage, _entry in SHARDED.items():
         resources:
             gpu=GPU,
             mem_mb=_entry["mem_mb"],
-            runtime=_entry["runtime"],
+            runtime=limit(_stage, _entry["runtime"]),
         conda:
             "../envs/cvaudit.yaml"
         log:

@@ -1,5 +1,6 @@
 """End to end through snakemake on the tiny real-image config: reports, PDF, numbers, reruns, lint."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -386,3 +387,42 @@ def test_the_run_time_estimate_is_within_a_factor_of_two_of_the_run(run):
             assert 0.4 <= e / m <= 2.5, (stage, e, m)
     said = smk(run, "-n", "--configfile", str(run / "config.yaml"), env={"CVAUDIT_ESTIMATE": "1"}).stderr
     assert "estimated run time of the whole audit from scratch about" in said
+
+
+def test_each_jobs_time_limit_comes_from_the_estimate_and_covers_what_it_took(run):
+    """The runtime resource (SLURM's --time) of every job a plan shows is cvaudit.estimate.job_minutes for that
+    job; without the 10-minute floor, three times the estimate still covers each job's measured wall time."""
+    import csv
+
+    from cvaudit.config import validate_config
+    from cvaudit.estimate import job_minutes
+    out = smk(run, "-n", "--forceall", "--configfile", str(run / "config.yaml"), env={"CVAUDIT_ESTIMATE": "1"}).stdout
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    validate_config(cfg, REPO / "config" / "schema.yaml")
+    cache = run / ".snakemake" / "cvaudit" / "pass_seconds.json"
+    assert cache.exists()  # the plan timed the models
+    shown = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    wildcards: (.*)\n(?:    .*\n)*?    resources: .*runtime=(\d+)",
+                       out, re.M)
+    assert len(shown) >= 30, out[-2000:]
+    for rule, wc, minutes in shown:
+        wildcards = dict(kv.split("=") for kv in wc.split(", "))
+        assert int(minutes) == job_minutes(cfg, rule, wildcards, cache=cache), (rule, wc)
+    checked = 0
+    for f in (run / "benchmarks").rglob("*.tsv"):
+        if f.parent == run / "benchmarks":
+            continue
+        rule = f.parent.name
+        names = f.name.removesuffix(".tsv").split(".")
+        wildcards = {"dataset" if rule in ("ingest_dataset", "data_audit", "fit_baseline", "image_properties",
+                                           "plant_cue") else "model": names[0]}
+        if len(names) > 1:
+            wildcards[{"explain": "method", "invariance": "family", "adversarial": "attack"}.get(
+                rule.removesuffix("_shard"), "set")] = names[1]
+        with open(f, newline="") as fh:
+            took = float(next(csv.DictReader(fh, delimiter="\t"))["s"])
+        if took >= 10:
+            assert job_minutes(cfg, rule, wildcards, floor=0, cache=cache) * 60 >= took, (f, took)
+            checked += 1
+    assert checked >= 5
+    assert job_minutes(cfg, "train_model", {"model": "cnn_tiny"}, attempt=2, cache=cache) == 2 * job_minutes(
+        cfg, "train_model", {"model": "cnn_tiny"}, cache=cache)

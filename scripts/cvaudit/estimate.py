@@ -24,6 +24,9 @@ PER_IMAGE_CPU = {"corruptions": 0.001, "road": 0.02, "data_audit": 0.015, "trans
                  "cue_conflict": 0.002}  # seconds per image at 28 px, times the pixels over 28 x 28
 EARLY_STOP = 0.5  # the attacks stop on images already fooled: about half their budget on average (measured)
 REPORT_SECONDS = 20.0  # one report: figures, HTML and the PDF
+UNMEASURED_PASS = 1e-6  # seconds per pass per pixel where no pass was timed: EfficientNet-Lite0 at 224 px on 2 CPU
+#                         threads measures 0.04 s (8e-7 per pixel); a guess that errs long, for time limits
+LIMIT_SAFETY = 3.0  # a job's time limit: this many times its estimate (the estimate is within 2x per stage)
 
 
 def dataset_counts(config: dict, name: str, results: str | Path = "results") -> dict:
@@ -56,15 +59,18 @@ def dataset_counts(config: dict, name: str, results: str | Path = "results") -> 
 
 
 def pass_seconds(model_cfg: dict, n_classes: int, device: str = "cpu", threads: int = 2,
-                 cache: str | Path | None = None) -> tuple[float, bool]:
+                 cache: str | Path | None = None, measure: bool = True) -> tuple[float, bool]:
     """Seconds per image for one forward pass of this architecture at its input size (batched), measured
-    by timed batches of the model with random weights; cached by what sets it. Returns (seconds, measured)."""
+    by timed batches of the model with random weights; cached by what sets it. Returns (seconds, measured).
+    measure=False never times a model: uncached, it returns UNMEASURED_PASS per pixel (a cautious guess)."""
     size = int(model_cfg.get("input_size", 224))
     arch = str(model_cfg.get("arch", ""))
     key = json.dumps([arch, model_cfg.get("arch_options") or {}, size, n_classes, device, threads], sort_keys=True)
     store = json.loads(Path(cache).read_text()) if cache and Path(cache).exists() else {}
     if key in store:
         return store[key], True
+    if not measure:
+        return UNMEASURED_PASS * size * size, False
     if arch.startswith("python:") or arch == "ensemble":  # user code is not run to plan; a mid-sized CNN's cost
         return 2.5e-7 * size * size, False
     import torch
@@ -200,9 +206,11 @@ def _runs(row: dict, todo: list[tuple[str, dict]]) -> bool:
 
 
 def estimate(config: dict, device: str = "cpu", cores: int = 2, cache: str | Path | None = None,
-             results: str | Path = "results", todo: list[tuple[str, dict]] | None = None) -> dict:
+             results: str | Path = "results", todo: list[tuple[str, dict]] | None = None,
+             measure: bool = True) -> dict:
     """Per model and stage the expected seconds, the total and the wall time on `cores` cores; with `todo`
-    (the jobs a plan will run: rule and wildcards) only the work of those jobs."""
+    (the jobs a plan will run: rule and wildcards) only the work of those jobs; measure=False times no model
+    (pass_seconds)."""
     threads = int(config.get("threads", 1))
     rows, total = [], 0.0
     per_dataset = {}
@@ -218,7 +226,7 @@ def estimate(config: dict, device: str = "cpu", cores: int = 2, cache: str | Pat
     for name, cfg in config["models"].items():
         counts = per_dataset[cfg["dataset"]]
         classes = len(config["datasets"][cfg["dataset"]].get("class_names") or []) or 10
-        sec, _ = pass_seconds(cfg, classes, device, threads, cache)
+        sec, _ = pass_seconds(cfg, classes, device, threads, cache, measure)
         for stage, passes, other in model_jobs(config, name, counts):
             rows.append({"model": name, "stage": stage, "seconds": START_UP + passes * sec + other})
     for d in per_dataset:  # a dataset two or more models share: the same images explained by each, and their CKA
@@ -285,3 +293,23 @@ def announce(config: dict, cores, todo: list[tuple[str, dict]] | None = None) ->
     lines = [table(est, scope=" of the whole audit from scratch" if todo is None else "")]
     lines.append(over_an_hour(est, config["audit"]["preset"]) or "")
     return "\n".join(x for x in lines if x)
+
+
+_PLANNED: dict[tuple, tuple] = {}  # (config, its estimate's rows) by id and cache: computed once per process
+
+
+def job_minutes(config: dict, rule: str, wildcards: dict, attempt: int = 1, floor: int = 10,
+                cache: str | Path = ".snakemake/cvaudit/pass_seconds.json") -> int:
+    """A job's time limit in minutes (Snakemake's runtime resource; SLURM's --time): LIMIT_SAFETY times the
+    estimate of its work (a shard: the whole stage's, to be safe), at least `floor`, doubled on each retry.
+    Pass costs come from the cache the run's estimate fills; no model is timed here."""
+    import math
+    key = (id(config), str(cache))
+    if _PLANNED.get(key, (None,))[0] is not config:
+        try:
+            rows = estimate(config, device_of(config), 1, cache=cache, measure=False)["rows"]
+        except Exception:  # a limit never stops a run: the floor stands in
+            rows = []
+        _PLANNED[key] = (config, rows)
+    seconds = sum(r["seconds"] for r in _PLANNED[key][1] if _runs(r, [(rule, wildcards)]))
+    return max(floor, math.ceil(LIMIT_SAFETY * seconds / 60)) * max(1, int(attempt))
