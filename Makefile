@@ -22,11 +22,12 @@ audit: setup  # your config: make audit CONFIG=my.yaml [ARGS="-n" or targets]; t
 vit: setup  # the second config: a small ViT from scratch beside the demo's CNN, and the two as an ensemble
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going --directory runs/vit --configfile config/vit.yaml
 
-test: setup
-	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/python -m pytest -ra
+WORKERS ?= 2
+test: setup  # two pytest-xdist workers; the groups that share a workflow run stay on one (tests/conftest.py)
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/python -m pytest -ra -n $(WORKERS) --dist loadgroup
 
-test-fast: setup  # the unit tests alone (under a minute): the arithmetic, no snakemake
-	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/python -m pytest -m "not e2e" -q
+test-fast: setup  # the unit tests alone: the arithmetic, no snakemake
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/python -m pytest -m "not e2e" -q -n $(WORKERS) --dist loadgroup
 
 MODULES ?= --all
 mutation: setup  # the mutation score of the verdict modules: make mutation MODULES="compare checks"

@@ -53,6 +53,37 @@ def tiny_workflow(work: Path, change) -> subprocess.CompletedProcess:
         del os.environ["CVAUDIT_CHECK_READS"], os.environ["CVAUDIT_HEARTBEAT_S"]
 
 
+# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup). A group runs on one worker, so a
+# workflow run made by a fixture is made once: the tests that read the session's run share the group "run",
+# and a module whose fixture runs a workflow is one group. The groups that hold the long runs start first, the
+# short tests fill the workers at the end.
+LONG_FIRST = ["run", "test_shortcut_workflow", "test_cluster", "test_vit_workflow", "test_reruns", "test_faults",
+              "test_report_view", "test_honest_reports", "test_own_model", "test_shape_texture", "test_bad_inputs"]
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        scopes = {d.scope for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs}
+        if "run" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("run"))
+        elif "module" in scopes or item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+    def rank(item):
+        marks = [m.args[0] for m in item.iter_markers("xdist_group")]
+        group = marks[0] if marks else item.module.__name__
+        return LONG_FIRST.index(group) if group in LONG_FIRST else len(LONG_FIRST)
+    items.sort(key=rank)  # stable: the order within a group is kept
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_worker():
+    """Two workers on two cores: each runs torch on one thread (the workflow runs keep their own settings)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def run(tmp_path_factory):
     """The test config (config/test.yaml) run end to end once per session, on a copy of the tiny images."""

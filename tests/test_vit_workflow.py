@@ -24,6 +24,7 @@ def _vit_and_ensemble(cfg, images):
     cfg["explain"]["methods"] = METHODS
     cfg["represent"]["layers"] = 4
     cfg["robustness"] = {"enabled": False}
+    cfg["data_audit"] = {"enabled": False}  # the images' audit (and the embedding's copy search) is the CNN runs'
 
 
 @pytest.fixture(scope="module")
