@@ -144,7 +144,7 @@ def test_streamed_robustness_chunks_equal_one_chunk(run, tmp_path, monkeypatch):
     manifest = run / "results" / "data" / "tiny" / "manifest.csv"
     common = dict(model=res / "model.safetensors", seed=cfg["seed"], device="cpu", threads=1, data=manifest)
     monkeypatch.setattr(models, "CPU_BATCH_PIXELS", 4 * 28 * 28)
-    for family in ("noise", "rotate") if model == "cnn_tiny" else ("rotate",):
+    for family in ("noise", "rotate"):
         job = {**common, "drift": cfg["robustness"]["drift"],
                "options": {"max_images": cfg["robustness"]["max_images"],
                            "severities": cfg["robustness"]["invariance"][family]}}
