@@ -33,8 +33,9 @@ MODULES ?= --all
 mutation: setup  # the mutation score of the verdict modules: make mutation MODULES="compare checks"
 	$(VENV)/python tools/mutation.py $(MODULES)
 
-lint: setup
+lint: setup  # the workflow (snakemake --lint) and the Python (ruff, configured in pyproject.toml)
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --lint --configfile config/config.yaml
+	$(VENV)/ruff check scripts tools tests
 
 clean:
 	rm -rf results logs benchmarks .snakemake runs

@@ -70,7 +70,7 @@ def shape_texture_bars(meta: dict) -> str:
     sb = meta["cue_conflict"]["shape_bias"]
     refs = list(meta["reference"].items())  # empty where they are not comparable (shape_texture.reference_incomparable)
     bx.barh(range(len(refs)), [v for _, v in refs], color="#d0d7de")
-    for i, (k, v) in enumerate(refs):
+    for i, (k, _) in enumerate(refs):
         bx.text(0.02, i, k.split(" (")[0], va="center", fontsize=6.5)
     if sb["value"] is not None:
         bx.axvline(sb["value"], color="#0969da", lw=1.5)

@@ -160,7 +160,7 @@ def unwritable_folders(roots=("results", "logs", "benchmarks"), limit: int = 5) 
         if not os.path.isdir(root):
             probe(os.path.dirname(os.path.abspath(root)))
             continue
-        for folder, dirs, _ in os.walk(root):
+        for folder, _, _ in os.walk(root):
             probe(folder)
             if len(bad) >= limit:
                 return bad

@@ -147,7 +147,7 @@ def _walk_files(folder: str) -> list[str]:
 
 def _count_system(folder: str) -> int:
     n = 0
-    for base, dirs, files in os.walk(folder):
+    for base, _, files in os.walk(folder):
         n += sum(1 for f in files) if is_system(os.path.basename(base)) else sum(1 for f in files if is_system(f))
     return n
 
