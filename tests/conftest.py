@@ -61,14 +61,23 @@ LONG_FIRST = ["run", "test_shortcut_workflow", "test_cluster", "test_vit_workflo
               "test_report_view", "test_honest_reports", "test_own_model", "test_shape_texture", "test_bad_inputs"]
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        scopes = {d.scope for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs}
-        if "run" in item.fixturenames:
-            item.add_marker(pytest.mark.xdist_group("run"))
-        elif "module" in scopes or item.get_closest_marker("e2e"):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+def pytest_itemcollected(item):  # as each test is collected: before pytest-xdist reads the groups
+    scopes = {d.scope for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs}
+    if "run" in item.fixturenames:
+        group = "run"
+    elif "module" in scopes or item.get_closest_marker("e2e"):
+        group = item.module.__name__
+    else:
+        return
+    item.add_marker(pytest.mark.xdist_group(group))
+    if getattr(item.config.option, "loadgroup", False) and "@" not in item.nodeid:
+        # pytest-xdist 3.8 names a group in the test's id (`id@group`) through an attribute pytest 9 no longer
+        # reads (_nodeid); the scheduler reads the id, so name it here
+        from _pytest.nodeid import NodeId
+        item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
+
+def pytest_collection_modifyitems(config, items):
     def rank(item):
         marks = [m.args[0] for m in item.iter_markers("xdist_group")]
         group = marks[0] if marks else item.module.__name__
