@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every speed figure of the README on a GPU machine, in one command (from the repository root):
+# Every speed figure of the docs (docs/attributions.md, docs/clusters-and-reruns.md) on a GPU machine, in one command (from the repository root):
 #   tools/bench_gpu.sh            -> results/bench/gpu/*.json and the tables on stdout
 # It sets up the environment, runs the demo on the GPU from a clean state (it deletes results/, logs/ and
 # benchmarks/ first, as `make clean` does) and times it, then the per-stage rates beside the plain

@@ -12,7 +12,7 @@ noise counts little), the difference left after fitting brightness and contrast 
 `max_pixel_difference`. An embedding alone pairs distinct but similar images (Fashion-MNIST: a classifier maps
 most plain T-shirts together); the pixel check keeps only copies.
 
-Measured on Fashion-MNIST (tools/bench_embedding_duplicates.py): see the README's data-audit section."""
+Measured on Fashion-MNIST (tools/bench_embedding_duplicates.py): see docs/data-audit.md."""
 from __future__ import annotations
 
 import logging
