@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv/bin
 CORES ?= all
 
-.PHONY: setup demo showcase audit vit test test-fast mutation lint clean
+.PHONY: setup demo showcase audit vit test test-fast mutation references lint clean
 setup:
 	@tools/setup.sh
 
@@ -32,6 +32,9 @@ test-fast: setup  # the unit tests alone: the arithmetic, no snakemake
 MODULES ?= --all
 mutation: setup  # the mutation score of the verdict modules: make mutation MODULES="compare checks"
 	$(VENV)/python tools/mutation.py $(MODULES)
+
+references: setup  # docs/reference/ from the code (the schema, the checks, the methods, the presets)
+	$(VENV)/python tools/make_references.py
 
 lint: setup  # the workflow (snakemake --lint) and the Python (ruff, configured in pyproject.toml)
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --lint --configfile config/config.yaml
