@@ -3,7 +3,7 @@ import re
 from pathlib import Path
 
 from cvaudit.config import shards
-from cvaudit.estimate import job_minutes
+from cvaudit.estimate import job_mem_mb, job_minutes
 from cvaudit.fingerprint import write_fingerprint
 from cvaudit.registry import ATTACKS, FAMILIES, FLOOR_METHOD, METHODS
 from cvaudit.runlog import name_keys
@@ -17,6 +17,14 @@ def limit(rule_name, fixed):
     if not ESTIMATE:
         return fixed
     return lambda wildcards, attempt: job_minutes(config, rule_name, dict(wildcards.items()), attempt)
+
+
+def memory(rule_name, fixed):
+    """A rule's mem_mb resource (SLURM's --mem): a job's base plus the layer outputs it holds, from the model's
+    counted activations (cvaudit.estimate.job_mem_mb), doubled on each retry; `fixed` where the estimate is off."""
+    if not ESTIMATE:
+        return fixed
+    return lambda wildcards, attempt: job_mem_mb(config, rule_name, dict(wildcards.items()), attempt)
 
 
 # Every configured attribution method, plus a random map: the floor of the faithfulness checks.

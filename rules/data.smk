@@ -14,7 +14,7 @@ rule ingest_dataset:
     priority: 10  # the root of every chain: run first, so the many one-thread jobs later fill both cores
     threads: config["threads"]  # parallel decoding checks
     resources:
-        mem_mb=4000,
+        mem_mb=memory("ingest_dataset", 4000),
         runtime=limit("ingest_dataset", 30),
     conda:
         "../envs/cvaudit.yaml"
@@ -41,7 +41,7 @@ rule plant_cue:
         seed=config["seed"],
     priority: 10
     resources:
-        mem_mb=2000,
+        mem_mb=memory("plant_cue", 2000),
         runtime=limit("plant_cue", 30),
     conda:
         "../envs/cvaudit.yaml"
@@ -63,7 +63,7 @@ rule fit_baseline:
         seed=config["seed"],
     priority: 10  # the root of every chain: run first, so the many one-thread jobs later fill both cores
     resources:
-        mem_mb=4000,
+        mem_mb=memory("fit_baseline", 4000),
         runtime=limit("fit_baseline", 30),
     conda:
         "../envs/cvaudit.yaml"
@@ -84,7 +84,7 @@ rule data_audit:
         options={k: v for k, v in config["data_audit"].items() if k != "embedding"},  # a model's job, not this one
         seed=config["seed"],
     resources:
-        mem_mb=4000,
+        mem_mb=memory("data_audit", 4000),
         runtime=limit("data_audit", 60),
     conda:
         "../envs/cvaudit.yaml"

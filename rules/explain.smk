@@ -10,7 +10,7 @@ rule method_agreement:
         methods=config["explain"]["methods"],
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=memory("method_agreement", 2000),
         runtime=limit("method_agreement", 10),
     conda:
         "../envs/cvaudit.yaml"
@@ -35,7 +35,7 @@ rule clever_hans:
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=4000,
+        mem_mb=memory("clever_hans", 4000),
         runtime=limit("clever_hans", 30),
     conda:
         "../envs/cvaudit.yaml"

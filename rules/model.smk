@@ -13,7 +13,7 @@ rule train_model:
     threads: config["threads"]
     resources:
         gpu=GPU,
-        mem_mb=6000,
+        mem_mb=memory("train_model", 6000),
         runtime=limit("train_model", 120),
     priority: 10  # the root of every chain: run first, so the many one-thread jobs later fill both cores
     conda:
@@ -43,7 +43,7 @@ rule evaluate_model:
     threads: config["threads"]
     resources:
         gpu=GPU,
-        mem_mb=4000,
+        mem_mb=memory("evaluate_model", 4000),
         runtime=limit("evaluate_model", 60),
     priority: 10  # the root of every chain: run first, so the many one-thread jobs later fill both cores
     conda:

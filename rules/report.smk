@@ -53,7 +53,7 @@ rule render_report:
         | {"audit": {k: v for k, v in config["audit"].items() if k != "fail_on"}},  # fail_on: only the gate
         benchmarks=lambda wc: benchmark_files(wc.model),
     resources:
-        mem_mb=4000,
+        mem_mb=memory("render_report", 4000),
         runtime=limit("render_report", 20),
     conda:
         "../envs/cvaudit.yaml"
@@ -79,7 +79,7 @@ rule side_by_side:
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=4000,
+        mem_mb=memory("side_by_side", 4000),
         runtime=limit("side_by_side", 30),
     conda:
         "../envs/cvaudit.yaml"
@@ -124,7 +124,7 @@ rule compare_models:
         benchmarks=lambda wc: {m: benchmark_files(m) for m in config["models"]},
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=memory("compare_models", 4000),
         runtime=limit("compare_models", 30),
     conda:
         "../envs/cvaudit.yaml"

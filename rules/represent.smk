@@ -15,7 +15,7 @@ rule represent:
     threads: 1  # short jobs: two side by side use the cores better than one on both
     resources:
         gpu=GPU,
-        mem_mb=6000,
+        mem_mb=memory("represent", 6000),
         runtime=limit("represent", 60),
     conda:
         "../envs/cvaudit.yaml"
@@ -43,7 +43,7 @@ rule embedding_duplicates:
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=6000,
+        mem_mb=memory("embedding_duplicates", 6000),
         runtime=limit("embedding_duplicates", 60),
     conda:
         "../envs/cvaudit.yaml"
@@ -68,7 +68,7 @@ rule inspect_units:
     threads: 1  # short jobs: two side by side use the cores better than one on both
     resources:
         gpu=GPU,
-        mem_mb=6000,
+        mem_mb=memory("inspect_units", 6000),
         runtime=limit("inspect_units", 60),
     conda:
         "../envs/cvaudit.yaml"
@@ -94,7 +94,7 @@ rule visualise_ascent:
     threads: 1  # short jobs: two side by side use the cores better than one on both
     resources:
         gpu=GPU,
-        mem_mb=6000,
+        mem_mb=memory("visualise_ascent", 6000),
         runtime=limit("visualise_ascent", 60),
     conda:
         "../envs/cvaudit.yaml"
@@ -114,7 +114,7 @@ rule compare_representations:
     params:
         seed=config["seed"],
     resources:
-        mem_mb=2000,
+        mem_mb=memory("compare_representations", 2000),
         runtime=limit("compare_representations", 10),
     conda:
         "../envs/cvaudit.yaml"
@@ -141,7 +141,7 @@ rule layer_views:
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=4000,
+        mem_mb=memory("layer_views", 4000),
         runtime=limit("layer_views", 60),
     conda:
         "../envs/cvaudit.yaml"

@@ -16,7 +16,7 @@ rule calibrate:
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=4000,
+        mem_mb=memory("calibrate", 4000),
         runtime=limit("calibrate", 30),
     conda:
         "../envs/cvaudit.yaml"
@@ -41,7 +41,7 @@ rule shuffled_labels:
     threads: config["threads"]
     resources:
         gpu=GPU,
-        mem_mb=6000,
+        mem_mb=memory("shuffled_labels", 6000),
         runtime=limit("shuffled_labels", 240),
     conda:
         "../envs/cvaudit.yaml"
@@ -61,7 +61,7 @@ rule image_properties:
         properties="results/data/{dataset}/properties.csv",
     threads: config["threads"]
     resources:
-        mem_mb=2000,
+        mem_mb=memory("image_properties", 2000),
         runtime=limit("image_properties", 60),
     conda:
         "../envs/cvaudit.yaml"
@@ -85,7 +85,7 @@ rule slices:
         groups=lambda wc: config["datasets"][dataset_of(wc.model)]["groups"],
         seed=config["seed"],
     resources:
-        mem_mb=2000,
+        mem_mb=memory("slices", 2000),
         runtime=limit("slices", 30),
     conda:
         "../envs/cvaudit.yaml"
@@ -110,7 +110,7 @@ rule shape_texture:
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=4000,
+        mem_mb=memory("shape_texture", 4000),
         runtime=limit("shape_texture", 30),
     conda:
         "../envs/cvaudit.yaml"
@@ -135,7 +135,7 @@ rule corruptions:
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=4000,
+        mem_mb=memory("corruptions", 4000),
         runtime=limit("corruptions", 120),
     conda:
         "../envs/cvaudit.yaml"
@@ -163,7 +163,7 @@ rule shift:
     threads: config["threads"]
     resources:
         gpu=GPU,
-        mem_mb=4000,
+        mem_mb=memory("shift", 4000),
         runtime=limit("shift", 60),
     conda:
         "../envs/cvaudit.yaml"

@@ -98,7 +98,7 @@ for _stage, _entry in SHARDED.items():
         priority: _entry["priority"]
         resources:
             gpu=GPU,
-            mem_mb=_entry["mem_mb"],
+            mem_mb=memory(f"{_stage}_shard", _entry["mem_mb"]),
             runtime=limit(f"{_stage}_shard", _entry["runtime"]),
         conda:
             "../envs/cvaudit.yaml"
@@ -128,7 +128,7 @@ for _stage, _entry in SHARDED.items():
         priority: _entry["priority"]
         resources:
             gpu=GPU,
-            mem_mb=_entry["mem_mb"],
+            mem_mb=memory(_stage, _entry["mem_mb"]),
             runtime=limit(_stage, _entry["runtime"]),
         conda:
             "../envs/cvaudit.yaml"

@@ -12,6 +12,7 @@ most so that a user sees what to cut.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -84,8 +85,14 @@ def pass_seconds(model_cfg: dict, n_classes: int, device: str = "cpu", threads: 
         return 2.5e-7 * size * size, False
     batch = min(32, auto_batch(size, size, device))
     x = torch.rand(batch, 3, size, size)
+    held = [0]  # the memory side of the cost: every layer's output for one image, in values (job_mem_mb)
+    hooks = [m.register_forward_hook(lambda _m, _i, o: held.__setitem__(0, held[0] + (o.numel() if torch.is_tensor(o)
+                                                                                       else 0)))
+             for m in net.modules() if not any(True for _ in m.children())]
     with torch.no_grad():
         net(x)  # warm-up
+        for h in hooks:
+            h.remove()
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
@@ -94,6 +101,7 @@ def pass_seconds(model_cfg: dict, n_classes: int, device: str = "cpu", threads: 
     sec = sorted(times)[1] / batch
     if cache:
         store[key] = sec
+        store["activations " + key] = held[0] / batch
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(f"{cache}.{os.getpid()}")
         tmp.write_text(json.dumps(store))
@@ -295,6 +303,57 @@ def announce(config: dict, cores, todo: list[tuple[str, dict]] | None = None) ->
     return "\n".join(x for x in lines if x)
 
 
+BASE_MB = 1000  # a job that imports torch and holds a model: about 0.7 to 1.0 GB measured (benchmarks' max_rss)
+UNMEASURED_ACTIVATIONS = 500  # layer outputs per input pixel where none were counted (EfficientNet-Lite0: 499)
+MEMORY_FACTOR = {"train": 1.0, "gradient": 2.0, "forward": 0.5}  # activations held, per image of a batch, over
+#   one forward pass's: training keeps them for the backward pass (in-place layers free some: 0.75 measured at
+#   224 px), a gradient job holds the graph and the gradients, a forward job about the largest layers
+DATA_AUDIT_MB_PER_IMAGE = 0.8  # the data audit's hashes, thumbnails and neighbour tables (3.1 GB for 3,000 images)
+MEMORY_SAFETY = 1.25
+GRADIENT_STAGES = ("explain", "adversarial", "clever_hans", "layer_views", "visualise_ascent")
+FORWARD_STAGES = ("evaluate", "invariance", "corruptions", "shape_texture", "represent", "embedding_duplicates",
+                  "inspect_units", "calibrate", "shift", "side_by_side", "compare_representations")
+
+
+def activations_per_image(model_cfg: dict, n_classes: int, device: str, threads: int,
+                          cache: str | Path | None) -> float:
+    """Values every layer outputs for one image (counted when pass_seconds times the model; else a guess)."""
+    size = int(model_cfg.get("input_size", 224))
+    key = json.dumps([str(model_cfg.get("arch", "")), model_cfg.get("arch_options") or {}, size, n_classes, device,
+                      threads], sort_keys=True)
+    store = json.loads(Path(cache).read_text()) if cache and Path(cache).exists() else {}
+    return store.get("activations " + key, UNMEASURED_ACTIVATIONS * size * size)
+
+
+def job_mem_mb(config: dict, rule: str, wildcards: dict, attempt: int = 1,
+               cache: str | Path = ".snakemake/cvaudit/pass_seconds.json") -> int:
+    """A job's memory request in MB (Snakemake's mem_mb; SLURM's --mem): a job's base plus, for a job that runs
+    the model, the layer outputs it holds (images per call x values per image x 4 bytes x MEMORY_FACTOR of its
+    kind), times MEMORY_SAFETY, doubled on each retry."""
+    from .models import auto_batch
+    stage = RULE_STAGE.get(rule, rule.removesuffix("_shard"))
+    extra = 0.0
+    model = config["models"].get(wildcards.get("model", ""))
+    if stage == "data":
+        extra = DATA_AUDIT_MB_PER_IMAGE * sum(dataset_counts(config, wildcards["dataset"]).values())
+    elif model is not None:
+        size = int(model.get("input_size", 224))
+        classes = len(config["datasets"][model["dataset"]].get("class_names") or []) or 10
+        members = [config["models"][m] for m in model.get("members", [])] if model.get("arch") == "ensemble" else [model]
+        values = sum(activations_per_image(m, classes, device_of(config), int(config.get("threads", 1)), cache)
+                     for m in members)
+        kind = "train" if stage in ("train", "shuffled_labels") else "gradient" if stage in GRADIENT_STAGES else \
+            "forward" if stage in FORWARD_STAGES else None
+        if kind == "train":
+            batch = (model.get("train") or {}).get("batch_size", 64) if stage == "train" else \
+                config["robustness"]["shuffled_labels"]["batch_size"]
+        else:
+            batch = auto_batch(size, size, device_of(config))
+        if kind:
+            extra = batch * values * 4 / 1e6 * MEMORY_FACTOR[kind]
+    return int(math.ceil(MEMORY_SAFETY * (BASE_MB + extra) / 100) * 100) * max(1, int(attempt))
+
+
 _PLANNED: dict[tuple, tuple] = {}  # (config, its estimate's rows) by id and cache: computed once per process
 
 
@@ -303,7 +362,6 @@ def job_minutes(config: dict, rule: str, wildcards: dict, attempt: int = 1, floo
     """A job's time limit in minutes (Snakemake's runtime resource; SLURM's --time): LIMIT_SAFETY times the
     estimate of its work (a shard: the whole stage's, to be safe), at least `floor`, doubled on each retry.
     Pass costs come from the cache the run's estimate fills; no model is timed here."""
-    import math
     key = (id(config), str(cache))
     if _PLANNED.get(key, (None,))[0] is not config:
         try:
