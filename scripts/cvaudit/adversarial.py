@@ -118,6 +118,9 @@ def attack_batch(attack: str, net, x: torch.Tensor, y: torch.Tensor, eps: float,
     return adv.detach(), {k: v.cpu().numpy() for k, v in parts.items()}
 
 
+MASKING_UNITS = 2  # the masking checks cost about two image-epsilon pairs of the attack per image (measured)
+
+
 def _batch_seed(seed: int, first: int) -> int:
     return image_seed(seed, first) % (2 ** 31)
 
@@ -160,7 +163,9 @@ def part(attack: str, job: dict, start: int = 0, stop: int | None = None) -> tup
     batch = auto_batch(x8.shape[-2], x8.shape[-1], dev)
     eps_list = sorted(float(e) for e in options["epsilons"])
     chunk = batch * CHUNK_BATCHES
-    progress.task(f"{attack}", len(x8) * len(eps_list), "image-epsilon pairs")
+    masking = MASKING_UNITS if attack == "autoattack" else 0  # its masking checks, in attack-sized units per image
+    progress.task(f"{attack}" + (" and its masking checks" if masking else ""), len(x8) * (len(eps_list) + masking),
+                  "image-epsilon pairs")
     pieces = [_attack_chunk(attack, net, x8[lo:lo + chunk], y[lo:lo + chunk], dev, eps_list, options, seed,
                             start + lo, batch) for lo in range(0, len(x8), chunk)]
     if not pieces:  # an empty shard
@@ -218,6 +223,7 @@ def _attack_chunk(attack: str, net, x8: torch.Tensor, y: torch.Tensor, dev, eps_
     if attack == "autoattack":
         extra = {f"hit_{c}": np.array(v, dtype=bool).reshape(len(eps_list), len(x)) for c, v in hits.items()}
         extra.update(_masking_extras(net, x, yd, options, seed, first, batch))
+        progress.advance(MASKING_UNITS * len(x))
     return {"clean_pred": clean_pred.numpy(), "clean_conf": clean_conf.numpy(), "flip_epsilon": flipped_at,
             "preds": np.array(preds, dtype=np.int64).reshape(len(eps_list), len(x)), **extra,
             **{f"cand_{k}": v for k, v in cand.items()}}
