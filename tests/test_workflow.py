@@ -372,8 +372,8 @@ def test_no_job_is_silent_in_its_log_for_longer_than_its_heartbeat(run):
 
 def test_the_run_time_estimate_is_within_a_factor_of_two_of_the_run(run):
     """cvaudit.estimate from the config and this machine against the jobs' measured wall times (benchmarks/):
-    in total, and for each stage that took 20 s or more. The tests share the machine with the run (two workers),
-    which stretches its jobs: the bands here are wide (a quiet machine: tools/bench_estimate.py, within 2x)."""
+    in total, and for each stage that took 20 s or more (the tiny run is mostly job start-up: a wider band). It
+    wants a quiet machine: run beside other work (make test WORKERS=2), the jobs stretch past the band."""
     import subprocess
     import sys
 
@@ -382,10 +382,10 @@ def test_the_run_time_estimate_is_within_a_factor_of_two_of_the_run(run):
                          capture_output=True, text=True, check=True, timeout=300).stdout.splitlines()
     rows = {r.split()[0]: (float(r.split()[-3]), float(r.split()[-2])) for r in out[1:] if r.split()[-1] != "—"}
     est, got = rows.pop("all")
-    assert 0.25 <= est / got <= 2, out
+    assert 0.5 <= est / got <= 2, out
     for stage, (e, m) in rows.items():
         if m >= 20:
-            assert 0.2 <= e / m <= 2.5, (stage, e, m)
+            assert 0.4 <= e / m <= 2.5, (stage, e, m)
     said = smk(run, "-n", "--configfile", str(run / "config.yaml"), env={"CVAUDIT_ESTIMATE": "1"}).stderr
     assert "estimated run time of the whole audit from scratch about" in said
 
