@@ -233,7 +233,7 @@ def mce(r: dict):
 
 
 register(Check("mce", "Mean corruption error (mCE)", "corruptions", False,
-               "Errors under the 15 common corruptions of Hendrycks & Dietterich (5 severities each) relative to the "
+               "Errors under the 15 common corruptions of Hendrycks & Dietterich (at the severities of robustness.corruptions) relative to the "
                "reference model's on the same images, averaged over corruptions; above 1: less robust than the "
                "reference (paired bootstrap interval).", mce,
                action="check the corruptions it fails worst; augment training with them if such images occur in use",
