@@ -130,7 +130,7 @@ def test_the_generated_references_match_the_code():
 
 
 def _docs():
-    return [REPO / "README.md", REPO / "config" / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    return [REPO / "README.md", REPO / "CONTRIBUTING.md", REPO / "config" / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 
 
 def test_every_path_make_target_and_link_the_docs_name_exists():

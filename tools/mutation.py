@@ -208,7 +208,7 @@ def main():
     ap.add_argument("modules", nargs="*", help=f"modules under scripts/cvaudit, of: {', '.join(SCOPE)}")
     ap.add_argument("--all", action="store_true", help="every module in the scope")
     ap.add_argument("--children", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--table", action="store_true", help="print the table of docs/contributing.md from build/mutation/scores.json")
+    ap.add_argument("--table", action="store_true", help="print the table of CONTRIBUTING.md from build/mutation/scores.json")
     a = ap.parse_args()
     if a.table:
         print(table(json.loads((BUILD / "scores.json").read_text())))
