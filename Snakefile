@@ -50,8 +50,9 @@ except CvauditError as e:
 report: "report/workflow.rst"
 
 
-# The run-time estimate (cvaudit.estimate): printed before a run or a plan, and each job's time limit (runtime).
-# CVAUDIT_ESTIMATE=0 skips it: nothing printed, each rule's fixed limit.
+# The run-time estimate (cvaudit.estimate): printed before a run or a plan; each job's time limit and memory (runtime,
+# mem_mb) come from its cost model.
+# CVAUDIT_ESTIMATE=0 skips it: nothing printed, each rule's fixed resources.
 ESTIMATE = os.environ.get("CVAUDIT_ESTIMATE", "1") != "0"
 
 
