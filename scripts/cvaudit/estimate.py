@@ -59,6 +59,27 @@ def dataset_counts(config: dict, name: str, results: str | Path = "results") -> 
     return {"test": round(n * test), "val": round(n * val), "train": round(n * (1 - test - val))}
 
 
+def _pass_key(model_cfg: dict, n_classes: int, device: str, threads: int) -> str:
+    """What sets a model's cost per pass: the cache's key."""
+    return json.dumps([str(model_cfg.get("arch", "")), model_cfg.get("arch_options") or {},
+                       int(model_cfg.get("input_size", 224)), n_classes, device, threads], sort_keys=True)
+
+
+_READ: dict[str, tuple] = {}  # cache file -> (its mtime, its content): read once per change, not once per job
+
+
+def _cached(cache: str | Path | None) -> dict:
+    if not cache or not Path(cache).exists():
+        return {}
+    mtime = Path(cache).stat().st_mtime_ns
+    if _READ.get(str(cache), (None,))[0] != mtime:
+        try:
+            _READ[str(cache)] = (mtime, json.loads(Path(cache).read_text()))
+        except (OSError, ValueError):  # a cache cut short: time the model again
+            return {}
+    return _READ[str(cache)][1]
+
+
 def pass_seconds(model_cfg: dict, n_classes: int, device: str = "cpu", threads: int = 2,
                  cache: str | Path | None = None, measure: bool = True) -> tuple[float, bool]:
     """Seconds per image for one forward pass of this architecture at its input size (batched), measured
@@ -66,8 +87,8 @@ def pass_seconds(model_cfg: dict, n_classes: int, device: str = "cpu", threads: 
     measure=False never times a model: uncached, it returns UNMEASURED_PASS per pixel (a cautious guess)."""
     size = int(model_cfg.get("input_size", 224))
     arch = str(model_cfg.get("arch", ""))
-    key = json.dumps([arch, model_cfg.get("arch_options") or {}, size, n_classes, device, threads], sort_keys=True)
-    store = json.loads(Path(cache).read_text()) if cache and Path(cache).exists() else {}
+    key = _pass_key(model_cfg, n_classes, device, threads)
+    store = dict(_cached(cache))
     if key in store:
         return store[key], True
     if not measure:
@@ -319,17 +340,24 @@ def activations_per_image(model_cfg: dict, n_classes: int, device: str, threads:
                           cache: str | Path | None) -> float:
     """Values every layer outputs for one image (counted when pass_seconds times the model; else a guess)."""
     size = int(model_cfg.get("input_size", 224))
-    key = json.dumps([str(model_cfg.get("arch", "")), model_cfg.get("arch_options") or {}, size, n_classes, device,
-                      threads], sort_keys=True)
-    store = json.loads(Path(cache).read_text()) if cache and Path(cache).exists() else {}
-    return store.get("activations " + key, UNMEASURED_ACTIVATIONS * size * size)
+    return _cached(cache).get("activations " + _pass_key(model_cfg, n_classes, device, threads),
+                              UNMEASURED_ACTIVATIONS * size * size)
 
 
 def job_mem_mb(config: dict, rule: str, wildcards: dict, attempt: int = 1,
                cache: str | Path = ".snakemake/cvaudit/pass_seconds.json") -> int:
     """A job's memory request in MB (Snakemake's mem_mb; SLURM's --mem): a job's base plus, for a job that runs
     the model, the layer outputs it holds (images per call x values per image x 4 bytes x MEMORY_FACTOR of its
-    kind), times MEMORY_SAFETY, doubled on each retry."""
+    kind), times MEMORY_SAFETY, doubled on each retry. A request never stops a run: on an error, the base."""
+    try:
+        extra = _held_mb(config, rule, wildcards, cache)
+    except Exception:
+        extra = 0.0
+    return int(math.ceil(MEMORY_SAFETY * (BASE_MB + extra) / 100) * 100) * max(1, int(attempt))
+
+
+def _held_mb(config: dict, rule: str, wildcards: dict, cache: str | Path) -> float:
+    """MB a job holds beyond its base: the data audit's tables, or the model's layer outputs per call."""
     from .models import auto_batch
     stage = RULE_STAGE.get(rule, rule.removesuffix("_shard"))
     extra = 0.0
@@ -351,7 +379,7 @@ def job_mem_mb(config: dict, rule: str, wildcards: dict, attempt: int = 1,
             batch = auto_batch(size, size, device_of(config))
         if kind:
             extra = batch * values * 4 / 1e6 * MEMORY_FACTOR[kind]
-    return int(math.ceil(MEMORY_SAFETY * (BASE_MB + extra) / 100) * 100) * max(1, int(attempt))
+    return extra
 
 
 _PLANNED: dict[tuple, tuple] = {}  # (config, its estimate's rows) by id and cache: computed once per process
