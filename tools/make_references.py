@@ -6,7 +6,7 @@
 config.md     every configuration key of config/schema.yaml: type, default, description
 verdicts.md   every check of cvaudit.checks: what it measures, direction, default thresholds, the n it rests on,
               what to do when it fails
-methods.md    every attribution method of cvaudit.registry: its kind and what it needs
+methods.md    every attribution method of cvaudit.registry: its kind and how to read its map
 presets.md    the budgets each preset of config/presets.yaml sets
 """
 import argparse
@@ -26,17 +26,17 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _type(node: dict, defs: dict) -> str:
+def _type(node: dict) -> str:
     if "$ref" in node:
         return node["$ref"].rsplit("/", 1)[-1]
     if "enum" in node:
         return " / ".join(f"`{v}`" for v in node["enum"])
     t = node.get("type", "")
     if t == "array" and isinstance(node.get("items"), dict):
-        inner = _type(node["items"], defs)
+        inner = _type(node["items"])
         return f"list of {inner}" if inner else "list"
     if "oneOf" in node or "anyOf" in node:
-        return " or ".join(filter(None, (_type(n, defs) for n in node.get("oneOf", node.get("anyOf", [])))))
+        return " or ".join(filter(None, (_type(n) for n in node.get("oneOf", node.get("anyOf", [])))))
     return t if isinstance(t, str) else " or ".join(t)
 
 
@@ -46,16 +46,16 @@ def _default(node: dict) -> str:
     return f"`{json.dumps(node['default'])}`"
 
 
-def config_rows(node: dict, defs: dict, prefix: str = "") -> list[str]:
+def config_rows(node: dict, prefix: str = "") -> list[str]:
     rows = []
     for key, sub in node.get("properties", {}).items():
         path = f"{prefix}{key}"
-        rows.append(f"| `{path}` | {_cell(_type(sub, defs))} | {_cell(_default(sub))} | {_cell(sub.get('description', ''))} |")
+        rows.append(f"| `{path}` | {_cell(_type(sub))} | {_cell(_default(sub))} | {_cell(sub.get('description', ''))} |")
         if sub.get("type") == "object" and "properties" in sub:
-            rows += config_rows(sub, defs, path + ".")
+            rows += config_rows(sub, path + ".")
         pattern = sub.get("additionalProperties")
         if isinstance(pattern, dict) and "properties" in pattern:
-            rows += config_rows(pattern, defs, path + ".NAME.")
+            rows += config_rows(pattern, path + ".NAME.")
     return rows
 
 
@@ -65,10 +65,10 @@ def config_page() -> str:
     lines = ["# Configuration reference", "",
              "Every key of `config/schema.yaml` (the schema fills the defaults; `audit.preset` changes some of them:",
              "[presets.md](presets.md)). `NAME` stands for a dataset's or a model's name.", "",
-             "| key | type | default | what it does |", "|---|---|---|---|", *config_rows(schema, defs)]
+             "| key | type | default | what it does |", "|---|---|---|---|", *config_rows(schema)]
     for name, node in defs.items():
         lines += ["", f"## `{name}`", "", _cell(node.get("description", "")), "",
-                  "| key | type | default | what it does |", "|---|---|---|---|", *config_rows(node, defs)]
+                  "| key | type | default | what it does |", "|---|---|---|---|", *config_rows(node)]
     return HEAD + "\n".join(lines) + "\n"
 
 
