@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY, planned, smk
-from cvaudit.data import read_manifest
+from cvaudit.data import load_rgb, read_manifest
+from cvaudit.transforms import display_transform
 
 MODELS = ("cnn_tiny", "lite0_tiny")
 pytestmark = pytest.mark.e2e
@@ -93,6 +94,12 @@ def test_units_section_shows_sparsity_dead_channels_and_ascent(run):
             assert 0 <= layer["sparsity"] <= 1 and s["dead"] == layer["dead"]
             assert f"{100 * layer['sparsity']:.1f}%" in html and f"{layer['dead']} of {layer['channels']}" in html
         assert len(u["channels"]) == 4 and html.count('class="unit-row"') == 4
+        # each top image is kept once, as the model sees it: the report draws its box on that view
+        size, resize = u["meta"]["input_size"], yaml.safe_load((run / "config.yaml").read_text())["models"][m].get("resize")
+        show = display_transform({"input_size": size, "resize": resize or "stretch"})
+        assert len(u["views"]) == len(set(u["paths"])) and len(u["pick_view"]) == len(u["paths"]) > 0
+        for path, v in zip(u["paths"], u["pick_view"]):
+            assert np.array_equal(u["views"][v], show(load_rgb(path)).permute(1, 2, 0).numpy())
         assert a["class_images"].shape[0] == 3 and "Class model visualisation" in html
         assert all(e > s for s, e in zip(a["meta"]["class_score"]["start"], a["meta"]["class_score"]["end"]))
 

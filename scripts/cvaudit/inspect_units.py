@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from . import CvauditError
-from .data import ImageDataset, image_loader, read_manifest
+from .data import ImageDataset, image_loader, load_rgb, read_manifest
 from .pixels import audit_images, pixel_model
 from .hooks import Hooks
 from .io import load_audit_set, save_npz
 from .models import _head_name, auto_batch
 from .tokens import as_maps, token_layout
-from .transforms import eval_transform
+from .transforms import display_transform, eval_transform
 
 log = logging.getLogger("cvaudit.inspect_units")
 
@@ -257,6 +257,11 @@ def run_units(model_path, manifest, audit_set, options: dict, seed: int, device:
         boxes = np.concatenate([
             receptive_boxes(model, torch.stack([ds[i][0] for i in range(a, min(a + step, len(ds)))]).to(dev), unit,
                             chans_t[a:a + step], locs_t[a:a + step]) for a in range(0, len(ds), step)])
+    # the picked images as the model sees them, once each: the report draws the boxes on these
+    unique, pick_view = np.unique(img_idx, return_inverse=True)
+    show = display_transform(spec)
+    views = np.stack([show(load_rgb(rows[i]["path"])).permute(1, 2, 0).numpy() for i in unique]).astype(np.uint8) \
+        if len(unique) else np.zeros((0, spec["input_size"], spec["input_size"], 3), np.uint8)
     filters, first = first_layer_filters(model, spec["input_size"])
     grids = activation_grids(net, xa, stages, options["grid_channels"])
     layers = [{"name": n, "shape": list(shapes[n]), "sparsity": st["layers"][n]["sparsity"],
@@ -269,7 +274,8 @@ def run_units(model_path, manifest, audit_set, options: dict, seed: int, device:
     save_npz(out, meta, channels=chans, pick_channel=np.array([c for c, _ in pick], dtype=np.int64),
              pick_rank=np.array([r for _, r in pick], dtype=np.int64), pick_image=img_idx,
              pick_value=np.array([st["top_values"][r, c] for c, r in pick], dtype=np.float32), boxes=boxes,
-             paths=np.array([rows[i]["path"] for i in img_idx]), filters=filters.astype(np.float32),
+             paths=np.array([rows[i]["path"] for i in img_idx]), views=views, pick_view=pick_view.astype(np.int64),
+             filters=filters.astype(np.float32),
              audit_images=audit["images"][:options["images"]], **grids)
     log.info("units: %d stages, %d of %d channels of %s dead (%.1fs)", len(stages), meta["unit_dead"],
              meta["unit_channels"], unit, meta["seconds"])

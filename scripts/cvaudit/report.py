@@ -252,7 +252,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     attributions = _attribution_section(audit, r["explain"], verdicts, agree if agree and agree["matrix"] else None)
     represent = represent_section(reps["represent"], [str(n) for n in audit["class_names"]],
                                    settings["represent"]["queries"]) if "represent" in reps else None
-    units = units_section(unit_files["units"], unit_files.get("ascent"), model_cfg.get("resize", "stretch")) \
+    units = units_section(unit_files["units"], unit_files.get("ascent")) \
         if "units" in unit_files else None
     compare = compare_section(reps["compare"]) if "compare" in reps else None
     layer_files = grouped.get("layers", {})

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from . import figures
-from .io import load_npz, read_json
+from .io import intact, load_npz, read_json
 
 
 def represent_section(path, names: list[str], queries: int) -> dict:
@@ -37,23 +37,19 @@ def represent_section(path, names: list[str], queries: int) -> dict:
             if cka["layers"] else None}
 
 
-def _model_view(path: str, size: int, resize: str = "stretch") -> np.ndarray:
-    """The image as the model sees it (the same resize as every stage: models.display_transform), uint8 RGB."""
-    from .data import load_rgb
-    from .transforms import display_transform
-    return display_transform({"input_size": size, "resize": resize})(load_rgb(path)).permute(1, 2, 0).numpy()
-
-
 def _upscale(maps: np.ndarray, at_least: int = 24) -> np.ndarray:
     k = max(1, -(-at_least // maps.shape[-2]))
     return maps.repeat(k, -2).repeat(k, -1) if maps.ndim == 3 else maps.repeat(k, 1).repeat(k, 2)
 
 
-def units_section(units_path, ascent_path=None, resize: str = "stretch") -> dict:
+def units_section(units_path, ascent_path=None) -> dict:
     """Activation maps per stage with sparsity and dead channels, first-layer filters, per channel
     its gradient-ascent image and top test images with the patch that fired, class visualisations."""
 
     u = load_npz(units_path)
+    if "views" not in u:  # written before the stage saved the images it picked
+        with intact(units_path):
+            raise KeyError("views")
     meta = u["meta"]
     size = meta["input_size"]
     grids = []
@@ -69,13 +65,12 @@ def units_section(units_path, ascent_path=None, resize: str = "stretch") -> dict
     asc = load_npz(ascent_path) if ascent_path else None
     asc_of = {c: i for i, c in enumerate(asc["meta"]["channels"])} if asc else {}
     channels = []
-    views: dict[str, np.ndarray] = {}
     for c in u["channels"]:
         c = int(c)
         tops = []
         for k in np.flatnonzero(u["pick_channel"] == c):
             path = str(u["paths"][k])
-            view = views.setdefault(path, _model_view(path, size, resize))
+            view = u["views"][u["pick_view"][k]]  # the image as the model sees it, saved by the stage
             y0, y1, x0, x1 = u["boxes"][k]
             tops.append({"image": figures.png_uri(figures.draw_box(view, u["boxes"][k], width=max(1, size // 64)),
                                                   96, 112),
