@@ -57,7 +57,7 @@ def tiny_workflow(work: Path, change) -> subprocess.CompletedProcess:
 # worker, so a workflow run made by a fixture is made once: the tests that read the session's run share the
 # group "run", and a module whose fixture runs a workflow is one group. The groups that hold the long runs start
 # first (with one worker too), the short tests fill the workers at the end.
-LONG_FIRST = ["run", "test_shortcut_workflow", "test_cluster", "test_vit_workflow", "test_reruns", "test_faults",
+LONG_FIRST = ["run", "test_shortcut_workflow", "test_vit_workflow", "test_reruns", "test_faults",
               "test_report_view", "test_honest_reports", "test_own_model", "test_shape_texture", "test_bad_inputs"]
 
 
