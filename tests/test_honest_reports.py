@@ -222,8 +222,9 @@ def test_a_model_built_to_collapse_gets_a_diagnosis_and_no_best_marks(tmp_path):
                                                                        "head_epochs": 4}}}
     cfg["explain"]["methods"] = ["saliency"]
     cfg["represent"] = {"enabled": False}
-    cfg["robustness"]["invariance"] = {"rotate": [0, 15]}
-    cfg["robustness"]["adversarial"] = {"enabled": False}
+    cfg["robustness"].update(invariance={"rotate": [0, 15]}, adversarial={"enabled": False},
+                             corruptions={"enabled": False}, shape_texture={"enabled": False})
+    cfg["clever_hans"] = {"enabled": False}
     cfg["report"] = {"pdf": False}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     smk(tmp_path, "--configfile", str(tmp_path / "c.yaml"))
