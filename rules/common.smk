@@ -3,7 +3,7 @@ import re
 from pathlib import Path
 
 from cvaudit.config import shards
-from cvaudit.estimate import job_mem_mb, job_minutes
+from cvaudit.resources import job_mem_mb, job_minutes
 from cvaudit.fingerprint import write_fingerprint
 from cvaudit.registry import ATTACKS, FAMILIES, FLOOR_METHOD, METHODS
 from cvaudit.runlog import name_keys
@@ -12,7 +12,7 @@ from cvaudit.sections import embedding_duplicates_on, is_ensemble, report_inputs
 
 def limit(rule_name, fixed):
     """A rule's runtime resource in minutes (SLURM's --time): three times the run-time estimate of the job's work,
-    at least 10 (cvaudit.estimate.job_minutes), doubled on each retry; `fixed` where the estimate is off
+    at least 10 (cvaudit.resources.job_minutes), doubled on each retry; `fixed` where the estimate is off
     (CVAUDIT_ESTIMATE=0)."""
     if not ESTIMATE:
         return fixed
@@ -21,7 +21,7 @@ def limit(rule_name, fixed):
 
 def memory(rule_name, fixed):
     """A rule's mem_mb resource (SLURM's --mem): a job's base plus the layer outputs it holds, from the model's
-    counted activations (cvaudit.estimate.job_mem_mb), doubled on each retry; `fixed` where the estimate is off."""
+    counted activations (cvaudit.resources.job_mem_mb), doubled on each retry; `fixed` where the estimate is off."""
     if not ESTIMATE:
         return fixed
     return lambda wildcards, attempt: job_mem_mb(config, rule_name, dict(wildcards.items()), attempt)

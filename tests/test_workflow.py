@@ -399,12 +399,12 @@ def test_the_run_time_estimate_is_within_a_factor_of_two_of_the_run(run):
 
 def test_each_jobs_time_limit_and_memory_come_from_the_estimate_and_cover_what_it_took(run, monkeypatch):
     """The runtime and mem_mb resources (SLURM's --time and --mem) of every job a plan shows are
-    cvaudit.estimate's job_minutes and job_mem_mb for that job; without the 10-minute floor, three times the
+    cvaudit.resources' job_minutes and job_mem_mb for that job; without the 10-minute floor, three times the
     estimated time still covers each job's measured wall time, and the memory its measured peak (max_rss)."""
     import csv
 
     from cvaudit.config import validate_config
-    from cvaudit.estimate import job_mem_mb, job_minutes
+    from cvaudit.resources import job_mem_mb, job_minutes
     out = smk(run, "-n", "--forceall", "--configfile", str(run / "config.yaml"), env={"CVAUDIT_ESTIMATE": "1"}).stdout
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     validate_config(cfg, REPO / "config" / "schema.yaml")

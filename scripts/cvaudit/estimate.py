@@ -12,7 +12,6 @@ most so that a user sees what to cut.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -27,7 +26,6 @@ EARLY_STOP = 0.5  # the attacks stop on images already fooled: about half their 
 REPORT_SECONDS = 20.0  # one report: figures, HTML and the PDF
 UNMEASURED_PASS = 1e-6  # seconds per pass per pixel where no pass was timed: EfficientNet-Lite0 at 224 px on 2 CPU
 #                         threads measures 0.04 s (8e-7 per pixel); a guess that errs long, for time limits
-LIMIT_SAFETY = 3.0  # a job's time limit: this many times its estimate (the estimate is within 2x per stage)
 
 
 def dataset_counts(config: dict, name: str, results: str | Path = "results") -> dict:
@@ -106,7 +104,7 @@ def pass_seconds(model_cfg: dict, n_classes: int, device: str = "cpu", threads: 
         return 2.5e-7 * size * size, False
     batch = min(32, auto_batch(size, size, device))
     x = torch.rand(batch, 3, size, size)
-    held = [0]  # the memory side of the cost: every layer's output for one image, in values (job_mem_mb)
+    held = [0]  # the memory side of the cost: every layer's output for one image, in values (resources.job_mem_mb)
     hooks = [m.register_forward_hook(lambda _m, _i, o: held.__setitem__(0, held[0] + (o.numel() if torch.is_tensor(o)
                                                                                        else 0)))
              for m in net.modules() if not any(True for _ in m.children())]
@@ -322,80 +320,3 @@ def announce(config: dict, cores, todo: list[tuple[str, dict]] | None = None) ->
     lines = [table(est, scope=" of the whole audit from scratch" if todo is None else "")]
     lines.append(over_an_hour(est, config["audit"]["preset"]) or "")
     return "\n".join(x for x in lines if x)
-
-
-BASE_MB = 1000  # a job that imports torch and holds a model: about 0.7 to 1.0 GB measured (benchmarks' max_rss)
-UNMEASURED_ACTIVATIONS = 500  # layer outputs per input pixel where none were counted (EfficientNet-Lite0: 499)
-MEMORY_FACTOR = {"train": 1.0, "gradient": 2.0, "forward": 0.5}  # activations held, per image of a batch, over
-#   one forward pass's: training keeps them for the backward pass (in-place layers free some: 0.75 measured at
-#   224 px), a gradient job holds the graph and the gradients, a forward job about the largest layers
-DATA_AUDIT_MB_PER_IMAGE = 0.8  # the data audit's hashes, thumbnails and neighbour tables (3.1 GB for 3,000 images)
-MEMORY_SAFETY = 1.25
-GRADIENT_STAGES = ("explain", "adversarial", "clever_hans", "layer_views", "visualise_ascent")
-FORWARD_STAGES = ("evaluate", "invariance", "corruptions", "shape_texture", "represent", "embedding_duplicates",
-                  "inspect_units", "calibrate", "shift", "side_by_side", "compare_representations")
-
-
-def activations_per_image(model_cfg: dict, n_classes: int, device: str, threads: int,
-                          cache: str | Path | None) -> float:
-    """Values every layer outputs for one image (counted when pass_seconds times the model; else a guess)."""
-    size = int(model_cfg.get("input_size", 224))
-    return _cached(cache).get("activations " + _pass_key(model_cfg, n_classes, device, threads),
-                              UNMEASURED_ACTIVATIONS * size * size)
-
-
-def job_mem_mb(config: dict, rule: str, wildcards: dict, attempt: int = 1,
-               cache: str | Path = ".snakemake/cvaudit/pass_seconds.json") -> int:
-    """A job's memory request in MB (Snakemake's mem_mb; SLURM's --mem): a job's base plus, for a job that runs
-    the model, the layer outputs it holds (images per call x values per image x 4 bytes x MEMORY_FACTOR of its
-    kind), times MEMORY_SAFETY, doubled on each retry. A request never stops a run: on an error, the base."""
-    try:
-        extra = _held_mb(config, rule, wildcards, cache)
-    except Exception:
-        extra = 0.0
-    return int(math.ceil(MEMORY_SAFETY * (BASE_MB + extra) / 100) * 100) * max(1, int(attempt))
-
-
-def _held_mb(config: dict, rule: str, wildcards: dict, cache: str | Path) -> float:
-    """MB a job holds beyond its base: the data audit's tables, or the model's layer outputs per call."""
-    from .models import auto_batch
-    stage = RULE_STAGE.get(rule, rule.removesuffix("_shard"))
-    extra = 0.0
-    model = config["models"].get(wildcards.get("model", ""))
-    if stage == "data":
-        extra = DATA_AUDIT_MB_PER_IMAGE * sum(dataset_counts(config, wildcards["dataset"]).values())
-    elif model is not None:
-        size = int(model.get("input_size", 224))
-        classes = len(config["datasets"][model["dataset"]].get("class_names") or []) or 10
-        members = [config["models"][m] for m in model.get("members", [])] if model.get("arch") == "ensemble" else [model]
-        values = sum(activations_per_image(m, classes, device_of(config), int(config.get("threads", 1)), cache)
-                     for m in members)
-        kind = "train" if stage in ("train", "shuffled_labels") else "gradient" if stage in GRADIENT_STAGES else \
-            "forward" if stage in FORWARD_STAGES else None
-        if kind == "train":
-            batch = (model.get("train") or {}).get("batch_size", 64) if stage == "train" else \
-                config["robustness"]["shuffled_labels"]["batch_size"]
-        else:
-            batch = auto_batch(size, size, device_of(config))
-        if kind:
-            extra = batch * values * 4 / 1e6 * MEMORY_FACTOR[kind]
-    return extra
-
-
-_PLANNED: dict[tuple, tuple] = {}  # (config, its estimate's rows) by id and cache: computed once per process
-
-
-def job_minutes(config: dict, rule: str, wildcards: dict, attempt: int = 1, floor: int = 10,
-                cache: str | Path = ".snakemake/cvaudit/pass_seconds.json") -> int:
-    """A job's time limit in minutes (Snakemake's runtime resource; SLURM's --time): LIMIT_SAFETY times the
-    estimate of its work (a shard: the whole stage's, to be safe), at least `floor`, doubled on each retry.
-    Pass costs come from the cache the run's estimate fills; no model is timed here."""
-    key = (id(config), str(cache))
-    if _PLANNED.get(key, (None,))[0] is not config:
-        try:
-            rows = estimate(config, device_of(config), 1, cache=cache, measure=False)["rows"]
-        except Exception:  # a limit never stops a run: the floor stands in
-            rows = []
-        _PLANNED[key] = (config, rows)
-    seconds = sum(r["seconds"] for r in _PLANNED[key][1] if _runs(r, [(rule, wildcards)]))
-    return max(floor, math.ceil(LIMIT_SAFETY * seconds / 60)) * max(1, int(attempt))
