@@ -111,3 +111,30 @@ def test_ingestion_converts_once_and_the_manifest_names_each_original(tmp_path, 
             assert np.abs(np.asarray(im)[..., 0].astype(int) - fm).max() <= 1  # black background = fm's zeros
     with open(tmp_path / "out" / "manifest.csv", newline="") as f:
         assert "original" in next(csv.reader(f))
+
+
+@pytest.mark.parametrize("resize", ["stretch", "center_crop"])
+def test_the_torch_transforms_give_torchvisions_bytes(resize):
+    """The evaluation and display transforms equal torchvision v2's pipeline (ToImage, Resize antialiased,
+    CenterCrop, ToDtype, Normalize) byte for byte: real photos and a Fashion-MNIST garment, down- and
+    upsampled, square, portrait, landscape, and already at the model's size."""
+    import torch
+    from skimage import data
+    from torchvision.transforms import v2 as T
+
+    from cvaudit.transforms import display_transform, eval_transform
+    garment = Image.open(sorted(TINY.glob("bag/fm*.png"))[0]).convert("RGB")
+    photo = Image.fromarray(data.astronaut())  # 512 x 512
+    images = [garment, photo, photo.crop((0, 0, 300, 451)), photo.crop((7, 20, 500, 233)), garment.resize((29, 64))]
+    for size in (28, 32, 224):
+        s = round(size / 0.875)
+        ops = [T.Resize(s, antialias=True), T.CenterCrop(size)] if resize == "center_crop" else \
+            [T.Resize((size, size), antialias=True)]
+        spec = {"input_size": size, "resize": resize, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+        show = T.Compose([T.ToImage(), *ops])
+        norm = T.Compose([T.ToImage(), *ops, T.ToDtype(torch.float32, scale=True), T.Normalize(spec["mean"], spec["std"])])
+        for im in images:
+            ours, theirs = display_transform(spec)(im), show(im)
+            assert ours.dtype == torch.uint8 and ours.shape == (3, size, size)
+            assert torch.equal(ours, theirs.as_subclass(torch.Tensor)), (size, im.size)
+            assert torch.equal(eval_transform(spec)(im), norm(im).as_subclass(torch.Tensor)), (size, im.size)

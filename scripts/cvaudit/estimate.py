@@ -57,7 +57,7 @@ def dataset_counts(config: dict, name: str, results: str | Path = "results") -> 
     return {"test": round(n * test), "val": round(n * val), "train": round(n * (1 - test - val))}
 
 
-def _pass_key(model_cfg: dict, n_classes: int, device: str, threads: int) -> str:
+def pass_key(model_cfg: dict, n_classes: int, device: str, threads: int) -> str:
     """What sets a model's cost per pass: the cache's key."""
     return json.dumps([str(model_cfg.get("arch", "")), model_cfg.get("arch_options") or {},
                        int(model_cfg.get("input_size", 224)), n_classes, device, threads], sort_keys=True)
@@ -66,7 +66,8 @@ def _pass_key(model_cfg: dict, n_classes: int, device: str, threads: int) -> str
 _READ: dict[str, tuple] = {}  # cache file -> (its mtime, its content): read once per change, not once per job
 
 
-def _cached(cache: str | Path | None) -> dict:
+def read_cache(cache: str | Path | None) -> dict:
+    """The cached per-pass timings (a JSON file), read once per change of the file."""
     if not cache or not Path(cache).exists():
         return {}
     mtime = Path(cache).stat().st_mtime_ns
@@ -85,8 +86,8 @@ def pass_seconds(model_cfg: dict, n_classes: int, device: str = "cpu", threads: 
     measure=False never times a model: uncached, it returns UNMEASURED_PASS per pixel (a cautious guess)."""
     size = int(model_cfg.get("input_size", 224))
     arch = str(model_cfg.get("arch", ""))
-    key = _pass_key(model_cfg, n_classes, device, threads)
-    store = dict(_cached(cache))
+    key = pass_key(model_cfg, n_classes, device, threads)
+    store = dict(read_cache(cache))
     if key in store:
         return store[key], True
     if not measure:
@@ -220,7 +221,7 @@ RULE_STAGE = {"train_model": "train", "evaluate_model": "evaluate", "ingest_data
               "data_audit": "data", "render_report": "report", "compare_models": "compare"}
 
 
-def _runs(row: dict, todo: list[tuple[str, dict]]) -> bool:
+def row_is_run_by(row: dict, todo: list[tuple[str, dict]]) -> bool:
     """Whether a job of the plan (rule, wildcards) does the work of this estimate row."""
     family, _, sub = row["stage"].partition(" ")
     for rule, wc in todo:
@@ -263,7 +264,7 @@ def estimate(config: dict, device: str = "cpu", cores: int = 2, cache: str | Pat
                 rows.append({"model": d, "stage": "compare_representations", "seconds": START_UP})
     rows.append({"model": "all", "stage": "compare", "seconds": START_LIGHT})  # the comparison reads summaries only
     if todo is not None:
-        rows = [r for r in rows if _runs(r, todo)]
+        rows = [r for r in rows if row_is_run_by(r, todo)]
     total = sum(r["seconds"] for r in rows)
     longest = max((r["seconds"] for r in rows), default=0.0)
     wall = max(total / max(1, cores), longest)  # jobs fill the cores; no run is shorter than its longest job

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .estimate import RULE_STAGE, _cached, _pass_key, _runs, dataset_counts, device_of, estimate
+from .estimate import RULE_STAGE, dataset_counts, device_of, estimate, pass_key, read_cache, row_is_run_by
 
 LIMIT_SAFETY = 3.0  # a job's time limit: this many times its estimate (the estimate is within 2x per stage)
 BASE_MB = 1000  # a job that imports torch and holds a model: about 0.7 to 1.0 GB measured (benchmarks' max_rss)
@@ -25,7 +25,7 @@ def activations_per_image(model_cfg: dict, n_classes: int, device: str, threads:
                           cache: str | Path | None) -> float:
     """Values every layer outputs for one image (counted when pass_seconds times the model; else a guess)."""
     size = int(model_cfg.get("input_size", 224))
-    return _cached(cache).get("activations " + _pass_key(model_cfg, n_classes, device, threads),
+    return read_cache(cache).get("activations " + pass_key(model_cfg, n_classes, device, threads),
                               UNMEASURED_ACTIVATIONS * size * size)
 
 
@@ -82,5 +82,5 @@ def job_minutes(config: dict, rule: str, wildcards: dict, attempt: int = 1, floo
         except Exception:  # a limit never stops a run: the floor stands in
             rows = []
         _PLANNED[key] = (config, rows)
-    seconds = sum(r["seconds"] for r in _PLANNED[key][1] if _runs(r, [(rule, wildcards)]))
+    seconds = sum(r["seconds"] for r in _PLANNED[key][1] if row_is_run_by(r, [(rule, wildcards)]))
     return max(floor, math.ceil(LIMIT_SAFETY * seconds / 60)) * max(1, int(attempt))

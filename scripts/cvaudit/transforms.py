@@ -1,7 +1,68 @@
 """What a model sees: the resize of config key models.*.resize, the evaluation and display transforms,
-and training augmentation (torchvision v2, imported when a transform is built: importing torchvision
-costs a job over a second, and the jobs that only import this module's names need none)."""
+and training augmentation.
+
+The evaluation and display transforms are torchvision v2's ToImage, Resize (bilinear, antialiased),
+CenterCrop, ToDtype and Normalize done with torch alone, in the same operations, so they
+give the same bytes (tests/test_images.py compares them): importing torchvision costs a job about
+two seconds (it loads torch._dynamo), and most jobs transform images but build no torchvision model.
+Training augmentation uses torchvision v2, imported when it is built."""
 from __future__ import annotations
+
+import numpy as np
+
+
+def _resized_size(h: int, w: int, spec: dict) -> tuple[int, int]:
+    s = spec["input_size"]
+    if spec.get("resize", "stretch") != "center_crop":
+        return s, s
+    short = int(round(s / 0.875))  # the shorter side to input_size / 0.875, the longer in proportion
+    return (int(short * h / w), short) if w <= h else (short, int(short * w / h))
+
+
+def _view(image, spec: dict):
+    """A PIL RGB image as the model's uint8 CHW tensor: resized, then center-cropped where configured."""
+    import torch
+    h, w = image.height, image.width
+    x = torch.as_tensor(np.array(image, copy=True)).view(h, w, -1).permute(2, 0, 1)  # HWC memory, as ToImage
+    nh, nw = _resized_size(h, w, spec)
+    if (nh, nw) != (h, w):
+        x = torch.nn.functional.interpolate(x[None], size=[nh, nw], mode="bilinear", align_corners=False,
+                                            antialias=True)[0]  # uint8 in, uint8 out, as torchvision on the CPU
+    if spec.get("resize", "stretch") == "center_crop":
+        s = spec["input_size"]
+        top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
+        x = x[..., top:top + s, left:left + s]
+    return x
+
+
+class _Eval:
+    def __init__(self, spec: dict):
+        self.spec = spec
+
+    def __call__(self, image):
+        import torch
+        x = _view(image, self.spec).to(torch.float32).mul_(1.0 / 255)
+        mean = torch.as_tensor(self.spec["mean"], dtype=torch.float32).view(-1, 1, 1)
+        std = torch.as_tensor(self.spec["std"], dtype=torch.float32).view(-1, 1, 1)
+        return x.sub(mean).div_(std)
+
+
+class _Display:
+    def __init__(self, spec: dict):
+        self.spec = spec
+
+    def __call__(self, image):
+        return _view(image, self.spec)
+
+
+def eval_transform(spec: dict):
+    """A PIL RGB image -> the model's normalised float32 CHW input."""
+    return _Eval(spec)
+
+
+def display_transform(spec: dict):
+    """The model's view of an image before normalisation, as uint8 (for overlays and audit sets)."""
+    return _Display(spec)
 
 
 def resize_ops(spec: dict) -> list:
@@ -12,19 +73,6 @@ def resize_ops(spec: dict) -> list:
     if spec.get("resize", "stretch") == "center_crop":
         return [T.Resize(int(round(s / 0.875)), antialias=True), T.CenterCrop(s)]
     return [T.Resize((s, s), antialias=True)]
-
-
-def eval_transform(spec: dict):
-    import torch
-    from torchvision.transforms import v2 as T
-    return T.Compose([T.ToImage(), *resize_ops(spec), T.ToDtype(torch.float32, scale=True),
-                      T.Normalize(spec["mean"], spec["std"])])
-
-
-def display_transform(spec: dict):
-    """The model's view of an image before normalisation, as uint8 (for overlays and audit sets)."""
-    from torchvision.transforms import v2 as T
-    return T.Compose([T.ToImage(), *resize_ops(spec)])
 
 
 def train_transform(spec: dict, aug: dict):
