@@ -22,10 +22,10 @@ audit: setup  # your config: make audit CONFIG=my.yaml [ARGS="-n" or targets]; t
 vit: setup  # the second config: a small ViT from scratch beside the demo's CNN, and the two as an ensemble
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going --directory runs/vit --configfile config/vit.yaml
 
-# WORKERS=2: pytest-xdist workers (tests/conftest.py keeps the tests that share a workflow run on one). On a
-# 2-core machine one is as fast: the runs already use both cores, and the timing checks want a quiet machine.
-WORKERS ?= 1
-PARALLEL = $(if $(filter-out 1,$(WORKERS)),-n $(WORKERS) --dist loadgroup)
+# WORKERS: pytest-xdist workers (tests/conftest.py keeps the tests that share a workflow run on one, and orders
+# the groups). Two on a 2-core machine: a workflow run leaves a core idle between its jobs. WORKERS=1: one process.
+WORKERS ?= 2
+PARALLEL = $(if $(filter-out 1,$(WORKERS)),-n $(WORKERS) --dist loadgroup --no-loadscope-reorder)
 test: setup
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/python -m pytest -ra $(PARALLEL)
 

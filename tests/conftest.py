@@ -53,12 +53,13 @@ def tiny_workflow(work: Path, change) -> subprocess.CompletedProcess:
         del os.environ["CVAUDIT_CHECK_READS"], os.environ["CVAUDIT_HEARTBEAT_S"]
 
 
-# `make test WORKERS=2` runs the suite on two pytest-xdist workers (--dist loadgroup). A group runs on one
-# worker, so a workflow run made by a fixture is made once: the tests that read the session's run share the
-# group "run", and a module whose fixture runs a workflow is one group. The groups that hold the long runs start
-# first (with one worker too), the short tests fill the workers at the end.
-LONG_FIRST = ["run", "test_shortcut_workflow", "test_vit_workflow", "test_reruns", "test_faults",
-              "test_report_view", "test_honest_reports", "test_own_model", "test_shape_texture", "test_bad_inputs"]
+# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup --no-loadscope-reorder). A group runs on
+# one worker, so a workflow run made by a fixture is made once: the tests that read the session's run share the
+# group "run", and a module whose fixture runs a workflow is one group. The session's run goes first, beside the
+# unit tests alone (its jobs' times are what the run-time estimate is checked against: they want a machine that
+# is not running another workflow); the other workflow runs follow, longest first.
+LONG_FIRST = ["test_shortcut_workflow", "test_vit_workflow", "test_reruns", "test_faults", "test_report_view",
+              "test_honest_reports", "test_own_model", "test_shape_texture", "test_shards", "test_bad_inputs"]
 
 
 def pytest_itemcollected(item):  # as each test is collected: before pytest-xdist reads the groups
@@ -78,10 +79,11 @@ def pytest_itemcollected(item):  # as each test is collected: before pytest-xdis
 
 
 def pytest_collection_modifyitems(config, items):
-    def rank(item):
+    def rank(item):  # the session's run, the unit tests, the other workflow runs longest first, the rest
         marks = [m.args[0] for m in item.iter_markers("xdist_group")]
-        group = marks[0] if marks else item.module.__name__
-        return LONG_FIRST.index(group) if group in LONG_FIRST else len(LONG_FIRST)
+        if not marks:
+            return 1
+        return 0 if marks[0] == "run" else 2 + (LONG_FIRST.index(marks[0]) if marks[0] in LONG_FIRST else len(LONG_FIRST))
     items.sort(key=rank)  # stable: the order within a group is kept
 
 

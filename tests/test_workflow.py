@@ -379,8 +379,9 @@ def test_no_job_is_silent_in_its_log_for_longer_than_its_heartbeat(run):
 
 def test_the_run_time_estimate_is_within_a_factor_of_two_of_the_run(run):
     """cvaudit.estimate from the config and this machine against the jobs' measured wall times (benchmarks/):
-    in total, and for each stage that took 20 s or more (the tiny run is mostly job start-up: a wider band). It
-    wants a quiet machine: run beside other work (make test WORKERS=2), the jobs stretch past the band."""
+    in total, and for each stage that took 20 s or more (the tiny run is mostly job start-up: a wider band). Beside
+    another workflow run the jobs stretch past the band: tests/conftest.py runs the session's run beside the unit
+    tests alone."""
     import subprocess
     import sys
 
