@@ -105,7 +105,7 @@ def test_the_label_check_reads_a_seeded_sample_beyond_its_cap(tmp_path, tiny_cop
 
 def test_the_models_own_test_probabilities_flag_flipped_labels():
     """A model's test probabilities are out of sample: confident learning on them finds flipped test labels."""
-    from cvaudit.data_audit import model_label_issues
+    from cvaudit.labels import model_label_issues
     rng = np.random.default_rng(0)
     targets = np.repeat(np.arange(4), 50)
     probs = np.full((200, 6), 0.01)  # six outputs, four of them in the test split
@@ -175,3 +175,37 @@ def test_the_audit_finds_copies_a_person_would_recognise_and_says_what_it_search
     leaked = {paths[i] for i in a["leaked"]}
     assert leaked == set(planted)  # every copy, and no distinct test image
     assert "brightness" in meta["copies"]["searched"] and "colour changes" in meta["copies"]["not_searched"]
+
+
+def test_the_report_reads_the_label_issues_the_evaluation_wrote(tmp_path):
+    """The evaluation stores confident learning's candidates beside the test probabilities; the data audit's
+    section shows exactly those, by path and class name, without running cleanlab; a probabilities file
+    written without them is named with the command that rebuilds it."""
+    from cvaudit import CvauditError
+    from cvaudit.evaluate import write_probs
+    from cvaudit.labels import model_label_issues
+    from cvaudit.report_sections import data_audit_section
+    rng = np.random.default_rng(1)
+    targets = np.repeat(np.arange(3), 20)
+    probs = np.full((60, 3), 0.05)
+    probs[np.arange(60), targets] = 0.9
+    flipped = np.array([3, 25, 47])
+    given = targets.copy()
+    given[flipped] = (targets[flipped] + 1) % 3
+    paths, names = [f"/img/{k}.png" for k in range(60)], ["ankle boot", "bag", "coat"]
+    write_probs(tmp_path / "probs.npz", probs + rng.uniform(0, 0.01, probs.shape), given, paths, names)
+    audit = tmp_path / "audit.npz"
+    with np.load(tmp_path / "probs.npz") as z:
+        expected = model_label_issues(z["probs"], z["targets"])["issues"]
+        np.savez(audit, paths=np.array(paths[:1]), splits=np.array(["test"]), labels=np.array([0]),
+                 pairs=np.zeros((0, 3), np.int64), meta=np.array('{"classes": ["ankle boot", "bag", "coat"], "outliers": []}'))
+    shown = data_audit_section(audit, 0, probs_path=tmp_path / "probs.npz")["by_model"]
+    assert shown["n"] == 60 and shown["why"] == "" and shown["count"] == len(expected["index"]) == 3
+    assert sorted(e["path"] for e in shown["all"]) == sorted(paths[i] for i in flipped)
+    assert {(e["given"], e["suggested"]) for e in shown["all"]} == {(names[given[i]], names[targets[i]]) for i in flipped}
+    write_probs(tmp_path / "few.npz", probs[:8], targets[:8], paths[:8], names)  # one class: nothing searched
+    few = data_audit_section(audit, 0, probs_path=tmp_path / "few.npz")["by_model"]
+    assert few["count"] is None and "one class" in few["why"]
+    np.savez(tmp_path / "old.npz", probs=probs, targets=targets, paths=np.array(paths), class_names=np.array(names))
+    with pytest.raises(CvauditError, match="--forcerun"):
+        data_audit_section(audit, 0, probs_path=tmp_path / "old.npz")

@@ -92,7 +92,8 @@ def test_compare_results_names_every_changed_missing_and_new_number(tmp_path):
 def test_a_stage_start_is_deterministic_without_importing_what_it_does_not_use():
     """A job's start: seed_everything turns on torch's deterministic algorithms (warn only) as
     torch.use_deterministic_algorithms does, without importing torch._dynamo (over a second a job); the
-    modules of the explain, render and agreement jobs import neither torchvision nor scipy.stats."""
+    modules of the explain, render, agreement, evaluation, calibration, representation and training jobs import
+    neither torchvision nor scipy.stats (a model cvaudit builds needs neither: the transforms are torch's own)."""
     import subprocess
     import sys
     probe = """
@@ -101,6 +102,10 @@ from cvaudit.pixels import seed_everything
 seed_everything(0, 1)
 assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
 import cvaudit.explain, cvaudit.report, cvaudit.method_agreement, cvaudit.shards
+import cvaudit.evaluate, cvaudit.calibrate, cvaudit.represent, cvaudit.train
+from PIL import Image
+from cvaudit.transforms import eval_transform
+eval_transform({'input_size': 8, 'resize': 'center_crop', 'mean': [0] * 3, 'std': [1] * 3})(Image.new('RGB', (5, 9)))
 heavy = [m for m in ("torch._dynamo", "torchvision", "scipy.stats", "timm", "captum") if m in sys.modules]
 assert not heavy, heavy
 """

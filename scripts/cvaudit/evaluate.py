@@ -1,4 +1,5 @@
-"""Test-set evaluation, the classic-ML baseline, and the fixed audit set later stages explain."""
+"""Test-set evaluation, the classic-ML baseline, the fixed audit set later stages explain, and the label-issue
+candidates the model's own test probabilities give (confident learning, cvaudit.labels)."""
 from __future__ import annotations
 
 import csv
@@ -11,6 +12,7 @@ import torch
 from . import CvauditError, stats
 from .data import image_loader, load_rgb, manifest_classes, read_manifest
 from .io import atomic_path, read_json, write_json
+from .labels import model_label_issues
 from .models import auto_batch
 from .pixels import start_stage
 from .transforms import display_transform, eval_transform
@@ -152,6 +154,19 @@ def batch_statistics_accuracy(model, rows, spec, device, targets: np.ndarray) ->
     return float((probs.argmax(1) == targets).mean())
 
 
+def write_probs(out, probs: np.ndarray, targets: np.ndarray, paths: list[str], class_names: list[str]) -> None:
+    """The test probabilities (calibration and later stages read them) and the label-issue candidates confident
+    learning finds in them (label_issue_*; label_issues_why says why none were searched; the data audit's
+    section shows them)."""
+    found = model_label_issues(probs, targets)
+    issues = found["issues"] or {"index": np.zeros(0, np.int64), "given": np.zeros(0, np.int64),
+                                 "suggested": np.zeros(0, np.int64), "self_confidence": np.zeros(0)}
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, probs=probs.astype(np.float32), targets=targets, paths=np.array(paths),
+                            class_names=np.array(class_names), label_issues_why=np.array(found["why"]),
+                            label_issues_n=found["n"], **{f"label_issue_{k}": v for k, v in issues.items()})
+
+
 def evaluate_model(name: str, model_path, manifest, baseline, audit_cfg: dict, seed: int, device: str,
                    threads: int, out_predictions, out_metrics, out_audit, out_probs) -> dict:
     t0 = time.time()
@@ -179,9 +194,7 @@ def evaluate_model(name: str, model_path, manifest, baseline, audit_cfg: dict, s
         for r, t, q, pr in zip(rows, targets, preds, probs):
             w.writerow([r["path"], r["label"], spec["class_names"][q], f"{pr[q]:.6f}", f"{pr[t]:.6f}", int(t == q)])
 
-    with atomic_path(out_probs) as tmp, open(tmp, "wb") as f:  # for calibration and later stages
-        np.savez_compressed(f, probs=probs.astype(np.float32), targets=targets,
-                            paths=np.array([r["path"] for r in rows]), class_names=np.array(spec["class_names"]))
+    write_probs(out_probs, probs, targets, [r["path"] for r in rows], spec["class_names"])
 
     conf = probs[np.arange(len(preds)), preds]
     m["mistakes"] = [{"path": rows[i]["path"], "label": rows[i]["label"], "pred_label": spec["class_names"][preds[i]],

@@ -172,7 +172,6 @@ def data_audit_section(path, examples: int, probs_path=None, embedding_path=None
     """The data audit's findings with examples: near-duplicate pairs (leaks across splits first), label-issue
     candidates (given against suggested label), the candidates the model's own test probabilities give, quality
     outliers per property, and the near duplicates the model's embedding found (what the pHash missed first)."""
-    from .data_audit import model_label_issues
     a = load_npz(path)
     meta, paths, splits, y = a["meta"], [str(p) for p in a["paths"]], a["splits"], a["labels"]
     classes = meta["classes"]
@@ -190,13 +189,13 @@ def data_audit_section(path, examples: int, probs_path=None, embedding_path=None
     outliers = {k: [{"image": thumb(int(i)), "split": str(splits[i])} for i in a[f"outlier_{k}"][:examples]]
                 for k in meta["outliers"]}
     by_model = None
-    if probs_path:
-        with np.load(probs_path, allow_pickle=False) as z:
-            found = model_label_issues(z["probs"], z["targets"])
+    if probs_path:  # the evaluation's confident learning on the model's own test probabilities
+        with intact(probs_path), np.load(probs_path, allow_pickle=False) as z:
+            why, n = str(z["label_issues_why"]), int(z["label_issues_n"])
+            f = {k: z[f"label_issue_{k}"] for k in ("index", "given", "suggested", "self_confidence")}
             test_paths, names = [str(p) for p in z["paths"]], [str(c) for c in z["class_names"]]
-        by_model = {"n": found["n"], "why": found["why"], "count": None, "examples": []}
-        if found["issues"] is not None:
-            f = found["issues"]
+        by_model = {"n": n, "why": why, "count": None, "examples": []}
+        if not why:
             by_model["count"] = int(len(f["index"]))
             by_model["all"] = [{"path": test_paths[i], "given": names[g], "suggested": names[s], "confidence": float(c)}
                                for i, g, s, c in zip(f["index"], f["given"], f["suggested"], f["self_confidence"])]
