@@ -7,7 +7,7 @@ from cvaudit.resources import job_mem_mb, job_minutes
 from cvaudit.fingerprint import write_fingerprint
 from cvaudit.registry import ATTACKS, FAMILIES, FLOOR_METHOD, METHODS
 from cvaudit.runlog import name_keys
-from cvaudit.sections import embedding_duplicates_on, is_ensemble, report_inputs, trained_here
+from cvaudit.sections import corruption_reference_files, embedding_duplicates_on, is_ensemble, report_inputs, trained_here
 
 
 def limit(rule_name, fixed):

@@ -126,10 +126,11 @@ rule corruptions:
     input:
         model="results/{model}/model.safetensors",
         manifest=manifest_of,
+        reference=lambda wc: corruption_reference_files(config, wc.model),  # its CE and mCE are relative to it
     output:
         results="results/{model}/robust/corruptions.npz",
     params:
-        options={k: v for k, v in config["robustness"]["corruptions"].items() if k != "reference"},  # the reference is read by the report
+        options={k: v for k, v in config["robustness"]["corruptions"].items() if k != "reference"},  # the input names it
         seed=config["seed"],
         device=config["device"],
     threads: 1

@@ -96,6 +96,31 @@ def test_ce_and_mce_follow_the_papers_definitions():
     assert alone["mce"] is None and alone["mean_error"]["value"] == pytest.approx(wrong.mean())
 
 
+def test_the_stage_measures_against_its_reference_file_and_the_report_only_reads(tmp_path):
+    """The corruptions job reads the reference's corruptions.npz (its input) and stores the CE and mCE; a failed
+    reference leaves them out with its error; the report reads them, and names a file written without them."""
+    from cvaudit import CvauditError
+    from cvaudit.corruptions import errors_against
+    from cvaudit.io import save_npz, write_failure
+    from cvaudit.report_sections import _corruptions
+    ref, half = _stage(np.full((3, 5), 0.4), 0.1, seed=1), _stage(np.full((3, 5), 0.2), 0.05, seed=2)
+    path = tmp_path / "results" / "ref_model" / "robust" / "corruptions.npz"
+    path.parent.mkdir(parents=True)
+    save_npz(path, ref["meta"], correct=ref["correct"], clean_correct=ref["clean_correct"], paths=ref["paths"])
+    e = errors_against(half, str(path), seed=0)
+    assert e == corruption_errors(half, ref, "ref_model", seed=0) and 0.4 < e["mce"]["value"] < 0.6
+    own = errors_against(half, None, seed=0)
+    assert own["mce"] is None and "its CE is 1 by definition" in own["note"]
+    write_failure(path, {"error": "out of memory"})
+    failed = errors_against(half, str(path), seed=0)
+    assert failed["mce"] is None and "ref_model's corruptions stage failed (out of memory)" in failed["note"]
+    save_npz(tmp_path / "new.npz", {**half["meta"], "errors": e}, correct=half["correct"])
+    assert _corruptions({"results": tmp_path / "new.npz"})["errors"] == e
+    save_npz(tmp_path / "old.npz", half["meta"], correct=half["correct"])
+    with pytest.raises(CvauditError, match="--forcerun"):
+        _corruptions({"results": tmp_path / "old.npz"})
+
+
 def test_the_schemas_corruption_list_is_the_modules():
     import yaml
 

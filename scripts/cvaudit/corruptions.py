@@ -1,8 +1,9 @@
 """The corruptions stage: the 15 common corruptions of Hendrycks & Dietterich (2019) at 5 severities on the
 robustness sample (cvaudit.corruption_functions), per image right or wrong and the confidence, the
 accuracy per corruption and severity (Wilson intervals) and the ECE per severity beside the clean ECE
-(calibration under shift). Corruption error (CE) and mCE need a reference model's errors on the same
-images, so they are computed where both are read (corruption_errors, by the report).
+(calibration under shift), and the corruption errors (CE) and mCE against the dataset's reference model,
+whose own corruptions job is this job's input (robustness.corruptions.reference; the reference itself has
+none: its CE is 1 by definition).
 
 CE_c = sum_s E(c, s) / sum_s E_ref(c, s); mCE = mean_c CE_c; relative CE_c subtracts each model's clean
 error from each term first (the paper's definitions). Intervals: a paired bootstrap over images.
@@ -42,7 +43,9 @@ def corrupted(x8: np.ndarray, name: str, severity: int, seed: int, start: int = 
                      for i, im in enumerate(x8)]) if len(x8) else x8
 
 
-def run_corruptions(model_path, manifest, options: dict, seed: int, device: str, threads: int, out) -> dict:
+def run_corruptions(model_path, manifest, options: dict, seed: int, device: str, threads: int, out,
+                    reference=None) -> dict:
+    """reference: the reference model's corruptions.npz (None: this model is its dataset's reference)."""
     from .models import auto_batch
     from .pixels import pixel_model
     from .sample import robustness_images
@@ -78,12 +81,32 @@ def run_corruptions(model_path, manifest, options: dict, seed: int, device: str,
             "clean_ece": ece_estimate(clean_conf, clean_correct, seed=seed),
             "ece_by_severity": [ece_estimate(conf[:, b].ravel(), correct[:, b].ravel(), seed=seed) for b in range(len(sevs))],
             "mean_accuracy": float(correct.mean()) if n else None}
+    own = {"correct": correct, "clean_correct": clean_correct, "paths": np.array(paths), "meta": meta}
+    meta["errors"] = errors_against(own, reference, seed)
     meta["seconds"] = round(time.time() - t0, 2)
     save_npz(out, meta, correct=correct, confidence=conf, clean_correct=clean_correct, clean_confidence=clean_conf,
              paths=np.array(paths), examples=examples)
     log.info("corruptions: mean accuracy %s over %d x %d on %d images (%.1fs)", meta["mean_accuracy"], len(names),
              len(sevs), n, meta["seconds"])
     return meta
+
+
+def errors_against(own: dict, reference, seed: int) -> dict:
+    """corruption_errors against the reference's corruptions.npz (a reference whose stage failed leaves CE and
+    mCE out, with the reason; None: this model is the reference)."""
+    from pathlib import Path
+
+    from .io import load_npz, stage_failure
+    if reference is None:
+        errors = corruption_errors(own, None, None, seed)
+        errors["note"] = "this model is its dataset's reference: its CE is 1 by definition"
+        return errors
+    name = Path(reference).parts[-3]  # results/{reference}/robust/corruptions.npz
+    if rec := stage_failure(reference):
+        errors = corruption_errors(own, None, name, seed)
+        errors["note"] = f"the reference {name}'s corruptions stage failed ({rec['error']})"
+        return errors
+    return corruption_errors(own, load_npz(reference), name, seed)
 
 
 def _ce(*samples, axis=-1):

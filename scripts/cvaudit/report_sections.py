@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import figures
+from . import CvauditError, figures
 from .io import intact, load_npz, read_json
 
 
@@ -113,27 +113,18 @@ def collect_robust(grouped: dict[str, dict[str, str]], settings: dict) -> dict |
             "shuffled_labels": read_json(shuffled["curves"]) if shuffled else None,
             "slices": read_json(sl["slices"]) if sl else None,
             "shape_texture": load_npz(st["results"]) if st else None,
-            "corruptions": _corruptions(co, settings["seed"]) if "results" in co else None,
+            "corruptions": _corruptions(co) if "results" in co else None,
             "shift": read_json(sh["shift"]) if sh else None,
             "check_angle": rob["check_angle"], "check_epsilon": rob["adversarial"]["check_epsilon"]}
 
 
-def _corruptions(files: dict, seed: int) -> dict:
-    """The corruptions stage's arrays and the corruption errors against the reference's (a reference whose
-    stage failed leaves CE and mCE out, with the reason)."""
-    from .corruptions import corruption_errors
-    from .io import stage_failure
+def _corruptions(files: dict) -> dict:
+    """The corruptions stage's arrays, and its corruption errors against the reference."""
     own = load_npz(files["results"])
-    ref_path = files.get("reference")
-    ref_name = Path(ref_path).parts[-3] if ref_path else None  # results/{ref}/robust/corruptions.npz
-    if ref_path and (rec := stage_failure(ref_path)):
-        errors = corruption_errors(own, None, ref_name, seed)
-        errors["note"] = f"the reference {ref_name}'s corruptions stage failed ({rec['error']})"
-    else:
-        errors = corruption_errors(own, load_npz(ref_path) if ref_path else None, ref_name, seed)
-        if not ref_path:
-            errors["note"] = "this model is its dataset's reference: its CE is 1 by definition"
-    return {"arrays": own, "meta": own["meta"], "errors": errors}
+    if "errors" not in own["meta"]:
+        raise CvauditError(f"{files['results']} was written without its corruption errors; rebuild it: "
+                           f"snakemake --forcerun {files['results']} (with your usual --configfile)")
+    return {"arrays": own, "meta": own["meta"], "errors": own["meta"]["errors"]}
 
 
 def robust_section(rob: dict, names: list[str]) -> dict:

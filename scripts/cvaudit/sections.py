@@ -107,15 +107,17 @@ def corruption_reference(config: dict, model: str) -> str:
     return config["robustness"]["corruptions"]["reference"].get(dataset) or _models_on(config, dataset)[0]
 
 
+def corruption_reference_files(config: dict, model: str) -> list[str]:
+    """The reference's corruptions.npz, an input of a model's corruptions job ([] for the reference itself)."""
+    ref = corruption_reference(config, model)
+    return [] if ref == model else [f"results/{ref}/robust/corruptions.npz"]
+
+
 def _corruptions(config, model):
     rob = _robust(config)
     if not rob or not rob["corruptions"]["enabled"]:
         return {}
-    files = {"results": f"results/{model}/robust/corruptions.npz"}
-    ref = corruption_reference(config, model)
-    if ref != model:
-        files["reference"] = f"results/{ref}/robust/corruptions.npz"
-    return files
+    return {"results": f"results/{model}/robust/corruptions.npz"}  # with the CE and mCE against the reference
 
 
 def _shift(config, model):
