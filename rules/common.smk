@@ -7,7 +7,8 @@ from cvaudit.resources import job_mem_mb, job_minutes
 from cvaudit.fingerprint import write_fingerprint
 from cvaudit.registry import ATTACKS, FAMILIES, FLOOR_METHOD, METHODS
 from cvaudit.runlog import name_keys
-from cvaudit.sections import corruption_reference_files, embedding_duplicates_on, is_ensemble, report_inputs, trained_here
+from cvaudit.sections import (configured_as_ensemble, corruption_reference_files, embedding_duplicates_on,
+                              report_inputs, trained_here)
 
 
 def limit(rule_name, fixed):
@@ -112,7 +113,7 @@ def benchmark_files(model):
         files["represent"] = bench("represent", model)
         if embedding_duplicates_on(config):
             files["embedding_duplicates"] = bench("embedding_duplicates", model)
-        if not is_ensemble(config, model):  # an ensemble has no units or layers of its own
+        if not configured_as_ensemble(config, model):  # an ensemble has no units or layers of its own
             files["inspect_units"] = bench("inspect_units", model)
             if rep["ascent"]["enabled"]:
                 files["visualise_ascent"] = bench("visualise_ascent", model)

@@ -1,8 +1,8 @@
-from cvaudit.represent import compare_models
+from cvaudit.represent import compare_representations
 
 
 def main(sm):
-    compare_models({k: v for k, v in sm.input.items()}, seed=sm.params.seed, out=sm.output.cka)
+    compare_representations({k: v for k, v in sm.input.items()}, seed=sm.params.seed, out=sm.output.cka)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def test_stream_features_gives_the_head_input(tiny_copy, tmp_path):
 def test_compare_models_cka_and_a_clear_error_for_different_test_images(tmp_path):
     from cvaudit import CvauditError
     from cvaudit.io import read_json, save_npz
-    from cvaudit.represent import compare_models
+    from cvaudit.represent import compare_representations
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(50, 8))
     paths = np.array([f"img{i}.png" for i in range(50)])
@@ -62,13 +62,13 @@ def test_compare_models_cka_and_a_clear_error_for_different_test_images(tmp_path
     for name, e in runs.items():
         save_npz(tmp_path / f"{name}.npz", {"knn_accuracy": 0.5, "dim": 8}, embeddings=e, paths=paths,
                  preds=(e[:, 0] > 0).astype(int))
-    res = compare_models({n: tmp_path / f"{n}.npz" for n in runs}, seed=0, out=tmp_path / "cmp.json")
+    res = compare_representations({n: tmp_path / f"{n}.npz" for n in runs}, seed=0, out=tmp_path / "cmp.json")
     assert read_json(tmp_path / "cmp.json")["models"] == ["a", "b", "c"]
     assert res["cka"][0][1] == pytest.approx(1.0) and res["cka"][0][2] < 0.5  # rotation-invariant; unrelated low
     save_npz(tmp_path / "c.npz", {"knn_accuracy": 0.5, "dim": 8}, embeddings=runs["c"], paths=paths[::-1],
              preds=np.zeros(50, int))
     with pytest.raises(CvauditError, match="different test images"):
-        compare_models({n: tmp_path / f"{n}.npz" for n in runs}, seed=0, out=tmp_path / "cmp.json")
+        compare_representations({n: tmp_path / f"{n}.npz" for n in runs}, seed=0, out=tmp_path / "cmp.json")
 
 
 def test_layer_uniformity_knows_alike_layers_from_different_ones():
@@ -102,7 +102,7 @@ def test_a_vits_layers_are_its_blocks_and_its_tokens_are_pooled_like_maps(tiny_c
 
 def test_compare_models_sets_a_transformers_layers_against_a_cnns(tmp_path):
     from cvaudit.io import save_npz
-    from cvaudit.represent import compare_models
+    from cvaudit.represent import compare_representations
     rng = np.random.default_rng(0)
     paths = np.array([f"img{i}.png" for i in range(40)])
     base = rng.normal(size=(40, 6))
@@ -112,7 +112,7 @@ def test_compare_models_sets_a_transformers_layers_against_a_cnns(tmp_path):
         meta = {"knn_accuracy": 0.5, "dim": 6, "transformer": flag,
                 "cka": {"layers": [f"{name}.{i}" for i in range(len(layers))], "matrix": []}}
         save_npz(tmp_path / f"{name}.npz", meta, embeddings=base, paths=paths, preds=np.zeros(40, int), **layers)
-    res = compare_models({n: tmp_path / f"{n}.npz" for n in ("cnn", "vit", "mlp")}, seed=0, out=tmp_path / "c.json")
+    res = compare_representations({n: tmp_path / f"{n}.npz" for n in ("cnn", "vit", "mlp")}, seed=0, out=tmp_path / "c.json")
     pairs = res["layer_pairs"]
     assert [(p["rows"], p["columns"]) for p in pairs] == [("vit", "cnn"), ("vit", "mlp")]  # CNN-CNN pairs are not drawn
     m = np.array(pairs[0]["matrix"])

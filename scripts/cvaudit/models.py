@@ -72,6 +72,7 @@ class Ensemble(nn.Module):
 
 
 def is_ensemble(model: nn.Module) -> bool:
+    """A built model (or its pixel-space wrapper) averages member models."""
     return isinstance(getattr(model, "model", model), Ensemble)
 
 

@@ -209,7 +209,7 @@ def run_represent(model_path, manifest, options: dict, seed: int, device: str, t
 
 
 
-def compare_models(paths: dict, seed: int, out, max_images: int = 2000) -> dict:
+def compare_representations(paths: dict, seed: int, out, max_images: int = 2000) -> dict:
     """Linear CKA between the penultimate embeddings of models that saw the same test images, and
     how often their predictions agree."""
     from .io import write_json

@@ -28,13 +28,14 @@ def _robust(config: dict) -> dict | None:
     return config["robustness"] if config["robustness"]["enabled"] else None
 
 
-def is_ensemble(config: dict, model: str) -> bool:
+def configured_as_ensemble(config: dict, model: str) -> bool:
+    """The config names this model an ensemble of others (arch: ensemble)."""
     return config["models"][model]["arch"] == "ensemble"
 
 
 def trained_here(config: dict, model: str) -> bool:
     """Trained by cvaudit (an ensemble is only put together from its members; train: false is audited as is)."""
-    return config["models"][model]["train"] is not False and not is_ensemble(config, model)
+    return config["models"][model]["train"] is not False and not configured_as_ensemble(config, model)
 
 
 def _models_on(config: dict, dataset: str) -> list[str]:
@@ -87,7 +88,7 @@ def _representations(config, model):
 
 def _units(config, model):
     rep = config["represent"]
-    if not rep["enabled"] or is_ensemble(config, model):  # no units of its own: its members' reports show theirs
+    if not rep["enabled"] or configured_as_ensemble(config, model):  # no units of its own: its members' reports show theirs
         return {}
     files = {"units": f"results/{model}/represent/units.npz"}
     if rep["ascent"]["enabled"]:
@@ -134,7 +135,7 @@ def _shape_texture(config, model):
 def _layers(config, model):
     rep = config["represent"]
     return {"views": f"results/{model}/represent/layers.npz"} \
-        if rep["enabled"] and rep["layer_views"]["enabled"] and not is_ensemble(config, model) else {}
+        if rep["enabled"] and rep["layer_views"]["enabled"] and not configured_as_ensemble(config, model) else {}
 
 
 def _invariance(config, model):
