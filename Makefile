@@ -29,8 +29,8 @@ PARALLEL = $(if $(filter-out 1,$(WORKERS)),-n $(WORKERS) --dist loadgroup --no-l
 test: setup
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/python -m pytest -ra $(PARALLEL)
 
-test-fast: setup  # the unit tests alone: the arithmetic, no snakemake
-	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/python -m pytest -m "not e2e" -q $(PARALLEL)
+test-fast: setup  # the quick unit tests: no snakemake, no test over about 2 s (marked slow); make test runs all
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/python -m pytest -m "not e2e and not slow" -q $(PARALLEL)
 
 MODULES ?= --all
 mutation: setup  # the mutation score of the verdict modules: make mutation MODULES="compare checks"

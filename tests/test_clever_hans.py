@@ -330,6 +330,7 @@ def test_pooled_maps_sum_to_one_and_a_blank_map_is_uniform():
 
 
 # ----------------------------------------------------------------------------- the planted copy
+@pytest.mark.slow
 def test_planted_copy_marks_the_configured_class_and_plants_findable_duplicates(tmp_path):
     from conftest import FMNIST
     if not FMNIST.exists():

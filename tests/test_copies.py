@@ -49,6 +49,7 @@ def test_a_copy_of_each_kind_matches_its_original_and_is_proposed_as_a_candidate
     assert sum((i, i) in proposed for i in range(20)) >= 18, kind
 
 
+@pytest.mark.slow
 def test_distinct_garments_of_one_cut_are_not_copies():
     """Two trousers of the same cut correlate above 0.99 (their outlines agree); the difference left after fitting
     brightness and contrast tells them apart."""

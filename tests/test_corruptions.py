@@ -29,7 +29,7 @@ def _similarity(img, name, seeds=4):
                                            data_range=255) for k in range(seeds)]) for s in range(1, 6)]
 
 
-@pytest.mark.parametrize("side", [28, 224])
+@pytest.mark.parametrize("side", [28, pytest.param(224, marks=pytest.mark.slow)])
 def test_every_corruption_grows_with_severity_on_a_real_photo(side):
     img = _photo(side)
     assert table(side) == ("CIFAR-10-C" if side == 28 else "ImageNet-C")

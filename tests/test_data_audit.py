@@ -58,6 +58,7 @@ def test_leakage_counts_test_images_with_a_copy_in_train_or_val():
     assert out["leaked_share"]["value"] == pytest.approx(2 / 3) and out["leaked_share"]["n"] == 3
 
 
+@pytest.mark.slow
 def test_flipped_labels_are_among_cleanlabs_candidates():
     images, labels = _fmnist(600, seed=1)
     x = images[..., 0].reshape(len(images), -1).astype(np.float32) / 255
@@ -125,6 +126,7 @@ def test_the_models_own_test_probabilities_flag_flipped_labels():
     assert "one class" in model_label_issues(probs[:6], given[:6])["why"]
 
 
+@pytest.mark.slow
 def test_the_audit_finds_copies_a_person_would_recognise_and_says_what_it_searched(tmp_path):
     """A real Fashion-MNIST split (imagefolder, 200 images) with copies of training images planted in test:
     brightened, flattened, mirrored, rotated, cropped and resized back. The hash finds few of them; the copy

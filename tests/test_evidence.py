@@ -145,6 +145,7 @@ def test_the_comparison_marks_best_only_where_the_difference_is_significant(monk
     assert rows[1]["best"] == [] and rows[1]["tie"] == ["accuracy"]
 
 
+@pytest.mark.slow
 def test_integrated_gradients_raises_its_steps_until_the_maps_add_up(tmp_path):
     """Completeness (sum of the map = F(x) - F(baseline)) within 5% on every image, on a trained CNN
     whose 16-step maps miss it."""
@@ -185,6 +186,7 @@ def test_the_schemas_attack_enum_is_the_attack_registry():
     assert adv["attacks"]["items"]["enum"] == list(ATTACKS) == adv["attacks"]["default"]
 
 
+@pytest.mark.slow
 def test_integrated_gradients_is_complete_on_the_demos_imagenet_model():
     """lite0_imagenet as the demo audits it (packaged weights, 224 px, real photos): every map adds up to
     the score difference within 5%."""

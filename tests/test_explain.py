@@ -34,7 +34,7 @@ def _method(name, **kw):
 TRANSFORMER_ONLY = {"attention_rollout", "transformer_attribution"}  # tests/test_vit.py: their known answers
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", [pytest.param(m, marks=pytest.mark.slow) if m == "shap" else m for m in sorted(METHODS)])
 def test_every_method_shape_finite_deterministic_no_hooks(name):
     model, spec = _cnn()
     net = pixel_vit(class_names=["a", "b", "c"]) if name in TRANSFORMER_ONLY else PixelSpace(model, spec["mean"], spec["std"]).eval()
@@ -72,7 +72,8 @@ class RegionNet(nn.Module):
         return self.fc(self.pool(self.act(self.conv(x * self.mask))).flatten(1))
 
 
-@pytest.mark.parametrize("name", sorted(set(METHODS) - {"random"} - TRANSFORMER_ONLY))
+@pytest.mark.parametrize("name", [pytest.param(m, marks=pytest.mark.slow) if m == "shap" else m  # shap: 3 s to import
+                                  for m in sorted(set(METHODS) - {"random"} - TRANSFORMER_ONLY)])
 def test_known_answer_mass_in_the_region_that_matters(name):
     net = PixelSpace(RegionNet(), [0.5] * 3, [0.5] * 3).eval()
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
@@ -285,7 +286,8 @@ def _relu_net(bias=True):
     return PixelSpace(nn.Sequential(*layers), [0.5] * 3, [0.5] * 3).eval()
 
 
-@pytest.mark.parametrize("name", ["deeplift", "deeplift_shap", "shap", "kernel_shap", "shapley_sampling", "lrp"])
+@pytest.mark.parametrize("name", ["deeplift", "deeplift_shap", pytest.param("shap", marks=pytest.mark.slow), "kernel_shap",
+                                  "shapley_sampling", "lrp"])
 def test_the_additive_methods_keep_their_own_axiom_on_a_small_relu_network(name):
     """Completeness / efficiency / conservation, each computed here from the model, not from the method's own
     record: DeepLIFT's map sums to F(x) - F(black), Deep SHAP's to F(x) minus the background's mean, the SHAP

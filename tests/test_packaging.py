@@ -2,6 +2,7 @@
 import re
 import textwrap
 
+import pytest
 import yaml
 
 from conftest import REPO
@@ -89,6 +90,7 @@ def test_compare_results_names_every_changed_missing_and_new_number(tmp_path):
     assert p.returncode == 0, p.stdout
 
 
+@pytest.mark.slow
 def test_a_stage_start_is_deterministic_without_importing_what_it_does_not_use():
     """A job's start: seed_everything turns on torch's deterministic algorithms (warn only) as
     torch.use_deterministic_algorithms does, without importing torch._dynamo (over a second a job); the
@@ -124,6 +126,7 @@ def test_ruff_finds_nothing():
     assert p.returncode == 0, p.stdout[-3000:]
 
 
+@pytest.mark.slow
 def test_the_generated_references_match_the_code():
     """docs/reference/ (configuration keys, verdicts, methods, presets) is written by tools/make_references.py;
     a key, check or method added without rerunning it fails here."""

@@ -124,6 +124,7 @@ ATTACK_OPTS = {"pgd": {"steps": 10, "restarts": 1}, "check_epsilon": 0.05,
                "masking": {"large_epsilon": 0.3, "max_accuracy": 0.05, "tolerance": 0.02, "more_steps": 3}}
 
 
+@pytest.mark.slow
 def test_attacks_eps_zero_is_identity_accuracy_falls_and_pgd_beats_fgsm(trained_net):
     net, x, y = trained_net
     clean = predict(net, x, 64)[0]
@@ -179,6 +180,7 @@ def quadrant_net():
     return _frozen_fit(["tl", "tr", "bl", "br"], x, y, steps=80, keep=48)
 
 
+@pytest.mark.slow
 def test_fgsm_equals_a_reference_cross_entropy_fgsm_image_for_image(quadrant_net, trained_net):
     for net, x, y in (quadrant_net, trained_net):
         for eps in (0.02, 0.06):
@@ -188,6 +190,7 @@ def test_fgsm_equals_a_reference_cross_entropy_fgsm_image_for_image(quadrant_net
             assert (adv - ref).abs().max() < 1e-6
 
 
+@pytest.mark.slow
 def test_the_strongest_attack_is_at_least_as_strong_as_a_50_step_pgd_with_restarts(quadrant_net, trained_net):
     """At eps 0.06 the reference PGD leaves 16 of 48 and 56 of 64 right, ours 1 and 54 (at 0.03 both leave
     all or all but two: too weak an eps to tell attacks apart)."""
@@ -225,6 +228,7 @@ def _masking(net, x, y, opts):
     return {c["name"]: c["passed"] for c in masking_checks(arrays, {**opts, "check_epsilon": 0.05})}
 
 
+@pytest.mark.slow
 def test_masking_checks_flag_a_quantised_model_and_pass_the_trained_ones(quadrant_net):
     net, x, y = quadrant_net
     clean = _masking(net, x, y, ATTACK_OPTS)

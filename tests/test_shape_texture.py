@@ -6,6 +6,7 @@ cue-conflict images must be near zero. A network trained on the same shapes fill
 the two textures can only read shape: its shape bias must be high. Patch shuffling at grid 1 changes
 nothing; at grid 4 it keeps every pixel."""
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -47,6 +48,7 @@ def _shape_net():
                          nn.Flatten(), nn.Linear(32, 2))
 
 
+@pytest.mark.slow
 def test_a_bag_of_small_patches_decides_by_texture_and_a_shape_trained_net_by_shape():
     x, y = _images(160, 0, texture_follows_class=True)
     texture_net = fit(_bag_of_patches(), x, y, 150, lr=0.01)

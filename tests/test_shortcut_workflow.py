@@ -29,6 +29,9 @@ def demo_pair(tmp_path_factory):
     cfg["explain"]["methods"] = ["gradcam"]  # the stages a report needs, and Clever Hans
     cfg["represent"] = {"enabled": True, "ascent": {"enabled": False}, "layer_views": {"enabled": False}}  # embeddings
     cfg["robustness"] = {"enabled": False}
+    # the planted copies are JPEG re-encodings: the hash finds them (the copy search, tested on its own, is off),
+    # and the label check reads a sample
+    cfg["data_audit"] = {"copies": {"enabled": False}, "max_label_images": 500}
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     smk(work, "--configfile", str(work / "config.yaml"))  # every report and the comparison
     return work

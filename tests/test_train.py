@@ -42,6 +42,7 @@ def test_training_learns_and_keeps_the_best_validation_epoch(manifest, tmp_path)
     assert metrics["best_epoch"] == best["epoch"] and metrics["best_val_loss"] == pytest.approx(best["val_loss"])
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_under_a_seed(manifest, tmp_path):
     cfg = _cfg(head_epochs=2, augment={**TRAIN["augment"], "hflip": 0.5, "translate": 0.1, "erasing": 0.3})
     _train(cfg, manifest, tmp_path / "a", seed=5)
@@ -52,6 +53,7 @@ def test_training_is_deterministic_under_a_seed(manifest, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_transfer_learning_freezes_the_backbone_first(manifest, tmp_path):
     cfg = _cfg("timm:tf_efficientnet_lite0", "packaged:efficientnet_lite0", head_epochs=1, finetune_epochs=1)
     cfg["input_size"] = 32

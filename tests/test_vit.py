@@ -38,7 +38,7 @@ def test_tokens_become_maps_row_by_row_and_the_class_token_stays_apart():
     assert as_maps(conv, layout) is conv and token_layout(nn.Conv2d(3, 3, 1)) is None
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", [pytest.param(m, marks=pytest.mark.slow) if m == "shap" else m for m in sorted(METHODS)])
 def test_every_method_runs_on_a_vit_or_refuses_it_with_the_reason(name):
     net = pixel_vit()
     flags = [m.fused_attn for m in attention_modules(net)]

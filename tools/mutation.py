@@ -97,7 +97,7 @@ def stage(module: str):
     args = ["-m", "not e2e", "-p", "no:cacheprovider", "-x", "-q"]
     (STAGE / "pyproject.toml").write_text(f"""[tool.pytest.ini_options]
 testpaths = ["tests"]
-markers = ["e2e: runs the workflow end to end through snakemake (slow)"]
+markers = ["e2e: runs the workflow end to end through snakemake (slow)", "slow: a unit test over about 2 s (run here too)"]
 
 [tool.mutmut]
 source_paths = ["src"]
