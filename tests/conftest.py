@@ -1,8 +1,10 @@
+import fcntl
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -55,9 +57,9 @@ def tiny_workflow(work: Path, change, env=None) -> subprocess.CompletedProcess:
 
 # `make test` runs the suite on two pytest-xdist workers (--dist loadgroup --no-loadscope-reorder). A group runs on
 # one worker, so a workflow run made by a fixture is made once: the tests that read the session's run share the
-# group "run", and a module whose fixture runs a workflow is one group. The session's run goes first, beside the
-# unit tests alone (its jobs' times are what the run-time estimate is checked against: they want a machine that
-# is not running another workflow); the other workflow runs follow, longest first.
+# group "run", and a module whose fixture runs a workflow is one group. The session's run goes first, alone (its
+# jobs' times are what the run-time estimate is checked against: the other worker waits, pytest_runtest_protocol);
+# then the unit tests and the other workflow runs, longest first.
 LONG_FIRST = ["test_shortcut_workflow", "test_vit_workflow", "test_reruns", "test_faults", "test_report_view",
               "test_honest_reports", "test_own_model", "test_shape_texture", "test_shards", "test_bad_inputs"]
 
@@ -95,17 +97,43 @@ def _one_thread_per_worker():
         torch.set_num_threads(1)
 
 
+def _quiet_lock(config) -> Path | None:
+    """Under pytest-xdist: a lock file the workers share while the session's run works (None in one process)."""
+    worker = getattr(config, "workerinput", None)
+    return None if worker is None else Path(tempfile.gettempdir()) / f"cvaudit-quiet-{worker['testrunuid']}.lock"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """On the other worker, each test (its fixtures' set-up included) waits while the session's run works: that
+    run's job times are what the run-time estimate is checked against."""
+    lock = _quiet_lock(item.config)
+    if lock is None or "run" in item.fixturenames:
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
-def run(tmp_path_factory):
+def run(tmp_path_factory, request):
     """The test config (config/test.yaml) run end to end once per session, on a copy of the tiny images."""
     def shifted(cfg, images):  # the same images as a "shifted" test set: the shift stage must leave out those cnn_tiny trained on
         cfg["datasets"]["tiny_again"] = {"source": "imagefolder", "path": str(images),
                                          "split": {"val": 0.0, "test": 1.0}, "description": "the tiny images again"}
         cfg["models"]["cnn_tiny"]["shift_sets"] = ["tiny_again"]
     work = tmp_path_factory.mktemp("e2e")
-    # with the run-time estimate, as a user's run: the model timings it takes at the start (beside the unit tests
-    # alone) are cached in the run's folder, and the estimate's test compares that estimate with the run
-    p = tiny_workflow(work, shifted, env={"CVAUDIT_ESTIMATE": "1"})
+    # with the run-time estimate, as a user's run: the model timings it takes at the start are cached in the run's
+    # folder, and the estimate's test compares that estimate with the run
+    lock = _quiet_lock(request.config)
+    with open(lock or os.devnull, "a") as f:
+        if lock:
+            fcntl.flock(f, fcntl.LOCK_EX)  # the other worker finishes its test and waits
+        p = tiny_workflow(work, shifted, env={"CVAUDIT_ESTIMATE": "1"})
     (work / "run.stderr").write_text(p.stderr)  # what the user saw
     return work
 
