@@ -115,14 +115,14 @@ def test_ingestion_converts_once_and_the_manifest_names_each_original(tmp_path, 
 
 @pytest.mark.parametrize("resize", ["stretch", "center_crop"])
 def test_the_torch_transforms_give_torchvisions_bytes(resize):
-    """The evaluation and display transforms equal torchvision v2's pipeline (ToImage, Resize antialiased,
-    CenterCrop, ToDtype, Normalize) byte for byte: real photos and a Fashion-MNIST garment, down- and
-    upsampled, square, portrait, landscape, and already at the model's size."""
+    """The evaluation, display and (unaugmented) training transforms equal torchvision v2's pipeline
+    (ToImage, Resize antialiased, CenterCrop, ToDtype, Normalize) byte for byte: real photos and a
+    Fashion-MNIST garment, down- and upsampled, square, portrait, landscape, and already at the model's size."""
     import torch
     from skimage import data
     from torchvision.transforms import v2 as T
 
-    from cvaudit.transforms import display_transform, eval_transform
+    from cvaudit.transforms import display_transform, eval_transform, train_transform
     garment = Image.open(sorted(TINY.glob("bag/fm*.png"))[0]).convert("RGB")
     photo = Image.fromarray(data.astronaut())  # 512 x 512
     images = [garment, photo, photo.crop((0, 0, 300, 451)), photo.crop((7, 20, 500, 233)), garment.resize((29, 64))]
@@ -138,3 +138,5 @@ def test_the_torch_transforms_give_torchvisions_bytes(resize):
             assert ours.dtype == torch.uint8 and ours.shape == (3, size, size)
             assert torch.equal(ours, theirs.as_subclass(torch.Tensor)), (size, im.size)
             assert torch.equal(eval_transform(spec)(im), norm(im).as_subclass(torch.Tensor)), (size, im.size)
+            assert torch.equal(train_transform(spec, {})(im).as_subclass(torch.Tensor),
+                               norm(im).as_subclass(torch.Tensor)), (size, im.size)

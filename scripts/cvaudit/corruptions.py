@@ -106,7 +106,7 @@ def errors_against(own: dict, reference, seed: int) -> dict:
         errors = corruption_errors(own, None, name, seed)
         errors["note"] = f"the reference {name}'s corruptions stage failed ({rec['error']})"
         return errors
-    return corruption_errors(own, load_npz(reference), name, seed)
+    return corruption_errors(own, load_npz(reference, keys=("correct", "clean_correct", "paths")), name, seed)
 
 
 def _ce(*samples, axis=-1):

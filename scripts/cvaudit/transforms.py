@@ -19,11 +19,12 @@ def _resized_size(h: int, w: int, spec: dict) -> tuple[int, int]:
     return (int(short * h / w), short) if w <= h else (short, int(short * w / h))
 
 
-def _view(image, spec: dict):
-    """A PIL RGB image as the model's uint8 CHW tensor: resized, then center-cropped where configured."""
+def _resize_crop(x, spec: dict):
+    """A uint8 CHW tensor resized, then center-cropped where configured (config key models.*.resize: stretch
+    to input_size x input_size, or center_crop: the shorter side to input_size / 0.875, then the central
+    input_size square, as ImageNet models are evaluated). The one resize of training, evaluation and display."""
     import torch
-    h, w = image.height, image.width
-    x = torch.as_tensor(np.array(image, copy=True)).view(h, w, -1).permute(2, 0, 1)  # HWC memory, as ToImage
+    h, w = x.shape[-2:]
     nh, nw = _resized_size(h, w, spec)
     if (nh, nw) != (h, w):
         x = torch.nn.functional.interpolate(x[None], size=[nh, nw], mode="bilinear", align_corners=False,
@@ -35,16 +36,35 @@ def _view(image, spec: dict):
     return x
 
 
-class _Eval:
+def _view(image, spec: dict):
+    """A PIL RGB image as the model's uint8 CHW tensor."""
+    import torch
+    h, w = image.height, image.width
+    x = torch.as_tensor(np.array(image, copy=True)).view(h, w, -1).permute(2, 0, 1)  # HWC memory, as ToImage
+    return _resize_crop(x, spec)
+
+
+class _ResizeCrop:
+    """_resize_crop as a step of a torchvision pipeline (after ToImage)."""
+
     def __init__(self, spec: dict):
         self.spec = spec
+
+    def __call__(self, x):
+        return _resize_crop(x, self.spec)
+
+
+class _Eval:
+    def __init__(self, spec: dict):
+        import torch
+        self.spec = spec
+        self.mean = torch.as_tensor(spec["mean"], dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.as_tensor(spec["std"], dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, image):
         import torch
         x = _view(image, self.spec).to(torch.float32).mul_(1.0 / 255)
-        mean = torch.as_tensor(self.spec["mean"], dtype=torch.float32).view(-1, 1, 1)
-        std = torch.as_tensor(self.spec["std"], dtype=torch.float32).view(-1, 1, 1)
-        return x.sub(mean).div_(std)
+        return x.sub(self.mean).div_(self.std)
 
 
 class _Display:
@@ -65,21 +85,11 @@ def display_transform(spec: dict):
     return _Display(spec)
 
 
-def resize_ops(spec: dict) -> list:
-    """config key models.*.resize: stretch (to input_size x input_size) or center_crop (shorter side to
-    input_size / 0.875, then the central input_size square, as ImageNet models are evaluated)."""
-    from torchvision.transforms import v2 as T
-    s = spec["input_size"]
-    if spec.get("resize", "stretch") == "center_crop":
-        return [T.Resize(int(round(s / 0.875)), antialias=True), T.CenterCrop(s)]
-    return [T.Resize((s, s), antialias=True)]
-
-
 def train_transform(spec: dict, aug: dict):
     import torch
     from torchvision.transforms import v2 as T
     s = spec["input_size"]
-    ops = [T.ToImage(), *resize_ops(spec)]
+    ops = [T.ToImage(), _ResizeCrop(spec)]
     if aug.get("hflip", 0) > 0:
         ops.append(T.RandomHorizontalFlip(aug["hflip"]))
     if aug.get("crop_padding", 0) > 0:
