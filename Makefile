@@ -33,7 +33,7 @@ test-fast: setup  # the quick unit tests: no snakemake, no test over about 2 s (
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/python -m pytest -m "not e2e and not slow" -q $(PARALLEL)
 
 MODULES ?= --all
-mutation: setup  # the mutation score of the verdict modules: make mutation MODULES="compare checks"
+mutation: setup  # the mutation score of the verdict modules: make mutation MODULES="report.checks core.stats"
 	$(VENV)/python tools/mutation.py $(MODULES)
 
 references: setup  # docs/reference/ from the code (the schema, the checks, the methods, the presets)

@@ -80,7 +80,7 @@ onstart:
     # Before any job: a folder a job would write in but cannot (read-only, immutable, another owner's) stops the
     # run here with its name, instead of a traceback from the first job that tries.
     from cvaudit.config import budget_notice
-    from cvaudit.io import unwritable_folders
+    from cvaudit.core.files import unwritable_folders
 
     if not PRESET_CHOSEN and (notice := budget_notice(config)):
         print(notice, file=sys.stderr)
@@ -97,14 +97,14 @@ onstart:
 
 
 onsuccess:
-    from cvaudit.runlog import where_reports
+    from cvaudit.core.job import where_reports
 
     if where := where_reports(list(config["models"])):
         print(where, file=sys.stderr)
 
 
 onerror:
-    from cvaudit.runlog import interrupted, where_reports
+    from cvaudit.core.job import interrupted, where_reports
 
     if where := where_reports(list(config["models"])):
         print(where, file=sys.stderr)

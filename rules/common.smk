@@ -3,10 +3,10 @@ import re
 from pathlib import Path
 
 from cvaudit.config import shards
+from cvaudit.core.job import name_keys
+from cvaudit.core.registry import ATTACKS, FAMILIES, FLOOR_METHOD, METHODS
+from cvaudit.data.fingerprint import write_fingerprint
 from cvaudit.resources import job_mem_mb, job_minutes
-from cvaudit.fingerprint import write_fingerprint
-from cvaudit.registry import ATTACKS, FAMILIES, FLOOR_METHOD, METHODS
-from cvaudit.runlog import name_keys
 from cvaudit.sections import (configured_as_ensemble, corruption_reference_files, embedding_duplicates_on,
                               report_inputs, trained_here)
 
@@ -37,7 +37,7 @@ def one_of(names):
     return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
-# Methods, families and attacks come from cvaudit.registry (the one list; the schema's enums agree).
+# Methods, families and attacks come from cvaudit.core.registry (the one list; the schema's enums agree).
 wildcard_constraints:
     dataset=one_of(config["datasets"]),
     model=one_of(config["models"]),
@@ -69,7 +69,7 @@ def manifest_of(wildcards):
 
 
 def dataset_fingerprint(wildcards):
-    """The source's content fingerprint (cvaudit.fingerprint), rewritten only when the content changes:
+    """The source's content fingerprint (cvaudit.data.fingerprint), rewritten only when the content changes:
     a changed, new or removed file reruns ingestion, a touch or a copy does not. No image path reaches
     Snakemake."""
     out = f"results/data/{wildcards.dataset}/source.json"

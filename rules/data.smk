@@ -75,6 +75,26 @@ rule fit_baseline:
         "../scripts/fit_baseline.py"
 
 
+# A few properties of every test image, once per dataset (the slices of rules/robust.smk read them).
+rule image_properties:
+    input:
+        manifest="results/data/{dataset}/manifest.csv",
+    output:
+        properties="results/data/{dataset}/properties.csv",
+    threads: config["threads"]
+    resources:
+        mem_mb=memory("image_properties", 2000),
+        runtime=limit("image_properties", 60),
+    conda:
+        "../envs/cvaudit.yaml"
+    log:
+        "logs/image_properties/{dataset}.log",
+    benchmark:
+        "benchmarks/image_properties/{dataset}.tsv"
+    script:
+        "../scripts/image_properties.py"
+
+
 rule data_audit:
     input:
         manifest="results/data/{dataset}/manifest.csv",

@@ -53,26 +53,8 @@ rule shuffled_labels:
         "../scripts/shuffled_labels.py"
 
 
-# Where the model fails: image properties once per dataset, then slices and groups per model.
-rule image_properties:
-    input:
-        manifest="results/data/{dataset}/manifest.csv",
-    output:
-        properties="results/data/{dataset}/properties.csv",
-    threads: config["threads"]
-    resources:
-        mem_mb=memory("image_properties", 2000),
-        runtime=limit("image_properties", 60),
-    conda:
-        "../envs/cvaudit.yaml"
-    log:
-        "logs/image_properties/{dataset}.log",
-    benchmark:
-        "benchmarks/image_properties/{dataset}.tsv"
-    script:
-        "../scripts/image_properties.py"
-
-
+# Where the model fails: slices and groups per model, over the image properties of its dataset
+# (rules/data.smk).
 rule slices:
     input:
         properties=lambda wc: f"results/data/{dataset_of(wc.model)}/properties.csv",

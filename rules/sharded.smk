@@ -1,11 +1,11 @@
 # The stages whose work is per image: explain (per attribution method), invariance (per transform
 # family) and adversarial (per attack). Each is a pair of rules built below from one entry of SHARDED:
 # `<stage>_shard` computes images [shard * shard_size, (shard + 1) * shard_size) and `<stage>` merges
-# its shards, or with shard_size 0 computes the whole stage in one job (cvaudit.shards). Both rules
+# its shards, or with shard_size 0 computes the whole stage in one job (cvaudit.core.shards). Both rules
 # take their inputs and options from the same entry, so a shard and its merge cannot disagree, and
 # each job receives only the options it reads. priority: the stages that hold the long jobs (integrated
 # gradients, LIME, SHAP, the attacks) start first, so that the short ones fill the cores at the end.
-from cvaudit.registry import attack_options
+from cvaudit.core.registry import attack_options
 
 
 def _explain_job(wildcards):

@@ -1,6 +1,6 @@
-from cvaudit.compare import render_comparison
-from cvaudit.io import stage_failure
-from cvaudit.side_by_side import load_side_by_side
+from cvaudit.report.compare_models import render_comparison
+from cvaudit.core.files import stage_failure
+from cvaudit.report.side_by_side import load_side_by_side
 
 
 def main(sm):
@@ -14,6 +14,6 @@ def main(sm):
 
 
 if __name__ == "__main__":
-    from cvaudit.runlog import run
+    from cvaudit.core.job import run
 
     run(main, snakemake)  # noqa: F821 — injected by Snakemake

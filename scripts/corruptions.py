@@ -1,4 +1,4 @@
-from cvaudit.corruptions import run_corruptions
+from cvaudit.robust.corruptions import run_corruptions
 
 
 def main(sm):
@@ -8,6 +8,6 @@ def main(sm):
 
 
 if __name__ == "__main__":
-    from cvaudit.runlog import run
+    from cvaudit.core.job import run
 
     run(main, snakemake, optional=True)  # noqa: F821 — injected by Snakemake. optional: a failure is reported, not fatal

@@ -1,4 +1,4 @@
-from cvaudit.evaluate import evaluate_model
+from cvaudit.model.evaluate_model import evaluate_model
 
 
 def main(sm):
@@ -9,6 +9,6 @@ def main(sm):
 
 
 if __name__ == "__main__":
-    from cvaudit.runlog import run
+    from cvaudit.core.job import run
 
     run(main, snakemake)  # noqa: F821 — injected by Snakemake

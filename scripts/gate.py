@@ -1,4 +1,4 @@
-from cvaudit.compare import run_gate
+from cvaudit.report.compare_models import run_gate
 
 
 def main(sm):
@@ -6,6 +6,6 @@ def main(sm):
 
 
 if __name__ == "__main__":
-    from cvaudit.runlog import run
+    from cvaudit.core.job import run
 
     run(main, snakemake)  # noqa: F821 — injected by Snakemake

@@ -1,7 +1,7 @@
 import logging
 import os
 
-from cvaudit.data import ingest
+from cvaudit.data.ingest_dataset import ingest
 
 
 def main(sm):
@@ -14,6 +14,6 @@ def main(sm):
 
 
 if __name__ == "__main__":
-    from cvaudit.runlog import run
+    from cvaudit.core.job import run
 
     run(main, snakemake)  # noqa: F821 — injected by Snakemake

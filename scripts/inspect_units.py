@@ -1,4 +1,4 @@
-from cvaudit.inspect_units import run_units
+from cvaudit.represent.inspect_units import run_units
 
 
 def main(sm):
@@ -7,6 +7,6 @@ def main(sm):
 
 
 if __name__ == "__main__":
-    from cvaudit.runlog import run
+    from cvaudit.core.job import run
 
     run(main, snakemake, optional=True)  # noqa: F821 — injected by Snakemake. optional: a failure is reported, not fatal

@@ -1,4 +1,4 @@
-from cvaudit.method_agreement import run_method_agreement
+from cvaudit.explain.method_agreement import run_method_agreement
 
 
 def main(sm):
@@ -6,6 +6,6 @@ def main(sm):
 
 
 if __name__ == "__main__":
-    from cvaudit.runlog import run
+    from cvaudit.core.job import run
 
     run(main, snakemake, optional=True)  # noqa: F821 — injected by Snakemake. optional: the report says so

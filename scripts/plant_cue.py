@@ -1,11 +1,11 @@
 import logging
 import os
 
-from cvaudit.plant_cue import plant
+from cvaudit.data.plant_cue import plant
 
 
 def main(sm):
-    log = logging.getLogger("cvaudit.plant_cue")
+    log = logging.getLogger("cvaudit.data.plant_cue")
     info = plant(sm.params.dataset, sm.wildcards.dataset, sm.input.parent, sm.params.seed,
                  out_dir=os.path.dirname(sm.output.manifest), progress=log.info)
     marked = {s: sum(c[s] for c in info["marked"].values()) for s in ("train", "val", "test")}
@@ -15,6 +15,6 @@ def main(sm):
 
 
 if __name__ == "__main__":
-    from cvaudit.runlog import run
+    from cvaudit.core.job import run
 
     run(main, snakemake)  # noqa: F821 — injected by Snakemake

@@ -1,4 +1,4 @@
-from cvaudit.report import render_report
+from cvaudit.report.render_report import render_report
 
 
 def main(sm):
@@ -10,6 +10,6 @@ def main(sm):
 
 
 if __name__ == "__main__":
-    from cvaudit.runlog import run
+    from cvaudit.core.job import run
 
     run(main, snakemake)  # noqa: F821 — injected by Snakemake

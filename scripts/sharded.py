@@ -1,6 +1,6 @@
 """Entry script of both rules of every sharded stage (rules/sharded.smk): `<stage>_shard` computes one
 shard, `<stage>` merges the shards (or computes the whole stage in one job when shard_size is 0)."""
-from cvaudit.shards import run_shard, run_stage
+from cvaudit.core.shards import run_shard, run_stage
 
 
 def main(sm):
@@ -15,7 +15,7 @@ def main(sm):
 
 
 if __name__ == "__main__":
-    from cvaudit.runlog import run
+    from cvaudit.core.job import run
 
     # optional: a failure is reported in the report, not fatal (a failed shard is reported by its merge)
     run(main, snakemake, optional=True)  # noqa: F821 — injected by Snakemake

@@ -1,4 +1,4 @@
-from cvaudit.shift import run_shift
+from cvaudit.robust.shift import run_shift
 
 
 def main(sm):
@@ -8,6 +8,6 @@ def main(sm):
 
 
 if __name__ == "__main__":
-    from cvaudit.runlog import run
+    from cvaudit.core.job import run
 
     run(main, snakemake)  # noqa: F821 — injected by Snakemake. Not optional: a class the model lacks is a config error

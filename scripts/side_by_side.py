@@ -1,4 +1,4 @@
-from cvaudit.side_by_side import run_side_by_side
+from cvaudit.report.side_by_side import run_side_by_side
 
 
 def main(sm):
@@ -9,6 +9,6 @@ def main(sm):
 
 
 if __name__ == "__main__":
-    from cvaudit.runlog import run
+    from cvaudit.core.job import run
 
     run(main, snakemake, optional=True)  # noqa: F821 — injected by Snakemake. optional: the comparison says so

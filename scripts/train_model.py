@@ -1,10 +1,10 @@
-from cvaudit.train import train_model
+from cvaudit.model.train_model import train_model
 
 
 def main(sm):
     cfg = sm.params.cfg
     if cfg["arch"] == "ensemble":  # nothing to train: its members' saved models, together
-        from cvaudit.ensemble import assemble
+        from cvaudit.model.ensemble import assemble
         assemble(sm.wildcards.model, cfg, {m: sm.input[f"member_{m}"] for m in cfg["members"]},
                  out_model=sm.output.model, out_history=sm.output.history, out_metrics=sm.output.metrics)
         return
@@ -14,6 +14,6 @@ def main(sm):
 
 
 if __name__ == "__main__":
-    from cvaudit.runlog import run
+    from cvaudit.core.job import run
 
     run(main, snakemake)  # noqa: F821 — injected by Snakemake

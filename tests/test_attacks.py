@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cvaudit import CvauditError
-from cvaudit.adversarial import ATTACKS, _batch_seed, attack_batch, masking_checks
+from cvaudit.robust.adversarial import ATTACKS, _batch_seed, attack_batch, masking_checks
 
 OPTS = {"pgd": {"steps": 10, "restarts": 2}, "check_epsilon": 0.05,
         "autoattack": {"steps": 20, "restarts": 1, "target_classes": 3, "square_queries": 200},

@@ -16,7 +16,8 @@ from conftest import TINY
 from PIL import Image
 
 from cvaudit import CvauditError
-from cvaudit.data import ingest, read_manifest
+from cvaudit.data.ingest_dataset import ingest
+from cvaudit.core.manifest import read_manifest
 
 
 def _good(root: Path, n: int = 4):
@@ -117,7 +118,7 @@ def test_csv_with_missing_duplicate_unlabelled_and_odd_paths(tmp_path):
 
 
 def test_a_checkpoint_carrying_a_pickled_payload_is_refused_without_running_it(tmp_path):
-    from cvaudit.models import read_state_dict
+    from cvaudit.net.models import read_state_dict
 
     class Payload:
         def __reduce__(self):
@@ -148,8 +149,8 @@ def test_wrong_config_values_name_the_key(patch, words, tmp_path):
     for k, v in patch.items():
         cfg[k] = v if not isinstance(v, dict) else {**cfg.get(k, {}), **v}
     if words is None:  # valid config; the missing file is named when the model is built
-        from cvaudit.models import build_model
-        from cvaudit.train import make_spec
+        from cvaudit.net.models import build_model
+        from cvaudit.model.train_model import make_spec
         validate_config(cfg)
         with pytest.raises(CvauditError, match=r"weights file missing\.pt not found \(config key models\.\*\.weights\)"):
             build_model(make_spec(cfg["models"]["m"], ["a", "b"]))
@@ -161,7 +162,7 @@ def test_wrong_config_values_name_the_key(patch, words, tmp_path):
 def test_class_names_with_dollar_signs_are_drawn_as_literal_text():
     import base64
 
-    from cvaudit import figures
+    from cvaudit.report import figures
     names = ["cost $5", "$\\alpha$", "a_b^c"]
     uri = figures.confusion(names, names, [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
     svg = base64.b64decode(uri.split(",", 1)[1]).decode()
@@ -197,7 +198,7 @@ def test_csv_tables_from_excel_and_in_latin_1(tmp_path):
     ("torchvision:resnet18", {"weights": "IMAGENET1K_V1"}, r"weights would load weights"),
 ])
 def test_arch_options_are_checked_before_anything_loads(arch, opts, words):
-    from cvaudit.models import build_model
+    from cvaudit.net.models import build_model
     with pytest.raises(CvauditError, match=words):
         build_model({"arch": arch, "arch_options": opts, "weights": "none", "num_classes": 3, "input_size": 32})
 
@@ -217,7 +218,7 @@ def test_a_damaged_idx_archive_is_named_with_the_fix(tmp_path, damage, words):
 
 
 def test_garbage_weights_and_a_truncated_model_file_are_named_with_the_fix(tmp_path):
-    from cvaudit.models import build_model, load_model, read_state_dict, save_model
+    from cvaudit.net.models import build_model, load_model, read_state_dict, save_model
     (tmp_path / "w.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00garbage!" * 8)
     with pytest.raises(CvauditError, match=r"w\.safetensors is not a readable \.safetensors file .*save_file"):
         read_state_dict(tmp_path / "w.safetensors")
@@ -231,8 +232,8 @@ def test_garbage_weights_and_a_truncated_model_file_are_named_with_the_fix(tmp_p
 
 
 def test_an_input_size_too_small_for_the_network_names_the_smallest_that_works():
-    from cvaudit.models import build_model
-    from cvaudit.train import check_input_size
+    from cvaudit.net.models import build_model
+    from cvaudit.model.train_model import check_input_size
     net = build_model({"arch": "simple_cnn", "arch_options": {"channels": [8, 8, 8, 8, 8]}, "weights": "none",
                        "num_classes": 3, "input_size": 8})
     with pytest.raises(CvauditError, match=r"models\.m\.input_size: 8 px is too small .*smallest input size that works is 32"):
@@ -257,7 +258,7 @@ class _Stage:
     (lambda: (_ for _ in ()).throw(OSError(30, "Read-only file system", "results/m/report")), "read-only file system"),
 ])
 def test_a_full_disk_or_a_read_only_folder_is_one_line_with_the_traceback_in_the_log(tmp_path, capsys, fail, words):
-    from cvaudit.runlog import run
+    from cvaudit.core.job import run
 
     with pytest.raises(SystemExit):
         run(lambda sm: fail(), _Stage(tmp_path / "x.log"))
@@ -303,7 +304,7 @@ def test_class_folders_named_like_snakemake_patterns_run(tmp_path):
 def test_a_damaged_intermediate_is_named_with_the_command_that_rebuilds_it(tmp_path, damage):
     """An array or JSON a stage wrote, cut short by a crash or a full disk, or overwritten: the reader says which
     file and how to rebuild it, never a zip or JSON parser's traceback."""
-    from cvaudit.io import load_audit_set, load_npz, read_json, save_npz, write_json
+    from cvaudit.core.files import load_audit_set, load_npz, read_json, save_npz, write_json
     npz, js = tmp_path / "maps.npz", tmp_path / "calibration.json"
     save_npz(npz, {"n": 3}, maps=np.arange(3000, dtype=np.float32))
     write_json(js, {"ece": 0.1, "bins": list(range(50))})

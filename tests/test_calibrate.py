@@ -3,7 +3,8 @@ the per-bin sufficiency flag, and temperature scaling's bounds."""
 import numpy as np
 import pytest
 
-from cvaudit.calibrate import MIN_PER_BIN, _bin_gaps, calibration_metrics, fit_temperature, log_probs, scaled
+from cvaudit.core.calibration_error import bin_gaps
+from cvaudit.robust.calibrate import MIN_PER_BIN, calibration_metrics, fit_temperature, log_probs, scaled
 
 
 def test_a_confidence_on_a_bin_edge_falls_in_the_lower_bin():
@@ -24,9 +25,9 @@ def test_bin_gaps_equal_the_ece_and_work_row_by_row_on_resamples():
     m = calibration_metrics(probs, targets, bins=10)
     conf, correct = probs.max(1), (probs.argmax(1) == targets).astype(float)
     which = np.clip(np.digitize(conf, np.linspace(0, 1, 11)[1:-1], right=True), 0, 9)
-    assert _bin_gaps(conf, correct, which, 10)[0] == pytest.approx(m["ece"])
+    assert bin_gaps(conf, correct, which, 10)[0] == pytest.approx(m["ece"])
     rows = np.stack([np.arange(300), rng.integers(0, 300, 300)])  # the identity and one resample
-    g = _bin_gaps(conf[rows], correct[rows], which[rows], 10)
+    g = bin_gaps(conf[rows], correct[rows], which[rows], 10)
     assert g.shape == (2,) and g[0] == pytest.approx(m["ece"])
     r = rows[1]
     assert g[1] == pytest.approx(calibration_metrics(probs[r], targets[r], bins=10)["ece"])
@@ -92,7 +93,7 @@ def test_a_bin_holding_one_image_counts_and_the_default_is_15_bins():
     assert len(m["bins"]) == 15 and m["ece"] == pytest.approx((0.95 + 2 * abs(1 - 0.555)) / 3)
     conf, correct = probs.max(1), np.array([0.0, 1.0, 1.0])
     which = np.array([14, 8, 8])
-    assert _bin_gaps(conf, correct, which, 15)[0] == pytest.approx(m["ece"])  # the 1-image bin's 0.95 included
+    assert bin_gaps(conf, correct, which, 15)[0] == pytest.approx(m["ece"])  # the 1-image bin's 0.95 included
 
 
 def test_a_confidence_in_the_lowest_bin_stays_there():

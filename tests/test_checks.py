@@ -1,7 +1,7 @@
 import pytest
 
-from cvaudit.checks import CHECKS, run_checks
-from cvaudit.judge import judge, overall
+from cvaudit.report.checks import CHECKS, run_checks
+from cvaudit.report.judge import judge, overall
 
 
 @pytest.mark.parametrize("value, higher, want", [(0.9, True, "pass"), (0.7, True, "warn"), (0.4, True, "fail"),
@@ -24,10 +24,10 @@ def test_checks_carry_their_metadata_and_overall_is_the_worst():
 # operand or a wrong threshold comparison changes the answer.
 import numpy as np  # noqa: E402
 
-from cvaudit import stats  # noqa: E402
-from cvaudit.checks import (_per_image_gap, accuracy, ece, faithfulness_gain, method_sentence,  # noqa: E402
+from cvaudit.core import stats  # noqa: E402
+from cvaudit.report.checks import (_per_image_gap, accuracy, ece, faithfulness_gain, method_sentence,  # noqa: E402
                             robust_accuracy, rotation_accuracy, sanity_similarity)
-from cvaudit.judge import _point, as_estimate, settle  # noqa: E402
+from cvaudit.report.judge import _point, as_estimate, settle  # noqa: E402
 
 
 @pytest.mark.parametrize("value, higher, want", [(0.5, True, "warn"), (0.8, True, "pass"), (0.5, False, "warn"),

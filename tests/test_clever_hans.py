@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from cvaudit.clever_hans import analyse, paste, remove
+from cvaudit.explain.clever_hans import analyse, paste, remove
 from cvaudit.config import validate_config
-from cvaudit.spray import box_of, pool_maps, region_of, spray
+from cvaudit.explain.spray import box_of, pool_maps, region_of, spray
 
 S = 32  # image side
 
@@ -58,7 +58,7 @@ def test_spray_finds_the_two_strategies_of_a_model_that_uses_two():
     br = [_blob(pos(16, 26), pos(16, 26)) for _ in range(25)]
     x = torch.stack(tl + br)
     assert (net(x).argmax(1) == 0).all()
-    from cvaudit.methods.base import attribute_batched, get_method
+    from cvaudit.explain.methods.base import attribute_batched, get_method
     maps = attribute_batched(get_method("input_x_gradient"), net, x, torch.zeros(50, dtype=torch.long))
     s = spray(pool_maps(maps, 8), neighbors=10, max_clusters=6, seed=0)
     assert s["k"] == 2
@@ -118,8 +118,8 @@ def test_the_same_world_without_the_shortcut_is_not_flagged():
 
 
 def test_the_verdict_reads_the_gain_over_the_control_and_passes_when_nothing_is_suspect():
-    from cvaudit.checks import shortcut_suspected
-    from cvaudit.judge import judge
+    from cvaudit.report.checks import shortcut_suspected
+    from cvaudit.report.judge import judge
     net, x8, y = _cue_world()
     cheat, _ = analyse(net, x8, y, ["left", "right", "bottom"], _options(methods=["input_x_gradient"]), 0, "cpu")
     est = shortcut_suspected({"clever_hans": {"meta": cheat}})
@@ -143,8 +143,8 @@ def test_a_clean_model_stays_clean_under_widened_region_settings():
     with pytest.raises(CvauditError, match="clever_hans.max_area"):
         validate_config({"datasets": {"d": {"source": "foolbox_imagenet"}}, "clever_hans": {"max_area": 0.5},
                          "models": {"m": {"dataset": "d", "arch": "simple_cnn"}}})
-    from cvaudit.checks import shortcut_suspected
-    from cvaudit.judge import judge
+    from cvaudit.report.checks import shortcut_suspected
+    from cvaudit.report.judge import judge
     net, x8, y = _cue_world(cue_weight=0.0)
     wide = _options(methods=["input_x_gradient"], max_area=0.35, max_object=0.6, min_member_share=0.2,
                     min_enrichment=1.0, min_structure_share=0.05)
@@ -157,9 +157,9 @@ def test_a_region_whose_control_flips_as_often_is_not_a_shortcut():
     """A region so large that it holds the garment (what a bounding box of scattered cells becomes under widened
     settings): pasting it turns every other image into the class, and so does the same region shifted (the
     control). The gain is 0, the verdict passes, and its note says what the control did."""
-    from cvaudit.checks import shortcut_suspected
-    from cvaudit.clever_hans import judge_tests, region_test
-    from cvaudit.judge import judge
+    from cvaudit.report.checks import shortcut_suspected
+    from cvaudit.explain.clever_hans import judge_tests, region_test
+    from cvaudit.report.judge import judge
     net, x8, y = _cue_world(cue_weight=0.0)
     x = x8.float() / 255
     big = np.zeros((S, S), bool)
@@ -218,8 +218,8 @@ def _frame() -> torch.Tensor:
     ("a frame round the border", _frame(), {"border", "top edge", "bottom edge", "left edge", "right edge", "compact"}),
 ])
 def test_thin_marks_along_the_edges_fail_and_their_clean_twins_pass(kind, mark, shapes):
-    from cvaudit.checks import shortcut_suspected
-    from cvaudit.judge import judge
+    from cvaudit.report.checks import shortcut_suspected
+    from cvaudit.report.judge import judge
     t = {"warn": 0.1, "fail": 0.3}
     opts = _options(methods=["input_x_gradient"])
     net, x8, y = _marked_world(mark, 10.0)
@@ -234,8 +234,8 @@ def test_thin_marks_along_the_edges_fail_and_their_clean_twins_pass(kind, mark, 
 def test_a_global_brightness_cue_is_found_from_the_training_images_and_its_clean_twin_passes():
     """Class 2's training images are all brighter (+0.3). The cheating model adds the image's mean brightness to
     class 2's logit; its twin ignores it. No map can point at a place: the property search must find it."""
-    from cvaudit.checks import shortcut_suspected
-    from cvaudit.judge import judge
+    from cvaudit.report.checks import shortcut_suspected
+    from cvaudit.report.judge import judge
     t = {"warn": 0.1, "fail": 0.3}
     opts = _options(methods=["input_x_gradient"])
     for weight, want in ((0.05, "fail"), (0.0, "pass")):
@@ -277,7 +277,7 @@ def test_paste_remove_and_the_control_region():
     r = remove(flat, box)
     assert torch.allclose(r, torch.full_like(r, 0.2), atol=1e-6)
     rng = np.random.default_rng(0)
-    from cvaudit.spray import control_region, structures
+    from cvaudit.explain.spray import control_region, structures
     for name, region in structures(8).items():
         for _ in range(10):
             c = control_region(region, rng)
@@ -288,7 +288,7 @@ def test_paste_remove_and_the_control_region():
 
 
 def test_a_ring_is_a_frame_only_when_the_relevance_goes_round_it():
-    from cvaudit.spray import goes_round, structures
+    from cvaudit.explain.spray import goes_round, structures
     shapes = structures(8)
     frame = shapes["border"].astype(float)
     corner = np.zeros((8, 8))
@@ -302,7 +302,7 @@ def test_a_ring_is_a_frame_only_when_the_relevance_goes_round_it():
 
 
 def test_pixel_masks_cut_the_grid_as_pooling_does():
-    from cvaudit.spray import pixel_mask
+    from cvaudit.explain.spray import pixel_mask
     region = np.zeros((8, 8), bool)
     region[0, :] = True
     m = pixel_mask(region, 28, 28)
@@ -337,9 +337,10 @@ def test_planted_copy_marks_the_configured_class_and_plants_findable_duplicates(
         pytest.skip("needs Debian's dataset-fashion-mnist")
     from PIL import Image
 
-    from cvaudit.data import ingest, read_manifest
-    from cvaudit.data_audit import run_data_audit
-    from cvaudit.plant_cue import cue_box, plant
+    from cvaudit.data.ingest_dataset import ingest
+    from cvaudit.core.manifest import read_manifest
+    from cvaudit.data.data_audit import run_data_audit
+    from cvaudit.data.plant_cue import cue_box, plant
     cfg = validate_config({"datasets": {
         "f": {"source": "idx", "path": str(FMNIST), "max_per_class": 60,
               "class_names": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",

@@ -3,7 +3,7 @@ told apart, which model is marked best, and what the exit-status gate reports.""
 import numpy as np
 import pytest
 
-from cvaudit import compare
+from cvaudit.report import compare_models
 
 
 def _summary(model="m", dataset="d", degenerate=None, robustness=True):
@@ -39,11 +39,11 @@ def _summary(model="m", dataset="d", degenerate=None, robustness=True):
     ({"arch": "timm:resnet18", "weights": "none", "train": True}, "trained from scratch"),
 ])
 def test_each_kind_of_model_is_named_as_a_reader_would(cfg, kind):
-    assert compare.kind_of(cfg) == kind
+    assert compare_models.kind_of(cfg) == kind
 
 
 def test_a_row_carries_every_column_from_its_summary():
-    row = compare.metric_row(_summary(), {"arch": "simple_cnn", "weights": "none"})
+    row = compare_models.metric_row(_summary(), {"arch": "simple_cnn", "weights": "none"})
     assert row == {
         "model": "m", "dataset": "d", "kind": "CNN from scratch", "degenerate": "", "arch": "simple_cnn",
         "status": "fail", "failed_stages": [{"rule": "explain", "wildcards": "model=m", "error": "out of memory"}],
@@ -57,17 +57,17 @@ def test_a_row_carries_every_column_from_its_summary():
 
 def test_a_row_of_a_degenerate_model_names_why_and_scores_no_invariance():
     s = _summary(degenerate={"is": True, "why": "predicts one class for every image"})
-    row = compare.metric_row(s, {"arch": "mlp"})
+    row = compare_models.metric_row(s, {"arch": "mlp"})
     assert row["degenerate"] == "predicts one class for every image" and row["values"]["invariance"] is None
     s["degenerate"] = {"is": False, "why": "a stale reason"}  # the reason counts only when it is degenerate
-    assert compare.metric_row(s, {"arch": "mlp"})["degenerate"] == ""
+    assert compare_models.metric_row(s, {"arch": "mlp"})["degenerate"] == ""
 
 
 def test_a_row_without_robustness_or_representation_or_intervals_has_gaps_not_errors():
     s = _summary(robustness=False)
     del s["representation"], s["metrics"]["intervals"], s["degenerate"], s["failed_stages"]
     s["verdicts"] = [v for v in s["verdicts"] if v["name"] != "robust_accuracy"]
-    row = compare.metric_row(s, {"arch": "mlp"})
+    row = compare_models.metric_row(s, {"arch": "mlp"})
     v = row["values"]
     assert (v["ece"], v["ece_after"], v["invariance"], v["robust_accuracy"], v["knn_accuracy"]) == (None,) * 5
     assert row["intervals"] == {} and row["degenerate"] == "" and v["rotation_accuracy"] == 0.62
@@ -95,25 +95,25 @@ def _r(model, dataset="d", **intervals):
 ])
 def test_two_intervals_tell_models_apart_only_when_they_do_not_touch(a, b, higher, apart):
     ra, rb = _r("a", ece=a) if a else _r("a"), _r("b", ece=b) if b else _r("b")
-    assert compare._apart(ra, rb, "ece", higher, {}) is apart
+    assert compare_models._apart(ra, rb, "ece", higher, {}) is apart
 
 
 def test_accuracy_is_told_apart_by_mcnemar_below_005_not_at_it(monkeypatch):
     a, b = np.ones(40, bool), np.r_[np.ones(30, bool), np.zeros(10, bool)]  # 10 discordant pairs: p = 0.002
     ra, rb = _r("a", accuracy=_est(0.1, 0.2)), _r("b", accuracy=_est(0.1, 0.2))  # intervals would say "tie"
-    assert compare._apart(ra, rb, "accuracy", True, {"a": a, "b": b})
-    assert not compare._apart(ra, rb, "accuracy", True, {"a": a, "b": a})
-    assert not compare._apart(ra, rb, "accuracy", True, {"a": a})  # without both, the intervals decide
-    assert compare._apart(_r("a", accuracy=_est(0.8, 0.9)), _r("b", accuracy=_est(0.1, 0.2)), "accuracy", True,
+    assert compare_models._apart(ra, rb, "accuracy", True, {"a": a, "b": b})
+    assert not compare_models._apart(ra, rb, "accuracy", True, {"a": a, "b": a})
+    assert not compare_models._apart(ra, rb, "accuracy", True, {"a": a})  # without both, the intervals decide
+    assert compare_models._apart(_r("a", accuracy=_est(0.8, 0.9)), _r("b", accuracy=_est(0.1, 0.2)), "accuracy", True,
                           {"a": a})
-    monkeypatch.setattr(compare.stats, "mcnemar_p", lambda x, y: 0.05)
-    assert not compare._apart(ra, rb, "accuracy", True, {"a": a, "b": b})
-    monkeypatch.setattr(compare.stats, "mcnemar_p", lambda x, y: None)
-    assert not compare._apart(ra, rb, "accuracy", True, {"a": a, "b": b})
+    monkeypatch.setattr(compare_models.stats, "mcnemar_p", lambda x, y: 0.05)
+    assert not compare_models._apart(ra, rb, "accuracy", True, {"a": a, "b": b})
+    monkeypatch.setattr(compare_models.stats, "mcnemar_p", lambda x, y: None)
+    assert not compare_models._apart(ra, rb, "accuracy", True, {"a": a, "b": b})
 
 
 def _row(model, dataset, degenerate="", **values):
-    full = {k: None for k, *_ in compare.COLUMNS} | values
+    full = {k: None for k, *_ in compare_models.COLUMNS} | values
     return {"model": model, "dataset": dataset, "degenerate": degenerate, "values": full,
             "intervals": {k: _est(v - 0.01, v + 0.01) for k, v in values.items()}}
 
@@ -124,7 +124,7 @@ def test_marks_are_given_within_each_dataset_and_never_to_a_lone_or_degenerate_m
             _row("flat", "d2", "predicts one class", ece=0.01, knn_accuracy=0.99),
             _row("c", "d3", ece=0.2), _row("e", "d3", ece=0.21)]  # a column with one value is skipped, not the rest
     rows[1]["values"]["accuracy"] = 0.5  # accuracy known for one model of d2 only: no mark for it
-    compare.mark_best(rows)
+    compare_models.mark_best(rows)
     best = {r["model"]: (sorted(r["best"]), sorted(r["tie"])) for r in rows}
     assert best == {"lone": ([], []), "a": (["ece"], []), "b": (["knn_accuracy"], []), "flat": ([], []),
                     "c": ([], ["ece"]), "e": ([], ["ece"])}
@@ -148,18 +148,18 @@ def test_the_gate_lists_each_check_at_or_above_its_level_with_interval_and_n():
     crashed = _gate_summary("crashed", "pass", [], [{"rule": "explain", "wildcards": "model=crashed",
                                                       "error": "out of memory"}])
     summaries = [good, bad, crashed]
-    assert compare.gate_problems(summaries, "never") == []
-    assert compare.gate_problems(summaries, "fail") == [
+    assert compare_models.gate_problems(summaries, "never") == []
+    assert compare_models.gate_problems(summaries, "fail") == [
         "model bad: overall fail: Test accuracy fail (0.4123, 95% interval [0.346, 0.479], n = 200)",
         "model crashed: stage explain model=crashed failed: out of memory"]
-    assert compare.gate_problems(summaries, "warn")[0] == (
+    assert compare_models.gate_problems(summaries, "warn")[0] == (
         "model bad: overall fail: Test accuracy fail (0.4123, 95% interval [0.346, 0.479], n = 200); ECE warn (0.1)")
-    assert "Rotated inconclusive (0.7, 95% interval [0.6, 0.8], n = 30)" in compare.gate_problems(
+    assert "Rotated inconclusive (0.7, 95% interval [0.6, 0.8], n = 30)" in compare_models.gate_problems(
         summaries, "inconclusive")[0]
-    assert compare.gate_problems([good, _gate_summary("w", "warn", [ece])], "warn") == ["model w: overall warn: ECE warn (0.1)"]
-    assert compare.gate_problems([_gate_summary("w", "warn", [ece])], "fail") == []
+    assert compare_models.gate_problems([good, _gate_summary("w", "warn", [ece])], "warn") == ["model w: overall warn: ECE warn (0.1)"]
+    assert compare_models.gate_problems([_gate_summary("w", "warn", [ece])], "fail") == []
     old = {"model": "old", "status": "pass", "verdicts": []}  # a summary from before failed_stages existed
-    assert compare.gate_problems([old], "warn") == []
+    assert compare_models.gate_problems([old], "warn") == []
 
 
 def test_reports_of_different_datasets_may_differ_in_data_and_the_first_pair_that_differs_is_named():
@@ -168,6 +168,6 @@ def test_reports_of_different_datasets_may_differ_in_data_and_the_first_pair_tha
     digest = {"a": "1" * 64, "b": "1" * 64, "c": "3" * 64, "x": "2" * 64}
     loaded = {m: {"provenance": {"manifest_sha256": digest[m]}} for m in cfgs}
     with pytest.raises(CvauditError, match=r"reports of a and c .* \(manifest 111111111111 vs 333333333333\)"):
-        compare.same_data(loaded, cfgs)
+        compare_models.same_data(loaded, cfgs)
     del loaded["c"]
-    compare.same_data(loaded, cfgs)  # x's dataset e differs from d's data, as it should
+    compare_models.same_data(loaded, cfgs)  # x's dataset e differs from d's data, as it should

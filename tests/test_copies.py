@@ -1,4 +1,4 @@
-"""The copy check as a person would judge it (cvaudit.copies): a brightened, re-contrasted, rotated, cropped,
+"""The copy check as a person would judge it (cvaudit.data.copies): a brightened, re-contrasted, rotated, cropped,
 mirrored or re-encoded copy of a real image is within the threshold of its original; distinct real images of one
 kind are not; and the data audit finds a planted copy of each kind that the perceptual hash misses."""
 import io
@@ -8,14 +8,14 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from conftest import FMNIST
-from cvaudit.copies import candidates, distance, thumbnail
+from cvaudit.data.copies import candidates, distance, thumbnail
 
 pytestmark = pytest.mark.skipif(not FMNIST.exists(), reason="needs Debian's dataset-fashion-mnist")
 THRESHOLD = 0.013  # the schema's default data_audit.copies.max_distance
 
 
 def _garments(n=120, seed=3):
-    from cvaudit.sources import read_idx
+    from cvaudit.data.sources import read_idx
     imgs = read_idx(FMNIST / "train-images-idx3-ubyte.gz", 3)
     pick = np.random.default_rng(seed).choice(len(imgs), n, replace=False)
     return [Image.fromarray(imgs[i]).convert("RGB") for i in pick]

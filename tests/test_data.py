@@ -5,8 +5,11 @@ import pytest
 
 from conftest import FMNIST
 from cvaudit import CvauditError
-from cvaudit.data import check_image, hashed_split, imagenet_categories, ingest, read_manifest
-from cvaudit.sources import source_files
+from cvaudit.core.images import check_image
+from cvaudit.data.ingest_dataset import hashed_split, ingest
+from cvaudit.data.sources import imagenet_categories
+from cvaudit.core.manifest import read_manifest
+from cvaudit.data.sources import source_files
 
 
 def test_bad_files_are_rejected_with_reasons_never_a_crash(tiny_copy, tmp_path):
@@ -103,14 +106,14 @@ def test_check_image_accepts_every_listed_format(tmp_path):
 def test_the_unit_draw_is_the_first_eight_bytes_of_a_sha256_of_the_parts():
     import hashlib
 
-    from cvaudit.data import _unit
+    from cvaudit.data.ingest_dataset import _unit
     want = int.from_bytes(hashlib.sha256(b"split\x003\x00abc").digest()[:8], "big") / 2.0 ** 64
     assert _unit("split", 3, "abc") == want and 0 <= want < 1
     assert _unit("split", 3, "abc") != _unit("split", 4, "abc") != _unit("rank", 3, "abc")
 
 
 def test_a_split_is_test_below_the_test_share_then_val_then_train():
-    from cvaudit.data import _unit
+    from cvaudit.data.ingest_dataset import _unit
     keys = [f"{k:064x}" for k in range(400)]
     for k in keys:
         u = _unit("split", 1, k)
@@ -126,7 +129,7 @@ def _rows(*splits):
 
 
 def test_a_tiny_class_gets_its_lowest_hashing_train_image_moved_into_each_empty_share():
-    from cvaudit.data import _ensure_each_split, _unit
+    from cvaudit.data.ingest_dataset import _ensure_each_split, _unit
     rows = _rows("train", "train", "train", "train")
     _ensure_each_split(rows, 5, 0.2, 0.2)
     ranked = sorted(range(4), key=lambda i: _unit("split", 5, rows[i]["key"]))
@@ -156,8 +159,8 @@ def test_a_tiny_class_gets_its_lowest_hashing_train_image_moved_into_each_empty_
 
 
 def test_duplicates_keep_one_copy_preferring_a_held_out_split_and_conflicts_reject_every_copy():
-    from cvaudit.data import _dedupe
-    from cvaudit.sources import Candidate
+    from cvaudit.data.ingest_dataset import _dedupe
+    from cvaudit.data.sources import Candidate
     c = [Candidate("b/x.png", "b", "train"), Candidate("b/y.png", "b", "test"), Candidate("b/z.png", "b", None),
          Candidate("a/1.png", "a"), Candidate("c/1.png", "c"),
          Candidate("d/1.png", "d", where="line 2"), Candidate("d/1.png", "d", where="line 9"),
@@ -178,8 +181,8 @@ def test_duplicates_keep_one_copy_preferring_a_held_out_split_and_conflicts_reje
 
 
 def test_a_conflict_names_where_each_copy_is_listed_and_at_most_six_copies():
-    from cvaudit.data import _dedupe
-    from cvaudit.sources import Candidate
+    from cvaudit.data.ingest_dataset import _dedupe
+    from cvaudit.data.sources import Candidate
     c = [Candidate(f"p{i}.png", "ab"[i % 2], where=f"line {i + 2}") for i in range(8)]
     _, rejected = _dedupe(c, ["same"] * 8)
     assert len(rejected) == 8
@@ -196,7 +199,8 @@ def test_a_manifest_damaged_by_hand_is_refused_with_the_command_that_rebuilds_it
     """Cut mid-row, or rows deleted: every stage reads the manifest through read_manifest, which refuses it
     instead of auditing part of the data as if it were all."""
     from cvaudit import CvauditError
-    from cvaudit.data import ingest, read_manifest
+    from cvaudit.data.ingest_dataset import ingest
+    from cvaudit.core.manifest import read_manifest
     ingest({"source": "imagefolder", "path": str(clean_folder)}, "t", 0, tmp_path)
     m = tmp_path / "manifest.csv"
     text = m.read_text()

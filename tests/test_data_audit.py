@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvaudit.data_audit import (class_balance, label_issues, leakage, near_duplicates, out_of_sample_probabilities,
+from cvaudit.data.data_audit import (class_balance, label_issues, leakage, near_duplicates, out_of_sample_probabilities,
                                 phash, quality_outliers)
 from conftest import FMNIST
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not FMNIST.exists(), reason="needs Debian's data
 
 def _fmnist(n: int, seed: int = 0):
     """n real Fashion-MNIST training images (28 x 28 grey, as RGB uint8) and their labels."""
-    from cvaudit.sources import read_idx
+    from cvaudit.data.sources import read_idx
     images = read_idx(FMNIST / "train-images-idx3-ubyte.gz", 3)
     labels = read_idx(FMNIST / "train-labels-idx1-ubyte.gz", 1)
     pick = np.random.default_rng(seed).choice(len(images), n, replace=False)
@@ -91,8 +91,9 @@ def test_class_balance():
 
 
 def test_the_label_check_reads_a_seeded_sample_beyond_its_cap(tmp_path, tiny_copy):
-    from cvaudit.data import ingest, read_manifest
-    from cvaudit.data_audit import label_sample, run_data_audit
+    from cvaudit.data.ingest_dataset import ingest
+    from cvaudit.core.manifest import read_manifest
+    from cvaudit.data.data_audit import label_sample, run_data_audit
     assert label_sample(5, 10, 0).tolist() == [0, 1, 2, 3, 4]
     s = label_sample(100, 30, 1)
     assert len(s) == 30 and (np.diff(s) > 0).all() and s.tolist() == label_sample(100, 30, 1).tolist()
@@ -106,7 +107,7 @@ def test_the_label_check_reads_a_seeded_sample_beyond_its_cap(tmp_path, tiny_cop
 
 def test_the_models_own_test_probabilities_flag_flipped_labels():
     """A model's test probabilities are out of sample: confident learning on them finds flipped test labels."""
-    from cvaudit.labels import model_label_issues
+    from cvaudit.core.labels import model_label_issues
     rng = np.random.default_rng(0)
     targets = np.repeat(np.arange(4), 50)
     probs = np.full((200, 6), 0.01)  # six outputs, four of them in the test split
@@ -134,8 +135,9 @@ def test_the_audit_finds_copies_a_person_would_recognise_and_says_what_it_search
     from PIL import ImageEnhance
 
     from cvaudit.config import validate_config
-    from cvaudit.data import ingest, read_manifest
-    from cvaudit.data_audit import run_data_audit
+    from cvaudit.data.ingest_dataset import ingest
+    from cvaudit.core.manifest import read_manifest
+    from cvaudit.data.data_audit import run_data_audit
     images, labels = _fmnist(200, seed=5)
     root = tmp_path / "imgs"
     for i, (x, y) in enumerate(zip(images, labels)):
@@ -168,7 +170,7 @@ def test_the_audit_finds_copies_a_person_would_recognise_and_says_what_it_search
     info = json.loads((tmp_path / "d" / "dataset.json").read_text())
     (tmp_path / "d" / "dataset.json").write_text(json.dumps({**info, "n_images": len(rows)}))
     meta = run_data_audit(tmp_path / "d" / "manifest.csv", cfg["data_audit"], 0, tmp_path / "audit.npz")
-    from cvaudit.io import load_npz
+    from cvaudit.core.files import load_npz
     a = load_npz(tmp_path / "audit.npz")
     paths = [str(p) for p in a["paths"]]
     found = {(paths[i], paths[j]) for i, j, _ in a["pairs"]} | {(paths[j], paths[i]) for i, j, _ in a["pairs"]}
@@ -184,9 +186,9 @@ def test_the_report_reads_the_label_issues_the_evaluation_wrote(tmp_path):
     section shows exactly those, by path and class name, without running cleanlab; a probabilities file
     written without them is named with the command that rebuilds it."""
     from cvaudit import CvauditError
-    from cvaudit.evaluate import write_probs
-    from cvaudit.labels import model_label_issues
-    from cvaudit.report_sections import data_audit_section
+    from cvaudit.model.evaluate_model import write_probs
+    from cvaudit.core.labels import model_label_issues
+    from cvaudit.report.stage_sections import data_audit_section
     rng = np.random.default_rng(1)
     targets = np.repeat(np.arange(3), 20)
     probs = np.full((60, 3), 0.05)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvaudit.copies import distance
-from cvaudit.embedding_duplicates import compare_side, nearest, run_embedding_duplicates, thumbnail
-from cvaudit.models import save_model
+from cvaudit.data.copies import distance
+from cvaudit.represent.embedding_duplicates import compare_side, nearest, run_embedding_duplicates, thumbnail
+from cvaudit.net.models import save_model
 from test_data_audit import _fmnist, _reencoded
 from tiny_models import tiny_cnn
 
@@ -61,7 +61,7 @@ def planted(tmp_path_factory):
     """160 training and 40 test Fashion-MNIST files plus four copies of training images in test: two re-encoded
     as JPEG (the data audit's pHash finds them), two mirrored and shifted (it does not); a CNN saved as the
     workflow saves one; the data audit run on it."""
-    from cvaudit.data_audit import run_data_audit
+    from cvaudit.data.data_audit import run_data_audit
     tmp = tmp_path_factory.mktemp("embdup")
     rgb, labels = _fmnist(200, seed=5)
     names = [str(c) for c in range(10)]
@@ -85,14 +85,14 @@ def planted(tmp_path_factory):
                               "folds": 3, "outlier_z": 5.0, "copies": {"enabled": False}}, seed=0, out=tmp / "audit.npz")
     model, spec = tiny_cnn(seed=0, channels=(16, 32), class_names=names)
     save_model(model, spec, tmp / "model.safetensors")
-    from cvaudit.represent import run_represent
+    from cvaudit.represent.represent import run_represent
     run_represent(tmp / "model.safetensors", manifest, {"k": 3, "layers": 2, "cka_images": 10}, 0, "cpu", 1,
                   tmp / "embeddings.npz")
     return tmp, rows
 
 
 def test_the_stage_finds_every_planted_copy_and_nothing_else(planted):
-    from cvaudit.io import load_npz
+    from cvaudit.core.files import load_npz
     tmp, rows = planted
     meta = run_embedding_duplicates(tmp / "model.safetensors", tmp / "manifest.csv", tmp / "embeddings.npz",
                                     tmp / "audit.npz", OPTIONS, 0, "cpu", 1, tmp / "dup.npz")
@@ -110,9 +110,9 @@ def test_the_stage_finds_every_planted_copy_and_nothing_else(planted):
 
 
 def test_the_leakage_verdict_counts_the_embeddings_finds(planted):
-    from cvaudit.checks import leakage
-    from cvaudit.io import load_npz
-    from cvaudit.report_sections import data_audit_section
+    from cvaudit.report.checks import leakage
+    from cvaudit.core.files import load_npz
+    from cvaudit.report.stage_sections import data_audit_section
     tmp, _ = planted
     run_embedding_duplicates(tmp / "model.safetensors", tmp / "manifest.csv", tmp / "embeddings.npz",
                              tmp / "audit.npz", OPTIONS, 0, "cpu", 1, tmp / "dup2.npz")
@@ -139,7 +139,7 @@ def test_nothing_to_search_is_said_not_scored(planted, tmp_path):
 
 
 def test_the_pixel_check_in_chunks_equals_it_at_once(planted):
-    from cvaudit.embedding_duplicates import confirm
+    from cvaudit.represent.embedding_duplicates import confirm
     _, rows = planted
     test = [r["path"] for r in rows if r["split"] == "test"]
     ref = [r["path"] for r in rows if r["split"] == "train"]

@@ -9,10 +9,10 @@ import torch
 
 from cvaudit import CvauditError
 from cvaudit.config import validate_config
-from cvaudit.ensemble import assemble
-from cvaudit.methods import NotApplicable, get_method
-from cvaudit.models import Ensemble, _head_name, load_model, save_model
-from cvaudit.pixels import PixelSpace
+from cvaudit.model.ensemble import assemble
+from cvaudit.explain.methods import NotApplicable, get_method
+from cvaudit.net.models import Ensemble, _head_name, load_model, save_model
+from cvaudit.net.pixel_space import PixelSpace
 from tiny_models import tiny_spec
 
 
@@ -20,7 +20,7 @@ def _members(tmp_path, specs=None):
     paths = {}
     for i, spec in enumerate(specs or [tiny_spec(), tiny_spec(arch="mlp", arch_options={"hidden": [16]})]):
         torch.manual_seed(i)
-        from cvaudit.models import build_model
+        from cvaudit.net.models import build_model
         model = build_model(spec).eval()
         spec = {**spec, "mean": [0.5 - 0.1 * i] * 3, "std": [0.5 + 0.1 * i] * 3}  # each its own normalisation
         paths[f"m{i}"] = tmp_path / f"m{i}.safetensors"
@@ -64,8 +64,9 @@ def test_gradient_methods_explain_the_average_and_layer_methods_refuse(tmp_path)
 
 
 def test_the_representation_of_an_ensemble_is_its_members_side_by_side(tmp_path, tiny_copy):
-    from cvaudit.data import ingest, read_manifest
-    from cvaudit.represent import pick_layers, stream_features
+    from cvaudit.data.ingest_dataset import ingest
+    from cvaudit.core.manifest import read_manifest
+    from cvaudit.represent.represent import pick_layers, stream_features
     paths = _members(tmp_path)
     assemble("ens", {"input_size": 28}, paths, tmp_path / "ens.safetensors", tmp_path / "h.csv", tmp_path / "m.json")
     ens, spec = load_model(tmp_path / "ens.safetensors")
@@ -110,7 +111,7 @@ def test_the_config_refuses_an_ensemble_that_cannot_be_averaged(ens, message):
 
 
 def test_the_comparison_sets_the_ensemble_against_each_member():
-    from cvaudit.compare import ensembles_against_members
+    from cvaudit.report.compare_models import ensembles_against_members
     rng = np.random.default_rng(0)
     n = 400
     right_a, right_b = rng.random(n) < 0.7, rng.random(n) < 0.7

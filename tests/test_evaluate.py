@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from cvaudit.data import ingest, read_manifest
-from cvaudit.baseline import fit_baseline
-from cvaudit.evaluate import choose_audit_set, classification_metrics
+from cvaudit.data.ingest_dataset import ingest
+from cvaudit.core.manifest import read_manifest
+from cvaudit.data.fit_baseline import fit_baseline
+from cvaudit.model.evaluate_model import choose_audit_set, classification_metrics
 
 
 def test_metrics_on_a_hand_computed_example():
@@ -89,7 +90,7 @@ def test_the_dataset_classes_may_be_a_subset_of_the_models_outputs_in_any_order(
 
 
 def test_the_worst_mistakes_are_the_most_confident_wrong_predictions_first():
-    from cvaudit.evaluate import worst_mistakes
+    from cvaudit.model.evaluate_model import worst_mistakes
     conf = np.array([0.99, 0.6, 0.9, 0.7, 0.95])
     correct = np.array([True, False, False, False, True])
     assert worst_mistakes(conf, correct, 2).tolist() == [2, 3]
@@ -102,8 +103,8 @@ def test_the_worst_mistakes_are_the_most_confident_wrong_predictions_first():
 
 @pytest.mark.parametrize("model_right, base_right", [(30, 20), (20, 30)])
 def test_the_gain_over_the_baseline_is_the_model_minus_the_baseline_on_the_same_images(model_right, base_right):
-    from cvaudit import stats
-    from cvaudit.evaluate import baseline_gain
+    from cvaudit.core import stats
+    from cvaudit.model.evaluate_model import baseline_gain
     rng = np.random.default_rng(0)
     correct, base_correct = rng.permutation(400) < 10 * model_right, rng.permutation(400) < 10 * base_right
     base = {"available": True, "accuracy": base_right / 40, "correct": base_correct.astype(int).tolist(), "name": "lr"}
@@ -117,7 +118,7 @@ def test_the_gain_over_the_baseline_is_the_model_minus_the_baseline_on_the_same_
 
 
 def test_without_per_image_baseline_results_the_gain_has_no_interval_and_without_a_baseline_none():
-    from cvaudit.evaluate import baseline_gain
+    from cvaudit.model.evaluate_model import baseline_gain
     correct = np.arange(40) < 30
     g = baseline_gain(correct, {"available": True, "accuracy": 0.5, "correct": [1] * 39}, seed=0)  # other images
     assert g["gain_over_baseline"] == pytest.approx(0.25) and g["gain_over_baseline_ci"] is None and g["mcnemar_p"] is None
@@ -155,8 +156,8 @@ def test_the_audit_set_alternates_mistakes_and_hits_within_a_class_and_classes_t
 
 
 def test_degenerate_reasons_and_numbers_are_exact():
-    from cvaudit import stats
-    from cvaudit.evaluate import COLLAPSE_SHARE, degenerate
+    from cvaudit.core import stats
+    from cvaudit.model.evaluate_model import COLLAPSE_SHARE, degenerate
     targets = np.repeat([0, 1, 2, 3], 25)
     preds = np.where(np.arange(100) < 80, 2, targets)  # 80% 'c': exactly the collapse share
     d = degenerate(preds, targets, [0, 1, 2, 3], list("abcd"), stats.proportion(40, 100))

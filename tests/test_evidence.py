@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from cvaudit import CvauditError, stats
-from cvaudit.checks import run_checks
-from cvaudit.judge import judge, settle
-from cvaudit.evaluate import choose_audit_set
+from cvaudit import CvauditError
+from cvaudit.core import stats
+from cvaudit.report.checks import run_checks
+from cvaudit.report.judge import judge, settle
+from cvaudit.model.evaluate_model import choose_audit_set
 
 
 def test_wilson_intervals_cover_the_truth_at_about_the_nominal_rate():
@@ -77,7 +78,7 @@ def test_checks_report_n_and_intervals_and_inconclusive_accuracy():
 
 
 def test_ece_from_a_few_images_per_bin_cannot_support_a_verdict(tmp_path):
-    from cvaudit.calibrate import calibration_metrics
+    from cvaudit.robust.calibrate import calibration_metrics
     rng = np.random.default_rng(3)
     conf = rng.uniform(0.4, 1, 20)
     probs = np.stack([conf, 1 - conf], 1)
@@ -125,23 +126,23 @@ def _row(model, acc, lo, hi):
 
 
 def test_the_comparison_marks_best_only_where_the_difference_is_significant(monkeypatch):
-    from cvaudit import compare
-    monkeypatch.setattr(compare, "COLUMNS", [("accuracy", "accuracy", True)])
+    from cvaudit.report import compare_models
+    monkeypatch.setattr(compare_models, "COLUMNS", [("accuracy", "accuracy", True)])
     rng = np.random.default_rng(5)
     a = rng.uniform(size=750) < 0.79
     b = a.copy()
     b[np.flatnonzero(~a)[:2]] = True  # b is right on 2 more images of 750
     rows = [_row("a", a.mean(), 0.76, 0.82), _row("b", b.mean(), 0.76, 0.82)]
-    compare.mark_best(rows, {"a": a, "b": b})
+    compare_models.mark_best(rows, {"a": a, "b": b})
     assert rows[1]["best"] == [] and rows[0]["tie"] == rows[1]["tie"] == ["accuracy"]
     c = a.copy()
     c[np.flatnonzero(~a)[:80]] = True  # 80 more right: McNemar says so
     rows = [_row("a", a.mean(), 0.76, 0.82), _row("c", c.mean(), 0.87, 0.91)]
-    compare.mark_best(rows, {"a": a, "c": c})
+    compare_models.mark_best(rows, {"a": a, "c": c})
     assert rows[1]["best"] == ["accuracy"] and rows[0]["tie"] == [] and rows[0]["best"] == []
     # without per-image data: the intervals decide
     rows = [_row("a", 0.80, 0.76, 0.84), _row("c", 0.83, 0.80, 0.86)]
-    compare.mark_best(rows)
+    compare_models.mark_best(rows)
     assert rows[1]["best"] == [] and rows[1]["tie"] == ["accuracy"]
 
 
@@ -151,9 +152,9 @@ def test_integrated_gradients_raises_its_steps_until_the_maps_add_up(tmp_path):
     whose 16-step maps miss it."""
     from conftest import fit
 
-    from cvaudit.methods import IntegratedGradients
-    from cvaudit.pixels import PixelSpace
-    from cvaudit.models import build_model
+    from cvaudit.explain.methods import IntegratedGradients
+    from cvaudit.net.pixel_space import PixelSpace
+    from cvaudit.net.models import build_model
     torch.manual_seed(0)
     spec = {"arch": "simple_cnn", "arch_options": {"channels": [8, 16]}, "weights": "none", "input_size": 28,
             "num_classes": 4, "class_names": list("abcd"), "mean": [0.5] * 3, "std": [0.5] * 3}
@@ -180,7 +181,7 @@ def test_integrated_gradients_raises_its_steps_until_the_maps_add_up(tmp_path):
 def test_the_schemas_attack_enum_is_the_attack_registry():
     import yaml
 
-    from cvaudit.adversarial import ATTACKS
+    from cvaudit.robust.adversarial import ATTACKS
     from cvaudit.config import SCHEMA
     adv = yaml.safe_load(SCHEMA.read_text())["properties"]["robustness"]["properties"]["adversarial"]["properties"]
     assert adv["attacks"]["items"]["enum"] == list(ATTACKS) == adv["attacks"]["default"]
@@ -190,11 +191,12 @@ def test_the_schemas_attack_enum_is_the_attack_registry():
 def test_integrated_gradients_is_complete_on_the_demos_imagenet_model():
     """lite0_imagenet as the demo audits it (packaged weights, 224 px, real photos): every map adds up to
     the score difference within 5%."""
-    from cvaudit.data import foolbox_dir, load_rgb
-    from cvaudit.methods import IntegratedGradients
-    from cvaudit.pixels import PixelSpace
-    from cvaudit.models import build_model, normalisation
-    from cvaudit.transforms import display_transform
+    from cvaudit.data.sources import foolbox_dir
+    from cvaudit.core.images import load_rgb
+    from cvaudit.explain.methods import IntegratedGradients
+    from cvaudit.net.pixel_space import PixelSpace
+    from cvaudit.net.models import build_model, normalisation
+    from cvaudit.net.transforms import display_transform
     spec = {"arch": "timm:tf_efficientnet_lite0", "weights": "packaged:efficientnet_lite0", "input_size": 224,
             "num_classes": 1000, "keep_head": True}
     model = build_model(spec).eval()

@@ -7,12 +7,12 @@ from torch import nn
 
 from cvaudit import CvauditError
 from tiny_models import pixel_vit, tiny_cnn
-from cvaudit.shards import run_stage
-from cvaudit.io import load_npz as load_maps
-from cvaudit.methods import METHODS, AttributionMethod, GradCAM, NotApplicable, attribute_batched, get_method
-from cvaudit.pixels import PixelSpace
-from cvaudit.models import build_model, save_model
-from cvaudit.trust import agreement, cascade_cuts, cascading_randomisation, deletion_insertion, rank_corr
+from cvaudit.core.shards import run_stage
+from cvaudit.core.files import load_npz as load_maps
+from cvaudit.explain.methods import METHODS, AttributionMethod, GradCAM, NotApplicable, attribute_batched, get_method
+from cvaudit.net.pixel_space import PixelSpace
+from cvaudit.net.models import build_model, save_model
+from cvaudit.explain.trust import agreement, cascade_cuts, cascading_randomisation, deletion_insertion, rank_corr
 
 SMALL = {"integrated_gradients": {"steps": 8}, "lime": {"samples": 60, "segments": 16}, "shap": {"evals": 60},
          "kernel_shap": {"samples": 200, "segments": 16}, "shapley_sampling": {"samples": 2, "segments": 16},
@@ -175,7 +175,8 @@ def test_randomisation_check_separates_a_gradient_method_from_an_edge_detector()
     lite = build_model({"arch": "timm:tf_efficientnet_lite0", "weights": "packaged:efficientnet_lite0",
                         "input_size": 96, "num_classes": 1000, "keep_head": True}).eval()
     net = PixelSpace(lite, [0.5] * 3, [0.5] * 3).eval()
-    from cvaudit.data import foolbox_dir, load_rgb
+    from cvaudit.data.sources import foolbox_dir
+    from cvaudit.core.images import load_rgb
     from torchvision.transforms import v2 as T
     tf = T.Compose([T.ToImage(), T.Resize((96, 96)), T.ToDtype(torch.float32, scale=True)])
     x = torch.stack([tf(load_rgb(p)) for p in sorted(foolbox_dir().glob("imagenet_0*.jpg"))[:3]])
@@ -311,7 +312,7 @@ def test_the_additive_methods_keep_their_own_axiom_on_a_small_relu_network(name)
         else:  # superpixel values: one per region, repeated over its pixels (below)
             want = None
     if name in ("kernel_shap", "shapley_sampling"):  # rebuild the superpixels and the mean-colour baseline here
-        from cvaudit.methods import superpixels
+        from cvaudit.explain.methods import superpixels
         for k in range(len(x)):
             img = x[k].permute(1, 2, 0).double().numpy()
             seg = torch.from_numpy(superpixels(img, m.options["segments"]))
@@ -364,7 +365,7 @@ def test_lrp_equals_the_rules_computed_by_hand_and_is_flagged_where_biases_absor
 def test_lrp_refuses_a_transformer():
     """zennit has no rules for attention or layer norm: on a ViT its maps miss the logit by orders of magnitude,
     so the method says it does not apply rather than draw them."""
-    from cvaudit.models import build_model
+    from cvaudit.net.models import build_model
     spec = {"arch": "timm:vit_tiny_patch16_224", "arch_options": {"img_size": 16, "patch_size": 4, "depth": 1},
             "weights": "none", "input_size": 16, "num_classes": 3}
     net = PixelSpace(build_model(spec), [0.5] * 3, [0.5] * 3).eval()

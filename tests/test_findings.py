@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from cvaudit import progress
-from cvaudit.checks import CHECKS
-from cvaudit.findings import _target, findings, headline
+from cvaudit.core import progress
+from cvaudit.report.checks import CHECKS
+from cvaudit.report.findings import _target, findings, headline
 
 
 def verdict(check, status, value, lo, hi, n, warn=0.8, fail=0.5, method=None, higher=True):

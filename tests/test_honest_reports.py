@@ -7,7 +7,7 @@ from cvaudit import CvauditError
 
 
 def test_the_comparison_refuses_reports_of_one_dataset_built_from_different_data():
-    from cvaudit.compare import same_data
+    from cvaudit.report.compare_models import same_data
     cfgs = {"a": {"dataset": "d"}, "b": {"dataset": "d"}, "c": {"dataset": "e"}}
     same = {m: {"provenance": {"manifest_sha256": "1" * 64}} for m in cfgs}
     same_data(same, cfgs)
@@ -44,7 +44,7 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
     import yaml
 
     from conftest import REPO, TINY, smk
-    from cvaudit.data import read_manifest
+    from cvaudit.core.manifest import read_manifest
     project = tmp_path / "project" / "configs"
     shutil.copytree(TINY, project / "imgs")
     cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
@@ -78,8 +78,8 @@ def test_resolve_paths_keeps_absolute_and_library_references():
 def test_a_collapsed_or_chance_model_is_named_degenerate_and_a_working_one_is_not():
     import numpy as np
 
-    from cvaudit import stats
-    from cvaudit.evaluate import degenerate
+    from cvaudit.core import stats
+    from cvaudit.model.evaluate_model import degenerate
     targets = np.repeat([0, 1, 2], 40)
     names = ["a", "b", "c"]
     collapsed = degenerate(np.zeros(120, int), targets, [0, 1, 2], names, stats.proportion(40, 120))
@@ -98,8 +98,9 @@ def test_a_collapsed_or_chance_model_is_named_degenerate_and_a_working_one_is_no
 
 
 def test_a_degenerate_models_checks_are_not_scored_and_it_is_never_best():
-    from cvaudit import compare, stats
-    from cvaudit.checks import run_checks
+    from cvaudit.report import compare_models
+    from cvaudit.core import stats
+    from cvaudit.report.checks import run_checks
     thresholds = {"accuracy": {"warn": 0.8, "fail": 0.5}, "ece": {"warn": 0.1, "fail": 0.2}}
     r = {"eval": {"accuracy": 0.34, "n_test": 120, "accuracy_ci": stats.proportion(41, 120),
                   "degenerate": {"is": True, "why": "it predicts 'a' for 100% of the test images"}},
@@ -107,9 +108,9 @@ def test_a_degenerate_models_checks_are_not_scored_and_it_is_never_best():
     got = {v["name"]: v for v in run_checks(r, thresholds)}
     assert got["accuracy"]["status"] == "fail" and got["ece"]["status"] == "n/a"
     assert got["ece"]["note"].startswith("not scored: the model is degenerate (it predicts 'a'")
-    rows = [{"model": m, "dataset": "d", "degenerate": deg, "values": {k: v for k, *_ in compare.COLUMNS},
+    rows = [{"model": m, "dataset": "d", "degenerate": deg, "values": {k: v for k, *_ in compare_models.COLUMNS},
              "intervals": {}} for m, deg, v in (("bad", "collapsed", 1.0), ("ok1", "", 0.5), ("ok2", "", 0.4))]
-    compare.mark_best(rows)
+    compare_models.mark_best(rows)
     assert rows[0]["best"] == [] and rows[0]["tie"] == []  # the top value, but named, never ranked
 
 
@@ -118,10 +119,12 @@ def test_batchnorm_with_stale_running_statistics_is_caught_by_the_batch_statisti
     import torch
 
     from conftest import fit
-    from cvaudit.data import ImageDataset, ingest, read_manifest
-    from cvaudit.evaluate import batch_statistics_accuracy, predict_proba
-    from cvaudit.models import build_model
-    from cvaudit.transforms import eval_transform
+    from cvaudit.core.manifest import ImageDataset, read_manifest
+    from cvaudit.data.ingest_dataset import ingest
+    from cvaudit.model.evaluate_model import batch_statistics_accuracy
+    from cvaudit.net.pixel_space import predict_proba
+    from cvaudit.net.models import build_model
+    from cvaudit.net.transforms import eval_transform
     ingest({"source": "imagefolder", "path": str(clean_folder), "split": {"val": 0.0, "test": 0.5}}, "t", 0, tmp_path)
     rows = read_manifest(tmp_path / "manifest.csv")
     spec = {"arch": "simple_cnn", "arch_options": {"channels": [8, 16]}, "weights": "none", "num_classes": 3,
@@ -146,7 +149,7 @@ def test_batchnorm_with_stale_running_statistics_is_caught_by_the_batch_statisti
 
 
 def test_the_diagnosis_names_each_check_with_its_number():
-    from cvaudit.diagnose import diagnosis
+    from cvaudit.report.diagnose import diagnosis
     r = {"eval": {"accuracy": 0.333, "class_names_subset": ["a", "b", "c"],
                   "degenerate": {"is": True, "why": "w", "chance": 0.333, "top_class": "a", "top_share": 1.0,
                                  "true_share": 0.333, "predicted_classes": 1, "batch_stats_accuracy": 0.81}},
@@ -167,7 +170,9 @@ def test_temperature_scaling_on_a_perfect_validation_set_is_not_applicable(tmp_p
 
     import numpy as np
 
-    from cvaudit import calibrate, evaluate, models
+    from cvaudit.robust import calibrate
+    from cvaudit.net import pixel_space
+    from cvaudit.net import models
     with open(tmp_path / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["path", "label", "split"])
         w.writeheader()
@@ -175,7 +180,7 @@ def test_temperature_scaling_on_a_perfect_validation_set_is_not_applicable(tmp_p
     targets = np.arange(20) % 2
     np.savez(tmp_path / "probs.npz", probs=np.eye(2)[targets] * 0.9 + 0.05, targets=targets)
     monkeypatch.setattr(models, "load_model", lambda p, d: (None, {"class_names": ["a", "b"]}))
-    monkeypatch.setattr(evaluate, "predict_proba", lambda m, rows, s, d: np.eye(2)[np.arange(len(rows)) % 2] * 0.98 + 0.01)
+    monkeypatch.setattr(pixel_space, "predict_proba", lambda m, rows, s, d: np.eye(2)[np.arange(len(rows)) % 2] * 0.98 + 0.01)
     res = calibrate.run_calibration("m", tmp_path / "manifest.csv", tmp_path / "probs.npz", {"bins": 5}, 0, "cpu", 1,
                                  tmp_path / "cal.json")
     assert res["temperature"] is None and res["after"] is None and "0 error(s) in 20 images" in res["reason"]
@@ -253,7 +258,7 @@ def test_a_stage_that_reads_a_file_its_rule_does_not_declare_fails(tmp_path, mon
     script.write_text(f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / "scripts")!r})
-from cvaudit.runlog import run
+from cvaudit.core.job import run
 
 class Sm:
     input = ["results/data/d/manifest.csv"]

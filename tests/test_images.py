@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY
 from PIL import Image, ImageCms
 
-from cvaudit.images import check_image, load_rgb
+from cvaudit.core.images import check_image, load_rgb
 
 CMYK_ICC = Path("/usr/share/color/icc/ghostscript/default_cmyk.icc")  # Debian libgs-common (tools/setup.sh)
 
@@ -89,7 +89,8 @@ def test_cmyk_is_converted_through_its_embedded_profile(tmp_path):
 
 
 def test_ingestion_converts_once_and_the_manifest_names_each_original(tmp_path, fm):
-    from cvaudit.data import ingest, read_manifest
+    from cvaudit.data.ingest_dataset import ingest
+    from cvaudit.core.manifest import read_manifest
     root = tmp_path / "imgs"
     for c in ("bag", "sneaker"):
         (root / c).mkdir(parents=True)
@@ -122,7 +123,7 @@ def test_the_torch_transforms_give_torchvisions_bytes(resize):
     from skimage import data
     from torchvision.transforms import v2 as T
 
-    from cvaudit.transforms import display_transform, eval_transform, train_transform
+    from cvaudit.net.transforms import display_transform, eval_transform, train_transform
     garment = Image.open(sorted(TINY.glob("bag/fm*.png"))[0]).convert("RGB")
     photo = Image.fromarray(data.astronaut())  # 512 x 512
     images = [garment, photo, photo.crop((0, 0, 300, 451)), photo.crop((7, 20, 500, 233)), garment.resize((29, 64))]

@@ -12,8 +12,9 @@ from conftest import TINY
 from PIL import Image
 
 from cvaudit import CvauditError
-from cvaudit.data import ingest, read_manifest
-from cvaudit.fingerprint import write_fingerprint
+from cvaudit.data.ingest_dataset import ingest
+from cvaudit.core.manifest import read_manifest
+from cvaudit.data.fingerprint import write_fingerprint
 
 
 def _images(root: Path, per_class: int = 30, classes=("a", "b"), seed: int = 0):
@@ -179,7 +180,7 @@ def test_fingerprint_changes_with_content_and_files_never_with_a_touch_or_a_copy
 
 
 def test_the_hash_cache_reads_only_new_or_touched_files(tmp_path, monkeypatch):
-    import cvaudit.fingerprint as fp
+    import cvaudit.data.fingerprint as fp
     root = tmp_path / "imgs"
     _images(root, per_class=5)
     ds = {"source": "imagefolder", "path": str(root)}

@@ -5,12 +5,12 @@ import torch
 from conftest import fit
 from tiny_models import tiny_spec
 
-from cvaudit.pixels import PixelSpace
-from cvaudit.inspect_units import (TopK, activation_layers, first_layer_filters, receptive_boxes, resolve_layers,
+from cvaudit.net.pixel_space import PixelSpace
+from cvaudit.represent.inspect_units import (TopK, activation_layers, first_layer_filters, receptive_boxes, resolve_layers,
                                    unit_statistics)
-from cvaudit.visualise_ascent import AscentObjective, channel_activation, gradient_ascent
-from cvaudit.models import build_model
-from cvaudit.transforms import eval_transform
+from cvaudit.represent.visualise_ascent import AscentObjective, channel_activation, gradient_ascent
+from cvaudit.net.models import build_model
+from cvaudit.net.transforms import eval_transform
 
 SPEC = tiny_spec()
 OPTS = {"layers": "auto", "stages": 3, "unit_layer": "auto"}
@@ -24,13 +24,14 @@ def cnn():
 
 @pytest.fixture
 def rows(tiny_copy, tmp_path):
-    from cvaudit.data import ingest, read_manifest
+    from cvaudit.data.ingest_dataset import ingest
+    from cvaudit.core.manifest import read_manifest
     ingest({"source": "imagefolder", "path": str(tiny_copy), "split": {"val": 0.0, "test": 0.6}}, "t", 0, tmp_path)
     return read_manifest(tmp_path / "manifest.csv", "test")
 
 
 def brute_force(model, rows, layer):
-    from cvaudit.data import ImageDataset
+    from cvaudit.core.manifest import ImageDataset
     ds = ImageDataset(rows, SPEC["class_names"], eval_transform(SPEC))
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     out = {}
@@ -151,7 +152,7 @@ def test_first_layer_filters_for_conv_and_fully_connected_models(cnn):
 def test_hooks_are_removed_after_an_error_and_never_replace_an_output():
     from torch import nn
 
-    from cvaudit.hooks import Hooks
+    from cvaudit.net.hooks import Hooks
     net = nn.Sequential(nn.Linear(3, 2), nn.ReLU())
     x = torch.ones(1, 3)
     want = net(x)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from cvaudit import compare
-from cvaudit.checks import faithfulness_gain
-from cvaudit.evaluate import classification_metrics
+from cvaudit.report import compare_models
+from cvaudit.report.checks import faithfulness_gain
+from cvaudit.model.evaluate_model import classification_metrics
 
 
 def test_precision_and_recall_on_a_case_where_they_differ():
@@ -24,9 +24,10 @@ def test_precision_and_recall_on_a_case_where_they_differ():
 
 @pytest.mark.parametrize("baseline_right, sign", [(True, -1), (False, 1)])
 def test_gain_over_baseline_is_model_minus_baseline(clean_folder, tmp_path, baseline_right, sign):
-    from cvaudit.data import ingest, read_manifest
-    from cvaudit.evaluate import evaluate_model
-    from cvaudit.models import build_model, save_model
+    from cvaudit.data.ingest_dataset import ingest
+    from cvaudit.core.manifest import read_manifest
+    from cvaudit.model.evaluate_model import evaluate_model
+    from cvaudit.net.models import build_model, save_model
     ingest({"source": "imagefolder", "path": str(clean_folder), "split": {"val": 0.0, "test": 0.6}}, "t", 0, tmp_path)
     n_test = len(read_manifest(tmp_path / "manifest.csv", "test"))
     spec = {"arch": "simple_cnn", "arch_options": {"channels": [4]}, "weights": "none", "num_classes": 3,
@@ -51,7 +52,7 @@ def _row(model, values, intervals=None):
 
 def test_the_comparison_marks_the_better_model_in_each_direction_never_the_worse():
     """Three models with known order in every ranked column; ECE is lower-is-better."""
-    keys = [k for k, *_ in compare.COLUMNS]
+    keys = [k for k, *_ in compare_models.COLUMNS]
 
     def est(v, half=0.01):
         return {"value": v, "ci_low": v - half, "ci_high": v + half, "n": 500, "method": "wilson", "note": ""}
@@ -63,12 +64,12 @@ def test_the_comparison_marks_the_better_model_in_each_direction_never_the_worse
     rows = [_row(m, v, {k: est(v[k]) for k in ranked}) for m, v in (("bad", bad), ("good", good), ("mid", mid))]
     n = 400
     correct = {"good": np.arange(n) < 0.9 * n, "mid": np.arange(n) < 0.6 * n, "bad": np.arange(n) < 0.3 * n}
-    compare.mark_best(rows, correct)
+    compare_models.mark_best(rows, correct)
     best = {r["model"]: set(r["best"]) for r in rows}
     assert best["good"] == {"accuracy", *ranked} and best["bad"] == set() and best["mid"] == set()
     flipped = [_row(r["model"], r["values"] | {"ece": {"good": 0.30, "mid": 0.10, "bad": 0.02}[r["model"]]},
                     r["intervals"] | {"ece": est({"good": 0.30, "mid": 0.10, "bad": 0.02}[r["model"]])}) for r in rows]
-    compare.mark_best(flipped, correct)
+    compare_models.mark_best(flipped, correct)
     assert "ece" in next(r for r in flipped if r["model"] == "bad")["best"]  # the lowest ECE wins, whoever it is
 
 
@@ -87,10 +88,10 @@ def test_faithfulness_gain_is_the_method_minus_the_random_floor():
 
 
 def test_the_cascade_randomises_the_head_first_and_the_whole_model_last():
-    from cvaudit.methods import get_method
-    from cvaudit.pixels import PixelSpace
-    from cvaudit.models import build_model
-    from cvaudit.trust import cascading_randomisation
+    from cvaudit.explain.methods import get_method
+    from cvaudit.net.pixel_space import PixelSpace
+    from cvaudit.net.models import build_model
+    from cvaudit.explain.trust import cascading_randomisation
     torch.manual_seed(0)
     net = PixelSpace(build_model({"arch": "simple_cnn", "arch_options": {"channels": [4, 8]}, "weights": "none",
                                   "num_classes": 3, "input_size": 28}).eval(), [0.5] * 3, [0.5] * 3).eval()

@@ -3,8 +3,8 @@ effective receptive field grows with depth and stays within the theoretical one.
 import numpy as np
 import torch
 
-from cvaudit.inspect_units import activation_layers
-from cvaudit.layer_views import effective_receptive_field, effective_receptive_fields, invert, total_variation
+from cvaudit.represent.inspect_units import activation_layers
+from cvaudit.represent.layer_views import effective_receptive_field, effective_receptive_fields, invert, total_variation
 from tiny_models import pixel_cnn
 
 

@@ -105,8 +105,8 @@ def test_the_audit_reproduces_the_scripts_own_predictions_and_accuracy(own, mode
 
 
 def test_a_checkpoint_that_does_not_fit_is_an_error_naming_the_tensors(own):
-    from cvaudit.models import build_model
-    from cvaudit.train import make_spec
+    from cvaudit.net.models import build_model
+    from cvaudit.model.train_model import make_spec
     work, _ = own
     cfg = {"arch": "torchvision:resnet18", "weights": str(work / "resnet.pt"), "train": False, "input_size": SIZE}
     # the reported bug: 5 dataset classes, a 3-class checkpoint, no class_names: once a random 1000-class head

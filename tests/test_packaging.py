@@ -36,17 +36,19 @@ def _imports_of_the_package() -> dict:
         pkg = name if p.name == "__init__.py" else name.rsplit(".", 1)[0]
         deps = set()
         for n in ast.walk(ast.parse(p.read_text())):
-            if isinstance(n, ast.ImportFrom) and n.level:
-                base = pkg.split(".")[:len(pkg.split(".")) - (n.level - 1)]
+            if isinstance(n, ast.ImportFrom):
+                base = pkg.split(".")[:len(pkg.split(".")) - (n.level - 1)] if n.level else []
                 target = ".".join(base + ([n.module] if n.module else []))
-                deps |= {target} if n.module else {f"{target}.{a.name}" for a in n.names}
+                deps |= {target} | {f"{target}.{a.name}" for a in n.names}
+            elif isinstance(n, ast.Import):
+                deps |= {a.name for a in n.names}
         mods[name] = deps
     return {k: {d for d in v if d in mods and d != k} for k, v in mods.items()}
 
 
 def test_the_package_has_no_import_cycle():
     graph = _imports_of_the_package()
-    assert graph["cvaudit.trust"] >= {"cvaudit.pixels", "cvaudit.methods"}  # the check sees real edges
+    assert graph["cvaudit.explain.trust"] >= {"cvaudit.net.pixel_space", "cvaudit.explain.methods"}  # the check sees real edges
     state, path = {}, []
 
     def visit(m):
@@ -61,6 +63,34 @@ def test_the_package_has_no_import_cycle():
     for m in sorted(graph):
         if m not in state:
             visit(m)
+
+
+# The subpackages from the bottom up (CONTRIBUTING.md, "Where the code lives"): a module imports its own
+# subpackage and those below it, never one above.
+LAYERS = ["core", "net", "data", "model", "explain", "represent", "robust", "report"]
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    """Within the subpackages, imports point down the stack. The modules at the top (what the Snakefile
+    reads) sit at the layer of the highest subpackage module they import, directly or not: a subpackage
+    module may import one of them only from that layer or above, so no arrow runs upward through them."""
+    graph = _imports_of_the_package()
+
+    def own(m):
+        parts = m.split(".")
+        return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+    def layer(m, seen=()):  # a top-level module: the highest layer it reaches
+        if own(m) is not None:
+            return own(m)
+        return max([layer(d, seen + (m,)) for d in graph[m] if d not in seen] + [-1])
+    assert {m.split(".")[1] for m in graph if own(m) is not None} == set(LAYERS)
+    assert layer("cvaudit.config") == 0 and layer("cvaudit.estimate") >= 1  # the check sees real edges
+    assert graph["cvaudit.robust.slices"] >= {"cvaudit.robust.calibrate", "cvaudit.data.image_properties"}
+    upward = sorted(f"{m} -> {d}" for m in graph if own(m) is not None for d in graph[m] if layer(d) > own(m))
+    assert upward == [], "imports from a lower layer to a higher one:\n" + "\n".join(upward)
+    for sub in LAYERS:  # empty: importing one module of a subpackage imports nothing else
+        assert (REPO / "scripts" / "cvaudit" / sub / "__init__.py").read_text() == ""
 
 
 def test_compare_results_names_every_changed_missing_and_new_number(tmp_path):
@@ -100,13 +130,13 @@ def test_a_stage_start_is_deterministic_without_importing_what_it_does_not_use()
     import sys
     probe = """
 import sys, torch
-from cvaudit.pixels import seed_everything
+from cvaudit.net.pixel_space import seed_everything
 seed_everything(0, 1)
 assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
-import cvaudit.explain, cvaudit.report, cvaudit.method_agreement, cvaudit.shards
-import cvaudit.evaluate, cvaudit.calibrate, cvaudit.represent, cvaudit.train
+import cvaudit.explain.explain, cvaudit.report.render_report, cvaudit.explain.method_agreement, cvaudit.core.shards
+import cvaudit.model.evaluate_model, cvaudit.robust.calibrate, cvaudit.represent.represent, cvaudit.model.train_model
 from PIL import Image
-from cvaudit.transforms import eval_transform
+from cvaudit.net.transforms import eval_transform
 eval_transform({'input_size': 8, 'resize': 'center_crop', 'mean': [0] * 3, 'std': [1] * 3})(Image.new('RGB', (5, 9)))
 heavy = [m for m in ("torch._dynamo", "torchvision", "scipy.stats", "timm", "captum") if m in sys.modules]
 assert not heavy, heavy

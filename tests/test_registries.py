@@ -1,11 +1,11 @@
-"""The registries (cvaudit.registry) are the one list of attribution methods, invariance families and
+"""The registries (cvaudit.core.registry) are the one list of attribution methods, invariance families and
 attacks: the schema's enums and defaults agree with them, and every entry resolves to what it names."""
 import inspect
 
 import yaml
 
 from conftest import REPO
-from cvaudit import registry
+from cvaudit.core import registry
 
 SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
 PROPS = SCHEMA["properties"]
@@ -24,7 +24,7 @@ def test_the_schemas_method_enum_is_the_registry():
 
 
 def test_every_method_resolves_to_its_class_and_its_defaults_are_the_schemas():
-    from cvaudit.methods import AttributionMethod
+    from cvaudit.explain.methods import AttributionMethod
     explain = PROPS["explain"]["properties"]
     checked = 0
     for name, ref in registry.METHODS.items():
@@ -40,7 +40,7 @@ def test_every_method_resolves_to_its_class_and_its_defaults_are_the_schemas():
 
 
 def test_the_schemas_families_are_the_registry_and_each_default_includes_the_identity():
-    from cvaudit.invariance import IDENTITY
+    from cvaudit.robust.invariance import IDENTITY
     inv = PROPS["robustness"]["properties"]["invariance"]
     assert set(inv["properties"]) == set(registry.FAMILIES) == set(inv["default"]) == set(IDENTITY)
     for name, family in registry.FAMILIES.items():
@@ -66,9 +66,9 @@ def test_the_schemas_attacks_are_the_registry_and_each_reads_keys_the_schema_has
 def test_the_snakefile_reads_the_registry_without_importing_torch():
     import subprocess
     import sys
-    code = ("import sys; sys.path.insert(0, 'scripts'); import cvaudit.registry, cvaudit.config, "
-            "cvaudit.fingerprint, cvaudit.runlog; print('torch' in sys.modules)")
+    code = ("import sys; sys.path.insert(0, 'scripts'); import cvaudit.core.registry, cvaudit.config, "
+            "cvaudit.data.fingerprint, cvaudit.core.job; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     common = (REPO / "rules" / "common.smk").read_text()
-    assert "from cvaudit.registry import" in common and "family=one_of(FAMILIES)" in common
+    assert "from cvaudit.core.registry import" in common and "family=one_of(FAMILIES)" in common

@@ -108,7 +108,7 @@ def test_pdf_pages_are_numbered_and_none_is_blank(run, tmp_path):
 
 def wide_comparison(run, tmp_path, n: int = 8) -> tuple[Path, Path, list[str]]:
     """n models side by side with long names and a long architecture, as HTML and PDF."""
-    from cvaudit.compare import render_comparison
+    from cvaudit.report.compare_models import render_comparison
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     summaries, cfgs, names = {}, {}, []
     for k in range(n):

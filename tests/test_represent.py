@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from cvaudit.models import build_model
-from cvaudit.represent import cka_matrix, embedding_space, linear_cka, pick_layers, stream_features
+from cvaudit.net.models import build_model
+from cvaudit.represent.represent import cka_matrix, embedding_space, linear_cka, pick_layers, stream_features
 
 
 def test_linear_cka_properties():
@@ -35,7 +35,8 @@ def test_embedding_space_on_separated_and_mixed_classes():
 
 
 def test_stream_features_gives_the_head_input(tiny_copy, tmp_path):
-    from cvaudit.data import ingest, read_manifest
+    from cvaudit.data.ingest_dataset import ingest
+    from cvaudit.core.manifest import read_manifest
     ingest({"source": "imagefolder", "path": str(tiny_copy)}, "t", 0, tmp_path)
     rows = read_manifest(tmp_path / "manifest.csv", "test")
     torch.manual_seed(0)
@@ -53,8 +54,8 @@ def test_stream_features_gives_the_head_input(tiny_copy, tmp_path):
 
 def test_compare_models_cka_and_a_clear_error_for_different_test_images(tmp_path):
     from cvaudit import CvauditError
-    from cvaudit.io import read_json, save_npz
-    from cvaudit.represent import compare_representations
+    from cvaudit.core.files import read_json, save_npz
+    from cvaudit.represent.represent import compare_representations
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(50, 8))
     paths = np.array([f"img{i}.png" for i in range(50)])
@@ -72,7 +73,7 @@ def test_compare_models_cka_and_a_clear_error_for_different_test_images(tmp_path
 
 
 def test_layer_uniformity_knows_alike_layers_from_different_ones():
-    from cvaudit.represent import layer_uniformity, uniformity_difference
+    from cvaudit.represent.represent import layer_uniformity, uniformity_difference
     rng = np.random.default_rng(1)
     x = rng.normal(size=(120, 10))
     alike = {f"l{i}": x @ np.linalg.qr(rng.normal(size=(10, 10)))[0] + 0.05 * rng.normal(size=(120, 10)) for i in range(4)}
@@ -85,7 +86,8 @@ def test_layer_uniformity_knows_alike_layers_from_different_ones():
 
 
 def test_a_vits_layers_are_its_blocks_and_its_tokens_are_pooled_like_maps(tiny_copy, tmp_path):
-    from cvaudit.data import ingest, read_manifest
+    from cvaudit.data.ingest_dataset import ingest
+    from cvaudit.core.manifest import read_manifest
     from tiny_models import tiny_vit_spec
     ingest({"source": "imagefolder", "path": str(tiny_copy)}, "t", 0, tmp_path)
     rows = read_manifest(tmp_path / "manifest.csv", "test")
@@ -101,8 +103,8 @@ def test_a_vits_layers_are_its_blocks_and_its_tokens_are_pooled_like_maps(tiny_c
 
 
 def test_compare_models_sets_a_transformers_layers_against_a_cnns(tmp_path):
-    from cvaudit.io import save_npz
-    from cvaudit.represent import compare_representations
+    from cvaudit.core.files import save_npz
+    from cvaudit.represent.represent import compare_representations
     rng = np.random.default_rng(0)
     paths = np.array([f"img{i}.png" for i in range(40)])
     base = rng.normal(size=(40, 6))
@@ -121,7 +123,7 @@ def test_compare_models_sets_a_transformers_layers_against_a_cnns(tmp_path):
 
 
 def test_uniformity_is_compared_on_as_many_layers_of_each_model():
-    from cvaudit.represent import uniformity_difference
+    from cvaudit.represent.represent import uniformity_difference
     rng = np.random.default_rng(2)
     x = rng.normal(size=(80, 6))
     drift = {f"l{i}": x + 0.4 * i * rng.normal(size=(80, 6)) for i in range(7)}  # neighbours alike, ends apart

@@ -195,7 +195,7 @@ def test_adding_an_image_reruns_its_datasets_chain_and_nothing_of_the_other(two)
     (lambda a: a["masking"].update(more_steps=3), "autoattack"),
 ])
 def test_changing_one_attacks_settings_reruns_that_attack_alone(run, change, attack):
-    """Each attack job receives only the options it reads (cvaudit.registry.attack_options): a PGD
+    """Each attack job receives only the options it reads (cvaudit.core.registry.attack_options): a PGD
     setting leaves the FGSM and autoattack jobs alone."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     change(cfg["robustness"]["adversarial"])

@@ -5,12 +5,12 @@ import torch
 from conftest import fit
 from tiny_models import tiny_spec
 
-from cvaudit.pixels import PixelSpace
-from cvaudit.models import build_model
-from cvaudit.adversarial import attack_batch
-from cvaudit.calibrate import calibration_metrics, fit_temperature, log_probs, scaled
-from cvaudit.invariance import IDENTITY, equivariance_error, robustness_score, transform
-from cvaudit.pixels import predict
+from cvaudit.net.pixel_space import PixelSpace
+from cvaudit.net.models import build_model
+from cvaudit.robust.adversarial import attack_batch
+from cvaudit.robust.calibrate import calibration_metrics, fit_temperature, log_probs, scaled
+from cvaudit.robust.invariance import IDENTITY, equivariance_error, robustness_score, transform
+from cvaudit.net.pixel_space import predict
 
 SPEC = tiny_spec()
 
@@ -215,7 +215,7 @@ class Quantised(torch.nn.Module):
 
 
 def _masking(net, x, y, opts):
-    from cvaudit.adversarial import _masking_extras, masking_checks
+    from cvaudit.robust.adversarial import _masking_extras, masking_checks
     eps = [0.0, 0.05, 0.1]
     hits = {c: [] for c in ("fgsm", "apgd_ce", "apgd_t", "square")}
     for e in eps:
@@ -240,8 +240,9 @@ def test_masking_checks_flag_a_quantised_model_and_pass_the_trained_ones(quadran
 
 
 def test_shuffled_label_test_memorises_shuffled_labels(tiny_copy, tmp_path):
-    from cvaudit.data import ingest, read_manifest
-    from cvaudit.shuffled_labels import memorisation_curves
+    from cvaudit.data.ingest_dataset import ingest
+    from cvaudit.core.manifest import read_manifest
+    from cvaudit.robust.shuffled_labels import memorisation_curves
     ingest({"source": "imagefolder", "path": str(tiny_copy), "split": {"val": 0.0, "test": 0.0}}, "t", 0, tmp_path)
     rows = read_manifest(tmp_path / "manifest.csv", "train")
     cfg = {"arch": "mlp", "arch_options": {"hidden": [256], "dropout": 0.0}, "weights": "none", "input_size": 28}

@@ -48,8 +48,8 @@ def test_switches_remove_a_sections_files():
 
 
 def test_method_agreement_is_the_rank_correlation_of_the_maps_and_skips_what_cannot_be_compared(tmp_path):
-    from cvaudit.io import read_json, save_npz, write_failure
-    from cvaudit.method_agreement import run_method_agreement
+    from cvaudit.core.files import read_json, save_npz, write_failure
+    from cvaudit.explain.method_agreement import run_method_agreement
     rng = np.random.default_rng(0)
     a = rng.random((5, 8, 8)).astype(np.float32)
     files = {}
@@ -70,7 +70,7 @@ def test_method_agreement_is_the_rank_correlation_of_the_maps_and_skips_what_can
 
 
 def test_side_by_side_round_trips_what_the_comparison_shows(tmp_path, monkeypatch):
-    from cvaudit import side_by_side
+    from cvaudit.report import side_by_side
     shared = {"files": ["a.png", "b.png"], "true": ["bag", "trouser"], "models": {
         "cnn.v2": {"images": np.zeros((2, 4, 4, 3), np.uint8), "preds": np.array([0, 1]),
                    "confidence": np.array([0.9, 0.6], np.float32), "class_names": ["bag", "trouser"],

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 
 
 def same_npz(a, b):
-    from cvaudit.io import load_npz
+    from cvaudit.core.files import load_npz
     x, y = load_npz(a), load_npz(b)
     mx, my = x.pop("meta"), y.pop("meta")
     for k in ("seconds", "attribution_seconds", "shards", "batch_size"):
@@ -30,8 +30,8 @@ def same_npz(a, b):
 
 
 def whole_and_merged(stage, item, job, tmp_path, suffix, n_shards, size):
-    """The stage in one job, and the same stage as n_shards shards of `size` merged (cvaudit.shards)."""
-    from cvaudit.shards import run_shard, run_stage
+    """The stage in one job, and the same stage as n_shards shards of `size` merged (cvaudit.core.shards)."""
+    from cvaudit.core.shards import run_shard, run_stage
     whole, merged = tmp_path / f"{item}{suffix}", tmp_path / f"{item}.merged{suffix}"
     run_stage(stage, item, job, whole)
     parts = [tmp_path / f"{item}.{i}.npz" for i in range(n_shards)]
@@ -44,8 +44,8 @@ def whole_and_merged(stage, item, job, tmp_path, suffix, n_shards, size):
 
 @pytest.mark.parametrize("model", ["cnn_tiny", "lite0_tiny"])
 def test_merged_shards_equal_one_job(run, tmp_path, model):
-    from cvaudit.io import load_npz
-    from cvaudit.registry import attack_options
+    from cvaudit.core.files import load_npz
+    from cvaudit.core.registry import attack_options
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     from cvaudit.config import validate_config
     from conftest import REPO
@@ -112,9 +112,9 @@ def test_streamed_chunks_equal_one_chunk(run, tmp_path, monkeypatch):
     """Within a job the explain stage streams the audit set in chunks (explain.CHUNK_IMAGES): chunks of 4
     images (6 audit images: 4 + 2, the sanity check in the first) give what one chunk gives, including the
     per-image records that integrated gradients and LIME keep."""
-    from cvaudit import explain
+    from cvaudit.explain import explain
     from cvaudit.config import validate_config
-    from cvaudit.shards import run_stage
+    from cvaudit.core.shards import run_stage
     from conftest import REPO
     cfg = validate_config(yaml.safe_load((run / "config.yaml").read_text()), REPO / "config" / "schema.yaml")
     res = run / "results" / "cnn_tiny"
@@ -134,10 +134,11 @@ def test_streamed_robustness_chunks_equal_one_chunk(run, tmp_path, monkeypatch):
     with batches of 4 images, chunks of one batch (12 images: 3 chunks; 8 attacked: 2) give what one chunk
     gives, bit for bit (each batch keeps its seed), including autoattack's per-component hits and masking
     extras and the example candidates picked across chunks."""
-    from cvaudit import adversarial, invariance, models
+    from cvaudit.robust import adversarial, invariance
+    from cvaudit.net import models
     from cvaudit.config import validate_config
-    from cvaudit.registry import attack_options
-    from cvaudit.shards import run_stage
+    from cvaudit.core.registry import attack_options
+    from cvaudit.core.shards import run_stage
     from conftest import REPO
     cfg = validate_config(yaml.safe_load((run / "config.yaml").read_text()), REPO / "config" / "schema.yaml")
     res = run / "results" / "cnn_tiny"

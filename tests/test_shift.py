@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from cvaudit import CvauditError
-from cvaudit.models import save_model
-from cvaudit.shift import run_shift, shift_rows
+from cvaudit.net.models import save_model
+from cvaudit.robust.shift import run_shift, shift_rows
 from conftest import TINY
 from tiny_models import tiny_cnn
 
@@ -43,7 +43,7 @@ def test_the_shift_stage_scores_a_shifted_rendering_and_leaves_out_what_the_mode
     own = _rows(lambda i: "train" if i == 0 else "test")
     _write(tmp_path / "own.csv", own)
     test = [r for r in own if r["split"] == "test"]
-    from cvaudit.evaluate import predict_proba
+    from cvaudit.net.pixel_space import predict_proba
     probs = predict_proba(model, test, spec, "cpu")
     targets = np.array([spec["class_names"].index(r["label"]) for r in test])
     np.savez(tmp_path / "probs.npz", probs=probs, targets=targets, paths=np.array([r["path"] for r in test]))

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from cvaudit import stats
+from cvaudit.core import stats
 
 
 def test_an_estimate_is_a_plain_dict_and_non_finite_numbers_become_none():

@@ -4,10 +4,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cvaudit.data import ingest
-from cvaudit.models import build_model, load_model
-from cvaudit.io import read_history
-from cvaudit.train import train_model
+from cvaudit.data.ingest_dataset import ingest
+from cvaudit.net.models import build_model, load_model
+from cvaudit.core.files import read_history
+from cvaudit.model.train_model import train_model
 
 TRAIN = {"batch_size": 8, "head_epochs": 0, "finetune_epochs": 0, "lr": 0.01, "finetune_lr": 0.001,
          "weight_decay": 0.0, "patience": 100, "label_smoothing": 0.0, "freeze_bn": True,
@@ -86,10 +86,11 @@ def test_precise_bn_sets_running_statistics_to_the_training_images_batch_average
     import numpy as np
     import torch
 
-    from cvaudit.data import image_loader, ingest, read_manifest
-    from cvaudit.models import build_model
-    from cvaudit.transforms import eval_transform
-    from cvaudit.train import precise_bn
+    from cvaudit.core.manifest import image_loader, read_manifest
+    from cvaudit.data.ingest_dataset import ingest
+    from cvaudit.net.models import build_model
+    from cvaudit.net.transforms import eval_transform
+    from cvaudit.model.train_model import precise_bn
     ingest({"source": "imagefolder", "path": str(clean_folder), "split": {"val": 0.0, "test": 0.0}}, "t", 0, tmp_path)
     rows = read_manifest(tmp_path / "manifest.csv", "train")
     spec = {"arch": "simple_cnn", "arch_options": {"channels": [4, 8]}, "weights": "none", "num_classes": 3,
@@ -114,22 +115,22 @@ def test_image_loader_decodes_in_the_main_process_on_a_cpu_and_with_pinned_worke
     process) and pinned memory; on a CPU it decodes in the main process, as the tests' results assume."""
     import os
 
-    from cvaudit import data
+    from cvaudit.core import manifest
     rows = [{"path": "x.png", "label": "a"}]
-    cpu = data.image_loader(rows, ["a"], None, 4, "cpu")
+    cpu = manifest.image_loader(rows, ["a"], None, 4, "cpu")
     assert cpu.num_workers == 0 and not cpu.pin_memory
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    gpu = data.image_loader(rows, ["a"], None, 4, "cuda:0")
+    gpu = manifest.image_loader(rows, ["a"], None, 4, "cuda:0")
     assert gpu.num_workers == 4 and gpu.pin_memory
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert data.loader_workers("cuda") == 1 and data.loader_workers("cpu") == 0
+    assert manifest.loader_workers("cuda") == 1 and manifest.loader_workers("cpu") == 0
 
 
 def test_a_network_with_an_output_per_something_else_is_refused_naming_both_counts(tmp_path):
     """A python: factory that ignores num_classes (5 outputs for 3 classes) would leave probability on outputs
     no class owns: refused when the model is built, naming both counts."""
     from cvaudit import CvauditError
-    from cvaudit.train import check_input_size
+    from cvaudit.model.train_model import check_input_size
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 5))
     with pytest.raises(CvauditError, match=r"models\.m\.arch: the network gives 5 outputs for 3 classes"):
         check_input_size(net, 28, "models.m.input_size", num_classes=3)

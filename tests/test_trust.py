@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from cvaudit import trust
+from cvaudit.explain import trust
 from tiny_models import pixel_cnn
-from cvaudit.pixels import blur
-from cvaudit.trust import _order, _small, agreement, cascading_randomisation, deletion_insertion, rank_corr, substrates
+from cvaudit.net.pixel_space import blur
+from cvaudit.explain.trust import _order, _small, agreement, cascading_randomisation, deletion_insertion, rank_corr, substrates
 
 
 def _cnn(seed=0):
@@ -108,7 +108,7 @@ def test_the_cascade_randomises_each_layer_once_head_first_with_seed_plus_stage(
     net = _cnn()
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     t = net(x).argmax(1)
-    from cvaudit.methods import get_method
+    from cvaudit.explain.methods import get_method
     method = get_method("saliency")
     maps = method.attribute(net, x, t).numpy()
     calls, seeds = [], []
@@ -169,8 +169,8 @@ class _Image:
 
 
 def test_random_logit_separates_a_class_map_from_one_that_ignores_the_class():
-    from cvaudit.methods import get_method
-    from cvaudit.methods import attribute_batched
+    from cvaudit.explain.methods import get_method
+    from cvaudit.explain.methods import attribute_batched
     net = _TwoQuadrants()
     x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(3)) + 0.1
     t = torch.zeros(6, dtype=torch.long)
@@ -188,7 +188,7 @@ def test_random_logit_separates_a_class_map_from_one_that_ignores_the_class():
 def test_max_sensitivity_measures_the_maps_relative_change_under_input_noise():
     """The image as its own map, on a uniform grey image: uniform noise of half-width r, averaged over 3
     channels, has a standard deviation of r/3 per pixel, so the map moves by about (r/3)/0.5 of its size."""
-    from cvaudit.methods import get_method
+    from cvaudit.explain.methods import get_method
     x = torch.full((3, 3, 32, 32), 0.5)
     t = torch.zeros(3, dtype=torch.long)
     got = trust.max_sensitivity(_Image(), _TwoQuadrants(), x, t, radius=0.03, samples=4, seed=0)
@@ -227,7 +227,7 @@ def test_road_ranks_the_map_of_the_pixels_that_matter_above_a_random_one_and_its
 def test_road_removes_each_percentile_of_a_map_full_of_ties_and_averages_its_imputations():
     """A map of 4 x 4 blocks (an upsampled Grad-CAM) ranks 16 values for 1,024 pixels: without a tie order the 30%
     threshold removes whole blocks, as many as the 70% one does. The seeded rank order removes 30% and 70% exactly."""
-    from cvaudit.trust import tie_broken_ranks
+    from cvaudit.explain.trust import tie_broken_ranks
     blocky = np.kron(np.arange(16, dtype=np.float32).reshape(4, 4), np.ones((8, 8), np.float32))
     r = tie_broken_ranks(blocky, 0)
     for p in (30, 70):
@@ -246,8 +246,8 @@ def test_road_removes_each_percentile_of_a_map_full_of_ties_and_averages_its_imp
 def test_seed_stability_tells_a_method_whose_maps_are_its_draws_from_one_that_settles():
     """SmoothGrad with 2 noisy samples of a large noise: another seed gives another map (low rank correlation); with
     64 samples of a small noise the maps settle (high). A deterministic method is not checked."""
-    from cvaudit.explain import seed_stability
-    from cvaudit.methods import attribute_batched, get_method
+    from cvaudit.explain.explain import seed_stability
+    from cvaudit.explain.methods import attribute_batched, get_method
     net = pixel_cnn(seed=0)
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     t = net(x).argmax(1)

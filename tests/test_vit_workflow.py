@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_workflow
-from cvaudit.io import load_npz, read_json
+from cvaudit.core.files import load_npz, read_json
 
 pytestmark = pytest.mark.e2e
 METHODS = ["saliency", "gradcam", "attention_rollout", "transformer_attribution", "integrated_gradients", "cam", "lrp"]

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY, planned, smk
-from cvaudit.data import load_rgb, read_manifest
-from cvaudit.transforms import display_transform
+from cvaudit.core.images import load_rgb
+from cvaudit.core.manifest import read_manifest
+from cvaudit.net.transforms import display_transform
 
 MODELS = ("cnn_tiny", "lite0_tiny")
 pytestmark = pytest.mark.e2e
@@ -66,7 +67,7 @@ def test_attribution_section_shows_every_method_and_its_trust_scores(run):
 
 
 def test_representation_section_shows_the_embedding_numbers(run):
-    from cvaudit.io import load_npz
+    from cvaudit.core.files import load_npz
     for m in MODELS:
         rep = load_npz(run / "results" / m / "represent" / "embeddings.npz")
         html = (run / "results" / m / "report" / "report.html").read_text()
@@ -83,7 +84,7 @@ def test_representation_section_shows_the_embedding_numbers(run):
 
 
 def test_units_section_shows_sparsity_dead_channels_and_ascent(run):
-    from cvaudit.io import load_npz
+    from cvaudit.core.files import load_npz
     for m in MODELS:
         u = load_npz(run / "results" / m / "represent" / "units.npz")
         a = load_npz(run / "results" / m / "represent" / "ascent.npz")
@@ -105,7 +106,7 @@ def test_units_section_shows_sparsity_dead_channels_and_ascent(run):
 
 
 def test_robustness_sections_show_calibration_invariance_and_attacks(run):
-    from cvaudit.io import load_npz
+    from cvaudit.core.files import load_npz
     for m in MODELS:
         base = run / "results" / m / "robust"
         html = (run / "results" / m / "report" / "report.html").read_text()
@@ -168,7 +169,7 @@ def test_second_run_does_nothing_and_a_changed_image_reruns_its_chain(run):
 def test_behaviour_sections_show_their_stages_numbers(run):
     """Slices and groups, the shifted set, corruptions, shape and texture, what the layers keep: each stage's
     numbers reach the report and summary.json, the verdicts read them."""
-    from cvaudit.io import load_npz
+    from cvaudit.core.files import load_npz
     for m in MODELS:
         base = run / "results" / m
         html = (base / "report" / "report.html").read_text()
@@ -281,7 +282,7 @@ def test_every_stage_read_only_what_its_rule_declares(run):
 
 
 def test_the_data_audit_runs_once_per_dataset_and_leads_the_report(run):
-    from cvaudit.io import load_npz
+    from cvaudit.core.files import load_npz
     audit = load_npz(run / "results" / "data" / "tiny" / "data_audit.npz")
     n = len(read_manifest(run / "results" / "data" / "tiny" / "manifest.csv"))
     assert audit["meta"]["n"] == n and len(audit["hashes"]) == n and audit["meta"]["leaked"] == 0
@@ -306,7 +307,7 @@ def test_the_data_audit_runs_once_per_dataset_and_leads_the_report(run):
 
 
 def test_clever_hans_detection_reaches_each_report_and_the_comparison(run):
-    from cvaudit.io import load_npz
+    from cvaudit.core.files import load_npz
     for m in MODELS:
         ch = load_npz(run / "results" / m / "explain" / "clever_hans.npz")
         meta = ch["meta"]
@@ -334,8 +335,8 @@ def test_every_list_behind_a_verdict_is_a_csv_next_to_the_report(run):
     few rows; the CSV has them all)."""
     import csv
 
-    from cvaudit.evidence import FILES
-    from cvaudit.io import load_npz
+    from cvaudit.report.evidence import FILES
+    from cvaudit.core.files import load_npz
     for m in MODELS:
         report = run / "results" / m / "report"
         summary = json.loads((report / "summary.json").read_text())

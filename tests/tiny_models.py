@@ -2,8 +2,8 @@
 Fashion-MNIST classes at 28 px by default) and the network built from it, seeded."""
 import torch
 
-from cvaudit.models import build_model
-from cvaudit.pixels import PixelSpace
+from cvaudit.net.models import build_model
+from cvaudit.net.pixel_space import PixelSpace
 
 CLASSES = ["bag", "sneaker", "trouser"]
 

@@ -36,12 +36,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 os.environ.setdefault("TQDM_DISABLE", "1")  # shap's progress bars
-from cvaudit.hooks import Hooks  # noqa: E402
-from cvaudit.methods import attribute_batched, get_method  # noqa: E402
-from cvaudit.methods.base import out_of_place  # noqa: E402
-from cvaudit.methods.perturbation import superpixels, target_probability_fn  # noqa: E402
-from cvaudit.models import auto_batch, build_model, normalisation  # noqa: E402
-from cvaudit.pixels import PixelSpace  # noqa: E402
+from cvaudit.net.hooks import Hooks  # noqa: E402
+from cvaudit.explain.methods import attribute_batched, get_method  # noqa: E402
+from cvaudit.explain.methods.base import out_of_place  # noqa: E402
+from cvaudit.explain.methods.perturbation import superpixels, target_probability_fn  # noqa: E402
+from cvaudit.net.models import auto_batch, build_model, normalisation  # noqa: E402
+from cvaudit.net.pixel_space import PixelSpace  # noqa: E402
 
 SETTINGS = {"occlusion": {"window": 56, "stride": 28}, "integrated_gradients": {"steps": 16},
             "lime": {"samples": 128, "segments": 40}, "shap": {"evals": 128}, "smoothgrad": {"samples": 16},
@@ -232,8 +232,8 @@ def main(argv=None):
     net = PixelSpace(model, *normalisation(spec, model)).to(dev).eval()
     from torchvision.transforms import v2 as T
 
-    from cvaudit.images import load_rgb
-    from cvaudit.sources import foolbox_dir
+    from cvaudit.core.images import load_rgb
+    from cvaudit.data.sources import foolbox_dir
     tf = T.Compose([T.ToImage(), T.Resize((224, 224), antialias=True), T.ToDtype(torch.float32, scale=True)])
     x = torch.stack([tf(load_rgb(p)) for p in sorted(foolbox_dir().glob("imagenet_*.jpg"))[:a.images]]).to(dev)
     with torch.no_grad():

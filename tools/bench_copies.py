@@ -1,5 +1,5 @@
 """Recall per kind of copy and false pairs among distinct images, for the copy check both duplicate searches use
-(cvaudit.copies: candidates by nearest neighbours of a normalised thumbnail, confirmed by the best normalised
+(cvaudit.data.copies: candidates by nearest neighbours of a normalised thumbnail, confirmed by the best normalised
 cross-correlation over mirror, rotation, zoom and shift).
 
 N distinct real images (Fashion-MNIST training images, Debian's dataset-fashion-mnist; or --source lfw, scikit-
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from cvaudit.copies import candidates, distance, thumbnail  # noqa: E402
+from cvaudit.data.copies import candidates, distance, thumbnail  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -72,7 +72,7 @@ def images(source: str, n: int) -> list[Image.Image]:
         from skimage.data import lfw_subset
         faces = (lfw_subset() * 255).astype(np.uint8)
         return [Image.fromarray(f).convert("RGB") for f in faces[:n]]
-    from cvaudit.sources import read_idx
+    from cvaudit.data.sources import read_idx
     imgs = read_idx(FMNIST, 3)
     pick = np.random.default_rng(1).choice(len(imgs), n, replace=False)
     return [Image.fromarray(imgs[i]).convert("RGB") for i in pick]

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from cvaudit.data_audit import phash  # noqa: E402
-from cvaudit.sources import read_idx  # noqa: E402
+from cvaudit.data.data_audit import phash  # noqa: E402
+from cvaudit.data.sources import read_idx  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 COPIES = ((1.0, 60), (0.9, 85), (0.8, 60), (0.75, 40))  # (scale, JPEG quality)

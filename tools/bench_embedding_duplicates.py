@@ -21,10 +21,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_duplicates import FMNIST, copy, grey  # noqa: E402
-from cvaudit.data_audit import phash  # noqa: E402
-from cvaudit.copies import distance  # noqa: E402
-from cvaudit.embedding_duplicates import compare_side, nearest, thumbnail  # noqa: E402
-from cvaudit.sources import read_idx  # noqa: E402
+from cvaudit.data.data_audit import phash  # noqa: E402
+from cvaudit.data.copies import distance  # noqa: E402
+from cvaudit.represent.embedding_duplicates import compare_side, nearest, thumbnail  # noqa: E402
+from cvaudit.data.sources import read_idx  # noqa: E402
 
 
 def shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -57,8 +57,8 @@ def main():
     ap.add_argument("--max-shift", type=float, default=0.15)
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.01, 0.013, 0.015])
     args = ap.parse_args()
-    from cvaudit.pixels import start_stage
-    from cvaudit.represent import stream_features
+    from cvaudit.net.pixel_space import start_stage
+    from cvaudit.represent.represent import stream_features
 
     imgs = read_idx(FMNIST, 3)  # bench_duplicates.FMNIST is the archive itself
     imgs = imgs[np.random.default_rng(1).choice(len(imgs), args.images, replace=False)]

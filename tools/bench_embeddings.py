@@ -33,9 +33,9 @@ def child(manifest: str, n: int, full_tsne: bool) -> dict:
     import numpy as np
     import torch
 
-    from cvaudit.data import read_manifest
-    from cvaudit.models import build_model, load_model, normalisation
-    from cvaudit.represent import embedding_space, pick_layers, stream_features
+    from cvaudit.core.manifest import read_manifest
+    from cvaudit.net.models import build_model, load_model, normalisation
+    from cvaudit.represent.represent import embedding_space, pick_layers, stream_features
 
     torch.set_num_threads(2)
     trained = ROOT / "results" / "lite0_fmnist" / "model.safetensors"
@@ -81,7 +81,7 @@ def main():
     if a.child:
         print(json.dumps(child(a.child[0], int(a.child[1]), a.full_tsne)))
         return
-    from cvaudit.data import ingest
+    from cvaudit.data.ingest_dataset import ingest
     manifest = Path(a.scratch) / "manifest.csv"
     if not manifest.exists():
         per_class = -(-max(a.sizes) // 10)

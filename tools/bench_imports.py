@@ -70,7 +70,7 @@ def main(argv=None):
     rows.update({f"library {m}": f"import {m}" for m in LAZY})
     # a stage's start also seeds and sets torch's deterministic flag; torch.use_deterministic_algorithms
     # imports torch._dynamo (through torch._inductor's config), cvaudit's seed_everything does not
-    rows["start: seed_everything"] = "from cvaudit.pixels import seed_everything; seed_everything(0, 1)"
+    rows["start: seed_everything"] = "from cvaudit.net.pixel_space import seed_everything; seed_everything(0, 1)"
     rows["start: torch.use_deterministic_algorithms"] = "import torch; torch.use_deterministic_algorithms(True)"
     times: dict[str, list[float]] = {k: [] for k in rows}
     loads: dict[str, list[str]] = {}

@@ -40,7 +40,7 @@ def model_224(path: Path) -> Path:
     """A small CNN at 224 px (seeded random weights), saved as the workflow saves models."""
     import torch
 
-    from cvaudit.models import build_model, save_model
+    from cvaudit.net.models import build_model, save_model
     if not path.exists():
         torch.manual_seed(0)
         spec = {"arch": "simple_cnn", "arch_options": {"channels": [4, 8, 8]}, "weights": "none",
@@ -76,10 +76,11 @@ def audit_set(model: Path, manifest: str, n: int, out: Path) -> None:
     import numpy as np
     import torch
 
-    from cvaudit.data import load_rgb, read_manifest
-    from cvaudit.models import load_model
-    from cvaudit.pixels import PixelSpace, predict
-    from cvaudit.transforms import display_transform
+    from cvaudit.core.images import load_rgb
+    from cvaudit.core.manifest import read_manifest
+    from cvaudit.net.models import load_model
+    from cvaudit.net.pixel_space import PixelSpace, predict
+    from cvaudit.net.transforms import display_transform
     model, spec = load_model(model)
     rows = read_manifest(manifest, "test")[:n]
     show = display_transform(spec)
@@ -111,8 +112,8 @@ def child(stage: str, model: str, manifest: str, audit: str, n: int, scratch: st
     out = Path(scratch) / f"{kind}.{name}.{n}"
     base = rss_mb()
     t0 = time.perf_counter()
-    from cvaudit.registry import attack_options
-    from cvaudit.shards import run_stage
+    from cvaudit.core.registry import attack_options
+    from cvaudit.core.shards import run_stage
     job = {"model": model, "data": audit if kind == "explain" else manifest, "seed": 0, "device": "cpu", "threads": 1}
     if kind == "explain":
         job.update(options=cfg["explain"].get(name, {}), trust=cfg["explain"]["trust"])
@@ -151,7 +152,7 @@ def main():
     model = model_224(Path(a.scratch) / "cnn224.safetensors") if a.px == 224 else MODEL
     if not model.exists():
         sys.exit(f"bench_scale: {MODEL} is missing; run `make demo` first (it trains cnn_fmnist)")
-    from cvaudit.data import ingest
+    from cvaudit.data.ingest_dataset import ingest
     manifest = Path(a.scratch) / "data" / "manifest.csv"
     if not manifest.exists():
         per_class = -(-max(a.sizes) // 10)

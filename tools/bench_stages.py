@@ -38,7 +38,7 @@ def job_wall(benchmarks: Path, rule: str, wildcards: str) -> float | None:
 
 
 def stage_rows(results: Path, benchmarks: Path) -> list[dict]:
-    from cvaudit.io import load_npz, read_json
+    from cvaudit.core.files import load_npz, read_json
     rows = []
     for model_dir in sorted(p for p in results.iterdir() if (p / "model.safetensors").exists()):
         model = model_dir.name
@@ -64,8 +64,8 @@ def plain_rates(results: Path, device: str) -> dict:
     """Each model's plain forward and forward + input-gradient images/s at the stages' batch size."""
     import torch
 
-    from cvaudit.models import auto_batch
-    from cvaudit.pixels import pixel_model
+    from cvaudit.net.models import auto_batch
+    from cvaudit.net.pixel_space import pixel_model
     out = {}
     for model_dir in sorted(p for p in results.iterdir() if (p / "model.safetensors").exists()):
         _, spec, net, dev = pixel_model(model_dir / "model.safetensors", 0, device, torch.get_num_threads())

@@ -4,9 +4,9 @@
     .venv/bin/python tools/make_references.py --check  # exits 1, naming the stale pages, when they differ
 
 config.md     every configuration key of config/schema.yaml: type, default, description
-verdicts.md   every check of cvaudit.checks: what it measures, direction, default thresholds, the n it rests on,
+verdicts.md   every check of cvaudit.report.checks: what it measures, direction, default thresholds, the n it rests on,
               what to do when it fails
-methods.md    every attribution method of cvaudit.registry: its kind and how to read its map
+methods.md    every attribution method of cvaudit.core.registry: its kind and how to read its map
 presets.md    the budgets each preset of config/presets.yaml sets
 """
 import argparse
@@ -73,7 +73,7 @@ def config_page() -> str:
 
 
 def verdicts_page() -> str:
-    from cvaudit.checks import CHECKS
+    from cvaudit.report.checks import CHECKS
     schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
     thresholds = schema["properties"]["verdicts"]["properties"]
     lines = ["# Verdicts", "",
@@ -92,8 +92,8 @@ def verdicts_page() -> str:
 
 
 def methods_page() -> str:
-    from cvaudit.methods import get_method
-    from cvaudit.registry import FLOOR_METHOD, METHODS
+    from cvaudit.explain.methods import get_method
+    from cvaudit.core.registry import FLOOR_METHOD, METHODS
     lines = ["# Attribution methods", "",
              "Every name `explain.methods` accepts (`" + FLOOR_METHOD + "` is the floor every run adds). Kind: how it",
              "reads the model (`gradient`: backward passes; `cam`: a layer's activations and gradients; `perturbation`:",

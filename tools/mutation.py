@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Mutation testing: how many realistic one-line bugs in a verdict module the fast unit tests catch.
 
-    .venv/bin/python tools/mutation.py compare checks      # or: make mutation MODULES="compare checks"
+    .venv/bin/python tools/mutation.py report.checks core.stats   # or: make mutation MODULES="report.checks core.stats"
     .venv/bin/python tools/mutation.py --all                # every module in SCOPE below
 
-Runs mutmut (pinned in requirements-dev.txt, installed on first use) on scripts/cvaudit/<module>.py
+Runs mutmut (pinned in requirements-dev.txt, installed on first use) on scripts/cvaudit/<subpackage>/<module>.py
 with the fast tests only (`pytest -m "not e2e"`: the end-to-end run proves wiring, not arithmetic),
 and writes build/mutation/<module>.md: the score and every surviving mutant's diff, plus
 build/mutation/scores.json. mutmut wants the package importable by its file path, so the run happens
@@ -35,32 +35,35 @@ EQUIVALENT = REPO / "tools" / "mutation_equivalent.txt"
 # Per module: the functions that compute what a verdict, an interval or a ranking reads. The others
 # (run_* stage drivers, file reading and writing, HTML) are wiring: the end-to-end tests cover them.
 SCOPE = {
-    "stats": ["*"],
-    "checks": ["*"],
-    "compare": ["kind_of", "metric_row", "_apart", "mark_best", "gate_problems", "same_data"],
-    "evaluate": ["classification_metrics", "worst_mistakes", "baseline_gain", "choose_audit_set", "degenerate"],
-    "trust": ["*"],
-    "adversarial": ["_fooled", "fgsm", "pgd", "_apgd", "autoattack", "attack_batch", "_batch_seed", "masking_checks"],
-    "calibrate": ["_bin_gaps", "calibration_metrics", "fit_temperature", "scaled", "log_probs"],
-    "invariance": ["transform", "translate", "rotate", "scale", "brightness", "contrast", "noise", "blur", "jpeg", "_jpeg", "robustness_score", "equivariance_error"],
-    "data": ["_unit", "hashed_split", "_ensure_each_split", "_dedupe"],
-    "spray": ["pool_maps", "eigengap", "spray", "region_of", "structures", "_candidate", "describe", "pixel_mask",
-              "control_region", "box_of"],
-    "clever_hans": ["paste", "region_test", "property_test", "judge_tests"],
-    "global_cues": ["measure", "transform", "strength_for", "cohens_d", "suspects"],
-    "copies": ["_box_mean", "_search", "distance", "_residual", "descriptor", "candidates"],
-    "data_audit": ["near_duplicates", "leakage", "label_issues", "quality_outliers", "copy_search"],
-    "embedding_duplicates": ["unit_rows", "nearest", "confirm"],
+    "core.stats": ["*"],
+    "core.calibration_error": ["*"],
+    "report.checks": ["*"],
+    "report.compare_models": ["kind_of", "metric_row", "_apart", "mark_best", "gate_problems", "same_data"],
+    "model.evaluate_model": ["classification_metrics", "worst_mistakes", "baseline_gain", "choose_audit_set", "degenerate"],
+    "explain.trust": ["*"],
+    "robust.adversarial": ["_fooled", "fgsm", "pgd", "_apgd", "autoattack", "attack_batch", "_batch_seed", "masking_checks"],
+    "robust.calibrate": ["calibration_metrics", "fit_temperature", "scaled", "log_probs"],
+    "robust.invariance": ["transform", "translate", "rotate", "scale", "brightness", "contrast", "noise", "blur", "jpeg", "_jpeg", "robustness_score", "equivariance_error"],
+    "data.ingest_dataset": ["_unit", "hashed_split", "_ensure_each_split", "_dedupe"],
+    "explain.spray": ["pool_maps", "eigengap", "spray", "region_of", "structures", "_candidate", "describe", "pixel_mask",
+                      "control_region", "box_of"],
+    "explain.clever_hans": ["paste", "region_test", "property_test", "judge_tests"],
+    "explain.global_cues": ["measure", "transform", "strength_for", "cohens_d", "suspects"],
+    "data.copies": ["_box_mean", "_search", "distance", "_residual", "descriptor", "candidates"],
+    "data.data_audit": ["near_duplicates", "leakage", "label_issues", "quality_outliers", "copy_search"],
+    "represent.embedding_duplicates": ["unit_rows", "nearest", "confirm"],
 }
 # Modules whose slowest fast tests (attacks on trained networks, seconds each) would make a run take hours:
 # their mutants are judged by these tests alone (attacks on linear models with closed-form answers).
-TESTS = {"adversarial": ["tests/test_attacks.py"], "spray": ["tests/test_clever_hans.py"],
-         "clever_hans": ["tests/test_clever_hans.py"], "global_cues": ["tests/test_clever_hans.py"],
-         "copies": ["tests/test_copies.py", "tests/test_data_audit.py"], "data_audit": ["tests/test_data_audit.py"],
-         "embedding_duplicates": ["tests/test_embedding_duplicates.py"]}
+TESTS = {"robust.adversarial": ["tests/test_attacks.py"], "explain.spray": ["tests/test_clever_hans.py"],
+         "explain.clever_hans": ["tests/test_clever_hans.py"], "explain.global_cues": ["tests/test_clever_hans.py"],
+         "data.copies": ["tests/test_copies.py", "tests/test_data_audit.py"], "data.data_audit": ["tests/test_data_audit.py"],
+         "represent.embedding_duplicates": ["tests/test_embedding_duplicates.py"],
+         "core.calibration_error": ["tests/test_calibrate.py", "tests/test_slices.py", "tests/test_shift.py",
+                                    "tests/test_compare.py"]}
 # Modules whose tests, forked from a process that has run them, deadlocked (thread pools: file hashing, torch's
 # intra-op threads in attacks and temperature fits, scipy): their mutants run from a fork server instead.
-FORKSERVER = {"data", "adversarial", "calibrate", "invariance"}
+FORKSERVER = {"data.ingest_dataset", "robust.adversarial", "robust.calibrate", "robust.invariance"}
 KILLED = {1: "killed", 3: "killed", 37: "killed"}
 STATUS = {36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 0: "survived",
           5: "no tests", 33: "no tests", 34: "skipped", None: "not checked", -11: "segfault",
@@ -101,7 +104,7 @@ markers = ["e2e: runs the workflow end to end through snakemake (slow)", "slow: 
 
 [tool.mutmut]
 source_paths = ["src"]
-only_mutate = ["src/cvaudit/{module}.py"]
+only_mutate = ["src/cvaudit/{module.replace(".", "/")}.py"]
 pytest_add_cli_args = {json.dumps(args)}
 pytest_add_cli_args_test_selection = {json.dumps(TESTS.get(module, ["tests/"]))}
 also_copy = {json.dumps(also)}
@@ -141,7 +144,7 @@ def run(module: str, children: int) -> dict:
              for pat in SCOPE[module]]  # only the functions in scope are mutated and run
     p = subprocess.run([str(MUTMUT), "run", "--max-children", str(children), *names], cwd=STAGE, env=env,
                        capture_output=True, text=True)
-    meta = STAGE / "mutants" / "src" / "cvaudit" / f"{module}.py.meta"
+    meta = STAGE / "mutants" / "src" / "cvaudit" / f"{module.replace('.', '/')}.py.meta"
     if not meta.exists():
         sys.exit(f"mutation: mutmut produced no results for {module}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     codes = json.loads(meta.read_text())["exit_code_by_key"]
@@ -173,7 +176,7 @@ def run(module: str, children: int) -> dict:
 
 
 def write_report(module: str, score: dict, scoped: list):
-    lines = [f"# Mutation score: cvaudit/{module}.py", "",
+    lines = [f"# Mutation score: cvaudit/{module.replace('.', '/')}.py", "",
              f"{score['killed']} of {score['in_scope'] - score['equivalent']} non-equivalent mutants killed "
              f"({100 * (score['score'] or 0):.1f}%) in the functions a verdict reads; {score['timeouts']} timed out "
              "(counted as not killed); "

@@ -12,8 +12,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from . import CvauditError
-from .registry import FLOOR_METHOD, METHODS
+from cvaudit import CvauditError
+from cvaudit.core.registry import FLOOR_METHOD, METHODS
 
 SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 

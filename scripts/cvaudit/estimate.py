@@ -96,7 +96,7 @@ def pass_seconds(model_cfg: dict, n_classes: int, device: str = "cpu", threads: 
         return 2.5e-7 * size * size, False
     import torch
 
-    from .models import auto_batch, build_model
+    from cvaudit.net.models import auto_batch, build_model
     torch.set_num_threads(threads)
     try:
         net = build_model({"arch": arch, "arch_options": model_cfg.get("arch_options") or {}, "weights": "none",
@@ -130,7 +130,7 @@ def pass_seconds(model_cfg: dict, n_classes: int, device: str = "cpu", threads: 
 
 
 def _method_passes(name: str, options: dict, size: int) -> float:
-    from .methods import get_method
+    from cvaudit.explain.methods import get_method
     m = get_method(name, batch_size=1, **options)
     p = m.model_passes(size, size)
     return p * (GRADIENT if m.kind in ("gradient", "cam") else 1.0)
@@ -273,7 +273,7 @@ def estimate(config: dict, device: str = "cpu", cores: int = 2, cache: str | Pat
 
 def table(est: dict, top: int = 8, scope: str = "") -> str:
     """The lines a run starts with: the total, and the stages that cost most."""
-    from .progress import duration
+    from cvaudit.core.progress import duration
     if not est["rows"]:
         return ""
     by_stage: dict[str, float] = {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .estimate import RULE_STAGE, dataset_counts, device_of, estimate, pass_key, read_cache, row_is_run_by
+from cvaudit.estimate import RULE_STAGE, dataset_counts, device_of, estimate, pass_key, read_cache, row_is_run_by
 
 LIMIT_SAFETY = 3.0  # a job's time limit: this many times its estimate (the estimate is within 2x per stage)
 BASE_MB = 1000  # a job that imports torch and holds a model: about 0.7 to 1.0 GB measured (benchmarks' max_rss)
@@ -43,7 +43,7 @@ def job_mem_mb(config: dict, rule: str, wildcards: dict, attempt: int = 1,
 
 def _held_mb(config: dict, rule: str, wildcards: dict, cache: str | Path) -> float:
     """MB a job holds beyond its base: the data audit's tables, or the model's layer outputs per call."""
-    from .models import auto_batch
+    from cvaudit.net.models import auto_batch
     stage = RULE_STAGE.get(rule, rule.removesuffix("_shard"))
     extra = 0.0
     model = config["models"].get(wildcards.get("model", ""))

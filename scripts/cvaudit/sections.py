@@ -5,14 +5,14 @@ table of contents) and, for a section drawn from an analysis stage, `files(confi
 stage outputs it reads, by name. rules/common.smk declares them as the report's inputs, named
 "<section>__<name>", and the report groups them back (`by_section`): a failed stage is shown in the
 section that reads it, and a switched-off stage's section is left out. Adding a section is its
-template, one entry here, and what it shows in cvaudit/report_sections.py. Imports nothing heavy (the
+template, one entry here, and what it shows in cvaudit/report/stage_sections.py. Imports nothing heavy (the
 Snakefile reads it).
 """
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from .registry import FLOOR_METHOD
+from cvaudit.core.registry import FLOOR_METHOD
 
 SEP = "__"
 AGREEMENT = "agreement"  # the attributions section's file beside the methods' maps

@@ -1,0 +1,86 @@
+"""The shift stage: generalisation to shifted test sets ("ImageNet vs ImageNetV2: a drop of about 10%").
+
+A model names other datasets of the same classes (config key models.*.shift_sets); each is evaluated
+beside the model's own test split: accuracy (Wilson) and ECE (bootstrap) on both, the gap in accuracy with
+a Newcombe interval, and the ECE under shift. Classes are matched by name; a class the model does not
+know is a config error. Images of the shifted set that the model trained or was validated on (the same
+source image: the same file content or the same archive entry, e.g. a re-rendering of a training image)
+are left out and counted.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from cvaudit import CvauditError
+from cvaudit.core import stats
+from cvaudit.core.calibration_error import ece_estimate
+from cvaudit.core.manifest import read_manifest
+from cvaudit.core.files import write_json
+
+log = logging.getLogger("cvaudit.robust.shift")
+
+
+def shift_rows(model: str, shift_name: str, shift_manifest, own_manifest, class_names: list[str], max_images: int,
+               seed: int) -> tuple[list[dict], int]:
+    """The shifted set's images to evaluate (all its splits, a seeded sample of at most max_images), minus
+    those the model saw in training or validation; raises a config error for a class the model lacks."""
+    rows = read_manifest(shift_manifest)
+    unknown = sorted({r["label"] for r in rows} - set(class_names))
+    if unknown:
+        raise CvauditError(f"config key models.{model}.shift_sets: dataset '{shift_name}' has class(es) "
+                           f"{', '.join(unknown)} that model {model} does not have (its classes: "
+                           f"{', '.join(class_names[:20])}{' ...' if len(class_names) > 20 else ''}); classes are matched "
+                           "by name: rename them in the dataset, or remove the dataset from shift_sets")
+    seen = read_manifest(own_manifest)
+    seen = [r for r in seen if r["split"] in ("train", "val")]
+    seen_keys = {r["sha256"] for r in seen} | {r["original"] for r in seen if r.get("original")}
+    kept = [r for r in rows if r["sha256"] not in seen_keys and not (r.get("original") and r["original"] in seen_keys)]
+    overlap = len(rows) - len(kept)
+    if len(kept) > max_images:
+        pick = np.sort(np.random.default_rng(seed).choice(len(kept), max_images, replace=False))
+        kept = [kept[i] for i in pick]
+    return kept, overlap
+
+
+def run_shift(model_path, model: str, own_manifest, own_probs, shift_manifests: dict, options: dict, seed: int,
+              device: str, threads: int, out, descriptions: dict | None = None) -> dict:
+    from cvaudit.net.pixel_space import predict_proba
+    from cvaudit.net.models import load_model, resolve_device
+    from cvaudit.net.pixel_space import seed_everything
+
+    t0 = time.time()
+    seed_everything(seed, threads)
+    dev = resolve_device(device)
+    net, spec = load_model(model_path, dev)
+    names = list(spec["class_names"])
+    with np.load(own_probs, allow_pickle=False) as z:
+        p, t = z["probs"], z["targets"]
+    own_correct = p.argmax(1) == t
+    k_in, n_in = int(own_correct.sum()), len(t)
+    result = {"in_distribution": {"n": n_in, "accuracy": stats.proportion(k_in, n_in),
+                                  "ece": ece_estimate(p.max(1), own_correct, seed=seed)}, "sets": {}}
+    for name, manifest in shift_manifests.items():
+        rows, overlap = shift_rows(model, name, manifest, own_manifest, names, options["max_images"], seed)
+        if not rows:
+            result["sets"][name] = {"n": 0, "overlap_left_out": overlap, "note": "no image left to evaluate"}
+            continue
+        probs = predict_proba(net, rows, spec, dev)
+        targets = np.array([names.index(r["label"]) for r in rows])
+        correct = probs.argmax(1) == targets
+        k, n = int(correct.sum()), len(rows)
+        lo, hi = stats.gap_interval(k_in, n_in, k, n, 0.05)
+        result["sets"][name] = {
+            "n": n, "overlap_left_out": overlap, "accuracy": stats.proportion(k, n),
+            "ece": ece_estimate(probs.max(1), correct, seed=seed),
+            "gap": stats.estimate(k_in / n_in - k / n, n, lo, hi, method="newcombe",
+                                  note="in-distribution minus shifted accuracy"),
+            "classes": sorted({r["label"] for r in rows}, key=names.index),
+            "description": (descriptions or {}).get(name, "")}
+        log.info("%s: accuracy %.3f (in distribution %.3f) on %d images, %d seen in training left out", name, k / n,
+                 k_in / n_in, n, overlap)
+    result["seconds"] = round(time.time() - t0, 2)
+    write_json(out, result)
+    return result
