@@ -39,8 +39,9 @@ mutation: setup  # the mutation score of the verdict modules: make mutation MODU
 references: setup  # docs/reference/ from the code (the schema, the checks, the methods, the presets)
 	$(VENV)/python tools/make_references.py
 
-lint: setup  # the workflow (snakemake --lint) and the Python (ruff, configured in pyproject.toml)
+lint: setup  # the workflow (snakemake --lint, snakefmt) and the Python (ruff); settings in pyproject.toml
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --lint --configfile config/config.yaml
+	$(VENV)/snakefmt --check Snakefile rules
 	$(VENV)/ruff check scripts tools tests
 
 clean:

@@ -13,26 +13,33 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from cvaudit import CvauditError
 from cvaudit.config import canonical_order, check_config_file, check_paths, resolve_paths, validate_config
 
-
 # The demo config is the default. Only when no --configfile/--config is given: Snakemake would
 # otherwise deep-merge it into the user's config (demo models and datasets would leak in). An empty
 # --configfile is an error, not the demo.
 # `--configfile my.yaml results/m/report/summary.json` reads the target as one more config file. When it
 # exists and parses (a .json output), Snakemake merges it into the config: say what happened instead.
 for _f in workflow.overwrite_configfiles:
-    if Path(_f).suffix.lower() not in (".yaml", ".yml", ".json") or Path(_f).resolve().is_relative_to(Path("results").resolve()):
-        raise ValueError(f"cvaudit: {_f} was given after --configfile, so Snakemake reads it as a config file; "
-                         "put targets before --configfile: snakemake --cores all TARGET --configfile my.yaml")
+    if Path(_f).suffix.lower() not in (".yaml", ".yml", ".json") or Path(_f).resolve().is_relative_to(
+        Path("results").resolve()
+    ):
+        raise ValueError(
+            f"cvaudit: {_f} was given after --configfile, so Snakemake reads it as a config file; "
+            "put targets before --configfile: snakemake --cores all TARGET --configfile my.yaml"
+        )
 if not config and workflow.overwrite_configfiles:
-    raise ValueError(f"cvaudit: the config file {', '.join(map(str, workflow.overwrite_configfiles))} is empty; "
-                     "it needs at least datasets: and models: (see config/config.yaml and config/schema.yaml)")
+    raise ValueError(
+        f"cvaudit: the config file {', '.join(map(str, workflow.overwrite_configfiles))} is empty; "
+        "it needs at least datasets: and models: (see config/config.yaml and config/schema.yaml)"
+    )
 if not config:
 
     configfile: "config/config.yaml"
 
 
 # Relative paths in a config file are relative to that file (the last --configfile given).
-CONFIG_DIR = Path(workflow.overwrite_configfiles[-1]).absolute().parent if workflow.overwrite_configfiles else Path.cwd()
+CONFIG_DIR = (
+    Path(workflow.overwrite_configfiles[-1]).absolute().parent if workflow.overwrite_configfiles else Path.cwd()
+)
 
 PRESET_CHOSEN = isinstance(config.get("audit"), dict) and "preset" in config["audit"]  # else told at the start
 try:
@@ -85,9 +92,12 @@ onstart:
     if not PRESET_CHOSEN and (notice := budget_notice(config)):
         print(notice, file=sys.stderr)
     if bad := unwritable_folders():
-        raise ValueError("cvaudit: cannot write in " + "; ".join(f"{f} ({why})" for f, why in bad)
-                         + ". Make the folder writable (chmod u+w, or chattr -i where it was made immutable), or run "
-                         "from a folder you own (snakemake --directory DIR); nothing was run or changed")
+        raise ValueError(
+            "cvaudit: cannot write in "
+            + "; ".join(f"{f} ({why})" for f, why in bad)
+            + ". Make the folder writable (chmod u+w, or chattr -i where it was made immutable), or run "
+            "from a folder you own (snakemake --directory DIR); nothing was run or changed"
+        )
     if ESTIMATE:
         from cvaudit.estimate import announce
 
@@ -113,6 +123,6 @@ onerror:
 
 
 rule all:
+    default_target: True
     input:
         all_reports(),
-    default_target: True

@@ -6,9 +6,9 @@ from cvaudit.config import shards
 from cvaudit.core.job import name_keys
 from cvaudit.core.registry import ATTACKS, FAMILIES, FLOOR_METHOD, METHODS
 from cvaudit.data.fingerprint import write_fingerprint
+from cvaudit.paths import PATHS, path
 from cvaudit.resources import job_mem_mb, job_minutes
-from cvaudit.sections import (configured_as_ensemble, corruption_reference_files, embedding_duplicates_on,
-                              report_inputs, trained_here)
+from cvaudit.sections import STAGE_ON, corruption_reference_files, report_inputs, stage_on
 
 
 def limit(rule_name, fixed):
@@ -65,14 +65,14 @@ def dataset_of(model):
 
 
 def manifest_of(wildcards):
-    return f"results/data/{dataset_of(wildcards.model)}/manifest.csv"
+    return path("manifest", dataset=dataset_of(wildcards.model))
 
 
 def dataset_fingerprint(wildcards):
     """The source's content fingerprint (cvaudit.data.fingerprint), rewritten only when the content changes:
     a changed, new or removed file reruns ingestion, a touch or a copy does not. No image path reaches
     Snakemake."""
-    out = f"results/data/{wildcards.dataset}/source.json"
+    out = path("source", dataset=wildcards.dataset)
     try:
         return write_fingerprint(config["datasets"][wildcards.dataset], wildcards.dataset, out)
     except CvauditError as e:
@@ -91,70 +91,55 @@ def bench(rule, *names):
 def sharded_benchmarks(stage, model, items, n_images):
     """A sharded stage's benchmark files (rules/sharded.smk): its merge per item, then the shards."""
     files = {f"{stage} {i}": bench(stage, model, i) for i in items}
-    files.update({f"{stage} {i} shard {k}": bench(f"{stage}_shard", model, i, k)
-                  for i in items for k in range(shards(n_images, config["shard_size"]))})
+    files.update(
+        {
+            f"{stage} {i} shard {k}": bench(f"{stage}_shard", model, i, k)
+            for i in items
+            for k in range(shards(n_images, config["shard_size"]))
+        }
+    )
     return files
 
 
 def benchmark_files(model):
-    """{stage: Snakemake benchmark file} of every job behind a model's report, for its run-time table."""
-    d, rep, rob = dataset_of(model), config["represent"], config["robustness"]
+    """{stage: Snakemake benchmark file} of every job behind a model's report, for its run-time table (the jobs
+    that run: cvaudit.sections.stage_on)."""
+    d, rob = dataset_of(model), config["robustness"]
     made_by = "plant_cue" if config["datasets"][d]["source"] == "planted_cue" else "ingest_dataset"
-    files = {made_by: bench(made_by, d), "fit_baseline": bench("fit_baseline", d)}
-    if config["data_audit"]["enabled"]:
-        files["data_audit"] = bench("data_audit", d)
-    if config["models"][model]["train"] is not False:
-        files["train_model"] = bench("train_model", model)
-    files["evaluate_model"] = bench("evaluate_model", model)
+    files = {made_by: bench(made_by, d)}
+    for stage in ("fit_baseline", "data_audit", "image_properties", "compare_representations"):  # one job per dataset
+        if stage_on(config, model, stage):
+            files[stage] = bench(stage, d)
+    for stage in STAGE_ON:
+        if (
+            stage not in files
+            and stage not in (made_by, "ingest_dataset")
+            and stage not in SHARDED
+            and stage_on(config, model, stage)
+        ):
+            files[stage] = bench(stage, model)
     files.update(sharded_benchmarks("explain", model, EXPLAIN_METHODS, config["audit"]["max_images"]))
-    if config["clever_hans"]["enabled"]:
-        files["clever_hans"] = bench("clever_hans", model)
-    if rep["enabled"]:
-        files["represent"] = bench("represent", model)
-        if embedding_duplicates_on(config):
-            files["embedding_duplicates"] = bench("embedding_duplicates", model)
-        if not configured_as_ensemble(config, model):  # an ensemble has no units or layers of its own
-            files["inspect_units"] = bench("inspect_units", model)
-            if rep["ascent"]["enabled"]:
-                files["visualise_ascent"] = bench("visualise_ascent", model)
-            if rep["layer_views"]["enabled"]:
-                files["layer_views"] = bench("layer_views", model)
-        if len(models_of(d)) > 1:
-            files["compare_representations"] = bench("compare_representations", d)
-    if rob["enabled"]:
-        if rob["calibration"]["enabled"]:
-            files["calibrate"] = bench("calibrate", model)
+    if stage_on(config, model, "invariance"):
         files.update(sharded_benchmarks("invariance", model, list(rob["invariance"]), rob["max_images"]))
-        if rob["adversarial"]["enabled"]:
-            adv = rob["adversarial"]
-            files.update(sharded_benchmarks("adversarial", model, adv["attacks"], adv["max_images"]))
-        if rob["shuffled_labels"]["enabled"] and trained_here(config, model):
-            files["shuffled_labels"] = bench("shuffled_labels", model)
-        if rob["shift"]["enabled"] and config["models"][model]["shift_sets"]:
-            files["shift"] = bench("shift", model)
-        if rob["corruptions"]["enabled"]:
-            files["corruptions"] = bench("corruptions", model)
-        if rob["shape_texture"]["enabled"]:
-            files["shape_texture"] = bench("shape_texture", model)
-        if rob["slices"]["enabled"]:
-            files["image_properties"] = bench("image_properties", d)
-            files["slices"] = bench("slices", model)
+    if stage_on(config, model, "adversarial"):
+        adv = rob["adversarial"]
+        files.update(sharded_benchmarks("adversarial", model, adv["attacks"], adv["max_images"]))
     return files
 
 
 def report_files(model):
-    files = [f"results/{model}/report/report.html", f"results/{model}/report/summary.json"]
+    files = [path("report", model=model), path("summary", model=model)]
     if config["report"]["pdf"]:
-        files.append(f"results/{model}/report/report.pdf")
+        files.append(path("report_pdf", model=model))
     return files
 
 
 def compare_files():
     if not config["report"]["compare"]["enabled"]:
         return []
-    files = ["results/compare/report.html", "results/compare/summary.json"]
+    files = [PATHS["comparison"], PATHS["comparison_summary"]]
     if config["report"]["pdf"]:
-        files.append("results/compare/report.pdf")
+        files.append(PATHS["comparison_pdf"])
     return files
 
 
@@ -167,7 +152,7 @@ def user_model_files(wildcards):
     """The files of a model you bring (models.*.weights as a path, arch python:FILE:FACTORY, classes_file)."""
     cfg, files = config["models"][wildcards.model], {}
     for m in cfg.get("members") or []:  # an ensemble is its members' saved models
-        files[f"member_{m}"] = f"results/{m}/model.safetensors"
+        files[f"member_{m}"] = path("weights", model=m)
     if cfg["weights"] != "none" and not cfg["weights"].startswith(("packaged:", "torchvision:")):
         files["weights"] = cfg["weights"]
     if cfg["arch"].startswith("python:"):
@@ -178,16 +163,18 @@ def user_model_files(wildcards):
 
 
 def compare_inputs(wildcards):
-    files = {f"summary_{m}": f"results/{m}/report/summary.json" for m in config["models"]}
-    files.update({f"probs_{m}": f"results/{m}/eval/probs.npz" for m in config["models"]})  # McNemar between models
+    files = {f"summary_{m}": path("summary", model=m) for m in config["models"]}
+    files.update({f"probs_{m}": path("probs", model=m) for m in config["models"]})  # McNemar between models
     for d in {dataset_of(m) for m in config["models"]}:
-        files[f"baseline_{d}"] = f"results/data/{d}/baseline.json"
+        files[f"baseline_{d}"] = path("baseline", dataset=d)
     for d in shared_datasets():
-        files[f"side_{d}"] = f"results/compare/{d}/side_by_side.npz"  # the same images explained by each model
+        files[f"side_{d}"] = path("side_by_side", dataset=d)  # the same images explained by each model
         if config["represent"]["enabled"]:
-            files[f"cka_{d}"] = f"results/compare/{d}/representations.json"
+            files[f"cka_{d}"] = path("representations", dataset=d)
     return files
 
 
 def all_reports():
-    return [f for m in config["models"] for f in report_files(m)] + compare_files() + ["results/gate.json", "results/.gate_passed"]
+    return (
+        [f for m in config["models"] for f in report_files(m)] + compare_files() + [PATHS["gate"], PATHS["gate_passed"]]
+    )

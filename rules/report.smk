@@ -7,12 +7,12 @@ rule render_report:
         unpack(
             lambda wc: {
                 "manifest": manifest_of(wc),
-                "dataset_info": f"results/data/{dataset_of(wc.model)}/dataset.json",
-                "rejected": f"results/data/{dataset_of(wc.model)}/rejected.csv",
-                "train_metrics": f"results/{wc.model}/train/metrics.json",
-                "history": f"results/{wc.model}/train/history.csv",
-                "eval_metrics": f"results/{wc.model}/eval/metrics.json",
-                "audit_set": f"results/{wc.model}/eval/audit_set.npz",
+                "dataset_info": path("dataset_info", dataset=dataset_of(wc.model)),
+                "rejected": path("rejected", dataset=dataset_of(wc.model)),
+                "train_metrics": path("train_metrics", model=wc.model),
+                "history": path("history", model=wc.model),
+                "eval_metrics": path("eval_metrics", model=wc.model),
+                "audit_set": path("audit_set", model=wc.model),
                 **report_inputs(config, wc.model),  # each section's stage outputs (cvaudit.sections)
             }
         ),
@@ -22,71 +22,87 @@ rule render_report:
         css=TEMPLATES / "report.css",
     output:
         html=report(
-            "results/{model}/report/report.html",
+            PATHS["report"],
             caption="../report/audit_report.rst",
             category="Audit reports",
             subcategory="{model}",
             labels={"model": "{model}", "file": "report (HTML)"},
         ),
         summary=report(
-            "results/{model}/report/summary.json",
+            PATHS["summary"],
             caption="../report/summary.rst",
             category="Audit reports",
             subcategory="{model}",
             labels={"model": "{model}", "file": "summary.json"},
         ),
-        evidence=directory("results/{model}/report/evidence"),
-        pdf=report(
-            "results/{model}/report/report.pdf",
-            caption="../report/audit_report.rst",
-            category="Audit reports",
-            subcategory="{model}",
-            labels={"model": "{model}", "file": "report (PDF)"},
-        )
-        if config["report"]["pdf"]
-        else [],
-    params:
-        model_cfg=lambda wc: config["models"][wc.model],
-        dataset_cfg=lambda wc: config["datasets"][dataset_of(wc.model)],
-        settings={k: config[k] for k in ("seed", "device", "explain", "represent", "robustness", "baseline", "data_audit",
-                                         "clever_hans", "verdicts", "report")}
-        | {"audit": {k: v for k, v in config["audit"].items() if k != "fail_on"}},  # fail_on: only the gate
-        benchmarks=lambda wc: benchmark_files(wc.model),
-    resources:
-        mem_mb=memory("render_report", 4000),
-        runtime=limit("render_report", 20),
-    conda:
-        "../envs/cvaudit.yaml"
+        evidence=directory(PATHS["evidence"]),
+        pdf=(
+            report(
+                PATHS["report_pdf"],
+                caption="../report/audit_report.rst",
+                category="Audit reports",
+                subcategory="{model}",
+                labels={"model": "{model}", "file": "report (PDF)"},
+            )
+            if config["report"]["pdf"]
+            else []
+        ),
     log:
         "logs/render_report/{model}.log",
     benchmark:
         "benchmarks/render_report/{model}.tsv"
+    conda:
+        "../envs/cvaudit.yaml"
+    resources:
+        mem_mb=memory("render_report", 4000),
+        runtime=limit("render_report", 20),
+    params:
+        model_cfg=lambda wc: config["models"][wc.model],
+        dataset_cfg=lambda wc: config["datasets"][dataset_of(wc.model)],
+        settings={
+            k: config[k]
+            for k in (
+                "seed",
+                "device",
+                "explain",
+                "represent",
+                "robustness",
+                "baseline",
+                "data_audit",
+                "clever_hans",
+                "verdicts",
+                "report",
+            )
+        }
+        | {"audit": {k: v for k, v in config["audit"].items() if k != "fail_on"}},
+        # fail_on: only the gate
+        benchmarks=lambda wc: benchmark_files(wc.model),
     script:
         "../scripts/render_report.py"
 
 
 rule side_by_side:
     input:
-        unpack(lambda wc: {f"model_{m}": f"results/{m}/model.safetensors" for m in models_of(wc.dataset)}),
-        manifest="results/data/{dataset}/manifest.csv",
+        unpack(lambda wc: {f"model_{m}": path("weights", model=m) for m in models_of(wc.dataset)}),
+        manifest=PATHS["manifest"],
     output:
-        maps="results/compare/{dataset}/side_by_side.npz",
-    params:
-        options={k: config["report"]["compare"][k] for k in ("methods", "images")},
-        explain=lambda wc: {m: config["explain"].get(m, {}) for m in config["report"]["compare"]["methods"]},
-        seed=config["seed"],
-        device=config["device"],
+        maps=PATHS["side_by_side"],
+    log:
+        "logs/side_by_side/{dataset}.log",
+    benchmark:
+        "benchmarks/side_by_side/{dataset}.tsv"
+    conda:
+        "../envs/cvaudit.yaml"
     threads: 1
     resources:
         gpu=GPU,
         mem_mb=memory("side_by_side", 4000),
         runtime=limit("side_by_side", 30),
-    conda:
-        "../envs/cvaudit.yaml"
-    log:
-        "logs/side_by_side/{dataset}.log",
-    benchmark:
-        "benchmarks/side_by_side/{dataset}.tsv"
+    params:
+        options={k: config["report"]["compare"][k] for k in ("methods", "images")},
+        explain=lambda wc: {m: config["explain"].get(m, {}) for m in config["report"]["compare"]["methods"]},
+        seed=config["seed"],
+        device=config["device"],
     script:
         "../scripts/side_by_side.py"
 
@@ -99,55 +115,57 @@ rule compare_models:
         css=TEMPLATES / "report.css",
     output:
         html=report(
-            "results/compare/report.html",
+            PATHS["comparison"],
             caption="../report/compare.rst",
             category="Comparison",
             labels={"file": "comparison (HTML)"},
         ),
         summary=report(
-            "results/compare/summary.json",
+            PATHS["comparison_summary"],
             caption="../report/compare.rst",
             category="Comparison",
             labels={"file": "summary.json"},
         ),
-        pdf=report(
-            "results/compare/report.pdf",
-            caption="../report/compare.rst",
-            category="Comparison",
-            labels={"file": "comparison (PDF)"},
-        )
-        if config["report"]["pdf"]
-        else [],
-    params:
-        models=lambda wc: config["models"],
-        settings={k: config[k] for k in ("seed", "report")},
-        benchmarks=lambda wc: {m: benchmark_files(m) for m in config["models"]},
-    threads: 1
-    resources:
-        mem_mb=memory("compare_models", 4000),
-        runtime=limit("compare_models", 30),
-    conda:
-        "../envs/cvaudit.yaml"
+        pdf=(
+            report(
+                PATHS["comparison_pdf"],
+                caption="../report/compare.rst",
+                category="Comparison",
+                labels={"file": "comparison (PDF)"},
+            )
+            if config["report"]["pdf"]
+            else []
+        ),
     log:
         "logs/compare_models.log",
     benchmark:
         "benchmarks/compare_models.tsv"
+    conda:
+        "../envs/cvaudit.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory("compare_models", 4000),
+        runtime=limit("compare_models", 30),
+    params:
+        models=lambda wc: config["models"],
+        settings={k: config[k] for k in ("seed", "report")},
+        benchmarks=lambda wc: {m: benchmark_files(m) for m in config["models"]},
     script:
         "../scripts/compare_models.py"
 
 
 rule gate:
     input:
-        unpack(lambda wc: {f"summary_{m}": f"results/{m}/report/summary.json" for m in config["models"]}),
+        unpack(lambda wc: {f"summary_{m}": path("summary", model=m) for m in config["models"]}),
     output:
-        "results/gate.json",
-    params:
-        fail_on=config["audit"]["fail_on"],
-    conda:
-        "../envs/cvaudit.yaml"
+        PATHS["gate"],
     log:
         "logs/gate.log",
     localrule: True
+    conda:
+        "../envs/cvaudit.yaml"
+    params:
+        fail_on=config["audit"]["fail_on"],
     script:
         "../scripts/gate.py"
 
@@ -156,13 +174,13 @@ rule gate:
 # is written by the rule above, which always succeeds, and this one only fails the run.
 rule gate_check:
     input:
-        gate="results/gate.json",
+        gate=PATHS["gate"],
     output:
-        touch("results/.gate_passed"),
-    conda:
-        "../envs/cvaudit.yaml"
+        touch(PATHS["gate_passed"]),
     log:
         "logs/gate_check.log",
     localrule: True
+    conda:
+        "../envs/cvaudit.yaml"
     script:
         "../scripts/gate_check.py"

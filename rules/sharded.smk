@@ -28,9 +28,9 @@ def _adversarial_job(wildcards):
 SHARDED = {
     "explain": {
         "item": "method",
-        "data": "results/{model}/eval/audit_set.npz",
-        "out": "results/{model}/explain/{method}/maps.npz",
-        "part": "results/{model}/explain/{method}/shards/{shard}.npz",
+        "data": PATHS["audit_set"],
+        "out": PATHS["maps"],
+        "part": PATHS["maps_part"],
         "images": config["audit"]["max_images"],
         "job": _explain_job,
         "merge_job": _explain_job,
@@ -41,8 +41,8 @@ SHARDED = {
     "invariance": {
         "item": "family",
         "data": manifest_of,
-        "out": "results/{model}/robust/invariance/{family}.json",
-        "part": "results/{model}/robust/shards/invariance/{family}/{shard}.npz",
+        "out": PATHS["invariance"],
+        "part": PATHS["invariance_part"],
         "images": config["robustness"]["max_images"],
         "job": _invariance_job,
         "merge_job": _invariance_merge,
@@ -53,8 +53,8 @@ SHARDED = {
     "adversarial": {
         "item": "attack",
         "data": manifest_of,
-        "out": "results/{model}/robust/adversarial/{attack}.npz",
-        "part": "results/{model}/robust/shards/adversarial/{attack}/{shard}.npz",
+        "out": PATHS["adversarial"],
+        "part": PATHS["adversarial_part"],
         "images": config["robustness"]["adversarial"]["max_images"],
         "job": _adversarial_job,
         "merge_job": _adversarial_job,
@@ -83,10 +83,22 @@ for _stage, _entry in SHARDED.items():
         name:
             f"{_stage}_shard"
         input:
-            model="results/{model}/model.safetensors",
+            model=PATHS["weights"],
             data=_entry["data"],
         output:
             out=_entry["part"],
+        log:
+            f"logs/{_stage}_shard/{_names}.{{shard}}.log",
+        benchmark:
+            f"benchmarks/{_stage}_shard/{_names}.{{shard}}.tsv"
+        priority: _entry["priority"]
+        conda:
+            "../envs/cvaudit.yaml"
+        threads: 1
+        resources:
+            gpu=GPU,
+            mem_mb=memory(f"{_stage}_shard", _entry["mem_mb"]),
+            runtime=limit(f"{_stage}_shard", _entry["runtime"]),
         params:
             stage=_stage,
             item=_entry["item"],
@@ -94,18 +106,6 @@ for _stage, _entry in SHARDED.items():
             seed=config["seed"],
             device=config["device"],
             shard_size=config["shard_size"],
-        threads: 1
-        priority: _entry["priority"]
-        resources:
-            gpu=GPU,
-            mem_mb=memory(f"{_stage}_shard", _entry["mem_mb"]),
-            runtime=limit(f"{_stage}_shard", _entry["runtime"]),
-        conda:
-            "../envs/cvaudit.yaml"
-        log:
-            f"logs/{_stage}_shard/{_names}.{{shard}}.log",
-        benchmark:
-            f"benchmarks/{_stage}_shard/{_names}.{{shard}}.tsv"
         script:
             "../scripts/sharded.py"
 
@@ -113,28 +113,28 @@ for _stage, _entry in SHARDED.items():
         name:
             _stage
         input:
-            model="results/{model}/model.safetensors",
+            model=PATHS["weights"],
             data=_entry["data"],
             parts=_parts_of(_stage),
         output:
             out=_entry["out"],
+        log:
+            f"logs/{_stage}/{_names}.log",
+        benchmark:
+            f"benchmarks/{_stage}/{_names}.tsv"
+        priority: _entry["priority"]
+        conda:
+            "../envs/cvaudit.yaml"
+        threads: 1  # many small jobs: two run side by side on two cores instead of one on both
+        resources:
+            gpu=GPU,
+            mem_mb=memory(_stage, _entry["mem_mb"]),
+            runtime=limit(_stage, _entry["runtime"]),
         params:
             stage=_stage,
             item=_entry["item"],
             job=_entry["merge_job"],
             seed=config["seed"],
             device=config["device"],
-        threads: 1  # many small jobs: two run side by side on two cores instead of one on both
-        priority: _entry["priority"]
-        resources:
-            gpu=GPU,
-            mem_mb=memory(_stage, _entry["mem_mb"]),
-            runtime=limit(_stage, _entry["runtime"]),
-        conda:
-            "../envs/cvaudit.yaml"
-        log:
-            f"logs/{_stage}/{_names}.log",
-        benchmark:
-            f"benchmarks/{_stage}/{_names}.tsv"
         script:
             "../scripts/sharded.py"

@@ -156,6 +156,16 @@ def test_ruff_finds_nothing():
     assert p.returncode == 0, p.stdout[-3000:]
 
 
+def test_the_rule_files_are_formatted():
+    """make lint's workflow half: snakefmt (settings in pyproject.toml) leaves the Snakefile and rules/ as they are."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    snakefmt = Path(sys.executable).parent / "snakefmt"
+    p = subprocess.run([str(snakefmt), "--check", "Snakefile", "rules"], cwd=REPO, capture_output=True, text=True)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+
+
 @pytest.mark.slow
 def test_the_generated_references_match_the_code():
     """docs/reference/ (configuration keys, verdicts, methods, presets) is written by tools/make_references.py;

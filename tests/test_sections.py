@@ -1,13 +1,14 @@
 """The report's section registry (cvaudit.sections): what each section reads, grouped back the same way,
 one template per section, and the two stages that took work out of the renderers."""
 import copy
+import re
 
 import numpy as np
 import yaml
 
 from conftest import REPO
 from cvaudit.config import validate_config
-from cvaudit.sections import SECTIONS, by_section, report_inputs
+from cvaudit.sections import SECTIONS, STAGE_ON, by_section, report_inputs, stage_on
 
 DEMO = validate_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
 
@@ -45,6 +46,45 @@ def test_switches_remove_a_sections_files():
     assert not {"calibration", "invariance", "shuffled_labels"} & set(by_section(report_inputs(cfg, "cnn_fmnist")))
     cfg["explain"]["methods"] = ["gradcam"]  # one method: nothing to agree with, no method_agreement job
     assert by_section(report_inputs(cfg, "cnn_fmnist"))["attributions"].keys() == {"gradcam", "random"}
+
+
+def test_every_path_the_rules_name_comes_from_the_one_table():
+    """No rule file types a results/ path: the rules, the sections and the comparison read cvaudit.paths, and
+    every entry there is some rule's."""
+    from cvaudit.paths import PATHS, path
+    rules = {p.name: p.read_text() for p in (REPO / "rules").glob("*.smk")}
+    typed = [f"{n}: {m}" for n, text in rules.items() for m in re.findall(r'"results/[^"]*"', text)]
+    assert typed == []
+    text = "\n".join(rules.values())
+    unused = [n for n in PATHS if f'"{n}"' not in text]
+    assert unused == []
+    assert path("maps", model="m", method="lrp") == "results/m/explain/lrp/maps.npz"
+    assert path("maps", model="m") == "results/m/explain/{method}/maps.npz"  # the rest stay Snakemake's wildcards
+
+
+def test_one_predicate_decides_a_stage_for_the_report_its_run_times_and_the_estimate():
+    """Switching a stage off (or a condition it needs) removes it from the report's inputs and from the run-time
+    estimate alike: the estimate counts no job the run will not start."""
+    from cvaudit.estimate import model_jobs
+    cfg = copy.deepcopy(DEMO)
+    cfg["explain"]["methods"] = ["saliency"]  # one method: nothing to agree with
+    cfg["robustness"]["slices"]["enabled"] = False
+    cfg["data_audit"]["embedding"]["enabled"] = False
+    counts = {"train": 600, "val": 100, "test": 300}
+    jobs = {stage for stage, _, _ in model_jobs(cfg, "cnn_fmnist", counts)}
+    inputs = by_section(report_inputs(cfg, "cnn_fmnist"))
+    for stage in ("method_agreement", "slices", "embedding_duplicates"):
+        assert not stage_on(cfg, "cnn_fmnist", stage) and stage not in jobs
+    assert "agreement" not in inputs["attributions"] and "slices" not in inputs and "embedding" not in inputs["data_audit"]
+    jobs_on = {stage for stage, _, _ in model_jobs(DEMO, "cnn_fmnist", counts)}
+    assert {"method_agreement", "slices", "embedding_duplicates", "inspect_units"} <= jobs_on
+    ensemble = copy.deepcopy(DEMO)
+    ensemble["models"]["both"] = {**ensemble["models"]["cnn_fmnist"], "arch": "ensemble", "members": ["cnn_fmnist"]}
+    assert not stage_on(ensemble, "both", "inspect_units") and not stage_on(ensemble, "both", "shuffled_labels")
+    assert "inspect_units" not in {stage for stage, _, _ in model_jobs(ensemble, "both", counts)}
+    rules = "\n".join(p.read_text() for p in (REPO / "rules").glob("*.smk"))
+    sharded = {"explain", "invariance", "adversarial"}  # rules/sharded.smk builds their rules from one table
+    assert [s for s in STAGE_ON if s not in sharded and not re.search(rf"^rule {s}:", rules, re.M)] == []
 
 
 def test_method_agreement_is_the_rank_correlation_of_the_maps_and_skips_what_cannot_be_compared(tmp_path):

@@ -19,7 +19,8 @@ from pathlib import Path
 
 # keys whose values a second run cannot repeat (time, memory, versions, where it ran)
 VOLATILE = {"generated", "stage_runs", "packages", "seconds", "max_rss_mb", "cpu_seconds",
-            "wall_seconds", "device", "timings", "benchmarks", "mtime_ns"}
+            "wall_seconds", "device", "timings", "benchmarks", "mtime_ns",
+            "extra_seconds"}  # what a settling run would cost: from the measured job times
 
 
 def flatten(value, prefix: str = "") -> dict[str, object]:

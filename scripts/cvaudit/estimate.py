@@ -16,6 +16,8 @@ import os
 import time
 from pathlib import Path
 
+from cvaudit.sections import stage_on, trained_here
+
 GRADIENT = 3.0  # a forward and a backward pass, in forward passes
 TRAINING = 6.0  # a training step per image, in forward passes: the gradient, augmentation, loading and the optimiser
 START_UP = 6.0  # seconds a job pays before its work: 2.8 alone (tools/bench_stages.py), about 6 two at a time on 2 cores
@@ -145,7 +147,7 @@ def model_jobs(config: dict, model: str, counts: dict) -> list[tuple[str, float,
     classes = len(config["datasets"][cfg["dataset"]].get("class_names") or []) or 10
     jobs = []
     tr = cfg.get("train")
-    if tr:
+    if trained_here(config, model):
         epochs = tr.get("head_epochs", 3) + tr.get("finetune_epochs", 3)
         jobs.append(("train", epochs * (TRAINING * n_tr + n_va), 0.0))
     jobs.append(("evaluate", n_te + n_va + n_tr, 0.0))
@@ -161,30 +163,33 @@ def model_jobs(config: dict, model: str, counts: dict) -> list[tuple[str, float,
             continue
         checks = trust["sanity_images"] * (trust["sanity_stages"] + 1 + trust["sensitivity_samples"])
         jobs.append((f"explain {m}", a * (mp * 1.2 + per_image_trust) + checks * mp, a * road_cpu))
-    if config["clever_hans"]["enabled"]:
+    if stage_on(config, model, "clever_hans"):
         ch = config["clever_hans"]
         n = min(ch["max_images"], n_te) + min(ch["train_images"], n_tr)
         # maps (LRP's composite costs about two gradients), SpRAy, the paste and control tests, the global search
         jobs.append(("clever_hans", 3 * (n * (GRADIENT + 1) + 4 * ch["paste_images"] * 3), 0.0))
     rep = config["represent"]
-    jobs.append(("method_agreement", 0.0, 0.0))
-    if rep["enabled"]:
+    if stage_on(config, model, "method_agreement"):
+        jobs.append(("method_agreement", 0.0, 0.0))
+    if stage_on(config, model, "represent"):
         jobs.append(("represent", 3 * (n_te + n_tr), 0.0))  # embeddings, and the images loaded to make them
+    if stage_on(config, model, "embedding_duplicates"):
         jobs.append(("embedding_duplicates", 3 * (n_te + n_tr), 0.0))
-        if rep["ascent"]["enabled"]:
+    if stage_on(config, model, "inspect_units"):
+        if stage_on(config, model, "visualise_ascent"):
             jobs.append(("visualise_ascent", rep["ascent"]["steps"] * GRADIENT * (rep["ascent"]["classes"]
                                                                                   + rep["ascent"]["channels"]), 0.0))
-        if rep["layer_views"]["enabled"]:
+        if stage_on(config, model, "layer_views"):
             lv = rep["layer_views"]
             jobs.append(("layer_views", GRADIENT * (lv["inversion"]["images"] * lv["inversion"]["steps"] * 2
                                                     + lv["erf"]["images"] * 2), 0.0))
         jobs.append(("inspect_units", 2 * n_te, 0.0))
-    if rob["enabled"]:
+    if stage_on(config, model, "invariance"):
         n_rob = min(rob["max_images"], n_te)
         for family, values in rob["invariance"].items():
             jobs.append((f"invariance {family}", n_rob * len(values), n_rob * len(values) * PER_IMAGE_CPU["transform"] * pix))
         adv = rob["adversarial"]
-        if adv["enabled"]:
+        if stage_on(config, model, "adversarial"):
             n_adv, eps = min(adv["max_images"], n_te), len(adv["epsilons"])
             aa = adv["autoattack"]
             cost = {"fgsm": GRADIENT + 1,
@@ -195,23 +200,24 @@ def model_jobs(config: dict, model: str, counts: dict) -> list[tuple[str, float,
                 jobs.append((f"adversarial {attack}", EARLY_STOP * n_adv * eps * cost.get(attack, GRADIENT)
                              + n_adv * adv["masking"]["more_steps"] * GRADIENT, 0.0))
         c = rob["corruptions"]
-        if c["enabled"]:
+        if stage_on(config, model, "corruptions"):
             k = len(c["corruptions"]) * len(c["severities"])
             n_c = min(c["max_images"], n_te)
             jobs.append(("corruptions", n_c * k, n_c * k * (0.003 + PER_IMAGE_CPU["corruptions"] * pix)))
         st = rob["shape_texture"]
-        if st["enabled"]:
+        if stage_on(config, model, "shape_texture"):
             n_st = min(st["max_images"], n_te) * (len(st["grids"]) + 2)
             jobs.append(("shape_texture", n_st, n_st * PER_IMAGE_CPU["cue_conflict"] * pix))
-        if rob["calibration"]["enabled"]:
+        if stage_on(config, model, "calibrate"):
             jobs.append(("calibrate", n_va + n_te, 0.0))
-        for shifted in cfg.get("shift_sets", []):
+        for shifted in cfg.get("shift_sets", []) if stage_on(config, model, "shift") else []:
             jobs.append((f"shift {shifted}", min(rob["shift"]["max_images"], sum(dataset_counts(config, shifted).values())),
                          0.0))
-        if rob["shuffled_labels"]["enabled"] and tr:
+        if stage_on(config, model, "shuffled_labels"):
             sl = rob["shuffled_labels"]
             jobs.append(("shuffled_labels", sl["epochs"] * GRADIENT * min(sl["max_images"], n_tr), 0.0))
-        jobs.append(("slices", 0.0, START_LIGHT - START_UP))
+        if stage_on(config, model, "slices"):
+            jobs.append(("slices", 0.0, START_LIGHT - START_UP))
     jobs.append(("report", 0.0, REPORT_SECONDS))
     return jobs
 
@@ -250,7 +256,8 @@ def estimate(config: dict, device: str = "cpu", cores: int = 2, cache: str | Pat
             rows.append({"model": d, "stage": "data audit", "seconds": START_UP + n * PER_IMAGE_CPU["data_audit"]})
         rows.append({"model": d, "stage": "ingest", "seconds": START_LIGHT + sum(counts.values()) * 0.001})
         rows.append({"model": d, "stage": "fit_baseline", "seconds": START_UP})
-        rows.append({"model": d, "stage": "image_properties", "seconds": START_LIGHT})
+        if any(stage_on(config, m, "image_properties") for m, c in config["models"].items() if c["dataset"] == d):
+            rows.append({"model": d, "stage": "image_properties", "seconds": START_LIGHT})
     for name, cfg in config["models"].items():
         counts = per_dataset[cfg["dataset"]]
         classes = len(config["datasets"][cfg["dataset"]].get("class_names") or []) or 10

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from cvaudit.core.registry import FLOOR_METHOD
+from cvaudit.paths import path
 
 SEP = "__"
 AGREEMENT = "agreement"  # the attributions section's file beside the methods' maps
@@ -22,10 +23,6 @@ class Section(NamedTuple):
     id: str
     title: str
     files: Callable[[dict, str], dict[str, str]] | None = None  # (config, model) -> {name: path}
-
-
-def _robust(config: dict) -> dict | None:
-    return config["robustness"] if config["robustness"]["enabled"] else None
 
 
 def configured_as_ensemble(config: dict, model: str) -> bool:
@@ -42,16 +39,6 @@ def _models_on(config: dict, dataset: str) -> list[str]:
     return [m for m, c in config["models"].items() if c["dataset"] == dataset]
 
 
-def _data_audit(config, model):
-    if not config["data_audit"]["enabled"]:
-        return {}
-    files = {"audit": f"results/data/{config['models'][model]['dataset']}/data_audit.npz",
-             "probs": f"results/{model}/eval/probs.npz"}  # label issues by the model's own test probabilities
-    if embedding_duplicates_on(config):  # near duplicates in the model's own embedding space
-        files["embedding"] = f"results/{model}/represent/duplicates.npz"
-    return files
-
-
 def embedding_duplicates_on(config: dict) -> bool:
     """The embedding_duplicates stage runs: the data audit and its embedding search are on, and the represent
     stage gives the test images' embeddings."""
@@ -59,46 +46,88 @@ def embedding_duplicates_on(config: dict) -> bool:
                 and config["represent"]["enabled"])
 
 
-def _clever_hans(config, model):
-    return {"results": f"results/{model}/explain/clever_hans.npz"} if config["clever_hans"]["enabled"] else {}
+def _robust_on(key: str):
+    return lambda c, m: bool(c["robustness"]["enabled"] and c["robustness"][key]["enabled"])
 
 
-def _calibration(config, model):
-    rob = _robust(config)
-    return {"calibration": f"results/{model}/robust/calibration.json"} \
-        if rob and rob["calibration"]["enabled"] else {}
+def _units_on(c: dict, m: str) -> bool:  # an ensemble has no units or layers of its own: its members' reports show theirs
+    return bool(c["represent"]["enabled"]) and not configured_as_ensemble(c, m)
+
+
+# Whether a stage's job runs for a model (a dataset's stages: for the models on it), by rule name: the one answer
+# that the report's inputs (SECTIONS below), its run-time table (rules/common.smk) and the run-time estimate read.
+STAGE_ON = {
+    "ingest_dataset": lambda c, m: True,
+    "fit_baseline": lambda c, m: True,
+    "data_audit": lambda c, m: bool(c["data_audit"]["enabled"]),
+    "image_properties": _robust_on("slices"),
+    "train_model": lambda c, m: c["models"][m]["train"] is not False,  # an ensemble's job puts its members together
+    "evaluate_model": lambda c, m: True,
+    "explain": lambda c, m: True,
+    "method_agreement": lambda c, m: len(c["explain"]["methods"]) > 1,  # how alike the methods' maps are
+    "clever_hans": lambda c, m: bool(c["clever_hans"]["enabled"]),
+    "represent": lambda c, m: bool(c["represent"]["enabled"]),
+    "embedding_duplicates": lambda c, m: embedding_duplicates_on(c),
+    "inspect_units": _units_on,
+    "visualise_ascent": lambda c, m: _units_on(c, m) and bool(c["represent"]["ascent"]["enabled"]),
+    "layer_views": lambda c, m: _units_on(c, m) and bool(c["represent"]["layer_views"]["enabled"]),
+    # CKA between the models trained on the same data
+    "compare_representations": lambda c, m: bool(c["represent"]["enabled"]) and len(_models_on(c, c["models"][m]["dataset"])) > 1,
+    "calibrate": _robust_on("calibration"),
+    "invariance": lambda c, m: bool(c["robustness"]["enabled"]),
+    "adversarial": _robust_on("adversarial"),
+    "shuffled_labels": lambda c, m: _robust_on("shuffled_labels")(c, m) and trained_here(c, m),
+    "slices": _robust_on("slices"),
+    "shift": lambda c, m: _robust_on("shift")(c, m) and bool(c["models"][m].get("shift_sets")),
+    "corruptions": _robust_on("corruptions"),
+    "shape_texture": _robust_on("shape_texture"),
+}
+
+
+def stage_on(config: dict, model: str, stage: str) -> bool:
+    """STAGE_ON's answer for one stage and model (a name it does not know is a bug: KeyError)."""
+    return STAGE_ON[stage](config, model)
+
+
+def _on(stage: str, **files):
+    """A section's files(config, model): {name: path name in cvaudit.paths} when the stage runs for the model."""
+    return lambda config, model: {k: path(v, model=model) for k, v in files.items()} \
+        if stage_on(config, model, stage) else {}
+
+
+def _data_audit(config, model):
+    if not stage_on(config, model, "data_audit"):
+        return {}
+    files = {"audit": path("data_audit", dataset=config["models"][model]["dataset"]),
+             "probs": path("probs", model=model)}  # label issues by the model's own test probabilities
+    if stage_on(config, model, "embedding_duplicates"):  # near duplicates in the model's own embedding space
+        files["embedding"] = path("embedding_duplicates", model=model)
+    return files
 
 
 def _attributions(config, model):
-    files = {m: f"results/{model}/explain/{m}/maps.npz" for m in [*config["explain"]["methods"], FLOOR_METHOD]}
-    if len(config["explain"]["methods"]) > 1:  # the method_agreement stage: how alike the methods' maps are
-        files[AGREEMENT] = f"results/{model}/explain/agreement.json"
+    files = {m: path("maps", model=model, method=m) for m in [*config["explain"]["methods"], FLOOR_METHOD]}
+    if stage_on(config, model, "method_agreement"):
+        files[AGREEMENT] = path("agreement", model=model)
     return files
 
 
 def _representations(config, model):
-    if not config["represent"]["enabled"]:
+    if not stage_on(config, model, "represent"):
         return {}
-    files = {"represent": f"results/{model}/represent/embeddings.npz"}
-    dataset = config["models"][model]["dataset"]
-    if len(_models_on(config, dataset)) > 1:  # CKA between the models trained on the same data
-        files["compare"] = f"results/compare/{dataset}/representations.json"
+    files = {"represent": path("embeddings", model=model)}
+    if stage_on(config, model, "compare_representations"):
+        files["compare"] = path("representations", dataset=config["models"][model]["dataset"])
     return files
 
 
 def _units(config, model):
-    rep = config["represent"]
-    if not rep["enabled"] or configured_as_ensemble(config, model):  # no units of its own: its members' reports show theirs
+    if not stage_on(config, model, "inspect_units"):
         return {}
-    files = {"units": f"results/{model}/represent/units.npz"}
-    if rep["ascent"]["enabled"]:
-        files["ascent"] = f"results/{model}/represent/ascent.npz"
+    files = {"units": path("units", model=model)}
+    if stage_on(config, model, "visualise_ascent"):
+        files["ascent"] = path("ascent", model=model)
     return files
-
-
-def _slices(config, model):
-    rob = _robust(config)
-    return {"slices": f"results/{model}/robust/slices.json"} if rob and rob["slices"]["enabled"] else {}
 
 
 def corruption_reference(config: dict, model: str) -> str:
@@ -111,49 +140,19 @@ def corruption_reference(config: dict, model: str) -> str:
 def corruption_reference_files(config: dict, model: str) -> list[str]:
     """The reference's corruptions.npz, an input of a model's corruptions job ([] for the reference itself)."""
     ref = corruption_reference(config, model)
-    return [] if ref == model else [f"results/{ref}/robust/corruptions.npz"]
-
-
-def _corruptions(config, model):
-    rob = _robust(config)
-    if not rob or not rob["corruptions"]["enabled"]:
-        return {}
-    return {"results": f"results/{model}/robust/corruptions.npz"}  # with the CE and mCE against the reference
-
-
-def _shift(config, model):
-    rob = _robust(config)
-    return {"shift": f"results/{model}/robust/shift.json"} \
-        if rob and rob["shift"]["enabled"] and config["models"][model].get("shift_sets") else {}
-
-
-def _shape_texture(config, model):
-    rob = _robust(config)
-    return {"results": f"results/{model}/robust/shape_texture.npz"} if rob and rob["shape_texture"]["enabled"] else {}
-
-
-def _layers(config, model):
-    rep = config["represent"]
-    return {"views": f"results/{model}/represent/layers.npz"} \
-        if rep["enabled"] and rep["layer_views"]["enabled"] and not configured_as_ensemble(config, model) else {}
+    return [] if ref == model else [path("corruptions", model=ref)]
 
 
 def _invariance(config, model):
-    rob = _robust(config)
-    return {f: f"results/{model}/robust/invariance/{f}.json" for f in rob["invariance"]} if rob else {}
+    if not stage_on(config, model, "invariance"):
+        return {}
+    return {f: path("invariance", model=model, family=f) for f in config["robustness"]["invariance"]}
 
 
 def _adversarial(config, model):
-    rob = _robust(config)
-    if not rob or not rob["adversarial"]["enabled"]:
+    if not stage_on(config, model, "adversarial"):
         return {}
-    return {a: f"results/{model}/robust/adversarial/{a}.npz" for a in rob["adversarial"]["attacks"]}
-
-
-def _shuffled_labels(config, model):
-    rob = _robust(config)
-    return {"curves": f"results/{model}/robust/shuffled_labels.json"} \
-        if rob and rob["shuffled_labels"]["enabled"] and trained_here(config, model) else {}
+    return {a: path("adversarial", model=model, attack=a) for a in config["robustness"]["adversarial"]["attacks"]}
 
 
 SECTIONS = [
@@ -164,19 +163,20 @@ SECTIONS = [
     Section("data_audit", "Data audit: duplicates, leakage, label issues, outliers", _data_audit),
     Section("training", "Training"),
     Section("evaluation", "Evaluation and baselines"),
-    Section("clever_hans", "Clever Hans: does the model cheat?", _clever_hans),
-    Section("calibration", "Calibration", _calibration),
-    Section("slices", "Where the model fails: slices and groups", _slices),
+    Section("clever_hans", "Clever Hans: does the model cheat?", _on("clever_hans", results="clever_hans")),
+    Section("calibration", "Calibration", _on("calibrate", calibration="calibration")),
+    Section("slices", "Where the model fails: slices and groups", _on("slices", slices="slices")),
     Section("attributions", "Attributions and their trust checks", _attributions),
     Section("representations", "Representations", _representations),
     Section("units", "Inside the network", _units),
-    Section("layers", "What the layers keep", _layers),
+    Section("layers", "What the layers keep", _on("layer_views", views="layers")),
     Section("invariance", "Invariance", _invariance),
-    Section("shift", "Shifted test sets", _shift),
-    Section("corruptions", "Common corruptions", _corruptions),
+    Section("shift", "Shifted test sets", _on("shift", shift="shift")),
+    # the corruptions file holds the CE and mCE against the reference
+    Section("corruptions", "Common corruptions", _on("corruptions", results="corruptions")),
     Section("adversarial", "Adversarial examples", _adversarial),
-    Section("shape_texture", "Shape or texture?", _shape_texture),
-    Section("shuffled_labels", "Shuffled-label test (memorisation)", _shuffled_labels),
+    Section("shape_texture", "Shape or texture?", _on("shape_texture", results="shape_texture")),
+    Section("shuffled_labels", "Shuffled-label test (memorisation)", _on("shuffled_labels", curves="shuffled_labels")),
     Section("appendix", "Appendix: provenance and configuration"),
 ]
 BY_ID = {s.id: s for s in SECTIONS}
@@ -190,8 +190,8 @@ def report_inputs(config: dict, model: str) -> dict[str, str]:
 def by_section(inputs: dict) -> dict[str, dict[str, str]]:
     """The report's analysis inputs grouped back: {section id: {name: path}} (other inputs are left out)."""
     out: dict[str, dict[str, str]] = {}
-    for key, path in inputs.items():
+    for key, file in inputs.items():
         sid, sep, name = key.partition(SEP)
         if sep and sid in BY_ID:
-            out.setdefault(sid, {})[name] = path
+            out.setdefault(sid, {})[name] = file
     return out
