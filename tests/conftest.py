@@ -61,7 +61,7 @@ def tiny_workflow(work: Path, change, env=None) -> subprocess.CompletedProcess:
 # jobs' times are what the run-time estimate is checked against: the other worker waits, pytest_runtest_protocol);
 # then the unit tests and the other workflow runs, longest first.
 LONG_FIRST = ["test_shortcut_workflow", "test_vit_workflow", "test_reruns", "test_faults", "test_report_view",
-              "test_honest_reports", "test_own_model", "test_shape_texture", "test_shards", "test_bad_inputs"]
+              "test_honest_report_runs", "test_own_model", "test_shape_texture", "test_shards", "test_bad_input_runs"]
 
 
 def pytest_itemcollected(item):  # as each test is collected: before pytest-xdist reads the groups

@@ -55,12 +55,12 @@ SCOPE = {
 }
 # Modules whose slowest fast tests (attacks on trained networks, seconds each) would make a run take hours:
 # their mutants are judged by these tests alone (attacks on linear models with closed-form answers).
-TESTS = {"robust.adversarial": ["tests/test_attacks.py"], "explain.spray": ["tests/test_clever_hans.py"],
-         "explain.clever_hans": ["tests/test_clever_hans.py"], "explain.global_cues": ["tests/test_clever_hans.py"],
-         "data.copies": ["tests/test_copies.py", "tests/test_data_audit.py"], "data.data_audit": ["tests/test_data_audit.py"],
-         "represent.embedding_duplicates": ["tests/test_embedding_duplicates.py"],
-         "core.calibration_error": ["tests/test_calibrate.py", "tests/test_slices.py", "tests/test_shift.py",
-                                    "tests/test_compare.py"]}
+TESTS = {"robust.adversarial": ["tests/unit/robust/test_attacks.py"], "explain.spray": ["tests/unit/explain/test_clever_hans.py"],
+         "explain.clever_hans": ["tests/unit/explain/test_clever_hans.py"], "explain.global_cues": ["tests/unit/explain/test_clever_hans.py"],
+         "data.copies": ["tests/unit/data/test_copies.py", "tests/unit/data/test_data_audit.py"], "data.data_audit": ["tests/unit/data/test_data_audit.py"],
+         "represent.embedding_duplicates": ["tests/unit/represent/test_embedding_duplicates.py"],
+         "core.calibration_error": ["tests/unit/robust/test_calibrate.py", "tests/unit/robust/test_slices.py", "tests/unit/robust/test_shift.py",
+                                    "tests/unit/report/test_compare.py"]}
 # Modules whose tests, forked from a process that has run them, deadlocked (thread pools: file hashing, torch's
 # intra-op threads in attacks and temperature fits, scipy): their mutants run from a fork server instead.
 FORKSERVER = {"data.ingest_dataset", "robust.adversarial", "robust.calibrate", "robust.invariance"}

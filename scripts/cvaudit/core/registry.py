@@ -3,7 +3,7 @@ its wildcard constraints): the attribution methods, the invariance families and 
 
 Each name points at its implementation as "module:object", imported only by the job that runs it.
 Adding one is its implementation (a class or a function in the module of its family) plus one line
-here, and its options, if any, in config/schema.yaml; tests/test_registries.py checks that the
+here, and its options, if any, in config/schema.yaml; tests/unit/test_registries.py checks that the
 schema's enums and defaults agree with these tables and that every entry resolves.
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ A sharded stage is a module that provides
 where `item` is the method, family or attack and `job` the one dict of inputs and options that
 rules/sharded.smk builds for both rules of the stage (model, data, options, seed, device, threads,
 and what the stage adds), so a shard and its merge cannot disagree. Every per-image result depends
-on that image alone, so merged shards equal one job (tests/test_shards.py).
+on that image alone, so merged shards equal one job (tests/workflow/test_shards.py).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ and training augmentation.
 
 The evaluation and display transforms are torchvision v2's ToImage, Resize (bilinear, antialiased),
 CenterCrop, ToDtype and Normalize done with torch alone, in the same operations, so they
-give the same bytes (tests/test_images.py compares them): importing torchvision costs a job about
+give the same bytes (tests/unit/core/test_images.py compares them): importing torchvision costs a job about
 two seconds (it loads torch._dynamo), and most jobs transform images but build no torchvision model.
 Training augmentation uses torchvision v2, imported when it is built."""
 from __future__ import annotations

@@ -145,7 +145,7 @@ def test_editing_a_report_template_reruns_only_the_reports(two):
     template = REPO / "templates" / "report.html.j2"
     text, before = template.read_text(), template.stat()
     try:  # a real edit: Snakemake compares content, not only the modification time
-        template.write_text(text + "{# edited by tests/test_reruns.py #}\n")
+        template.write_text(text + "{# edited by tests/workflow/test_reruns.py #}\n")
         later = time.time() + 60
         os.utime(template, (later, later))
         assert rules_of(jobs(work)) == {"render_report": 2, "compare_models": 1, "gate": 1, "gate_check": 1, "all": 1}

@@ -150,11 +150,3 @@ def test_the_config_checker_names_the_line_and_column_snakemake_does_not(tmp_pat
     assert ok.returncode == 0 and "valid (2 model(s), 3 dataset(s), preset quick)" in ok.stdout
 
 
-@pytest.mark.e2e  # runs make (and its set-up check)
-def test_make_audit_checks_ones_own_config_before_snakemake_reads_it(tmp_path):
-    import subprocess
-    bad = tmp_path / "my.yaml"
-    bad.write_text("datasets:\n  a: {source: idx\nmodels: [\n")
-    made = subprocess.run(["make", "-s", "-C", str(REPO), "audit", f"CONFIG={bad}"], capture_output=True, text=True,
-                          timeout=600)
-    assert made.returncode != 0 and "line 3, column 7" in made.stderr and "not valid JSON or YAML" not in made.stderr

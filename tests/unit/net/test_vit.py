@@ -126,7 +126,7 @@ def test_token_gradcam_equals_pytorch_grad_cam():
 
 class RegionViT(nn.Module):
     """A one-block timm ViT whose class depends only on the top-right quadrant, by construction, as RegionNet
-    (tests/test_explain.py) for CNNs: the input is masked to that quadrant (so every other patch token is
+    (tests/unit/explain/test_explain.py) for CNNs: the input is masked to that quadrant (so every other patch token is
     exactly 0), the class token's query matches only keys carrying the quadrant's position code, the values
     carry the patches' content, the MLP is zero and the head reads the class token's content. Top-right, not
     top-left: a grid read column by column would move it to the bottom-left and fail."""

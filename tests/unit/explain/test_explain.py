@@ -31,7 +31,7 @@ def _method(name, **kw):
     return get_method(name, **{**SMALL.get(name, {}), **kw})
 
 
-TRANSFORMER_ONLY = {"attention_rollout", "transformer_attribution"}  # tests/test_vit.py: their known answers
+TRANSFORMER_ONLY = {"attention_rollout", "transformer_attribution"}  # tests/unit/net/test_vit.py: their known answers
 
 
 @pytest.mark.parametrize("name", [pytest.param(m, marks=pytest.mark.slow) if m == "shap" else m for m in sorted(METHODS)])

@@ -212,3 +212,24 @@ def test_every_config_the_docs_show_is_valid():
                 validate_config(cfg, REPO / "config" / "schema.yaml")
                 shown += 1
     assert shown >= 2
+
+
+def test_the_tests_mirror_the_package_and_the_workflow_runs_have_their_folder():
+    """tests/unit/<subpackage>/ for the unit tests of cvaudit/<subpackage>/, tests/workflow/ for exactly the tests
+    that run the workflow through Snakemake (marked e2e)."""
+    import ast
+    subpackages = {p.name for p in (REPO / "scripts" / "cvaudit").iterdir() if (p / "__init__.py").exists()} - {"__pycache__"}
+    assert {p.name for p in (REPO / "tests" / "unit").iterdir() if p.is_dir() and p.name != "__pycache__"} == subpackages
+
+    def e2e(node):
+        return any(ast.unparse(d).startswith("pytest.mark.e2e") for d in getattr(node, "decorator_list", []))
+    for path in (REPO / "tests").rglob("test_*.py"):
+        tree = ast.parse(path.read_text())
+        module_marked = any(isinstance(n, ast.Assign) and "pytestmark" in ast.unparse(n.targets[0]) and "e2e" in ast.unparse(n.value)
+                            for n in tree.body)
+        tests = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+        marked = [n.name for n in tests if module_marked or e2e(n)]
+        if path.parent.name == "workflow":
+            assert len(marked) == len(tests) > 0, f"{path.name}: tests that run no workflow belong in tests/unit/"
+        else:
+            assert marked == [], f"{path.name}: {marked} run the workflow: tests/workflow/"

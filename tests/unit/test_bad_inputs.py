@@ -169,15 +169,6 @@ def test_class_names_with_dollar_signs_are_drawn_as_literal_text():
     assert all(n in svg for n in names)  # never parsed as mathtext
 
 
-@pytest.mark.e2e  # runs snakemake
-def test_an_empty_config_file_is_refused_not_replaced_by_the_demo(tmp_path):
-    from conftest import smk
-    (tmp_path / "empty.yaml").write_text("{}\n")
-    p = smk(tmp_path, "--dry-run", "--configfile", str(tmp_path / "empty.yaml"), check=False)
-    assert p.returncode != 0 and "empty.yaml is empty" in p.stdout + p.stderr
-    assert "lite0_imagenet" not in p.stdout  # the demo's models were not planned
-
-
 def test_csv_tables_from_excel_and_in_latin_1(tmp_path):
     root = tmp_path / "imgs"
     _good(root)
@@ -279,25 +270,6 @@ def test_numbers_yaml_reads_as_text_are_numbers():
     cfg["models"]["cnn_tiny"]["train"]["lr"] = "fast"
     with pytest.raises(CvauditError, match=r"models\.cnn_tiny\.train\.lr': 'fast' is not of type 'number'"):
         validate_config(cfg)
-
-
-@pytest.mark.e2e  # runs snakemake
-def test_class_folders_named_like_snakemake_patterns_run(tmp_path):
-    """`<unk>` and `{x}` are class names, never patterns: no image path reaches Snakemake."""
-    import yaml
-    from conftest import REPO, smk
-    root = tmp_path / "imgs"
-    for c in ("<unk>", "{x}", "<logs>"):
-        (root / c).mkdir(parents=True)
-        for k, src in enumerate(sorted(TINY.glob("bag/fm*.png" if c != "{x}" else "sneaker/fm*.png"))[:4]):
-            (root / c / f"{c}{k}.png").write_bytes(src.read_bytes() if c != "<logs>" else
-                                                   sorted(TINY.glob("trouser/fm*.png"))[k].read_bytes())
-    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
-    cfg["datasets"]["tiny"]["path"] = str(root)
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    smk(tmp_path, "results/data/tiny/manifest.csv", "--configfile", str(tmp_path / "c.yaml"))
-    rows = read_manifest(tmp_path / "results" / "data" / "tiny" / "manifest.csv")
-    assert {r["label"] for r in rows} == {"<unk>", "{x}", "<logs>"} and len(rows) == 12
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
