@@ -8,7 +8,7 @@ from cvaudit.core.registry import ATTACKS, FAMILIES, FLOOR_METHOD, METHODS
 from cvaudit.data.fingerprint import write_fingerprint
 from cvaudit.paths import PATHS, path
 from cvaudit.resources import job_mem_mb, job_minutes
-from cvaudit.sections import STAGE_ON, corruption_reference_files, report_inputs, stage_on
+from cvaudit.sections import STAGE_ON, corruption_reference_files, report_inputs, report_settings, stage_on
 
 
 def limit(rule_name, fixed):

@@ -59,23 +59,7 @@ rule render_report:
     params:
         model_cfg=lambda wc: config["models"][wc.model],
         dataset_cfg=lambda wc: config["datasets"][dataset_of(wc.model)],
-        settings={
-            k: config[k]
-            for k in (
-                "seed",
-                "device",
-                "explain",
-                "represent",
-                "robustness",
-                "baseline",
-                "data_audit",
-                "clever_hans",
-                "verdicts",
-                "report",
-            )
-        }
-        | {"audit": {k: v for k, v in config["audit"].items() if k != "fail_on"}},
-        # fail_on: only the gate
+        settings=report_settings(config),
         benchmarks=lambda wc: benchmark_files(wc.model),
     script:
         "../scripts/render_report.py"

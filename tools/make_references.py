@@ -8,9 +8,11 @@ verdicts.md   every check of cvaudit.report.checks: what it measures, direction,
               what to do when it fails
 methods.md    every attribution method of cvaudit.core.registry: its kind and how to read its map
 presets.md    the budgets each preset of config/presets.yaml sets
+outputs.md    every file the workflow writes (cvaudit.paths), the rule that writes it and what it holds
 """
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -127,8 +129,35 @@ def presets_page() -> str:
     return HEAD + "\n".join(lines) + "\n"
 
 
+def writers() -> dict[str, str]:
+    """{path name: the rule whose output it is}, read from the rule files (rules/sharded.smk names its two rules
+    per stage in a table: `<stage>` writes "out", `<stage>_shard` writes "part")."""
+    out = {}
+    for f in sorted((REPO / "rules").glob("*.smk")):
+        text = f.read_text()
+        for m in re.finditer(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", text, re.M | re.S):
+            block = re.search(r"^    output:\n(.*?)(?=^    \w+:)", m.group(2), re.M | re.S)
+            for name in re.findall(r'PATHS\["(\w+)"\]', block.group(1) if block else ""):
+                out.setdefault(name, m.group(1))
+        for stage, body in re.findall(r'^    "(\w+)": \{\n(.*?)^    \}', text, re.M | re.S):
+            for key, name in re.findall(r'"(out|part)": PATHS\["(\w+)"\]', body):
+                out.setdefault(name, stage if key == "out" else f"{stage}_shard")
+    return out
+
+
+def outputs_page() -> str:
+    from cvaudit.paths import ABOUT, PATHS
+    by = writers()
+    lines = ["# Outputs", "", "Every file a run writes under `results/` (the table is `scripts/cvaudit/paths.py`, which the rules",
+             "read), the rule that writes it and what it holds. Besides them: `logs/<rule>/<wildcards>.log` and",
+             "`benchmarks/<rule>/<wildcards>.tsv` per job.", "", "| file | written by | what it holds |", "|---|---|---|"]
+    lines += [f"| `{PATHS[k]}` | {f'`{by[k]}`' if k in by else 'the plan, before any job'} | {_cell(ABOUT[k])} |"
+              for k in PATHS]
+    return HEAD + "\n".join(lines) + "\n"
+
+
 PAGES = {"config.md": config_page, "verdicts.md": verdicts_page, "methods.md": methods_page,
-         "presets.md": presets_page}
+         "presets.md": presets_page, "outputs.md": outputs_page}
 
 
 def main() -> int:

@@ -2,7 +2,8 @@
 
 Each section has an id (its anchor, and its template `templates/sections/<id>.html.j2`), a title (the
 table of contents) and, for a section drawn from an analysis stage, `files(config, model)`: the
-stage outputs it reads, by name. rules/common.smk declares them as the report's inputs, named
+stage outputs it reads, by name, and how the report builds what it shows and its summary.json entry from
+them (`build`, `summary`). rules/common.smk declares them as the report's inputs, named
 "<section>__<name>", and the report groups them back (`by_section`): a failed stage is shown in the
 section that reads it, and a switched-off stage's section is left out. Adding a section is its
 template, one entry here, and what it shows in cvaudit/report/stage_sections.py. Imports nothing heavy (the
@@ -23,6 +24,12 @@ class Section(NamedTuple):
     id: str
     title: str
     files: Callable[[dict, str], dict[str, str]] | None = None  # (config, model) -> {name: path}
+    # "module:function" (imported by the report job alone): the section's files {name: path} -> what its template
+    # shows as `section` (the section is left out while its stage is off; a failed stage's file is not passed)
+    build: str | None = None
+    # "module:function": what `build` returned (None when it did not run) -> the section's summary.json entry
+    summary: str | None = None
+    summary_key: str | None = None  # that entry's key (default: the section's id)
 
 
 def configured_as_ensemble(config: dict, model: str) -> bool:
@@ -169,7 +176,9 @@ SECTIONS = [
     Section("attributions", "Attributions and their trust checks", _attributions),
     Section("representations", "Representations", _representations),
     Section("units", "Inside the network", _units),
-    Section("layers", "What the layers keep", _on("layer_views", views="layers")),
+    Section("layers", "What the layers keep", _on("layer_views", views="layers"),
+            build="cvaudit.report.behaviour_sections:layers_section",
+            summary="cvaudit.report.behaviour_sections:layers_summary", summary_key="layer_views"),
     Section("invariance", "Invariance", _invariance),
     Section("shift", "Shifted test sets", _on("shift", shift="shift")),
     # the corruptions file holds the CE and mCE against the reference
@@ -185,6 +194,14 @@ BY_ID = {s.id: s for s in SECTIONS}
 def report_inputs(config: dict, model: str) -> dict[str, str]:
     """Every analysis output a model's report reads, named "<section>__<name>"."""
     return {f"{s.id}{SEP}{name}": path for s in SECTIONS if s.files for name, path in s.files(config, model).items()}
+
+
+def report_settings(config: dict) -> dict:
+    """The settings a model's report reads (its rule's params): audit.fail_on is left out, read by the gate alone,
+    so changing it reruns no report."""
+    keys = ("seed", "device", "explain", "represent", "robustness", "baseline", "data_audit", "clever_hans",
+            "verdicts", "report")
+    return {k: config[k] for k in keys} | {"audit": {k: v for k, v in config["audit"].items() if k != "fail_on"}}
 
 
 def by_section(inputs: dict) -> dict[str, dict[str, str]]:

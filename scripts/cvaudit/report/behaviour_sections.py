@@ -99,11 +99,14 @@ def corruptions_summary(co: dict | None) -> dict | None:
             "note": e["note"]}
 
 
-def layers_section(path) -> dict:
-    """Feature inversions (rows: the image, then each layer's reconstruction) and effective receptive fields."""
-    from cvaudit.report import figures
+def layers_section(files: dict) -> dict | None:
+    """Feature inversions (rows: the image, then each layer's reconstruction) and effective receptive fields,
+    from the layer_views stage's file (files["views"]; None when its stage failed)."""
     from cvaudit.core.files import load_npz
-    v = load_npz(path)
+    from cvaudit.report import figures
+    if "views" not in files:
+        return None
+    v = load_npz(files["views"])
     meta = v["meta"]
     inv = None
     if meta["inversion"]:

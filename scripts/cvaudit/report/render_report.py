@@ -12,13 +12,13 @@ from cvaudit.report import figures
 from cvaudit.report.checks import run_checks
 from cvaudit.report.judge import overall
 from cvaudit.core.manifest import read_manifest
+from cvaudit.core.registry import load
 from cvaudit.report.diagnose import diagnosis
 from cvaudit.report.findings import findings
 from cvaudit.core.files import load_audit_set, load_npz, read_history, read_json, stage_failure, write_json, write_text
 from cvaudit.sections import AGREEMENT, SECTIONS, by_section
 from cvaudit.report.rendering import device_description, jinja_env, package_versions, read_benchmarks, write_pdf
-from cvaudit.report.behaviour_sections import (corruptions_summary, layers_section, layers_summary,
-                                               shape_texture_summary, slices_summary)
+from cvaudit.report.behaviour_sections import corruptions_summary, shape_texture_summary, slices_summary
 from cvaudit.report.evidence import links as evidence_links
 from cvaudit.report.evidence import write_evidence
 from cvaudit.report.stage_sections import (clever_hans_section, collect_robust, compare_section, data_audit_section,
@@ -256,8 +256,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     units = units_section(unit_files["units"], unit_files.get("ascent")) \
         if "units" in unit_files else None
     compare = compare_section(reps["compare"]) if "compare" in reps else None
-    layer_files = grouped.get("layers", {})
-    layers = layers_section(layer_files["views"]) if "views" in layer_files else None
+    built = {s.id: load(s.build)(grouped[s.id]) for s in SECTIONS if s.build and grouped.get(s.id)}
     robust = robust_section(r["robust"], [str(n) for n in audit["class_names"]]) if r["robust"] else None
     ev = r["eval"]
     stage_runs = read_benchmarks(benchmarks or {})
@@ -271,13 +270,14 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
         failed_by_section.setdefault(rec["section"], []).append(rec)
     diag = diagnosis(r, model_cfg)
     ensemble = model_cfg["arch"] == "ensemble"
-    present = {"diagnosis": diag is not None, "calibration": bool(robust and robust["calibration"]), "attributions": True,
+    present = {**{s.id: built.get(s.id) is not None for s in SECTIONS if s.build},
+               "diagnosis": diag is not None, "calibration": bool(robust and robust["calibration"]), "attributions": True,
                "data_audit": r["data_audit"] is not None, "clever_hans": r["clever_hans"] is not None,
                "representations": represent is not None,
                # an ensemble's units and layers are its members': the sections say so when the views are on
                "units": units is not None or (ensemble and settings["represent"]["enabled"]),
-               "layers": layers is not None or (ensemble and settings["represent"]["enabled"]
-                                                and settings["represent"]["layer_views"]["enabled"]),
+               "layers": built.get("layers") is not None or (ensemble and settings["represent"]["enabled"]
+                                                             and settings["represent"]["layer_views"]["enabled"]),
                "invariance": bool(robust and robust["invariance"]), "adversarial": bool(robust and robust["adversarial"]),
                "shuffled_labels": bool(robust and robust["shuffled_labels"]), "slices": bool(robust and robust["slices"]),
                "shape_texture": bool(robust and robust["shape_texture"]),
@@ -353,7 +353,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
             "shuffled_labels": None if not robust["shuffled_labels"] else {
                 "final_train_accuracy": {k: v[-1] for k, v in robust["shuffled_labels"]["train_accuracy"].items()},
                 "chance": robust["shuffled_labels"]["chance"]}},
-        "layer_views": layers_summary(layers),
+        **{s.summary_key or s.id: load(s.summary)(built.get(s.id)) for s in SECTIONS if s.summary},
         "evidence": {k: {"file": f"evidence/{k}.csv", "rows": n} for k, n in evidence.items()},
         "provenance": {"arch": model_cfg["arch"], "weights": model_cfg["weights"], "seed": settings["seed"],
                        "device": device_description(r["train"]["device"]),
@@ -365,7 +365,7 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
         sections=sections, failed=failed_by_section, stage_runs=stage_runs,
         title=settings["report"]["title"], model=model, r=r, ev=ev, verdicts=model_verdicts, status=status, found=found,
         summary=summary, evidence=evidence_links(evidence), model_cfg=model_cfg, dataset_cfg=dataset_cfg, settings=settings, att=attributions,
-        rep=represent, units=units, layers=layers, compare=compare, rob=robust, diag=diag,
+        rep=represent, units=units, built=built, compare=compare, rob=robust, diag=diag,
         css=Path(css).read_text(),
         samples=_sample_grid(inputs["manifest"], r["dataset"]["classes"]),
         curves=figures.learning_curves(r["history"]) if r["history"] else None,
