@@ -1,5 +1,5 @@
-from cvaudit.report.compare_models import render_comparison
 from cvaudit.core.files import stage_failure
+from cvaudit.report.compare_models import render_comparison
 from cvaudit.report.side_by_side import load_side_by_side
 
 

@@ -36,10 +36,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 os.environ.setdefault("TQDM_DISABLE", "1")  # shap's progress bars
-from cvaudit.net.hooks import Hooks  # noqa: E402
 from cvaudit.explain.methods import attribute_batched, get_method  # noqa: E402
 from cvaudit.explain.methods.base import out_of_place  # noqa: E402
 from cvaudit.explain.methods.perturbation import superpixels, target_probability_fn  # noqa: E402
+from cvaudit.net.hooks import Hooks  # noqa: E402
 from cvaudit.net.models import auto_batch, build_model, normalisation  # noqa: E402
 from cvaudit.net.pixel_space import PixelSpace  # noqa: E402
 

@@ -21,10 +21,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_duplicates import FMNIST, copy, grey  # noqa: E402
-from cvaudit.data.data_audit import phash  # noqa: E402
+
 from cvaudit.data.copies import distance  # noqa: E402
-from cvaudit.represent.embedding_duplicates import compare_side, nearest, thumbnail  # noqa: E402
+from cvaudit.data.data_audit import phash  # noqa: E402
 from cvaudit.data.sources import read_idx  # noqa: E402
+from cvaudit.represent.embedding_duplicates import compare_side, nearest, thumbnail  # noqa: E402
 
 
 def shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:

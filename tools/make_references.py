@@ -94,8 +94,8 @@ def verdicts_page() -> str:
 
 
 def methods_page() -> str:
-    from cvaudit.explain.methods import get_method
     from cvaudit.core.registry import FLOOR_METHOD, METHODS
+    from cvaudit.explain.methods import get_method
     lines = ["# Attribution methods", "",
              "Every name `explain.methods` accepts (`" + FLOOR_METHOD + "` is the floor every run adds). Kind: how it",
              "reads the model (`gradient`: backward passes; `cam`: a layer's activations and gradients; `perturbation`:",

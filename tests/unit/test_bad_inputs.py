@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
 from PIL import Image
 
 from cvaudit import CvauditError
-from cvaudit.data.ingest_dataset import ingest
 from cvaudit.core.manifest import read_manifest
+from cvaudit.data.ingest_dataset import ingest
+
+from conftest import TINY
 
 
 def _good(root: Path, n: int = 4):
@@ -149,8 +150,8 @@ def test_wrong_config_values_name_the_key(patch, words, tmp_path):
     for k, v in patch.items():
         cfg[k] = v if not isinstance(v, dict) else {**cfg.get(k, {}), **v}
     if words is None:  # valid config; the missing file is named when the model is built
-        from cvaudit.net.models import build_model
         from cvaudit.model.train_model import make_spec
+        from cvaudit.net.models import build_model
         validate_config(cfg)
         with pytest.raises(CvauditError, match=r"weights file missing\.pt not found \(config key models\.\*\.weights\)"):
             build_model(make_spec(cfg["models"]["m"], ["a", "b"]))
@@ -223,8 +224,8 @@ def test_garbage_weights_and_a_truncated_model_file_are_named_with_the_fix(tmp_p
 
 
 def test_an_input_size_too_small_for_the_network_names_the_smallest_that_works():
-    from cvaudit.net.models import build_model
     from cvaudit.model.train_model import check_input_size
+    from cvaudit.net.models import build_model
     net = build_model({"arch": "simple_cnn", "arch_options": {"channels": [8, 8, 8, 8, 8]}, "weights": "none",
                        "num_classes": 3, "input_size": 8})
     with pytest.raises(CvauditError, match=r"models\.m\.input_size: 8 px is too small .*smallest input size that works is 32"):

@@ -3,9 +3,10 @@ import copy
 import pytest
 import yaml
 
-from conftest import REPO
 from cvaudit import CvauditError
 from cvaudit.config import validate_config
+
+from conftest import REPO
 
 DEMO = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 

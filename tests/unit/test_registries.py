@@ -4,8 +4,9 @@ import inspect
 
 import yaml
 
-from conftest import REPO
 from cvaudit.core import registry
+
+from conftest import REPO
 
 SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
 PROPS = SCHEMA["properties"]

@@ -6,9 +6,10 @@ import re
 import numpy as np
 import yaml
 
-from conftest import REPO
 from cvaudit.config import validate_config
 from cvaudit.sections import SECTIONS, STAGE_ON, by_section, report_inputs, stage_on
+
+from conftest import REPO
 
 DEMO = validate_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
 

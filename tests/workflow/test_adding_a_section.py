@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import yaml
+
 from conftest import REPO
 
 pytestmark = pytest.mark.e2e  # reads the session's workflow run

@@ -1,9 +1,10 @@
 """Bad input that only a run shows: an empty config file, class folders named like Snakemake patterns, and a
 config checked before Snakemake reads it (the rest of the corpus: tests/unit/test_bad_inputs.py)."""
 import pytest
-from conftest import REPO, TINY
 
 from cvaudit.core.manifest import read_manifest
+
+from conftest import REPO, TINY
 
 
 @pytest.mark.e2e  # runs snakemake
@@ -19,6 +20,7 @@ def test_an_empty_config_file_is_refused_not_replaced_by_the_demo(tmp_path):
 def test_class_folders_named_like_snakemake_patterns_run(tmp_path):
     """`<unk>` and `{x}` are class names, never patterns: no image path reaches Snakemake."""
     import yaml
+
     from conftest import REPO, smk
     root = tmp_path / "imgs"
     for c in ("<unk>", "{x}", "<logs>"):

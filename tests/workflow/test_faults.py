@@ -10,6 +10,7 @@ import time
 
 import pytest
 import yaml
+
 from conftest import REPO, SNAKEMAKE, TINY, smk
 
 pytestmark = pytest.mark.e2e  # runs the workflow through snakemake

@@ -35,8 +35,9 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
 
     import yaml
 
-    from conftest import REPO, TINY, smk
     from cvaudit.core.manifest import read_manifest
+
+    from conftest import REPO, TINY, smk
     project = tmp_path / "project" / "configs"
     shutil.copytree(TINY, project / "imgs")
     cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())

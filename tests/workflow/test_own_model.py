@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, fit, smk
 from PIL import Image
 from torchvision.transforms import v2 as T
 
 from cvaudit import CvauditError
+
+from conftest import REPO, fit, smk
 
 pytestmark = pytest.mark.e2e  # runs the workflow through snakemake
 
@@ -105,8 +106,8 @@ def test_the_audit_reproduces_the_scripts_own_predictions_and_accuracy(own, mode
 
 
 def test_a_checkpoint_that_does_not_fit_is_an_error_naming_the_tensors(own):
-    from cvaudit.net.models import build_model
     from cvaudit.model.train_model import make_spec
+    from cvaudit.net.models import build_model
     work, _ = own
     cfg = {"arch": "torchvision:resnet18", "weights": str(work / "resnet.pt"), "train": False, "input_size": SIZE}
     # the reported bug: 5 dataset classes, a 3-class checkpoint, no class_names: once a random 1000-class head

@@ -48,6 +48,7 @@ def test_merged_shards_equal_one_job(run, tmp_path, model):
     from cvaudit.core.registry import attack_options
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     from cvaudit.config import validate_config
+
     from conftest import REPO
     cfg = validate_config(cfg, REPO / "config" / "schema.yaml")
     res = run / "results" / model
@@ -112,9 +113,10 @@ def test_streamed_chunks_equal_one_chunk(run, tmp_path, monkeypatch):
     """Within a job the explain stage streams the audit set in chunks (explain.CHUNK_IMAGES): chunks of 4
     images (6 audit images: 4 + 2, the sanity check in the first) give what one chunk gives, including the
     per-image records that integrated gradients and LIME keep."""
-    from cvaudit.explain import explain
     from cvaudit.config import validate_config
     from cvaudit.core.shards import run_stage
+    from cvaudit.explain import explain
+
     from conftest import REPO
     cfg = validate_config(yaml.safe_load((run / "config.yaml").read_text()), REPO / "config" / "schema.yaml")
     res = run / "results" / "cnn_tiny"
@@ -134,11 +136,12 @@ def test_streamed_robustness_chunks_equal_one_chunk(run, tmp_path, monkeypatch):
     with batches of 4 images, chunks of one batch (12 images: 3 chunks; 8 attacked: 2) give what one chunk
     gives, bit for bit (each batch keeps its seed), including autoattack's per-component hits and masking
     extras and the example candidates picked across chunks."""
-    from cvaudit.robust import adversarial, invariance
-    from cvaudit.net import models
     from cvaudit.config import validate_config
     from cvaudit.core.registry import attack_options
     from cvaudit.core.shards import run_stage
+    from cvaudit.net import models
+    from cvaudit.robust import adversarial, invariance
+
     from conftest import REPO
     cfg = validate_config(yaml.safe_load((run / "config.yaml").read_text()), REPO / "config" / "schema.yaml")
     res = run / "results" / "cnn_tiny"

@@ -9,8 +9,9 @@ import json
 import pytest
 import yaml
 
-from conftest import FMNIST, REPO, smk
 from cvaudit.core.files import load_npz
+
+from conftest import FMNIST, REPO, smk
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not FMNIST.exists(), reason="needs Debian's dataset-fashion-mnist")]
 
@@ -40,9 +41,9 @@ def demo_pair(tmp_path_factory):
 def test_the_shortcut_model_is_caught_and_the_clean_one_is_not(demo_pair):
     import numpy as np
 
+    from cvaudit.explain.spray import pixel_mask
     from cvaudit.report.checks import shortcut_suspected
     from cvaudit.report.judge import judge
-    from cvaudit.explain.spray import pixel_mask
     cheat = load_npz(demo_pair / "results/cnn_fmnist_shortcut/explain/clever_hans.npz")["meta"]
     clean = load_npz(demo_pair / "results/cnn_fmnist/explain/clever_hans.npz")["meta"]
     assert cheat["method"] == clean["method"] == "lrp"

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from conftest import tiny_workflow
 from cvaudit.core.files import load_npz, read_json
+
+from conftest import tiny_workflow
 
 pytestmark = pytest.mark.e2e
 METHODS = ["saliency", "gradcam", "attention_rollout", "transformer_attribution", "integrated_gradients", "cam", "lrp"]
@@ -109,6 +110,7 @@ def test_the_ensemble_is_audited_as_one_model_and_set_against_its_members(vit_ru
 def test_every_summary_follows_the_schema_with_a_vit_and_an_ensemble(vit_run):
     import jsonschema
     import yaml
+
     from conftest import REPO
     schema = yaml.safe_load((REPO / "report" / "summary.schema.yaml").read_text())
     for m in ("vit_tiny", "cnn_tiny", "ens_tiny"):

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, TINY, planned, smk
 from cvaudit.core.images import load_rgb
 from cvaudit.core.manifest import read_manifest
 from cvaudit.net.transforms import display_transform
+
+from conftest import REPO, TINY, planned, smk
 
 MODELS = ("cnn_tiny", "lite0_tiny")
 pytestmark = pytest.mark.e2e
@@ -335,8 +336,8 @@ def test_every_list_behind_a_verdict_is_a_csv_next_to_the_report(run):
     few rows; the CSV has them all)."""
     import csv
 
-    from cvaudit.report.evidence import FILES
     from cvaudit.core.files import load_npz
+    from cvaudit.report.evidence import FILES
     for m in MODELS:
         report = run / "results" / m / "report"
         summary = json.loads((report / "summary.json").read_text())

@@ -25,11 +25,11 @@ import time
 import numpy as np
 
 from cvaudit.core import progress
+from cvaudit.core.files import save_npz
 from cvaudit.core.images import load_rgb
+from cvaudit.core.labels import label_issues
 from cvaudit.core.manifest import read_manifest
 from cvaudit.data.image_properties import properties_of
-from cvaudit.core.files import save_npz
-from cvaudit.core.labels import label_issues
 
 log = logging.getLogger("cvaudit.data.data_audit")
 HASH_BITS = 64

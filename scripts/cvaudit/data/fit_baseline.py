@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from cvaudit.core.manifest import read_manifest
 from cvaudit.core.files import write_json
+from cvaudit.core.manifest import read_manifest
 
 
 def _pixels(rows, size: int) -> np.ndarray:

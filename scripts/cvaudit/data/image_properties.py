@@ -19,9 +19,9 @@ import time
 
 import numpy as np
 
+from cvaudit.core.files import atomic_path
 from cvaudit.core.images import load_rgb
 from cvaudit.core.manifest import read_manifest
-from cvaudit.core.files import atomic_path
 
 log = logging.getLogger("cvaudit.data.image_properties")
 

@@ -25,11 +25,19 @@ from PIL import Image
 from tqdm import tqdm
 
 from cvaudit import CvauditError
-from cvaudit.data.fingerprint import HashCache, content_hashes, ingested_stamp
 from cvaudit.core.files import atomic_path, sha256_file, write_json
 from cvaudit.core.images import background_rgb, check_image, to_rgb
 from cvaudit.core.manifest import MANIFEST_COLUMNS
-from cvaudit.data.sources import (Candidate, candidates, folder_classes, folder_listing, imagenet_categories, listing_candidates, read_arrays)
+from cvaudit.data.fingerprint import HashCache, content_hashes, ingested_stamp
+from cvaudit.data.sources import (
+    Candidate,
+    candidates,
+    folder_classes,
+    folder_listing,
+    imagenet_categories,
+    listing_candidates,
+    read_arrays,
+)
 
 log = logging.getLogger("cvaudit.data.ingest_dataset")
 

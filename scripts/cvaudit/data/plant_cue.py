@@ -29,10 +29,11 @@ import numpy as np
 from PIL import Image
 
 from cvaudit import CvauditError
+from cvaudit.core.files import atomic_path, sha256_file, write_json
+from cvaudit.core.images import load_rgb
 from cvaudit.core.manifest import MANIFEST_COLUMNS, manifest_classes, read_dataset_info, read_manifest
 from cvaudit.data.ingest_dataset import safe_name
-from cvaudit.core.images import load_rgb
-from cvaudit.core.files import atomic_path, sha256_file, write_json
+
 
 def cue_box(width: int, height: int, cue: dict) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) of the cue's square: `size` of the shorter side (at least 2 px), `margin` from the

@@ -24,14 +24,14 @@ import time
 import numpy as np
 import torch
 
-from cvaudit.explain import global_cues
 from cvaudit.core import progress, stats
 from cvaudit.core.files import save_npz
+from cvaudit.explain import global_cues
 from cvaudit.explain.methods.base import NotApplicable, attribute_batched, get_method
+from cvaudit.explain.spray import box_of, control_region, describe, foreground_frequency, pixel_mask, pool_maps, spray
 from cvaudit.net.models import auto_batch
 from cvaudit.net.pixel_space import pixel_model, predict
 from cvaudit.net.sample import robustness_images
-from cvaudit.explain.spray import box_of, control_region, describe, foreground_frequency, pixel_mask, pool_maps, spray
 
 log = logging.getLogger("cvaudit.explain.clever_hans")
 

@@ -13,8 +13,18 @@ import torch
 
 from cvaudit.core import progress
 from cvaudit.core.files import load_audit_set, save_npz
-from cvaudit.explain.methods import (SHAP, Completeness, DeepLiftShap, GradCAM, IntegratedGradients, LIME,
-                                     NotApplicable, attribute_batched, get_method, layer_name)
+from cvaudit.explain.methods import (
+    LIME,
+    SHAP,
+    Completeness,
+    DeepLiftShap,
+    GradCAM,
+    IntegratedGradients,
+    NotApplicable,
+    attribute_batched,
+    get_method,
+    layer_name,
+)
 from cvaudit.net.models import auto_batch
 from cvaudit.net.pixel_space import audit_images, pixel_model
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from cvaudit import CvauditError
 from cvaudit.core.files import write_json
-from cvaudit.net.models import Ensemble, load_model, save_model
 from cvaudit.model.train_model import _write_history
+from cvaudit.net.models import Ensemble, load_model, save_model
 
 log = logging.getLogger("cvaudit.model.ensemble")
 SAME = ("input_size", "resize")  # what makes the images a member sees; each normalises them its own way

@@ -11,10 +11,10 @@ import torch
 
 from cvaudit import CvauditError
 from cvaudit.core import stats
-from cvaudit.core.manifest import manifest_classes, read_manifest
-from cvaudit.core.images import load_rgb
 from cvaudit.core.files import atomic_path, read_json, write_json
+from cvaudit.core.images import load_rgb
 from cvaudit.core.labels import model_label_issues
+from cvaudit.core.manifest import manifest_classes, read_manifest
 from cvaudit.net.pixel_space import predict_proba, start_stage
 from cvaudit.net.transforms import display_transform
 

@@ -14,9 +14,9 @@ from tqdm import tqdm
 
 from cvaudit import CvauditError
 from cvaudit.core import progress
+from cvaudit.core.files import atomic_path, write_json
 from cvaudit.core.manifest import image_loader, manifest_classes, read_manifest
 from cvaudit.data.sources import imagenet_categories
-from cvaudit.core.files import atomic_path, write_json
 from cvaudit.net.models import _head_name, build_model, normalisation, resolve_device, save_model
 from cvaudit.net.pixel_space import seed_everything
 from cvaudit.net.transforms import eval_transform, train_transform

@@ -297,6 +297,7 @@ def normalisation(spec: dict, model: nn.Module) -> tuple[tuple, tuple]:
 def save_model(model: nn.Module, spec: dict, path: str | Path) -> None:
     """Weights as safetensors with the spec (arch, classes, normalisation) in its metadata."""
     from safetensors.torch import save_file
+
     from cvaudit.core.files import atomic_path
 
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

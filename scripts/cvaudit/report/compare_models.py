@@ -16,8 +16,8 @@ import numpy as np
 from cvaudit import CvauditError
 from cvaudit.core import stats
 from cvaudit.core.calibration_error import ece
-from cvaudit.report.judge import STATUS_ORDER
 from cvaudit.core.files import read_json, stage_failure, write_json, write_text
+from cvaudit.report.judge import STATUS_ORDER
 
 log = logging.getLogger("cvaudit.report.compare_models")
 

@@ -8,21 +8,29 @@ from pathlib import Path
 
 import numpy as np
 
-from cvaudit.report import figures
-from cvaudit.report.checks import run_checks
-from cvaudit.report.judge import overall
+from cvaudit.core.files import load_audit_set, load_npz, read_history, read_json, stage_failure, write_json, write_text
 from cvaudit.core.manifest import read_manifest
 from cvaudit.core.registry import load
-from cvaudit.report.diagnose import diagnosis
-from cvaudit.report.findings import findings
-from cvaudit.core.files import load_audit_set, load_npz, read_history, read_json, stage_failure, write_json, write_text
-from cvaudit.sections import AGREEMENT, SECTIONS, by_section
-from cvaudit.report.rendering import device_description, jinja_env, package_versions, read_benchmarks, write_pdf
+from cvaudit.report import figures
 from cvaudit.report.behaviour_sections import corruptions_summary, shape_texture_summary, slices_summary
+from cvaudit.report.checks import run_checks
+from cvaudit.report.diagnose import diagnosis
 from cvaudit.report.evidence import links as evidence_links
 from cvaudit.report.evidence import write_evidence
-from cvaudit.report.stage_sections import (clever_hans_section, collect_robust, compare_section, data_audit_section,
-                                           embedding_summary, represent_section, robust_section, units_section)
+from cvaudit.report.findings import findings
+from cvaudit.report.judge import overall
+from cvaudit.report.rendering import device_description, jinja_env, package_versions, read_benchmarks, write_pdf
+from cvaudit.report.stage_sections import (
+    clever_hans_section,
+    collect_robust,
+    compare_section,
+    data_audit_section,
+    embedding_summary,
+    represent_section,
+    robust_section,
+    units_section,
+)
+from cvaudit.sections import AGREEMENT, SECTIONS, by_section
 
 log = logging.getLogger("cvaudit.report.render_report")
 SUMMARY_VERSION = 4

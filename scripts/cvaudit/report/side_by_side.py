@@ -45,8 +45,8 @@ def explain_side_by_side(models: dict, manifest, methods: list[str], options: di
 
     from cvaudit.core.images import load_rgb
     from cvaudit.explain.methods import NotApplicable, attribute_batched, get_method
-    from cvaudit.net.pixel_space import pixel_model, predict
     from cvaudit.net.models import auto_batch
+    from cvaudit.net.pixel_space import pixel_model, predict
     from cvaudit.net.transforms import display_transform
 
     rows = shared_test_images(manifest, n, seed)

@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 
 from cvaudit import CvauditError
-from cvaudit.report import figures
 from cvaudit.core.files import intact, load_npz, read_json
+from cvaudit.report import figures
 
 
 def represent_section(path, names: list[str], queries: int) -> dict:

@@ -20,12 +20,12 @@ import time
 
 import numpy as np
 
-from cvaudit.data import copies
 from cvaudit.core import stats
-from cvaudit.data.copies import compare_side
+from cvaudit.core.files import load_npz, save_npz
 from cvaudit.core.images import load_rgb
 from cvaudit.core.manifest import read_manifest
-from cvaudit.core.files import load_npz, save_npz
+from cvaudit.data import copies
+from cvaudit.data.copies import compare_side
 
 log = logging.getLogger("cvaudit.represent.embedding_duplicates")
 

@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from cvaudit import CvauditError
-from cvaudit.core.manifest import ImageDataset, image_loader, read_manifest
-from cvaudit.core.images import load_rgb
-from cvaudit.net.pixel_space import audit_images, pixel_model
-from cvaudit.net.hooks import Hooks
 from cvaudit.core.files import load_audit_set, save_npz
+from cvaudit.core.images import load_rgb
+from cvaudit.core.manifest import ImageDataset, image_loader, read_manifest
+from cvaudit.net.hooks import Hooks
 from cvaudit.net.models import _head_name, auto_batch
+from cvaudit.net.pixel_space import audit_images, pixel_model
 from cvaudit.net.tokens import as_maps, token_layout
 from cvaudit.net.transforms import display_transform, eval_transform
 

@@ -20,13 +20,13 @@ import time
 import numpy as np
 import torch
 
-from cvaudit.net.hooks import Hooks
-from cvaudit.represent.inspect_units import activation_layers, output_shapes, pick_stages
 from cvaudit.core.files import save_npz
+from cvaudit.net.hooks import Hooks
 from cvaudit.net.models import auto_batch
 from cvaudit.net.pixel_space import pixel_model
 from cvaudit.net.sample import robustness_images
 from cvaudit.net.tokens import as_maps, token_layout
+from cvaudit.represent.inspect_units import activation_layers, output_shapes, pick_stages
 from cvaudit.represent.visualise_ascent import gradient_ascent
 
 log = logging.getLogger("cvaudit.represent.layer_views")

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from cvaudit import CvauditError
+from cvaudit.core.files import load_npz, save_npz
 from cvaudit.core.manifest import image_loader, read_manifest
 from cvaudit.net.hooks import Hooks
-from cvaudit.core.files import load_npz, save_npz
 from cvaudit.net.models import Ensemble, _head_name, auto_batch
 from cvaudit.net.pixel_space import start_stage
 from cvaudit.net.tokens import as_maps, blocks, prefix_tokens, token_layout

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cvaudit.net.hooks import Hooks
 from cvaudit.core.files import load_npz, save_npz
+from cvaudit.net.hooks import Hooks
 from cvaudit.net.pixel_space import blur, pixel_model
 from cvaudit.net.tokens import as_maps, token_layout
 

@@ -27,10 +27,10 @@ import torch
 
 from cvaudit import CvauditError
 from cvaudit.core import progress
-from cvaudit.net.pixel_space import image_seed, pixel_model, predict
 from cvaudit.core.files import save_npz
-from cvaudit.net.models import auto_batch
 from cvaudit.core.registry import ATTACKS, load
+from cvaudit.net.models import auto_batch
+from cvaudit.net.pixel_space import image_seed, pixel_model, predict
 from cvaudit.net.sample import _slice, robustness_images, robustness_sample_size
 
 log = logging.getLogger("cvaudit.robust.adversarial")

@@ -85,9 +85,8 @@ MIN_VAL_ERRORS = 2  # fewer misclassified validation images and temperature scal
 def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, device: str, threads: int,
                     out) -> dict:
     from cvaudit.core.manifest import read_manifest
-    from cvaudit.net.pixel_space import predict_proba
     from cvaudit.net.models import load_model, resolve_device
-    from cvaudit.net.pixel_space import seed_everything
+    from cvaudit.net.pixel_space import predict_proba, seed_everything
 
     t0 = time.time()
     seed_everything(seed, threads)

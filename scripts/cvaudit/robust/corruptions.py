@@ -17,8 +17,8 @@ import numpy as np
 
 from cvaudit.core import progress, stats
 from cvaudit.core.calibration_error import ece_estimate
-from cvaudit.robust.corruption_functions import CORRUPTIONS, corrupt, table
 from cvaudit.core.files import save_npz
+from cvaudit.robust.corruption_functions import CORRUPTIONS, corrupt, table
 
 log = logging.getLogger("cvaudit.robust.corruptions")
 

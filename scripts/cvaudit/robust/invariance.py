@@ -12,10 +12,10 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from cvaudit import CvauditError
-from cvaudit.net.pixel_space import image_seed, pixel_model, predict
 from cvaudit.core.files import write_json
-from cvaudit.net.models import auto_batch
 from cvaudit.core.registry import FAMILIES, load
+from cvaudit.net.models import auto_batch
+from cvaudit.net.pixel_space import image_seed, pixel_model, predict
 from cvaudit.net.sample import _slice, robustness_images, robustness_sample_size
 
 log = logging.getLogger("cvaudit.robust.invariance")

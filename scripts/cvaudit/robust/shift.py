@@ -17,8 +17,8 @@ import numpy as np
 from cvaudit import CvauditError
 from cvaudit.core import stats
 from cvaudit.core.calibration_error import ece_estimate
-from cvaudit.core.manifest import read_manifest
 from cvaudit.core.files import write_json
+from cvaudit.core.manifest import read_manifest
 
 log = logging.getLogger("cvaudit.robust.shift")
 
@@ -47,9 +47,8 @@ def shift_rows(model: str, shift_name: str, shift_manifest, own_manifest, class_
 
 def run_shift(model_path, model: str, own_manifest, own_probs, shift_manifests: dict, options: dict, seed: int,
               device: str, threads: int, out, descriptions: dict | None = None) -> dict:
-    from cvaudit.net.pixel_space import predict_proba
     from cvaudit.net.models import load_model, resolve_device
-    from cvaudit.net.pixel_space import seed_everything
+    from cvaudit.net.pixel_space import predict_proba, seed_everything
 
     t0 = time.time()
     seed_everything(seed, threads)

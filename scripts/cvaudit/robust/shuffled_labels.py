@@ -12,12 +12,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cvaudit import CvauditError
-from cvaudit.core.manifest import ImageDataset, manifest_classes, read_manifest
 from cvaudit.core.files import write_json
-from cvaudit.net.models import build_model, normalisation, resolve_device
-from cvaudit.net.transforms import eval_transform
-from cvaudit.net.pixel_space import seed_everything
+from cvaudit.core.manifest import ImageDataset, manifest_classes, read_manifest
 from cvaudit.model.train_model import make_spec
+from cvaudit.net.models import build_model, normalisation, resolve_device
+from cvaudit.net.pixel_space import seed_everything
+from cvaudit.net.transforms import eval_transform
 
 log = logging.getLogger("cvaudit.robust.shuffled_labels")
 

@@ -21,9 +21,9 @@ import time
 import numpy as np
 
 from cvaudit.core import stats
+from cvaudit.core.files import write_json
 from cvaudit.core.manifest import read_manifest
 from cvaudit.data.image_properties import CATEGORICAL, PROPERTIES, read_properties
-from cvaudit.core.files import write_json
 
 log = logging.getLogger("cvaudit.robust.slices")
 

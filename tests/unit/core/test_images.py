@@ -5,10 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY
 from PIL import Image, ImageCms
 
 from cvaudit.core.images import check_image, load_rgb
+
+from conftest import TINY
 
 CMYK_ICC = Path("/usr/share/color/icc/ghostscript/default_cmyk.icc")  # Debian libgs-common (tools/setup.sh)
 
@@ -89,8 +90,8 @@ def test_cmyk_is_converted_through_its_embedded_profile(tmp_path):
 
 
 def test_ingestion_converts_once_and_the_manifest_names_each_original(tmp_path, fm):
-    from cvaudit.data.ingest_dataset import ingest
     from cvaudit.core.manifest import read_manifest
+    from cvaudit.data.ingest_dataset import ingest
     root = tmp_path / "imgs"
     for c in ("bag", "sneaker"):
         (root / c).mkdir(parents=True)

@@ -3,13 +3,13 @@ import csv
 import numpy as np
 import pytest
 
-from conftest import FMNIST
 from cvaudit import CvauditError
 from cvaudit.core.images import check_image
-from cvaudit.data.ingest_dataset import hashed_split, ingest
-from cvaudit.data.sources import imagenet_categories
 from cvaudit.core.manifest import read_manifest
-from cvaudit.data.sources import source_files
+from cvaudit.data.ingest_dataset import hashed_split, ingest
+from cvaudit.data.sources import imagenet_categories, source_files
+
+from conftest import FMNIST
 
 
 def test_bad_files_are_rejected_with_reasons_never_a_crash(tiny_copy, tmp_path):
@@ -199,8 +199,8 @@ def test_a_manifest_damaged_by_hand_is_refused_with_the_command_that_rebuilds_it
     """Cut mid-row, or rows deleted: every stage reads the manifest through read_manifest, which refuses it
     instead of auditing part of the data as if it were all."""
     from cvaudit import CvauditError
-    from cvaudit.data.ingest_dataset import ingest
     from cvaudit.core.manifest import read_manifest
+    from cvaudit.data.ingest_dataset import ingest
     ingest({"source": "imagefolder", "path": str(clean_folder)}, "t", 0, tmp_path)
     m = tmp_path / "manifest.csv"
     text = m.read_text()

@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvaudit.data.data_audit import (class_balance, label_issues, leakage, near_duplicates, out_of_sample_probabilities,
-                                phash, quality_outliers)
+from cvaudit.data.data_audit import (
+    class_balance,
+    label_issues,
+    leakage,
+    near_duplicates,
+    out_of_sample_probabilities,
+    phash,
+    quality_outliers,
+)
+
 from conftest import FMNIST
 
 pytestmark = pytest.mark.skipif(not FMNIST.exists(), reason="needs Debian's dataset-fashion-mnist")
@@ -91,9 +99,9 @@ def test_class_balance():
 
 
 def test_the_label_check_reads_a_seeded_sample_beyond_its_cap(tmp_path, tiny_copy):
-    from cvaudit.data.ingest_dataset import ingest
     from cvaudit.core.manifest import read_manifest
     from cvaudit.data.data_audit import label_sample, run_data_audit
+    from cvaudit.data.ingest_dataset import ingest
     assert label_sample(5, 10, 0).tolist() == [0, 1, 2, 3, 4]
     s = label_sample(100, 30, 1)
     assert len(s) == 30 and (np.diff(s) > 0).all() and s.tolist() == label_sample(100, 30, 1).tolist()
@@ -135,9 +143,9 @@ def test_the_audit_finds_copies_a_person_would_recognise_and_says_what_it_search
     from PIL import ImageEnhance
 
     from cvaudit.config import validate_config
-    from cvaudit.data.ingest_dataset import ingest
     from cvaudit.core.manifest import read_manifest
     from cvaudit.data.data_audit import run_data_audit
+    from cvaudit.data.ingest_dataset import ingest
     images, labels = _fmnist(200, seed=5)
     root = tmp_path / "imgs"
     for i, (x, y) in enumerate(zip(images, labels)):
@@ -186,8 +194,8 @@ def test_the_report_reads_the_label_issues_the_evaluation_wrote(tmp_path):
     section shows exactly those, by path and class name, without running cleanlab; a probabilities file
     written without them is named with the command that rebuilds it."""
     from cvaudit import CvauditError
-    from cvaudit.model.evaluate_model import write_probs
     from cvaudit.core.labels import model_label_issues
+    from cvaudit.model.evaluate_model import write_probs
     from cvaudit.report.stage_sections import data_audit_section
     rng = np.random.default_rng(1)
     targets = np.repeat(np.arange(3), 20)

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY
 from PIL import Image
 
 from cvaudit import CvauditError
-from cvaudit.data.ingest_dataset import ingest
 from cvaudit.core.manifest import read_manifest
 from cvaudit.data.fingerprint import write_fingerprint
+from cvaudit.data.ingest_dataset import ingest
+
+from conftest import TINY
 
 
 def _images(root: Path, per_class: int = 30, classes=("a", "b"), seed: int = 0):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from cvaudit.explain.clever_hans import analyse, paste, remove
 from cvaudit.config import validate_config
+from cvaudit.explain.clever_hans import analyse, paste, remove
 from cvaudit.explain.spray import box_of, pool_maps, region_of, spray
 
 S = 32  # image side
@@ -138,8 +138,8 @@ def test_the_verdict_reads_the_gain_over_the_control_and_passes_when_nothing_is_
 def test_a_clean_model_stays_clean_under_widened_region_settings():
     """Every region setting at the widest the schema allows: the clean model still passes (beyond those limits a
     region is the object itself; the schema says so)."""
-    from cvaudit.config import validate_config
     from cvaudit import CvauditError
+    from cvaudit.config import validate_config
     with pytest.raises(CvauditError, match="clever_hans.max_area"):
         validate_config({"datasets": {"d": {"source": "foolbox_imagenet"}}, "clever_hans": {"max_area": 0.5},
                          "models": {"m": {"dataset": "d", "arch": "simple_cnn"}}})
@@ -157,8 +157,8 @@ def test_a_region_whose_control_flips_as_often_is_not_a_shortcut():
     """A region so large that it holds the garment (what a bounding box of scattered cells becomes under widened
     settings): pasting it turns every other image into the class, and so does the same region shifted (the
     control). The gain is 0, the verdict passes, and its note says what the control did."""
-    from cvaudit.report.checks import shortcut_suspected
     from cvaudit.explain.clever_hans import judge_tests, region_test
+    from cvaudit.report.checks import shortcut_suspected
     from cvaudit.report.judge import judge
     net, x8, y = _cue_world(cue_weight=0.0)
     x = x8.float() / 255
@@ -337,9 +337,9 @@ def test_planted_copy_marks_the_configured_class_and_plants_findable_duplicates(
         pytest.skip("needs Debian's dataset-fashion-mnist")
     from PIL import Image
 
-    from cvaudit.data.ingest_dataset import ingest
     from cvaudit.core.manifest import read_manifest
     from cvaudit.data.data_audit import run_data_audit
+    from cvaudit.data.ingest_dataset import ingest
     from cvaudit.data.plant_cue import cue_box, plant
     cfg = validate_config({"datasets": {
         "f": {"source": "idx", "path": str(FMNIST), "max_per_class": 60,

@@ -6,13 +6,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvaudit import CvauditError
-from tiny_models import pixel_vit, tiny_cnn
-from cvaudit.core.shards import run_stage
 from cvaudit.core.files import load_npz as load_maps
+from cvaudit.core.shards import run_stage
 from cvaudit.explain.methods import METHODS, AttributionMethod, GradCAM, NotApplicable, attribute_batched, get_method
-from cvaudit.net.pixel_space import PixelSpace
-from cvaudit.net.models import build_model, save_model
 from cvaudit.explain.trust import agreement, cascade_cuts, cascading_randomisation, deletion_insertion, rank_corr
+from cvaudit.net.models import build_model, save_model
+from cvaudit.net.pixel_space import PixelSpace
+
+from tiny_models import pixel_vit, tiny_cnn
 
 SMALL = {"integrated_gradients": {"steps": 8}, "lime": {"samples": 60, "segments": 16}, "shap": {"evals": 60},
          "kernel_shap": {"samples": 200, "segments": 16}, "shapley_sampling": {"samples": 2, "segments": 16},
@@ -175,9 +176,10 @@ def test_randomisation_check_separates_a_gradient_method_from_an_edge_detector()
     lite = build_model({"arch": "timm:tf_efficientnet_lite0", "weights": "packaged:efficientnet_lite0",
                         "input_size": 96, "num_classes": 1000, "keep_head": True}).eval()
     net = PixelSpace(lite, [0.5] * 3, [0.5] * 3).eval()
-    from cvaudit.data.sources import foolbox_dir
-    from cvaudit.core.images import load_rgb
     from torchvision.transforms import v2 as T
+
+    from cvaudit.core.images import load_rgb
+    from cvaudit.data.sources import foolbox_dir
     tf = T.Compose([T.ToImage(), T.Resize((96, 96)), T.ToDtype(torch.float32, scale=True)])
     x = torch.stack([tf(load_rgb(p)) for p in sorted(foolbox_dir().glob("imagenet_0*.jpg"))[:3]])
     t = net(x).argmax(1)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from cvaudit.model.evaluate_model import classification_metrics
 from cvaudit.report import compare_models
 from cvaudit.report.checks import faithfulness_gain
-from cvaudit.model.evaluate_model import classification_metrics
 
 
 def test_precision_and_recall_on_a_case_where_they_differ():
@@ -24,8 +24,8 @@ def test_precision_and_recall_on_a_case_where_they_differ():
 
 @pytest.mark.parametrize("baseline_right, sign", [(True, -1), (False, 1)])
 def test_gain_over_baseline_is_model_minus_baseline(clean_folder, tmp_path, baseline_right, sign):
-    from cvaudit.data.ingest_dataset import ingest
     from cvaudit.core.manifest import read_manifest
+    from cvaudit.data.ingest_dataset import ingest
     from cvaudit.model.evaluate_model import evaluate_model
     from cvaudit.net.models import build_model, save_model
     ingest({"source": "imagefolder", "path": str(clean_folder), "split": {"val": 0.0, "test": 0.6}}, "t", 0, tmp_path)
@@ -89,9 +89,9 @@ def test_faithfulness_gain_is_the_method_minus_the_random_floor():
 
 def test_the_cascade_randomises_the_head_first_and_the_whole_model_last():
     from cvaudit.explain.methods import get_method
-    from cvaudit.net.pixel_space import PixelSpace
-    from cvaudit.net.models import build_model
     from cvaudit.explain.trust import cascading_randomisation
+    from cvaudit.net.models import build_model
+    from cvaudit.net.pixel_space import PixelSpace
     torch.manual_seed(0)
     net = PixelSpace(build_model({"arch": "simple_cnn", "arch_options": {"channels": [4, 8]}, "weights": "none",
                                   "num_classes": 3, "input_size": 28}).eval(), [0.5] * 3, [0.5] * 3).eval()

@@ -9,9 +9,9 @@ from scipy.ndimage import gaussian_filter
 
 from cvaudit.explain.methods import get_method, layer_name
 from cvaudit.explain.methods.cam import _conv_layer
-from cvaudit.net.pixel_space import PixelSpace, image_generator
-from cvaudit.net.models import build_model
 from cvaudit.explain.trust import _order, deletion_insertion
+from cvaudit.net.models import build_model
+from cvaudit.net.pixel_space import PixelSpace, image_generator
 
 
 @pytest.mark.parametrize("arch, size, want", [
@@ -31,8 +31,8 @@ def test_gradcam_at_cams_layer_is_relu_cam_up_to_scale():
     """On the real pretrained EfficientNet-Lite0 and real photos (Selvaraju et al., section 3.1)."""
     from torchvision.transforms import v2 as T
 
-    from cvaudit.data.sources import foolbox_dir
     from cvaudit.core.images import load_rgb
+    from cvaudit.data.sources import foolbox_dir
     lite = build_model({"arch": "timm:tf_efficientnet_lite0", "weights": "packaged:efficientnet_lite0",
                         "input_size": 224, "num_classes": 1000, "keep_head": True}).eval()
     net = PixelSpace(lite, [0.5] * 3, [0.5] * 3).eval()

@@ -7,9 +7,18 @@ import torch
 from torch import nn
 
 from cvaudit.explain import trust
-from tiny_models import pixel_cnn
+from cvaudit.explain.trust import (
+    _order,
+    _small,
+    agreement,
+    cascading_randomisation,
+    deletion_insertion,
+    rank_corr,
+    substrates,
+)
 from cvaudit.net.pixel_space import blur
-from cvaudit.explain.trust import _order, _small, agreement, cascading_randomisation, deletion_insertion, rank_corr, substrates
+
+from tiny_models import pixel_cnn
 
 
 def _cnn(seed=0):
@@ -169,8 +178,7 @@ class _Image:
 
 
 def test_random_logit_separates_a_class_map_from_one_that_ignores_the_class():
-    from cvaudit.explain.methods import get_method
-    from cvaudit.explain.methods import attribute_batched
+    from cvaudit.explain.methods import attribute_batched, get_method
     net = _TwoQuadrants()
     x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(3)) + 0.1
     t = torch.zeros(6, dtype=torch.long)

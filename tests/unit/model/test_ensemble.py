@@ -9,10 +9,11 @@ import torch
 
 from cvaudit import CvauditError
 from cvaudit.config import validate_config
-from cvaudit.model.ensemble import assemble
 from cvaudit.explain.methods import NotApplicable, get_method
+from cvaudit.model.ensemble import assemble
 from cvaudit.net.models import Ensemble, _head_name, load_model, save_model
 from cvaudit.net.pixel_space import PixelSpace
+
 from tiny_models import tiny_spec
 
 
@@ -64,8 +65,8 @@ def test_gradient_methods_explain_the_average_and_layer_methods_refuse(tmp_path)
 
 
 def test_the_representation_of_an_ensemble_is_its_members_side_by_side(tmp_path, tiny_copy):
-    from cvaudit.data.ingest_dataset import ingest
     from cvaudit.core.manifest import read_manifest
+    from cvaudit.data.ingest_dataset import ingest
     from cvaudit.represent.represent import pick_layers, stream_features
     paths = _members(tmp_path)
     assemble("ens", {"input_size": 28}, paths, tmp_path / "ens.safetensors", tmp_path / "h.csv", tmp_path / "m.json")

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from cvaudit.data.ingest_dataset import ingest
 from cvaudit.core.manifest import read_manifest
 from cvaudit.data.fit_baseline import fit_baseline
+from cvaudit.data.ingest_dataset import ingest
 from cvaudit.model.evaluate_model import choose_audit_set, classification_metrics
 
 

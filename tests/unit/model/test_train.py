@@ -4,10 +4,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cvaudit.data.ingest_dataset import ingest
-from cvaudit.net.models import build_model, load_model
 from cvaudit.core.files import read_history
+from cvaudit.data.ingest_dataset import ingest
 from cvaudit.model.train_model import train_model
+from cvaudit.net.models import build_model, load_model
 
 TRAIN = {"batch_size": 8, "head_epochs": 0, "finetune_epochs": 0, "lr": 0.01, "finetune_lr": 0.001,
          "weight_decay": 0.0, "patience": 100, "label_smoothing": 0.0, "freeze_bn": True,
@@ -88,9 +88,9 @@ def test_precise_bn_sets_running_statistics_to_the_training_images_batch_average
 
     from cvaudit.core.manifest import image_loader, read_manifest
     from cvaudit.data.ingest_dataset import ingest
+    from cvaudit.model.train_model import precise_bn
     from cvaudit.net.models import build_model
     from cvaudit.net.transforms import eval_transform
-    from cvaudit.model.train_model import precise_bn
     ingest({"source": "imagefolder", "path": str(clean_folder), "split": {"val": 0.0, "test": 0.0}}, "t", 0, tmp_path)
     rows = read_manifest(tmp_path / "manifest.csv", "train")
     spec = {"arch": "simple_cnn", "arch_options": {"channels": [4, 8]}, "weights": "none", "num_classes": 3,

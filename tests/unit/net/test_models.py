@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from cvaudit import CvauditError
-from cvaudit.data.sources import foolbox_dir, imagenet_categories
 from cvaudit.core.images import load_rgb
+from cvaudit.data.sources import foolbox_dir, imagenet_categories
 from cvaudit.net.models import build_model, load_model, normalisation, read_spec, save_model
 from cvaudit.net.transforms import eval_transform
 

@@ -7,12 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tiny_models import pixel_vit
 from cvaudit.explain.methods import METHODS, NotApplicable, get_method
 from cvaudit.explain.methods.cam import token_gradcam
 from cvaudit.explain.methods.transformer import attention_modules
 from cvaudit.net.pixel_space import PixelSpace
 from cvaudit.net.tokens import as_maps, prefix_tokens, token_layout
+
+from tiny_models import pixel_vit
 
 SMALL = {"integrated_gradients": {"steps": 8}, "lime": {"samples": 40, "segments": 9}, "shap": {"evals": 40},
          "kernel_shap": {"samples": 60, "segments": 9}, "shapley_sampling": {"samples": 1, "segments": 9},
@@ -105,7 +106,9 @@ def test_rollout_and_chefer_relevance_follow_their_definitions():
 def test_token_gradcam_equals_pytorch_grad_cam():
     """The independent implementation: pytorch-grad-cam's GradCAM with its ViT recipe (the last block's norm1,
     tokens reshaped to the grid), compared on the patch grid before either upsamples."""
-    from pytorch_grad_cam.grad_cam import GradCAM as TrustedGradCAM  # not the package: cvaudit.explain.trust may stub it
+    from pytorch_grad_cam.grad_cam import (
+        GradCAM as TrustedGradCAM,  # not the package: cvaudit.explain.trust may stub it
+    )
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     net = pixel_vit(seed=2)

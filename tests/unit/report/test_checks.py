@@ -25,8 +25,16 @@ def test_checks_carry_their_metadata_and_overall_is_the_worst():
 import numpy as np  # noqa: E402
 
 from cvaudit.core import stats  # noqa: E402
-from cvaudit.report.checks import (_per_image_gap, accuracy, ece, faithfulness_gain, method_sentence,  # noqa: E402
-                            robust_accuracy, rotation_accuracy, sanity_similarity)
+from cvaudit.report.checks import (  # noqa: E402
+    _per_image_gap,
+    accuracy,
+    ece,
+    faithfulness_gain,
+    method_sentence,
+    robust_accuracy,
+    rotation_accuracy,
+    sanity_similarity,
+)
 from cvaudit.report.judge import _point, as_estimate, settle  # noqa: E402
 
 

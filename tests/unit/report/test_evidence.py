@@ -6,9 +6,9 @@ import torch
 
 from cvaudit import CvauditError
 from cvaudit.core import stats
+from cvaudit.model.evaluate_model import choose_audit_set
 from cvaudit.report.checks import run_checks
 from cvaudit.report.judge import judge, settle
-from cvaudit.model.evaluate_model import choose_audit_set
 
 
 def test_wilson_intervals_cover_the_truth_at_about_the_nominal_rate():
@@ -150,11 +150,11 @@ def test_the_comparison_marks_best_only_where_the_difference_is_significant(monk
 def test_integrated_gradients_raises_its_steps_until_the_maps_add_up(tmp_path):
     """Completeness (sum of the map = F(x) - F(baseline)) within 5% on every image, on a trained CNN
     whose 16-step maps miss it."""
-    from conftest import fit
-
     from cvaudit.explain.methods import IntegratedGradients
-    from cvaudit.net.pixel_space import PixelSpace
     from cvaudit.net.models import build_model
+    from cvaudit.net.pixel_space import PixelSpace
+
+    from conftest import fit
     torch.manual_seed(0)
     spec = {"arch": "simple_cnn", "arch_options": {"channels": [8, 16]}, "weights": "none", "input_size": 28,
             "num_classes": 4, "class_names": list("abcd"), "mean": [0.5] * 3, "std": [0.5] * 3}
@@ -181,8 +181,8 @@ def test_integrated_gradients_raises_its_steps_until_the_maps_add_up(tmp_path):
 def test_the_schemas_attack_enum_is_the_attack_registry():
     import yaml
 
-    from cvaudit.robust.adversarial import ATTACKS
     from cvaudit.config import SCHEMA
+    from cvaudit.robust.adversarial import ATTACKS
     adv = yaml.safe_load(SCHEMA.read_text())["properties"]["robustness"]["properties"]["adversarial"]["properties"]
     assert adv["attacks"]["items"]["enum"] == list(ATTACKS) == adv["attacks"]["default"]
 
@@ -191,11 +191,11 @@ def test_the_schemas_attack_enum_is_the_attack_registry():
 def test_integrated_gradients_is_complete_on_the_demos_imagenet_model():
     """lite0_imagenet as the demo audits it (packaged weights, 224 px, real photos): every map adds up to
     the score difference within 5%."""
-    from cvaudit.data.sources import foolbox_dir
     from cvaudit.core.images import load_rgb
+    from cvaudit.data.sources import foolbox_dir
     from cvaudit.explain.methods import IntegratedGradients
-    from cvaudit.net.pixel_space import PixelSpace
     from cvaudit.net.models import build_model, normalisation
+    from cvaudit.net.pixel_space import PixelSpace
     from cvaudit.net.transforms import display_transform
     spec = {"arch": "timm:tf_efficientnet_lite0", "weights": "packaged:efficientnet_lite0", "input_size": 224,
             "num_classes": 1000, "keep_head": True}

@@ -25,8 +25,9 @@ def test_the_comparison_refuses_reports_of_one_dataset_built_from_different_data
 def test_every_path_in_the_config_is_checked_before_planning(tmp_path, change, words):
     import yaml
 
-    from conftest import TINY
     from cvaudit.config import SCHEMA, check_paths, validate_config
+
+    from conftest import TINY
     cfg = yaml.safe_load((SCHEMA.parent / "test.yaml").read_text())
     cfg["datasets"]["tiny"]["path"] = str(TINY)
     validate_config(cfg)
@@ -73,8 +74,8 @@ def test_a_collapsed_or_chance_model_is_named_degenerate_and_a_working_one_is_no
 
 
 def test_a_degenerate_models_checks_are_not_scored_and_it_is_never_best():
-    from cvaudit.report import compare_models
     from cvaudit.core import stats
+    from cvaudit.report import compare_models
     from cvaudit.report.checks import run_checks
     thresholds = {"accuracy": {"warn": 0.8, "fail": 0.5}, "ece": {"warn": 0.1, "fail": 0.2}}
     r = {"eval": {"accuracy": 0.34, "n_test": 120, "accuracy_ci": stats.proportion(41, 120),
@@ -93,13 +94,14 @@ def test_batchnorm_with_stale_running_statistics_is_caught_by_the_batch_statisti
     import numpy as np
     import torch
 
-    from conftest import fit
     from cvaudit.core.manifest import ImageDataset, read_manifest
     from cvaudit.data.ingest_dataset import ingest
     from cvaudit.model.evaluate_model import batch_statistics_accuracy
-    from cvaudit.net.pixel_space import predict_proba
     from cvaudit.net.models import build_model
+    from cvaudit.net.pixel_space import predict_proba
     from cvaudit.net.transforms import eval_transform
+
+    from conftest import fit
     ingest({"source": "imagefolder", "path": str(clean_folder), "split": {"val": 0.0, "test": 0.5}}, "t", 0, tmp_path)
     rows = read_manifest(tmp_path / "manifest.csv")
     spec = {"arch": "simple_cnn", "arch_options": {"channels": [8, 16]}, "weights": "none", "num_classes": 3,
@@ -145,9 +147,8 @@ def test_temperature_scaling_on_a_perfect_validation_set_is_not_applicable(tmp_p
 
     import numpy as np
 
+    from cvaudit.net import models, pixel_space
     from cvaudit.robust import calibrate
-    from cvaudit.net import pixel_space
-    from cvaudit.net import models
     with open(tmp_path / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["path", "label", "split"])
         w.writeheader()
@@ -163,9 +164,10 @@ def test_temperature_scaling_on_a_perfect_validation_set_is_not_applicable(tmp_p
 
 def test_a_stage_that_reads_a_file_its_rule_does_not_declare_fails(tmp_path, monkeypatch, capsys):
     """The mechanism behind the end-to-end run's check (tests/conftest.py sets CVAUDIT_CHECK_READS)."""
-    from conftest import REPO
     import subprocess
     import sys
+
+    from conftest import REPO
     monkeypatch.chdir(tmp_path)
     for f in ("results/data/d/manifest.csv", "results/data/d/rejected.csv", "results/data/d/images/a/1.png",
               "results/m/report/old.json"):

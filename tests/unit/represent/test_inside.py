@@ -2,15 +2,22 @@
 import numpy as np
 import pytest
 import torch
+
+from cvaudit.net.models import build_model
+from cvaudit.net.pixel_space import PixelSpace
+from cvaudit.net.transforms import eval_transform
+from cvaudit.represent.inspect_units import (
+    TopK,
+    activation_layers,
+    first_layer_filters,
+    receptive_boxes,
+    resolve_layers,
+    unit_statistics,
+)
+from cvaudit.represent.visualise_ascent import AscentObjective, channel_activation, gradient_ascent
+
 from conftest import fit
 from tiny_models import tiny_spec
-
-from cvaudit.net.pixel_space import PixelSpace
-from cvaudit.represent.inspect_units import (TopK, activation_layers, first_layer_filters, receptive_boxes, resolve_layers,
-                                   unit_statistics)
-from cvaudit.represent.visualise_ascent import AscentObjective, channel_activation, gradient_ascent
-from cvaudit.net.models import build_model
-from cvaudit.net.transforms import eval_transform
 
 SPEC = tiny_spec()
 OPTS = {"layers": "auto", "stages": 3, "unit_layer": "auto"}
@@ -24,8 +31,8 @@ def cnn():
 
 @pytest.fixture
 def rows(tiny_copy, tmp_path):
-    from cvaudit.data.ingest_dataset import ingest
     from cvaudit.core.manifest import read_manifest
+    from cvaudit.data.ingest_dataset import ingest
     ingest({"source": "imagefolder", "path": str(tiny_copy), "split": {"val": 0.0, "test": 0.6}}, "t", 0, tmp_path)
     return read_manifest(tmp_path / "manifest.csv", "test")
 

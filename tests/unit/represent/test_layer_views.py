@@ -5,11 +5,13 @@ import torch
 
 from cvaudit.represent.inspect_units import activation_layers
 from cvaudit.represent.layer_views import effective_receptive_field, effective_receptive_fields, invert, total_variation
+
 from tiny_models import pixel_cnn
 
 
 def _images(n=3):
     from PIL import Image
+
     from conftest import TINY
     paths = sorted(TINY.glob("*/fm*.png"))[:n]
     x = [np.asarray(Image.open(p).convert("RGB").resize((28, 28)), np.float32) / 255 for p in paths]

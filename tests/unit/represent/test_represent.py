@@ -35,8 +35,8 @@ def test_embedding_space_on_separated_and_mixed_classes():
 
 
 def test_stream_features_gives_the_head_input(tiny_copy, tmp_path):
-    from cvaudit.data.ingest_dataset import ingest
     from cvaudit.core.manifest import read_manifest
+    from cvaudit.data.ingest_dataset import ingest
     ingest({"source": "imagefolder", "path": str(tiny_copy)}, "t", 0, tmp_path)
     rows = read_manifest(tmp_path / "manifest.csv", "test")
     torch.manual_seed(0)
@@ -86,8 +86,9 @@ def test_layer_uniformity_knows_alike_layers_from_different_ones():
 
 
 def test_a_vits_layers_are_its_blocks_and_its_tokens_are_pooled_like_maps(tiny_copy, tmp_path):
-    from cvaudit.data.ingest_dataset import ingest
     from cvaudit.core.manifest import read_manifest
+    from cvaudit.data.ingest_dataset import ingest
+
     from tiny_models import tiny_vit_spec
     ingest({"source": "imagefolder", "path": str(tiny_copy)}, "t", 0, tmp_path)
     rows = read_manifest(tmp_path / "manifest.csv", "test")

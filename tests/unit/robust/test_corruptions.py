@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 from skimage.metrics import structural_similarity
 
+from cvaudit.data.sources import foolbox_dir
 from cvaudit.robust.corruption_functions import CORRUPTIONS, TABLES, corrupt, table
 from cvaudit.robust.corruptions import corruption_errors
-from cvaudit.data.sources import foolbox_dir
 
 # Corruptions whose parameters grow with severity in both tables: the image must not come closer to the
 # original at any step. The others are ordered only end to end in the reference (zoom blur and snow
@@ -100,9 +100,9 @@ def test_the_stage_measures_against_its_reference_file_and_the_report_only_reads
     """The corruptions job reads the reference's corruptions.npz (its input) and stores the CE and mCE; a failed
     reference leaves them out with its error; the report reads them, and names a file written without them."""
     from cvaudit import CvauditError
-    from cvaudit.robust.corruptions import errors_against
     from cvaudit.core.files import save_npz, write_failure
     from cvaudit.report.stage_sections import _corruptions
+    from cvaudit.robust.corruptions import errors_against
     ref, half = _stage(np.full((3, 5), 0.4), 0.1, seed=1), _stage(np.full((3, 5), 0.2), 0.05, seed=2)
     path = tmp_path / "results" / "ref_model" / "robust" / "corruptions.npz"
     path.parent.mkdir(parents=True)

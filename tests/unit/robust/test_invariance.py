@@ -137,6 +137,7 @@ def test_a_single_severity_away_from_the_identity_scores_its_accuracy_over_clean
 def test_every_family_takes_an_empty_batch_and_so_does_predict():
     """A shard past the end of a small test set has no images: it must give empty results, not fail."""
     from cvaudit.net.pixel_space import predict
+
     from tiny_models import pixel_cnn
     empty = torch.zeros(0, 3, 8, 8)
     for family in IDENTITY:

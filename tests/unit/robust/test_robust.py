@@ -2,15 +2,15 @@
 import numpy as np
 import pytest
 import torch
-from conftest import fit
-from tiny_models import tiny_spec
 
-from cvaudit.net.pixel_space import PixelSpace
 from cvaudit.net.models import build_model
+from cvaudit.net.pixel_space import PixelSpace, predict
 from cvaudit.robust.adversarial import attack_batch
 from cvaudit.robust.calibrate import calibration_metrics, fit_temperature, log_probs, scaled
 from cvaudit.robust.invariance import IDENTITY, equivariance_error, robustness_score, transform
-from cvaudit.net.pixel_space import predict
+
+from conftest import fit
+from tiny_models import tiny_spec
 
 SPEC = tiny_spec()
 
@@ -240,8 +240,8 @@ def test_masking_checks_flag_a_quantised_model_and_pass_the_trained_ones(quadran
 
 
 def test_shuffled_label_test_memorises_shuffled_labels(tiny_copy, tmp_path):
-    from cvaudit.data.ingest_dataset import ingest
     from cvaudit.core.manifest import read_manifest
+    from cvaudit.data.ingest_dataset import ingest
     from cvaudit.robust.shuffled_labels import memorisation_curves
     ingest({"source": "imagefolder", "path": str(tiny_copy), "split": {"val": 0.0, "test": 0.0}}, "t", 0, tmp_path)
     rows = read_manifest(tmp_path / "manifest.csv", "train")

@@ -10,8 +10,16 @@ import pytest
 import torch
 from torch import nn
 
+from cvaudit.robust.shape_texture import (
+    cue_conflict,
+    figure_mask,
+    patch_shuffle,
+    pick_partners,
+    shape_texture,
+    texture_fill,
+)
+
 from conftest import fit
-from cvaudit.robust.shape_texture import cue_conflict, figure_mask, patch_shuffle, pick_partners, shape_texture, texture_fill
 
 OPTIONS = {"grids": [1, 2, 4, 8], "texture_grid": 4, "edge_sigma": 1.0, "smooth": 0.1}
 SIDE = 32

@@ -10,6 +10,7 @@ from PIL import Image
 from cvaudit import CvauditError
 from cvaudit.net.models import save_model
 from cvaudit.robust.shift import run_shift, shift_rows
+
 from conftest import TINY
 from tiny_models import tiny_cnn
 
@@ -80,6 +81,7 @@ def test_shift_sets_must_name_another_dataset():
     import yaml
 
     from cvaudit.config import validate_config
+
     from conftest import REPO
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg["models"]["cnn_fmnist"]["shift_sets"] = ["fmnist"]

@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 
 from cvaudit import CvauditError
+from cvaudit.core.manifest import read_manifest
+from cvaudit.core.stats import gap_interval
+from cvaudit.data.image_properties import compute_properties, properties_of
+from cvaudit.data.ingest_dataset import ingest
 from cvaudit.report.checks import group_gap, slice_gap
 from cvaudit.report.judge import judge
-from cvaudit.data.ingest_dataset import ingest
-from cvaudit.core.manifest import read_manifest
-from cvaudit.data.image_properties import compute_properties, properties_of
-from cvaudit.core.stats import gap_interval
 from cvaudit.robust.slices import bin_values, group_metrics, run_slices
 
 OPTIONS = {"bins": 4, "pairs": True, "min_size": 20, "alpha": 0.05, "min_group": 10}

@@ -4,10 +4,28 @@ ReLU6, CAM, and the glue that batches every model call."""
 from cvaudit.core import registry as _registry
 from cvaudit.explain.methods.base import AttributionMethod, Completeness, NotApplicable, attribute_batched, get_method
 from cvaudit.explain.methods.cam import CAM, GradCAM, GuidedGradCAM, block_outputs, layer_name
-from cvaudit.explain.methods.gradient import (DeepLift, DeepLiftShap, Deconvnet, GuidedBackprop, InputXGradient,
-                                              IntegratedGradients, Saliency, SmoothGrad, SmoothGradSquared, VarGrad)
-from cvaudit.explain.methods.perturbation import (LIME, SHAP, KernelShap, Occlusion, RandomMap, ShapleySampling,
-                                                  superpixels, target_probability_fn)
+from cvaudit.explain.methods.gradient import (
+                                              Deconvnet,
+                                              DeepLift,
+                                              DeepLiftShap,
+                                              GuidedBackprop,
+                                              InputXGradient,
+                                              IntegratedGradients,
+                                              Saliency,
+                                              SmoothGrad,
+                                              SmoothGradSquared,
+                                              VarGrad,
+)
+from cvaudit.explain.methods.perturbation import (
+                                              LIME,
+                                              SHAP,
+                                              KernelShap,
+                                              Occlusion,
+                                              RandomMap,
+                                              ShapleySampling,
+                                              superpixels,
+                                              target_probability_fn,
+)
 
 # Every method by name (cvaudit.core.registry.METHODS, the one list), for code that wants them all.
 METHODS = {name: _registry.load(ref) for name, ref in _registry.METHODS.items()}

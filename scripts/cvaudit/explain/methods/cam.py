@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvaudit import CvauditError
+from cvaudit.explain.methods.base import AttributionMethod, NotApplicable, refuse_ensemble
+from cvaudit.explain.methods.gradient import GuidedBackprop
 from cvaudit.net.hooks import Hooks
 from cvaudit.net.pixel_space import inner
 from cvaudit.net.tokens import as_maps, blocks, token_layout
-from cvaudit.explain.methods.base import AttributionMethod, NotApplicable, refuse_ensemble
-from cvaudit.explain.methods.gradient import GuidedBackprop
 
 
 def block_outputs(model: nn.Module) -> list[str]:

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from cvaudit import CvauditError
+from cvaudit.explain.methods.base import AttributionMethod, Completeness, NotApplicable, _input_grad, out_of_place
 from cvaudit.net.hooks import Hooks
 from cvaudit.net.pixel_space import blur
-from cvaudit.explain.methods.base import AttributionMethod, Completeness, NotApplicable, _input_grad, out_of_place
 
 
 class Saliency(AttributionMethod):

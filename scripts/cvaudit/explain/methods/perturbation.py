@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from cvaudit import CvauditError
-from cvaudit.net.pixel_space import blur, image_generator
 from cvaudit.explain.methods.base import AttributionMethod, Completeness
+from cvaudit.net.pixel_space import blur, image_generator
 
 
 class Occlusion(AttributionMethod):

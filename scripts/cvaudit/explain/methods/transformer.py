@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cvaudit.explain.methods.base import AttributionMethod, NotApplicable
 from cvaudit.net.hooks import Hooks
 from cvaudit.net.pixel_space import inner
 from cvaudit.net.tokens import token_layout
-from cvaudit.explain.methods.base import AttributionMethod, NotApplicable
 
 
 def attention_modules(net: nn.Module) -> list[nn.Module]:
