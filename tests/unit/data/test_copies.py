@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from conftest import FMNIST
 from cvaudit.data.copies import candidates, distance, thumbnail
 
+from conftest import FMNIST
+
 pytestmark = pytest.mark.skipif(not FMNIST.exists(), reason="needs Debian's dataset-fashion-mnist")
-THRESHOLD = 0.013  # the schema's default data_audit.copies.max_distance
+THRESHOLD = 0.011  # the schema's default data_audit.copies.max_distance
 
 
 def _garments(n=120, seed=3):
@@ -32,6 +33,8 @@ KINDS = {
     "flatter": lambda im: ImageEnhance.Contrast(im).enhance(0.75),
     "mirrored": lambda im: im.transpose(Image.FLIP_LEFT_RIGHT),
     "rotated 5 degrees": lambda im: im.rotate(5, Image.BILINEAR),
+    "rotated 7.5 degrees": lambda im: im.rotate(-7.5, Image.BILINEAR),  # between the grid's steps: refined
+    "cropped to 90% off centre": lambda im: im.crop((0, 2, 25, 27)).resize(im.size, Image.BILINEAR),
     "JPEG q60": lambda im: _jpeg(im, 60),
 }
 
