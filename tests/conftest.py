@@ -166,3 +166,26 @@ def fit(net, x, y, steps: int, lr: float = 0.01):
         torch.nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
     return net.eval()
+
+
+def fmnist_images(n: int, seed: int = 0):
+    """n real Fashion-MNIST training images (28 x 28 grey, as RGB uint8) and their labels."""
+    import numpy as np
+
+    from cvaudit.data.sources import read_idx
+    images = read_idx(FMNIST / "train-images-idx3-ubyte.gz", 3)
+    labels = read_idx(FMNIST / "train-labels-idx1-ubyte.gz", 1)
+    pick = np.random.default_rng(seed).choice(len(images), n, replace=False)
+    return np.repeat(images[pick][..., None], 3, -1), labels[pick]
+
+
+def reencoded(rgb, size: int, quality: int):
+    """An image shrunk to `size` px, saved as JPEG at `quality`, and read back at 28 px: a copy a hash still finds."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    im = Image.fromarray(rgb).resize((size, size), Image.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB").resize((28, 28), Image.BILINEAR))

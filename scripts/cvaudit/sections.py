@@ -1,4 +1,5 @@
-"""The model report's sections, in their order: the one registry the workflow and the report share.
+"""Which stages run for a model (STAGE_ON), and the model report's sections in their order: the one registry the
+workflow, the run-time estimate and the report share.
 
 Each section has an id (its anchor, and its template `templates/sections/<id>.html.j2`), a title (the
 table of contents) and, for a section drawn from an analysis stage, `files(config, model)`: the
@@ -6,8 +7,8 @@ stage outputs it reads, by name, and how the report builds what it shows and its
 them (`build`, `summary`). rules/common.smk declares them as the report's inputs, named
 "<section>__<name>", and the report groups them back (`by_section`): a failed stage is shown in the
 section that reads it, and a switched-off stage's section is left out. Adding a section is its
-template, one entry here, and what it shows in cvaudit/report/stage_sections.py. Imports nothing heavy (the
-Snakefile reads it).
+template, one entry here and the builder it names (CONTRIBUTING.md). Imports nothing heavy (the Snakefile
+reads it).
 """
 from __future__ import annotations
 
@@ -193,7 +194,7 @@ BY_ID = {s.id: s for s in SECTIONS}
 
 def report_inputs(config: dict, model: str) -> dict[str, str]:
     """Every analysis output a model's report reads, named "<section>__<name>"."""
-    return {f"{s.id}{SEP}{name}": path for s in SECTIONS if s.files for name, path in s.files(config, model).items()}
+    return {f"{s.id}{SEP}{name}": file for s in SECTIONS if s.files for name, file in s.files(config, model).items()}
 
 
 def report_settings(config: dict) -> dict:

@@ -227,6 +227,8 @@ def test_the_tests_mirror_the_package_and_the_workflow_runs_have_their_folder():
         tree = ast.parse(path.read_text())
         module_marked = any(isinstance(n, ast.Assign) and "pytestmark" in ast.unparse(n.targets[0]) and "e2e" in ast.unparse(n.value)
                             for n in tree.body)
+        shared = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("test_")]
+        assert shared == [], f"{path.name} imports from {shared}: shared helpers belong in tests/conftest.py"
         tests = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
         marked = [n.name for n in tests if module_marked or e2e(n)]
         if path.parent.name == "workflow":

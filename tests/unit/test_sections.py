@@ -21,6 +21,12 @@ def test_every_section_has_its_template_and_no_template_is_orphaned():
     assert '{% include "sections/" ~ sid ~ ".html.j2" %}' in layout and "<section" not in layout
 
 
+def test_every_builder_a_section_names_exists():
+    from cvaudit.core.registry import load
+    named = [ref for s in SECTIONS for ref in (s.build, s.summary) if ref]
+    assert named and all(callable(load(ref)) for ref in named)
+
+
 def test_the_report_reads_each_stage_output_once_and_groups_it_back_by_section():
     inputs = report_inputs(DEMO, "cnn_fmnist")
     assert len(set(inputs.values())) == len(inputs)

@@ -110,8 +110,8 @@ def distance(a: np.ndarray, b: np.ndarray, max_shift: float = 0.15, rotations=RO
              chunk: int = 512) -> dict:
     """For pairs of thumbnails a[i], b[i] (P, s, s): the difference left at the best alignment (see _residual),
     the alignment found by the best normalised cross-correlation of a's centre ((1 - 2 max_shift) of its side)
-    over b mirrored or not, rotated, zoomed and shifted; with the NCC and the mirror, rotation, scale and shift
-    (dy, dx) that gave it. Pairs whose NCC is below COARSE as they are (mirrored or not, shifted) are not searched
+    over b mirrored or not, rotated, zoomed and shifted, then refined continuously where the grid left the pair
+    within REFINE_BELOW (_refined); with the NCC and the grid's mirror, rotation, scale and shift (dy, dx). Pairs whose NCC is below COARSE as they are (mirrored or not, shifted) are not searched
     further (no copy within these changes falls that low). Pairs where either thumbnail is flat get distance 1."""
     a_t, b_t = torch.as_tensor(np.asarray(a, np.float32)), torch.as_tensor(np.asarray(b, np.float32))
     n, s = a_t.shape[0], a_t.shape[-1]

@@ -1,6 +1,5 @@
 """The data audit's checks on planted known answers: near duplicates (resized, re-encoded) found across splits
 and none among distinct images; flipped labels among cleanlab's candidates; outliers by robust z-score."""
-import io
 from pathlib import Path
 
 import numpy as np
@@ -17,31 +16,15 @@ from cvaudit.data.data_audit import (
     quality_outliers,
 )
 
-from conftest import FMNIST
+from conftest import FMNIST, fmnist_images, reencoded
 
 pytestmark = pytest.mark.skipif(not FMNIST.exists(), reason="needs Debian's dataset-fashion-mnist")
 
 
-def _fmnist(n: int, seed: int = 0):
-    """n real Fashion-MNIST training images (28 x 28 grey, as RGB uint8) and their labels."""
-    from cvaudit.data.sources import read_idx
-    images = read_idx(FMNIST / "train-images-idx3-ubyte.gz", 3)
-    labels = read_idx(FMNIST / "train-labels-idx1-ubyte.gz", 1)
-    pick = np.random.default_rng(seed).choice(len(images), n, replace=False)
-    return np.repeat(images[pick][..., None], 3, -1), labels[pick]
-
-
-def _reencoded(rgb: np.ndarray, size: int, quality: int) -> np.ndarray:
-    im = Image.fromarray(rgb).resize((size, size), Image.BILINEAR)
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=quality)
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB").resize((28, 28), Image.BILINEAR))
-
-
 def test_planted_near_duplicates_are_found_and_distinct_images_are_not():
-    images, _ = _fmnist(300)
+    images, _ = fmnist_images(300)
     plants = ((3, 56, 70), (10, 40, 50), (20, 28, 30), (5, 20, 90))  # (image, resized to px, JPEG quality)
-    copies = [_reencoded(images[i], s, q) for i, s, q in plants]
+    copies = [reencoded(images[i], s, q) for i, s, q in plants]
     every = list(images) + copies
     hashes = np.array([phash(x) for x in every], dtype=np.uint64)
     pixels = np.array([_grey(x) for x in every])
@@ -68,7 +51,7 @@ def test_leakage_counts_test_images_with_a_copy_in_train_or_val():
 
 @pytest.mark.slow
 def test_flipped_labels_are_among_cleanlabs_candidates():
-    images, labels = _fmnist(600, seed=1)
+    images, labels = fmnist_images(600, seed=1)
     x = images[..., 0].reshape(len(images), -1).astype(np.float32) / 255
     y = labels.astype(int).copy()
     rng = np.random.default_rng(0)
@@ -146,7 +129,7 @@ def test_the_audit_finds_copies_a_person_would_recognise_and_says_what_it_search
     from cvaudit.core.manifest import read_manifest
     from cvaudit.data.data_audit import run_data_audit
     from cvaudit.data.ingest_dataset import ingest
-    images, labels = _fmnist(200, seed=5)
+    images, labels = fmnist_images(200, seed=5)
     root = tmp_path / "imgs"
     for i, (x, y) in enumerate(zip(images, labels)):
         (root / f"c{y}").mkdir(parents=True, exist_ok=True)

@@ -7,12 +7,12 @@ import csv
 import numpy as np
 import pytest
 from PIL import Image
-from test_data_audit import _fmnist, _reencoded
 
 from cvaudit.data.copies import distance
 from cvaudit.net.models import save_model
 from cvaudit.represent.embedding_duplicates import compare_side, nearest, run_embedding_duplicates, thumbnail
 
+from conftest import fmnist_images, reencoded
 from tiny_models import tiny_cnn
 
 OPTIONS = {"enabled": True, "neighbors": 10, "max_reference": 100000, "size": 32, "blur": 0.8, "max_shift": 0.15,
@@ -28,7 +28,7 @@ def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 
 def test_the_pixel_check_recovers_a_mirror_and_a_shift_and_refuses_distinct_garments(tmp_path):
-    rgb, _ = _fmnist(40, seed=3)
+    rgb, _ = fmnist_images(40, seed=3)
     grey = rgb[..., 0].astype(np.float32) / 255
     copy = _shift(grey[0][:, ::-1], 2, -1)  # mirrored, then moved down 2 and left 1
     r = distance(np.stack([copy, grey[1]]), np.stack([grey[0], grey[2]]), max_shift=0.15)
@@ -64,14 +64,14 @@ def planted(tmp_path_factory):
     workflow saves one; the data audit run on it."""
     from cvaudit.data.data_audit import run_data_audit
     tmp = tmp_path_factory.mktemp("embdup")
-    rgb, labels = _fmnist(200, seed=5)
+    rgb, labels = fmnist_images(200, seed=5)
     names = [str(c) for c in range(10)]
     rows = []
     for k, (im, y) in enumerate(zip(rgb, labels)):
         p = tmp / f"img{k:03d}.png"
         Image.fromarray(im).save(p)
         rows.append({"path": str(p), "label": names[y], "split": "train" if k < 160 else "test"})
-    copies = {0: _reencoded(rgb[0], 28, 70), 1: _reencoded(rgb[1], 28, 80),
+    copies = {0: reencoded(rgb[0], 28, 70), 1: reencoded(rgb[1], 28, 80),
               2: _shift(rgb[2][:, ::-1], 1, 2), 3: _shift(rgb[3][:, ::-1], -2, 0)}
     for k, im in copies.items():
         p = tmp / f"copy{k}.png"

@@ -112,20 +112,25 @@ def test_gradient_ascent_raises_the_channel_activation_and_the_class_score(train
     for p in net.parameters():
         p.requires_grad_(False)
     # The grey-plus-noise start images: one on which every unit feeding features.7 is off is flat there and
-    # has no gradient at all (it happens to the trained model's second start image); the ascent is judged on
-    # the others, and on the three channels nearest to firing
-    x0 = (0.5 + 0.1 * torch.randn(5, 3, 28, 28, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    # has no gradient at all; which ones are depends on the trained weights (and so on torch's thread count), so
+    # the seed is the first whose class images (the last two) are both live and channel images at least two. The
+    # ascent is judged on the live ones, and on the three channels nearest to firing
     seen = {}
     h = net.model.get_submodule("features.7").register_forward_pre_hook(lambda m, a: seen.__setitem__("pre", a[0]))
-    with torch.no_grad():
-        net(x0)
+    for seed in range(50):
+        x0 = (0.5 + 0.1 * torch.randn(5, 3, 28, 28, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
+        with torch.no_grad():
+            net(x0)
+        alive = seen["pre"].flatten(2).std(2).amax(1) > 0  # a flat map: nothing upstream responds
+        if alive[3:].all() and alive[:3].sum() >= 2:
+            break
     h.remove()
-    live = seen["pre"][:3].flatten(2).std(2).amax(1) > 0  # a flat map: nothing upstream responds
+    live = alive[:3]
     assert live.sum() >= 2
     chans, classes = seen["pre"][0].mean((1, 2)).argsort(descending=True)[:3].sort().values.tolist(), [0, 2]
     obj = AscentObjective(net, "features.7", chans, classes)
     res = gradient_ascent(net, obj, 5, 28, steps=80, lr=0.05, jitter=1, blur_every=4, blur_sigma=0.5, decay=1e-4,
-                          seed=0, device="cpu")
+                          seed=seed, device="cpu")
     obj.close()
     assert res["images"].shape == (5, 3, 28, 28) and 0 <= res["images"].min() and res["images"].max() <= 1
     assert torch.equal(res["initial"], x0)
@@ -134,11 +139,7 @@ def test_gradient_ascent_raises_the_channel_activation_and_the_class_score(train
     assert (after > before).all() and (after - before).mean() > 0.2, (before, after)
     assert (res["end"][:3][live] > res["start"][:3][live] + 0.1).all()  # the objective (mean pre-activation) itself
     logits0, logits1 = net(res["initial"][3:]), net(res["images"][3:])
-    live_cls = seen["pre"][3:].flatten(2).std(2).amax(1) > 0
-    assert live_cls.any()
     for i, c in enumerate(classes):
-        if not live_cls[i]:
-            continue
         assert logits1[i, c] > logits0[i, c] + 0.5, (logits0, logits1)
         margin0, margin1 = logits0[i, c] - logits0[i].mean(), logits1[i, c] - logits1[i].mean()
         assert margin1 > margin0 + 0.3, (margin0, margin1)  # the class rose against the others, not every logit together
