@@ -4,6 +4,7 @@ session's run, rendered again with a toy section added that way, shows it and gi
 import json
 import shutil
 
+import numpy as np
 import pytest
 import yaml
 
@@ -57,9 +58,7 @@ def test_a_toy_section_needs_a_template_an_entry_and_its_builder(run, tmp_path, 
                                 out_summary=tmp_path / "summary.json", out_evidence=tmp_path / "evidence")
     html = (tmp_path / "report.html").read_text()
     summary = json.loads((tmp_path / "summary.json").read_text())
-    with open(run / path("probs", model=model), "rb") as f:
-        import numpy as np
-        z = np.load(f)
+    with np.load(run / path("probs", model=model)) as z:  # the evaluation's own counts, read independently
         n, right = len(z["probs"]), int((z["probs"].argmax(1) == z["targets"]).sum())
     assert summary["toy"] == {"test_images": n, "right": right} and n > 0
     assert f"right on {right} of {n} test images" in html
