@@ -157,6 +157,11 @@ def user_model_files(wildcards):
         files["weights"] = cfg["weights"]
     if cfg["arch"].startswith("python:"):
         files["arch_file"] = cfg["arch"].split(":")[1]
+    if cfg["arch"].startswith("hf:"):  # the folder save_pretrained wrote
+        folder = Path(cfg["arch"][len("hf:") :])
+        for f in ("config.json", "model.safetensors", "preprocessor_config.json"):
+            if (folder / f).exists():
+                files[f"hf_{f.split('.')[0]}"] = str(folder / f)
     if cfg.get("classes_file"):
         files["classes_file"] = cfg["classes_file"]
     return files

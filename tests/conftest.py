@@ -16,6 +16,10 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 # The run-time estimate times the model before each run (about 3 s); its own tests turn it on.
 os.environ.setdefault("CVAUDIT_ESTIMATE", "0")
+# Two pytest-xdist workers each run workflows whose jobs take both cores: OpenMP threads that spin while they wait
+# (libgomp's default) then take turns on the cores, and a training job ran three times as long as alone; threads
+# that sleep while they wait lose about a tenth alone (tools/bench_threads.py). Set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def smk(workdir, *args, check=True, env=None):

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from cvaudit.core.images import load_rgb  # noqa: E402
 from cvaudit.data.sources import foolbox_dir  # noqa: E402
-from cvaudit.explain.explain import PixelSpace  # noqa: E402
 from cvaudit.net.models import build_model, normalisation  # noqa: E402
+from cvaudit.net.pixel_space import PixelSpace  # noqa: E402
 
 
 def models(size: int):

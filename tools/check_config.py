@@ -27,9 +27,6 @@ def merge(into: dict, new: dict) -> None:
 
 
 def main(paths: list[str]) -> int:
-    if not paths:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
-        return 2
     config: dict = {}
     try:
         for p in paths:
@@ -48,4 +45,7 @@ def main(paths: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Usage: " + __doc__.split("\n\n")[1].strip())
+    ap.add_argument("configs", nargs="+", metavar="CONFIG", help="config files, merged in order as Snakemake merges them")
+    sys.exit(main(ap.parse_args().configs))

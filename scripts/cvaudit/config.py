@@ -299,6 +299,8 @@ def resolve_paths(config: dict, base: str | Path) -> None:
         if m.get("arch", "").startswith("python:"):
             file, factory = m["arch"][len("python:"):].rsplit(":", 1)
             m["arch"] = f"python:{fix(file)}:{factory}"
+        if m.get("arch", "").startswith("hf:"):
+            m["arch"] = f"hf:{fix(m['arch'][len('hf:'):])}"
 
 
 def check_paths(config: dict, base: str | Path = ".") -> None:
@@ -327,6 +329,9 @@ def check_paths(config: dict, base: str | Path = ".") -> None:
             file = arch[len("python:"):].rsplit(":", 1)[0]
             if not (base / file).is_file():
                 raise CvauditError(f"config key 'models.{name}.arch': file {file} not found; fix the path")
+        if arch.startswith("hf:") and not (base / arch[len("hf:"):]).is_dir():
+            raise CvauditError(f"config key 'models.{name}.arch': folder {arch[len('hf:'):]} not found; give the folder "
+                               "a transformers model was saved to (save_pretrained)")
 
 
 def shards(n_images: int, shard_size: int) -> int:

@@ -1,7 +1,8 @@
 """A tiny vision transformer end to end through snakemake beside a CNN on the tiny real images: trained from
 scratch, evaluated, explained by the methods that apply (and the others refused with their reason), its units
 and layers read on the patch grid, its layers compared with the CNN's, and both reports rendered. The two
-together as an ensemble (arch: ensemble), audited as one model and set against each of them."""
+together as an ensemble (arch: ensemble), audited as one model and set against each of them. A Hugging Face ViT
+given as a save_pretrained folder (arch hf:FOLDER), fine-tuned here and audited like the others."""
 import json
 
 import numpy as np
@@ -15,13 +16,27 @@ pytestmark = pytest.mark.e2e
 METHODS = ["saliency", "gradcam", "attention_rollout", "transformer_attribution", "integrated_gradients", "cam", "lrp"]
 
 
+def _hf_vit(folder, classes):
+    """A tiny transformers ViT (seeded) saved as a user's folder: config.json, model.safetensors and its processor."""
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=64, id2label=dict(enumerate(classes)))
+    transformers.AutoModelForImageClassification.from_config(config).save_pretrained(folder)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+
+
 def _vit_and_ensemble(cfg, images):
+    _hf_vit(images.parent / "hf_vit", sorted(p.name for p in images.iterdir() if p.is_dir()))
     cfg["models"] = {
         "vit_tiny": {"dataset": "tiny", "arch": "timm:vit_tiny_patch16_224", "input_size": 32, "weights": "none",
                      "arch_options": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2},
                      "train": {"batch_size": 8, "head_epochs": 2, "finetune_epochs": 0, "lr": 0.001}},
         "cnn_tiny": cfg["models"]["cnn_tiny"],
-        "ens_tiny": {"dataset": "tiny", "arch": "ensemble", "members": ["vit_tiny", "cnn_tiny"], "input_size": 32}}
+        "ens_tiny": {"dataset": "tiny", "arch": "ensemble", "members": ["vit_tiny", "cnn_tiny"], "input_size": 32},
+        "hf_vit": {"dataset": "tiny", "arch": f"hf:{images.parent / 'hf_vit'}", "input_size": 32,
+                   "train": {"batch_size": 8, "head_epochs": 1, "finetune_epochs": 1, "lr": 0.001}}}
     cfg["explain"]["methods"] = METHODS
     cfg["represent"].update(layers=4, ascent={"enabled": False}, layer_views={"enabled": False})
     # the stages that read a ViT like any model are the session run's to test
@@ -73,15 +88,16 @@ def test_units_and_layers_of_a_vit_are_read_on_its_patch_grid(vit_run):
 
 def test_the_comparison_sets_the_vits_layers_against_the_cnns(vit_run):
     reps = read_json(vit_run / "results" / "compare" / "tiny" / "representations.json")
-    (pair,) = reps["layer_pairs"]
-    assert pair["rows"] == "vit_tiny" and pair["columns"] == "cnn_tiny"
+    pairs = {(p["rows"], p["columns"]): p for p in reps["layer_pairs"]}  # every pair with a transformer in it
+    assert set(pairs) == {("vit_tiny", "cnn_tiny"), ("hf_vit", "cnn_tiny"), ("hf_vit", "vit_tiny")}
+    pair = pairs["vit_tiny", "cnn_tiny"]
     assert np.array(pair["matrix"]).shape == (len(pair["row_layers"]), len(pair["column_layers"]))
     d = pair["uniformity_difference"]
     assert d["low"] <= d["mean"] <= d["high"]
     html = (vit_run / "results" / "compare" / "report.html").read_text()
     assert "Linear CKA between every layer of vit_tiny (rows) and of cnn_tiny (columns)" in html
     summary = read_json(vit_run / "results" / "compare" / "summary.json")
-    assert summary["transformer_vs_cnn"]["tiny"][0]["rows"] == "vit_tiny"
+    assert {p["rows"] for p in summary["transformer_vs_cnn"]["tiny"]} == {"vit_tiny", "hf_vit"}
 
 
 def test_the_ensemble_is_audited_as_one_model_and_set_against_its_members(vit_run):
@@ -107,13 +123,28 @@ def test_the_ensemble_is_audited_as_one_model_and_set_against_its_members(vit_ru
     assert "Ensembles against their members" in (res / "compare" / "report.html").read_text()
 
 
+def test_a_hugging_face_vit_is_fine_tuned_and_audited_from_its_folder(vit_run):
+    res = vit_run / "results" / "hf_vit"
+    train = read_json(res / "train" / "metrics.json")
+    assert train["trained"] and train["best_phase"] in ("head", "finetune")  # transfer learning from the folder's weights
+    assert "(from " in train["preprocessing"] and "mean [0.5, 0.5, 0.5]" in train["preprocessing"]
+    summary = read_json(res / "report" / "summary.json")
+    html = (res / "report" / "report.html").read_text()
+    assert train["preprocessing"] in html  # the model card states the processor's preprocessing
+    assert {"attention_rollout", "transformer_attribution", "gradcam"} <= set(summary["attributions"])
+    rollout = load_npz(res / "explain" / "attention_rollout" / "maps.npz")
+    assert rollout["meta"]["applicable"] and np.isfinite(rollout["maps_pred"]).all() and rollout["maps_pred"].std() > 0
+    units = load_npz(res / "represent" / "units.npz")
+    assert units["meta"]["unit_layer"].startswith("hf.vit.layers.") and units["meta"]["unit_shape"][1:] == [4, 4]
+
+
 def test_every_summary_follows_the_schema_with_a_vit_and_an_ensemble(vit_run):
     import jsonschema
     import yaml
 
     from conftest import REPO
     schema = yaml.safe_load((REPO / "report" / "summary.schema.yaml").read_text())
-    for m in ("vit_tiny", "cnn_tiny", "ens_tiny"):
+    for m in ("vit_tiny", "cnn_tiny", "ens_tiny", "hf_vit"):
         summary = json.loads((vit_run / "results" / m / "report" / "summary.json").read_text())
         jsonschema.validate(summary, schema)
         assert summary["failed_stages"] == [], m

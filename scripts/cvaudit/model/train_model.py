@@ -48,15 +48,48 @@ def make_spec(model_cfg: dict, classes: list[str]) -> dict:
         raise CvauditError("config keys models.*.class_names / classes_file name the outputs of a model audited as it "
                            "is (train: false); a model trained here takes the dataset's classes: remove them")
     imagenet_head = audit_as_is and model_cfg["weights"].startswith(("packaged:", "torchvision:"))
-    names = own or (imagenet_categories() if imagenet_head else list(classes))
+    hf = _hf_settings(model_cfg) if model_cfg["arch"].startswith("hf:") else None
+    names = own or (hf["class_names"] if hf and audit_as_is else None) or (
+        imagenet_categories() if imagenet_head else list(classes))
     spec = {"arch": model_cfg["arch"], "arch_options": model_cfg.get("arch_options") or {},
             "weights": model_cfg["weights"], "input_size": model_cfg["input_size"],
             "num_classes": len(names), "class_names": names, "keep_head": audit_as_is,
             "resize": model_cfg.get("resize", "stretch"),
             "class_order": "config" if own else ("imagenet" if imagenet_head else "dataset")}
+    if hf:  # the folder's own preprocessing; its class names when audited as it is
+        spec.update(resize=hf["resize"], normalisation=hf["normalisation"], preprocessing=hf["preprocessing"])
+        if hf.get("resize_short"):
+            spec["resize_short"] = hf["resize_short"]
+        if audit_as_is and not own:
+            spec["class_order"] = "config"  # the model's id2label, matched to the dataset's classes by name
     if model_cfg.get("normalisation"):
         spec["normalisation"] = model_cfg["normalisation"]
     return spec
+
+
+def _hf_settings(model_cfg: dict) -> dict:
+    """A Hugging Face folder's class names (id2label, for a model audited as it is) and preprocessing
+    (preprocessor_config.json, or models.*.normalisation and resize where the folder has none), checked."""
+    from cvaudit.net import hf
+    arch, s = model_cfg["arch"], model_cfg["input_size"]
+    if model_cfg["weights"] != "none":
+        raise CvauditError(f"config key models.*.weights ({model_cfg['weights']}): a model given as {arch} carries its "
+                           "own weights (the folder's model.safetensors); remove the key")
+    config, processor = hf.read_folder(arch)
+    hf.weights_file(arch)
+    if processor is None and model_cfg.get("normalisation"):
+        out = {"resize": model_cfg.get("resize", "stretch"), "normalisation": model_cfg["normalisation"]}
+        source = "models.*.normalisation and resize"
+    else:
+        out = hf.processor_settings(processor, s, arch)
+        source = str(hf.folder_of(arch) / "preprocessor_config.json")
+    how = (f"the shorter side resized to {out['resize_short']} px, then the central {s} x {s} px"
+           if out["resize"] == "center_crop" else f"resized to {s} x {s} px")
+    mean, std = out["normalisation"]["mean"], out["normalisation"]["std"]
+    out["preprocessing"] = f"{how}; normalised with mean {mean} and std {std} (from {source})"
+    own_names = model_cfg["train"] is False and not model_classes(model_cfg)
+    out["class_names"] = hf.class_names(config, arch) if own_names else None
+    return out
 
 
 def _freeze_backbone(model: nn.Module, frozen: bool) -> list[nn.Parameter]:
@@ -173,10 +206,14 @@ def train_model(name: str, model_cfg: dict, manifest: str | Path, seed: int, dev
     model = build_model(spec)
     check_input_size(model, spec["input_size"], f"models.{name}.input_size", spec["num_classes"])
     spec["mean"], spec["std"] = normalisation(spec, model)
+    if callable(getattr(model, "saved_config", None)):  # a Hugging Face model: rebuilt from its config, no folder
+        spec["hf_config"] = model.saved_config()
     model.to(dev)
     tcfg = model_cfg["train"]
     metrics = {"model": name, "trained": tcfg is not False, "device": str(dev), "seed": seed,
                "arch": spec["arch"], "weights": spec["weights"], "n_params": sum(p.numel() for p in model.parameters())}
+    if spec.get("preprocessing"):
+        metrics["preprocessing"] = spec["preprocessing"]
 
     if tcfg is False:
         log.info("%s: train: false — saving the model as it is (%d classes)", name, spec["num_classes"])
@@ -204,7 +241,7 @@ def train_model(name: str, model_cfg: dict, manifest: str | Path, seed: int, dev
 
     amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    pretrained = spec["weights"] != "none"
+    pretrained = spec["weights"] != "none" or spec["arch"].startswith("hf:")  # a Hugging Face folder holds weights
     if pretrained:
         phases = [("head", tcfg["head_epochs"], tcfg["lr"], True), ("finetune", tcfg["finetune_epochs"], tcfg["finetune_lr"], False)]
     else:  # nothing to transfer: all layers at `lr` for the same total number of epochs

@@ -15,13 +15,21 @@ def _observe(fn):
     return hook
 
 
+def _observe_output(fn):
+    """A forward hook that shows fn a layer's output tensor: the first of a tuple (a transformers layer returns
+    its hidden states with its attention weights)."""
+    def hook(module, inputs, output):
+        fn(module, inputs, output[0] if isinstance(output, tuple) else output)
+    return hook
+
+
 class Hooks(contextlib.AbstractContextManager):
     def __init__(self):
         self._handles: list = []
 
     def forward(self, module: nn.Module, fn) -> Hooks:
-        """fn(module, inputs, output) after the module's forward pass."""
-        self._handles.append(module.register_forward_hook(_observe(fn)))
+        """fn(module, inputs, output) after the module's forward pass (a tuple output: its first tensor)."""
+        self._handles.append(module.register_forward_hook(_observe_output(fn)))
         return self
 
     def forward_pre(self, module: nn.Module, fn) -> Hooks:

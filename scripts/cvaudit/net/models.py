@@ -1,4 +1,4 @@
-"""Model construction (timm, torchvision, built-ins), weight sources, safetensors I/O, the device.
+"""Model construction (timm, torchvision, Hugging Face folders, built-ins), weight sources, safetensors I/O, the device.
 The images a model sees are made by cvaudit.net.transforms."""
 from __future__ import annotations
 
@@ -187,6 +187,9 @@ def _construct(arch: str, weights: str, n: int, keep_head: bool, imagenet_head: 
                          [(m["mean"], m["std"]) for m in spec["members"]])
     elif arch.startswith("python:"):
         model = _python_model(arch, n, opts)
+    elif arch.startswith("hf:"):  # the folder's weights unless rebuilt from a cvaudit model file (hf_config)
+        from cvaudit.net.hf import HFClassifier
+        model = HFClassifier(arch, n, spec["class_names"], spec.get("hf_config"), pretrained=not spec.get("hf_config"))
     elif arch == "simple_cnn":
         model = SimpleCNN(n, **opts)
     elif arch == "mlp":
@@ -225,7 +228,7 @@ def _construct(arch: str, weights: str, n: int, keep_head: bool, imagenet_head: 
             replace_head(model, n)
     else:
         raise CvauditError(f"unknown architecture '{arch}' (config key models.*.arch); use timm:<name>, "
-                           "torchvision:<name>, python:FILE.py:FACTORY, simple_cnn or mlp")
+                           "torchvision:<name>, hf:FOLDER, python:FILE.py:FACTORY, simple_cnn or mlp")
     return model
 
 

@@ -21,9 +21,11 @@ class Layout(NamedTuple):
 
 
 def token_layout(model: nn.Module) -> Layout | None:
-    """The layout of a timm-style vision transformer (patch_embed.grid_size, num_prefix_tokens), or
-    None for a model whose layers are not token sequences."""
+    """The layout of a timm-style vision transformer (patch_embed.grid_size, num_prefix_tokens), or of a model that
+    states its own (`token_layout()`, cvaudit.net.hf), or None for a model whose layers are not token sequences."""
     model = getattr(model, "model", model)  # a PixelModel wraps the model
+    if callable(getattr(model, "token_layout", None)):
+        return model.token_layout()
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     if grid is None or not hasattr(model, "blocks"):
         return None
@@ -59,8 +61,18 @@ def prefix_tokens(o: torch.Tensor, layout: Layout | None) -> torch.Tensor | None
     return o[:, :layout.prefix].flatten(1)
 
 
+def patch_embedding(model: nn.Module) -> str | None:
+    """The patch embedding's name (its output: the patch tokens, before any block), None without one."""
+    model = getattr(model, "model", model)
+    if callable(getattr(model, "patch_embedding_name", None)):
+        return model.patch_embedding_name()
+    return "patch_embed" if isinstance(getattr(model, "patch_embed", None), nn.Module) else None
+
+
 def blocks(model: nn.Module) -> list[str]:
     """The transformer blocks' names, first to last (empty for a model without `blocks`)."""
     model = getattr(model, "model", model)
+    if callable(getattr(model, "block_names", None)):
+        return model.block_names()
     seq = getattr(model, "blocks", None)
     return [f"blocks.{i}" for i in range(len(seq))] if isinstance(seq, (nn.Sequential, nn.ModuleList)) else []

@@ -15,7 +15,8 @@ def _resized_size(h: int, w: int, spec: dict) -> tuple[int, int]:
     s = spec["input_size"]
     if spec.get("resize", "stretch") != "center_crop":
         return s, s
-    short = int(round(s / 0.875))  # the shorter side to input_size / 0.875, the longer in proportion
+    short = spec.get("resize_short") or int(round(s / 0.875))  # the shorter side (input_size / 0.875 unless the
+    # model's processor says), the longer in proportion
     return (int(short * h / w), short) if w <= h else (short, int(short * w / h))
 
 

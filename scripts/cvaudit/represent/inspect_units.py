@@ -35,7 +35,8 @@ def activation_layers(model: nn.Module) -> list[str]:
     head = _head_name(model)
     return [n for n, m in model.named_modules()
             if n and not n.startswith(head) and (isinstance(m, ACTIVATIONS)
-                                                 or type(m).__module__.startswith("timm.layers.activations"))]
+                                                 or type(m).__module__.startswith(("timm.layers.activations",
+                                                                                   "transformers.activations")))]
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from cvaudit.core.manifest import image_loader, read_manifest
 from cvaudit.net.hooks import Hooks
 from cvaudit.net.models import Ensemble, _head_name, auto_batch
 from cvaudit.net.pixel_space import start_stage
-from cvaudit.net.tokens import as_maps, blocks, prefix_tokens, token_layout
+from cvaudit.net.tokens import as_maps, blocks, patch_embedding, prefix_tokens, token_layout
 from cvaudit.net.transforms import eval_transform
 
 log = logging.getLogger("cvaudit.represent.represent")
@@ -112,7 +112,7 @@ def pick_layers(model: nn.Module, k: int = 6) -> list[str]:
     head = _head_name(model)
     cands = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n != head]
     if token_layout(model) is not None and blocks(model):
-        cands = ["patch_embed"] + blocks(model)
+        cands = [n for n in [patch_embedding(model)] if n] + blocks(model)
     if len(cands) <= k:
         return cands
     return [cands[int(round(i * (len(cands) - 1) / (k - 1)))] for i in range(k)]

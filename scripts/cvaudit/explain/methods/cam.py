@@ -71,8 +71,9 @@ def _token_layer(net: nn.Module, layer: str) -> nn.Module:
     model = inner(net)
     if layer != "auto":
         return _configured(model, layer, f"blocks: {blocks(model)[-4:]}")
-    last = model.blocks[-1]
-    return getattr(last, "norm1", last)
+    last = model.get_submodule(blocks(model)[-1])
+    first = getattr(last, "norm1", None) or getattr(last, "layernorm_before", None)  # timm's name, transformers'
+    return first if first is not None else last
 
 
 def token_gradcam(net: nn.Module, x: torch.Tensor, target: torch.Tensor, module: nn.Module) -> torch.Tensor:

@@ -2,7 +2,8 @@
 Zuidema 2020) and Chefer et al.'s gradient-weighted attention relevance ("Generic attention-model
 explainability", ICCV 2021, rule 6 for self-attention encoders). Both need the attention weights, which
 timm's fused attention never forms: `attention_weights` switches every Attention module to the explicit
-softmax path for one call and reads the weights where they pass the attention dropout."""
+softmax path for one call and reads the weights where they pass the attention dropout; a model that records
+its own (`attention_weights()`, a Hugging Face transformer: cvaudit.net.hf) is read through that."""
 from __future__ import annotations
 
 import contextlib
@@ -26,6 +27,14 @@ def attention_modules(net: nn.Module) -> list[nn.Module]:
 def attention_weights(net: nn.Module):
     """Yields a list that each forward pass fills with every block's attention weights (N, heads, T, T),
     first block first. Fused attention is switched off inside and restored after, whatever happens."""
+    own = getattr(inner(net), "attention_weights", None)
+    if callable(own):
+        if not inner(net).global_attention:
+            raise NotApplicable(f"{inner(net).model_type}: its attention is not global over the patches (windows, "
+                                "or no attention)")
+        with own() as found:
+            yield found
+        return
     mods = attention_modules(net)
     if token_layout(inner(net)) is None or not mods:
         raise NotApplicable("the model is not a vision transformer with timm attention blocks "
