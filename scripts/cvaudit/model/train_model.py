@@ -214,6 +214,8 @@ def train_model(name: str, model_cfg: dict, manifest: str | Path, seed: int, dev
                "arch": spec["arch"], "weights": spec["weights"], "n_params": sum(p.numel() for p in model.parameters())}
     if spec.get("preprocessing"):
         metrics["preprocessing"] = spec["preprocessing"]
+    if spec["arch"].startswith("hf:"):  # the weights are the folder's
+        metrics["weights"] = str(Path(spec["arch"][len("hf:"):]) / "model.safetensors")
 
     if tcfg is False:
         log.info("%s: train: false — saving the model as it is (%d classes)", name, spec["num_classes"])

@@ -24,6 +24,11 @@ KEY = "models.*.arch"
 GLOBAL_ATTENTION = {"vit", "deit", "beit", "dinov2", "dinov2_with_registers"}
 
 
+def _first(v) -> int:
+    """A config size given as an int or as (height, width)."""
+    return int(v) if isinstance(v, int) else int(v[0])
+
+
 def folder_of(arch: str) -> Path:
     return Path(arch[len("hf:"):])
 
@@ -182,22 +187,21 @@ class HFClassifier(nn.Module):
         """Class and register tokens, then the patch grid, for the transformers whose layers are token sequences;
         None for the convolutional ones (ResNet, ConvNeXt, EfficientNet ...), whose layers are feature maps."""
         c = self.hf.config
+        side = (_first(c.image_size) // _first(c.patch_size)) if hasattr(c, "patch_size") else None
         if self.model_type in GLOBAL_ATTENTION:
-            size = c.image_size if isinstance(c.image_size, int) else c.image_size[0]
-            patch = c.patch_size if isinstance(c.patch_size, int) else c.patch_size[0]
             prefix = 1 + (self.model_type == "deit" and "Teacher" in type(self.hf).__name__) \
                 + int(getattr(c, "num_register_tokens", 0) or 0)
-            return Layout(prefix, (size // patch, size // patch))
-        if self.model_type == "swin":
-            side = c.image_size // c.patch_size // 2 ** (len(c.depths) - 1)
+            return Layout(prefix, (side, side))
+        if self.model_type == "swin":  # each stage after the first halves the grid
+            side //= 2 ** (len(c.depths) - 1)
             return Layout(0, (side, side))
         return None
 
     def block_names(self) -> list[str]:
         """The layers whose outputs are token sequences on the layout (last Swin stage only), first to last."""
         layers = self._layers()
-        if self.model_type == "swin":
-            last = max(n.rsplit(".blocks.", 1)[0] for n, _ in layers) if layers else ""
+        if self.model_type == "swin":  # named_modules runs in definition order: the last layer is the last stage's
+            last = layers[-1][0].rsplit(".blocks.", 1)[0] if layers else ""
             return [n for n, _ in layers if n.startswith(last + ".blocks.")]
         return [n for n, _ in layers] if self.model_type in GLOBAL_ATTENTION else []
 
@@ -217,6 +221,8 @@ class HFClassifier(nn.Module):
         rec = (getattr(self.hf, "_can_record_outputs", None) or {}).get("attentions")
         cls = getattr(rec, "target_class", rec)
         mods = [m for m in self.hf.modules() if type(m) is cls]
+        if not mods:
+            raise CvauditError(f"{type(self.hf).__name__}: transformers names no attention layers it can record")
         found: list[torch.Tensor] = []
         before = self.hf.config._attn_implementation
         handles = [m.register_forward_hook(lambda _m, _i, o: found.append(o[1])) for m in mods]

@@ -23,7 +23,7 @@ class Layout(NamedTuple):
 def token_layout(model: nn.Module) -> Layout | None:
     """The layout of a timm-style vision transformer (patch_embed.grid_size, num_prefix_tokens), or of a model that
     states its own (`token_layout()`, cvaudit.net.hf), or None for a model whose layers are not token sequences."""
-    model = getattr(model, "model", model)  # a PixelModel wraps the model
+    model = getattr(model, "model", model)  # a PixelSpace wraps the model
     if callable(getattr(model, "token_layout", None)):
         return model.token_layout()
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
