@@ -57,8 +57,6 @@ def test_every_config_the_docs_show_is_valid():
     assert shown >= 2
 
 
-
-
 def _schema_child(node: dict, part: str, defs: dict) -> dict | None:
     """The schema of key `part` inside `node`: a named property, or a user-named entry (datasets.NAME, models.*);
     NAME, * or an upper-case word stands for any key. None where the schema has no such key."""
