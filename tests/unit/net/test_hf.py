@@ -150,6 +150,25 @@ def test_rollout_reads_the_models_attention_and_restores_it(tmp_path, images):
     assert not torch.allclose(ours[0], ours[1])  # the image matters
 
 
+def test_chefers_relevance_reads_the_models_attention_and_its_gradient(tmp_path):
+    from cvaudit.explain.methods.transformer import TransformerAttribution
+    from cvaudit.net.pixel_space import PixelSpace
+    folder, theirs = saved(tmp_path, "vit")
+    net = build_model(make_spec(cfg(folder), CLASSES)).eval()
+    x, target = torch.rand(3, 3, SIZE, SIZE), torch.tensor([0, 1, 2])
+    ours = TransformerAttribution().attribute(PixelSpace(net, [0.5] * 3, [0.5] * 3), x, target)
+    # by hand: R <- R + mean over heads of (dS/dA * A)+ . R, from the weights transformers returns and their gradient
+    theirs.set_attn_implementation("eager")
+    out = theirs(pixel_values=(x - 0.5) / 0.5, output_attentions=True)
+    grads = torch.autograd.grad(out.logits.gather(1, target.view(-1, 1)).sum(), out.attentions)
+    r = torch.eye(17).expand(3, -1, -1)
+    for a, g in zip(out.attentions, grads):
+        r = r + (g * a).clamp(min=0).mean(1) @ r
+    want = torch.nn.functional.interpolate((r - torch.eye(17))[:, 0, 1:].reshape(3, 1, 4, 4), size=(SIZE, SIZE),
+                                           mode="bilinear", align_corners=False)[:, 0]
+    assert torch.allclose(ours, want, atol=1e-6) and want.abs().sum() > 0
+
+
 def test_rollout_refuses_a_windowed_transformer(tmp_path):
     from cvaudit.explain.methods.base import NotApplicable
     from cvaudit.explain.methods.transformer import AttentionRollout
