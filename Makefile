@@ -19,7 +19,8 @@ audit: setup  # your config: make audit CONFIG=my.yaml [ARGS="-n" or targets]; t
 	$(VENV)/python tools/check_config.py $(CONFIG)
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going $(ARGS) --configfile $(CONFIG)
 
-vit: setup  # the second config: a small ViT from scratch beside the demo's CNN, and the two as an ensemble
+vit: setup  # the second config: a small ViT from scratch beside the demo's CNN, the two as an ensemble, and a Hugging Face ViT
+	$(VENV)/python tools/make_hf_vit.py --out runs/vit/hf_vit_fmnist
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going --directory runs/vit --configfile config/vit.yaml
 
 # WORKERS: pytest-xdist workers (tests/conftest.py keeps the tests that share a workflow run on one, and orders
