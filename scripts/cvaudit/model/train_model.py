@@ -215,7 +215,8 @@ def train_model(name: str, model_cfg: dict, manifest: str | Path, seed: int, dev
     if spec.get("preprocessing"):
         metrics["preprocessing"] = spec["preprocessing"]
     if spec["arch"].startswith("hf:"):  # the weights are the folder's
-        metrics["weights"] = str(Path(spec["arch"][len("hf:"):]) / "model.safetensors")
+        from cvaudit.net.hf import weights_file
+        metrics["weights"] = str(weights_file(spec["arch"]))
 
     if tcfg is False:
         log.info("%s: train: false — saving the model as it is (%d classes)", name, spec["num_classes"])
