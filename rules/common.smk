@@ -4,11 +4,19 @@ from pathlib import Path
 
 from cvaudit.config import shards
 from cvaudit.core.job import name_keys
-from cvaudit.core.registry import ATTACKS, FAMILIES, FLOOR_METHOD, METHODS
+from cvaudit.core.registry import ATTACKS, FAMILIES, FLOOR_METHOD, METHODS, is_export_arch
 from cvaudit.data.fingerprint import write_fingerprint
 from cvaudit.paths import PATHS, path
 from cvaudit.resources import job_mem_mb, job_minutes
-from cvaudit.sections import STAGE_ON, corruption_reference_files, report_inputs, report_settings, stage_on
+from cvaudit.sections import (
+    STAGE_ON,
+    attacks_for,
+    cka_models,
+    corruption_reference_files,
+    report_inputs,
+    report_settings,
+    stage_on,
+)
 
 
 def limit(rule_name, fixed):
@@ -123,7 +131,7 @@ def benchmark_files(model):
         files.update(sharded_benchmarks("invariance", model, list(rob["invariance"]), rob["max_images"]))
     if stage_on(config, model, "adversarial"):
         adv = rob["adversarial"]
-        files.update(sharded_benchmarks("adversarial", model, adv["attacks"], adv["max_images"]))
+        files.update(sharded_benchmarks("adversarial", model, attacks_for(config, model), adv["max_images"]))
     return files
 
 
@@ -157,6 +165,8 @@ def user_model_files(wildcards):
         files["weights"] = cfg["weights"]
     if cfg["arch"].startswith("python:"):
         files["arch_file"] = cfg["arch"].split(":")[1]
+    if is_export_arch(cfg["arch"]):  # the ONNX or TorchScript file
+        files["export"] = cfg["arch"].split(":", 1)[1]
     if cfg["arch"].startswith("hf:"):  # the folder save_pretrained wrote
         folder = Path(cfg["arch"][len("hf:") :])
         for f in ("config.json", "model.safetensors", "preprocessor_config.json"):
@@ -174,7 +184,7 @@ def compare_inputs(wildcards):
         files[f"baseline_{d}"] = path("baseline", dataset=d)
     for d in shared_datasets():
         files[f"side_{d}"] = path("side_by_side", dataset=d)  # the same images explained by each model
-        if config["represent"]["enabled"]:
+        if config["represent"]["enabled"] and len(cka_models(config, d)) > 1:
             files[f"cka_{d}"] = path("representations", dataset=d)
     return files
 

@@ -108,7 +108,7 @@ rule visualise_ascent:
 
 rule compare_representations:
     input:
-        unpack(lambda wc: {m: path("embeddings", model=m) for m in models_of(wc.dataset)}),
+        unpack(lambda wc: {m: path("embeddings", model=m) for m in cka_models(config, wc.dataset)}),
     output:
         cka=PATHS["representations"],
     log:

@@ -13,7 +13,7 @@ import jsonschema
 import yaml
 
 from cvaudit import CvauditError
-from cvaudit.core.registry import FLOOR_METHOD, METHODS
+from cvaudit.core.registry import FLOOR_METHOD, METHODS, is_export_arch
 
 SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
@@ -299,8 +299,9 @@ def resolve_paths(config: dict, base: str | Path) -> None:
         if m.get("arch", "").startswith("python:"):
             file, factory = m["arch"][len("python:"):].rsplit(":", 1)
             m["arch"] = f"python:{fix(file)}:{factory}"
-        if m.get("arch", "").startswith("hf:"):
-            m["arch"] = f"hf:{fix(m['arch'][len('hf:'):])}"
+        if m.get("arch", "").startswith("hf:") or is_export_arch(m.get("arch", "")):
+            kind, file = m["arch"].split(":", 1)
+            m["arch"] = f"{kind}:{fix(file)}"
 
 
 def check_paths(config: dict, base: str | Path = ".") -> None:
@@ -329,6 +330,9 @@ def check_paths(config: dict, base: str | Path = ".") -> None:
             file = arch[len("python:"):].rsplit(":", 1)[0]
             if not (base / file).is_file():
                 raise CvauditError(f"config key 'models.{name}.arch': file {file} not found; fix the path")
+        if is_export_arch(arch) and not (base / arch.split(":", 1)[1]).is_file():
+            raise CvauditError(f"config key 'models.{name}.arch': file {arch.split(':', 1)[1]} not found; give the "
+                               "exported model's file (.onnx, or TorchScript's .pt)")
         if arch.startswith("hf:") and not (base / arch[len("hf:"):]).is_dir():
             raise CvauditError(f"config key 'models.{name}.arch': folder {arch[len('hf:'):]} not found; give the folder "
                                "a transformers model was saved to (save_pretrained)")

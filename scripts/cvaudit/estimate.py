@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from cvaudit.sections import stage_on, trained_here
+from cvaudit.sections import attacks_for, stage_on, trained_here
 
 GRADIENT = 3.0  # a forward and a backward pass, in forward passes
 TRAINING = 6.0  # a training step per image, in forward passes: the gradient, augmentation, loading and the optimiser
@@ -192,11 +192,11 @@ def model_jobs(config: dict, model: str, counts: dict) -> list[tuple[str, float,
         if stage_on(config, model, "adversarial"):
             n_adv, eps = min(adv["max_images"], n_te), len(adv["epsilons"])
             aa = adv["autoattack"]
-            cost = {"fgsm": GRADIENT + 1,
+            cost = {"fgsm": GRADIENT + 1, "square": aa["square_queries"],
                     "pgd": adv["pgd"]["steps"] * adv["pgd"]["restarts"] * GRADIENT,
                     "autoattack": aa["restarts"] * (aa["steps"] * (1 + aa["target_classes"]) * GRADIENT
                                                     + aa["square_queries"])}
-            for attack in adv["attacks"]:
+            for attack in attacks_for(config, model):
                 jobs.append((f"adversarial {attack}", EARLY_STOP * n_adv * eps * cost.get(attack, GRADIENT)
                              + n_adv * adv["masking"]["more_steps"] * GRADIENT, 0.0))
         c = rob["corruptions"]

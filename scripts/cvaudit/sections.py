@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from cvaudit.core.registry import FLOOR_METHOD
+from cvaudit.core.registry import ATTACKS, BLACK_BOX_ATTACK, EXPORT_REASON, FLOOR_METHOD, is_export_arch
 from cvaudit.paths import path
 
 SEP = "__"
@@ -43,15 +43,37 @@ def trained_here(config: dict, model: str) -> bool:
     return config["models"][model]["train"] is not False and not configured_as_ensemble(config, model)
 
 
+def exported(config: dict, model: str) -> bool:
+    """The model is an ONNX or TorchScript export, audited as a black box (cvaudit.net.export)."""
+    return is_export_arch(config["models"][model]["arch"])
+
+
 def _models_on(config: dict, dataset: str) -> list[str]:
     return [m for m, c in config["models"].items() if c["dataset"] == dataset]
 
 
-def embedding_duplicates_on(config: dict) -> bool:
-    """The embedding_duplicates stage runs: the data audit and its embedding search are on, and the represent
-    stage gives the test images' embeddings."""
+def attacks_for(config: dict, model: str) -> list[str]:
+    """The attacks run on a model: those configured; on an export the gradient-free ones among them, else Square."""
+    attacks = config["robustness"]["adversarial"]["attacks"]
+    if not exported(config, model):
+        return list(attacks)
+    return [a for a in attacks if ATTACKS[a].gradient_free] or [BLACK_BOX_ATTACK]
+
+
+def with_layers(config: dict, model: str) -> bool:
+    """The model has layers and gradients of its own to look into: not an ensemble's average, not an export."""
+    return not configured_as_ensemble(config, model) and not exported(config, model)
+
+
+def embedding_duplicates_on(config: dict, model: str) -> bool:
+    """The embedding_duplicates stage runs for a model: the data audit and its embedding search are on, and the
+    represent stage gives the test images' embeddings."""
     return bool(config["data_audit"]["enabled"] and config["data_audit"]["embedding"]["enabled"]
-                and config["represent"]["enabled"])
+                and _represent_on(config, model))
+
+
+def _represent_on(c: dict, m: str) -> bool:  # an export has no embedding layer to read
+    return bool(c["represent"]["enabled"]) and not exported(c, m)
 
 
 def _robust_on(key: str):
@@ -59,7 +81,12 @@ def _robust_on(key: str):
 
 
 def _units_on(c: dict, m: str) -> bool:  # an ensemble has no units or layers of its own: its members' reports show theirs
-    return bool(c["represent"]["enabled"]) and not configured_as_ensemble(c, m)
+    return bool(c["represent"]["enabled"]) and with_layers(c, m)
+
+
+def cka_models(config: dict, dataset: str) -> list[str]:
+    """The models whose representations are compared by CKA on a dataset (those with an embedding)."""
+    return [m for m in _models_on(config, dataset) if not exported(config, m)]
 
 
 # Whether a stage's job runs for a model (a dataset's stages: for the models on it), by rule name: the one answer
@@ -74,13 +101,13 @@ STAGE_ON = {
     "explain": lambda c, m: True,
     "method_agreement": lambda c, m: len(c["explain"]["methods"]) > 1,  # how alike the methods' maps are
     "clever_hans": lambda c, m: bool(c["clever_hans"]["enabled"]),
-    "represent": lambda c, m: bool(c["represent"]["enabled"]),
-    "embedding_duplicates": lambda c, m: embedding_duplicates_on(c),
+    "represent": _represent_on,
+    "embedding_duplicates": embedding_duplicates_on,
     "inspect_units": _units_on,
     "visualise_ascent": lambda c, m: _units_on(c, m) and bool(c["represent"]["ascent"]["enabled"]),
     "layer_views": lambda c, m: _units_on(c, m) and bool(c["represent"]["layer_views"]["enabled"]),
     # CKA between the models trained on the same data
-    "compare_representations": lambda c, m: bool(c["represent"]["enabled"]) and len(_models_on(c, c["models"][m]["dataset"])) > 1,
+    "compare_representations": lambda c, m: _represent_on(c, m) and len(cka_models(c, c["models"][m]["dataset"])) > 1,
     "calibrate": _robust_on("calibration"),
     "invariance": lambda c, m: bool(c["robustness"]["enabled"]),
     "adversarial": _robust_on("adversarial"),
@@ -160,7 +187,7 @@ def _invariance(config, model):
 def _adversarial(config, model):
     if not stage_on(config, model, "adversarial"):
         return {}
-    return {a: path("adversarial", model=model, attack=a) for a in config["robustness"]["adversarial"]["attacks"]}
+    return {a: path("adversarial", model=model, attack=a) for a in attacks_for(config, model)}
 
 
 SECTIONS = [
@@ -195,6 +222,17 @@ BY_ID = {s.id: s for s in SECTIONS}
 def report_inputs(config: dict, model: str) -> dict[str, str]:
     """Every analysis output a model's report reads, named "<section>__<name>"."""
     return {f"{s.id}{SEP}{name}": file for s in SECTIONS if s.files for name, file in s.files(config, model).items()}
+
+
+def not_applicable(model_cfg: dict, settings: dict) -> dict[str, str]:
+    """{section id: why} for the switched-on sections a model cannot have (an export has no layers to read): the
+    report shows each with its reason, never leaves it out in silence."""
+    if not is_export_arch(model_cfg["arch"]) or not settings["represent"]["enabled"]:
+        return {}
+    out = {"representations": EXPORT_REASON, "units": EXPORT_REASON}
+    if settings["represent"]["layer_views"]["enabled"]:
+        out["layers"] = EXPORT_REASON
+    return out
 
 
 def report_settings(config: dict) -> dict:

@@ -54,7 +54,8 @@ def test_the_schemas_families_are_the_registry_and_each_default_includes_the_ide
 def test_the_schemas_attacks_are_the_registry_and_each_reads_keys_the_schema_has():
     adv = PROPS["robustness"]["properties"]["adversarial"]
     assert set(adv["properties"]["attacks"]["items"]["enum"]) == set(registry.ATTACKS)
-    assert set(adv["properties"]["attacks"]["default"]) == set(registry.ATTACKS)
+    assert set(adv["properties"]["attacks"]["default"]) == set(registry.ATTACKS) - {registry.BLACK_BOX_ATTACK}
+    assert [a for a, attack in registry.ATTACKS.items() if attack.gradient_free] == [registry.BLACK_BOX_ATTACK]
     for name, attack in registry.ATTACKS.items():
         assert callable(registry.load(attack.ref)) and attack.ref.endswith(":" + name)
         assert set(attack.reads + registry.SHARED_ATTACK_OPTIONS) <= set(adv["properties"]), name

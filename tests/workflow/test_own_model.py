@@ -1,7 +1,8 @@
 """Audit a model you already trained: a torchvision ResNet-18 and a user's own nn.Module, trained here in
-plain PyTorch with their own class order and normalisation, saved as .pt and .safetensors. The audit
-must reproduce the script's own test predictions and accuracy; a checkpoint that does not fit is an
-error naming the tensors, never a silently random head."""
+plain PyTorch with their own class order and normalisation, saved as .pt and .safetensors, and the module
+exported to ONNX and TorchScript. The audit must reproduce the script's own test predictions and accuracy; a
+checkpoint that does not fit is an error naming the tensors, never a silently random head. The ONNX export is
+audited end to end as a black box: what needs only its outputs runs, what needs gradients or layers says why not."""
 import csv
 import json
 
@@ -62,6 +63,10 @@ def own(tmp_path_factory, clean_images):
     mine = _train(ns["make"](3), x, y)
     torch.save(mine.state_dict(), work / "mine.pt")
     (work / "classes.txt").write_text("\n".join(ORDER) + "\n")
+    example = x[:2]
+    torch.onnx.export(mine.eval(), (example,), str(work / "mine.onnx"), input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    torch.jit.trace(mine, example).save(str(work / "mine_ts.pt"))
     cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     cfg["datasets"]["tiny"]["path"] = str(clean_images)
     common = {"dataset": "tiny", "train": False, "input_size": SIZE, "normalisation": {"mean": MEAN, "std": STD}}
@@ -71,11 +76,17 @@ def own(tmp_path_factory, clean_images):
                       "classes_file": str(work / "classes.txt")},
         "mine": {**common, "arch": f"python:{work / 'net.py'}:make", "weights": str(work / "mine.pt"),
                  "class_names": ORDER},
+        "mine_onnx": {**common, "arch": f"onnx:{work / 'mine.onnx'}", "class_names": ORDER},
+        "mine_ts": {**common, "arch": f"torchscript:{work / 'mine_ts.pt'}", "classes_file": str(work / "classes.txt")},
     }
+    # the export's whole audit: two methods of each kind, one invariance family, its own corruption reference
+    cfg["explain"]["methods"] = ["saliency", "gradcam", "occlusion", "lime"]
+    cfg["robustness"]["invariance"] = {"translate": [0, 0.1]}
+    cfg["robustness"]["corruptions"]["reference"] = {"tiny": "mine_onnx"}
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
-    targets = [f"results/{m}/eval/metrics.json" for m in cfg["models"]]
+    targets = [f"results/{m}/eval/metrics.json" for m in cfg["models"]] + ["results/mine_onnx/report/summary.json"]
     smk(work, *targets, "--configfile", str(work / "config.yaml"))
-    return work, {"resnet_pt": resnet, "resnet_st": resnet, "mine": mine}
+    return work, {"resnet_pt": resnet, "resnet_st": resnet, "mine": mine, "mine_onnx": mine, "mine_ts": mine}
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +99,7 @@ def clean_images(tmp_path_factory):
     return dst
 
 
-@pytest.mark.parametrize("model", ["resnet_pt", "resnet_st", "mine"])
+@pytest.mark.parametrize("model", ["resnet_pt", "resnet_st", "mine", "mine_onnx", "mine_ts"])
 def test_the_audit_reproduces_the_scripts_own_predictions_and_accuracy(own, model):
     work, nets = own
     with open(work / "results" / model / "eval" / "predictions.csv", newline="") as f:
@@ -125,6 +136,30 @@ def test_a_dataset_label_the_model_cannot_output_is_a_clear_error(own, tmp_path)
     work, _ = own
     cfg = yaml.safe_load((work / "config.yaml").read_text())
     cfg["models"] = {"two": {**cfg["models"]["resnet_pt"], "class_names": ["trouser", "bag", "coat"]}}
+    cfg["robustness"]["corruptions"]["reference"] = {}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     p = smk(tmp_path, "results/two/eval/metrics.json", "--configfile", str(tmp_path / "c.yaml"), check=False)
     assert p.returncode != 0 and "does not know dataset classes ['sneaker']" in p.stdout + p.stderr
+
+
+def test_an_export_is_audited_as_a_black_box_and_says_what_it_cannot_show(own):
+    work, _ = own
+    summary = json.loads((work / "results" / "mine_onnx" / "report" / "summary.json").read_text())
+    html = (work / "results" / "mine_onnx" / "report" / "report.html").read_text()
+    assert summary["failed_stages"] == []
+    assert summary["provenance"]["weights"].endswith("mine.onnx")
+    maps = {m: np.load(work / "results" / "mine_onnx" / "explain" / m / "maps.npz") for m in ("occlusion", "lime")}
+    assert all(np.isfinite(a["maps_pred"]).all() and a["maps_pred"].std() > 0 for a in maps.values())
+    assert set(summary["attributions"]) == {"occlusion", "lime"}  # the gradient-free methods, judged
+    for method in ("Vanilla gradient", "Grad-CAM"):  # listed as not applicable, with the reason
+        assert f"{method}: not applicable to this model: the model is an export without gradients" in html, method
+    sanity = {v["method"]: v["status"] for v in summary["verdicts"] if v["check"] == "sanity_similarity"}
+    assert sanity == {"occlusion": "n/a", "lime": "n/a"}  # no parameters to randomise
+    assert list(summary["robustness"]["adversarial"]) == ["square"]  # in place of fgsm, pgd and autoattack
+    assert summary["robustness"]["adversarial"]["square"]["n"] == 8
+    assert "the accuracy under attack here is an upper bound" in html
+    for section in ("representations", "units", "layers"):
+        body = html.split(f'<section id="{section}">')[1].split("</section>")[0]
+        assert "Not applicable: the model is an export without gradients" in body
+    assert summary["representation"] is None and summary["clever_hans"]["method"] == "occlusion"
+    assert "preprocessing" in json.loads((work / "results" / "mine_onnx" / "train" / "metrics.json").read_text())

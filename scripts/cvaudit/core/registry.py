@@ -70,9 +70,11 @@ class Attack(NamedTuple):
     """An attack (config key robustness.adversarial.attacks): fn(net, x, y, eps, options, seed) ->
     (adversarial images, {component: fooled}). `reads`: the keys of robustness.adversarial its job
     reads beyond those every attack job reads (SHARED_ATTACK_OPTIONS), so changing one attack's
-    settings reruns that attack's jobs alone."""
+    settings reruns that attack's jobs alone. `gradient_free`: it needs the model's outputs alone, so it
+    runs on an export (EXPORT_KINDS)."""
     ref: str
     reads: tuple[str, ...] = ()
+    gradient_free: bool = False
 
 
 SHARED_ATTACK_OPTIONS = ("max_images", "epsilons", "examples", "example_epsilon")
@@ -80,7 +82,20 @@ ATTACKS = {
     "fgsm": Attack("cvaudit.robust.adversarial:fgsm"),
     "pgd": Attack("cvaudit.robust.adversarial:pgd", ("pgd",)),
     "autoattack": Attack("cvaudit.robust.adversarial:autoattack", ("autoattack", "masking", "check_epsilon")),
+    "square": Attack("cvaudit.robust.adversarial:square", ("autoattack",), gradient_free=True),
 }
+BLACK_BOX_ATTACK = "square"  # what an export is attacked with when the config lists no gradient-free attack
+
+# Models that exist only as an export (config key models.*.arch KIND:FILE), audited as a black box
+# (cvaudit.net.export): every stage that needs only the model's outputs runs; those that need gradients or
+# layers say why not, with this reason.
+EXPORT_KINDS = {"onnx": "ONNX", "torchscript": "TorchScript"}
+EXPORT_REASON = "the model is an export without gradients (a black box: only its outputs can be read)"
+
+
+def is_export_arch(arch: str) -> bool:
+    """config key models.*.arch names an ONNX or TorchScript export."""
+    return arch.split(":", 1)[0] in EXPORT_KINDS and ":" in arch
 
 
 def attack_options(adversarial: dict, attack: str) -> dict:

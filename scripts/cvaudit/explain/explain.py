@@ -13,6 +13,7 @@ import torch
 
 from cvaudit.core import progress
 from cvaudit.core.files import load_audit_set, save_npz
+from cvaudit.core.registry import EXPORT_REASON
 from cvaudit.explain.methods import (
     LIME,
     SHAP,
@@ -24,7 +25,9 @@ from cvaudit.explain.methods import (
     attribute_batched,
     get_method,
     layer_name,
+    refuse_export,
 )
+from cvaudit.net.export import is_export
 from cvaudit.net.models import auto_batch
 from cvaudit.net.pixel_space import audit_images, pixel_model
 
@@ -74,6 +77,7 @@ def part(method: str, job: dict, start: int = 0, stop: int | None = None) -> tup
         if stop == start:  # an empty shard (the audit set is smaller than the shards planned for it)
             result["attribution_seconds"] = 0.0
             return result, arrays
+        refuse_export(m, net)  # before a CAM's layer is looked for
         if isinstance(m, GradCAM):
             result["layer"] = layer_name(net, m.layer(net, audit_images(audit, dev, start, start + 1)))
         chunk, seconds = max(CHUNK_IMAGES, trust["sanity_images"]), 0.0
@@ -144,10 +148,13 @@ def _explain_chunk(m, net, audit: dict, lo: int, hi: int, dev, trust: dict, seed
     if m.kind != "reference" and k > 0:
         pinned = m.at_most(int(arrays["ig_steps"][:k].max())) if isinstance(m, IntegratedGradients) \
             else contextlib.nullcontext()
-        with pinned:  # the randomised models' maps at the trained maps' step count
-            result["sanity"] = tr.cascading_randomisation(m, net, x[:k], preds[:k], maps_pred[:k],
-                                                          stages=trust["sanity_stages"], seed=seed)
-        if "converged" in arrays:
+        if is_export(net):  # no parameters to re-initialise: the sanity verdict is n/a, and the report says why
+            result["sanity_not_run"] = EXPORT_REASON
+        else:
+            with pinned:  # the randomised models' maps at the trained maps' step count
+                result["sanity"] = tr.cascading_randomisation(m, net, x[:k], preds[:k], maps_pred[:k],
+                                                              stages=trust["sanity_stages"], seed=seed)
+        if "converged" in arrays and "sanity" in result:
             result["sanity"]["converged"] = arrays["converged"][:k].tolist()
         if trust.get("random_logit", True):
             result["random_logit"] = tr.random_logit(m, net, x[:k], preds[:k], maps_pred[:k],

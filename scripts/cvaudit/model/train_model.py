@@ -16,8 +16,17 @@ from cvaudit import CvauditError
 from cvaudit.core import progress
 from cvaudit.core.files import atomic_path, write_json
 from cvaudit.core.manifest import image_loader, manifest_classes, read_manifest
+from cvaudit.core.registry import is_export_arch
 from cvaudit.data.sources import imagenet_categories
-from cvaudit.net.models import _head_name, build_model, normalisation, resolve_device, save_model
+from cvaudit.net.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    _head_name,
+    build_model,
+    normalisation,
+    resolve_device,
+    save_model,
+)
 from cvaudit.net.pixel_space import seed_everything
 from cvaudit.net.transforms import eval_transform, train_transform
 
@@ -49,6 +58,8 @@ def make_spec(model_cfg: dict, classes: list[str]) -> dict:
                            "is (train: false); a model trained here takes the dataset's classes: remove them")
     imagenet_head = audit_as_is and model_cfg["weights"].startswith(("packaged:", "torchvision:"))
     hf = _hf_settings(model_cfg) if model_cfg["arch"].startswith("hf:") else None
+    if is_export_arch(model_cfg["arch"]):
+        _check_export(model_cfg)
     names = own or (hf["class_names"] if hf and audit_as_is else None) or (
         imagenet_categories() if imagenet_head else list(classes))
     spec = {"arch": model_cfg["arch"], "arch_options": model_cfg.get("arch_options") or {},
@@ -64,7 +75,24 @@ def make_spec(model_cfg: dict, classes: list[str]) -> dict:
             spec["class_order"] = "config"  # the model's id2label, matched to the dataset's classes by name
     if model_cfg.get("normalisation"):
         spec["normalisation"] = model_cfg["normalisation"]
+    if is_export_arch(model_cfg["arch"]):  # what the export is given, as the report states it
+        norm = model_cfg.get("normalisation") or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+        source = "models.*.normalisation" if model_cfg.get("normalisation") else "ImageNet's, the default: set models.*.normalisation"
+        how = "the shorter side resized, then the central crop" if spec["resize"] == "center_crop" else "resized"
+        spec["preprocessing"] = (f"{how} to {spec['input_size']} x {spec['input_size']} px; normalised with mean "
+                                 f"{norm['mean']} and std {norm['std']} ({source})")
     return spec
+
+
+def _check_export(model_cfg: dict) -> None:
+    """An export is audited as it is, with its own weights."""
+    arch = model_cfg["arch"]
+    if model_cfg["train"] is not False:
+        raise CvauditError(f"config key models.*.train: a model given as {arch} is an export without gradients and "
+                           "cannot be fine-tuned; set train: false (it is audited as it is)")
+    if model_cfg["weights"] != "none":
+        raise CvauditError(f"config key models.*.weights ({model_cfg['weights']}): a model given as {arch} carries its "
+                           "own weights; remove the key")
 
 
 def _hf_settings(model_cfg: dict) -> dict:
@@ -217,10 +245,12 @@ def train_model(name: str, model_cfg: dict, manifest: str | Path, seed: int, dev
     if spec["arch"].startswith("hf:"):  # the weights are the folder's
         from cvaudit.net.hf import weights_file
         metrics["weights"] = str(weights_file(spec["arch"]))
+    if is_export_arch(spec["arch"]):  # the weights are inside the export
+        metrics["weights"] = spec["arch"].split(":", 1)[1]
 
     if tcfg is False:
         log.info("%s: train: false — saving the model as it is (%d classes)", name, spec["num_classes"])
-        if spec["class_order"] == "dataset" and spec["weights"] != "none":
+        if spec["class_order"] == "dataset" and (spec["weights"] != "none" or is_export_arch(spec["arch"])):
             log.warning("%s: no models.%s.class_names given: its outputs are taken to be the dataset's classes in "
                         "sorted order %s; if it was trained with another order, every number is wrong", name,
                         name, spec["class_names"][:10])

@@ -1,4 +1,4 @@
-"""Model construction (timm, torchvision, Hugging Face folders, built-ins), weight sources, safetensors I/O, the device.
+"""Model construction (timm, torchvision, Hugging Face folders, ONNX and TorchScript exports, built-ins), weight sources, safetensors I/O, the device.
 The images a model sees are made by cvaudit.net.transforms."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from cvaudit import CvauditError
+from cvaudit.core.registry import is_export_arch
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
@@ -183,13 +184,19 @@ def _construct(arch: str, weights: str, n: int, keep_head: bool, imagenet_head: 
         raise CvauditError(f"weights '{weights}' (config key models.*.weights): the only packaged weights are "
                            "packaged:efficientnet_lite0, for arch timm:tf_efficientnet_lite0")
     if arch == "ensemble":  # its members, rebuilt from their saved specs (cvaudit.model.ensemble assembles them)
-        model = Ensemble([build_model({**m, "weights": "none"}) for m in spec["members"]],
+        model = Ensemble([build_model({**m, "weights": "none", "stored": spec.get("stored", False)}) for m in spec["members"]],
                          [(m["mean"], m["std"]) for m in spec["members"]])
     elif arch.startswith("python:"):
         model = _python_model(arch, n, opts)
     elif arch.startswith("hf:"):  # the folder's weights unless rebuilt from a cvaudit model file (hf_config)
         from cvaudit.net.hf import HFClassifier
         model = HFClassifier(arch, n, spec["class_names"], spec.get("hf_config"), pretrained=not spec.get("hf_config"))
+    elif is_export_arch(arch):  # the file's bytes; a cvaudit model file's own (load_model) when rebuilt from one
+        from cvaudit.net.export import ExportedModel, kind_of, read_export
+        if opts:
+            raise CvauditError(f"config key models.*.arch_options: an export ({arch}) takes none; remove them")
+        model = ExportedModel(kind_of(arch), None if spec.get("stored") else read_export(arch), n, spec["input_size"],
+                              source=arch.split(":", 1)[1])
     elif arch == "simple_cnn":
         model = SimpleCNN(n, **opts)
     elif arch == "mlp":
@@ -228,7 +235,8 @@ def _construct(arch: str, weights: str, n: int, keep_head: bool, imagenet_head: 
             replace_head(model, n)
     else:
         raise CvauditError(f"unknown architecture '{arch}' (config key models.*.arch); use timm:<name>, "
-                           "torchvision:<name>, hf:FOLDER, python:FILE.py:FACTORY, simple_cnn or mlp")
+                           "torchvision:<name>, hf:FOLDER, onnx:FILE, torchscript:FILE, python:FILE.py:FACTORY, "
+                           "simple_cnn or mlp")
     return model
 
 
@@ -286,7 +294,7 @@ def normalisation(spec: dict, model: nn.Module) -> tuple[tuple, tuple]:
     (timm's pretrained config), else ImageNet's for library models and 0.5 for the built-ins."""
     if spec.get("normalisation"):
         return tuple(spec["normalisation"]["mean"]), tuple(spec["normalisation"]["std"])
-    if spec["arch"].startswith("python:"):
+    if spec["arch"].startswith("python:") or is_export_arch(spec["arch"]):
         return IMAGENET_MEAN, IMAGENET_STD
     if spec["arch"].startswith("timm:"):
         cfg = getattr(model, "pretrained_cfg", {}) or {}
@@ -333,7 +341,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     from safetensors.torch import load_file
 
     spec = read_spec(path)
-    model = build_model({**spec, "weights": "none"})
+    model = build_model({**spec, "weights": "none", "stored": True})  # an export's bytes are in the file
     try:
         state = load_file(str(path))
     except Exception as e:  # noqa: BLE001 — a truncated or overwritten file

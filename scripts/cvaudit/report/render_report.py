@@ -10,7 +10,7 @@ import numpy as np
 
 from cvaudit.core.files import load_audit_set, load_npz, read_history, read_json, stage_failure, write_json, write_text
 from cvaudit.core.manifest import read_manifest
-from cvaudit.core.registry import load
+from cvaudit.core.registry import EXPORT_REASON, is_export_arch, load
 from cvaudit.report import figures
 from cvaudit.report.behaviour_sections import corruptions_summary, shape_texture_summary, slices_summary
 from cvaudit.report.checks import run_checks
@@ -30,7 +30,7 @@ from cvaudit.report.stage_sections import (
     robust_section,
     units_section,
 )
-from cvaudit.sections import AGREEMENT, SECTIONS, by_section
+from cvaudit.sections import AGREEMENT, SECTIONS, by_section, not_applicable
 
 log = logging.getLogger("cvaudit.report.render_report")
 SUMMARY_VERSION = 4
@@ -290,7 +290,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                "shuffled_labels": bool(robust and robust["shuffled_labels"]), "slices": bool(robust and robust["slices"]),
                "shape_texture": bool(robust and robust["shape_texture"]),
                "corruptions": bool(robust and robust["corruptions"]), "shift": bool(robust and robust["shift"])}
-    sections = [(s.id, s.title) for s in SECTIONS if present.get(s.id, True) or s.id in failed_by_section]
+    black_box = not_applicable(model_cfg, settings)  # sections shown with the reason they cannot be had
+    sections = [(s.id, s.title) for s in SECTIONS if present.get(s.id, True) or s.id in failed_by_section or s.id in black_box]
     summary = {
         "summary_version": SUMMARY_VERSION,
         "model": model,
@@ -370,7 +371,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                        "stage_runs": stage_runs},
     }
     html = jinja_env(template).get_template(Path(template).name).render(
-        sections=sections, failed=failed_by_section, stage_runs=stage_runs,
+        sections=sections, failed=failed_by_section, stage_runs=stage_runs, black_box=black_box,
+        exported=EXPORT_REASON if is_export_arch(model_cfg["arch"]) else None,
         title=settings["report"]["title"], model=model, r=r, ev=ev, verdicts=model_verdicts, status=status, found=found,
         summary=summary, evidence=evidence_links(evidence), model_cfg=model_cfg, dataset_cfg=dataset_cfg, settings=settings, att=attributions,
         rep=represent, units=units, built=built, compare=compare, rob=robust, diag=diag,

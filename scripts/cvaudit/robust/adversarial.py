@@ -4,6 +4,7 @@ Attacks come from torchattacks (a maintained implementation of each paper's algo
 - fgsm: one step of eps along the sign of the cross-entropy gradient (Goodfellow et al.);
 - pgd: Madry et al.'s PGD: a uniform random start in the eps ball, `steps` steps of 2.5 * eps / steps,
   `restarts` random restarts, per image the first restart that fools the model;
+- square: Andriushchenko et al.'s gradient-free Square attack alone (the one an export is judged on);
 - autoattack: an ensemble in the spirit of AutoAttack (Croce & Hein 2020), run as a cascade on the
   images still classified right: APGD on cross-entropy, targeted APGD on the DLR loss, then Square (a
   gradient-free random search that catches gradient masking). Per image, the worst case.
@@ -62,6 +63,16 @@ def pgd(net, x, y, eps, options, seed):
         best[idx] = adv
         left[idx[_fooled(net, adv, y[idx])]] = False
     return best, {}
+
+
+def square(net, x, y, eps, options, seed):
+    """Square (Andriushchenko et al. 2020) alone: a random search over square patches at the L-inf budget,
+    `autoattack.square_queries` queries per image. It reads only the model's outputs, so it is the attack an
+    export without gradients is judged on."""
+    import torchattacks
+    atk = torchattacks.Square(net, norm="Linf", eps=eps, n_queries=options["autoattack"]["square_queries"],
+                              n_restarts=1, seed=seed)
+    return atk(x, y), {}
 
 
 def _apgd(net, eps, steps, restarts, seed, loss="ce"):

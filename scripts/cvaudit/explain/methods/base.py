@@ -13,11 +13,15 @@ from torch import nn
 
 from cvaudit import CvauditError
 from cvaudit.core import registry
+from cvaudit.net.export import is_export
 from cvaudit.net.models import is_ensemble
 
 
 class NotApplicable(Exception):
     """The method cannot explain this model (e.g. Grad-CAM on a model without conv layers)."""
+
+
+GRADIENT_FREE = ("perturbation", "reference")  # the kinds that read the model's outputs alone (an export's too)
 
 
 class AttributionMethod:
@@ -44,6 +48,12 @@ def refuse_ensemble(net: nn.Module, why: str) -> None:
     if is_ensemble(net):
         raise NotApplicable(f"the model is an ensemble: {why}, and an ensemble's average has no such layer of its own "
                             "(each member's report shows this method on that member)")
+
+
+def refuse_export(method: AttributionMethod, net: nn.Module) -> None:
+    """NotApplicable for a method that needs gradients or layers on an export (arch onnx: or torchscript:)."""
+    if method.kind not in GRADIENT_FREE and is_export(net):
+        raise NotApplicable(f"{registry.EXPORT_REASON}; {method.label} needs its gradients or layers")
 
 
 @contextlib.contextmanager
@@ -100,6 +110,7 @@ def attribute_batched(method: AttributionMethod, net, x: torch.Tensor, target: t
     that many images at a time; occlusion, integrated gradients, LIME and SHAP pack their own
     perturbations of fewer images into calls of that size. index: the images' positions in the whole
     audit set, which seed the methods that draw at random (default 0..N-1)."""
+    refuse_export(method, net)
     per_image = method.model_passes(*x.shape[-2:])
     step = max(1, method.batch_size // per_image) if per_image > 1 else method.batch_size
     index = torch.arange(len(x)) if index is None else index

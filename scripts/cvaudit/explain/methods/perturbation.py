@@ -1,6 +1,7 @@
 """Perturbation methods (occlusion, LIME, the SHAP family: partition, Kernel SHAP, Shapley value sampling) and the random map every method's faithfulness must beat."""
 from __future__ import annotations
 
+import itertools
 import sys
 
 import numpy as np
@@ -58,7 +59,7 @@ def superpixels(img: np.ndarray, n: int) -> np.ndarray:
 def target_probability_fn(net: nn.Module, target: int):
     """numpy images (B, H, W, 3) in [0, 1] -> probability of `target` only, (B, 1): what lime and shap
     call, so they fit one output instead of all (an ImageNet head has 1000)."""
-    dev = next(net.parameters()).device
+    dev = next(itertools.chain(net.parameters(), net.buffers())).device  # an export has buffers alone
 
     def predict(batch):
         xb = torch.from_numpy(np.ascontiguousarray(batch)).float().permute(0, 3, 1, 2).to(dev)
