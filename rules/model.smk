@@ -54,3 +54,22 @@ rule evaluate_model:
         device=config["device"],
     script:
         "../scripts/evaluate_model.py"
+
+
+rule export_onnx:  # a model as an ONNX file: only when asked for (a target, or another model's arch onnx:FILE)
+    input:
+        model=PATHS["weights"],
+    output:
+        onnx=PATHS["onnx_export"],
+    log:
+        "logs/export_onnx/{model}.log",
+    benchmark:
+        "benchmarks/export_onnx/{model}.tsv"
+    conda:
+        "../envs/cvaudit.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory("export_onnx", 2000),
+        runtime=limit("export_onnx", 10),
+    script:
+        "../scripts/export_onnx.py"

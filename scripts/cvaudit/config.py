@@ -14,6 +14,7 @@ import yaml
 
 from cvaudit import CvauditError
 from cvaudit.core.registry import FLOOR_METHOD, METHODS, is_export_arch
+from cvaudit.paths import path as output_path
 
 SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
@@ -330,7 +331,8 @@ def check_paths(config: dict, base: str | Path = ".") -> None:
             file = arch[len("python:"):].rsplit(":", 1)[0]
             if not (base / file).is_file():
                 raise CvauditError(f"config key 'models.{name}.arch': file {file} not found; fix the path")
-        if is_export_arch(arch) and not (base / arch.split(":", 1)[1]).is_file():
+        made_here = {output_path("onnx_export", model=other) for other in config["models"]}  # the rule export_onnx writes it
+        if is_export_arch(arch) and not (base / arch.split(":", 1)[1]).is_file() and arch.split(":", 1)[1] not in made_here:
             raise CvauditError(f"config key 'models.{name}.arch': file {arch.split(':', 1)[1]} not found; give the "
                                "exported model's file (.onnx, or TorchScript's .pt)")
         if arch.startswith("hf:") and not (base / arch[len("hf:"):]).is_dir():

@@ -21,6 +21,7 @@ PATHS = {
     "probs": "results/{model}/eval/probs.npz",
     "audit_set": "results/{model}/eval/audit_set.npz",
     "predictions": "results/{model}/eval/predictions.csv",
+    "onnx_export": "results/{model}/export/model.onnx",
     # rules/explain.smk and the sharded explain stage
     "maps": "results/{model}/explain/{method}/maps.npz",
     "maps_part": "results/{model}/explain/{method}/shards/{shard}.npz",
@@ -75,6 +76,7 @@ ABOUT = {
     "probs": "the test set's probabilities and targets, and the model's own label issues",
     "audit_set": "the fixed images every explanation stage explains",
     "predictions": "every test image's prediction and confidence",
+    "onnx_export": "the model as an ONNX file, written only when asked for (a target, or another model's arch onnx:FILE)",
     "maps": "one method's maps, deletion/insertion curves, sanity, sensitivity and ROAD scores",
     "maps_part": "one shard of a method's maps (merged into maps.npz)",
     "agreement": "rank correlation between the methods' maps",

@@ -91,6 +91,21 @@ def _size(entry, where: str) -> tuple[int, int] | int:
                        "{height, width} and {shortest_edge}")
 
 
+def _normalisation(processor: dict) -> dict:
+    """The processor's pixel arithmetic as one (p - mean) / std per channel, p the pixel in [0, 1]: rescale (value x
+    rescale_factor, minus 1 with EfficientNet's rescale_offset), normalise, and EfficientNet's include_top, which
+    divides by image_std once more."""
+    factor = float(processor.get("rescale_factor", 1 / 255)) * 255 if processor.get("do_rescale", True) else 255.0
+    mean, std = [(1.0 if processor.get("rescale_offset") else 0.0) / factor] * 3, [1.0 / factor] * 3
+    image_mean, image_std = processor.get("image_mean"), processor.get("image_std")
+    if processor.get("do_normalize", True):
+        mean = [m + float(im) * s for m, im, s in zip(mean, image_mean, std)]
+        std = [s * float(st) for s, st in zip(std, image_std)]
+    if processor.get("include_top"):
+        std = [s * float(st) for s, st in zip(std, image_std)]
+    return {"mean": mean, "std": std}
+
+
 def processor_settings(processor: dict | None, input_size: int, arch: str) -> dict:
     """normalisation, resize and the resized shorter side the processor config asks for, checked against
     models.*.input_size: {"normalisation": {mean, std}, "resize": stretch | center_crop, "resize_short": int}."""
@@ -99,16 +114,10 @@ def processor_settings(processor: dict | None, input_size: int, arch: str) -> di
         raise CvauditError(f"{where} not found: cvaudit takes the model's normalisation, resize and crop from it; save "
                            "the image processor beside the model (processor.save_pretrained(folder)) or give "
                            "models.*.normalisation")
-    if processor.get("do_rescale", True) and abs(float(processor.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
-        raise CvauditError(f"{where}: rescale_factor {processor['rescale_factor']}; cvaudit reads pixels as value / 255")
-    out = {}
-    if processor.get("do_normalize", True):
-        mean, std = processor.get("image_mean"), processor.get("image_std")
-        if mean is None or std is None:
-            raise CvauditError(f"{where}: do_normalize without image_mean and image_std")
-        out["normalisation"] = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
-    else:
-        out["normalisation"] = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    if (processor.get("do_normalize", True) or processor.get("include_top")) and (
+            processor.get("image_mean") is None or processor.get("image_std") is None):
+        raise CvauditError(f"{where}: do_normalize (or include_top) without image_mean and image_std")
+    out = {"normalisation": _normalisation(processor)}
     size = processor.get("size")
     if isinstance(size, dict) and "shortest_edge" in size and "crop_pct" in processor and not processor.get("do_center_crop"):
         edge = int(size["shortest_edge"])  # ConvNeXt's and ResNet's processors: below 384 px, crop_pct's crop

@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 
 from cvaudit.core import stats
+from cvaudit.core.registry import ATTACKS
 from cvaudit.report.judge import as_estimate, judge, settle
 
 
@@ -147,7 +148,8 @@ def rotation_accuracy(r: dict):
 
 def robust_accuracy(r: dict):
     """Per-image worst case over every attack run at check_epsilon: an image counts as robust only if no
-    attack changed its prediction away from the true class (Wilson interval)."""
+    attack changed its prediction away from the true class (Wilson interval). When only gradient-free attacks ran
+    the value is an upper bound: its interval is open below."""
     rob = _robust(r)
     arrays = rob.get("adversarial_arrays") or {}
     eps = rob.get("check_epsilon")
@@ -165,6 +167,9 @@ def robust_accuracy(r: dict):
         return None
     est = stats.proportion(int(robust.sum()), len(robust))
     est["note"] = "worst case over " + ", ".join(names)
+    if all(a in ATTACKS and ATTACKS[a].gradient_free for a in names):  # e.g. an export's Square alone
+        est.update(ci_low=None, note=est["note"] + " alone: no white-box attack ran, so this is an upper bound (the "
+                   "model may be less robust): it can fail, never pass")
     return est
 
 

@@ -17,6 +17,7 @@ from cvaudit import CvauditError
 from cvaudit.core import stats
 from cvaudit.core.calibration_error import ece
 from cvaudit.core.files import read_json, stage_failure, write_json, write_text
+from cvaudit.core.registry import EXPORT_KINDS, is_export_arch
 from cvaudit.report.judge import STATUS_ORDER
 
 log = logging.getLogger("cvaudit.report.compare_models")
@@ -38,6 +39,8 @@ def kind_of(model_cfg: dict) -> str:
         return "vision transformer" + (" from scratch" if weights in (None, "none") and model_cfg.get("train") is not False else "")
     if arch == "mlp":
         return "fully connected net"
+    if is_export_arch(arch):
+        return f"{EXPORT_KINDS[arch.split(':', 1)[0]]} export, a black box"
     if model_cfg.get("train") is False:
         return "pretrained, as it is"
     if weights not in (None, "none"):

@@ -31,21 +31,15 @@ log = logging.getLogger("cvaudit.represent.embedding_duplicates")
 
 
 # ----------------------------------------------------------------------------- neighbours
-def unit_rows(x: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """Rows centred on `centre` (the reference images' mean: a classifier's post-ReLU features share a large
-    common part that would make every pair look alike) and scaled to unit length."""
-    x = np.asarray(x, np.float32) - centre
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def nearest(queries: np.ndarray, reference: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest reference rows of every query by cosine distance (both centred on the reference's mean):
+    """The k nearest reference rows of every query by cosine distance, both centred on the reference's mean (a
+    classifier's post-ReLU features share a large common part that would make every pair look alike):
     (indices, distances), nearest first."""
     from sklearn.neighbors import NearestNeighbors
-    centre = np.asarray(reference, np.float32).mean(0)
-    ref = unit_rows(reference, centre)
-    search = NearestNeighbors(n_neighbors=min(k, len(ref)), metric="cosine", algorithm="brute").fit(ref)
-    dist, idx = search.kneighbors(unit_rows(queries, centre))
+    reference = np.asarray(reference, np.float32)
+    centre = reference.mean(0)
+    search = NearestNeighbors(n_neighbors=min(k, len(reference)), metric="cosine", algorithm="brute")
+    dist, idx = search.fit(reference - centre).kneighbors(np.asarray(queries, np.float32) - centre)
     return idx, dist
 
 

@@ -176,3 +176,20 @@ def test_bad_exports_get_errors_that_name_the_key_and_the_fix(tmp_path, trained)
     torch.onnx.export(TwoInputs().eval(), (torch.rand(1, 3, SIZE, SIZE), torch.rand(1, 3, SIZE, SIZE)), str(two), dynamo=False)
     with pytest.raises(CvauditError, match="takes 2 inputs"):
         build_model(make_spec(cfg(two, "onnx"), CLASSES))
+
+
+def test_a_model_file_written_as_onnx_is_audited_with_its_own_logits(tmp_path, trained):
+    """The rule export_onnx: a cvaudit model file as an ONNX file, read back as arch onnx:FILE."""
+    from cvaudit.model.export_onnx import write_onnx
+    model, net = trained
+    spec = {"arch": "simple_cnn", "arch_options": {"channels": [8, 16], "dropout": 0.0}, "weights": "none",
+            "input_size": SIZE, "num_classes": 4, "class_names": CLASSES, "mean": NORM["mean"], "std": NORM["std"]}
+    save_model(model, spec, tmp_path / "cnn.safetensors")
+    info = write_onnx(tmp_path / "cnn.safetensors", tmp_path / "export" / "model.onnx")
+    assert info["max_logit_difference"] < 1e-4 and info["class_names"] == CLASSES
+    black = PixelSpace(build_model(make_spec(cfg(tmp_path / "export" / "model.onnx", "onnx"), CLASSES)),
+                       NORM["mean"], NORM["std"])
+    x, _ = shapes(9, seed=6)
+    with torch.no_grad():
+        assert (black(x) - net(x)).abs().max() < 1e-4
+    assert [p.name for p in (tmp_path / "export").iterdir()] == ["model.onnx"]  # no temporary file left

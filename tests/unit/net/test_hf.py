@@ -38,6 +38,12 @@ FAMILIES = {  # model_type: (config, image processor) of a tiny model at 32 px
              lambda: transformers.ViTImageProcessor(size={"height": SIZE, "width": SIZE})),
     "convnext": (lambda: transformers.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], **LABELS),
                  lambda: transformers.ConvNextImageProcessor(size={"shortest_edge": SIZE}, crop_pct=0.875)),
+    # EfficientNet's processor maps pixels to [-1, 1] (rescale_offset) and divides by image_std once more (include_top)
+    "efficientnet": (lambda: transformers.EfficientNetConfig(image_size=SIZE, width_coefficient=0.25, depth_coefficient=0.1,
+                                                             hidden_dim=320, **LABELS),
+                     lambda: transformers.EfficientNetImageProcessor(size={"height": SIZE, "width": SIZE},
+                                                                     rescale_factor=1 / 127.5, rescale_offset=True,
+                                                                     include_top=True)),
     "resnet": (lambda: transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
                                                  layer_type="basic", **LABELS),
                lambda: transformers.ConvNextImageProcessor(size={"shortest_edge": SIZE}, crop_pct=0.875)),
@@ -50,6 +56,14 @@ def saved(tmp_path, family: str):
     config, processor = FAMILIES[family]
     torch.manual_seed(0)
     model = transformers.AutoModelForImageClassification.from_config(config()).eval()
+    if family == "efficientnet":  # its initial weights are so small that every image's logits are about 1e-29
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                torch.nn.init.ones_(m.weight)
+            elif isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight)
+            elif isinstance(m, torch.nn.Linear):
+                torch.nn.init.normal_(m.weight, std=0.5)
     folder = tmp_path / family
     model.save_pretrained(folder)
     processor().save_pretrained(folder)

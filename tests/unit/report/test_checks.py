@@ -146,6 +146,26 @@ def test_robust_accuracy_is_the_per_image_worst_case_over_attacks_at_the_check_e
     assert robust_accuracy({}) is None
 
 
+def test_robust_accuracy_from_gradient_free_attacks_alone_is_an_upper_bound_that_can_fail_but_never_pass():
+    targets = [0, 1, 2, 0, 1] * 20
+
+    def square(fooled: int):
+        preds = list(targets)
+        for i in range(fooled):
+            preds[i] = (preds[i] + 1) % 3
+        return {"square": {"preds": [targets, preds], "targets": targets, "meta": {"epsilons": [0.0, 0.03]}}}
+    t = {"warn": 0.5, "fail": 0.3}
+    robust = robust_accuracy({"robust": {"check_epsilon": 0.03, "adversarial_arrays": square(5)}})
+    assert robust["value"] == pytest.approx(0.95) and robust["ci_low"] is None and robust["ci_high"] > 0.95
+    assert "upper bound" in robust["note"] and judge(robust, t, True) == "inconclusive"
+    assert "upper bound" in settle(robust, t)
+    fragile = robust_accuracy({"robust": {"check_epsilon": 0.03, "adversarial_arrays": square(90)}})
+    assert fragile["ci_high"] < 0.3 and judge(fragile, t, True) == "fail"  # even its upper bound fails
+    both = {**square(5), "fgsm": square(5)["square"]}  # a white-box attack ran too: an ordinary interval
+    est = robust_accuracy({"robust": {"check_epsilon": 0.03, "adversarial_arrays": both}})
+    assert est["ci_low"] is not None and judge(est, t, True) == "pass"
+
+
 def test_ece_prefers_its_interval_and_is_none_without_calibration():
     ci = stats.estimate(0.05, 100, 0.03, 0.08, "bootstrap")
     assert ece({"robust": {"calibration": {"before": {"ece": 0.5, "ece_ci": ci}}}}) is ci

@@ -37,6 +37,8 @@ def _summary(model="m", dataset="d", degenerate=None, robustness=True):
     ({"arch": "simple_cnn"}, "CNN from scratch"),
     ({"arch": "timm:resnet18", "weights": None}, "trained from scratch"),
     ({"arch": "timm:resnet18", "weights": "none", "train": True}, "trained from scratch"),
+    ({"arch": "onnx:net.onnx", "weights": "none", "train": False}, "ONNX export, a black box"),
+    ({"arch": "torchscript:net.pt", "train": False}, "TorchScript export, a black box"),
 ])
 def test_each_kind_of_model_is_named_as_a_reader_would(cfg, kind):
     assert compare_models.kind_of(cfg) == kind

@@ -53,8 +53,11 @@ def test_nearest_finds_each_querys_source_after_centring():
     ref = common + rng.normal(size=(300, 64))
     pick = rng.choice(300, 20, replace=False)
     idx, dist = nearest(ref[pick] + 0.05 * rng.normal(size=(20, 64)), ref, k=3)
-    assert (idx[:, 0] == pick).all()
+    assert idx.shape == dist.shape == (20, 3) and (idx[:, 0] == pick).all()
     assert (np.diff(dist, axis=1) >= 0).all() and dist[:, 0].max() < 0.01
+    # centred, the other rows are far (cosine distance 0.47 or more here); uncentred they would all be within 0.001
+    assert dist[:, 1:].min() > 0.3
+    assert nearest(ref[:2], ref[:2], k=5)[0].shape == (2, 2)  # never more neighbours than reference rows
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +153,6 @@ def test_the_pixel_check_in_chunks_equals_it_at_once(planted):
     for k in ("difference", "mirror", "shift", "query"):
         np.testing.assert_array_equal(whole[k], parts[k])
     assert whole["side"] == 28 and (whole["difference"].reshape(-1, 3)[-4:, 0] <= OPTIONS["max_pixel_difference"]).all()
+    # the shift searched is options["max_shift"]: another one gives other alignments
+    still = confirm(test, ref, idx, {**OPTIONS, "max_shift": 0.0})
+    assert np.abs(still["difference"] - whole["difference"]).max() > 0.01
