@@ -19,7 +19,7 @@ audit: setup  # your config: make audit CONFIG=my.yaml [ARGS="-n" or targets]; t
 	$(VENV)/python tools/check_config.py $(CONFIG)
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going $(ARGS) --configfile $(CONFIG)
 
-vit: setup  # the second config: a small ViT from scratch beside the demo's CNN, the two as an ensemble, and a Hugging Face ViT
+vit: setup  # the second config: a small ViT from scratch beside the demo's CNN, the two as an ensemble, a Hugging Face ViT and the CNN's ONNX export
 	$(VENV)/python tools/make_hf_vit.py --out runs/vit/hf_vit_fmnist
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(VENV)/snakemake --cores $(CORES) --keep-going --directory runs/vit --configfile config/vit.yaml
 
