@@ -66,6 +66,12 @@ class ExportedModel(nn.Module):
             self._runner = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def _apply(self, fn, recurse=True):  # .to(device): the bytes stay in host memory, where the runtime reads them
+        kept = self.export_bytes
+        out = super()._apply(fn, recurse)
+        self.export_bytes = kept
+        return out
+
     def __getstate__(self):  # a copy (copy.deepcopy) reopens the runtime: sessions cannot be copied
         return {**self.__dict__, "_runner": None}
 

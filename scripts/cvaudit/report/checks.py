@@ -194,7 +194,8 @@ register(Check("rotation_accuracy", "Accuracy under rotation", "invariance", Tru
                sized_by="robustness.max_images", stage="invariance"))
 register(Check("robust_accuracy", "Accuracy under the strongest attack", "adversarial", True,
                "Test accuracy against the per-image worst case of every attack run (AutoAttack-style ensemble: "
-               "APGD-CE, APGD-T on the DLR loss, Square; plus FGSM and PGD) at robustness.adversarial.check_epsilon.",
+               "APGD-CE, APGD-T on the DLR loss, Square; plus FGSM and PGD) at robustness.adversarial.check_epsilon. "
+               "From gradient-free attacks alone (an export's Square) it is an upper bound: it can fail, never pass.",
                robust_accuracy,
                action="do not deploy it where inputs can be manipulated without adversarial training or input checks",
                sized_by="robustness.adversarial.max_images", stage="adversarial"))
