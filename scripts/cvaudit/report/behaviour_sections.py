@@ -137,3 +137,13 @@ def layers_summary(layers: dict | None) -> dict | None:
     return {"layers": layers["layers"],
             "inversion_distance": None if not inv else dict(zip(layers["layers"], inv["mean_distance"])),
             "erf": {e["layer"]: {k: e.get(k) for k in ("r50", "r90", "theoretical", "reason")} for e in layers["erf"]}}
+
+
+def conformal_summary(conf: dict | None) -> dict | None:
+    """summary.json's conformal entry: the promise, the test coverage with its interval, set sizes, the worst class."""
+    if not conf or not conf.get("coverage"):
+        return None
+    cov = conf["coverage"]
+    return {"level": conf["level"], "score": conf["score"], "n_calibration": conf["n_calibration"], "n": conf["n"],
+            "coverage": cov["value"], "ci_low": cov["ci_low"], "ci_high": cov["ci_high"], "mean_size": conf["mean_size"],
+            "worst_class": conf["worst_class"]}

@@ -187,6 +187,30 @@ register(Check("ece", "Expected calibration error", "calibration", False,
                "taken at face value.", ece,
                action="do not take its probabilities at face value; use the temperature-scaled probabilities the calibration section fits",
                sized_by="the test split"))
+def coverage(r: dict):
+    """Conformal coverage on the test split minus the promised level, with the Wilson interval of the coverage
+    shifted by the same amount."""
+    conf = (_robust(r).get("calibration") or {}).get("conformal") or {}
+    est = conf.get("coverage")
+    if not est:
+        return None
+    level = conf["level"]
+    shift = lambda v: None if v is None else v - level  # noqa: E731
+    worst = conf.get("worst_class") or {}
+    note = (f"coverage {est['value']:.3f} of a promised {level:g} ({conf['score']} sets, mean size "
+            f"{conf['mean_size']:.2f}); worst class {worst.get('class')}: {worst.get('coverage', float('nan')):.3f}")
+    return {**est, "value": shift(est["value"]), "ci_low": shift(est["ci_low"]), "ci_high": shift(est["ci_high"]),
+            "note": note}
+
+
+register(Check("coverage", "Conformal coverage minus its promise", "calibration", True,
+               "Conformal prediction sets calibrated on the validation split promise to hold the true class of at "
+               "least robustness.calibration.conformal.level of the images; the value is the test split's coverage "
+               "minus that level (Wilson interval). Below the thresholds the test images are not like the "
+               "validation images, and no set the model gives can be trusted at its stated level.", coverage,
+               action="compare the validation and test splits (a shift, a leak, or a split by time); recalibrate "
+                      "the sets on images like those it will see",
+               sized_by="the test split", stage="calibrate"))
 register(Check("rotation_accuracy", "Accuracy under rotation", "invariance", True,
                "Test accuracy with every image rotated by the configured angle (robustness.check_angle).",
                rotation_accuracy,

@@ -12,7 +12,12 @@ from cvaudit.core.files import load_audit_set, load_npz, read_history, read_json
 from cvaudit.core.manifest import read_manifest
 from cvaudit.core.registry import EXPORT_REASON, is_export_arch, load
 from cvaudit.report import figures
-from cvaudit.report.behaviour_sections import corruptions_summary, shape_texture_summary, slices_summary
+from cvaudit.report.behaviour_sections import (
+    conformal_summary,
+    corruptions_summary,
+    shape_texture_summary,
+    slices_summary,
+)
 from cvaudit.report.checks import run_checks
 from cvaudit.report.diagnose import diagnosis
 from cvaudit.report.evidence import links as evidence_links
@@ -345,7 +350,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
             "calibration": None if not robust["calibration"] else {
                 "temperature": robust["calibration"]["temperature"],
                 **{f"{k}_{when}": (robust["calibration"][when] or {}).get(k)
-                   for k in ("ece", "mce", "nll", "brier", "ece_equal_mass") for when in ("before", "after")}},
+                   for k in ("ece", "mce", "nll", "brier", "ece_equal_mass") for when in ("before", "after")},
+                "conformal": conformal_summary(robust["calibration"].get("conformal"))},
             "invariance": {f: {"score": v["score"], "severities": v["severities"], "accuracy": v["accuracy"],
                                "consistency": v["consistency"],
                                "gradcam_equivariance_error": (v["drift"] or {}).get("equivariance_error")}

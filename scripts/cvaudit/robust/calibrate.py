@@ -1,5 +1,6 @@
 """The calibrate stage: reliability, ECE (with its bootstrap interval and the equal-mass ECE), MCE, NLL and
-Brier before and after temperature scaling fitted on the validation split (Guo et al. 2017).
+Brier before and after temperature scaling fitted on the validation split (Guo et al. 2017), and conformal
+prediction sets calibrated on the same split (cvaudit.robust.conformal).
 calibration_metrics is numpy only (torch is imported by the functions that need it): the slices stage
 reuses it per group without importing torch."""
 from __future__ import annotations
@@ -87,6 +88,7 @@ def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, 
     from cvaudit.core.manifest import read_manifest
     from cvaudit.net.models import load_model, resolve_device
     from cvaudit.net.pixel_space import predict_proba, seed_everything
+    from cvaudit.robust.conformal import conformal
 
     t0 = time.time()
     seed_everything(seed, threads)
@@ -100,24 +102,26 @@ def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, 
         before["ece_ci"]["note"] = (f"median {before['images_per_bin']:g} images per filled bin (at least {MIN_PER_BIN} "
                                     "needed): the reliability diagram cannot support a verdict")
     result = {"bins": options["bins"], "before": before, "after": None, "temperature": None,
-              "val": None, "reason": ""}
+              "val": None, "reason": "", "conformal": None}
     val = read_manifest(manifest, "val")
+    model, spec = load_model(model_path, dev)
+    index = {c: i for i, c in enumerate(spec["class_names"])}
+    val_probs = predict_proba(model, val, spec, dev) if val else np.zeros((0, spec["num_classes"]), np.float32)
+    val_targets = np.array([index[r["label"]] for r in val], dtype=np.int64)
+    conf = options.get("conformal") or {}
+    if conf.get("enabled"):  # on the probabilities as the model gives them: the sets do not depend on a temperature
+        result["conformal"] = conformal(val_probs, val_targets, test_probs_arr, test_targets, spec["class_names"],
+                                        conf, seed)
+    val_logits = log_probs(val_probs)
+    errors = int((val_logits.argmax(1) != val_targets).sum())
     if len(val) < 10:
         result["reason"] = f"the validation split has {len(val)} images (at least 10 needed to fit a temperature)"
+    elif errors < MIN_VAL_ERRORS:  # NLL falls forever as T -> 0: the fit would only sharpen the probabilities
+        result["reason"] = (f"the validation split is (nearly) perfectly classified ({errors} error(s) in {len(val)} "
+                            "images): a temperature fitted on it only sharpens the probabilities, so it is not "
+                            "applicable; the ECE above stands as it is")
+        result["val"] = {"n": len(val), "errors": errors}
     else:
-        model, spec = load_model(model_path, dev)
-        index = {c: i for i, c in enumerate(spec["class_names"])}
-        val_logits = log_probs(predict_proba(model, val, spec, dev))
-        val_targets = np.array([index[r["label"]] for r in val])
-        errors = int((val_logits.argmax(1) != val_targets).sum())
-        if errors < MIN_VAL_ERRORS:  # NLL falls forever as T -> 0: the fit would only sharpen the probabilities
-            result["reason"] = (f"the validation split is (nearly) perfectly classified ({errors} error(s) in {len(val)} "
-                                "images): a temperature fitted on it only sharpens the probabilities, so it is not "
-                                "applicable; the ECE above stands as it is")
-            result["val"] = {"n": len(val), "errors": errors}
-            result["seconds"] = round(time.time() - t0, 2)
-            write_json(out, result)
-            return result
         temp = fit_temperature(val_logits, val_targets)
         result.update(temperature=temp, after=calibration_metrics(scaled(test_logits, temp), test_targets,
                                                                    options["bins"], seed=seed),

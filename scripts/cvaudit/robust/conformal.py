@@ -1,0 +1,87 @@
+"""Conformal prediction sets: does the model know when it does not know? Split conformal prediction (Vovk et al.;
+Angelopoulos & Bates's gentle introduction) turns the model's probabilities into a set of classes per image that
+holds the true class with probability at least `level`, provided the test images are exchangeable with the
+calibration images. MAPIE does the work (its SplitConformalClassifier on probabilities computed once): calibrated
+on the validation split, the promise is checked on the test split, overall with its Wilson interval, per class
+(conformal coverage holds on average, not for each class) and by set size. A test coverage whose interval lies
+below the promise means the test images are not like the validation images, or the split leaks.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cvaudit.core import stats
+
+SCORES = ("lac", "aps", "raps")  # MAPIE's conformity scores: least ambiguous sets, adaptive sets, regularised APS
+
+
+def min_calibration(level: float) -> int:
+    """Calibration images needed for a finite quantile at `level`: the smallest n with ceil((n + 1) level) <= n."""
+    n = 1
+    while math.ceil((n + 1) * level - 1e-9) > n:
+        n += 1
+    return n
+
+
+def prediction_sets(val_probs: np.ndarray, val_targets: np.ndarray, test_probs: np.ndarray, level: float,
+                    score: str, seed: int = 0) -> np.ndarray:
+    """(test images, classes) booleans: each test image's conformal set, calibrated on the validation images."""
+    from mapie.classification import SplitConformalClassifier
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    probs = np.concatenate([val_probs, test_probs]).astype(np.float64)
+
+    class _Computed(ClassifierMixin, BaseEstimator):  # the probabilities already computed, looked up by row
+        def fit(self, X, y=None):
+            self.classes_ = np.arange(probs.shape[1])
+            return self
+
+        def predict_proba(self, X):
+            return probs[np.asarray(X, int).ravel()]
+
+        def predict(self, X):
+            return self.predict_proba(X).argmax(1)
+
+    rows = np.arange(len(probs)).reshape(-1, 1)
+    mapie = SplitConformalClassifier(_Computed().fit(rows), confidence_level=level, conformity_score=score,
+                                     prefit=True, random_state=seed)
+    mapie.conformalize(rows[:len(val_probs)], np.asarray(val_targets, int))
+    _, sets = mapie.predict_set(rows[len(val_probs):])
+    return np.asarray(sets[:, :, 0], bool)
+
+
+def coverage_report(sets: np.ndarray, targets: np.ndarray, class_names: list[str], level: float) -> dict:
+    """The promise checked on the test images: coverage (Wilson interval), set sizes, coverage per class."""
+    targets = np.asarray(targets, int)
+    hit = sets[np.arange(len(targets)), targets] if len(targets) else np.zeros(0, bool)
+    sizes = sets.sum(1)
+    per_class = []
+    for c, name in enumerate(class_names):
+        mine = targets == c
+        if mine.any():
+            per_class.append({"class": str(name), "n": int(mine.sum()), "coverage": float(hit[mine].mean()),
+                              "mean_size": float(sizes[mine].mean())})
+    worst = min(per_class, key=lambda r: (r["coverage"], -r["n"]), default=None)
+    return {"level": level, "n": int(len(targets)), "coverage": stats.proportion(int(hit.sum()), len(hit)),
+            "gap": float(hit.mean() - level) if len(hit) else None,
+            "mean_size": float(sizes.mean()) if len(sizes) else None,
+            "empty": int((sizes == 0).sum()), "singletons": int((sizes == 1).sum()),
+            "size_counts": np.bincount(sizes, minlength=sets.shape[1] + 1).tolist() if len(sizes) else [],
+            "per_class": per_class, "worst_class": worst}
+
+
+def conformal(val_probs: np.ndarray, val_targets: np.ndarray, test_probs: np.ndarray, test_targets: np.ndarray,
+              class_names: list[str], options: dict, seed: int = 0) -> dict:
+    """The calibrate stage's conformal block: the report above, or why there is none."""
+    level, score = float(options["level"]), options["score"]
+    need = min_calibration(level)
+    out = {"level": level, "score": score, "n_calibration": int(len(val_targets)), "reason": ""}
+    if len(val_targets) < need:
+        out["reason"] = (f"the validation split has {len(val_targets)} images; a {level:.0%} promise needs at least "
+                         f"{need} to calibrate on (lower robustness.calibration.conformal.level or add images)")
+        return out
+    sets = prediction_sets(val_probs, val_targets, test_probs, level, score, seed)
+    return {**out, **coverage_report(sets, test_targets, class_names, level),
+            "examples": {"sets": sets[:24].tolist(), "targets": np.asarray(test_targets[:24], int).tolist()}}

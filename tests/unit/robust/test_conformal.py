@@ -1,0 +1,78 @@
+"""Conformal prediction sets (the calibrate stage): LAC sets equal the split-conformal rule computed by hand; on
+exchangeable images the promise holds and the coverage verdict passes; on images unlike the calibration ones
+(labels the probabilities do not follow) it breaks and the verdict fails; too few calibration images is said."""
+import math
+
+import numpy as np
+import pytest
+
+from cvaudit.report.checks import coverage
+from cvaudit.report.judge import judge
+from cvaudit.robust.conformal import conformal, coverage_report, min_calibration, prediction_sets
+
+THRESHOLDS = {"warn": -0.03, "fail": -0.05}
+OPTIONS = {"enabled": True, "level": 0.9, "score": "aps"}
+
+
+def sample(n: int, k: int = 5, seed: int = 0, follow: bool = True):
+    """Probabilities of a softmax model and labels drawn from them (follow) or uniformly (a set unlike it)."""
+    rng = np.random.default_rng(seed)
+    p = np.exp(rng.normal(size=(n, k)) * 2)
+    p /= p.sum(1, keepdims=True)
+    y = np.array([rng.choice(k, p=row) for row in p]) if follow else rng.integers(0, k, n)
+    return p, y
+
+
+def test_lac_sets_are_the_split_conformal_rule_computed_by_hand():
+    pv, yv = sample(500, seed=1)
+    pt, _ = sample(300, seed=2)
+    level = 0.9
+    scores = np.sort(1 - pv[np.arange(len(yv)), yv])
+    qhat = scores[math.ceil((len(yv) + 1) * level) - 1]  # the ceil((n+1)(1-alpha))-th smallest score
+    assert np.array_equal(prediction_sets(pv, yv, pt, level, "lac"), 1 - pt <= qhat)
+
+
+@pytest.mark.parametrize("score", ["lac", "aps", "raps"])
+def test_on_exchangeable_images_the_promise_holds_and_the_verdict_passes(score):
+    pv, yv = sample(1500, seed=3)
+    pt, yt = sample(1500, seed=4)
+    r = conformal(pv, yv, pt, yt, list("abcde"), {**OPTIONS, "score": score})
+    assert r["reason"] == "" and r["n"] == 1500 and r["n_calibration"] == 1500
+    assert r["coverage"]["value"] >= 0.9 - 0.02  # APS and RAPS without randomisation cover a little more
+    assert r["coverage"]["value"] <= (0.92 if score == "lac" else 0.96)
+    assert sum(r["size_counts"]) == 1500 and r["mean_size"] == pytest.approx(
+        sum(i * c for i, c in enumerate(r["size_counts"])) / 1500)
+    assert {c["class"] for c in r["per_class"]} == set("abcde")
+    assert r["worst_class"]["coverage"] == min(c["coverage"] for c in r["per_class"])
+    est = coverage({"robust": {"calibration": {"conformal": r}}})
+    assert est["value"] == pytest.approx(r["coverage"]["value"] - 0.9)
+    assert est["ci_low"] == pytest.approx(r["coverage"]["ci_low"] - 0.9)
+    assert judge(est, THRESHOLDS, True) == "pass" and score in est["note"]
+
+
+def test_on_images_unlike_the_calibration_ones_the_promise_breaks_and_the_verdict_fails():
+    pv, yv = sample(1000, seed=5)
+    pt, yt = sample(1000, seed=6, follow=False)  # labels the probabilities do not follow
+    r = conformal(pv, yv, pt, yt, list("abcde"), OPTIONS)
+    assert r["coverage"]["ci_high"] < 0.85
+    assert judge(coverage({"robust": {"calibration": {"conformal": r}}}), THRESHOLDS, True) == "fail"
+
+
+def test_too_few_calibration_images_is_said_and_not_judged():
+    assert min_calibration(0.9) == 9 and min_calibration(0.95) == 19 and min_calibration(0.5) == 1
+    pv, yv = sample(8)
+    r = conformal(pv, yv, *sample(20, seed=1), list("abcde"), OPTIONS)
+    assert "needs at least 9" in r["reason"] and "coverage" not in r
+    assert coverage({"robust": {"calibration": {"conformal": r}}}) is None
+    assert coverage({}) is None
+
+
+def test_the_report_counts_sizes_and_classes():
+    sets = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 1, 1]], bool)
+    r = coverage_report(sets, np.array([0, 1, 2, 1]), ["x", "y", "z"], 0.8)
+    assert r["coverage"]["value"] == 0.75 and r["gap"] == pytest.approx(-0.05)
+    assert (r["empty"], r["singletons"], r["size_counts"], r["mean_size"]) == (1, 1, [1, 1, 2, 0], 1.25)
+    assert r["per_class"] == [{"class": "x", "n": 1, "coverage": 1.0, "mean_size": 1.0},
+                              {"class": "y", "n": 2, "coverage": 1.0, "mean_size": 2.0},
+                              {"class": "z", "n": 1, "coverage": 0.0, "mean_size": 0.0}]
+    assert r["worst_class"]["class"] == "z"
