@@ -56,7 +56,8 @@ rule evaluate_model:
         "../scripts/evaluate_model.py"
 
 
-rule export_onnx:  # a model as an ONNX file: only when asked for (a target, or another model's arch onnx:FILE)
+# A model as an ONNX file: only when asked for (a target, or another model's arch onnx:FILE).
+rule export_onnx:
     input:
         model=PATHS["weights"],
     output:
