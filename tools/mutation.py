@@ -51,7 +51,8 @@ SCOPE = {
     "explain.global_cues": ["measure", "transform", "strength_for", "cohens_d", "suspects"],
     "data.copies": ["_box_mean", "_search", "distance", "_residual", "descriptor", "candidates"],
     "data.data_audit": ["near_duplicates", "leakage", "label_issues", "quality_outliers", "copy_search"],
-    "represent.embedding_duplicates": ["unit_rows", "nearest", "confirm"],
+    "represent.embedding_duplicates": ["nearest", "confirm"],
+    "robust.conformal": ["min_calibration", "prediction_sets", "coverage_report", "conformal"],
 }
 # Modules whose slowest fast tests (attacks on trained networks, seconds each) would make a run take hours:
 # their mutants are judged by these tests alone (attacks on linear models with closed-form answers).
@@ -59,6 +60,7 @@ TESTS = {"robust.adversarial": ["tests/unit/robust/test_attacks.py"], "explain.s
          "explain.clever_hans": ["tests/unit/explain/test_clever_hans.py"], "explain.global_cues": ["tests/unit/explain/test_clever_hans.py"],
          "data.copies": ["tests/unit/data/test_copies.py", "tests/unit/data/test_data_audit.py"], "data.data_audit": ["tests/unit/data/test_data_audit.py"],
          "represent.embedding_duplicates": ["tests/unit/represent/test_embedding_duplicates.py"],
+         "robust.conformal": ["tests/unit/robust/test_conformal.py"],
          "core.calibration_error": ["tests/unit/robust/test_calibrate.py", "tests/unit/robust/test_slices.py", "tests/unit/robust/test_shift.py",
                                     "tests/unit/report/test_compare.py"]}
 # Modules whose tests, forked from a process that has run them, deadlocked (thread pools: file hashing, torch's

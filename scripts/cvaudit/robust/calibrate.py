@@ -110,8 +110,7 @@ def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, 
     val_targets = np.array([index[r["label"]] for r in val], dtype=np.int64)
     conf = options.get("conformal") or {}
     if conf.get("enabled"):  # on the probabilities as the model gives them: the sets do not depend on a temperature
-        result["conformal"] = conformal(val_probs, val_targets, test_probs_arr, test_targets, spec["class_names"],
-                                        conf, seed)
+        result["conformal"] = conformal(val_probs, val_targets, test_probs_arr, test_targets, spec["class_names"], conf)
     val_logits = log_probs(val_probs)
     errors = int((val_logits.argmax(1) != val_targets).sum())
     if len(val) < 10:

@@ -18,44 +18,34 @@ SCORES = ("lac", "aps", "raps")  # MAPIE's conformity scores: least ambiguous se
 
 
 def min_calibration(level: float) -> int:
-    """Calibration images needed for a finite quantile at `level`: the smallest n with ceil((n + 1) level) <= n."""
-    n = 1
-    while math.ceil((n + 1) * level - 1e-9) > n:
-        n += 1
-    return n
+    """Calibration images MAPIE needs at `level`: more than 1 / (1 - level) and than 1 / level (beyond the finite
+    quantile itself, ceil((n + 1) level) <= n)."""
+    return math.floor(max(1 / level, 1 / (1 - level)) + 1e-9) + 1
 
 
 def prediction_sets(val_probs: np.ndarray, val_targets: np.ndarray, test_probs: np.ndarray, level: float,
-                    score: str, seed: int = 0) -> np.ndarray:
+                    score: str) -> np.ndarray:
     """(test images, classes) booleans: each test image's conformal set, calibrated on the validation images."""
     from mapie.classification import SplitConformalClassifier
     from sklearn.base import BaseEstimator, ClassifierMixin
 
-    probs = np.concatenate([val_probs, test_probs]).astype(np.float64)
+    probs = np.concatenate([val_probs, test_probs])
 
     class _Computed(ClassifierMixin, BaseEstimator):  # the probabilities already computed, looked up by row
-        def fit(self, X, y=None):
-            self.classes_ = np.arange(probs.shape[1])
-            return self
+        def predict_proba(self, rows):
+            return probs[rows.ravel()]
 
-        def predict_proba(self, X):
-            return probs[np.asarray(X, int).ravel()]
-
-        def predict(self, X):
-            return self.predict_proba(X).argmax(1)
-
+    model = _Computed()
+    model.classes_ = np.arange(probs.shape[1])  # fitted: MAPIE takes it as it is (prefit)
     rows = np.arange(len(probs)).reshape(-1, 1)
-    mapie = SplitConformalClassifier(_Computed().fit(rows), confidence_level=level, conformity_score=score,
-                                     prefit=True, random_state=seed)
-    mapie.conformalize(rows[:len(val_probs)], np.asarray(val_targets, int))
-    _, sets = mapie.predict_set(rows[len(val_probs):])
-    return np.asarray(sets[:, :, 0], bool)
+    mapie = SplitConformalClassifier(model, confidence_level=level, conformity_score=score, prefit=True)
+    mapie.conformalize(rows[:len(val_probs)], val_targets)
+    return mapie.predict_set(rows[len(val_probs):])[1][:, :, 0]
 
 
 def coverage_report(sets: np.ndarray, targets: np.ndarray, class_names: list[str], level: float) -> dict:
     """The promise checked on the test images: coverage (Wilson interval), set sizes, coverage per class."""
-    targets = np.asarray(targets, int)
-    hit = sets[np.arange(len(targets)), targets] if len(targets) else np.zeros(0, bool)
+    hit = sets[np.arange(len(targets)), targets]
     sizes = sets.sum(1)
     per_class = []
     for c, name in enumerate(class_names):
@@ -63,25 +53,24 @@ def coverage_report(sets: np.ndarray, targets: np.ndarray, class_names: list[str
         if mine.any():
             per_class.append({"class": str(name), "n": int(mine.sum()), "coverage": float(hit[mine].mean()),
                               "mean_size": float(sizes[mine].mean())})
-    worst = min(per_class, key=lambda r: (r["coverage"], -r["n"]), default=None)
+    worst = min(per_class, key=lambda r: (r["coverage"], -r["n"]))  # the least covered; of those, the largest
     return {"level": level, "n": int(len(targets)), "coverage": stats.proportion(int(hit.sum()), len(hit)),
-            "gap": float(hit.mean() - level) if len(hit) else None,
-            "mean_size": float(sizes.mean()) if len(sizes) else None,
-            "empty": int((sizes == 0).sum()), "singletons": int((sizes == 1).sum()),
-            "size_counts": np.bincount(sizes, minlength=sets.shape[1] + 1).tolist() if len(sizes) else [],
-            "per_class": per_class, "worst_class": worst}
+            "mean_size": float(sizes.mean()), "empty": int((sizes == 0).sum()), "singletons": int((sizes == 1).sum()),
+            "size_counts": np.bincount(sizes, minlength=sets.shape[1] + 1).tolist(), "per_class": per_class,
+            "worst_class": worst}
 
 
 def conformal(val_probs: np.ndarray, val_targets: np.ndarray, test_probs: np.ndarray, test_targets: np.ndarray,
-              class_names: list[str], options: dict, seed: int = 0) -> dict:
-    """The calibrate stage's conformal block: the report above, or why there is none."""
+              class_names: list[str], options: dict) -> dict:
+    """The calibrate stage's conformal block: the report above, or why there is none (too few validation images
+    to calibrate on, or no test image to check the promise on)."""
     level, score = float(options["level"]), options["score"]
     need = min_calibration(level)
     out = {"level": level, "score": score, "n_calibration": int(len(val_targets)), "reason": ""}
-    if len(val_targets) < need:
+    if len(val_targets) < need or not len(test_targets):
         out["reason"] = (f"the validation split has {len(val_targets)} images; a {level:.0%} promise needs at least "
-                         f"{need} to calibrate on (lower robustness.calibration.conformal.level or add images)")
+                         f"{need} to calibrate on (lower robustness.calibration.conformal.level or add images)"
+                         if len(val_targets) < need else "the test split has no images")
         return out
-    sets = prediction_sets(val_probs, val_targets, test_probs, level, score, seed)
-    return {**out, **coverage_report(sets, test_targets, class_names, level),
-            "examples": {"sets": sets[:24].tolist(), "targets": np.asarray(test_targets[:24], int).tolist()}}
+    sets = prediction_sets(val_probs, np.asarray(val_targets, int), test_probs, level, score)
+    return {**out, **coverage_report(sets, np.asarray(test_targets, int), class_names, level)}

@@ -23,13 +23,16 @@ def sample(n: int, k: int = 5, seed: int = 0, follow: bool = True):
     return p, y
 
 
-def test_lac_sets_are_the_split_conformal_rule_computed_by_hand():
+@pytest.mark.parametrize("level", [0.9, 0.8])
+def test_lac_sets_are_the_split_conformal_rule_computed_by_hand(level):
     pv, yv = sample(500, seed=1)
     pt, _ = sample(300, seed=2)
-    level = 0.9
     scores = np.sort(1 - pv[np.arange(len(yv)), yv])
     qhat = scores[math.ceil((len(yv) + 1) * level) - 1]  # the ceil((n+1)(1-alpha))-th smallest score
-    assert np.array_equal(prediction_sets(pv, yv, pt, level, "lac"), 1 - pt <= qhat)
+    lac = prediction_sets(pv, yv, pt, level, "lac")
+    assert lac.dtype == bool and np.array_equal(lac, 1 - pt <= qhat)
+    aps = prediction_sets(pv, yv, pt, level, "aps")  # another score: other sets
+    assert aps.shape == lac.shape and aps.sum() > lac.sum()
 
 
 @pytest.mark.parametrize("score", ["lac", "aps", "raps"])
@@ -59,20 +62,29 @@ def test_on_images_unlike_the_calibration_ones_the_promise_breaks_and_the_verdic
 
 
 def test_too_few_calibration_images_is_said_and_not_judged():
-    assert min_calibration(0.9) == 9 and min_calibration(0.95) == 19 and min_calibration(0.5) == 1
-    pv, yv = sample(8)
+    assert [min_calibration(a) for a in (0.9, 0.95, 0.8, 0.5, 0.75, 0.2)] == [11, 21, 6, 3, 5, 6]
+    pv, yv = sample(10)
     r = conformal(pv, yv, *sample(20, seed=1), list("abcde"), OPTIONS)
-    assert "needs at least 9" in r["reason"] and "coverage" not in r
+    assert "needs at least 11" in r["reason"] and "coverage" not in r
+    assert (r["level"], r["score"], r["n_calibration"]) == (0.9, "aps", 10)
     assert coverage({"robust": {"calibration": {"conformal": r}}}) is None
     assert coverage({}) is None
+    pv, yv = sample(11)  # exactly enough
+    assert conformal(pv, yv, *sample(20, seed=1), list("abcde"), OPTIONS)["n"] == 20
+    none = conformal(*sample(50), np.zeros((0, 5)), np.zeros(0, int), list("abcde"), OPTIONS)
+    assert none["reason"] == "the test split has no images" and "coverage" not in none
 
 
 def test_the_report_counts_sizes_and_classes():
-    sets = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 1, 1]], bool)
-    r = coverage_report(sets, np.array([0, 1, 2, 1]), ["x", "y", "z"], 0.8)
-    assert r["coverage"]["value"] == 0.75 and r["gap"] == pytest.approx(-0.05)
-    assert (r["empty"], r["singletons"], r["size_counts"], r["mean_size"]) == (1, 1, [1, 1, 2, 0], 1.25)
-    assert r["per_class"] == [{"class": "x", "n": 1, "coverage": 1.0, "mean_size": 1.0},
+    sets = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 1, 1], [0, 0, 0], [0, 1, 0], [0, 0, 1]], bool)
+    r = coverage_report(sets, np.array([0, 1, 2, 1, 0, 2, 2]), ["x", "y", "z", "w"], 0.8)
+    assert r["coverage"]["value"] == pytest.approx(4 / 7) and (r["level"], r["n"]) == (0.8, 7)
+    assert (r["empty"], r["singletons"], r["size_counts"]) == (2, 3, [2, 3, 2, 0])
+    assert r["mean_size"] == pytest.approx(1.0)
+    assert r["per_class"] == [{"class": "x", "n": 2, "coverage": 0.5, "mean_size": 0.5},
                               {"class": "y", "n": 2, "coverage": 1.0, "mean_size": 2.0},
-                              {"class": "z", "n": 1, "coverage": 0.0, "mean_size": 0.0}]
+                              {"class": "z", "n": 3, "coverage": pytest.approx(1 / 3), "mean_size": pytest.approx(2 / 3)}]
+    # w has no test image
     assert r["worst_class"]["class"] == "z"
+    tie = coverage_report(np.zeros((3, 2), bool), np.array([0, 1, 1]), ["x", "y"], 0.8)
+    assert tie["worst_class"]["class"] == "y"  # both uncovered: the class with more images
