@@ -13,7 +13,6 @@ import torch
 
 from cvaudit.core import progress
 from cvaudit.core.files import load_audit_set, save_npz
-from cvaudit.core.registry import EXPORT_REASON
 from cvaudit.explain.methods import (
     LIME,
     SHAP,
@@ -148,9 +147,7 @@ def _explain_chunk(m, net, audit: dict, lo: int, hi: int, dev, trust: dict, seed
     if m.kind != "reference" and k > 0:
         pinned = m.at_most(int(arrays["ig_steps"][:k].max())) if isinstance(m, IntegratedGradients) \
             else contextlib.nullcontext()
-        if is_export(net):  # no parameters to re-initialise: the sanity verdict is n/a, and the report says why
-            result["sanity_not_run"] = EXPORT_REASON
-        else:
+        if not is_export(net):  # an export has no parameters to re-initialise: n/a (its report's first page says so)
             with pinned:  # the randomised models' maps at the trained maps' step count
                 result["sanity"] = tr.cascading_randomisation(m, net, x[:k], preds[:k], maps_pred[:k],
                                                               stages=trust["sanity_stages"], seed=seed)

@@ -69,9 +69,14 @@ def square(net, x, y, eps, options, seed):
     """Square (Andriushchenko et al. 2020) alone: a random search over square patches at the L-inf budget,
     `autoattack.square_queries` queries per image. It reads only the model's outputs, so it is the attack an
     export without gradients is judged on."""
+    import contextlib
+    import io
+
     import torchattacks
-    atk = torchattacks.Square(net, norm="Linf", eps=eps, n_queries=options["autoattack"]["square_queries"],
-                              n_restarts=1, seed=seed)
+    with contextlib.redirect_stdout(io.StringIO()):  # torchattacks prints when the net has no parameters (an export)
+        atk = torchattacks.Square(net, norm="Linf", eps=eps, n_queries=options["autoattack"]["square_queries"],
+                                  n_restarts=1, seed=seed)
+    atk.set_device(x.device)
     return atk(x, y), {}
 
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from cvaudit import CvauditError
-from cvaudit.core.registry import EXPORT_REASON
 from cvaudit.explain.methods import NotApplicable, attribute_batched, get_method
 from cvaudit.model.train_model import make_spec
 from cvaudit.net.export import is_export
@@ -116,7 +115,8 @@ def test_gradient_free_maps_of_the_export_equal_the_torch_models(tmp_path, train
     options = {"shapley_sampling": {"samples": 4}, "lime": {"samples": 60}}.get(method, {})
     want = attribute_batched(get_method(method, batch_size=16, seed=0, **options), net, x, target)
     got = attribute_batched(get_method(method, batch_size=16, seed=0, **options), black, x, target)
-    assert np.abs(want).max() > 0 if method != "random" else True
+    if method != "random":  # a map with something in it, not zeros equal to zeros
+        assert np.abs(want).max() > 0
     assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
 
 
@@ -126,7 +126,6 @@ def test_methods_that_need_gradients_or_layers_say_the_export_has_none(tmp_path,
     x, _ = shapes(2)
     with pytest.raises(NotApplicable, match="export without gradients"):
         attribute_batched(get_method(method, batch_size=8), black, x, torch.zeros(2, dtype=torch.long))
-    assert EXPORT_REASON.startswith("the model is an export without gradients")
 
 
 def test_square_fools_the_export_about_as_often_as_the_torch_model(tmp_path, trained):
