@@ -94,7 +94,7 @@ def main() -> None:
     thumbs = np.stack([thumbnail(im, side, args.blur) for im in originals])
     t0 = time.time()
     pairs = candidates(thumbs, thumbs, args.k, exclude_self=True)
-    false = distance(thumbs[pairs[:, 0]], thumbs[pairs[:, 1]], args.max_shift)["distance"]
+    false = distance(thumbs[pairs[:, 0]], thumbs[pairs[:, 1]], args.max_shift, blur=args.blur)["distance"]
     t_false = time.time() - t0
     rng = np.random.default_rng(0)
     found = {}
@@ -103,15 +103,15 @@ def main() -> None:
         cand = candidates(cps, thumbs, args.k)
         hit = cand[cand[:, 0] == cand[:, 1]]  # the original among the copy's candidates
         d = np.ones(args.copies)
-        d[hit[:, 0]] = distance(cps[hit[:, 0]], thumbs[hit[:, 1]], args.max_shift)["distance"]
+        d[hit[:, 0]] = distance(cps[hit[:, 0]], thumbs[hit[:, 1]], args.max_shift, blur=args.blur)["distance"]
         found[kind] = (len(hit) / args.copies, d)
     print(f"{args.source}: {args.images} distinct images at {side} px, {len(pairs)} candidate pairs among them "
           f"(k={args.k}; checked in {t_false:.1f} s)")
     print("threshold | false pairs | " + " | ".join(KINDS))
     for t in args.thresholds:
-        print(f"{t:.3f} | {int((false <= t).sum())} | " + " | ".join(f"{(d <= t).mean():.0%}" for _, d in found.values()))
+        print(f"{t:.4f} | {int((false <= t).sum())} | " + " | ".join(f"{(d <= t).mean():.0%}" for _, d in found.values()))
     print("proposed (the original among the k candidates): " + ", ".join(f"{k} {v[0]:.0%}" for k, v in found.items()))
-    print("closest false pairs: " + ", ".join(f"{v:.3f}" for v in np.sort(false)[:5]))
+    print("closest false pairs: " + ", ".join(f"{v:.4f}" for v in np.sort(false)[:5]))
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def main():
         th = np.stack([thumbnail(p, side, args.blur) for p in orig])
         idx, _ = nearest(ref, ref, args.neighbors + 1)  # each original against the others: itself comes first
         cand = idx[:, 1:]
-        d = distance(np.repeat(th, args.neighbors, 0), th[cand.ravel()], args.max_shift)["distance"]
+        d = distance(np.repeat(th, args.neighbors, 0), th[cand.ravel()], args.max_shift, blur=args.blur)["distance"]
         print(f"{args.model}: {args.images} distinct images, {args.neighbors} neighbours each, compared at {side} px; false pairs: "
               + ", ".join(f"{int((d <= t).sum())} at {t}" for t in args.thresholds))
         hashes = np.array([phash(np.repeat(a[..., None], 3, -1)) for a in imgs[:200]], np.uint64)
@@ -89,7 +89,7 @@ def main():
             near, _ = nearest(emb, ref, args.neighbors)
             inside = (near == np.arange(200)[:, None]).any(1)
             ct = np.stack([thumbnail(p, side, args.blur) for p in paths])
-            diff = distance(ct, th[:200], args.max_shift)["distance"]
+            diff = distance(ct, th[:200], args.max_shift, blur=args.blur)["distance"]
             h = np.array([phash(np.repeat(a[..., None], 3, -1)) for a in made], np.uint64)
             by_hash = (np.bitwise_count(h ^ hashes) <= 8) & (np.abs(np.stack([grey(a) for a in made])
                                                                     - np.stack([grey(a) for a in imgs[:200]])).mean((1, 2)) <= 0.02)

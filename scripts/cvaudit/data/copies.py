@@ -107,29 +107,43 @@ def _search(a_t: torch.Tensor, b_t: torch.Tensor, m: int, warps, best: torch.Ten
 
 
 def distance(a: np.ndarray, b: np.ndarray, max_shift: float = 0.15, rotations=ROTATIONS, scales=SCALES,
-             chunk: int = 512) -> dict:
-    """For pairs of thumbnails a[i], b[i] (P, s, s): the difference left at the best alignment (see _residual),
-    the alignment found by the best normalised cross-correlation of a's centre ((1 - 2 max_shift) of its side)
-    over b mirrored or not, rotated, zoomed and shifted, then refined continuously where the grid left the pair
-    within REFINE_BELOW (_refined); with the NCC and the grid's mirror, rotation, scale and shift (dy, dx). Pairs whose NCC is below COARSE as they are (mirrored or not, shifted) are not searched
-    further (no copy within these changes falls that low). Pairs where either thumbnail is flat get distance 1."""
+             chunk: int = 512, blur: float = 0.0) -> dict:
+    """For pairs of thumbnails a[i], b[i] (P, s, s), blurred by `blur` px when made: the difference left at the best
+    alignment (see _residual), the alignment found by the best normalised cross-correlation of a's centre
+    ((1 - 2 max_shift) of its side) over b rotated, zoomed and shifted, once as it is and once mirrored (a
+    symmetric garment's mirror image can correlate a little better than the copy itself), each then refined
+    continuously where the grid left the pair within REFINE_BELOW (_refined); the better of the two, with its NCC,
+    mirror, rotation, scale and shift (dy, dx). Pairs whose NCC is below COARSE as they are (mirrored or not,
+    shifted) are not searched further (no copy within these changes falls that low). Pairs where either
+    thumbnail is flat get distance 1."""
     a_t, b_t = torch.as_tensor(np.asarray(a, np.float32)), torch.as_tensor(np.asarray(b, np.float32))
     n, s = a_t.shape[0], a_t.shape[-1]
     m = int(round(max_shift * s))
-    best = torch.full((n,), -2.0)
-    how = torch.zeros((n, 5))
     flat = (a_t.flatten(1).std(1) < MIN_CONTRAST) | (b_t.flatten(1).std(1) < MIN_CONTRAST)
-    _search(a_t, b_t, m, [(False, 0.0, 1.0), (True, 0.0, 1.0)], best, how, torch.arange(n), chunk)
-    rest = [(mi, r, sc) for mi in (False, True) for r in rotations for sc in scales if (r, sc) != (0.0, 1.0)]
-    _search(a_t, b_t, m, rest, best, how, torch.nonzero(best >= COARSE).ravel(), chunk)
-    residual = _residual(a_t, b_t, how, m)
-    near = torch.nonzero((best >= COARSE) & (residual <= REFINE_BELOW)).ravel()
-    for lo in range(0, len(near), chunk):
-        idx = near[lo:lo + chunk]
-        residual[idx] = torch.minimum(residual[idx], _refined(a_t[idx], b_t[idx], how[idx], m))
-    residual[flat | (best < COARSE)] = 1.0
-    return {"distance": residual.numpy(), "ncc": best.numpy(), "mirror": how[:, 0].numpy().astype(np.int64),
-            "rotation": how[:, 1].numpy(), "scale": how[:, 2].numpy(), "shift": how[:, 3:].numpy().astype(np.int64)}
+    best = {mirror: torch.full((n,), -2.0) for mirror in (False, True)}
+    how = {mirror: torch.zeros((n, 5)) for mirror in (False, True)}
+    for mirror in (False, True):
+        _search(a_t, b_t, m, [(mirror, 0.0, 1.0)], best[mirror], how[mirror], torch.arange(n), chunk)
+    searched = torch.nonzero(torch.maximum(best[False], best[True]) >= COARSE).ravel()
+    rest = [(r, sc) for r in rotations for sc in scales if (r, sc) != (0.0, 1.0)]
+    residual = {}
+    for mirror in (False, True):
+        _search(a_t, b_t, m, [(mirror, r, sc) for r, sc in rest], best[mirror], how[mirror], searched, chunk)
+        left = _residual(a_t, b_t, how[mirror], m)
+        near = torch.nonzero((best[mirror] >= COARSE) & (left <= REFINE_BELOW)).ravel()
+        for lo in range(0, len(near), chunk):
+            idx = near[lo:lo + chunk]
+            left[idx] = torch.minimum(left[idx], _refined(a_t[idx], b_t[idx], how[mirror][idx], m, blur))
+        left[best[mirror] < COARSE] = 1.0
+        residual[mirror] = left
+    mirrored = residual[True] < residual[False]
+    out = torch.where(mirrored, residual[True], residual[False])
+    ncc = torch.where(mirrored, best[True], best[False])
+    found = torch.where(mirrored[:, None], how[True], how[False])
+    out[flat | (torch.maximum(best[False], best[True]) < COARSE)] = 1.0
+    return {"distance": out.numpy(), "ncc": ncc.numpy(), "mirror": found[:, 0].numpy().astype(np.int64),
+            "rotation": found[:, 1].numpy(), "scale": found[:, 2].numpy(),
+            "shift": found[:, 3:].numpy().astype(np.int64)}
 
 
 def _residual(a: torch.Tensor, b: torch.Tensor, how: torch.Tensor, m: int) -> torch.Tensor:
@@ -163,12 +177,14 @@ def _fit_difference(pa: torch.Tensor, pb: torch.Tensor, absolute: bool) -> torch
     return (wgt * (e.abs() if absolute else e * e)).sum(1)
 
 
-def _refined(a: torch.Tensor, b: torch.Tensor, how: torch.Tensor, m: int) -> torch.Tensor:
+def _refined(a: torch.Tensor, b: torch.Tensor, how: torch.Tensor, m: int, blur: float = 0.0) -> torch.Tensor:
     """_residual after refining each pair's grid alignment continuously: b (mirrored as found) rotated, zoomed and
     shifted by a similarity warp whose angle, log zoom and shift descend the squared difference left after the
     brightness and contrast fit (Adam, REFINE_STEPS steps), within the searched ranges. Starts where the grid
-    ended, so it only lowers what the grid found."""
+    ended, so it only lowers what the grid found. Both thumbnails were blurred by `blur` px; zooming one by z
+    scales its blur by z, so the sharper of the two is blurred to match first (_match_blur)."""
     n, s = a.shape[0], a.shape[-1]
+    a, b = _match_blur(a, b, how[:, 2], blur)
     b = torch.where(how[:, 0, None, None] > 0, b.flip(-1), b)[:, None]
     angle = torch.deg2rad(how[:, 1]).clone().requires_grad_(True)
     log_scale = torch.log(how[:, 2]).clone().requires_grad_(True)
@@ -197,6 +213,22 @@ def _refined(a: torch.Tensor, b: torch.Tensor, how: torch.Tensor, m: int) -> tor
                 move.clamp_(-MAX_MOVE, MAX_MOVE)
     with torch.no_grad():
         return left(True)
+
+
+def _match_blur(a: torch.Tensor, b: torch.Tensor, zoom: torch.Tensor, blur: float):
+    """a and b (P, s, s), both blurred by `blur` px, for a comparison of a with b zoomed by `zoom` (P,): b's blur
+    becomes blur x zoom in a's pixels, so a is blurred further where zoom > 1 (to blur x zoom) and b where zoom < 1
+    (to blur / zoom in its own pixels). A crop of 89% resized back is blurred less than its original zoomed to
+    match it; unmatched, that alone leaves a difference as large as between two garments of one cut."""
+    if blur <= 0:
+        return a, b
+    from scipy.ndimage import gaussian_filter
+    a, b = a.clone(), b.clone()
+    for z in {float(v) for v in zoom.tolist()} - {1.0}:
+        sel = torch.nonzero(zoom == z).ravel()
+        x, extra = (a, blur * np.sqrt(z * z - 1)) if z > 1 else (b, blur * np.sqrt(1 / (z * z) - 1))
+        x[sel] = torch.as_tensor(gaussian_filter(x[sel].numpy(), (0, extra, extra)), dtype=x.dtype)
+    return a, b
 
 
 def descriptor(thumbs: np.ndarray) -> np.ndarray:

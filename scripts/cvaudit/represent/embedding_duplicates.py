@@ -69,7 +69,8 @@ def confirm(test_paths: list[str], ref_paths: list[str], idx: np.ndarray, option
     used, at = np.unique(idx, return_inverse=True)  # the candidates only, and where each pair's sits among them
     thumbs_ref = np.stack([thumbnail(ref_paths[j], size, blur) for j in used])
     qi, ri = np.repeat(np.arange(len(test_paths)), idx.shape[1]), at.ravel()
-    parts = [copies.distance(thumbs_test[qi[lo:lo + chunk]], thumbs_ref[ri[lo:lo + chunk]], options["max_shift"])
+    parts = [copies.distance(thumbs_test[qi[lo:lo + chunk]], thumbs_ref[ri[lo:lo + chunk]], options["max_shift"],
+                             blur=blur)
              for lo in range(0, len(qi), chunk)]
     keys = ("distance", "mirror", "rotation", "scale", "shift")
     out = {k: np.concatenate([p[k] for p in parts]) for k in keys}

@@ -16,7 +16,7 @@ from conftest import fmnist_images, reencoded
 from tiny_models import tiny_cnn
 
 OPTIONS = {"enabled": True, "neighbors": 10, "max_reference": 100000, "size": 32, "blur": 0.8, "max_shift": 0.15,
-           "max_pixel_difference": 0.011}
+           "max_pixel_difference": 0.0108}
 
 
 def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
