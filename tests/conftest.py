@@ -61,9 +61,9 @@ def tiny_workflow(work: Path, change, env=None) -> subprocess.CompletedProcess:
 
 # `make test` runs the suite on two pytest-xdist workers (--dist loadgroup --no-loadscope-reorder). A group runs on
 # one worker, so a workflow run made by a fixture is made once: the tests that read the session's run share the
-# group "run", and a module whose fixture runs a workflow is one group. The session's run goes first, alone (its
-# jobs' times are what the run-time estimate is checked against: the other worker waits, pytest_runtest_protocol);
-# then the unit tests and the other workflow runs, longest first.
+# group "run", and a module whose fixture runs a workflow is one group. The session's run goes first (its jobs'
+# times are what the run-time estimate is checked against: meanwhile the other worker's tests run niced,
+# pytest_runtest_protocol); then the unit tests and the other workflow runs, longest first.
 LONG_FIRST = ["test_shortcut_workflow", "test_vit_workflow", "test_reruns", "test_faults", "test_report_view",
               "test_honest_report_runs", "test_own_model", "test_shape_texture", "test_shards", "test_bad_input_runs"]
 
@@ -107,20 +107,32 @@ def _quiet_lock(config) -> Path | None:
     return None if worker is None else Path(tempfile.gettempdir()) / f"cvaudit-quiet-{worker['testrunuid']}.lock"
 
 
+def _session_run_busy(lock: Path) -> bool:
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    """On the other worker, each test (its fixtures' set-up included) waits while the session's run works: that
-    run's job times are what the run-time estimate is checked against."""
+    """On the other worker, each test that starts while the session's run works runs at the lowest CPU priority
+    (niceness 19, inherited by the workflows it starts): that run's job times are what the run-time estimate is
+    checked against, and a niced process takes only the CPU that run leaves idle (its jobs' start-up, mostly one
+    core). Once that run is done, later tests run at normal priority again where the system allows it (root)."""
     lock = _quiet_lock(item.config)
-    if lock is None or "run" in item.fixturenames:
-        yield
-        return
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    if lock is not None and "run" not in item.fixturenames:
+        if _session_run_busy(lock):
+            os.setpriority(os.PRIO_PROCESS, 0, 19)
+        elif os.getpriority(os.PRIO_PROCESS, 0) == 19:
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, 0)
+            except PermissionError:  # only root lowers its niceness: stay niced, the suite still runs
+                pass
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +148,7 @@ def run(tmp_path_factory, request):
     lock = _quiet_lock(request.config)
     with open(lock or os.devnull, "a") as f:
         if lock:
-            fcntl.flock(f, fcntl.LOCK_EX)  # the other worker finishes its test and waits
+            fcntl.flock(f, fcntl.LOCK_EX)  # the other worker's tests run niced until this run is done
         p = tiny_workflow(work, shifted, env={"CVAUDIT_ESTIMATE": "1"})
     (work / "run.stderr").write_text(p.stderr)  # what the user saw
     return work

@@ -213,6 +213,10 @@ def model_jobs(config: dict, model: str, counts: dict) -> list[tuple[str, float,
         for shifted in cfg.get("shift_sets", []) if stage_on(config, model, "shift") else []:
             jobs.append((f"shift {shifted}", min(rob["shift"]["max_images"], sum(dataset_counts(config, shifted).values())),
                          0.0))
+        if cfg.get("shift_sets") and stage_on(config, model, "shift") and rob["shift"]["ood"]["enabled"]:
+            # the out-of-distribution scores' reference (training images) and own test images
+            jobs.append(("shift ood", min(rob["shift"]["ood"]["reference"], n_tr) + min(rob["shift"]["max_images"], n_te),
+                         0.0))
         if stage_on(config, model, "shuffled_labels"):
             sl = rob["shuffled_labels"]
             jobs.append(("shuffled_labels", sl["epochs"] * GRADIENT * min(sl["max_images"], n_tr), 0.0))

@@ -383,8 +383,8 @@ def test_the_run_time_estimate_is_within_a_factor_of_two_of_the_run(run):
     """The estimate the run printed at its start (cvaudit.estimate from the config and the model timings it took
     then, cached in the run's folder) against the jobs' measured wall times (benchmarks/): in total, and for each
     stage that took 20 s or more (the tiny run is mostly job start-up: a wider band). Beside another workflow run
-    the jobs stretch past the band: under pytest-xdist the other worker waits while the session's run works
-    (tests/conftest.py)."""
+    the jobs stretch past the band: under pytest-xdist the other worker's tests run niced while the session's run
+    works (tests/conftest.py)."""
     import subprocess
     import sys
 

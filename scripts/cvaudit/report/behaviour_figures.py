@@ -113,3 +113,23 @@ def corruption_curves(meta: dict) -> str:
     axes[0][0].set_ylabel("accuracy", fontsize=8)
     fig.tight_layout()
     return fig_uri(fig)
+
+
+def risk_coverage(sel: dict) -> str:
+    """The error rate among the most confident images kept, against the share kept (selective prediction), with
+    the error rate of a confidence that says nothing (grey) and the lowest the same errors allow (dotted)."""
+    fig, ax = plt.subplots(figsize=(4.2, 2.6))
+    cov = np.asarray(sel["curve"]["coverage"])
+    ax.plot(cov, sel["curve"]["risk"], "-", lw=1.2, label=f"this model (AURC {sel['aurc']['value']:.3f})")
+    ax.axhline(sel["aurc_uninformed"], color="#8c959f", lw=0.8,
+               label=f"confidence that says nothing ({sel['aurc_uninformed']:.3f})")
+    keep_all = sel["n"] - sel["errors"]
+    k = np.maximum(1, np.round(cov * sel["n"]))
+    ax.plot(cov, np.maximum(0, k - keep_all) / k, ":", color="#1a7f37", lw=1,
+            label=f"errors ranked last ({sel['aurc_optimal']:.3f})")
+    ax.set_xlabel("share of test images kept (most confident first)")
+    ax.set_ylabel("error rate among those kept")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, max(0.05, float(np.max(sel["curve"]["risk"])) * 1.1))
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    return fig_uri(fig)

@@ -147,3 +147,13 @@ def conformal_summary(conf: dict | None) -> dict | None:
     return {"level": conf["level"], "score": conf["score"], "n_calibration": conf["n_calibration"], "n": conf["n"],
             "coverage": cov["value"], "ci_low": cov["ci_low"], "ci_high": cov["ci_high"], "mean_size": conf["mean_size"],
             "worst_class": conf["worst_class"]}
+
+
+def selective_summary(sel: dict | None) -> dict | None:
+    """summary.json's selective entry: AURC with its interval and bounds, accuracy at 90% and 80% coverage."""
+    if not sel:
+        return None
+    at = {round(a["coverage"] * 100): a["accuracy"]["value"] for a in sel["at"]}
+    return {"n": sel["n"], "aurc": sel["aurc"]["value"], "ci_low": sel["aurc"]["ci_low"], "ci_high": sel["aurc"]["ci_high"],
+            "aurc_optimal": sel["aurc_optimal"], "aurc_uninformed": sel["aurc_uninformed"],
+            "accuracy_at_90": at[90], "accuracy_at_80": at[80]}

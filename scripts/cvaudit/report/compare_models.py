@@ -25,7 +25,8 @@ log = logging.getLogger("cvaudit.report.compare_models")
 # Columns of the metric table: (key, label, higher is better). Values come from each summary.json.
 COLUMNS = [("accuracy", "accuracy", True), ("macro_f1", "macro F1", True),
            ("gain_over_baseline", "gain over classic ML", True), ("ece", "ECE", False),
-           ("ece_after", "ECE after T", False), ("invariance", "invariance score (mean)", True),
+           ("ece_after", "ECE after T", False), ("aurc", "AURC", False),
+           ("ood_auroc", "shift detected (MSP AUROC)", True), ("invariance", "invariance score (mean)", True),
            ("rotation_accuracy", "accuracy rotated", True), ("robust_accuracy", "accuracy under the strongest attack", True),
            ("knn_accuracy", "k-NN accuracy", True), ("methods_passing", "attribution methods passing", True)]
 
@@ -54,13 +55,23 @@ def metric_row(summary: dict, model_cfg: dict) -> dict:
     verdicts = {v["name"]: v for v in summary["verdicts"]}
     inv = rob.get("invariance") or {}
     cal = rob.get("calibration") or {}
+    sel = cal.get("selective") or {}
+    intervals = dict(m.get("intervals") or {})
+    if sel:  # the comparison ranks by AURC only where the intervals are apart
+        intervals["aurc"] = {"value": sel["aurc"], "ci_low": sel["ci_low"], "ci_high": sel["ci_high"]}
+    # how well the confidence tells a shifted set from the own test split: the set told apart least
+    ood = [s["ood"]["scores"]["msp"]["auroc"] for s in ((rob.get("shift") or {}).get("sets") or {}).values()
+           if (s.get("ood") or {}).get("scores", {}).get("msp")]
+    if ood:
+        intervals["ood_auroc"] = min(ood, key=lambda e: e["value"])
     return {
         "model": summary["model"], "dataset": summary["dataset"], "kind": kind_of(model_cfg),
         "degenerate": (summary.get("degenerate") or {}).get("why") if (summary.get("degenerate") or {}).get("is") else "",
         "arch": model_cfg["arch"], "status": summary["status"], "failed_stages": summary.get("failed_stages", []),
         "values": {
             "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "gain_over_baseline": m["gain_over_baseline"],
-            "ece": cal.get("ece_before"), "ece_after": cal.get("ece_after"),
+            "ece": cal.get("ece_before"), "ece_after": cal.get("ece_after"), "aurc": sel.get("aurc"),
+            "ood_auroc": intervals["ood_auroc"]["value"] if ood else None,
             "invariance": float(np.mean([v["score"] for v in inv.values()]))  # relative to clean accuracy:
             if inv and not (summary.get("degenerate") or {}).get("is") else None,  # n/a for a degenerate model
             "rotation_accuracy": (verdicts.get("rotation_accuracy") or {}).get("value"),
@@ -69,7 +80,7 @@ def metric_row(summary: dict, model_cfg: dict) -> dict:
             "methods_passing": len(summary["attribution_methods_passing"]),
         },
         "verdicts": {v["name"]: v["status"] for v in summary["verdicts"] if v["method"] is None},
-        "intervals": m.get("intervals") or {},
+        "intervals": intervals,
     }
 
 

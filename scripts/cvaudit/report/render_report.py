@@ -15,6 +15,7 @@ from cvaudit.report import figures
 from cvaudit.report.behaviour_sections import (
     conformal_summary,
     corruptions_summary,
+    selective_summary,
     shape_texture_summary,
     slices_summary,
 )
@@ -351,7 +352,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
                 "temperature": robust["calibration"]["temperature"],
                 **{f"{k}_{when}": (robust["calibration"][when] or {}).get(k)
                    for k in ("ece", "mce", "nll", "brier", "ece_equal_mass") for when in ("before", "after")},
-                "conformal": conformal_summary(robust["calibration"].get("conformal"))},
+                "conformal": conformal_summary(robust["calibration"].get("conformal")),
+                "selective": selective_summary(robust["calibration"].get("selective"))},
             "invariance": {f: {"score": v["score"], "severities": v["severities"], "accuracy": v["accuracy"],
                                "consistency": v["consistency"],
                                "gradcam_equivariance_error": (v["drift"] or {}).get("equivariance_error")}

@@ -129,6 +129,7 @@ def _corruptions(files: dict) -> dict:
 
 
 def robust_section(rob: dict, names: list[str]) -> dict:
+    from cvaudit.report.behaviour_figures import risk_coverage
     from cvaudit.report.behaviour_sections import corruptions_section, shape_texture_section, slices_section
     out = {"calibration": rob["calibration"], "invariance": rob["invariance"], "adversarial": rob["adversarial"],
            "shuffled_labels": rob["shuffled_labels"],
@@ -139,6 +140,7 @@ def robust_section(rob: dict, names: list[str]) -> dict:
     out["shuffled_labels_fig"] = figures.memorisation_curves(rob["shuffled_labels"]) if rob["shuffled_labels"] else None
     cal = rob["calibration"]
     out["reliability"] = figures.reliability_diagram(cal["before"], cal["after"], cal["temperature"]) if cal else None
+    out["risk_coverage"] = risk_coverage(cal["selective"]) if cal and cal.get("selective") else None
     out["invariance_fig"] = figures.invariance_curves(rob["invariance"]) if rob["invariance"] else None
     out["adversarial_fig"] = figures.adversarial_curves(
         {a: (m["epsilons"], m["accuracy"]) for a, m in rob["adversarial"].items()},

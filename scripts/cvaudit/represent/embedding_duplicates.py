@@ -86,8 +86,8 @@ def leaked_test_paths(audit_path) -> tuple[set[str], set[tuple[str, str]]]:
 
 def run_embedding_duplicates(model_path, manifest, embeddings, audit, options: dict, seed: int, device: str,
                              threads: int, out) -> dict:
+    from cvaudit.net.features import stream_features
     from cvaudit.net.pixel_space import start_stage
-    from cvaudit.represent.represent import stream_features
     t0 = time.time()
     emb = load_npz(embeddings)
     test_paths = [str(p) for p in emb["paths"]]

@@ -12,12 +12,11 @@ from torch import nn
 
 from cvaudit import CvauditError
 from cvaudit.core.files import load_npz, save_npz
-from cvaudit.core.manifest import image_loader, read_manifest
-from cvaudit.net.hooks import Hooks
-from cvaudit.net.models import Ensemble, _head_name, auto_batch
+from cvaudit.core.manifest import read_manifest
+from cvaudit.net.features import stream_features
+from cvaudit.net.models import Ensemble, _head_name
 from cvaudit.net.pixel_space import start_stage
-from cvaudit.net.tokens import as_maps, blocks, patch_embedding, prefix_tokens, token_layout
-from cvaudit.net.transforms import eval_transform
+from cvaudit.net.tokens import blocks, patch_embedding, token_layout
 
 log = logging.getLogger("cvaudit.represent.represent")
 
@@ -119,42 +118,6 @@ def pick_layers(model: nn.Module, k: int = 6) -> list[str]:
 
 
 @torch.no_grad()
-def stream_features(model: nn.Module, rows: list[dict], spec: dict, device, layers: list[str] = (),
-                    cka_images: int = 0, batch_size="auto") -> dict:
-    """One streamed pass over `rows`: penultimate embeddings (the head's input) for all images, and
-    for the first `cka_images` the outputs of `layers` (spatially pooled to 2x2; a transformer's patch
-    tokens pooled the same way on the patch grid, its class token beside them). Memory holds the
-    embedding matrix, never the images."""
-    layout = token_layout(model)
-    # an ensemble's embedding: its members' embeddings side by side (never one member's alone)
-    heads = model.heads() if isinstance(model, Ensemble) else [model.get_submodule(_head_name(model))]
-    mods = {n: model.get_submodule(n) for n in layers}
-    store: dict[str, torch.Tensor] = {}
-    emb, feats, probs = [], {n: [] for n in layers}, []
-    seen = 0
-    bs = auto_batch(spec["input_size"], spec["input_size"], device, batch_size)
-    with Hooks() as hooks:
-        for i, head in enumerate(heads):
-            hooks.forward_pre(head, lambda m, a, i=i: store.__setitem__(f"emb{i}", a[0].flatten(1)))
-        for n, m in mods.items():
-            hooks.forward(m, lambda mod, i, o, n=n: store.__setitem__(n, o))
-        for x, _ in image_loader(rows, spec["class_names"], eval_transform(spec), bs, device):
-            logits = model(x.to(device, non_blocking=True))
-            emb.append(torch.cat([store[f"emb{i}"].float() for i in range(len(heads))], 1).cpu())
-            probs.append(torch.softmax(logits.float(), 1).cpu())
-            if seen < cka_images:
-                take = min(len(x), cka_images - seen)
-                for n in layers:
-                    o = store[n][:take].float()
-                    cls = prefix_tokens(o, layout)
-                    o = as_maps(o, layout)
-                    o = nn.functional.adaptive_avg_pool2d(o, 2).flatten(1) if o.dim() == 4 else o.flatten(1)
-                    feats[n].append((o if cls is None else torch.cat([cls, o], 1)).cpu())
-            seen += len(x)
-    return {"embeddings": torch.cat(emb).numpy(), "probs": torch.cat(probs).numpy(),
-            "layers": {n: torch.cat(v).numpy() for n, v in feats.items() if v}}
-
-
 def embedding_space(emb: np.ndarray, labels: np.ndarray, seed: int, k: int = 5, tsne_max: int = 2000) -> dict:
     """PCA (2-D and explained variance), t-SNE, leave-one-out k-NN accuracy, silhouette, neighbours."""
     from sklearn.decomposition import PCA

@@ -1,6 +1,7 @@
 """The calibrate stage: reliability, ECE (with its bootstrap interval and the equal-mass ECE), MCE, NLL and
 Brier before and after temperature scaling fitted on the validation split (Guo et al. 2017), and conformal
-prediction sets calibrated on the same split (cvaudit.robust.conformal).
+prediction sets calibrated on the same split (cvaudit.robust.conformal), and the accuracy gained by abstaining on the
+least confident test images (cvaudit.robust.selective).
 calibration_metrics is numpy only (torch is imported by the functions that need it): the slices stage
 reuses it per group without importing torch."""
 from __future__ import annotations
@@ -89,6 +90,7 @@ def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, 
     from cvaudit.net.models import load_model, resolve_device
     from cvaudit.net.pixel_space import predict_proba, seed_everything
     from cvaudit.robust.conformal import conformal
+    from cvaudit.robust.selective import selective
 
     t0 = time.time()
     seed_everything(seed, threads)
@@ -102,7 +104,8 @@ def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, 
         before["ece_ci"]["note"] = (f"median {before['images_per_bin']:g} images per filled bin (at least {MIN_PER_BIN} "
                                     "needed): the reliability diagram cannot support a verdict")
     result = {"bins": options["bins"], "before": before, "after": None, "temperature": None,
-              "val": None, "reason": "", "conformal": None}
+              "val": None, "reason": "", "conformal": None,
+              "selective": selective(test_probs_arr, test_targets, seed=seed)}
     val = read_manifest(manifest, "val")
     model, spec = load_model(model_path, dev)
     index = {c: i for i, c in enumerate(spec["class_names"])}

@@ -5,7 +5,8 @@ beside the model's own test split: accuracy (Wilson) and ECE (bootstrap) on both
 a Newcombe interval, and the ECE under shift. Classes are matched by name; a class the model does not
 know is a config error. Images of the shifted set that the model trained or was validated on (the same
 source image: the same file content or the same archive entry, e.g. a re-rendering of a training image)
-are left out and counted.
+are left out and counted. With robustness.shift.ood, each set is also scored as out-of-distribution data against the
+model's own test images (cvaudit.robust.ood: MSP, energy and k-NN scores, AUROC and FPR at 95% TPR).
 """
 from __future__ import annotations
 
@@ -45,10 +46,45 @@ def shift_rows(model: str, shift_name: str, shift_manifest, own_manifest, class_
     return kept, overlap
 
 
+def _sample(rows: list[dict], n: int, seed: int) -> list[dict]:
+    if len(rows) <= n:
+        return rows
+    return [rows[i] for i in np.sort(np.random.default_rng(seed).choice(len(rows), n, replace=False))]
+
+
+class _Scorer:
+    """The out-of-distribution scores of a set of images (cvaudit.robust.ood), against the model's training images'
+    embeddings (a seeded sample of `reference`) and judged against its own test images (at most max_images)."""
+
+    def __init__(self, net, spec, dev, own_manifest, options: dict, seed: int):
+        from cvaudit.net.export import is_export
+        self.net, self.spec, self.dev, self.k, self.seed = net, spec, dev, options["ood"]["neighbors"], seed
+        self.embeddings = not is_export(net)
+        train = _sample(read_manifest(own_manifest, "train"), options["ood"]["reference"], seed)
+        self.reference = self.features(train)["embeddings"] if train and self.embeddings else None
+        test = _sample(read_manifest(own_manifest, "test"), options["max_images"], seed)
+        self.inside = self.scores(self.features(test)) if test else None
+        self.meta = {"n_reference": len(train) if self.embeddings else 0, "n_in": len(test), "neighbors": self.k,
+                     "knn": self.embeddings}
+
+    def features(self, rows: list[dict]) -> dict:
+        from cvaudit.net.features import stream_features
+        return stream_features(self.net, rows, self.spec, self.dev, embeddings=self.embeddings)
+
+    def scores(self, f: dict) -> dict:
+        from cvaudit.robust.ood import image_scores
+        return image_scores(f["logits"], f["embeddings"], self.reference, self.k)
+
+    def separation(self, f: dict) -> dict | None:
+        from cvaudit.robust.ood import separation
+        return None if self.inside is None else separation(self.inside, self.scores(f), self.seed)
+
+
 def run_shift(model_path, model: str, own_manifest, own_probs, shift_manifests: dict, options: dict, seed: int,
               device: str, threads: int, out, descriptions: dict | None = None) -> dict:
+    from cvaudit.net.features import stream_features
     from cvaudit.net.models import load_model, resolve_device
-    from cvaudit.net.pixel_space import predict_proba, seed_everything
+    from cvaudit.net.pixel_space import seed_everything
 
     t0 = time.time()
     seed_everything(seed, threads)
@@ -61,12 +97,16 @@ def run_shift(model_path, model: str, own_manifest, own_probs, shift_manifests: 
     k_in, n_in = int(own_correct.sum()), len(t)
     result = {"in_distribution": {"n": n_in, "accuracy": stats.proportion(k_in, n_in),
                                   "ece": ece_estimate(p.max(1), own_correct, seed=seed)}, "sets": {}}
+    ood = options.get("ood") or {}
+    scorer = _Scorer(net, spec, dev, own_manifest, options, seed) if ood.get("enabled") else None
+    result["ood"] = scorer.meta if scorer else None
     for name, manifest in shift_manifests.items():
         rows, overlap = shift_rows(model, name, manifest, own_manifest, names, options["max_images"], seed)
         if not rows:
             result["sets"][name] = {"n": 0, "overlap_left_out": overlap, "note": "no image left to evaluate"}
             continue
-        probs = predict_proba(net, rows, spec, dev)
+        f = stream_features(net, rows, spec, dev, embeddings=bool(scorer and scorer.embeddings))
+        probs = f["probs"]
         targets = np.array([names.index(r["label"]) for r in rows])
         correct = probs.argmax(1) == targets
         k, n = int(correct.sum()), len(rows)
@@ -77,7 +117,8 @@ def run_shift(model_path, model: str, own_manifest, own_probs, shift_manifests: 
             "gap": stats.estimate(k_in / n_in - k / n, n, lo, hi, method="newcombe",
                                   note="in-distribution minus shifted accuracy"),
             "classes": sorted({r["label"] for r in rows}, key=names.index),
-            "description": (descriptions or {}).get(name, "")}
+            "description": (descriptions or {}).get(name, ""),
+            "ood": scorer.separation(f) if scorer else None}
         log.info("%s: accuracy %.3f (in distribution %.3f) on %d images, %d seen in training left out", name, k / n,
                  k_in / n_in, n, overlap)
     result["seconds"] = round(time.time() - t0, 2)

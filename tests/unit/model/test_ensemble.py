@@ -67,7 +67,8 @@ def test_gradient_methods_explain_the_average_and_layer_methods_refuse(tmp_path)
 def test_the_representation_of_an_ensemble_is_its_members_side_by_side(tmp_path, tiny_copy):
     from cvaudit.core.manifest import read_manifest
     from cvaudit.data.ingest_dataset import ingest
-    from cvaudit.represent.represent import pick_layers, stream_features
+    from cvaudit.net.features import stream_features
+    from cvaudit.represent.represent import pick_layers
     paths = _members(tmp_path)
     assemble("ens", {"input_size": 28}, paths, tmp_path / "ens.safetensors", tmp_path / "h.csv", tmp_path / "m.json")
     ens, spec = load_model(tmp_path / "ens.safetensors")

@@ -23,10 +23,19 @@ def _summary(model="m", dataset="d", degenerate=None, robustness=True):
         "metrics": {"accuracy": 0.91, "macro_f1": 0.88, "gain_over_baseline": 0.07,
                     "intervals": {"gain_over_baseline": {"value": 0.07, "ci_low": 0.04, "ci_high": 0.1}}},
         "robustness": {"invariance": {"rotate": {"score": 0.6}, "blur": {"score": 0.9}},
-                       "calibration": {"ece_before": 0.08, "ece_after": 0.02}} if robustness else None,
+                       "calibration": {"ece_before": 0.08, "ece_after": 0.02,
+                                       "selective": {"aurc": 0.05, "ci_low": 0.03, "ci_high": 0.08}},
+                       "shift": {"sets": {"a": {"ood": {"scores": {"msp": {"auroc": _auc(0.7)}}}},
+                                          "b": {"ood": {"scores": {"msp": {"auroc": _auc(0.6)}}}},
+                                          "c": {"n": 0, "note": "no image left to evaluate"}}}}
+        if robustness else None,
         "representation": {"knn_accuracy": 0.85},
         "verdicts": verdicts, "attribution_methods_passing": ["gradcam", "saliency"],
     }
+
+
+def _auc(v):
+    return {"value": v, "ci_low": v - 0.05, "ci_high": v + 0.05, "n": 100}
 
 
 @pytest.mark.parametrize("cfg, kind", [
@@ -50,10 +59,11 @@ def test_a_row_carries_every_column_from_its_summary():
         "model": "m", "dataset": "d", "kind": "CNN from scratch", "degenerate": "", "arch": "simple_cnn",
         "status": "fail", "failed_stages": [{"rule": "explain", "wildcards": "model=m", "error": "out of memory"}],
         "values": {"accuracy": 0.91, "macro_f1": 0.88, "gain_over_baseline": 0.07, "ece": 0.08, "ece_after": 0.02,
-                   "invariance": pytest.approx(0.75), "rotation_accuracy": 0.62, "robust_accuracy": 0.12,
+                   "aurc": 0.05, "ood_auroc": 0.6, "invariance": pytest.approx(0.75), "rotation_accuracy": 0.62, "robust_accuracy": 0.12,
                    "knn_accuracy": 0.85, "methods_passing": 2},
         "verdicts": {"accuracy": "pass", "rotation_accuracy": "warn", "robust_accuracy": "fail"},
-        "intervals": {"gain_over_baseline": {"value": 0.07, "ci_low": 0.04, "ci_high": 0.1}},
+        "intervals": {"gain_over_baseline": {"value": 0.07, "ci_low": 0.04, "ci_high": 0.1},
+                      "aurc": {"value": 0.05, "ci_low": 0.03, "ci_high": 0.08}, "ood_auroc": _auc(0.6)},
     }
 
 
@@ -71,7 +81,8 @@ def test_a_row_without_robustness_or_representation_or_intervals_has_gaps_not_er
     s["verdicts"] = [v for v in s["verdicts"] if v["name"] != "robust_accuracy"]
     row = compare_models.metric_row(s, {"arch": "mlp"})
     v = row["values"]
-    assert (v["ece"], v["ece_after"], v["invariance"], v["robust_accuracy"], v["knn_accuracy"]) == (None,) * 5
+    assert (v["ece"], v["ece_after"], v["aurc"], v["ood_auroc"], v["invariance"], v["robust_accuracy"],
+            v["knn_accuracy"]) == (None,) * 7
     assert row["intervals"] == {} and row["degenerate"] == "" and v["rotation_accuracy"] == 0.62
     assert row["failed_stages"] == []
 

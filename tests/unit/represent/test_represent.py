@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from cvaudit.net.features import stream_features
 from cvaudit.net.models import build_model
-from cvaudit.represent.represent import cka_matrix, embedding_space, linear_cka, pick_layers, stream_features
+from cvaudit.represent.represent import cka_matrix, embedding_space, linear_cka, pick_layers
 
 
 def test_linear_cka_properties():
@@ -49,6 +50,7 @@ def test_stream_features_gives_the_head_input(tiny_copy, tmp_path):
     head = model.classifier[2]
     logits = torch.from_numpy(f["embeddings"]) @ head.weight.T + head.bias
     assert np.allclose(torch.softmax(logits, 1).detach().numpy(), f["probs"], atol=1e-5)
+    assert np.allclose(logits.detach().numpy(), f["logits"], atol=1e-5)
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
 
 

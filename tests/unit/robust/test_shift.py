@@ -90,3 +90,40 @@ def test_shift_sets_must_name_another_dataset():
     cfg["models"]["cnn_fmnist"]["shift_sets"] = ["nowhere"]
     with pytest.raises(CvauditError, match=r"'nowhere' is not a key of datasets"):
         validate_config(cfg)
+
+
+def test_each_shifted_set_is_scored_as_out_of_distribution_against_the_own_test_images(tmp_path):
+    from cvaudit.net.features import stream_features
+    from cvaudit.robust.ood import image_scores, separation
+    model, spec = tiny_cnn(seed=0)
+    save_model(model, spec, tmp_path / "m.safetensors")
+    own = _rows(lambda i: "train" if i < 2 else "test")
+    _write(tmp_path / "own.csv", own)
+    test, train = [r for r in own if r["split"] == "test"], [r for r in own if r["split"] == "train"]
+    from cvaudit.net.pixel_space import predict_proba
+    probs = predict_proba(model, test, spec, "cpu")
+    np.savez(tmp_path / "probs.npz", probs=probs, targets=np.array([spec["class_names"].index(r["label"]) for r in test]))
+    (tmp_path / "inv").mkdir()
+    _write(tmp_path / "shift.csv", _rows(lambda i: "test", tmp_path / "inv"))
+    options = {"max_images": 100, "ood": {"enabled": True, "neighbors": 2, "reference": 4}}
+    res = run_shift(tmp_path / "m.safetensors", "m", tmp_path / "own.csv", tmp_path / "probs.npz",
+                    {"inverted": tmp_path / "shift.csv"}, options, seed=0, device="cpu", threads=1,
+                    out=tmp_path / "shift.json")
+    assert res["ood"] == {"n_reference": 4, "n_in": len(test), "neighbors": 2, "knn": True}
+    ood = res["sets"]["inverted"]["ood"]
+    assert set(ood["scores"]) == {"msp", "energy", "knn"} and ood["n_out"] == res["sets"]["inverted"]["n"]
+    # the same by hand: the reference is a seeded 4 of the 6 training images, the shifted images those left in
+    import cvaudit.robust.shift as shift
+    reference = stream_features(model, shift._sample(train, 4, 0), spec, "cpu")["embeddings"]
+    kept = [r for r in _rows(lambda i: "test", tmp_path / "inv") if not r["original"].endswith(
+        tuple(sorted((TINY / lab).glob("fm*.png"))[i].name for lab in ("bag", "sneaker", "trouser") for i in (0, 1)))]
+    f_in, f_out = stream_features(model, test, spec, "cpu"), stream_features(model, kept, spec, "cpu")
+    want = separation(image_scores(f_in["logits"], f_in["embeddings"], reference, 2),
+                      image_scores(f_out["logits"], f_out["embeddings"], reference, 2), seed=0)
+    for score in ("msp", "energy", "knn"):
+        assert ood["scores"][score]["auroc"]["value"] == pytest.approx(want["scores"][score]["auroc"]["value"])
+        assert ood["scores"][score]["fpr95"]["value"] == pytest.approx(want["scores"][score]["fpr95"]["value"])
+    off = run_shift(tmp_path / "m.safetensors", "m", tmp_path / "own.csv", tmp_path / "probs.npz",
+                    {"inverted": tmp_path / "shift.csv"}, {"max_images": 100}, seed=0, device="cpu", threads=1,
+                    out=tmp_path / "off.json")
+    assert off["ood"] is None and off["sets"]["inverted"]["ood"] is None
