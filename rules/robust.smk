@@ -57,6 +57,13 @@ rule shuffled_labels:
 # (rules/data.smk).
 rule slices:
     input:
+        unpack(
+            lambda wc: (
+                {"embeddings": path("embeddings", model=wc.model)}
+                if stage_on(config, wc.model, "represent") and config["robustness"]["slices"]["error_clusters"]
+                else {}
+            )
+        ),
         properties=lambda wc: path("properties", dataset=dataset_of(wc.model)),
         probs=PATHS["probs"],
         manifest=manifest_of,

@@ -3,7 +3,7 @@ from cvaudit.robust.slices import run_slices
 
 def main(sm):
     run_slices(sm.input.properties, sm.input.probs, sm.input.manifest, sm.params.options, list(sm.params.groups),
-               sm.output.slices, seed=sm.params.seed)
+               sm.output.slices, seed=sm.params.seed, embeddings=dict(sm.input.items()).get("embeddings"))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,19 @@ def slices_section(sl: dict, names: list[str], shown: int = 12) -> dict:
             "worst_label": _where(ws["worst"]["where"]) if ws["worst"] else None,
             "constant": {k: v["value"] for k, v in sl["properties"].items() if v["constant"]},
             "descriptions": sl["descriptions"], "options": sl["options"],
-            "curves": behaviour_figures.slice_curves(sl["properties"], sl["accuracy"]["value"]), "groups": groups}
+            "curves": behaviour_figures.slice_curves(sl["properties"], sl["accuracy"]["value"]), "groups": groups,
+            "error_clusters": error_clusters_section(sl.get("error_clusters"))}
+
+
+def error_clusters_section(ec: dict | None, shown: int = 3) -> dict | None:
+    """The flagged error clusters (or, with none flagged, the `shown` most suspicious), each with its images."""
+    if not ec:
+        return None
+    from cvaudit.report import figures
+    rows = [c for c in ec["clusters"] if c["flagged"]] or ec["clusters"][:shown]
+    return {**{k: v for k, v in ec.items() if k != "clusters"},
+            "rows": [{**c, "thumbs": [{**im, "image": figures.png_uri(figures.thumbnail(im["path"]), 48)}
+                                      for im in c["images"]]} for c in rows]}
 
 
 def slices_summary(sl: dict | None) -> dict | None:
@@ -40,7 +52,12 @@ def slices_summary(sl: dict | None) -> dict | None:
             "worst_gap": ws["worst"] and {**{k: ws["worst"][k] for k in ("value", "n", "ci_low", "ci_high", "method", "note")},
                                           "where": _where(ws["worst"]["where"])},
             "groups": {col: {"groups": [{k: g[k] for k in ("value", "n", "accuracy", "ece", "confidence")} for g in v["groups"]],
-                             "gap": v["gap"]} for col, v in sl["groups"].items()}}
+                             "gap": v["gap"]} for col, v in sl["groups"].items()},
+            "error_clusters": None if not sl.get("error_clusters") else {
+                **{k: sl["error_clusters"].get(k) for k in ("n", "errors", "k", "n_tested", "flagged", "note")},
+                "flagged_clusters": [{k: c[k] for k in ("n", "errors", "accuracy", "expected_accuracy", "p_adjusted",
+                                                         "classes", "mistakes", "properties")}
+                                     for c in sl["error_clusters"]["clusters"] if c["flagged"]]}}
 
 
 def shape_texture_section(st: dict) -> dict:

@@ -141,6 +141,8 @@ def robust_section(rob: dict, names: list[str]) -> dict:
     cal = rob["calibration"]
     out["reliability"] = figures.reliability_diagram(cal["before"], cal["after"], cal["temperature"]) if cal else None
     out["risk_coverage"] = risk_coverage(cal["selective"]) if cal and cal.get("selective") else None
+    out["conformal_examples"] = [{**e, "image": figures.png_uri(figures.thumbnail(e["path"]), 64)}
+                                 for e in ((cal or {}).get("conformal") or {}).get("examples", [])]
     out["invariance_fig"] = figures.invariance_curves(rob["invariance"]) if rob["invariance"] else None
     out["adversarial_fig"] = figures.adversarial_curves(
         {a: (m["epsilons"], m["accuracy"]) for a, m in rob["adversarial"].items()},

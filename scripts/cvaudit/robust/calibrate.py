@@ -96,7 +96,7 @@ def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, 
     seed_everything(seed, threads)
     dev = resolve_device(device)
     with np.load(test_probs, allow_pickle=False) as z:
-        test_probs_arr, test_targets = z["probs"], z["targets"]
+        test_probs_arr, test_targets, test_paths = z["probs"], z["targets"], [str(p) for p in z["paths"]]
     test_logits = log_probs(test_probs_arr)
     before = calibration_metrics(test_probs_arr, test_targets, options["bins"], seed=seed)
     if not before["enough_per_bin"]:  # the interval then rests on a few images per bin: no verdict
@@ -113,7 +113,8 @@ def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, 
     val_targets = np.array([index[r["label"]] for r in val], dtype=np.int64)
     conf = options.get("conformal") or {}
     if conf.get("enabled"):  # on the probabilities as the model gives them: the sets do not depend on a temperature
-        result["conformal"] = conformal(val_probs, val_targets, test_probs_arr, test_targets, spec["class_names"], conf)
+        result["conformal"] = conformal(val_probs, val_targets, test_probs_arr, test_targets, spec["class_names"], conf,
+                                        paths=test_paths)
     val_logits = log_probs(val_probs)
     errors = int((val_logits.argmax(1) != val_targets).sum())
     if len(val) < 10:

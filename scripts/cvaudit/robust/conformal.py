@@ -60,10 +60,29 @@ def coverage_report(sets: np.ndarray, targets: np.ndarray, class_names: list[str
             "worst_class": worst}
 
 
+EXAMPLES = 3  # test images shown per kind: the largest sets, the misses, confident singletons
+
+
+def examples(sets: np.ndarray, probs: np.ndarray, targets: np.ndarray, paths: list[str], class_names: list[str]) -> list:
+    """Test images with their sets, for a reader to see what a set means: the largest sets (the least confident
+    first), the images whose set misses the true class, and singletons that hold it."""
+    sizes, hit = sets.sum(1), sets[np.arange(len(targets)), targets]
+    top = probs.max(1)
+    picks = [("largest", np.lexsort((top, -sizes))), ("missed", np.nonzero(~hit)[0][np.argsort(-top[~hit], kind="stable")]),
+             ("singleton", np.nonzero(hit & (sizes == 1))[0][np.argsort(-top[hit & (sizes == 1)], kind="stable")])]
+    out, seen = [], set()
+    for kind, order in picks:
+        for i in [int(j) for j in order if int(j) not in seen][:EXAMPLES]:
+            seen.add(i)
+            out.append({"kind": kind, "path": str(paths[i]), "true": str(class_names[targets[i]]),
+                        "set": [str(class_names[c]) for c in np.nonzero(sets[i])[0]], "covered": bool(hit[i])})
+    return out
+
+
 def conformal(val_probs: np.ndarray, val_targets: np.ndarray, test_probs: np.ndarray, test_targets: np.ndarray,
-              class_names: list[str], options: dict) -> dict:
+              class_names: list[str], options: dict, paths: list[str] | None = None) -> dict:
     """The calibrate stage's conformal block: the report above, or why there is none (too few validation images
-    to calibrate on, or no test image to check the promise on)."""
+    to calibrate on, or no test image to check the promise on); with the test images' paths, examples of sets."""
     level, score = float(options["level"]), options["score"]
     need = min_calibration(level)
     out = {"level": level, "score": score, "n_calibration": int(len(val_targets)), "reason": ""}
@@ -73,4 +92,6 @@ def conformal(val_probs: np.ndarray, val_targets: np.ndarray, test_probs: np.nda
                          if len(val_targets) < need else "the test split has no images")
         return out
     sets = prediction_sets(val_probs, np.asarray(val_targets, int), test_probs, level, score)
-    return {**out, **coverage_report(sets, np.asarray(test_targets, int), class_names, level)}
+    targets = np.asarray(test_targets, int)
+    return {**out, **coverage_report(sets, targets, class_names, level),
+            "examples": examples(sets, np.asarray(test_probs), targets, paths, class_names) if paths is not None else []}

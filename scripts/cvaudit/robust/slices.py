@@ -9,6 +9,8 @@
 - Groups from the dataset's metadata (config key datasets.*.groups): accuracy, ECE and confusion per
   group with fairlearn's MetricFrame, and the worst-group gap (best minus worst accuracy among groups of
   at least `min_group` images) with a Newcombe interval, Bonferroni-adjusted over the group pairs.
+- Failure slices nobody defined (cvaudit.robust.error_slices): clusters of the model's embedding of the test images
+  (the represent stage's) that err more than their images' classes predict.
 The slice_gap and group_gap verdicts read this stage's output (cvaudit.report.checks).
 """
 from __future__ import annotations
@@ -161,9 +163,29 @@ def group_metrics(values: np.ndarray, probs: np.ndarray, targets: np.ndarray, mi
     return out
 
 
-def run_slices(properties, probs, manifest, options: dict, groups: list[str], out, seed: int = 0) -> dict:
-    """slices.json: property bins with accuracy, the weak slices, and per declared group column its
-    metrics and gap. probs: the evaluate stage's probs.npz (test images, the model's class indices)."""
+def _error_clusters(embeddings, p, targets, paths, class_names, options, seed, properties, result, manifest,
+                    groups) -> dict:
+    from cvaudit.core.files import load_npz
+    from cvaudit.robust.error_slices import error_slices
+    emb = load_npz(embeddings, keys=("embeddings", "paths"))
+    at = {str(path): i for i, path in enumerate(emb["paths"])}
+    if any(path not in at for path in paths):
+        raise ValueError(f"{embeddings} embeds other test images than the evaluation's: rebuild it")
+    rows = np.array([at[path] for path in paths], dtype=int)
+    by_path = {r["path"]: json.loads(r.get("groups") or "{}") for r in read_manifest(manifest, "test")} if groups else {}
+    group_values = {g: np.array([by_path.get(path, {}).get(g, "") for path in paths], dtype=object) for g in groups}
+    found = error_slices(emb["embeddings"][rows], targets, p.argmax(1), paths, class_names, options, seed=seed,
+                         properties={k: v for k, v in properties.items() if not result["properties"][k]["constant"]},
+                         groups=group_values)
+    log.info("error clusters: %d flagged of %s tested", found["flagged"], found.get("n_tested", 0))
+    return found
+
+
+def run_slices(properties, probs, manifest, options: dict, groups: list[str], out, seed: int = 0,
+               embeddings=None) -> dict:
+    """slices.json: property bins with accuracy, the weak slices, per declared group column its metrics and gap,
+    and the error clusters of the embedding (embeddings: the represent stage's npz; None: not searched).
+    probs: the evaluate stage's probs.npz (test images, the model's class indices)."""
     t0 = time.time()
     props = read_properties(properties)
     with np.load(probs, allow_pickle=False) as z:
@@ -196,6 +218,12 @@ def run_slices(properties, probs, manifest, options: dict, groups: list[str], ou
         for g in groups:
             values = np.array([by_path.get(path, {}).get(g, "") for path in paths], dtype=object)
             result["groups"][g] = group_metrics(values, p, targets, options["min_group"], options["alpha"], seed=seed)
+    result["error_clusters"] = None
+    if embeddings is not None and options["error_clusters"]:
+        with np.load(probs, allow_pickle=False) as z:
+            class_names = [str(c) for c in z["class_names"]]
+        result["error_clusters"] = _error_clusters(embeddings, p, targets, paths, class_names, options, seed,
+                                                   {k: props[k][take] for k in PROPERTIES}, result, manifest, groups)
     result["seconds"] = round(time.time() - t0, 2)
     write_json(out, result)
     log.info("slices: %d weak of %d tested; groups %s (%.1fs)", result["weak_slices"]["weak"],

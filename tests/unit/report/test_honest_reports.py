@@ -154,7 +154,8 @@ def test_temperature_scaling_on_a_perfect_validation_set_is_not_applicable(tmp_p
         w.writeheader()
         w.writerows({"path": f"v{i}.png", "label": "ab"[i % 2], "split": "val"} for i in range(20))
     targets = np.arange(20) % 2
-    np.savez(tmp_path / "probs.npz", probs=np.eye(2)[targets] * 0.9 + 0.05, targets=targets)
+    np.savez(tmp_path / "probs.npz", probs=np.eye(2)[targets] * 0.9 + 0.05, targets=targets,
+             paths=np.array([f"t{i}.png" for i in range(20)]))
     monkeypatch.setattr(models, "load_model", lambda p, d: (None, {"class_names": ["a", "b"]}))
     monkeypatch.setattr(pixel_space, "predict_proba", lambda m, rows, s, d: np.eye(2)[np.arange(len(rows)) % 2] * 0.98 + 0.01)
     res = calibrate.run_calibration("m", tmp_path / "manifest.csv", tmp_path / "probs.npz", {"bins": 5}, 0, "cpu", 1,

@@ -88,3 +88,18 @@ def test_the_report_counts_sizes_and_classes():
     assert r["worst_class"]["class"] == "z"
     tie = coverage_report(np.zeros((3, 2), bool), np.array([0, 1, 1]), ["x", "y"], 0.8)
     assert tie["worst_class"]["class"] == "y"  # both uncovered: the class with more images
+
+
+def test_examples_show_the_largest_sets_the_misses_and_confident_singletons():
+    from cvaudit.robust.conformal import examples
+    sets = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 1, 1], [1, 1, 1], [0, 1, 0], [0, 0, 1], [1, 1, 1]], bool)
+    targets = np.array([0, 1, 2, 1, 0, 2, 2, 1])
+    probs = np.array([[.9, .05, .05], [.5, .4, .1], [.4, .3, .3], [.2, .4, .4], [.35, .33, .32], [.1, .8, .1],
+                      [.1, .1, .8], [.4, .3, .3]])
+    got = examples(sets, probs, targets, [f"p{i}" for i in range(8)], ["x", "y", "z"])
+    assert [(e["kind"], e["path"]) for e in got] == [
+        ("largest", "p4"), ("largest", "p7"), ("largest", "p3"),  # size 3 (the less confident first), then size 2
+        ("missed", "p5"), ("missed", "p2"),  # the true class outside the set: the most confident miss first
+        ("singleton", "p0"), ("singleton", "p6")]
+    assert got[3] == {"kind": "missed", "path": "p5", "true": "z", "set": ["y"], "covered": False}
+    assert got[0]["set"] == ["x", "y", "z"] and got[0]["covered"]

@@ -186,3 +186,31 @@ def test_an_idx_source_offers_the_archive_each_image_came_from(tmp_path):
     ingest({"source": "idx", "path": str(tmp_path), "groups": ["source_file"]}, "x", 0, tmp_path / "o")
     files = [json.loads(r["groups"])["source_file"] for r in read_manifest(tmp_path / "o" / "manifest.csv")]
     assert sorted(files) == ["t10k"] * 4 + ["train"] * 10
+
+
+def test_the_error_clusters_of_the_embedding_find_the_dark_images_and_describe_them(tmp_path):
+    """The stage reads the represent stage's embeddings (here: brightness and the stripe evidence a model would
+    embed), in its own order, and the cluster it flags is of the dark images, set apart by brightness."""
+    from cvaudit.core.files import save_npz
+    manifest, rows = _dataset(tmp_path)
+    compute_properties(manifest, tmp_path / "properties.csv")
+    probs, p, t = _probs_file(tmp_path, rows, BrightnessKeyed(floor=0.35))
+    with np.load(probs) as z:
+        np.savez(probs, **z, class_names=np.array(["h", "v"]))
+    x = np.stack([np.asarray(Image.open(r["path"]), np.float32) / 255 for r in rows])
+    emb = np.column_stack([x.mean((1, 2)) * 4, (np.abs(np.diff(x, axis=2)).mean((1, 2))
+                                                 - np.abs(np.diff(x, axis=1)).mean((1, 2))) * 20])
+    order = np.random.default_rng(0).permutation(len(rows))  # the represent stage's own order
+    save_npz(tmp_path / "embeddings.npz", {}, embeddings=emb[order], paths=np.array([rows[i]["path"] for i in order]))
+    options = {**OPTIONS, "error_clusters": 6}
+    res = run_slices(tmp_path / "properties.csv", probs, manifest, options, [], tmp_path / "slices.json",
+                     embeddings=tmp_path / "embeddings.npz")
+    ec = res["error_clusters"]
+    flagged = [c for c in ec["clusters"] if c["flagged"]]
+    assert ec["k"] == 6 and flagged, [(c["n"], c["errors"], c["p_adjusted"]) for c in ec["clusters"]]
+    dark = {r["path"] for r, b in zip(rows, x.mean((1, 2))) if b < 0.35}
+    assert all(im["path"] in dark for c in flagged for im in c["images"])
+    assert flagged[0]["properties"][0]["property"] == "brightness" and flagged[0]["properties"][0]["shift"] < -1
+    assert flagged[0]["mistakes"][0]["value"] == "v -> h"
+    assert run_slices(tmp_path / "properties.csv", probs, manifest, OPTIONS, [], tmp_path / "s2.json")[
+        "error_clusters"] is None
