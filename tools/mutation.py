@@ -52,7 +52,10 @@ SCOPE = {
     "data.copies": ["_box_mean", "_search", "distance", "_residual", "descriptor", "candidates"],
     "data.data_audit": ["near_duplicates", "leakage", "label_issues", "quality_outliers", "copy_search"],
     "represent.embedding_duplicates": ["nearest", "confirm"],
-    "robust.conformal": ["min_calibration", "prediction_sets", "coverage_report", "conformal"],
+    "robust.conformal": ["min_calibration", "prediction_sets", "coverage_report", "examples", "conformal"],
+    "robust.selective": ["risks", "aurc", "optimal_aurc", "accuracy_at", "selective"],
+    "robust.ood": ["normalised", "image_scores", "auroc", "fpr_at_95", "_bootstrap", "separation"],
+    "robust.error_slices": ["cluster_embeddings", "excess_errors_p", "describe", "error_slices"],
 }
 # Modules whose slowest fast tests (attacks on trained networks, seconds each) would make a run take hours:
 # their mutants are judged by these tests alone (attacks on linear models with closed-form answers).
@@ -61,6 +64,9 @@ TESTS = {"robust.adversarial": ["tests/unit/robust/test_attacks.py"], "explain.s
          "data.copies": ["tests/unit/data/test_copies.py", "tests/unit/data/test_data_audit.py"], "data.data_audit": ["tests/unit/data/test_data_audit.py"],
          "represent.embedding_duplicates": ["tests/unit/represent/test_embedding_duplicates.py"],
          "robust.conformal": ["tests/unit/robust/test_conformal.py"],
+         "robust.selective": ["tests/unit/robust/test_selective.py"],
+         "robust.ood": ["tests/unit/robust/test_ood.py", "tests/unit/robust/test_shift.py"],
+         "robust.error_slices": ["tests/unit/robust/test_error_slices.py", "tests/unit/robust/test_slices.py"],
          "core.calibration_error": ["tests/unit/robust/test_calibrate.py", "tests/unit/robust/test_slices.py", "tests/unit/robust/test_shift.py",
                                     "tests/unit/report/test_compare.py"]}
 # Modules whose tests, forked from a process that has run them, deadlocked (thread pools: file hashing, torch's
