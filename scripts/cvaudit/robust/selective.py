@@ -23,8 +23,8 @@ def risks(confidence, wrong) -> tuple[np.ndarray, np.ndarray]:
     """The error rate among the k most confident images, for every k (..., n), each image of a run of equal
     confidences given the rate at its run's end; and how many images each cut-off keeps (n,). Works along the
     last axis of stacked resamples."""
-    conf, wrong = np.asarray(confidence, np.float64), np.asarray(wrong, np.float64)
-    order = np.argsort(-conf, axis=-1, kind="stable")
+    conf, wrong = np.asarray(confidence), np.asarray(wrong)
+    order = np.argsort(-conf)  # the order within a run of equal confidences does not count: each takes the run's end
     c, w = np.take_along_axis(conf, order, -1), np.take_along_axis(wrong, order, -1)
     n = c.shape[-1]
     kept = np.arange(1, n + 1)
@@ -49,17 +49,17 @@ def optimal_aurc(errors: int, n: int) -> float:
 def accuracy_at(confidence: np.ndarray, correct: np.ndarray, share: float) -> dict:
     """The accuracy of the ceil(share x n) most confident images (ties broken by image order), Wilson interval."""
     keep = math.ceil(share * len(correct) - 1e-9)
-    order = np.argsort(-np.asarray(confidence, np.float64), kind="stable")[:keep]
+    order = np.argsort(-np.asarray(confidence), kind="stable")[:keep]
     return {"coverage": share, "kept": int(keep), "accuracy": stats.proportion(int(correct[order].sum()), keep)}
 
 
 def selective(probs: np.ndarray, targets: np.ndarray, seed: int = 0) -> dict | None:
     """The calibrate stage's selective block for the test images (None without any)."""
-    probs, targets = np.asarray(probs, np.float64), np.asarray(targets, int)
+    probs, targets = np.asarray(probs), np.asarray(targets)
     if not len(targets):
         return None
     confidence, correct = probs.max(1), probs.argmax(1) == targets
-    wrong = (~correct).astype(np.float64)
+    wrong = ~correct
     risk, kept = risks(confidence, wrong)
     pick = np.unique(np.linspace(0, len(kept) - 1, min(CURVE_POINTS, len(kept))).round().astype(int))
     return {"n": int(len(targets)), "errors": int(wrong.sum()),

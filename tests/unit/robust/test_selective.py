@@ -29,7 +29,7 @@ def test_equal_confidences_are_kept_or_left_out_together():
 
 def test_the_statistic_works_on_stacked_resamples():
     rng = np.random.default_rng(0)
-    conf, wrong = rng.random((5, 30)), (rng.random((5, 30)) < 0.3).astype(float)
+    conf, wrong = rng.integers(0, 6, (5, 30)) / 5, (rng.random((5, 30)) < 0.3).astype(float)  # with ties
     assert aurc(conf, wrong, axis=-1) == pytest.approx([aurc(c, w) for c, w in zip(conf, wrong)])
 
 
@@ -38,6 +38,14 @@ def test_accuracy_of_the_most_confident_share():
     correct = np.array([1, 1, 1, 1, 1, 1, 1, 0, 1, 0], bool)
     at = accuracy_at(conf, correct, 0.8)
     assert at["kept"] == 8 and at["accuracy"]["value"] == pytest.approx(7 / 8) and at["accuracy"]["n"] == 8
+    assert at["coverage"] == 0.8
+    # equal confidences at the cut: the first images in their order are kept
+    levels = np.random.default_rng(0).integers(0, 3, 100) / 2
+    right = np.ones(100, bool)
+    low = np.nonzero(levels == 0)[0]
+    right[low[10:]] = False  # of the least confident, the first ten are right
+    tied = accuracy_at(levels, right, (100 - len(low) + 10) / 100)
+    assert tied["kept"] == 100 - len(low) + 10 and tied["accuracy"]["value"] == 1
     assert accuracy_at(conf, correct, 0.9)["kept"] == 9 and accuracy_at(conf, correct, 0.7)["accuracy"]["value"] == 1
 
 
@@ -51,6 +59,7 @@ def test_an_informative_confidence_beats_its_shuffled_self_and_the_block_reads_t
     s = selective(probs, targets, seed=0)
     err = 1 - (probs.argmax(1) == targets).mean()
     assert s["n"] == n and s["errors"] == round(err * n) and s["aurc_uninformed"] == pytest.approx(err)
+    assert s["accuracy"] == pytest.approx(1 - err)
     assert s["aurc_optimal"] < s["aurc"]["value"] < 0.6 * err  # well below chance, above the optimum
     assert s["aurc"]["ci_low"] < s["aurc"]["value"] < s["aurc"]["ci_high"] < err
     shuffled = selective(probs[rng.permutation(n)], targets, seed=0)  # confidence unrelated to the errors
@@ -58,5 +67,8 @@ def test_an_informative_confidence_beats_its_shuffled_self_and_the_block_reads_t
     assert [a["kept"] for a in s["at"]] == [360, 320]
     assert s["at"][1]["accuracy"]["value"] > s["at"][0]["accuracy"]["value"] > 1 - err
     assert s["curve"]["coverage"][-1] == 1 and s["curve"]["risk"][-1] == pytest.approx(err)
-    assert len(s["curve"]["coverage"]) == 101
+    assert len(s["curve"]["coverage"]) == 101 and s["curve"]["coverage"][0] == 1 / n
+    again, other = selective(probs, targets, seed=0), selective(probs, targets, seed=5)
+    assert again["aurc"] == s["aurc"] and other["aurc"]["ci_low"] != s["aurc"]["ci_low"]  # seeded
+    assert selective(probs, targets)["aurc"] == s["aurc"]  # seed 0 by default
     assert selective(np.zeros((0, 3)), np.zeros(0)) is None
