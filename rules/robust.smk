@@ -22,6 +22,7 @@ rule calibrate:
         runtime=limit("calibrate", 30),
     params:
         options=config["robustness"]["calibration"],
+        groups=lambda wc: config["datasets"][dataset_of(wc.model)]["groups"],
         seed=config["seed"],
         device=config["device"],
     script:

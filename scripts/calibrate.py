@@ -3,7 +3,7 @@ from cvaudit.robust.calibrate import run_calibration
 
 def main(sm):
     run_calibration(sm.input.model, sm.input.manifest, sm.input.probs, sm.params.options, seed=sm.params.seed,
-                    device=sm.params.device, threads=sm.threads, out=sm.output.calibration)
+                    device=sm.params.device, threads=sm.threads, out=sm.output.calibration, groups=list(sm.params.groups))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ SCOPE = {
     "data.copies": ["_box_mean", "_search", "distance", "_residual", "descriptor", "candidates"],
     "data.data_audit": ["near_duplicates", "leakage", "label_issues", "quality_outliers", "copy_search"],
     "represent.embedding_duplicates": ["nearest", "confirm"],
-    "robust.conformal": ["min_calibration", "prediction_sets", "coverage_report", "examples", "conformal"],
+    "robust.conformal": ["min_calibration", "prediction_sets", "by_group", "coverage_report", "examples", "conformal"],
     "robust.selective": ["risks", "aurc", "optimal_aurc", "accuracy_at", "selective"],
     "robust.ood": ["normalised", "image_scores", "auroc", "fpr_at_95", "_bootstrap", "separation"],
     "robust.error_slices": ["cluster_embeddings", "excess_errors_p", "describe", "error_slices"],

@@ -2,8 +2,9 @@
 Angelopoulos & Bates's gentle introduction) turns the model's probabilities into a set of classes per image that
 holds the true class with probability at least `level`, provided the test images are exchangeable with the
 calibration images. MAPIE does the work (its SplitConformalClassifier on probabilities computed once): calibrated
-on the validation split, the promise is checked on the test split, overall with its Wilson interval, per class
-(conformal coverage holds on average, not for each class) and by set size. A test coverage whose interval lies
+on the validation split, the promise is checked on the test split, overall with its Wilson interval, per class and
+per group of the dataset's metadata (conformal coverage holds on average, not for each class or group) and by set
+size. A test coverage whose interval lies
 below the promise means the test images are not like the validation images, or the split leaks.
 """
 from __future__ import annotations
@@ -43,8 +44,18 @@ def prediction_sets(val_probs: np.ndarray, val_targets: np.ndarray, test_probs: 
     return mapie.predict_set(rows[len(val_probs):])[1][:, :, 0]
 
 
-def coverage_report(sets: np.ndarray, targets: np.ndarray, class_names: list[str], level: float) -> dict:
-    """The promise checked on the test images: coverage (Wilson interval), set sizes, coverage per class."""
+def by_group(hit: np.ndarray, sizes: np.ndarray, values: np.ndarray) -> list[dict]:
+    """Coverage (Wilson interval) and mean set size per value of one group column, the least covered first."""
+    rows = [{"value": str(v), "n": int((values == v).sum()),
+             "coverage": stats.proportion(int(hit[values == v].sum()), int((values == v).sum())),
+             "mean_size": float(sizes[values == v].mean())} for v in np.unique(values)]
+    return sorted(rows, key=lambda r: (r["coverage"]["value"], -r["n"]))
+
+
+def coverage_report(sets: np.ndarray, targets: np.ndarray, class_names: list[str], level: float,
+                    groups: dict[str, np.ndarray] | None = None) -> dict:
+    """The promise checked on the test images: coverage (Wilson interval), set sizes, coverage per class and per
+    value of each group column (the dataset's metadata)."""
     hit = sets[np.arange(len(targets)), targets]
     sizes = sets.sum(1)
     per_class = []
@@ -57,7 +68,7 @@ def coverage_report(sets: np.ndarray, targets: np.ndarray, class_names: list[str
     return {"level": level, "n": int(len(targets)), "coverage": stats.proportion(int(hit.sum()), len(hit)),
             "mean_size": float(sizes.mean()), "empty": int((sizes == 0).sum()), "singletons": int((sizes == 1).sum()),
             "size_counts": np.bincount(sizes, minlength=sets.shape[1] + 1).tolist(), "per_class": per_class,
-            "worst_class": worst}
+            "worst_class": worst, "per_group": {g: by_group(hit, sizes, np.asarray(v)) for g, v in (groups or {}).items()}}
 
 
 EXAMPLES = 3  # test images shown per kind: the largest sets, the misses, confident singletons
@@ -80,7 +91,8 @@ def examples(sets: np.ndarray, probs: np.ndarray, targets: np.ndarray, paths: li
 
 
 def conformal(val_probs: np.ndarray, val_targets: np.ndarray, test_probs: np.ndarray, test_targets: np.ndarray,
-              class_names: list[str], options: dict, paths: list[str] | None = None) -> dict:
+              class_names: list[str], options: dict, paths: list[str] | None = None,
+              groups: dict[str, np.ndarray] | None = None) -> dict:
     """The calibrate stage's conformal block: the report above, or why there is none (too few validation images
     to calibrate on, or no test image to check the promise on); with the test images' paths, examples of sets."""
     level, score = float(options["level"]), options["score"]
@@ -93,5 +105,5 @@ def conformal(val_probs: np.ndarray, val_targets: np.ndarray, test_probs: np.nda
         return out
     sets = prediction_sets(val_probs, np.asarray(val_targets, int), test_probs, level, score)
     targets = np.asarray(test_targets, int)
-    return {**out, **coverage_report(sets, targets, class_names, level),
+    return {**out, **coverage_report(sets, targets, class_names, level, groups),
             "examples": examples(sets, np.asarray(test_probs), targets, paths, class_names) if paths is not None else []}

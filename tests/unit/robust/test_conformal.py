@@ -103,3 +103,14 @@ def test_examples_show_the_largest_sets_the_misses_and_confident_singletons():
         ("singleton", "p0"), ("singleton", "p6")]
     assert got[3] == {"kind": "missed", "path": "p5", "true": "z", "set": ["y"], "covered": False}
     assert got[0]["set"] == ["x", "y", "z"] and got[0]["covered"]
+
+
+def test_coverage_per_group_of_the_metadata_the_least_covered_first():
+    sets = np.array([[1, 0], [1, 1], [0, 0], [0, 1], [1, 0], [0, 1]], bool)
+    targets = np.array([0, 1, 0, 0, 0, 1])  # covered: yes, yes, no, no, yes, yes
+    r = coverage_report(sets, targets, ["x", "y"], 0.8, {"site": np.array(["a", "a", "b", "b", "b", "c"], object)})
+    rows = r["per_group"]["site"]
+    assert [g["value"] for g in rows] == ["b", "a", "c"]  # b 1 of 3; a and c all covered, the larger first
+    assert rows[0]["n"] == 3 and rows[0]["coverage"]["value"] == pytest.approx(1 / 3) and rows[0]["mean_size"] == pytest.approx(2 / 3)
+    assert rows[0]["coverage"]["ci_low"] < 1 / 3 < rows[0]["coverage"]["ci_high"]
+    assert rows[1]["mean_size"] == 1.5 and coverage_report(sets, targets, ["x", "y"], 0.8)["per_group"] == {}
