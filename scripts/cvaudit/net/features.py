@@ -49,5 +49,5 @@ def stream_features(model: nn.Module, rows: list[dict], spec: dict, device, laye
                     feats[n].append((o if cls is None else torch.cat([cls, o], 1)).cpu())
             seen += len(x)
     logit = torch.cat(logit)
-    return {"embeddings": torch.cat(emb).numpy() if heads else None, "logits": logit.numpy(), "probs": torch.softmax(logit, 1).numpy(),
-            "layers": {n: torch.cat(v).numpy() for n, v in feats.items() if v}}
+    return {"embeddings": torch.cat(emb).numpy() if heads else None, "logits": logit.numpy(),
+            "probs": torch.softmax(logit, 1).numpy(), "layers": {n: torch.cat(v).numpy() for n, v in feats.items() if v}}

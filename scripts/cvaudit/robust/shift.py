@@ -60,11 +60,13 @@ class _Scorer:
         from cvaudit.net.export import is_export
         self.net, self.spec, self.dev, self.k, self.seed = net, spec, dev, options["ood"]["neighbors"], seed
         self.embeddings = not is_export(net)
-        train = _sample(read_manifest(own_manifest, "train"), options["ood"]["reference"], seed)
-        self.reference = self.features(train)["embeddings"] if train and self.embeddings else None
+        # an export shows no embedding: no k-NN score, no training images to embed
+        train = _sample(read_manifest(own_manifest, "train"), options["ood"]["reference"], seed) if self.embeddings else []
         test = _sample(read_manifest(own_manifest, "test"), options["max_images"], seed)
+        log.info("out-of-distribution scores: embedding %d training and %d own test images", len(train), len(test))
+        self.reference = self.features(train)["embeddings"] if train else None
         self.inside = self.scores(self.features(test)) if test else None
-        self.meta = {"n_reference": len(train) if self.embeddings else 0, "n_in": len(test), "neighbors": self.k,
+        self.meta = {"n_reference": len(train), "n_in": len(test), "neighbors": self.k,
                      "knn": self.embeddings}
 
     def features(self, rows: list[dict]) -> dict:

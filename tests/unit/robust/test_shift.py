@@ -127,3 +127,24 @@ def test_each_shifted_set_is_scored_as_out_of_distribution_against_the_own_test_
                     {"inverted": tmp_path / "shift.csv"}, {"max_images": 100}, seed=0, device="cpu", threads=1,
                     out=tmp_path / "off.json")
     assert off["ood"] is None and off["sets"]["inverted"]["ood"] is None
+
+
+def test_an_export_is_scored_without_its_embedding(tmp_path, monkeypatch):
+    import cvaudit.net.export as export
+    model, spec = tiny_cnn(seed=0)
+    save_model(model, spec, tmp_path / "m.safetensors")
+    own = _rows(lambda i: "train" if i < 2 else "test")
+    _write(tmp_path / "own.csv", own)
+    test = [r for r in own if r["split"] == "test"]
+    from cvaudit.net.pixel_space import predict_proba
+    np.savez(tmp_path / "probs.npz", probs=predict_proba(model, test, spec, "cpu"),
+             targets=np.array([spec["class_names"].index(r["label"]) for r in test]))
+    (tmp_path / "inv").mkdir()
+    _write(tmp_path / "shift.csv", _rows(lambda i: "test", tmp_path / "inv"))
+    monkeypatch.setattr(export, "is_export", lambda net: True)  # a black box: logits only
+    res = run_shift(tmp_path / "m.safetensors", "m", tmp_path / "own.csv", tmp_path / "probs.npz",
+                    {"inverted": tmp_path / "shift.csv"}, {"max_images": 100, "ood": {"enabled": True, "neighbors": 2,
+                                                                                       "reference": 4}},
+                    seed=0, device="cpu", threads=1, out=tmp_path / "shift.json")
+    assert res["ood"] == {"n_reference": 0, "n_in": len(test), "neighbors": 2, "knn": False}
+    assert set(res["sets"]["inverted"]["ood"]["scores"]) == {"msp", "energy"}
