@@ -111,6 +111,7 @@ def corruptions_summary(co: dict | None) -> dict | None:
     return {"n": m["n"], "table": m["table"], "severities": m["severities"], "clean_accuracy": m["clean"],
             "accuracy": {c: m["accuracy"][i] for i, c in enumerate(m["corruptions"])},
             "clean_ece": m["clean_ece"], "ece_by_severity": dict(zip(map(str, m["severities"]), m["ece_by_severity"])),
+            "msp_auroc_by_severity": dict(zip(map(str, m["severities"]), m.get("msp_auroc_by_severity") or [])),
             "reference": e["reference"], "mce": e["mce"], "relative_mce": e["relative_mce"],
             "mean_error": e["mean_error"], "ce": dict(zip(m["corruptions"], e["ce"])) if e["ce"] else None,
             "note": e["note"]}

@@ -1,7 +1,8 @@
 """The corruptions stage: the 15 common corruptions of Hendrycks & Dietterich (2019) at 5 severities on the
 robustness sample (cvaudit.robust.corruption_functions), per image right or wrong and the confidence, the
 accuracy per corruption and severity (Wilson intervals) and the ECE per severity beside the clean ECE
-(calibration under shift), and the corruption errors (CE) and mCE against the dataset's reference model,
+(calibration under shift), how well the confidence tells the corrupted images from the clean ones (MSP AUROC per
+severity), and the corruption errors (CE) and mCE against the dataset's reference model,
 whose own corruptions job is this job's input (robustness.corruptions.reference; the reference itself has
 none: its CE is 1 by definition).
 
@@ -31,6 +32,16 @@ def _probs(net, x8: np.ndarray, dev, batch: int) -> np.ndarray:
             x = torch.from_numpy(x8[i:i + batch]).to(dev).permute(0, 3, 1, 2).float().div(255)
             out.append(torch.softmax(net(x).float(), 1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def auroc_estimate(clean_conf: np.ndarray, corrupted_conf: np.ndarray, seed: int) -> dict:
+    """The MSP AUROC of the clean images against their corrupted copies (every corruption at one severity), with
+    the bootstrap interval of cvaudit.robust.ood (both sets resampled, each on its own: conservative here, where
+    each corrupted image has its clean original among the others)."""
+    from cvaudit.robust.ood import separation
+    if not len(clean_conf):
+        return stats.estimate(None, 0, method="bootstrap", note="no images")
+    return separation({"msp": clean_conf}, {"msp": corrupted_conf}, seed)["scores"]["msp"]["auroc"]
 
 
 def corrupted(x8: np.ndarray, name: str, severity: int, seed: int, start: int = 0) -> np.ndarray:
@@ -80,6 +91,8 @@ def run_corruptions(model_path, manifest, options: dict, seed: int, device: str,
             "accuracy": [[stats.proportion(int(correct[a, b].sum()), n) for b in range(len(sevs))] for a in range(len(names))],
             "clean_ece": ece_estimate(clean_conf, clean_correct, seed=seed),
             "ece_by_severity": [ece_estimate(conf[:, b].ravel(), correct[:, b].ravel(), seed=seed) for b in range(len(sevs))],
+            # does the top class's probability tell the corrupted images from the clean ones (cvaudit.robust.ood)?
+            "msp_auroc_by_severity": [auroc_estimate(clean_conf, conf[:, b].ravel(), seed) for b in range(len(sevs))],
             "mean_accuracy": float(correct.mean()) if n else None}
     own = {"correct": correct, "clean_correct": clean_correct, "paths": np.array(paths), "meta": meta}
     meta["errors"] = errors_against(own, reference, seed)

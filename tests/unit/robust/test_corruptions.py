@@ -163,3 +163,14 @@ def test_glass_blur_is_the_benchmarks_glass_blur(severity):
     ref = np.uint8(_reference_function("glass_blur", [tuple(o) for o in offsets])(Image.fromarray(img), severity))
     assert np.array_equal(mine, ref)
     assert (mine != img).any()
+
+
+def test_the_confidence_against_corrupted_copies_is_an_auroc_with_its_interval():
+    from cvaudit.robust.corruptions import auroc_estimate
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(0.8, 1.0, 40)
+    apart = auroc_estimate(clean, rng.uniform(0.3, 0.7, 120), seed=0)
+    assert apart["value"] == 1 and apart["n"] == 160 and apart["ci_low"] == 1
+    mixed = auroc_estimate(clean, np.r_[clean, clean, clean], seed=0)  # as confident corrupted as clean
+    assert mixed["value"] == 0.5 and mixed["ci_low"] < 0.5 < mixed["ci_high"]
+    assert auroc_estimate(np.zeros(0), np.zeros(0), seed=0)["value"] is None
