@@ -24,7 +24,7 @@ CHUNK = 250  # bootstrap resamples ranked at a time
 
 
 def normalised(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
+    x = np.asarray(x)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
@@ -33,7 +33,7 @@ def image_scores(logits: np.ndarray, embeddings: np.ndarray | None, reference: n
     """The scores of each image (rows of logits and embeddings); knn against the reference embeddings (training
     images), the k-th nearest (k capped at the reference's size); without embeddings, msp and energy alone."""
     from scipy.special import logsumexp, softmax
-    logits = np.asarray(logits, np.float64)
+    logits = np.asarray(logits)
     out = {"msp": softmax(logits, 1).max(1), "energy": logsumexp(logits, 1)}
     if embeddings is not None and reference is not None and len(reference):
         from sklearn.neighbors import NearestNeighbors
@@ -47,7 +47,7 @@ def auroc(inside: np.ndarray, outside: np.ndarray, axis: int = -1) -> np.ndarray
     """The chance that an in-distribution image scores above a shifted one (ties count half): the Mann-Whitney U
     over both sets' sizes, along the last axis of stacked resamples."""
     from scipy.stats import rankdata
-    inside, outside = np.asarray(inside, np.float64), np.asarray(outside, np.float64)
+    inside, outside = np.asarray(inside), np.asarray(outside)
     n_in, n_out = inside.shape[-1], outside.shape[-1]
     ranks = rankdata(np.concatenate([inside, outside], -1), axis=-1)[..., :n_in]
     return (ranks.sum(-1) - n_in * (n_in + 1) / 2) / (n_in * n_out)
@@ -56,7 +56,7 @@ def auroc(inside: np.ndarray, outside: np.ndarray, axis: int = -1) -> np.ndarray
 def fpr_at_95(inside: np.ndarray, outside: np.ndarray, axis: int = -1) -> np.ndarray:
     """The share of shifted images scored at or above the threshold that keeps 95% of the in-distribution images
     (the largest score with at least 95% of them at or above it)."""
-    inside, outside = np.asarray(inside, np.float64), np.asarray(outside, np.float64)
+    inside, outside = np.asarray(inside), np.asarray(outside)
     n_in = inside.shape[-1]
     at = int(np.floor(0.05 * n_in + 1e-9))  # this many in-distribution images may fall below the threshold
     threshold = np.sort(inside, -1)[..., at]

@@ -38,6 +38,10 @@ def test_each_score_on_known_geometry():
     s2 = image_scores(logits, np.array([[1.0, 0.0], [-3.0, 0.0]]), np.array([[2.0, 0.0], [0.0, 5.0]]), k=5)
     assert s2["knn"] == pytest.approx([-np.sqrt(2), -2])  # k capped at the reference's 2: the farther one
     assert set(image_scores(logits, None, None, 3)) == {"msp", "energy"}
+    assert set(image_scores(logits, np.ones((2, 2)), None, 3)) == {"msp", "energy"}  # nothing to search
+    assert set(image_scores(logits, np.ones((2, 2)), np.zeros((0, 2)), 3)) == {"msp", "energy"}
+    from cvaudit.robust.ood import normalised
+    assert normalised(np.array([[1e-6, 0.0], [0.0, 0.0]])).tolist() == [[1, 0], [0, 0]]  # tiny kept, zero stays zero
 
 
 def test_intervals_tell_a_separable_pair_from_an_inseparable_one():
@@ -51,8 +55,36 @@ def test_intervals_tell_a_separable_pair_from_an_inseparable_one():
     assert r["best"] == "msp" and r["n_in"] == r["n_out"] == 300 and msp["n"] == 600
     fpr = r["scores"]["msp"]["fpr95"]
     assert fpr["ci_low"] < fpr["value"] < fpr["ci_high"] < 0.95 < r["scores"]["energy"]["fpr95"]["ci_high"]
-    few = separation({"msp": np.arange(5.0)}, {"msp": np.arange(30.0)})["scores"]["msp"]["auroc"]
-    assert few["ci_low"] is None and "too few" in few["note"]
+    few = separation({"msp": np.arange(9.0)}, {"msp": np.arange(30.0)})["scores"]["msp"]["auroc"]
+    assert few["ci_low"] is None and "9 images in the smaller set: too few" in few["note"]
+    assert few["value"] == auroc(np.arange(9.0), np.arange(30.0)) and few["n"] == 39 and few["method"] == "bootstrap"
+    enough = separation({"msp": np.arange(10.0)}, {"msp": np.arange(30.0)})["scores"]["msp"]["auroc"]
+    assert enough["ci_low"] is not None  # ten in the smaller set: an interval
+    # only the scores both sets have; none in common: no best
+    partial = separation({"msp": inside["msp"], "knn": inside["msp"]}, {"msp": outside["msp"]})
+    assert set(partial["scores"]) == {"msp"}
+    assert separation({"knn": inside["msp"]}, {"msp": outside["msp"]})["best"] is None
+
+
+def test_the_interval_is_the_percentile_bootstrap_of_both_sets_resampled_on_their_own():
+    from cvaudit.core import stats
+    from cvaudit.robust.ood import CHUNK
+    rng = np.random.default_rng(4)
+    inside, outside = rng.normal(0.5, 1, 40), rng.normal(0, 1, 25)
+    got = separation({"msp": inside}, {"msp": outside}, seed=7)["scores"]["msp"]
+    draw, aucs, fprs = np.random.default_rng(7), [], []
+    for lo in range(0, stats.RESAMPLES, CHUNK):
+        i = draw.integers(0, 40, (CHUNK, 40))
+        o = draw.integers(0, 25, (CHUNK, 25))
+        aucs.append(auroc(inside[i], outside[o]))
+    aucs = np.concatenate(aucs)
+    assert len(aucs) == stats.RESAMPLES
+    assert (got["auroc"]["ci_low"], got["auroc"]["ci_high"]) == pytest.approx(tuple(np.quantile(aucs, [0.025, 0.975])))
+    assert got["auroc"]["value"] == auroc(inside, outside) and got["auroc"]["n"] == 65
+    again = separation({"msp": inside}, {"msp": outside}, seed=7)["scores"]["msp"]
+    assert again == got and separation({"msp": inside}, {"msp": outside})["scores"]["msp"] == \
+        separation({"msp": inside}, {"msp": outside}, seed=0)["scores"]["msp"]
+    assert separation({"msp": inside}, {"msp": outside}, seed=1)["scores"]["msp"]["auroc"]["ci_low"] != got["auroc"]["ci_low"]
 
 
 @pytest.mark.slow
