@@ -20,7 +20,7 @@ rule represent:
         mem_mb=memory("represent", 6000),
         runtime=limit("represent", 60),
     params:
-        options={k: config["represent"][k] for k in ("k", "layers", "cka_images")},
+        options={k: config["represent"][k] for k in ("k", "layers", "cka_images", "train_images")},
         seed=config["seed"],
         device=config["device"],
     script:

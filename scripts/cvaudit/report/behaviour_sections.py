@@ -38,7 +38,9 @@ def error_clusters_section(ec: dict | None, shown: int = 3) -> dict | None:
     rows = [c for c in ec["clusters"] if c["flagged"]] or ec["clusters"][:shown]
     return {**{k: v for k, v in ec.items() if k != "clusters"},
             "rows": [{**c, "thumbs": [{**im, "image": figures.png_uri(figures.thumbnail(im["path"]), 48)}
-                                      for im in c["images"]]} for c in rows]}
+                                      for im in c["images"]],
+                      "nearest": [figures.png_uri(figures.thumbnail(p), 48) for p in c.get("nearest_training", [])]}
+                     for c in rows]}
 
 
 def slices_summary(sl: dict | None) -> dict | None:

@@ -1,4 +1,5 @@
-"""What the layers see: penultimate embeddings of the test set (one streamed pass), PCA, t-SNE,
+"""What the layers see: penultimate embeddings of the test set (one streamed pass; and of a sample of training
+images, for the failure slices' nearest training images), PCA, t-SNE,
 k-NN accuracy, silhouette, nearest neighbours, and linear CKA between layers (Kornblith et al.).
 scikit-learn does PCA, t-SNE, k-NN and silhouette; linear CKA is a few lines of numpy."""
 from __future__ import annotations
@@ -164,9 +165,16 @@ def run_represent(model_path, manifest, options: dict, seed: int, device: str, t
             "uniformity": layer_uniformity(f["layers"], seed), "transformer": token_layout(model) is not None,
             "seconds": round(time.time() - t0, 2)}
     layer_arrays = {f"layer_{i}": v.astype(np.float32) for i, v in enumerate(f["layers"].values())}
+    train = read_manifest(manifest, "train")
+    if len(train) > options["train_images"]:  # a seeded sample: the failure slices' nearest training images
+        pick = np.random.default_rng(seed).choice(len(train), options["train_images"], replace=False)
+        train = [train[i] for i in np.sort(pick)]
+    log.info("embedding %d training images", len(train))
+    train_emb = stream_features(model, train, spec, dev)["embeddings"] if train else np.zeros((0, meta["dim"]))
     save_npz(out, meta, **layer_arrays, embeddings=f["embeddings"].astype(np.float32), labels=labels, preds=preds,
              pca=space["pca"], tsne=space["tsne"], tsne_index=space["tsne_index"], neighbours=space["neighbours"],
-             paths=np.array([r["path"] for r in rows]))
+             paths=np.array([r["path"] for r in rows]), train_embeddings=train_emb.astype(np.float32),
+             train_paths=np.array([r["path"] for r in train], dtype=str))
     log.info("k-NN accuracy %s, silhouette %s (%.1fs)", meta["knn_accuracy"], meta["silhouette"], meta["seconds"])
     return meta
 

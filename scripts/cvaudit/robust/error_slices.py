@@ -16,7 +16,8 @@ in it is the confusion matrix again, not a slice; a sub-population the model fai
 
 Each cluster is described by what it has in common: its classes, its most frequent mistakes (true -> predicted), the
 image properties where it differs most from the test split (in robust standard deviations: median difference over
-the MAD), the metadata groups it is made of, and its images (mistakes first).
+the MAD), the metadata groups it is made of, its images (mistakes first), and the training images nearest its centre
+(from the represent stage's sample of training images).
 """
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ from cvaudit.core import stats
 
 DIMS = 32  # principal components kept for the clustering
 SHOWN = 8  # images listed per cluster
+NEAREST = 4  # training images listed per cluster: those nearest its centre
+
+
+def normalised(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def cluster_embeddings(embeddings: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -34,8 +40,7 @@ def cluster_embeddings(embeddings: np.ndarray, k: int, seed: int) -> np.ndarray:
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     x = np.asarray(embeddings, np.float64)
-    x = x - x.mean(0)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = normalised(x - x.mean(0))
     dims = min(DIMS, x.shape[1], len(x) - 1)
     if dims < x.shape[1]:
         x = PCA(n_components=dims, random_state=seed).fit_transform(x)
@@ -81,11 +86,20 @@ def describe(members: np.ndarray, wrong: np.ndarray, targets: np.ndarray, preds:
     return out
 
 
+def nearest_training(embeddings: np.ndarray, members: np.ndarray, train: np.ndarray, k: int = NEAREST) -> np.ndarray:
+    """The k training images nearest the cluster's centre (cosine, embeddings centred on the test split's mean):
+    what the model learnt from that looks like the cluster."""
+    mean = embeddings.mean(0)
+    centre = (normalised(embeddings[members] - mean)).mean(0)
+    return np.argsort(-(normalised(train - mean) @ centre), kind="stable")[:k]
+
+
 def error_slices(embeddings: np.ndarray, targets: np.ndarray, preds: np.ndarray, paths: list[str],
                  class_names: list[str], options: dict, seed: int = 0, properties: dict | None = None,
-                 groups: dict | None = None) -> dict:
+                 groups: dict | None = None, train: tuple[np.ndarray, list[str]] | None = None) -> dict:
     """The slices stage's error-cluster block: every cluster of at least min_size images tested (flagged where the
-    Holm-corrected p is below alpha and the cluster errs more than its classes predict), sorted by adjusted p."""
+    Holm-corrected p is below alpha and the cluster errs more than its classes predict), sorted by adjusted p;
+    train: (embeddings, paths) of training images, whose nearest to each cluster are listed."""
     from statsmodels.stats.multitest import multipletests
     targets, preds = np.asarray(targets, int), np.asarray(preds, int)
     wrong = preds != targets
@@ -113,6 +127,8 @@ def error_slices(embeddings: np.ndarray, targets: np.ndarray, preds: np.ndarray,
                        "expected_accuracy": 1 - expected / size, "p": p,
                        "images": [{"path": paths[i], "true": class_names[targets[i]], "pred": class_names[preds[i]]}
                                   for i in np.nonzero(members)[0][order]],
+                       "nearest_training": [] if train is None or not len(train[0]) else [
+                           str(train[1][j]) for j in nearest_training(embeddings, members, train[0])],
                        **describe(members, wrong, targets, preds, class_names, properties, groups)})
     if not tested:
         out["note"] = f"no cluster holds {min_size} images (robustness.slices.min_size)"

@@ -167,7 +167,7 @@ def _error_clusters(embeddings, p, targets, paths, class_names, options, seed, p
                     groups) -> dict:
     from cvaudit.core.files import load_npz
     from cvaudit.robust.error_slices import error_slices
-    emb = load_npz(embeddings, keys=("embeddings", "paths"))
+    emb = load_npz(embeddings, keys=("embeddings", "paths", "train_embeddings", "train_paths"))
     at = {str(path): i for i, path in enumerate(emb["paths"])}
     if any(path not in at for path in paths):
         raise ValueError(f"{embeddings} embeds other test images than the evaluation's: rebuild it")
@@ -176,7 +176,8 @@ def _error_clusters(embeddings, p, targets, paths, class_names, options, seed, p
     group_values = {g: np.array([by_path.get(path, {}).get(g, "") for path in paths], dtype=object) for g in groups}
     found = error_slices(emb["embeddings"][rows], targets, p.argmax(1), paths, class_names, options, seed=seed,
                          properties={k: v for k, v in properties.items() if not result["properties"][k]["constant"]},
-                         groups=group_values)
+                         groups=group_values, train=(emb["train_embeddings"], [str(q) for q in emb["train_paths"]])
+                         if "train_embeddings" in emb else None)
     log.info("error clusters: %d flagged of %s tested", found["flagged"], found.get("n_tested", 0))
     return found
 

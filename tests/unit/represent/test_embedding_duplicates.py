@@ -90,7 +90,8 @@ def planted(tmp_path_factory):
     model, spec = tiny_cnn(seed=0, channels=(16, 32), class_names=names)
     save_model(model, spec, tmp / "model.safetensors")
     from cvaudit.represent.represent import run_represent
-    run_represent(tmp / "model.safetensors", manifest, {"k": 3, "layers": 2, "cka_images": 10}, 0, "cpu", 1,
+    run_represent(tmp / "model.safetensors", manifest, {"k": 3, "layers": 2, "cka_images": 10, "train_images": 5}, 0,
+                  "cpu", 1,
                   tmp / "embeddings.npz")
     return tmp, rows
 
@@ -156,3 +157,12 @@ def test_the_pixel_check_in_chunks_equals_it_at_once(planted):
     # the shift searched is options["max_shift"]: another one gives other alignments
     still = confirm(test, ref, idx, {**OPTIONS, "max_shift": 0.0})
     assert np.abs(still["difference"] - whole["difference"]).max() > 0.01
+
+
+def test_the_represent_stage_embeds_a_seeded_sample_of_training_images(planted):
+    from cvaudit.core.files import load_npz
+    tmp, rows = planted
+    e = load_npz(tmp / "embeddings.npz", keys=("train_embeddings", "train_paths", "embeddings"))
+    train = {r["path"] for r in rows if r["split"] == "train"}
+    assert e["train_embeddings"].shape == (5, e["embeddings"].shape[1]) and len(set(e["train_paths"])) == 5
+    assert set(map(str, e["train_paths"])) <= train

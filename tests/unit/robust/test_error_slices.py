@@ -104,3 +104,13 @@ def test_nothing_is_flagged_without_a_planted_sub_population(model_and_images):
     assert max(per_class) > 2 * np.mean(wrong)  # one class is much harder than the rest
     r = error_slices(emb, y, pred, [f"img{i}.png" for i in range(len(y))], NAMES, OPTIONS, seed=0)
     assert r["n_tested"] >= 8 and r["flagged"] == 0, [(c["n"], c["errors"], c["p_adjusted"]) for c in r["clusters"]]
+
+
+def test_the_training_images_nearest_a_cluster_are_those_along_its_direction():
+    from cvaudit.robust.error_slices import nearest_training
+    emb = np.array([[2.0, 0.1], [2.1, -0.1], [0.0, 2.0], [0.1, 2.2], [-2.0, 0.0], [-2.1, 0.1]])
+    members = np.array([True, True, False, False, False, False])
+    train = np.array([[0.0, 5.0], [4.0, 0.0], [-3.0, 0.0], [1.5, 0.2], [0.1, 0.1]])
+    # centred on the test mean (about [0, 0.7]): the cluster points along +x, down a little
+    assert nearest_training(emb, members, train, k=2).tolist() == [3, 1]  # 3 lies along it, 1 near it
+    assert nearest_training(emb, ~members & (emb[:, 0] < -1), train, k=1).tolist() == [2]

@@ -201,7 +201,8 @@ def test_the_error_clusters_of_the_embedding_find_the_dark_images_and_describe_t
     emb = np.column_stack([x.mean((1, 2)) * 4, (np.abs(np.diff(x, axis=2)).mean((1, 2))
                                                  - np.abs(np.diff(x, axis=1)).mean((1, 2))) * 20])
     order = np.random.default_rng(0).permutation(len(rows))  # the represent stage's own order
-    save_npz(tmp_path / "embeddings.npz", {}, embeddings=emb[order], paths=np.array([rows[i]["path"] for i in order]))
+    save_npz(tmp_path / "embeddings.npz", {}, embeddings=emb[order], paths=np.array([rows[i]["path"] for i in order]),
+             train_embeddings=emb[:40], train_paths=np.array([f"train{i}.png" for i in range(40)]))
     options = {**OPTIONS, "error_clusters": 6}
     res = run_slices(tmp_path / "properties.csv", probs, manifest, options, [], tmp_path / "slices.json",
                      embeddings=tmp_path / "embeddings.npz")
@@ -212,5 +213,7 @@ def test_the_error_clusters_of_the_embedding_find_the_dark_images_and_describe_t
     assert all(im["path"] in dark for c in flagged for im in c["images"])
     assert flagged[0]["properties"][0]["property"] == "brightness" and flagged[0]["properties"][0]["shift"] < -1
     assert flagged[0]["mistakes"][0]["value"] == "v -> h"
+    near = [int(p[5:-4]) for p in flagged[0]["nearest_training"]]  # the training images here are the first 40
+    assert len(near) == 4 and all(x[i].mean() < 0.4 for i in near)  # dark ones, like the cluster
     assert run_slices(tmp_path / "properties.csv", probs, manifest, OPTIONS, [], tmp_path / "s2.json")[
         "error_clusters"] is None
