@@ -77,10 +77,12 @@ def test_the_interval_is_the_percentile_bootstrap_of_both_sets_resampled_on_thei
         i = draw.integers(0, 40, (CHUNK, 40))
         o = draw.integers(0, 25, (CHUNK, 25))
         aucs.append(auroc(inside[i], outside[o]))
-    aucs = np.concatenate(aucs)
+        fprs.append(fpr_at_95(inside[i], outside[o]))  # each statistic draws from the seed afresh: the same draws
+    aucs, fprs = np.concatenate(aucs), np.concatenate(fprs)
     assert len(aucs) == stats.RESAMPLES
     assert (got["auroc"]["ci_low"], got["auroc"]["ci_high"]) == pytest.approx(tuple(np.quantile(aucs, [0.025, 0.975])))
     assert got["auroc"]["value"] == auroc(inside, outside) and got["auroc"]["n"] == 65
+    assert (got["fpr95"]["ci_low"], got["fpr95"]["ci_high"]) == pytest.approx(tuple(np.quantile(fprs, [0.025, 0.975])))
     again = separation({"msp": inside}, {"msp": outside}, seed=7)["scores"]["msp"]
     assert again == got and separation({"msp": inside}, {"msp": outside})["scores"]["msp"] == \
         separation({"msp": inside}, {"msp": outside}, seed=0)["scores"]["msp"]
