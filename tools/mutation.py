@@ -55,7 +55,8 @@ SCOPE = {
     "robust.conformal": ["min_calibration", "prediction_sets", "by_group", "coverage_report", "examples", "conformal"],
     "robust.selective": ["risks", "aurc", "optimal_aurc", "accuracy_at", "selective"],
     "robust.ood": ["normalised", "image_scores", "auroc", "fpr_at_95", "_bootstrap", "separation"],
-    "robust.error_slices": ["cluster_embeddings", "excess_errors_p", "describe", "error_slices"],
+    "robust.error_slices": ["normalised", "cluster_embeddings", "excess_errors_p", "describe", "nearest_training",
+                            "error_slices"],
 }
 # Modules whose slowest fast tests (attacks on trained networks, seconds each) would make a run take hours:
 # their mutants are judged by these tests alone (attacks on linear models with closed-form answers).
