@@ -36,6 +36,41 @@ def test_the_excess_is_measured_against_each_stratum_s_rate_outside():
     assert p2 == pytest.approx(tail) and p2 > p
 
 
+def _synthetic(planted: bool, seed: int = 0):
+    """Four classes as blobs of an 8-d embedding, 120 images each, a tenth of each class wrong and embedded among
+    the class it was given (as a model's own embedding places its mistakes); planted: 36 more images of class 0 in
+    a blob of their own, two thirds of them wrong."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, (5, 8))
+    y = np.repeat(np.arange(4), 120)
+    pred = y.copy()
+    wrong = rng.random(len(y)) < 0.1
+    pred[wrong] = (y[wrong] + rng.integers(1, 4, wrong.sum())) % 4
+    emb = centres[pred] + rng.normal(0, 1, (len(y), 8))
+    if planted:
+        extra = np.zeros(36, int)
+        extra_pred = np.where(np.arange(36) < 24, 2, 0)
+        y, pred = np.r_[y, extra], np.r_[pred, extra_pred]
+        emb = np.r_[emb, centres[4] + rng.normal(0, 1, (36, 8))]
+    return emb, y, pred
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_planted_blob_is_found_and_the_confusion_alone_is_not(seed):
+    options = {"error_clusters": 10, "min_size": 10, "alpha": 0.05}
+    names = ["a", "b", "c", "d"]
+    emb, y, pred = _synthetic(False, seed)
+    clean = error_slices(emb, y, pred, [f"i{i}" for i in range(len(y))], names, options, seed=0)
+    assert clean["n_tested"] >= 4 and clean["flagged"] == 0, [(c["n"], c["errors"], c["p_adjusted"]) for c in clean["clusters"]]
+    emb, y, pred = _synthetic(True, seed)
+    found = error_slices(emb, y, pred, [f"i{i}" for i in range(len(y))], names, options, seed=0)
+    top = found["clusters"][0]
+    assert found["flagged"] == 1 and top["flagged"] and top["n"] >= 30
+    assert sum(int(im["path"][1:]) >= 480 for im in top["images"]) == len(top["images"])  # the planted ones
+    assert top["classes"][0] == {"value": "a", "n": top["classes"][0]["n"]} and top["mistakes"][0]["value"] == "a -> c"
+    assert top["expected_accuracy"] > 0.8 and top["accuracy"]["ci_high"] < 0.6
+
+
 @pytest.fixture(scope="module")
 def model_and_images():
     x, y = fmnist_images(2800, seed=4)
