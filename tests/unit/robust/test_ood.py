@@ -82,6 +82,7 @@ def test_the_interval_is_the_percentile_bootstrap_of_both_sets_resampled_on_thei
     assert len(aucs) == stats.RESAMPLES
     assert (got["auroc"]["ci_low"], got["auroc"]["ci_high"]) == pytest.approx(tuple(np.quantile(aucs, [0.025, 0.975])))
     assert got["auroc"]["value"] == auroc(inside, outside) and got["auroc"]["n"] == 65
+    assert got["auroc"]["method"] == got["fpr95"]["method"] == "bootstrap"
     assert (got["fpr95"]["ci_low"], got["fpr95"]["ci_high"]) == pytest.approx(tuple(np.quantile(fprs, [0.025, 0.975])))
     again = separation({"msp": inside}, {"msp": outside}, seed=7)["scores"]["msp"]
     assert again == got and separation({"msp": inside}, {"msp": outside})["scores"]["msp"] == \
