@@ -125,7 +125,8 @@ def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, 
     conf = options.get("conformal") or {}
     if conf.get("enabled"):  # on the probabilities as the model gives them: the sets do not depend on a temperature
         result["conformal"] = conformal(val_probs, val_targets, test_probs_arr, test_targets, spec["class_names"], conf,
-                                        paths=test_paths, groups=_group_values(manifest, test_paths, groups or []))
+                                        paths=test_paths, groups=_group_values(manifest, test_paths, groups or []),
+                                        seed=seed)
     val_logits = log_probs(val_probs)
     errors = int((val_logits.argmax(1) != val_targets).sum())
     if len(val) < 10:

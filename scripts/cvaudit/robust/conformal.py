@@ -25,8 +25,9 @@ def min_calibration(level: float) -> int:
 
 
 def prediction_sets(val_probs: np.ndarray, val_targets: np.ndarray, test_probs: np.ndarray, level: float,
-                    score: str) -> np.ndarray:
-    """(test images, classes) booleans: each test image's conformal set, calibrated on the validation images."""
+                    score: str, seed: int = 0) -> np.ndarray:
+    """(test images, classes) booleans: each test image's conformal set, calibrated on the validation images. APS
+    and RAPS draw a uniform number per image (MAPIE's randomised scores): seeded, so a rerun gives the same sets."""
     from mapie.classification import SplitConformalClassifier
     from sklearn.base import BaseEstimator, ClassifierMixin
 
@@ -39,7 +40,8 @@ def prediction_sets(val_probs: np.ndarray, val_targets: np.ndarray, test_probs: 
     model = _Computed()
     model.classes_ = np.arange(probs.shape[1])  # fitted: MAPIE takes it as it is (prefit)
     rows = np.arange(len(probs)).reshape(-1, 1)
-    mapie = SplitConformalClassifier(model, confidence_level=level, conformity_score=score, prefit=True)
+    mapie = SplitConformalClassifier(model, confidence_level=level, conformity_score=score, prefit=True,
+                                     random_state=seed)
     mapie.conformalize(rows[:len(val_probs)], val_targets)
     return mapie.predict_set(rows[len(val_probs):])[1][:, :, 0]
 
@@ -92,7 +94,7 @@ def examples(sets: np.ndarray, probs: np.ndarray, targets: np.ndarray, paths: li
 
 def conformal(val_probs: np.ndarray, val_targets: np.ndarray, test_probs: np.ndarray, test_targets: np.ndarray,
               class_names: list[str], options: dict, paths: list[str] | None = None,
-              groups: dict[str, np.ndarray] | None = None) -> dict:
+              groups: dict[str, np.ndarray] | None = None, seed: int = 0) -> dict:
     """The calibrate stage's conformal block: the report above, or why there is none (too few validation images
     to calibrate on, or no test image to check the promise on); with the test images' paths, examples of sets."""
     level, score = float(options["level"]), options["score"]
@@ -103,7 +105,7 @@ def conformal(val_probs: np.ndarray, val_targets: np.ndarray, test_probs: np.nda
                          f"{need} to calibrate on (lower robustness.calibration.conformal.level or add images)"
                          if len(val_targets) < need else "the test split has no images")
         return out
-    sets = prediction_sets(val_probs, np.asarray(val_targets, int), test_probs, level, score)
+    sets = prediction_sets(val_probs, np.asarray(val_targets, int), test_probs, level, score, seed)
     targets = np.asarray(test_targets, int)
     return {**out, **coverage_report(sets, targets, class_names, level, groups),
             "examples": examples(sets, np.asarray(test_probs), targets, paths, class_names) if paths is not None else []}

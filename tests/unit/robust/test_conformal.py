@@ -114,3 +114,38 @@ def test_coverage_per_group_of_the_metadata_the_least_covered_first():
     assert rows[0]["n"] == 3 and rows[0]["coverage"]["value"] == pytest.approx(1 / 3) and rows[0]["mean_size"] == pytest.approx(2 / 3)
     assert rows[0]["coverage"]["ci_low"] < 1 / 3 < rows[0]["coverage"]["ci_high"]
     assert rows[1]["mean_size"] == 1.5 and coverage_report(sets, targets, ["x", "y"], 0.8)["per_group"] == {}
+
+
+def test_the_block_carries_examples_and_groups_of_the_same_sets():
+    from cvaudit.robust.conformal import examples
+    pv, yv = sample(300, seed=3)
+    pt, yt = sample(120, seed=4)
+    paths = [f"t{i}.png" for i in range(120)]
+    site = np.array(["a", "b", "c"] * 40, object)
+    r = conformal(pv, yv, pt, yt, list("abcde"), OPTIONS, paths=paths, groups={"site": site})
+    sets = prediction_sets(pv, yv, pt, 0.9, "aps")
+    assert r["examples"] == examples(sets, pt, yt, paths, list("abcde")) and len(r["examples"]) == 9
+    assert r["per_group"] == coverage_report(sets, yt, list("abcde"), 0.9, {"site": site})["per_group"]
+    assert sum(g["n"] for g in r["per_group"]["site"]) == 120
+    bare = conformal(pv, yv, pt, yt, list("abcde"), OPTIONS)
+    assert bare["examples"] == [] and bare["per_group"] == {} and bare["coverage"] == r["coverage"]  # seeded
+    other = conformal(pv, yv, pt, yt, list("abcde"), OPTIONS, seed=1)
+    assert (prediction_sets(pv, yv, pt, 0.9, "aps", seed=1) != sets).any() and other["mean_size"] != r["mean_size"]
+    pv, yv = sample(11)  # exactly enough to calibrate, but nothing to test on
+    assert conformal(pv, yv, np.zeros((0, 5)), np.zeros(0, int), list("abcde"), OPTIONS)["reason"] == \
+        "the test split has no images"
+
+
+def test_an_example_is_shown_once_and_ties_keep_the_images_order():
+    from cvaudit.robust.conformal import examples
+    sets = np.array([[0, 1, 1, 1], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0]], bool)
+    targets = np.array([0, 0, 0, 0, 0, 1])  # 0: the largest set, and it misses; 2 and 3 miss too, at one confidence
+    probs = np.array([[.1, .3, .3, .3], [.7, .1, .1, .1], [.1, .6, .2, .1], [.1, .2, .6, .1], [.9, 0, 0, .1],
+                      [.1, .9, 0, 0]])
+    got = [(e["kind"], e["path"]) for e in examples(sets, probs, targets, list("012345"), list("wxyz"))]
+    # the three largest (then the least confident; 2 before 3 at one confidence) are the three misses: each shown once
+    assert got == [("largest", "0"), ("largest", "2"), ("largest", "3"),
+                   ("singleton", "4"), ("singleton", "5"), ("singleton", "1")]
+    tied = examples(sets[[1, 2, 3]], np.array([[.7, .1, .1, .1], [.1, .6, .2, .1], [.1, .2, .6, .1]]),
+                    np.array([0, 0, 0]), list("abc"), list("wxyz"))
+    assert [(e["kind"], e["path"]) for e in tied] == [("largest", "b"), ("largest", "c"), ("largest", "a")]
