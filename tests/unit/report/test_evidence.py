@@ -21,6 +21,7 @@ def test_wilson_intervals_cover_the_truth_at_about_the_nominal_rate():
         assert 0.92 <= hits / 1000 <= 0.98, (p, n, hits)
 
 
+@pytest.mark.slow
 def test_paired_bootstrap_intervals_cover_the_true_difference_at_about_the_nominal_rate():
     rng = np.random.default_rng(1)
     n, hits, reps = 200, 0, 400

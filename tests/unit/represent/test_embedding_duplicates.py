@@ -27,6 +27,7 @@ def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
+@pytest.mark.slow
 def test_the_pixel_check_recovers_a_mirror_and_a_shift_and_refuses_distinct_garments(tmp_path):
     rgb, _ = fmnist_images(40, seed=3)
     grey = rgb[..., 0].astype(np.float32) / 255
@@ -143,6 +144,7 @@ def test_nothing_to_search_is_said_not_scored(planted, tmp_path):
     assert meta["why"] == "the dataset has no training or validation image" and meta["leaked_share"] is None
 
 
+@pytest.mark.slow
 def test_the_pixel_check_in_chunks_equals_it_at_once(planted):
     from cvaudit.represent.embedding_duplicates import confirm
     _, rows = planted
