@@ -37,6 +37,16 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[dict]:
     return [r for r in rows if split is None or r["split"] == split]
 
 
+def group_values(path: str | Path, paths: list[str], groups: list[str]) -> dict:
+    """Each declared group column's value (datasets.*.groups) for the test images `paths`, as text ("" where the
+    image has none): {column: object array aligned with paths}."""
+    import numpy as np
+    if not groups:
+        return {}
+    by_path = {r["path"]: json.loads(r.get("groups") or "{}") for r in read_manifest(path, "test")}
+    return {g: np.array([str(by_path.get(p, {}).get(g, "")) for p in paths], dtype=object) for g in groups}
+
+
 def manifest_classes(path: str | Path) -> list[str]:
     """The dataset's classes in their order, from the manifest itself (written class by class)."""
     return list(dict.fromkeys(r["label"] for r in read_manifest(path)))

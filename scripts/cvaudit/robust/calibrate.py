@@ -81,23 +81,12 @@ def log_probs(probs: np.ndarray) -> np.ndarray:
     return np.log(np.clip(np.asarray(probs, np.float64), 1e-30, 1))
 
 
-def _group_values(manifest, paths: list[str], groups: list[str]) -> dict[str, np.ndarray]:
-    """Each declared group column's value for the test images `paths` (datasets.*.groups; "" where unset)."""
-    import json
-
-    from cvaudit.core.manifest import read_manifest
-    if not groups:
-        return {}
-    by_path = {r["path"]: json.loads(r.get("groups") or "{}") for r in read_manifest(manifest, "test")}
-    return {g: np.array([str(by_path.get(p, {}).get(g, "")) for p in paths], dtype=object) for g in groups}
-
-
 MIN_VAL_ERRORS = 2  # fewer misclassified validation images and temperature scaling is not applicable
 
 
 def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, device: str, threads: int,
                     out, groups: list[str] | None = None) -> dict:
-    from cvaudit.core.manifest import read_manifest
+    from cvaudit.core.manifest import group_values, read_manifest
     from cvaudit.net.models import load_model, resolve_device
     from cvaudit.net.pixel_space import predict_proba, seed_everything
     from cvaudit.robust.conformal import conformal
@@ -125,7 +114,7 @@ def run_calibration(model_path, manifest, test_probs, options: dict, seed: int, 
     conf = options.get("conformal") or {}
     if conf.get("enabled"):  # on the probabilities as the model gives them: the sets do not depend on a temperature
         result["conformal"] = conformal(val_probs, val_targets, test_probs_arr, test_targets, spec["class_names"], conf,
-                                        paths=test_paths, groups=_group_values(manifest, test_paths, groups or []),
+                                        paths=test_paths, groups=group_values(manifest, test_paths, groups or []),
                                         seed=seed)
     val_logits = log_probs(val_probs)
     errors = int((val_logits.argmax(1) != val_targets).sum())

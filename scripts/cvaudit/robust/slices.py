@@ -16,15 +16,15 @@ The slice_gap and group_gap verdicts read this stage's output (cvaudit.report.ch
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import time
 
 import numpy as np
 
+from cvaudit import CvauditError
 from cvaudit.core import stats
 from cvaudit.core.files import write_json
-from cvaudit.core.manifest import read_manifest
+from cvaudit.core.manifest import group_values
 from cvaudit.data.image_properties import CATEGORICAL, PROPERTIES, read_properties
 
 log = logging.getLogger("cvaudit.robust.slices")
@@ -170,13 +170,12 @@ def _error_clusters(embeddings, p, targets, paths, class_names, options, seed, p
     emb = load_npz(embeddings, keys=("embeddings", "paths", "train_embeddings", "train_paths"))
     at = {str(path): i for i, path in enumerate(emb["paths"])}
     if any(path not in at for path in paths):
-        raise ValueError(f"{embeddings} embeds other test images than the evaluation's: rebuild it")
+        raise CvauditError(f"{embeddings} embeds other test images than the evaluation's (the represent stage ran on "
+                           "an older manifest): rebuild it with snakemake --forcerun represent")
     rows = np.array([at[path] for path in paths], dtype=int)
-    by_path = {r["path"]: json.loads(r.get("groups") or "{}") for r in read_manifest(manifest, "test")} if groups else {}
-    group_values = {g: np.array([by_path.get(path, {}).get(g, "") for path in paths], dtype=object) for g in groups}
     found = error_slices(emb["embeddings"][rows], targets, p.argmax(1), paths, class_names, options, seed=seed,
                          properties={k: v for k, v in properties.items() if not result["properties"][k]["constant"]},
-                         groups=group_values, train=(emb["train_embeddings"], [str(q) for q in emb["train_paths"]])
+                         groups=group_values(manifest, paths, groups), train=(emb["train_embeddings"], [str(q) for q in emb["train_paths"]])
                          if "train_embeddings" in emb else None)
     log.info("error clusters: %d flagged of %s tested", found["flagged"], found.get("n_tested", 0))
     return found
@@ -194,8 +193,8 @@ def run_slices(properties, probs, manifest, options: dict, groups: list[str], ou
     row_of = {path: i for i, path in enumerate(props["path"])}
     missing = [path for path in paths if path not in row_of]
     if missing:
-        raise ValueError(f"{len(missing)} test image(s) have no properties (e.g. {missing[0]}): the properties file "
-                         f"{properties} is from another manifest")
+        raise CvauditError(f"{len(missing)} test image(s) have no properties (e.g. {missing[0]}): the properties file "
+                           f"{properties} is from another manifest; rebuild it with snakemake --forcerun image_properties")
     take = np.array([row_of[path] for path in paths], dtype=int)
     correct = p.argmax(1) == targets
     conf = p.max(1)
@@ -214,11 +213,8 @@ def run_slices(properties, probs, manifest, options: dict, groups: list[str], ou
              "confidence": float(conf[idx == j].mean())} for j, nm in enumerate(names)]}
     result["weak_slices"] = weak_slices(correct, binned, options["min_size"], options["alpha"], options["pairs"])
     result["groups"] = {}
-    if groups:
-        by_path = {r["path"]: json.loads(r.get("groups") or "{}") for r in read_manifest(manifest, "test")}
-        for g in groups:
-            values = np.array([by_path.get(path, {}).get(g, "") for path in paths], dtype=object)
-            result["groups"][g] = group_metrics(values, p, targets, options["min_group"], options["alpha"], seed=seed)
+    for g, values in group_values(manifest, paths, groups).items():
+        result["groups"][g] = group_metrics(values, p, targets, options["min_group"], options["alpha"], seed=seed)
     result["error_clusters"] = None
     if embeddings is not None and options["error_clusters"]:
         with np.load(probs, allow_pickle=False) as z:

@@ -217,3 +217,7 @@ def test_the_error_clusters_of_the_embedding_find_the_dark_images_and_describe_t
     assert len(near) == 4 and all(x[i].mean() < 0.4 for i in near)  # dark ones, like the cluster
     assert run_slices(tmp_path / "properties.csv", probs, manifest, OPTIONS, [], tmp_path / "s2.json")[
         "error_clusters"] is None
+    save_npz(tmp_path / "stale.npz", {}, embeddings=emb[1:], paths=np.array([r["path"] for r in rows[1:]]))
+    with pytest.raises(CvauditError, match=r"stale\.npz embeds other test images.*--forcerun represent"):
+        run_slices(tmp_path / "properties.csv", probs, manifest, options, [], tmp_path / "s3.json",
+                   embeddings=tmp_path / "stale.npz")
