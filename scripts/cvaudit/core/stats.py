@@ -51,6 +51,23 @@ def bootstrap(statistic, *samples, seed: int = 0, value=None, level: float = LEV
     return estimate(value, n, ci.low, ci.high, "bootstrap")
 
 
+def two_sample_bootstrap(statistic, a, b, seed: int = 0, batch: int | None = None) -> dict:
+    """statistic(a, b) of two sets of different images (e.g. in-distribution and shifted) with a seeded percentile
+    bootstrap interval, each set resampled on its own (scipy.stats.bootstrap, paired=False); n is both sets' size.
+    statistic must accept an `axis` keyword; `batch` resamples at a time bounds the memory."""
+    from scipy.stats import bootstrap as sp_bootstrap
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    value = float(statistic(a, b, axis=-1))
+    small = min(len(a), len(b))
+    if small < MIN_BOOTSTRAP_N:
+        return estimate(value, len(a) + len(b), method="bootstrap",
+                        note=f"{small} images in the smaller set: too few for an interval (at least {MIN_BOOTSTRAP_N})")
+    res = sp_bootstrap((a, b), statistic, n_resamples=RESAMPLES, confidence_level=LEVEL, method="percentile",
+                       paired=False, vectorized=True, batch=batch, rng=np.random.default_rng(seed))
+    ci = res.confidence_interval
+    return estimate(value, len(a) + len(b), ci.low, ci.high, "bootstrap")
+
+
 def _mean(*s, axis=-1):
     return np.mean(s[0], axis=axis)
 

@@ -63,30 +63,13 @@ def fpr_at_95(inside: np.ndarray, outside: np.ndarray, axis: int = -1) -> np.nda
     return (outside >= threshold[..., None]).mean(-1)
 
 
-def _bootstrap(statistic, inside: np.ndarray, outside: np.ndarray, seed: int) -> dict:
-    """statistic with a percentile interval over resamples of both sets, each resampled on its own."""
-    value = float(statistic(inside, outside))
-    n = min(len(inside), len(outside))
-    if n < stats.MIN_BOOTSTRAP_N:
-        return stats.estimate(value, len(inside) + len(outside), method="bootstrap",
-                              note=f"{n} images in the smaller set: too few for an interval (at least "
-                                   f"{stats.MIN_BOOTSTRAP_N})")
-    rng = np.random.default_rng(seed)
-    got = []
-    for lo in range(0, stats.RESAMPLES, CHUNK):
-        b = min(CHUNK, stats.RESAMPLES - lo)
-        got.append(statistic(inside[rng.integers(0, len(inside), (b, len(inside)))],
-                             outside[rng.integers(0, len(outside), (b, len(outside)))]))
-    lo_q, hi_q = np.quantile(np.concatenate(got), [(1 - stats.LEVEL) / 2, (1 + stats.LEVEL) / 2])
-    return stats.estimate(value, len(inside) + len(outside), lo_q, hi_q, "bootstrap")
-
-
 def separation(inside: dict[str, np.ndarray], outside: dict[str, np.ndarray], seed: int = 0) -> dict:
     """For each score both sets have: AUROC and FPR at 95% TPR with their intervals; the best score by AUROC."""
     out = {"n_in": int(len(next(iter(inside.values())))), "n_out": int(len(next(iter(outside.values())))), "scores": {}}
     for name in SCORES:
         if name in inside and name in outside:
-            out["scores"][name] = {"auroc": _bootstrap(auroc, inside[name], outside[name], seed),
-                                   "fpr95": _bootstrap(fpr_at_95, inside[name], outside[name], seed)}
+            out["scores"][name] = {
+                stat: stats.two_sample_bootstrap(fn, inside[name], outside[name], seed=seed, batch=CHUNK)
+                for stat, fn in (("auroc", auroc), ("fpr95", fpr_at_95))}
     out["best"] = max(out["scores"], key=lambda s: out["scores"][s]["auroc"]["value"]) if out["scores"] else None
     return out
