@@ -60,9 +60,7 @@ rule slices:
     input:
         unpack(
             lambda wc: (
-                {"embeddings": path("embeddings", model=wc.model)}
-                if stage_on(config, wc.model, "represent") and config["robustness"]["slices"]["error_clusters"]
-                else {}
+                {"embeddings": path("embeddings", model=wc.model)} if error_clusters_on(config, wc.model) else {}
             )
         ),
         properties=lambda wc: path("properties", dataset=dataset_of(wc.model)),

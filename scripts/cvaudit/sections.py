@@ -72,6 +72,12 @@ def embedding_duplicates_on(config: dict, model: str) -> bool:
                 and _represent_on(config, model))
 
 
+def error_clusters_on(config: dict, model: str) -> bool:
+    """The slices stage clusters the model's errors in its embedding: asked for (robustness.slices.error_clusters)
+    and the represent stage gives the embeddings."""
+    return bool(config["robustness"]["slices"]["error_clusters"]) and _represent_on(config, model)
+
+
 def _represent_on(c: dict, m: str) -> bool:  # an export has no embedding layer to read
     return bool(c["represent"]["enabled"]) and not exported(c, m)
 
