@@ -13,6 +13,7 @@ from cvaudit.sections import (
     attacks_for,
     cka_models,
     corruption_reference_files,
+    concept_inputs,
     error_clusters_on,
     report_inputs,
     report_settings,

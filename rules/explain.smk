@@ -45,3 +45,31 @@ rule clever_hans:
         device=config["device"],
     script:
         "../scripts/clever_hans.py"
+
+
+# What the model uses, in the user's words: TCAV of the concepts the config names (config key concepts).
+rule tcav:
+    input:
+        unpack(lambda wc: {f"concept_{i}": f for i, f in enumerate(concept_inputs(config))}),
+        model=PATHS["weights"],
+        manifest=manifest_of,
+    output:
+        results=PATHS["tcav"],
+    log:
+        "logs/tcav/{model}.log",
+    benchmark:
+        "benchmarks/tcav/{model}.tsv"
+    conda:
+        "../envs/cvaudit.yaml"
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=memory("tcav", 4000),
+        runtime=limit("tcav", 30),
+    params:
+        concepts=config["concepts"],
+        options=config["explain"]["tcav"],
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../scripts/tcav.py"

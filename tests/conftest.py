@@ -153,6 +153,17 @@ def run(tmp_path_factory, request):
         cfg["datasets"]["tiny_again"] = {"source": "imagefolder", "path": str(images),
                                          "split": {"val": 0.0, "test": 1.0}, "description": "the tiny images again"}
         cfg["models"]["cnn_tiny"]["shift_sets"] = ["tiny_again"]
+        marked(cfg, images)
+
+    def marked(cfg, images):  # a concept: tiny images of every class with a white square in the top-left corner
+        from PIL import Image
+        folder = images.parent / "concepts" / "corner_mark"
+        folder.mkdir(parents=True)
+        for i, f in enumerate(sorted(images.rglob("fm*.png"))[::4][:12]):
+            im = Image.open(f).convert("RGB")
+            im.paste((255, 255, 255), (0, 0, 6, 6))
+            im.save(folder / f"{i}.png")
+        cfg["concepts"] = {"corner_mark": {"path": str(folder), "forbidden": True, "description": "a white corner square"}}
     work = tmp_path_factory.mktemp("e2e")
     # with the run-time estimate, as a user's run: the model timings it takes at the start are cached in the run's
     # folder, and the estimate's test compares that estimate with the run

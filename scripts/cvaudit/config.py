@@ -293,6 +293,8 @@ def resolve_paths(config: dict, base: str | Path) -> None:
     for ds in config["datasets"].values():
         if "path" in ds:
             ds["path"] = fix(ds["path"])
+    for c in (config.get("concepts") or {}).values():
+        c["path"] = fix(c["path"])
     for m in config["models"].values():
         for key in ("weights", "classes_file"):
             if _local(m.get(key)):
@@ -319,6 +321,15 @@ def check_paths(config: dict, base: str | Path = ".") -> None:
             raise CvauditError(f"config key 'datasets.{name}.path': {ds['path']} is not an existing {what}"
                                f"{' (it is a file)' if want_dir and p.is_file() else ''}{' (it is a folder)' if not want_dir and p.is_dir() else ''}; "
                                "fix the path (results of earlier runs are never reported as this dataset)")
+    for name, c in (config.get("concepts") or {}).items():
+        from cvaudit.core.images import image_files
+        p = base / c["path"]
+        if not p.is_dir():
+            raise CvauditError(f"config key 'concepts.{name}.path': {c['path']} is not an existing folder; give the "
+                               "folder of the concept's example images")
+        if len(image_files(p)) < 6:
+            raise CvauditError(f"config key 'concepts.{name}.path': {c['path']} holds {len(image_files(p))} image(s); "
+                               "TCAV needs at least 6 examples of a concept (50 or more give steadier scores)")
     for name, m in config["models"].items():
         for key in ("weights", "classes_file"):
             value = m.get(key)

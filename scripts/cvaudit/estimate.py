@@ -168,6 +168,12 @@ def model_jobs(config: dict, model: str, counts: dict) -> list[tuple[str, float,
         n = min(ch["max_images"], n_te) + min(ch["train_images"], n_tr)
         # maps (LRP's composite costs about two gradients), SpRAy, the paste and control tests, the global search
         jobs.append(("clever_hans", 3 * (n * (GRADIENT + 1) + 4 * ch["paste_images"] * 3), 0.0))
+    if stage_on(config, model, "tcav"):
+        t = ex["tcav"]
+        fits = (len(config["concepts"]) + 1) * t["random_sets"]  # a logistic regression per CAV, about 0.1 s each
+        passes = (t["random_sets"] + 1) * t["images"] + len(config["concepts"]) * t["images"] \
+            + GRADIENT * classes * min(t["class_images"], n_te)
+        jobs.append(("tcav", passes, 0.1 * fits))
     rep = config["represent"]
     if stage_on(config, model, "method_agreement"):
         jobs.append(("method_agreement", 0.0, 0.0))

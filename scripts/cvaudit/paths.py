@@ -27,6 +27,7 @@ PATHS = {
     "maps_part": "results/{model}/explain/{method}/shards/{shard}.npz",
     "agreement": "results/{model}/explain/agreement.json",
     "clever_hans": "results/{model}/explain/clever_hans.npz",
+    "tcav": "results/{model}/explain/tcav.json",
     # rules/represent.smk
     "embeddings": "results/{model}/represent/embeddings.npz",
     "embedding_duplicates": "results/{model}/represent/duplicates.npz",
@@ -81,6 +82,7 @@ ABOUT = {
     "maps_part": "one shard of a method's maps (merged into maps.npz)",
     "agreement": "rank correlation between the methods' maps",
     "clever_hans": "SpRAy clusters, suspects, counterfactual pastes with their controls, global cues, evidence images",
+    "tcav": "each concept's CAV accuracy and TCAV score per class against random counterparts, with Kim et al.'s test",
     "embeddings": "embeddings, PCA, t-SNE, neighbours, layer CKA",
     "embedding_duplicates": "copies across splits found through the model's embedding",
     "units": "sparsity, dead channels, top-k images with boxes, filters, grids",

@@ -16,7 +16,7 @@ MEMORY_FACTOR = {"train": 1.0, "gradient": 2.0, "forward": 0.5}  # activations h
 #   224 px), a gradient job holds the graph and the gradients, a forward job about the largest layers
 DATA_AUDIT_MB_PER_IMAGE = 0.8  # the data audit's hashes, thumbnails and neighbour tables (3.1 GB for 3,000 images)
 MEMORY_SAFETY = 1.25
-GRADIENT_STAGES = ("explain", "adversarial", "clever_hans", "layer_views", "visualise_ascent")
+GRADIENT_STAGES = ("explain", "adversarial", "clever_hans", "tcav", "layer_views", "visualise_ascent")
 FORWARD_STAGES = ("evaluate", "invariance", "corruptions", "shape_texture", "represent", "embedding_duplicates",
                   "inspect_units", "calibrate", "shift", "side_by_side", "compare_representations")
 

@@ -78,6 +78,12 @@ def error_clusters_on(config: dict, model: str) -> bool:
     return bool(config["robustness"]["slices"]["error_clusters"]) and _represent_on(config, model)
 
 
+def concept_inputs(config: dict) -> list[str]:
+    """Every example image of the configured concepts (the tcav stage reruns when one changes)."""
+    from cvaudit.core.images import image_files
+    return [f for c in config["concepts"].values() for f in image_files(c["path"])]
+
+
 def _represent_on(c: dict, m: str) -> bool:  # an export has no embedding layer to read
     return bool(c["represent"]["enabled"]) and not exported(c, m)
 
@@ -107,6 +113,8 @@ STAGE_ON = {
     "explain": lambda c, m: True,
     "method_agreement": lambda c, m: len(c["explain"]["methods"]) > 1,  # how alike the methods' maps are
     "clever_hans": lambda c, m: bool(c["clever_hans"]["enabled"]),
+    # a concept's direction lives in one network's layer: not an ensemble's average, not an export
+    "tcav": lambda c, m: bool(c["concepts"]) and bool(c["explain"]["tcav"]["enabled"]) and with_layers(c, m),
     "represent": _represent_on,
     "embedding_duplicates": embedding_duplicates_on,
     "inspect_units": _units_on,
@@ -205,6 +213,9 @@ SECTIONS = [
     Section("training", "Training"),
     Section("evaluation", "Evaluation and baselines"),
     Section("clever_hans", "Clever Hans: does the model cheat?", _on("clever_hans", results="clever_hans")),
+    Section("concepts", "Concepts the model uses (TCAV)", _on("tcav", results="tcav"),
+            build="cvaudit.report.concept_sections:concepts_section",
+            summary="cvaudit.report.concept_sections:concepts_summary"),
     Section("calibration", "Calibration", _on("calibrate", calibration="calibration")),
     Section("slices", "Where the model fails: slices and groups", _on("slices", slices="slices")),
     Section("attributions", "Attributions and their trust checks", _attributions),

@@ -30,6 +30,7 @@ def small_config(work, run):
     cfg["robustness"] = {"enabled": False}
     cfg["clever_hans"] = {"enabled": False}
     cfg["data_audit"] = {"enabled": False}
+    cfg["concepts"] = {}
     cfg["report"] = {"pdf": False}
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
 

@@ -331,6 +331,27 @@ def test_clever_hans_detection_reaches_each_report_and_the_comparison(run):
     assert "Does a model cheat?" in (run / "results" / "compare" / "report.html").read_text()
 
 
+def test_a_named_concept_is_scored_by_tcav_in_each_report(run):
+    """The session's run names a forbidden concept (a white corner square on tiny images of every class): each
+    model's tcav job scores it per class at its layer, the report shows it and the verdict reads it."""
+    for m in MODELS:
+        t = json.loads((run / "results" / m / "explain" / "tcav.json").read_text())
+        mark = t["concepts"]["corner_mark"]
+        assert t["random_sets"] == 4 and mark["forbidden"] and mark["n_images"] == len(list((run / "concepts" / "corner_mark").iterdir()))
+        assert mark["separable"] and {r["class"] for r in mark["classes"]} == {"bag", "sneaker", "trouser"}
+        assert all(len(r["scores"]) == 4 and 0 <= r["mean"] <= 1 and 0 <= r["p_adjusted"] <= 1 for r in mark["classes"])
+        summary = json.loads((run / "results" / m / "report" / "summary.json").read_text())
+        assert summary["concepts"]["layer"] == t["layer"]
+        assert summary["concepts"]["concepts"]["corner_mark"]["scores"]["bag"]["tcav"] == next(
+            r["mean"] for r in mark["classes"] if r["class"] == "bag")
+        verdict = next(v for v in summary["verdicts"] if v["check"] == "forbidden_concept")
+        worst = max(mark["classes"], key=lambda r: r["difference"]["value"])
+        assert verdict["value"] == worst["difference"]["value"] and verdict["interval"] == "welch t"
+        assert verdict["status"] != "fail" or worst["drives"]  # fails only where the test finds it drives the class
+        html = (run / "results" / m / "report" / "report.html").read_text()
+        assert 'id="concepts"' in html and "corner_mark" in html and f"<code>{t['layer']}</code>" in html
+
+
 def test_every_list_behind_a_verdict_is_a_csv_next_to_the_report(run):
     """The evidence files: one per list, linked from the report, counted in summary.json, whole (the report shows a
     few rows; the CSV has them all)."""

@@ -21,6 +21,12 @@ BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (128, 128, 
 EXIF_ORIENTATION = 0x0112
 
 
+def image_files(folder: str | Path) -> list[str]:
+    """Every image file under `folder` (by extension, subfolders too), sorted; hidden files left out."""
+    return sorted(str(p) for p in Path(folder).rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and p.is_file())
+
+
 def background_rgb(value) -> tuple[int, int, int]:
     """Config key datasets.*.background: white, black, grey, or [r, g, b] in 0..255."""
     if isinstance(value, str):

@@ -10,6 +10,7 @@ import numpy as np
 
 from cvaudit.core import stats
 from cvaudit.core.registry import ATTACKS
+from cvaudit.report.concept_sections import forbidden_concept
 from cvaudit.report.judge import as_estimate, judge, settle
 
 
@@ -340,6 +341,14 @@ register(Check("shortcut_suspected", "Clever-Hans shortcut", "explanations at sc
                "predictions beyond its control is a shortcut the model learnt from the data.", shortcut_suspected,
                action="remove the cue from the training images (or balance it across classes) and retrain; until then its accuracy measures the cue",
                sized_by="clever_hans.max_images", stage="clever_hans"))
+register(Check("forbidden_concept", "Forbidden concept used", "explanations at scale", False,
+               "TCAV (Kim et al. 2018) of each concept the config marks forbidden (a watermark, a scanner tag): its "
+               "concept activation vectors, learnt at one layer against random sets of training images, and per class "
+               "the share of test images whose logit rises along them. The value is the largest rise of that share "
+               "over the random CAVs' (Welch interval at the Bonferroni-corrected level, judged where it lies against "
+               "the thresholds: a rise the test cannot tell from the random CAVs' never fails).", forbidden_concept,
+               action="find the concept in the training images (the concept section shows examples) and remove or balance it, then retrain; the Clever-Hans counterfactuals confirm whether the concept flips predictions",
+               sized_by="explain.tcav.random_sets", stage="tcav"))
 register(Check("slice_gap", "Accuracy gap of the weakest slice", "slices and groups", False,
                "Accuracy of the rest of the test set minus that of its weakest slice (a bin of brightness, contrast, "
                "sharpness, colourfulness, size or aspect, or a pair of bins), with an interval adjusted for the "

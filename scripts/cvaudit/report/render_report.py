@@ -258,6 +258,8 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     ch_file = grouped.get("clever_hans", {}).get("results")
     r["clever_hans"] = clever_hans_section(ch_file) if ch_file else None
     reps, unit_files = grouped.get("representations", {}), grouped.get("units", {})
+    built = {s.id: load(s.build)(grouped[s.id]) for s in SECTIONS if s.build and grouped.get(s.id)}
+    r["built"] = built  # the sections a verdict reads (the concepts section: forbidden_concept)
     verdicts = run_checks(r, settings["verdicts"])
     model_verdicts = [v for v in verdicts if v["method"] is None]
     status = overall(model_verdicts)  # about the model; each attribution method is judged in its own section
@@ -270,7 +272,6 @@ def render_report(model: str, inputs: dict, model_cfg: dict, dataset_cfg: dict, 
     units = units_section(unit_files["units"], unit_files.get("ascent")) \
         if "units" in unit_files else None
     compare = compare_section(reps["compare"]) if "compare" in reps else None
-    built = {s.id: load(s.build)(grouped[s.id]) for s in SECTIONS if s.build and grouped.get(s.id)}
     robust = robust_section(r["robust"], [str(n) for n in audit["class_names"]]) if r["robust"] else None
     ev = r["eval"]
     stage_runs = read_benchmarks(benchmarks or {})
