@@ -244,9 +244,16 @@ def report_inputs(config: dict, model: str) -> dict[str, str]:
 def not_applicable(model_cfg: dict, settings: dict) -> dict[str, str]:
     """{section id: why} for the switched-on sections a model cannot have (an export has no layers to read): the
     report shows each with its reason, never leaves it out in silence."""
+    out = {}
+    if settings.get("concepts") and settings["explain"]["tcav"]["enabled"]:  # TCAV reads one network's layer
+        if is_export_arch(model_cfg["arch"]):
+            out["concepts"] = EXPORT_REASON
+        elif model_cfg["arch"] == "ensemble":
+            out["concepts"] = ("an ensemble averages its members' outputs and has no layer of its own: its members' "
+                               "reports score the concepts")
     if not is_export_arch(model_cfg["arch"]) or not settings["represent"]["enabled"]:
-        return {}
-    out = {"representations": EXPORT_REASON, "units": EXPORT_REASON}
+        return out
+    out |= {"representations": EXPORT_REASON, "units": EXPORT_REASON}
     if settings["represent"]["layer_views"]["enabled"]:
         out["layers"] = EXPORT_REASON
     return out
@@ -256,7 +263,7 @@ def report_settings(config: dict) -> dict:
     """The settings a model's report reads (its rule's params): audit.fail_on is left out, read by the gate alone,
     so changing it reruns no report."""
     keys = ("seed", "device", "explain", "represent", "robustness", "baseline", "data_audit", "clever_hans",
-            "verdicts", "report")
+            "concepts", "verdicts", "report")
     return {k: config[k] for k in keys} | {"audit": {k: v for k, v in config["audit"].items() if k != "fail_on"}}
 
 

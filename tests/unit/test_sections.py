@@ -141,3 +141,28 @@ def test_side_by_side_round_trips_what_the_comparison_shows(tmp_path, monkeypatc
             assert np.array_equal(b[k], r[k])
         for m, v in r["maps"].items():
             assert (b["maps"][m] is None) if v is None else np.array_equal(b["maps"][m], v)
+
+
+def test_named_concepts_add_a_tcav_job_per_model_with_layers_and_say_why_not_for_the_others(tmp_path):
+    from cvaudit.estimate import model_jobs
+    from cvaudit.sections import concept_inputs, not_applicable, report_settings
+    counts = {"train": 600, "val": 100, "test": 300}
+    assert not stage_on(DEMO, "cnn_fmnist", "tcav") and "concepts" not in by_section(report_inputs(DEMO, "cnn_fmnist"))
+    folder = tmp_path / "mark"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(b"")
+    (folder / ".hidden.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("")
+    cfg = copy.deepcopy(DEMO)
+    cfg["concepts"] = {"mark": {"path": str(folder), "forbidden": True}}
+    cfg["models"]["both"] = {**cfg["models"]["cnn_fmnist"], "arch": "ensemble", "members": ["cnn_fmnist"]}
+    assert concept_inputs(cfg) == [str(folder / f"{i}.png") for i in range(3)]  # images only, hidden ones left out
+    assert stage_on(cfg, "cnn_fmnist", "tcav") and "tcav" in {s for s, _, _ in model_jobs(cfg, "cnn_fmnist", counts)}
+    assert by_section(report_inputs(cfg, "cnn_fmnist"))["concepts"] == {"results": "results/cnn_fmnist/explain/tcav.json"}
+    assert not stage_on(cfg, "both", "tcav") and "tcav" not in {s for s, _, _ in model_jobs(cfg, "both", counts)}
+    settings = report_settings(cfg)
+    assert "ensemble" in not_applicable(cfg["models"]["both"], settings)["concepts"]
+    assert "concepts" not in not_applicable(cfg["models"]["cnn_fmnist"], settings)
+    cfg["explain"]["tcav"]["enabled"] = False
+    assert not stage_on(cfg, "cnn_fmnist", "tcav") and "concepts" not in not_applicable(cfg["models"]["both"], report_settings(cfg))

@@ -226,3 +226,23 @@ def test_the_verdict_reads_the_forbidden_concepts_largest_rise_and_says_what_was
     est = forbidden_concept(_built(unseen))
     assert est["value"] is None and "tag not represented at features" in est["note"]
     assert judge(est, t, False) == "n/a"  # named, not scored: said in the note, never a pass
+
+
+@pytest.mark.slow
+def test_a_vit_is_read_at_its_last_blocks_tokens(world):
+    """A vision transformer's CAVs live in its last block's tokens (the layer Grad-CAM reads); every class is
+    scored and the gradient reaches those tokens."""
+    from cvaudit.net.models import build_model
+    from tiny_models import tiny_vit_spec
+    rows, concepts = world
+    spec = {**tiny_vit_spec(class_names=CLASSES), "mean": [0.0] * 3, "std": [1.0] * 3}
+    torch.manual_seed(0)
+    net = build_model(spec).eval()
+    res = tcav(net, spec, {"mark": concepts["mark"]}, rows["train"], rows["test"], {**OPTIONS, "layer": "auto"},
+               seed=0, device="cpu")
+    assert res["layer"] == "blocks.1.norm1"
+    mark = res["concepts"]["mark"]
+    assert mark["separable"] and {r["class"] for r in mark["classes"]} == set(CLASSES)
+    assert all(0 <= r["mean"] <= 1 and len(r["scores"]) == OPTIONS["random_sets"] for r in mark["classes"])
+    _, g = layer_values(net, net.get_submodule(res["layer"]), rows["test"][:4], spec, "cpu", target=0)
+    assert g.shape[0] == 4 and np.abs(g).sum(1).min() > 0  # every image's tokens carry the class's gradient
