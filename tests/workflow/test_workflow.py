@@ -160,7 +160,7 @@ def test_second_run_does_nothing_and_a_changed_image_reruns_its_chain(run):
                     "represent": 2, "embedding_duplicates": 2, "inspect_units": 2, "visualise_ascent": 2, "compare_representations": 1,
                     "calibrate": 2, "invariance": 8, "adversarial": 6, "render_report": 2, "compare_models": 1,
                     "method_agreement": 2, "side_by_side": 1, "gate": 1, "gate_check": 1, "image_properties": 1,
-                    "data_audit": 1, "clever_hans": 2, "slices": 2, "shape_texture": 2, "corruptions": 2, "layer_views": 2, "shift": 1,
+                    "data_audit": 1, "clever_hans": 2, "tcav": 2, "slices": 2, "shape_texture": 2, "corruptions": 2, "layer_views": 2, "shift": 1,
                     "all": 1}  # 10 methods + the random floor, per model
     smk(run, "--configfile", str(run / "config.yaml"), "--touch")  # mark up to date again
     shutil.copy(img, run / "images" / "trouser" / "added.png")  # a new file is a new input

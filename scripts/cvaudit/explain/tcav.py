@@ -30,22 +30,47 @@ MIN_CONCEPT_IMAGES = 6  # fewer and the held-out accuracy of a CAV rests on one 
 
 
 def tcav_layer(net, spec: dict, layer: str = "auto"):
-    """The module whose output the CAVs live in: the configured one, or Grad-CAM's (cvaudit.explain.methods.cam)."""
+    """The module whose output the CAVs live in: the configured one, or (auto) Grad-CAM's
+    (cvaudit.explain.methods.cam) unless only pooling and a linear head follow it (the class gradient there is the
+    same for every image, and each CAV would score every image alike): then the block before it."""
     from cvaudit.explain.methods import get_method
-    x = torch.zeros(1, 3, spec["input_size"], spec["input_size"], device=next(net.parameters()).device)
-    return get_method("gradcam", layer=layer).layer(net, x)
+    from cvaudit.explain.methods.cam import block_outputs
+    from cvaudit.net.hooks import Hooks
+    from cvaudit.net.pixel_space import inner
+    from cvaudit.net.tokens import token_layout
+    dev = next(net.parameters()).device
+    size = spec["input_size"]
+    cam_layer = get_method("gradcam", layer=layer).layer(net, torch.zeros(1, 3, size, size, device=dev))
+    if layer != "auto" or token_layout(inner(net)) is not None:
+        return cam_layer
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(dev)
+    names = dict(inner(net).named_modules())
+    done: list[tuple[str, torch.Tensor]] = []  # block outputs in the order their forward passes finish
+    with Hooks() as hooks, torch.enable_grad():
+        for n in block_outputs(inner(net)):
+            hooks.forward(names[n], lambda m, i, o, n=n: done.append((n, o)))
+        hooks.forward(cam_layer, lambda m, i, o: done.append(("", o)))
+        score = net(x)[:, 0].sum()
+        at = next(o for n, o in done if n == "")
+        g, = torch.autograd.grad(score, at)
+    if not torch.allclose(g[0], g[1]):
+        return cam_layer
+    before = [(n, o) for n, o in done[:[n for n, _ in done].index("")]
+              if n and o is not at and o.dim() == 4 and min(o.shape[-2:]) > 1]
+    return names[before[-1][0]] if before else cam_layer
 
 
 def layer_values(net, module, rows: list[dict], spec: dict, device, target: int | None = None,
-                 batch_size="auto") -> tuple[np.ndarray, np.ndarray | None]:
+                 batch_size="auto") -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """The layer's output for each image, flattened (N x D), streamed in batches; with `target` also the gradient
-    of that class's logit with respect to it (the directional derivatives' other factor)."""
+    of that class's logit with respect to it (the directional derivatives' other factor); and each image's
+    predicted class."""
     from cvaudit.core.manifest import image_loader
     from cvaudit.net.hooks import Hooks
     from cvaudit.net.models import auto_batch
     from cvaudit.net.transforms import eval_transform
     store: dict[str, torch.Tensor] = {}
-    acts, grads = [], []
+    acts, grads, preds = [], [], []
     bs = auto_batch(spec["input_size"], spec["input_size"], device, batch_size)
     with Hooks() as hooks:
         hooks.forward(module, lambda m, i, o: store.__setitem__("a", o))
@@ -53,17 +78,19 @@ def layer_values(net, module, rows: list[dict], spec: dict, device, target: int 
             x = x.to(device)
             if target is None:
                 with torch.no_grad():
-                    net(x)
-                acts.append(store["a"].detach().flatten(1).float().cpu())
-                continue
-            x.requires_grad_(True)  # frozen weights: the graph must still reach the layer
-            with torch.enable_grad():
-                score = net(x)[:, target].sum()  # images are independent in eval mode
-                g, = torch.autograd.grad(score, store["a"])
+                    logits = net(x)
+            else:
+                x.requires_grad_(True)  # frozen weights: the graph must still reach the layer
+                with torch.enable_grad():
+                    logits = net(x)
+                    g, = torch.autograd.grad(logits[:, target].sum(), store["a"])  # images are independent in eval mode
+                grads.append(g.flatten(1).float().cpu())
             acts.append(store["a"].detach().flatten(1).float().cpu())
-            grads.append(g.flatten(1).float().cpu())
-    a = torch.cat(acts).numpy() if acts else np.zeros((0, 0), np.float32)
-    return a, (torch.cat(grads).numpy() if grads else None) if target is not None else None
+            preds.append(logits.detach().argmax(1).cpu())
+    if not acts:
+        return np.zeros((0, 0), np.float32), None, np.zeros(0, int)
+    return (torch.cat(acts).numpy(), torch.cat(grads).numpy() if grads else None,
+            torch.cat(preds).numpy().astype(int))
 
 
 def fit_cav(concept: np.ndarray, counterpart: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
@@ -124,12 +151,14 @@ def tcav(net, spec: dict, concepts: dict, train_rows: list[dict], test_rows: lis
         result["reason"] = f"the training split has {len(train_rows)} images: too few for {k + 1} random sets"
         return result
     random_acts = [layer_values(net, module, d, spec, device)[0] for d in draws]
-    per_class = {}
+    per_class, reference = {}, []  # the class's gradients; every sampled test image's prediction
     for c, name in enumerate(names):
         rows = [r for r in test_rows if r["label"] == name]
         if rows:
-            per_class[name] = layer_values(net, module, _sample(rows, options["class_images"], rng), spec, device,
-                                           target=c)[1]
+            _, per_class[name], pred = layer_values(net, module, _sample(rows, options["class_images"], rng), spec,
+                                                    device, target=c)
+            reference.append(pred)
+    reference = np.concatenate(reference) if reference else np.zeros(0, int)
     random_cavs = [fit_cav(random_acts[0], random_acts[i], seed + i) for i in range(1, k + 1)]
     result["random"] = {"cav_accuracy": float(np.mean([a for _, a in random_cavs])),
                         "scores": {n: [tcav_score(g, v) for v, _ in random_cavs] for n, g in per_class.items()}}
@@ -143,7 +172,8 @@ def tcav(net, spec: dict, concepts: dict, train_rows: list[dict], test_rows: lis
         if len(files) < MIN_CONCEPT_IMAGES:
             entry["reason"] = f"{len(files)} image(s) in {ccfg['path']}: at least {MIN_CONCEPT_IMAGES} needed"
             continue
-        acts = layer_values(net, module, [{"path": f, "label": names[0]} for f in files], spec, device)[0]
+        acts, _, predicted = layer_values(net, module, [{"path": f, "label": names[0]} for f in files], spec, device)
+        entry["predicted"] = {n: int((predicted == c).sum()) for c, n in enumerate(names)}
         cavs = [fit_cav(acts, random_acts[i], seed + i) for i in range(1, k + 1)]
         acc = np.array([a for _, a in cavs])
         entry["cav_accuracy"] = {"mean": float(acc.mean()), "min": float(acc.min())}
@@ -171,8 +201,25 @@ def tcav(net, spec: dict, concepts: dict, train_rows: list[dict], test_rows: lis
             row["p_adjusted"] = float(p)
             row["significant"] = bool(rej)
             row["drives"] = bool(rej and row["difference"]["value"] > 0)
+        for cname, entry in result["concepts"].items():
+            for row in entry["classes"]:
+                row["shift"] = prediction_shift(entry["predicted"][row["class"]], entry["n_images"],
+                                                int((reference == names.index(row["class"])).sum()), len(reference),
+                                                row["class"], options["alpha"] / m)
+                row["confirmed"] = bool(row["drives"] and row["shift"]["ci_low"] > 0)
     result["n_tests"] = m
+    result["n_reference"] = int(len(reference))
     return result
+
+
+def prediction_shift(k_concept: int, n_concept: int, k_ref: int, n_ref: int, cls: str, alpha: float) -> dict:
+    """The behavioural confirmation of a concept driving a class: the share of the concept's images the model
+    predicts as the class minus the share of ordinary test images it does (Newcombe's interval at `alpha`). The
+    concept's images are ordinary images with the concept: a concept the class relies on pulls them into it."""
+    lo, hi = stats.gap_interval(k_concept, n_concept, k_ref, n_ref, alpha)
+    return stats.estimate(k_concept / n_concept - k_ref / max(1, n_ref), n_concept, lo, hi, "newcombe",
+                          note=f"{k_concept} of {n_concept} concept images predicted {cls}, against {k_ref} of {n_ref} "
+                               f"test images (interval at {1 - alpha:.4g})")
 
 
 def run_tcav(model_path, manifest, concepts: dict, options: dict, seed: int, device: str, threads: int, out) -> dict:

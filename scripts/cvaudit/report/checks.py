@@ -342,13 +342,15 @@ register(Check("shortcut_suspected", "Clever-Hans shortcut", "explanations at sc
                action="remove the cue from the training images (or balance it across classes) and retrain; until then its accuracy measures the cue",
                sized_by="clever_hans.max_images", stage="clever_hans"))
 register(Check("forbidden_concept", "Forbidden concept used", "explanations at scale", False,
-               "TCAV (Kim et al. 2018) of each concept the config marks forbidden (a watermark, a scanner tag): its "
-               "concept activation vectors, learnt at one layer against random sets of training images, and per class "
-               "the share of test images whose logit rises along them. The value is the largest rise of that share "
-               "over the random CAVs' (Welch interval at the Bonferroni-corrected level, judged where it lies against "
-               "the thresholds: a rise the test cannot tell from the random CAVs' never fails).", forbidden_concept,
-               action="find the concept in the training images (the concept section shows examples) and remove or balance it, then retrain; the Clever-Hans counterfactuals confirm whether the concept flips predictions",
-               sized_by="explain.tcav.random_sets", stage="tcav"))
+               "TCAV (Kim et al. 2018) of each concept the config marks forbidden (a watermark, a scanner tag), named by "
+               "ordinary images that carry it: concept activation vectors learnt at one layer against random sets of "
+               "training images, and per class the share of test images whose logit rises along them, tested against "
+               "random CAVs. Over the classes the concept's TCAV score lies above the random CAVs', the value is the "
+               "largest rise in the share of images predicted as the class when they carry the concept (its images "
+               "against ordinary test images, Newcombe interval, Bonferroni-corrected): the behaviour that confirms "
+               "what the directions suggest.", forbidden_concept,
+               action="find the concept in the training images (the concept section shows examples) and remove or balance it, then retrain; the Clever-Hans counterfactuals show whether it flips predictions image by image",
+               sized_by="concepts.*.path (example images)", stage="tcav"))
 register(Check("slice_gap", "Accuracy gap of the weakest slice", "slices and groups", False,
                "Accuracy of the rest of the test set minus that of its weakest slice (a bin of brightness, contrast, "
                "sharpness, colourfulness, size or aspect, or a pair of bins), with an interval adjusted for the "

@@ -21,42 +21,50 @@ def concepts_section(files: dict) -> dict | None:
         concepts.append({"name": name, **{k: c.get(k) for k in ("path", "forbidden", "description", "n_images",
                                                                "cav_accuracy", "separable", "reason")},
                          "examples": examples, "classes": rows,
-                         "drives": [r["class"] for r in rows if r.get("drives")]})
+                         "drives": [r["class"] for r in rows if r.get("drives")],
+                         "confirmed": [r["class"] for r in rows if r.get("confirmed")]})
     return {"layer": t["layer"], "random_sets": t["random_sets"], "n_random_images": t["n_random_images"],
             "alpha": t["alpha"], "min_cav_accuracy": t["min_cav_accuracy"], "reason": t.get("reason"),
             "random_cav_accuracy": (t.get("random") or {}).get("cav_accuracy"), "n_tests": t.get("n_tests", 0),
+            "n_reference": t.get("n_reference", 0),
             "concepts": concepts}
 
 
 def concepts_summary(section: dict | None) -> dict | None:
-    """summary.json's concepts entry: per concept whether it is forbidden and represented, and the classes it drives
-    with their scores."""
+    """summary.json's concepts entry: per concept whether it is forbidden and represented, the classes it drives
+    (TCAV) and those confirmed by the prediction shift, and per class the scores and the shift."""
     if not section:
         return None
     return {"layer": section["layer"], "random_sets": section["random_sets"], "concepts": {
         c["name"]: {"forbidden": c["forbidden"], "separable": c["separable"],
                     "cav_accuracy": (c["cav_accuracy"] or {}).get("mean"), "drives": c["drives"],
-                    "scores": {r["class"]: {"tcav": r["mean"], "random": r["random_mean"],
-                                            "p_adjusted": r["p_adjusted"]} for r in c["classes"]}}
+                    "confirmed": c["confirmed"],
+                    "scores": {r["class"]: {"tcav": r["mean"], "random": r["random_mean"], "p_adjusted": r["p_adjusted"],
+                                            "shift": r["shift"]["value"]} for r in c["classes"]}}
         for c in section["concepts"]}}
 
 
 def forbidden_concept(r: dict):
-    """The largest rise of a forbidden concept's mean TCAV score over the random CAVs', over the classes, with its
-    Welch interval; None when no forbidden concept was scored (none named, or none represented at the layer)."""
+    """Over the concepts marked forbidden and the classes whose TCAV score lies above the random CAVs': the largest
+    rise in the share of images the model predicts as the class when they carry the concept (the concept's images
+    against ordinary test images, Newcombe interval, Bonferroni over the tests). 0 when TCAV finds no class above
+    the random CAVs; None when no forbidden concept is named, an estimate without a value when none was scored."""
+    from cvaudit.core import stats
     section = (r.get("built") or {}).get("concepts")
     if not section:
         return None
-    rows = [(c, row) for c in section["concepts"] if c["forbidden"] for row in c["classes"]]
-    if not rows:
-        named = [c["name"] for c in section["concepts"] if c["forbidden"]]
-        if not named:
-            return None
-        from cvaudit.core import stats
-        return stats.estimate(None, 0, method="welch t", note=f"forbidden concept(s) {', '.join(named)} not "
-                              f"represented at {section['layer']} (or too few images): nothing scored")
-    c, row = max(rows, key=lambda cr: cr[1]["difference"]["value"])
-    verb = "drives" if row["drives"] else "does not significantly drive"
-    return {**row["difference"], "note": f"{c['name']} {verb} {row['class']}: TCAV {row['mean']:.2f} against "
-                                         f"{row['random_mean']:.2f} for random CAVs (Holm p {row['p_adjusted']:.3g}); "
-                                         + row["difference"]["note"]}
+    forbidden = [c for c in section["concepts"] if c["forbidden"]]
+    if not forbidden:
+        return None
+    scored = [(c, row) for c in forbidden for row in c["classes"]]
+    if not scored:
+        return stats.estimate(None, 0, method="newcombe", note=f"forbidden concept(s) {', '.join(c['name'] for c in forbidden)} "
+                              f"not represented at {section['layer']} (or too few images): nothing scored")
+    above = [(c, row) for c, row in scored if row["difference"]["value"] > 0]
+    if not above:
+        return stats.estimate(0.0, max(c["n_images"] for c in forbidden), method="none",
+                              note=f"TCAV scores no class above the random CAVs for {', '.join(c['name'] for c in forbidden)}")
+    c, row = max(above, key=lambda cr: cr[1]["shift"]["value"])
+    tcav = (f"TCAV {row['mean']:.2f} against {row['random_mean']:.2f} for random CAVs, Holm p {row['p_adjusted']:.3g}"
+            + ("" if row["drives"] else ", not significant"))
+    return {**row["shift"], "note": f"{c['name']} on {row['class']}: {row['shift']['note']}; {tcav}"}
