@@ -54,7 +54,9 @@ SCOPE = {
     "represent.embedding_duplicates": ["nearest", "confirm"],
     "robust.conformal": ["min_calibration", "prediction_sets", "by_group", "coverage_report", "examples", "conformal"],
     "robust.selective": ["risks", "aurc", "optimal_aurc", "accuracy_at", "selective"],
-    "robust.ood": ["normalised", "image_scores", "auroc", "fpr_at_95", "_bootstrap", "separation"],
+    "robust.ood": ["normalised", "image_scores", "auroc", "fpr_at_95", "separation"],
+    "explain.tcav": ["tcav_layer", "fit_cav", "tcav_score", "concept_test", "tcav", "prediction_shift"],
+    "report.concept_sections": ["concepts_summary", "forbidden_concept"],
     "robust.error_slices": ["normalised", "cluster_embeddings", "excess_errors_p", "describe", "nearest_training",
                             "error_slices"],
 }
@@ -67,6 +69,8 @@ TESTS = {"robust.adversarial": ["tests/unit/robust/test_attacks.py"], "explain.s
          "robust.conformal": ["tests/unit/robust/test_conformal.py"],
          "robust.selective": ["tests/unit/robust/test_selective.py"],
          "robust.ood": ["tests/unit/robust/test_ood.py", "tests/unit/robust/test_shift.py"],
+         "explain.tcav": ["tests/unit/explain/test_tcav.py"],
+         "report.concept_sections": ["tests/unit/explain/test_tcav.py", "tests/unit/test_sections.py"],
          # the known answers on synthetic embeddings and the stage's wiring; the planted Fashion-MNIST slices train a
          # network (seconds a mutant: hours in all)
          "robust.error_slices": [f"tests/unit/robust/test_error_slices.py::{t}" for t in (

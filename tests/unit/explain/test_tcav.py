@@ -97,7 +97,7 @@ def _by_class(result, concept):
 
 @pytest.mark.slow
 def test_the_mark_concept_drives_the_class_the_mark_feeds_and_its_images_turn_into_it(world):
-    from cvaudit.report.concept_sections import concepts_section, forbidden_concept
+    from cvaudit.report.concept_sections import concepts_section, concepts_summary, forbidden_concept
     from cvaudit.report.judge import judge
     rows, concepts = world
     t = {"warn": 0.1, "fail": 0.3}
@@ -117,9 +117,20 @@ def test_the_mark_concept_drives_the_class_the_mark_feeds_and_its_images_turn_in
     assert shift["value"] == pytest.approx(1 - 20 / 60) and shift["ci_low"] > 0.4 and got["plain"]["confirmed"]
     assert not got["h"]["confirmed"] and not got["v"]["confirmed"]  # what the stripes' directions say, no behaviour
     assert 0.2 < res["random"]["cav_accuracy"] < 0.8  # random sets against random sets: no direction to learn
-    est = forbidden_concept({"built": {"concepts": concepts_section({"results": _write(res, world)})}})
+    section = concepts_section({"results": _write(res, world)})
+    est = forbidden_concept({"built": {"concepts": section}})
     assert est["value"] == shift["value"] and "mark on plain: 24 of 24 concept images" in est["note"]
     assert judge(est, t, False) == "fail"
+    summary = concepts_summary(section)
+    assert summary["layer"] == "features" and summary["random_sets"] == 10
+    entry = summary["concepts"]["mark"]
+    assert entry["forbidden"] and entry["separable"] and entry["confirmed"] == ["plain"] and "plain" in entry["drives"]
+    assert entry["cav_accuracy"] == mark["cav_accuracy"]["mean"] and set(entry["scores"]) == set(CLASSES)
+    assert entry["scores"]["plain"] == {"tcav": 1.0, "random": got["plain"]["random_mean"],
+                                        "p_adjusted": got["plain"]["p_adjusted"], "shift": shift["value"]}
+    assert section["concepts"][0]["classes"][0]["class"] == "plain"  # the largest rise over random first
+    assert len(section["concepts"][0]["examples"]) == OPTIONS["examples"] and section["n_reference"] == 60
+    assert concepts_summary(None) is None and concepts_section({}) is None
     # the clean twin: the same layer sees the mark (separable), but no class's logit moves with it
     clean = tcav(MarkNet(mark_weight=0.0).eval(), SPEC, {"mark": concepts["mark"]}, rows["train"], rows["test"],
                  OPTIONS, seed=0, device="cpu")
