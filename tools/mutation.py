@@ -70,7 +70,9 @@ TESTS = {"robust.adversarial": ["tests/unit/robust/test_attacks.py"], "explain.s
          "robust.selective": ["tests/unit/robust/test_selective.py"],
          "robust.ood": ["tests/unit/robust/test_ood.py", "tests/unit/robust/test_shift.py"],
          "explain.tcav": ["tests/unit/explain/test_tcav.py"],
-         "report.concept_sections": ["tests/unit/explain/test_tcav.py", "tests/unit/test_sections.py"],
+         "report.concept_sections": [f"tests/unit/explain/test_tcav.py::{t}" for t in (
+             "test_the_verdict_reads_the_prediction_shift_of_the_classes_tcav_puts_above_random",
+             "test_the_section_and_the_summary_carry_each_concepts_scores")],
          # the known answers on synthetic embeddings and the stage's wiring; the planted Fashion-MNIST slices train a
          # network (seconds a mutant: hours in all)
          "robust.error_slices": [f"tests/unit/robust/test_error_slices.py::{t}" for t in (
@@ -82,7 +84,8 @@ TESTS = {"robust.adversarial": ["tests/unit/robust/test_attacks.py"], "explain.s
                                     "tests/unit/report/test_compare.py"]}
 # Modules whose tests, forked from a process that has run them, deadlocked (thread pools: file hashing, torch's
 # intra-op threads in attacks and temperature fits, scipy): their mutants run from a fork server instead.
-FORKSERVER = {"data.ingest_dataset", "robust.adversarial", "robust.calibrate", "robust.invariance"}
+FORKSERVER = {"data.ingest_dataset", "robust.adversarial", "robust.calibrate", "robust.invariance", "explain.tcav",
+              "report.concept_sections"}
 KILLED = {1: "killed", 3: "killed", 37: "killed"}
 STATUS = {36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 0: "survived",
           5: "no tests", 33: "no tests", 34: "skipped", None: "not checked", -11: "segfault",

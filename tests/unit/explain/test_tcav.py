@@ -336,3 +336,37 @@ def test_the_demos_concept_is_the_planted_cue_on_ordinary_garments_of_every_clas
         assert np.array_equal(a, np.asarray(im)), name
         assert (a[1:5, 1:5] == 255).all()  # the demo's cue: a white 4 px square one pixel from the top-left corner
     assert cfg["concepts"]["corner_square"]["forbidden"]
+
+
+def test_the_section_and_the_summary_carry_each_concepts_scores(tmp_path):
+    import json
+
+    from cvaudit.report.concept_sections import concepts_section, concepts_summary
+    rows = [_row("h", 0.1, -0.1, 0.3, False, (0.0, -0.1, 0.1)), _row("plain", 0.6, 0.4, 0.8, True, (0.5, 0.3, 0.7))]
+    for r in rows:
+        r["confirmed"] = r["drives"] and r["shift"]["ci_low"] > 0
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    t = {"layer": "features", "random_sets": 10, "n_random_images": 330, "alpha": 0.05, "min_cav_accuracy": 0.7,
+         "random": {"cav_accuracy": 0.48}, "n_tests": 2, "n_reference": 60, "concepts": {
+             "mark": {"path": "m", "forbidden": True, "description": "a mark", "n_images": 24, "separable": True,
+                      "cav_accuracy": {"mean": 0.9, "min": 0.8}, "examples": [str(tmp_path / "a.png"), str(tmp_path / "gone.png")],
+                      "classes": rows},
+             "tint": {"path": "b", "forbidden": False, "description": "", "n_images": 24, "separable": False,
+                      "cav_accuracy": {"mean": 0.5, "min": 0.4}, "examples": [], "classes": [], "reason": "not represented"}}}
+    (tmp_path / "tcav.json").write_text(json.dumps(t))
+    section = concepts_section({"results": tmp_path / "tcav.json"})
+    assert concepts_section({}) is None and concepts_summary(None) is None
+    assert (section["layer"], section["random_sets"], section["n_random_images"], section["n_tests"], section["n_reference"]) == \
+        ("features", 10, 330, 2, 60)
+    assert section["random_cav_accuracy"] == 0.48 and section["alpha"] == 0.05 and section["min_cav_accuracy"] == 0.7
+    mark, tint = section["concepts"]
+    assert mark["name"] == "mark" and [r["class"] for r in mark["classes"]] == ["plain", "h"]  # the largest rise first
+    assert mark["drives"] == ["plain"] and mark["confirmed"] == ["plain"] and len(mark["examples"]) == 1  # a moved image is skipped
+    assert mark["examples"][0].startswith("data:image/png;base64,") and mark["description"] == "a mark"
+    assert tint["reason"] == "not represented" and tint["classes"] == [] and tint["confirmed"] == []
+    summary = concepts_summary(section)
+    assert summary == {"layer": "features", "random_sets": 10, "concepts": {
+        "mark": {"forbidden": True, "separable": True, "cav_accuracy": 0.9, "drives": ["plain"], "confirmed": ["plain"],
+                 "scores": {"plain": {"tcav": 0.8, "random": 0.2, "p_adjusted": 0.01, "shift": 0.5},
+                            "h": {"tcav": 0.55, "random": 0.45, "p_adjusted": 0.5, "shift": 0.0}}},
+        "tint": {"forbidden": False, "separable": False, "cav_accuracy": 0.5, "drives": [], "confirmed": [], "scores": {}}}}
