@@ -261,14 +261,16 @@ def test_the_verdict_reads_the_prediction_shift_of_the_classes_tcav_puts_above_r
     assert est["note"].endswith("not significant") and judge(est, t, False) == "fail"
     calm = {**mark, "classes": [_row("plain", 0.8, 0.6, 1.0, True, (0.02, -0.05, 0.09))]}
     est = forbidden_concept(_built(calm))
-    assert est["value"] == 0.02 and "Holm p 0.01" in est["note"] and judge(est, t, False) == "pass"
-    below = {**mark, "classes": [_row("plain", -0.2, -0.4, 0.0, True, (0.5, 0.3, 0.7))]}
-    est = forbidden_concept(_built(below))
-    assert est["value"] == 0 and est["method"] == "none" and "no class above the random CAVs" in est["note"]
-    assert judge(est, t, False) == "pass"
+    assert est["value"] == 0.02 and est["note"].endswith("Holm p 0.01") and judge(est, t, False) == "pass"
+    below = {**mark, "classes": [_row("plain", -0.2, -0.4, 0.0, True, (0.5, 0.3, 0.7)),
+                                 _row("h", 0.0, -0.2, 0.2, False, (0.6, 0.4, 0.8))]}  # at the random CAVs': not above
+    est = forbidden_concept(_built(below, {**below, "name": "tag"}))
+    assert est["value"] == 0 and est["method"] == "none" and est["n"] == 30
+    assert est["note"] == "TCAV scores no class above the random CAVs for mark, tag" and judge(est, t, False) == "pass"
     unseen = {"name": "tag", "forbidden": True, "n_images": 3, "classes": []}
-    est = forbidden_concept(_built(unseen))
-    assert est["value"] is None and "tag not represented at features" in est["note"]
+    est = forbidden_concept(_built(unseen, {**unseen, "name": "logo"}))
+    assert est["value"] is None and est["n"] == 0 and est["method"] == "newcombe"
+    assert est["note"].startswith("forbidden concept(s) tag, logo not represented at features")
     assert judge(est, t, False) == "n/a"  # named, not scored: said in the note, never a pass
 
 
