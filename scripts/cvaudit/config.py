@@ -278,6 +278,9 @@ def _local(value) -> bool:
     return isinstance(value, str) and value not in ("", "none") and not value.startswith(("packaged:", "torchvision:"))
 
 
+MIN_CONCEPT_IMAGES = 6  # fewer and the held-out accuracy of a concept's CAV rests on one or two images
+
+
 def resolve_paths(config: dict, base: str | Path) -> None:
     """Make the config's relative paths relative to `base` (the config file's folder), written relative
     to the working directory when they lie under it (so results stay movable), else absolute."""
@@ -327,9 +330,10 @@ def check_paths(config: dict, base: str | Path = ".") -> None:
         if not p.is_dir():
             raise CvauditError(f"config key 'concepts.{name}.path': {c['path']} is not an existing folder; give the "
                                "folder of the concept's example images")
-        if len(image_files(p)) < 6:
+        if len(image_files(p)) < MIN_CONCEPT_IMAGES:
             raise CvauditError(f"config key 'concepts.{name}.path': {c['path']} holds {len(image_files(p))} image(s); "
-                               "TCAV needs at least 6 examples of a concept (50 or more give steadier scores)")
+                               f"TCAV needs at least {MIN_CONCEPT_IMAGES} examples of a concept (50 or more give steadier "
+                               "scores)")
     for name, m in config["models"].items():
         for key in ("weights", "classes_file"):
             value = m.get(key)

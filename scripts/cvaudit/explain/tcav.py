@@ -1,7 +1,8 @@
 """What the model uses, in the user's words: Testing with Concept Activation Vectors (TCAV, Kim et al. 2018).
 
 A concept is a folder of example images (config key `concepts`: a watermark, a hospital tag, stripes). At one
-layer (by default the one Grad-CAM reads: the last block with spatial maps, a ViT's last block tokens), a
+layer (by default the one Grad-CAM reads, or the block before it where only pooling and a linear head follow; a
+ViT's last block tokens), a
 linear classifier separates the concept's activations from those of a random counterpart set of the model's
 own training images; its normal, pointing to the concept, is the concept activation vector (CAV). A class's
 TCAV score is the share of its test images whose class logit rises when the layer's activation moves along the
@@ -9,8 +10,10 @@ CAV (a positive directional derivative). Kim et al.'s test: the CAV is learnt ag
 sets, and the same is done for random sets against random sets; the concept's scores and the random ones are
 compared by a two-sided t-test, Holm-corrected over every concept and class. A concept the CAVs cannot tell
 from random images (held-out accuracy under `min_cav_accuracy`) is not represented at the layer: no score is
-read from it. A concept marked `forbidden` that drives a class significantly is the verdict
-`forbidden_concept`.
+read from it. A direction is not a decision: the concept's images are ordinary images that carry it, so the share
+of them the model predicts as each class, against ordinary test images (the prediction shift), says whether the
+concept pulls images into the class; for a concept marked `forbidden` that is verdict `forbidden_concept`
+(cvaudit.report.concept_sections).
 """
 from __future__ import annotations
 
@@ -21,12 +24,12 @@ import warnings
 import numpy as np
 import torch
 
+from cvaudit.config import MIN_CONCEPT_IMAGES
 from cvaudit.core import stats
 from cvaudit.core.files import write_json
 from cvaudit.core.images import image_files
 
 log = logging.getLogger("cvaudit.explain.tcav")
-MIN_CONCEPT_IMAGES = 6  # fewer and the held-out accuracy of a CAV rests on one or two images
 
 
 def tcav_layer(net, spec: dict, layer: str = "auto"):

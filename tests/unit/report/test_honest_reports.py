@@ -21,6 +21,10 @@ def test_the_comparison_refuses_reports_of_one_dataset_built_from_different_data
     (lambda c, t: c["datasets"].update(tab={"source": "csv", "path": str(t)}), r"datasets\.tab\.path': .* is not an existing file \(it is a folder\)"),
     (lambda c, t: c["models"]["cnn_tiny"].update(weights="my.safetensors"), r"models\.cnn_tiny\.weights': file my\.safetensors not found"),
     (lambda c, t: c["models"]["cnn_tiny"].update(arch="python:net.py:build"), r"models\.cnn_tiny\.arch': file net\.py not found"),
+    (lambda c, t: c.update(concepts={"mark": {"path": str(t / "marks")}}), r"concepts\.mark\.path': .*marks is not an existing folder"),
+    (lambda c, t: (t.joinpath("few").mkdir(), [t.joinpath("few", f"{i}.png").write_bytes(b"") for i in range(5)],
+                   c.update(concepts={"mark": {"path": str(t / "few")}})),
+     r"concepts\.mark\.path': .*few holds 5 image\(s\); TCAV needs at least 6"),
 ])
 def test_every_path_in_the_config_is_checked_before_planning(tmp_path, change, words):
     import yaml
