@@ -405,12 +405,13 @@ def test_no_job_is_silent_in_its_log_for_longer_than_its_heartbeat(run):
     assert any("image-epsilon pairs" in line for line in counted) or any("maps and trust" in line for line in counted)
 
 
-def test_the_run_time_estimate_is_within_a_factor_of_two_of_the_run(run):
+def test_the_run_time_estimate_is_within_a_factor_of_two_of_the_run(run, request):
     """The estimate the run printed at its start (cvaudit.estimate from the config and the model timings it took
     then, cached in the run's folder) against the jobs' measured wall times (benchmarks/): in total, and for each
-    stage that took 20 s or more (the tiny run is mostly job start-up: a wider band). Beside another workflow run
-    the jobs stretch past the band: under pytest-xdist the other worker's tests run niced while the session's run
-    works (tests/conftest.py)."""
+    stage that took 20 s or more (the tiny run is mostly job start-up: a wider band). Under pytest-xdist the other
+    worker's tests run niced while the session's run works (tests/conftest.py), yet its jobs still take about 1.7
+    times their wall time and 1.4 times their CPU time alone (the cores' caches are shared): there the lower
+    bounds are 1.25 times looser."""
     import subprocess
     import sys
 
@@ -419,10 +420,11 @@ def test_the_run_time_estimate_is_within_a_factor_of_two_of_the_run(run):
                          capture_output=True, text=True, check=True, timeout=300).stdout.splitlines()
     rows = {r.split()[0]: (float(r.split()[-3]), float(r.split()[-2])) for r in out[1:] if r.split()[-1] != "—"}
     est, got = rows.pop("all")
-    assert 0.5 <= est / got <= 2, out
+    slack = 1.25 if getattr(request.config, "workerinput", None) else 1.0
+    assert 0.5 / slack <= est / got <= 2, out
     for stage, (e, m) in rows.items():
         if m >= 20:
-            assert 0.4 <= e / m <= 2.5, (stage, e, m)
+            assert 0.4 / slack <= e / m <= 2.5, (stage, e, m)
     assert "estimated run time" in (run / "run.stderr").read_text()  # said before the jobs started
     said = smk(run, "-n", "--configfile", str(run / "config.yaml"), env={"CVAUDIT_ESTIMATE": "1"}).stderr
     assert "estimated run time of the whole audit from scratch about" in said
