@@ -58,10 +58,10 @@ def _shape_net():
 
 @pytest.mark.slow
 def test_a_bag_of_small_patches_decides_by_texture_and_a_shape_trained_net_by_shape():
-    x, y = _images(160, 0, texture_follows_class=True)
-    texture_net = fit(_bag_of_patches(), x, y, 150, lr=0.01)
-    xs, ys = _images(320, 1, texture_follows_class=False)  # texture says nothing about the class
-    shape_net = fit(_shape_net(), xs, ys, 200, lr=0.003)
+    x, y = _images(48, 0, texture_follows_class=True)
+    texture_net = fit(_bag_of_patches(), x, y, 60, lr=0.01)
+    xs, ys = _images(96, 1, texture_follows_class=False)  # texture says nothing about the class
+    shape_net = fit(_shape_net(), xs, ys, 80, lr=0.008)
     xt, yt = _images(80, 2, texture_follows_class=True)
     for net in (texture_net, shape_net):  # both are right on ordinary images
         assert (net(xt).argmax(1) == yt).float().mean() > 0.95
