@@ -29,8 +29,8 @@ from cvaudit.data.ingest_dataset import ingest  # noqa: E402
 from cvaudit.data.plant_cue import plant  # noqa: E402
 from cvaudit.explain.clever_hans import run_clever_hans  # noqa: E402
 from cvaudit.model.train_model import train_model  # noqa: E402
-from cvaudit.report.checks import shortcut_suspected  # noqa: E402
 from cvaudit.report.judge import judge  # noqa: E402
+from cvaudit.report.shortcut_checks import shortcut_suspected  # noqa: E402
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

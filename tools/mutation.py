@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Mutation testing: how many realistic one-line bugs in a verdict module the fast unit tests catch.
 
-    .venv/bin/python tools/mutation.py report.checks core.stats   # or: make mutation MODULES="report.checks core.stats"
+    .venv/bin/python tools/mutation.py report.behaviour_checks core.stats   # or: make mutation MODULES="report.behaviour_checks core.stats"
     .venv/bin/python tools/mutation.py --all                # every module in SCOPE below
 
 Runs mutmut (pinned in requirements-dev.txt, installed on first use) on scripts/cvaudit/<subpackage>/<module>.py
@@ -37,7 +37,10 @@ EQUIVALENT = REPO / "tools" / "mutation_equivalent.txt"
 SCOPE = {
     "core.stats": ["*"],
     "core.calibration_error": ["*"],
-    "report.checks": ["*"],
+    "report.behaviour_checks": ["*"],
+    "report.shortcut_checks": ["*"],
+    "report.attribution_checks": ["*"],
+    "report.checks": ["run_checks"],
     "report.compare_models": ["kind_of", "metric_row", "_apart", "mark_best", "gate_problems", "same_data"],
     "model.evaluate_model": ["classification_metrics", "worst_mistakes", "baseline_gain", "choose_audit_set", "degenerate"],
     "explain.trust": ["*"],

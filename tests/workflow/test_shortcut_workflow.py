@@ -42,8 +42,8 @@ def test_the_shortcut_model_is_caught_and_the_clean_one_is_not(demo_pair):
     import numpy as np
 
     from cvaudit.explain.spray import pixel_mask
-    from cvaudit.report.checks import shortcut_suspected
     from cvaudit.report.judge import judge
+    from cvaudit.report.shortcut_checks import shortcut_suspected
     cheat = load_npz(demo_pair / "results/cnn_fmnist_shortcut/explain/clever_hans.npz")["meta"]
     clean = load_npz(demo_pair / "results/cnn_fmnist/explain/clever_hans.npz")["meta"]
     assert cheat["method"] == clean["method"] == "lrp"

@@ -8,7 +8,7 @@ classes have the property moved to the class's mean (the *shift*), and the share
 is the shift flip rate; the same images moved as far the other way are the control. A model that merely
 reacts to any change of the property flips as often both ways; one that learnt the property as the class
 flips towards it. The rates are paired (the same images), so their difference carries a paired bootstrap
-interval, and the verdict reads it (cvaudit.report.checks.shortcut_suspected).
+interval, and the verdict reads it (cvaudit.report.shortcut_checks.shortcut_suspected).
 
 Each property has a measure and a one-parameter transform whose strength is found by bisection so that the
 shifted images' mean measure meets the target (the transforms are monotone in their strength):

@@ -1,6 +1,6 @@
 """Verdict arithmetic: a value with its interval against {warn, fail} thresholds -> pass / warn / fail /
-inconclusive / n/a, what would settle an inconclusive one, and the worst of several. Check definitions
-live in cvaudit.report.checks."""
+inconclusive / n/a, what would settle an inconclusive one, and the worst of several. The checks
+live by concern in cvaudit.report.behaviour_checks, shortcut_checks and attribution_checks."""
 from __future__ import annotations
 
 import numpy as np

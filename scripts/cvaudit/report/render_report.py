@@ -138,7 +138,7 @@ def _axiom_clause(axiom: dict | None) -> str:
 def _attribution_section(audit: dict, explain: dict, verdicts: list[dict], agree: dict | None) -> dict:
     """Gallery (audit images x methods, shared colour scale), trust tables, curves, and the agreement
     between methods (the method_agreement stage's)."""
-    from cvaudit.report.checks import method_sentence
+    from cvaudit.report.attribution_checks import method_sentence
 
     names = audit["class_names"]
     usable = {m: r for m, r in explain.items() if r["meta"]["applicable"]}

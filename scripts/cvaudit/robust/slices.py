@@ -11,7 +11,7 @@
   at least `min_group` images) with a Newcombe interval, Bonferroni-adjusted over the group pairs.
 - Failure slices nobody defined (cvaudit.robust.error_slices): clusters of the model's embedding of the test images
   (the represent stage's) that err more than their images' classes predict.
-The slice_gap and group_gap verdicts read this stage's output (cvaudit.report.checks).
+The slice_gap and group_gap verdicts read this stage's output (cvaudit.report.behaviour_checks).
 """
 from __future__ import annotations
 

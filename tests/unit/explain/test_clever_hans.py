@@ -118,8 +118,8 @@ def test_the_same_world_without_the_shortcut_is_not_flagged():
 
 
 def test_the_verdict_reads_the_gain_over_the_control_and_passes_when_nothing_is_suspect():
-    from cvaudit.report.checks import shortcut_suspected
     from cvaudit.report.judge import judge
+    from cvaudit.report.shortcut_checks import shortcut_suspected
     net, x8, y = _cue_world()
     cheat, _ = analyse(net, x8, y, ["left", "right", "bottom"], _options(methods=["input_x_gradient"]), 0, "cpu")
     est = shortcut_suspected({"clever_hans": {"meta": cheat}})
@@ -143,8 +143,8 @@ def test_a_clean_model_stays_clean_under_widened_region_settings():
     with pytest.raises(CvauditError, match="clever_hans.max_area"):
         validate_config({"datasets": {"d": {"source": "foolbox_imagenet"}}, "clever_hans": {"max_area": 0.5},
                          "models": {"m": {"dataset": "d", "arch": "simple_cnn"}}})
-    from cvaudit.report.checks import shortcut_suspected
     from cvaudit.report.judge import judge
+    from cvaudit.report.shortcut_checks import shortcut_suspected
     net, x8, y = _cue_world(cue_weight=0.0)
     wide = _options(methods=["input_x_gradient"], max_area=0.35, max_object=0.6, min_member_share=0.2,
                     min_enrichment=1.0, min_structure_share=0.05)
@@ -158,8 +158,8 @@ def test_a_region_whose_control_flips_as_often_is_not_a_shortcut():
     settings): pasting it turns every other image into the class, and so does the same region shifted (the
     control). The gain is 0, the verdict passes, and its note says what the control did."""
     from cvaudit.explain.clever_hans import judge_tests, region_test
-    from cvaudit.report.checks import shortcut_suspected
     from cvaudit.report.judge import judge
+    from cvaudit.report.shortcut_checks import shortcut_suspected
     net, x8, y = _cue_world(cue_weight=0.0)
     x = x8.float() / 255
     big = np.zeros((S, S), bool)
@@ -218,8 +218,8 @@ def _frame() -> torch.Tensor:
     ("a frame round the border", _frame(), {"border", "top edge", "bottom edge", "left edge", "right edge", "compact"}),
 ])
 def test_thin_marks_along_the_edges_fail_and_their_clean_twins_pass(kind, mark, shapes):
-    from cvaudit.report.checks import shortcut_suspected
     from cvaudit.report.judge import judge
+    from cvaudit.report.shortcut_checks import shortcut_suspected
     t = {"warn": 0.1, "fail": 0.3}
     opts = _options(methods=["input_x_gradient"])
     net, x8, y = _marked_world(mark, 10.0)
@@ -234,8 +234,8 @@ def test_thin_marks_along_the_edges_fail_and_their_clean_twins_pass(kind, mark, 
 def test_a_global_brightness_cue_is_found_from_the_training_images_and_its_clean_twin_passes():
     """Class 2's training images are all brighter (+0.3). The cheating model adds the image's mean brightness to
     class 2's logit; its twin ignores it. No map can point at a place: the property search must find it."""
-    from cvaudit.report.checks import shortcut_suspected
     from cvaudit.report.judge import judge
+    from cvaudit.report.shortcut_checks import shortcut_suspected
     t = {"warn": 0.1, "fail": 0.3}
     opts = _options(methods=["input_x_gradient"])
     for weight, want in ((0.05, "fail"), (0.0, "pass")):

@@ -9,7 +9,7 @@ import torch
 
 from cvaudit.model.evaluate_model import classification_metrics
 from cvaudit.report import compare_models
-from cvaudit.report.checks import faithfulness_gain
+from cvaudit.report.attribution_checks import faithfulness_gain
 
 
 def test_precision_and_recall_on_a_case_where_they_differ():

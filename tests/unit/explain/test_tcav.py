@@ -246,7 +246,7 @@ def _row(cls, diff, lo, hi, drives, shift=(0.0, -0.1, 0.1)):
 
 
 def test_the_verdict_reads_the_prediction_shift_of_the_classes_tcav_puts_above_random():
-    from cvaudit.report.checks import forbidden_concept
+    from cvaudit.report.concept_sections import forbidden_concept
     from cvaudit.report.judge import judge
     t = {"warn": 0.1, "fail": 0.3}
     allowed = {"name": "stripes", "forbidden": False, "n_images": 30, "classes": [_row("h", 0.9, 0.8, 1.0, True, (0.9, 0.8, 1.0))]}

@@ -25,16 +25,13 @@ def test_checks_carry_their_metadata_and_overall_is_the_worst():
 import numpy as np  # noqa: E402
 
 from cvaudit.core import stats  # noqa: E402
-from cvaudit.report.checks import (  # noqa: E402
+from cvaudit.report.attribution_checks import (  # noqa: E402
     _per_image_gap,
-    accuracy,
-    ece,
     faithfulness_gain,
     method_sentence,
-    robust_accuracy,
-    rotation_accuracy,
     sanity_similarity,
 )
+from cvaudit.report.behaviour_checks import accuracy, ece, robust_accuracy, rotation_accuracy  # noqa: E402
 from cvaudit.report.judge import _point, as_estimate, settle  # noqa: E402
 
 

@@ -117,7 +117,7 @@ def test_the_stage_finds_every_planted_copy_and_nothing_else(planted):
 
 def test_the_leakage_verdict_counts_the_embeddings_finds(planted):
     from cvaudit.core.files import load_npz
-    from cvaudit.report.checks import leakage
+    from cvaudit.report.shortcut_checks import leakage
     from cvaudit.report.stage_sections import data_audit_section
     tmp, _ = planted
     run_embedding_duplicates(tmp / "model.safetensors", tmp / "manifest.csv", tmp / "embeddings.npz",

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from cvaudit.report.checks import coverage
+from cvaudit.report.behaviour_checks import coverage
 from cvaudit.report.judge import judge
 from cvaudit.robust.conformal import conformal, coverage_report, min_calibration, prediction_sets
 

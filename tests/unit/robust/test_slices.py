@@ -18,7 +18,7 @@ from cvaudit.core.manifest import read_manifest
 from cvaudit.core.stats import gap_interval
 from cvaudit.data.image_properties import compute_properties, properties_of
 from cvaudit.data.ingest_dataset import ingest
-from cvaudit.report.checks import group_gap, slice_gap
+from cvaudit.report.behaviour_checks import group_gap, slice_gap
 from cvaudit.report.judge import judge
 from cvaudit.robust.slices import bin_values, group_metrics, run_slices
 
