@@ -330,8 +330,10 @@ def check_paths(config: dict, base: str | Path = ".") -> None:
             raise CvauditError(f"config key 'datasets.{name}.path': {ds['path']} is not an existing {what}"
                                f"{' (it is a file)' if want_dir and p.is_file() else ''}{' (it is a folder)' if not want_dir and p.is_dir() else ''}; "
                                "fix the path (results of earlier runs are never reported as this dataset)")
-    for name, c in (config.get("concepts") or {}).items():
-        from cvaudit.core.images import image_files
+    concepts = config.get("concepts") or {}
+    if concepts:
+        from cvaudit.core.images import image_files  # Pillow: only where concept folders are to be counted
+    for name, c in concepts.items():
         p = base / c["path"]
         if not p.is_dir():
             raise CvauditError(f"config key 'concepts.{name}.path': {c['path']} is not an existing folder; give the "

@@ -141,9 +141,11 @@ def tcav(net, spec: dict, concepts: dict, train_rows: list[dict], test_rows: lis
     random counterpart sets of `train_rows` (options["images"] each) and the class's test images (at most
     options["class_images"])."""
     from statsmodels.stats.multitest import multipletests
+
+    from cvaudit.explain.methods.cam import layer_name
     rng = np.random.default_rng(seed)
     module = tcav_layer(net, spec, options["layer"])
-    layer = next(n for n, m in net.named_modules() if m is module)
+    layer = layer_name(net, module)
     names, k = list(spec["class_names"]), int(options["random_sets"])
     # k + 1 random sets: the concept is set against sets 1..k, and set 0 against 1..k gives the random CAVs
     pool = _sample(train_rows, (k + 1) * options["images"], rng)
