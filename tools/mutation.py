@@ -135,7 +135,15 @@ pytest_add_cli_args_test_selection = {json.dumps(TESTS.get(module, ["tests/"]))}
 also_copy = {json.dumps(also)}
 use_git_change_detection = false
 process_isolation = "{'forkserver' if module in FORKSERVER else 'fork'}"
-""")
+
+""" + tool_settings())
+
+
+def tool_settings() -> str:
+    """The repository's linter and formatter settings (pyproject.toml from [tool.ruff] on): the tests that run ruff
+    and snakefmt read them in the staged copy too."""
+    text = (REPO / "pyproject.toml").read_text()
+    return text[text.index("[tool.ruff]"):]
 
 
 def in_scope(module: str, key: str) -> bool:
