@@ -83,6 +83,10 @@ TESTS = {"robust.adversarial": ["tests/unit/robust/test_attacks.py"], "explain.s
              "test_a_planted_blob_is_found_and_the_confusion_alone_is_not",
              "test_the_training_images_nearest_a_cluster_are_those_along_its_direction")]
          + ["tests/unit/robust/test_slices.py::test_the_error_clusters_of_the_embedding_find_the_dark_images_and_describe_them"],
+         # the verdicts: the tests of the report and of the stages whose outputs they read (the others never call them)
+         **{f"report.{m}": ["tests/unit/report", "tests/unit/robust", "tests/unit/explain", "tests/unit/represent",
+                            "tests/unit/test_sections.py"]
+            for m in ("behaviour_checks", "shortcut_checks", "attribution_checks", "checks")},
          "core.calibration_error": ["tests/unit/robust/test_calibrate.py", "tests/unit/robust/test_slices.py", "tests/unit/robust/test_shift.py",
                                     "tests/unit/report/test_compare.py"]}
 # Modules whose tests, forked from a process that has run them, deadlocked (thread pools: file hashing, torch's

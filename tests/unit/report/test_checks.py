@@ -285,3 +285,38 @@ def test_overall_is_the_worst_status_and_pass_when_there_is_none():
 ])
 def test_each_pair_of_method_verdicts_reads_as_one_sentence(faithful, sane, value, sentence):
     assert method_sentence("IG", faithful, sane, value) == sentence
+
+
+def _shortcut_meta(**over):
+    gain = stats.estimate(0.35, 40, 0.2, 0.5, method="paired")
+    region = {"class": "Shirt", "kind": "region", "cluster": 1, "size": 12, "shape": "compact", "area": 0.05,
+              "paste": {"value": 0.4}, "control_paste": {"value": 0.05}, "gain": gain}
+    return {"n": 60, "n_classes_analysed": 3, "method": "lrp", "flagged": [region], **over}
+
+
+def test_the_shortcut_verdict_says_what_it_searched_and_what_the_worst_suspect_did():
+    from cvaudit.report.shortcut_checks import shortcut_suspected
+    said = lambda **over: shortcut_suspected({"clever_hans": {"meta": _shortcut_meta(**over)}})  # noqa: E731
+    est = said()
+    assert est["value"] == 0.35 and est["n"] == 40 and est["method"] == "paired"
+    assert est["note"] == "Shirt, cluster 1 (12 images): compact region, 5% of the image: flips 40%, its control 5%"
+    prop = {**_shortcut_meta()["flagged"][0], "kind": "property", "shape": "brightness"}
+    assert said(flagged=[prop])["note"] == "Shirt: brightness shifted to the class's mean: flips 40%, its control 5%"
+    empty = {**prop, "paste": {"value": None}}
+    assert said(flagged=[empty])["note"] == "Shirt: brightness shifted to the class's mean: no image to paste into"
+    # nothing suspect: 0, with what was searched, the global properties named where they were searched
+    spray = "SpRAy over 3 classes (60 test images, lrp maps: compact regions, edge strips, the border)"
+    nothing = said(flagged=[])
+    assert (nothing["value"], nothing["n"], nothing["method"]) == (0.0, 60, "none")
+    assert nothing["note"] == f"no suspect found; searched: {spray}"
+    glob = {"searched": True, "properties": ["brightness", "contrast"], "n_train": 500}
+    assert said(flagged=[], **{"global": glob})["note"] == (
+        f"no suspect found; searched: {spray}; global properties (brightness, contrast) of 500 training images")
+    assert said(flagged=[], **{"global": {**glob, "searched": False}})["note"] == f"no suspect found; searched: {spray}"
+    # no class could be clustered: a pass only if the global properties were searched, else no verdict
+    only_global = said(flagged=[], n_classes_analysed=0, **{"global": glob})
+    assert only_global["value"] == 0.0 and "global properties (brightness, contrast)" in only_global["note"]
+    none = said(flagged=[], n_classes_analysed=0, **{"global": {**glob, "searched": False}})
+    assert none["value"] is None and none["n"] == 60 and none["method"] == "none"
+    assert none["note"] == "no predicted class had enough test images to cluster (clever_hans.min_class_images)"
+    assert shortcut_suspected({}) is None
