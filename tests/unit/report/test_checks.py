@@ -27,8 +27,10 @@ import numpy as np  # noqa: E402
 from cvaudit.core import stats  # noqa: E402
 from cvaudit.report.attribution_checks import (  # noqa: E402
     _per_image_gap,
+    class_sensitivity,
     faithfulness_gain,
     method_sentence,
+    road_gain,
     sanity_similarity,
 )
 from cvaudit.report.behaviour_checks import accuracy, ece, robust_accuracy, rotation_accuracy  # noqa: E402
@@ -107,6 +109,36 @@ def test_sanity_similarity_reads_the_last_cascade_stage_over_converged_maps():
     del san["converged"]
     assert sanity_similarity({"explain": {"ig": {"meta": {"sanity": san}}}}, "ig")["n"] == 12
     assert sanity_similarity({"explain": {"ig": {"meta": {}}}}, "ig") is None
+
+
+def test_road_gain_is_the_paired_difference_to_the_random_map_over_converged_maps():
+    rng = np.random.default_rng(1)
+    mine, floor = rng.uniform(0.3, 0.9, 14), rng.uniform(0.0, 0.5, 14)
+    ok = np.array([True] * 12 + [False] * 2)
+    method = {**_faith(np.full(14, 0.8), np.full(14, 0.2), converged=ok.tolist()), "road": mine.tolist()}
+    results = {"explain": {"ig": method, "random": {"road": floor.tolist()}}, "seed": 3}
+    est = road_gain(results, "ig")
+    assert est == stats.paired_difference(mine[ok], floor[ok], seed=3) and est["n"] == 12
+    assert est["value"] == pytest.approx((mine[ok] - floor[ok]).mean())
+    del results["seed"]  # seed 0 by default: the bootstrap's interval is that of seed 0
+    assert road_gain(results, "ig") == stats.paired_difference(mine[ok], floor[ok], seed=0)
+    bare = {"explain": {"ig": {"road": mine.tolist()}, "random": {"road": floor.tolist()}}}  # no AUCs: every image
+    assert road_gain(bare, "ig") == stats.paired_difference(mine, floor, seed=0)
+    assert road_gain({"explain": {"ig": method, "random": {"road": floor[:-1].tolist()}}}, "ig") is None
+    assert road_gain({"explain": {"ig": method, "random": {}}}, "ig") is None
+    assert road_gain({"explain": {"ig": {k: v for k, v in method.items() if k != "road"},
+                                  "random": {"road": floor.tolist()}}}, "ig") is None
+    assert road_gain({"explain": {"ig": method}}, "ig") is None
+
+
+def test_class_sensitivity_is_the_mean_rank_correlation_with_another_classs_map():
+    per = np.random.default_rng(2).uniform(0.2, 0.9, 15)
+    results = {"explain": {"ig": {"meta": {"random_logit": {"per_image": per.tolist()}}}}, "seed": 4}
+    assert class_sensitivity(results, "ig") == stats.mean(per, seed=4)
+    del results["seed"]
+    est = class_sensitivity(results, "ig")
+    assert est == stats.mean(per, seed=0) and est["value"] == pytest.approx(per.mean()) and est["n"] == 15
+    assert class_sensitivity({"explain": {"ig": {"meta": {}}}}, "ig") is None
 
 
 def test_accuracy_prefers_the_evaluations_own_interval():
