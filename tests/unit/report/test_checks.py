@@ -33,7 +33,18 @@ from cvaudit.report.attribution_checks import (  # noqa: E402
     road_gain,
     sanity_similarity,
 )
-from cvaudit.report.behaviour_checks import accuracy, ece, robust_accuracy, rotation_accuracy  # noqa: E402
+from cvaudit.report.behaviour_checks import (  # noqa: E402
+    accuracy,
+    coverage,
+    ece,
+    group_gap,
+    mce,
+    robust_accuracy,
+    rotation_accuracy,
+    shape_bias,
+    shift_gap,
+    slice_gap,
+)
 from cvaudit.report.judge import _point, as_estimate, settle  # noqa: E402
 
 
@@ -186,7 +197,9 @@ def test_robust_accuracy_from_gradient_free_attacks_alone_is_an_upper_bound_that
     t = {"warn": 0.5, "fail": 0.3}
     robust = robust_accuracy({"robust": {"check_epsilon": 0.03, "adversarial_arrays": square(5)}})
     assert robust["value"] == pytest.approx(0.95) and robust["ci_low"] is None and robust["ci_high"] > 0.95
-    assert "upper bound" in robust["note"] and judge(robust, t, True) == "inconclusive"
+    assert robust["note"] == ("worst case over square alone: no white-box attack ran, so this is an upper bound (the "
+                              "model may be less robust): it can fail, never pass")
+    assert judge(robust, t, True) == "inconclusive"
     assert "upper bound" in settle(robust, t)
     fragile = robust_accuracy({"robust": {"check_epsilon": 0.03, "adversarial_arrays": square(90)}})
     assert fragile["ci_high"] < 0.3 and judge(fragile, t, True) == "fail"  # even its upper bound fails
@@ -352,3 +365,45 @@ def test_the_shortcut_verdict_says_what_it_searched_and_what_the_worst_suspect_d
     assert none["value"] is None and none["n"] == 60 and none["method"] == "none"
     assert none["note"] == "no predicted class had enough test images to cluster (clever_hans.min_class_images)"
     assert shortcut_suspected({}) is None
+
+
+def test_coverage_is_the_test_coverage_minus_its_promise_with_the_interval_shifted_alike():
+    cov = stats.proportion(85, 100)
+    conf = {"coverage": cov, "level": 0.9, "score": "aps", "mean_size": 1.234, "worst_class": {"class": "cat", "coverage": 0.7}}
+    est = coverage({"robust": {"calibration": {"conformal": conf}}})
+    assert est["value"] == pytest.approx(-0.05) and est["n"] == 100 and est["method"] == cov["method"]
+    assert est["ci_low"] == pytest.approx(cov["ci_low"] - 0.9) and est["ci_high"] == pytest.approx(cov["ci_high"] - 0.9)
+    assert est["note"] == "coverage 0.850 of a promised 0.9 (aps sets, mean size 1.23); worst class cat: 0.700"
+    open_below = {**conf, "coverage": {**cov, "ci_low": None}, "worst_class": None}
+    est = coverage({"robust": {"calibration": {"conformal": open_below}}})
+    assert est["ci_low"] is None and est["note"].endswith("worst class None: nan")
+    assert coverage({"robust": {"calibration": {"conformal": {**conf, "coverage": None}}}}) is None
+    assert coverage({"robust": {"calibration": {}}}) is None and coverage({}) is None
+
+
+def test_the_gap_checks_take_the_largest_gap_and_nothing_without_one():
+    small, large = stats.estimate(0.05, 40, 0.0, 0.1, "newcombe"), stats.estimate(0.2, 30, 0.1, 0.3, "newcombe")
+    groups = {"site": {"gap": small}, "scanner": {"gap": large}, "sex": {"gap": None}}
+    assert group_gap({"robust": {"slices": {"groups": groups}}}) == large
+    assert group_gap({"robust": {"slices": {"groups": {"sex": {}}}}}) is None
+    assert group_gap({"robust": {"slices": {}}}) is None and group_gap({}) is None
+    sets = {"catalogue": {"gap": small}, "photos": {"gap": large}, "empty": {}}
+    assert shift_gap({"robust": {"shift": {"sets": sets}}}) == large
+    assert shift_gap({"robust": {"shift": {"sets": {"empty": {}}}}}) is None and shift_gap({"robust": {"shift": {}}}) is None
+    assert shift_gap({}) is None
+    assert slice_gap({"robust": {"slices": {"weak_slices": {"worst": large}}}}) == large
+    assert slice_gap({"robust": {"slices": {"groups": groups}}}) is None and slice_gap({}) is None
+
+
+def test_mce_says_why_it_has_no_value_and_shape_bias_reads_the_cue_conflict():
+    m = stats.estimate(1.3, 48, 1.1, 1.6, "bootstrap")
+    errors = {"mce": m, "mean_error": {"n": 48}, "note": ""}
+    assert mce({"robust": {"corruptions": {"errors": errors}}}) == m
+    why = mce({"robust": {"corruptions": {"errors": {**errors, "mce": None, "note": "the reference ran at 64 px"}}}})
+    assert why == stats.estimate(None, 48, method="none", note="the reference ran at 64 px")
+    bare = mce({"robust": {"corruptions": {"errors": {**errors, "mce": None, "note": ""}}}})
+    assert bare["note"] == "no mCE" and bare["value"] is None and bare["n"] == 48
+    assert mce({"robust": {}}) is None and mce({}) is None
+    bias = stats.proportion(30, 40)
+    assert shape_bias({"robust": {"shape_texture": {"meta": {"cue_conflict": {"shape_bias": bias}}}}}) == bias
+    assert shape_bias({"robust": {}}) is None
