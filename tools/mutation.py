@@ -92,7 +92,7 @@ TESTS = {"robust.adversarial": ["tests/unit/robust/test_attacks.py"], "explain.s
 # Modules whose tests, forked from a process that has run them, deadlocked (thread pools: file hashing, torch's
 # intra-op threads in attacks and temperature fits, scipy): their mutants run from a fork server instead.
 FORKSERVER = {"data.ingest_dataset", "robust.adversarial", "robust.calibrate", "robust.invariance", "explain.tcav",
-              "report.concept_sections"}
+              "report.concept_sections", "data.data_audit"}
 KILLED = {1: "killed", 3: "killed", 37: "killed"}
 STATUS = {36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 0: "survived",
           5: "no tests", 33: "no tests", 34: "skipped", None: "not checked", -11: "segfault",
