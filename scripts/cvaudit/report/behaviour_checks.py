@@ -90,6 +90,8 @@ register(Check("ece", "Expected calibration error", "calibration", False,
                "taken at face value.", ece,
                action="do not take its probabilities at face value; use the temperature-scaled probabilities the calibration section fits",
                sized_by="the test split"))
+
+
 def coverage(r: dict):
     """Conformal coverage on the test split minus the promised level, with the Wilson interval of the coverage
     shifted by the same amount."""

@@ -27,6 +27,8 @@ register(Check("leakage", "Test images leaked from training", "data", False,
                leakage,
                action="remove the leaked copies from the test split (the evidence CSV lists them) and re-evaluate; every metric is inflated until then",
                sized_by="the test split"))
+
+
 def _searched(m: dict) -> str:
     g = m.get("global") or {}
     what = f"SpRAy over {m['n_classes_analysed']} classes ({m['n']} test images, {m['method']} maps: compact regions, edge strips, the border)"
