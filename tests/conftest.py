@@ -1,3 +1,4 @@
+import contextlib
 import fcntl
 import os
 import re
@@ -22,10 +23,39 @@ os.environ.setdefault("CVAUDIT_ESTIMATE", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+# A test that edits a file of the repository's workflow (a report template) holds this lock alone while the edit
+# lasts; every snakemake run of the tests holds it shared, so a run on the other pytest-xdist worker never sees the
+# edit (Snakemake stops a job whose input template is newer than its output). One file per session (pytest_configure).
+_EDITING = False
+
+
+def pytest_configure(config):
+    os.environ.setdefault("CVAUDIT_TEST_WORKFLOW_LOCK",
+                          str(Path(tempfile.mkdtemp(prefix="cvaudit-workflow-lock-")) / "lock"))
+
+
+@contextlib.contextmanager
+def workflow_lock(exclusive: bool = False):
+    """Shared: a snakemake run of the repository's workflow; exclusive: an edit of one of its files."""
+    global _EDITING
+    if _EDITING:  # this process edits the workflow: its own runs read the edit
+        yield
+        return
+    with open(os.environ["CVAUDIT_TEST_WORKFLOW_LOCK"], "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        _EDITING = exclusive
+        try:
+            yield
+        finally:
+            _EDITING = False
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def smk(workdir, *args, check=True, env=None):
     """snakemake on the repository's Snakefile in `workdir`; raises with the output tail unless check=False."""
     cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
+    with workflow_lock():
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
     return p

@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO, TINY, smk
+from conftest import REPO, TINY, smk, workflow_lock
 
 pytestmark = pytest.mark.e2e
 
@@ -143,15 +143,17 @@ def test_a_copied_project_folder_plans_nothing_and_a_mistake_there_is_named(two)
 def test_editing_a_report_template_reruns_only_the_reports(two):
     work, _ = two
     template = REPO / "templates" / "report.html.j2"
-    text, before = template.read_text(), template.stat()
-    try:  # a real edit: Snakemake compares content, not only the modification time
-        template.write_text(text + "{# edited by tests/workflow/test_reruns.py #}\n")
-        later = time.time() + 60
-        os.utime(template, (later, later))
-        assert rules_of(jobs(work)) == {"render_report": 2, "compare_models": 1, "gate": 1, "gate_check": 1, "all": 1}
-    finally:
-        template.write_text(text)
-        os.utime(template, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with workflow_lock(exclusive=True):  # no run on the other worker reads the template meanwhile
+        text, before = template.read_text(), template.stat()
+        try:  # a real edit: Snakemake compares content, not only the modification time
+            template.write_text(text + "{# edited by tests/workflow/test_reruns.py #}\n")
+            later = time.time() + 60
+            os.utime(template, (later, later))
+            assert rules_of(jobs(work)) == {"render_report": 2, "compare_models": 1, "gate": 1, "gate_check": 1,
+                                            "all": 1}
+        finally:
+            template.write_text(text)
+            os.utime(template, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert jobs(work) == set()
 
 
