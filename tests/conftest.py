@@ -2,10 +2,12 @@ import contextlib
 import fcntl
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -162,7 +164,21 @@ def pytest_runtest_protocol(item, nextitem):
                 _renice(0)
             except PermissionError:  # only root lowers its niceness: stay niced, the suite still runs
                 pass
+    cpu_log = os.environ.get("CVAUDIT_TEST_CPU_LOG")  # tools/profile_tests.py: where the suite's CPU goes
+    if cpu_log:
+        before = _cpu_seconds(), time.perf_counter()
     yield
+    if cpu_log:
+        groups = [m.args[0] for m in item.iter_markers("xdist_group")]
+        with open(cpu_log, "a") as f:
+            f.write(f"{item.nodeid.split('@')[0]}\t{groups[0] if groups else '-'}\t"
+                    f"{time.perf_counter() - before[1]:.2f}\t{_cpu_seconds() - before[0]:.2f}\n")
+
+
+def _cpu_seconds() -> float:
+    """User and system CPU of this process and of every child it has waited for (and theirs, recursively)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _renice(value: int) -> None:
