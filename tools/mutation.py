@@ -81,7 +81,13 @@ TESTS = {"robust.adversarial": ["tests/unit/robust/test_attacks.py"], "explain.s
          "robust.error_slices": [f"tests/unit/robust/test_error_slices.py::{t}" for t in (
              "test_the_excess_is_measured_against_each_stratum_s_rate_outside",
              "test_a_planted_blob_is_found_and_the_confusion_alone_is_not",
-             "test_the_training_images_nearest_a_cluster_are_those_along_its_direction")]
+             "test_the_training_images_nearest_a_cluster_are_those_along_its_direction",
+             "test_a_cluster_is_described_by_its_numbers_classes_mistakes_groups_properties_and_images",
+             "test_the_level_alpha_and_holms_correction_decide_a_borderline_cluster",
+             "test_too_few_images_or_no_mistake_is_said_and_two_clusters_are_enough",
+             "test_the_clusters_are_kmeans_on_the_centred_normalised_principal_components_with_the_seed",
+             "test_a_p_value_never_exceeds_one_and_vectors_are_scaled_to_unit_length",
+             "test_the_training_images_nearest_a_cluster_are_measured_from_the_test_splits_mean")]
          + ["tests/unit/robust/test_slices.py::test_the_error_clusters_of_the_embedding_find_the_dark_images_and_describe_them"],
          # the verdicts: the tests of the report and of the stages whose outputs they read (the others never call them)
          **{f"report.{m}": ["tests/unit/report", "tests/unit/robust", "tests/unit/explain", "tests/unit/represent",
@@ -90,9 +96,9 @@ TESTS = {"robust.adversarial": ["tests/unit/robust/test_attacks.py"], "explain.s
          "core.calibration_error": ["tests/unit/robust/test_calibrate.py", "tests/unit/robust/test_slices.py", "tests/unit/robust/test_shift.py",
                                     "tests/unit/report/test_compare.py"]}
 # Modules whose tests, forked from a process that has run them, deadlocked (thread pools: file hashing, torch's
-# intra-op threads in attacks and temperature fits, scipy): their mutants run from a fork server instead.
+# intra-op threads in attacks and temperature fits, scipy, scikit-learn's k-means): their mutants run from a fork server instead.
 FORKSERVER = {"data.ingest_dataset", "robust.adversarial", "robust.calibrate", "robust.invariance", "explain.tcav",
-              "report.concept_sections", "data.data_audit"}
+              "report.concept_sections", "data.data_audit", "robust.error_slices"}
 KILLED = {1: "killed", 3: "killed", 37: "killed"}
 STATUS = {36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 0: "survived",
           5: "no tests", 33: "no tests", 34: "skipped", None: "not checked", -11: "segfault",
@@ -175,7 +181,10 @@ def equivalents() -> dict:
 
 def run(module: str, children: int) -> dict:
     stage(module)
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    # the mutants' pytest sessions keep their numbered temporary folders apart from those of a `make test` running
+    # beside them (pytest keeps the newest three under one root, and each new session deletes the oldest)
+    (STAGE / "tmp").mkdir()
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTEST_DEBUG_TEMPROOT": str(STAGE / "tmp")}
     print(f"mutation: {module}: mutmut run (fast tests only) in {STAGE.relative_to(REPO)}", flush=True)
     names = [f"cvaudit.{module}.{'' if pat == '*' else 'x_'}{pat}{'' if pat == '*' else '__mutmut_*'}"
              for pat in SCOPE[module]]  # only the functions in scope are mutated and run

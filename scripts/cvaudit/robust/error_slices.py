@@ -130,13 +130,11 @@ def error_slices(embeddings: np.ndarray, targets: np.ndarray, preds: np.ndarray,
                        "nearest_training": [] if train is None or not len(train[0]) else [
                            str(train[1][j]) for j in nearest_training(embeddings, members, train[0])],
                        **describe(members, wrong, targets, preds, class_names, properties, groups)})
-    if not tested:
-        out["note"] = f"no cluster holds {min_size} images (robustness.slices.min_size)"
-    else:
-        reject, p_adj, _, _ = multipletests([t["p"] for t in tested], alpha=alpha, method="holm")
-        for t, rej, pa in zip(tested, reject, p_adj):
-            t["p_adjusted"] = float(pa)
-            t["flagged"] = bool(rej) and t["accuracy"]["value"] < t["expected_accuracy"]
+    # k <= n // min_size clusters of n images: the largest holds at least min_size, so one is always tested
+    reject, p_adj, _, _ = multipletests([t["p"] for t in tested], alpha=alpha, method="holm")
+    for t, rej, pa in zip(tested, reject, p_adj):
+        t["p_adjusted"] = float(pa)
+        t["flagged"] = bool(rej) and t["accuracy"]["value"] < t["expected_accuracy"]
     out["clusters"] = sorted(tested, key=lambda t: (t["p_adjusted"], t["accuracy"]["value"]))
     out["flagged"] = sum(t["flagged"] for t in tested)
     out["n_tested"] = len(tested)

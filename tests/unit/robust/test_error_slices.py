@@ -156,3 +156,135 @@ def test_the_training_images_nearest_a_cluster_are_those_along_its_direction():
     # centred on the test mean (about [0, 0.7]): the cluster points along +x, down a little
     assert nearest_training(emb, members, train, k=2).tolist() == [3, 1]  # 3 lies along it, 1 near it
     assert nearest_training(emb, ~members & (emb[:, 0] < -1), train, k=1).tolist() == [2]
+
+
+def _three_blobs(errors_a: int, errors_c: int, seed: int = 0):
+    """60 images in three well-separated blobs of a 2-d embedding, 20 each: A all class a, B all class b (each with
+    errors_a mistakes at its even places), C ten of each class with errors_c mistakes at its even places (every
+    mistake swaps a and b)."""
+    rng = np.random.default_rng(seed)
+    emb = np.repeat(np.array([[10.0, 0.0], [0.0, 10.0], [-10.0, -10.0]]), 20, 0) + rng.normal(0, 0.3, (60, 2))
+    y = np.r_[np.zeros(20, int), np.ones(20, int), np.zeros(10, int), np.ones(10, int)]
+    pred = y.copy()
+    for start, e in ((0, errors_a), (20, errors_a), (40, errors_c)):
+        idx = np.arange(start, start + 20, 2)[:e]
+        pred[idx] = 1 - y[idx]
+    return emb, y, pred
+
+
+def test_a_cluster_is_described_by_its_numbers_classes_mistakes_groups_properties_and_images():
+    """A known answer worked by hand: blob C errs on 10 of its 20 images, each class outside it errs at 0.5 / 21."""
+    from scipy.stats import binom
+
+    from cvaudit.core import stats
+    emb, y, pred = _three_blobs(0, 10)
+    paths = [f"i{i}" for i in range(60)]
+    c_idx = np.arange(40, 60)
+    site = np.array(["s0"] * 40 + ["s1"] * 8 + ["s2"] * 6 + ["s3"] * 4 + ["s4"] * 2)  # four sites in C
+    level = np.arange(60) % 7 + np.where(np.arange(60) >= 40, 10.0, 0.0)  # C sits ten higher
+    properties = {"level": level, "half": level / 2, "quarter": level / 4, "eighth": level / 8,
+                  "flat": np.ones(60)}  # no spread: no robust shift to report
+    train = (np.array([[-10.0, -10.0], [10.0, -3.0], [0.0, 10.0], [-8.0, -12.0], [5.0, 5.0]]), [f"t{j}" for j in range(5)])
+    r = error_slices(emb, y, pred, paths, ["a", "b"], {"error_clusters": 5, "min_size": 20, "alpha": 0.05},
+                     properties=properties, groups={"site": site}, train=train)
+    assert {k: r[k] for k in ("n", "errors", "k", "min_size", "alpha", "flagged", "n_tested")} == \
+        {"n": 60, "errors": 10, "k": 3, "min_size": 20, "alpha": 0.05, "flagged": 1, "n_tested": 3}
+    top, *rest = r["clusters"]
+    p = binom.sf(9, 20, 0.5 / 21)  # both by true class and by prediction: 20 images at 0.5 / 21 each
+    mad = 1.4826 * np.median(np.abs(level - np.median(level)))
+    shift = (np.median(level[c_idx]) - np.median(level)) / mad
+    assert top == {
+        "cluster": top["cluster"], "n": 20, "errors": 10, "accuracy": stats.proportion(10, 20),
+        "expected_accuracy": pytest.approx(1 - 1 / 42), "p": pytest.approx(p), "p_adjusted": pytest.approx(3 * p),
+        "flagged": True,
+        "images": [{"path": f"i{i}", "true": "a" if i < 50 else "b", "pred": "b" if i < 50 else "a"}
+                   for i in (40, 42, 44, 46, 48, 50, 52, 54)],  # the mistakes first, in order; eight shown
+        "nearest_training": ["t0", "t3", "t1", "t2"],  # by cosine from the test mean, about (0, 0)
+        "classes": [{"value": "a", "n": 10}, {"value": "b", "n": 10}],
+        "mistakes": [{"value": "a -> b", "n": 5}, {"value": "b -> a", "n": 5}],
+        "properties": [{"property": "level", "shift": pytest.approx(shift)},
+                       {"property": "half", "shift": pytest.approx(shift)},
+                       {"property": "quarter", "shift": pytest.approx(shift)}],
+        "groups": {"site": [{"value": "s1", "n": 8}, {"value": "s2", "n": 6}, {"value": "s3", "n": 4}]}}
+    assert shift > 1
+    from cvaudit.robust.error_slices import describe
+    alone = describe(np.arange(60) >= 40, pred != y, y, pred, ["a", "b"], {"flat": np.ones(60)}, None)
+    assert alone["properties"] == [] and alone["groups"] == {}  # a property with no spread shifts nothing
+    assert [(c["n"], c["errors"], c["p"], c["p_adjusted"], c["flagged"]) for c in rest] == [(20, 0, 1.0, 1.0, False)] * 2
+    assert r == error_slices(emb, y.astype(float), pred.astype(float), paths, ["a", "b"],  # labels read as numbers
+                             {"error_clusters": 5, "min_size": 20, "alpha": 0.05}, 0, properties, {"site": site}, train)
+
+
+def test_the_level_alpha_and_holms_correction_decide_a_borderline_cluster():
+    emb, y, pred = _three_blobs(2, 6)  # C: 6 of 20 wrong where A and B err on 2 of 20 each
+    opts = {"error_clusters": 5, "min_size": 20}
+    loose = error_slices(emb, y, pred, [f"i{i}" for i in range(60)], ["a", "b"], {**opts, "alpha": 0.2})
+    strict = error_slices(emb, y, pred, [f"i{i}" for i in range(60)], ["a", "b"], {**opts, "alpha": 0.05})
+    ps = sorted(c["p"] for c in loose["clusters"])
+    holm = np.maximum.accumulate([min(1.0, (3 - i) * q) for i, q in enumerate(ps)])
+    assert [c["p_adjusted"] for c in sorted(loose["clusters"], key=lambda c: c["p"])] == pytest.approx(holm)
+    assert 0.05 < loose["clusters"][0]["p_adjusted"] < 0.2
+    assert (loose["flagged"], strict["flagged"]) == (1, 0)
+
+
+def test_too_few_images_or_no_mistake_is_said_and_two_clusters_are_enough():
+    emb, y, pred = _three_blobs(0, 10)
+    paths = [f"i{i}" for i in range(60)]
+    few = error_slices(emb, y, pred, paths, ["a", "b"], {"error_clusters": 5, "min_size": 31, "alpha": 0.05})
+    assert few == {"n": 60, "errors": 10, "k": 1, "min_size": 31, "alpha": 0.05, "clusters": [], "flagged": 0,
+                   "note": "60 test images hold fewer than two clusters of 31 (robustness.slices.min_size)"}
+    right = error_slices(emb, y, y, paths, ["a", "b"], {"error_clusters": 5, "min_size": 20, "alpha": 0.05})
+    assert right["note"] == "the model makes no mistake on the test split" and right["clusters"] == [] and right["k"] == 3
+    assert error_slices(emb, y, y, paths, ["a", "b"], {"error_clusters": 5, "min_size": 30, "alpha": 0.05})["note"] == \
+        "the model makes no mistake on the test split"  # with two clusters too
+    two = error_slices(emb, y, pred, paths, ["a", "b"], {"error_clusters": 5, "min_size": 30, "alpha": 0.05})
+    assert two["k"] == 2 and [c["n"] for c in two["clusters"]] == [40] and "note" not in two  # two blobs in one
+    many = error_slices(emb, y, pred, paths, ["a", "b"], {"error_clusters": 50, "min_size": 7, "alpha": 0.05})
+    assert many["k"] == 8 and isinstance(many["k"], int)  # 60 // 7 clusters, where 50 were asked for
+    sizes = np.bincount(cluster_embeddings(emb, 8, 0), minlength=8)
+    assert (sizes[np.argmax(sizes < 7):] >= 7).any()  # a cluster too small comes before one tested
+    assert sorted(c["n"] for c in many["clusters"]) == sorted(sizes[sizes >= 7].tolist())
+
+
+def test_the_clusters_are_kmeans_on_the_centred_normalised_principal_components_with_the_seed():
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    rng = np.random.default_rng(3)
+    for n, d, k in ((200, 64, 5), (20, 64, 4), (40, 8, 4)):
+        emb = (rng.normal(0, 1, (n, d)) + 5.0).astype(np.float32)  # far from the origin: only centring shows the spread
+        x = emb.astype(np.float64) - emb.astype(np.float64).mean(0)
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        dims = min(32, d, n - 1)
+        if dims < d:
+            x = PCA(n_components=dims, random_state=7).fit_transform(x)
+        reference = KMeans(n_clusters=k, n_init=4, random_state=7).fit_predict(x)
+        assert np.array_equal(cluster_embeddings(emb, k, 7), reference), (n, d)
+    emb = rng.normal(0, 1, (120, 16))
+    y = rng.integers(0, 3, 120)
+    pred = np.where(rng.random(120) < 0.3, (y + 1) % 3, y)
+    paths = [f"i{i}" for i in range(120)]
+    opts = {"error_clusters": 4, "min_size": 10, "alpha": 0.05}
+    labels = cluster_embeddings(emb, 4, 5)
+    r = error_slices(emb, y, pred, paths, ["a", "b", "c"], opts, seed=5)
+    for c in r["clusters"]:
+        assert {im["path"] for im in c["images"]} <= {paths[i] for i in np.nonzero(labels == c["cluster"])[0]}
+        assert c["n"] == (labels == c["cluster"]).sum()
+    assert error_slices(emb, y, pred, paths, ["a", "b", "c"], opts) == error_slices(emb, y, pred, paths, ["a", "b", "c"],
+                                                                                      opts, seed=0)
+
+
+def test_a_p_value_never_exceeds_one_and_vectors_are_scaled_to_unit_length():
+    from cvaudit.robust.error_slices import normalised
+    strata = np.zeros(50, int)
+    inside = np.zeros(50, bool)
+    inside[0] = True  # one image, no error anywhere: the rate outside is 0.5 / 50, whose pmf sums past 1.0 in floats
+    assert excess_errors_p(inside, np.zeros(50, bool), strata) == (1.0, pytest.approx(0.01))
+    assert normalised(np.array([[0.3, 0.4], [0.0, 0.0], [3.0, 4.0]])).tolist() == [[0.6, 0.8], [0.0, 0.0], [0.6, 0.8]]
+
+
+def test_the_training_images_nearest_a_cluster_are_measured_from_the_test_splits_mean():
+    from cvaudit.robust.error_slices import nearest_training
+    emb = np.array([[100.0, 1.0], [100.0, 1.2], [100.0, -1.0], [100.0, -1.2]])  # the mean is (100, 0)
+    members = np.array([True, True, False, False])  # the cluster lies above the mean
+    train = np.array([[100.0, 3.0], [150.0, 0.0], [100.0, -3.0]])
+    assert nearest_training(emb, members, train, k=3).tolist() == [0, 1, 2]
