@@ -4,19 +4,20 @@ from pathlib import Path
 
 from cvaudit.config import shards
 from cvaudit.core.job import name_keys
-from cvaudit.core.registry import ATTACKS, FAMILIES, FLOOR_METHOD, METHODS, is_export_arch
+from cvaudit.core.registry import ATTACKS, FAMILIES, METHODS, is_export_arch
 from cvaudit.data.fingerprint import write_fingerprint
 from cvaudit.paths import PATHS, path
 from cvaudit.resources import job_mem_mb, job_minutes
 from cvaudit.sections import (
     STAGE_ON,
-    attacks_for,
     cka_models,
     corruption_reference_files,
     concept_inputs,
     error_clusters_on,
+    one_job,
     report_inputs,
     report_settings,
+    stage_items,
     stage_on,
 )
 
@@ -39,7 +40,7 @@ def memory(rule_name, fixed):
 
 
 # Every configured attribution method, plus a random map: the floor of the faithfulness checks.
-EXPLAIN_METHODS = list(config["explain"]["methods"]) + [FLOOR_METHOD]
+EXPLAIN_METHODS = stage_items(config, "explain", None)
 
 
 def one_of(names):
@@ -98,8 +99,12 @@ def bench(rule, *names):
     return f"benchmarks/{rule}/{'.'.join(str(n) for n in names)}.tsv"
 
 
-def sharded_benchmarks(stage, model, items, n_images):
-    """A sharded stage's benchmark files (rules/sharded.smk): its merge per item, then the shards."""
+def sharded_benchmarks(stage, model, n_images):
+    """A sharded stage's benchmark files (rules/sharded.smk): its merge per item, then the shards; or the one job
+    of all its items."""
+    if one_job(config, stage, model):
+        return {stage: bench(f"{stage}_model", model)}
+    items = stage_items(config, stage, model)
     files = {f"{stage} {i}": bench(stage, model, i) for i in items}
     files.update(
         {
@@ -128,12 +133,11 @@ def benchmark_files(model):
             and stage_on(config, model, stage)
         ):
             files[stage] = bench(stage, model)
-    files.update(sharded_benchmarks("explain", model, EXPLAIN_METHODS, config["audit"]["max_images"]))
+    files.update(sharded_benchmarks("explain", model, config["audit"]["max_images"]))
     if stage_on(config, model, "invariance"):
-        files.update(sharded_benchmarks("invariance", model, list(rob["invariance"]), rob["max_images"]))
+        files.update(sharded_benchmarks("invariance", model, rob["max_images"]))
     if stage_on(config, model, "adversarial"):
-        adv = rob["adversarial"]
-        files.update(sharded_benchmarks("adversarial", model, attacks_for(config, model), adv["max_images"]))
+        files.update(sharded_benchmarks("adversarial", model, rob["adversarial"]["max_images"]))
     return files
 
 

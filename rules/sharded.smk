@@ -5,7 +5,12 @@
 # take their inputs and options from the same entry, so a shard and its merge cannot disagree, and
 # each job receives only the options it reads. priority: the stages that hold the long jobs (integrated
 # gradients, LIME, SHAP, the attacks) start first, so that the short ones fill the cores at the end.
+# With split_jobs false, `<stage>_model` computes every item of the stage for one model in one job instead
+# (cvaudit.sections.one_job): each model's files are made by one rule or the other.
+from types import SimpleNamespace
+
 from cvaudit.core.registry import attack_options
+from cvaudit.sections import one_job, stage_items
 
 
 def _explain_job(wildcards):
@@ -78,6 +83,7 @@ def _parts_of(stage):
 
 for _stage, _entry in SHARDED.items():
     _names = f"{{model}}.{{{_entry['item']}}}"
+    _split = one_of(m for m in config["models"] if not one_job(config, _stage, m))
 
     rule:
         name:
@@ -91,6 +97,8 @@ for _stage, _entry in SHARDED.items():
             f"logs/{_stage}_shard/{_names}.{{shard}}.log",
         benchmark:
             f"benchmarks/{_stage}_shard/{_names}.{{shard}}.tsv"
+        wildcard_constraints:
+            model=_split,
         priority: _entry["priority"]
         conda:
             "../envs/cvaudit.yaml"
@@ -122,6 +130,8 @@ for _stage, _entry in SHARDED.items():
             f"logs/{_stage}/{_names}.log",
         benchmark:
             f"benchmarks/{_stage}/{_names}.tsv"
+        wildcard_constraints:
+            model=_split,
         priority: _entry["priority"]
         conda:
             "../envs/cvaudit.yaml"
@@ -134,6 +144,59 @@ for _stage, _entry in SHARDED.items():
             stage=_stage,
             item=_entry["item"],
             job=_entry["merge_job"],
+            seed=config["seed"],
+            device=config["device"],
+        script:
+            "../scripts/sharded.py"
+
+
+def _model_jobs(stage):
+    """The one-job rule's params: each item's job options, as its one-item rule would receive them (unsharded)."""
+    entry = SHARDED[stage]
+
+    def jobs(wildcards):
+        return {
+            i: entry["merge_job"](SimpleNamespace(model=wildcards.model, **{entry["item"]: i}))
+            for i in stage_items(config, stage, wildcards.model)
+        }
+
+    return jobs
+
+
+for _stage, _entry in SHARDED.items():
+    _models = [m for m in config["models"] if one_job(config, _stage, m)]
+    if not _models:
+        continue
+    # the configured items: the same for every model one_job lets through (an export's attacks stay split)
+    _items = stage_items(config, _stage, _models[0])
+
+    rule:
+        name:
+            f"{_stage}_model"
+        input:
+            model=PATHS["weights"],
+            data=_entry["data"],
+        output:
+            expand(_entry["out"], **{_entry["item"]: _items}, allow_missing=True),
+        log:
+            f"logs/{_stage}_model/{{model}}.log",
+        benchmark:
+            f"benchmarks/{_stage}_model/{{model}}.tsv"
+        wildcard_constraints:
+            model=one_of(_models),
+        priority: _entry["priority"]
+        conda:
+            "../envs/cvaudit.yaml"
+        threads: 1
+        resources:
+            gpu=GPU,
+            mem_mb=memory(f"{_stage}_model", _entry["mem_mb"]),
+            runtime=limit(f"{_stage}_model", _entry["runtime"] * len(_items)),
+        params:
+            stage=_stage,
+            item=_entry["item"],
+            each=_items,
+            jobs=_model_jobs(_stage),
             seed=config["seed"],
             device=config["device"],
         script:

@@ -16,10 +16,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from cvaudit.config import validate_config  # noqa: E402
-from cvaudit.estimate import device_of, estimate  # noqa: E402
-
-FAMILY = {"compare_models": "compare", "train_model": "train", "evaluate_model": "evaluate", "ingest_dataset": "ingest", "plant_cue": "ingest",
-          "data_audit": "data", "render_report": "report"}
+from cvaudit.estimate import RULE_STAGE, device_of, estimate  # noqa: E402
 
 
 def measured(run: Path) -> dict[str, float]:
@@ -29,7 +26,7 @@ def measured(run: Path) -> dict[str, float]:
         with open(f, newline="") as fh:
             rec = next(csv.DictReader(fh, delimiter="\t"), None)
         if rec:
-            fam = FAMILY.get(rule, rule)
+            fam = RULE_STAGE.get(rule, rule)
             out[fam] = out.get(fam, 0.0) + float(rec["s"])
     return out
 

@@ -16,12 +16,15 @@ import os
 import time
 from pathlib import Path
 
-from cvaudit.sections import attacks_for, stage_on, trained_here
+from cvaudit.sections import attacks_for, one_job, stage_on, trained_here
 
 GRADIENT = 3.0  # a forward and a backward pass, in forward passes
 TRAINING = 6.0  # a training step per image, in forward passes: the gradient, augmentation, loading and the optimiser
 START_UP = 6.0  # seconds a job pays before its work: 2.8 alone (tools/bench_stages.py), about 6 two at a time on 2 cores
 START_LIGHT = 2.5  # the same for a job that never imports torch (ingestion, image properties, slices)
+ITEM_START = 1.5  # seconds each further method, family or attack costs in a job of several (split_jobs false) before
+#                   its work: the model built and read again, the data, the method's library (1-2 s measured per
+#                   method in the test config's explain jobs, two at a time on 2 cores)
 PER_IMAGE_CPU = {"corruptions": 0.001, "road": 0.02, "data_audit": 0.015, "transform": 0.0005,
                  "cue_conflict": 0.002}  # seconds per image at 28 px, times the pixels over 28 x 28
 EARLY_STOP = 0.5  # the attacks stop on images already fooled: about half their budget on average (measured)
@@ -234,7 +237,8 @@ def model_jobs(config: dict, model: str, counts: dict) -> list[tuple[str, float,
 
 # Rules whose estimate row has another name (the rest: the rule's name, less a shard suffix)
 RULE_STAGE = {"train_model": "train", "evaluate_model": "evaluate", "ingest_dataset": "ingest", "plant_cue": "ingest",
-              "data_audit": "data", "render_report": "report", "compare_models": "compare"}
+              "data_audit": "data", "render_report": "report", "compare_models": "compare",
+              "explain_model": "explain", "invariance_model": "invariance", "adversarial_model": "adversarial"}
 
 
 def row_is_run_by(row: dict, todo: list[tuple[str, dict]]) -> bool:
@@ -272,8 +276,13 @@ def estimate(config: dict, device: str = "cpu", cores: int = 2, cache: str | Pat
         counts = per_dataset[cfg["dataset"]]
         classes = len(config["datasets"][cfg["dataset"]].get("class_names") or []) or 10
         sec, _ = pass_seconds(cfg, classes, device, threads, cache, measure)
+        started = set()  # the per-image stages run as one job for this model (split_jobs false): started once
         for stage, passes, other in model_jobs(config, name, counts):
-            rows.append({"model": name, "stage": stage, "seconds": START_UP + passes * sec + other})
+            family = stage.split(" ")[0]
+            start = ITEM_START if family in started else START_UP
+            if family in ("explain", "invariance", "adversarial") and one_job(config, family, name):
+                started.add(family)
+            rows.append({"model": name, "stage": stage, "seconds": start + passes * sec + other})
     for d in per_dataset:  # a dataset two or more models share: the same images explained by each, and their CKA
         if sum(m["dataset"] == d for m in config["models"].values()) > 1:
             rows.append({"model": d, "stage": "side_by_side", "seconds": 3 * START_UP})

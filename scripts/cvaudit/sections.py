@@ -60,6 +60,24 @@ def attacks_for(config: dict, model: str) -> list[str]:
     return [a for a in attacks if ATTACKS[a].gradient_free] or [BLACK_BOX_ATTACK]
 
 
+def stage_items(config: dict, stage: str, model: str) -> list[str]:
+    """What a per-image stage (rules/sharded.smk) runs on a model, one job each: its attribution methods and the
+    random map (the floor of the faithfulness checks), its invariance families, or its attacks."""
+    if stage == "explain":
+        return [*config["explain"]["methods"], FLOOR_METHOD]
+    if stage == "invariance":
+        return list(config["robustness"]["invariance"])
+    return attacks_for(config, model)
+
+
+def one_job(config: dict, stage: str, model: str) -> bool:
+    """The per-image stage's items run in one job for this model (config key split_jobs false), not one job each;
+    an export's attacks, which differ from the configured ones, stay one job each."""
+    if config["split_jobs"]:
+        return False
+    return stage != "adversarial" or not exported(config, model)
+
+
 def with_layers(config: dict, model: str) -> bool:
     """The model has layers and gradients of its own to look into: not an ensemble's average, not an export."""
     return not configured_as_ensemble(config, model) and not exported(config, model)

@@ -4,6 +4,7 @@ import copy
 import re
 
 import numpy as np
+import pytest
 import yaml
 
 from cvaudit.config import validate_config
@@ -166,3 +167,28 @@ def test_named_concepts_add_a_tcav_job_per_model_with_layers_and_say_why_not_for
     assert "concepts" not in not_applicable(cfg["models"]["cnn_fmnist"], settings)
     cfg["explain"]["tcav"]["enabled"] = False
     assert not stage_on(cfg, "cnn_fmnist", "tcav") and "concepts" not in not_applicable(cfg["models"]["both"], report_settings(cfg))
+
+
+def test_one_job_per_stage_covers_each_item_once_and_the_estimate_counts_one_start():
+    """split_jobs false: a model's methods, families and attacks run in one job per stage, so the estimate counts
+    one job start per stage and a smaller start for each further item where it counted a job start per item; an
+    export's attacks (not the configured ones) stay one job each."""
+    from cvaudit.estimate import ITEM_START, START_UP, estimate
+    from cvaudit.sections import one_job, stage_items
+    cfg = copy.deepcopy(DEMO)
+    cfg["models"] = {"cnn": cfg["models"]["cnn_fmnist"], "box": {**cfg["models"]["cnn_fmnist"], "arch": "onnx:box.onnx"}}
+    assert stage_items(cfg, "explain", "cnn") == [*cfg["explain"]["methods"], "random"]
+    assert stage_items(cfg, "invariance", "cnn") == list(cfg["robustness"]["invariance"])
+    assert stage_items(cfg, "adversarial", "cnn") == cfg["robustness"]["adversarial"]["attacks"]
+    assert stage_items(cfg, "adversarial", "box") == ["square"]
+    assert not any(one_job(cfg, s, m) for s in ("explain", "invariance", "adversarial") for m in ("cnn", "box"))
+    split = estimate(cfg, measure=False, results="/nonexistent")
+    cfg["split_jobs"] = False
+    assert [one_job(cfg, s, m) for s in ("explain", "invariance", "adversarial") for m in ("cnn", "box")] == \
+        [True, True, True, True, True, False]
+    one = estimate(cfg, measure=False, results="/nonexistent")
+    saved = sum(len(stage_items(cfg, s, "cnn")) - 1 for s in ("explain", "invariance", "adversarial")) + \
+        sum(len(stage_items(cfg, s, "box")) - 1 for s in ("explain", "invariance"))
+    assert saved >= 20
+    assert split["job_seconds"] - one["job_seconds"] == pytest.approx(saved * (START_UP - ITEM_START))
+    assert [r["stage"] for r in split["rows"]] == [r["stage"] for r in one["rows"]]

@@ -15,7 +15,7 @@ from conftest import REPO, TINY, smk
 
 pytestmark = pytest.mark.e2e
 CLUSTER = REPO / "tools" / "slurm_cluster.sh"
-JOBS = 8  # sbatch jobs of small_config: ingest, baseline, train, evaluate, two explain jobs, report, comparison
+JOBS = 7  # sbatch jobs of small_config: ingest, baseline, train, evaluate, explain (its two methods), report, comparison
 
 
 def small_config(work, run):

@@ -43,10 +43,12 @@ def two(tmp_path_factory):
     cfg["models"] = {"cnn_a": {**cfg["models"]["cnn_tiny"], "dataset": "a"},
                      "mlp_b": {"dataset": "b", "arch": "mlp", "arch_options": {"hidden": [32]}, "input_size": 28,
                                "train": {"batch_size": 8, "head_epochs": 1, "finetune_epochs": 0}}}
+    cfg["split_jobs"] = True  # one job per method, family and attack: what these tests count
     cfg["explain"]["methods"] = ["saliency", "integrated_gradients"]
     cfg["represent"] = {"enabled": False}
-    cfg["robustness"].update(invariance={"rotate": [0, 15]}, adversarial={"enabled": False},
-                             corruptions={"enabled": False}, shape_texture={"enabled": False})
+    cfg["robustness"].update(invariance={"rotate": [0, 15]}, corruptions={"enabled": False},
+                             shape_texture={"enabled": False})
+    cfg["robustness"]["adversarial"].update(max_images=4)
     cfg["clever_hans"] = {"enabled": False}
     cfg["data_audit"] = {"enabled": False}
     cfg["report"] = {"pdf": False}
@@ -173,8 +175,8 @@ def test_changing_one_models_training_reruns_only_that_models_chain(two):
     found = jobs(work, name)
     assert not any("mlp_b" in w or "dataset=" in w for _, w in found), found
     assert rules_of(found) == {"train_model": 1, "evaluate_model": 1, "explain": 3, "method_agreement": 1,
-                               "calibrate": 1, "invariance": 1, "slices": 1, "render_report": 1, "compare_models": 1,
-                               "gate": 1, "gate_check": 1, "all": 1}
+                               "calibrate": 1, "invariance": 1, "adversarial": 3, "slices": 1, "render_report": 1,
+                               "compare_models": 1, "gate": 1, "gate_check": 1, "all": 1}
 
 
 def test_adding_an_image_reruns_its_datasets_chain_and_nothing_of_the_other(two):
@@ -196,21 +198,31 @@ def test_adding_an_image_reruns_its_datasets_chain_and_nothing_of_the_other(two)
     (lambda a: a["autoattack"].update(square_queries=21), "autoattack"),
     (lambda a: a["masking"].update(more_steps=3), "autoattack"),
 ])
-def test_changing_one_attacks_settings_reruns_that_attack_alone(run, change, attack):
+def test_changing_one_attacks_settings_reruns_that_attack_alone(two, change, attack):
     """Each attack job receives only the options it reads (cvaudit.core.registry.attack_options): a PGD
     setting leaves the FGSM and autoattack jobs alone."""
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    change(cfg["robustness"]["adversarial"])
-    (run / f"attack_{attack}.yaml").write_text(yaml.safe_dump(cfg))
-    found = jobs(run, f"attack_{attack}.yaml")
-    assert {w for r, w in found if r == "adversarial"} == {f"model={m}, attack={attack}"
-                                                          for m in ("cnn_tiny", "lite0_tiny")}
+    work, cfg = two
+    name = variant(work, cfg, f"attack_{attack}.yaml", lambda c: change(c["robustness"]["adversarial"]))
+    found = jobs(work, name)
+    assert {w for r, w in found if r == "adversarial"} == {f"model={m}, attack={attack}" for m in ("cnn_a", "mlp_b")}
     assert rules_of(found) == {"adversarial": 2, "render_report": 2, "compare_models": 1, "gate": 1,
                                "gate_check": 1, "all": 1}
 
 
-def test_shared_attack_settings_rerun_every_attack(run):
+def test_shared_attack_settings_rerun_every_attack(two):
+    work, cfg = two
+    name = variant(work, cfg, "attack_all.yaml", lambda c: c["robustness"]["adversarial"].update(examples=2))
+    assert rules_of(jobs(work, name))["adversarial"] == 6
+
+
+def test_with_one_job_per_stage_a_methods_option_reruns_that_stage_of_each_model(run):
+    """split_jobs false (the session's run): a model's methods are one job, so a changed method option reruns that
+    job, and only that stage's: the invariance and attack jobs are left alone."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    cfg["robustness"]["adversarial"]["examples"] = 2
-    (run / "attack_all.yaml").write_text(yaml.safe_dump(cfg))
-    assert rules_of(jobs(run, "attack_all.yaml"))["adversarial"] == 6
+    assert cfg["split_jobs"] is False
+    cfg["explain"]["integrated_gradients"]["steps"] = 5
+    (run / "one_job_ig.yaml").write_text(yaml.safe_dump(cfg))
+    found = jobs(run, "one_job_ig.yaml")
+    assert {w for r, w in found if r == "explain_model"} == {"model=cnn_tiny", "model=lite0_tiny"}
+    assert rules_of(found) == {"explain_model": 2, "method_agreement": 2, "side_by_side": 1, "render_report": 2,
+                               "compare_models": 1, "gate": 1, "gate_check": 1, "all": 1}

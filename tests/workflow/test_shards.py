@@ -1,5 +1,6 @@
 """Sharding (config key shard_size): the explain, invariance and adversarial stages split into jobs of a
-few images each and merged give exactly what one job gives."""
+few images each and merged give exactly what one job gives, and what one job per model for all of a stage's
+methods, families or attacks (split_jobs false, the session's run) gives."""
 import json
 import shutil
 
@@ -88,7 +89,7 @@ def test_the_workflow_runs_shards_as_jobs_and_merges_them(run, tmp_path):
     work = tmp_path / "w"
     shutil.copytree(run, work, symlinks=True)
     cfg = yaml.safe_load((work / "config.yaml").read_text())
-    cfg["shard_size"] = 4
+    cfg.update(shard_size=4, split_jobs=True)  # the session's run computed each stage of a model in one job
     (work / "sharded.yaml").write_text(yaml.safe_dump(cfg))
     targets = ["results/cnn_tiny/explain/lime/maps.npz", "results/cnn_tiny/robust/invariance/noise.json",
                "results/cnn_tiny/robust/adversarial/fgsm.npz"]

@@ -156,12 +156,14 @@ def test_second_run_does_nothing_and_a_changed_image_reruns_its_chain(run):
     img.write_bytes(next((run / "images" / "sneaker").glob("fm*.png")).read_bytes())  # content changes
     jobs = planned(run)
     # ingestion twice: the shifted set tiny_again reads the same folder
-    assert jobs == {"ingest_dataset": 2, "fit_baseline": 1, "train_model": 2, "evaluate_model": 2, "explain": 22,
+    # the 10 methods and the random floor, the 4 invariance families and the 3 attacks: one job each per model
+    # (split_jobs false in config/test.yaml)
+    assert jobs == {"ingest_dataset": 2, "fit_baseline": 1, "train_model": 2, "evaluate_model": 2, "explain_model": 2,
                     "represent": 2, "embedding_duplicates": 2, "inspect_units": 2, "visualise_ascent": 2, "compare_representations": 1,
-                    "calibrate": 2, "invariance": 8, "adversarial": 6, "render_report": 2, "compare_models": 1,
+                    "calibrate": 2, "invariance_model": 2, "adversarial_model": 2, "render_report": 2, "compare_models": 1,
                     "method_agreement": 2, "side_by_side": 1, "gate": 1, "gate_check": 1, "image_properties": 1,
                     "data_audit": 1, "clever_hans": 2, "tcav": 2, "slices": 2, "shape_texture": 2, "corruptions": 2, "layer_views": 2, "shift": 1,
-                    "all": 1}  # 10 methods + the random floor, per model
+                    "all": 1}
     smk(run, "--configfile", str(run / "config.yaml"), "--touch")  # mark up to date again
     shutil.copy(img, run / "images" / "trouser" / "added.png")  # a new file is a new input
     assert planned(run).get("ingest_dataset") == 2
@@ -204,9 +206,10 @@ def test_switches_add_and_remove_stages(tmp_path):
     cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     cfg["datasets"]["tiny"]["path"] = str(TINY)
     cfg["robustness"]["shuffled_labels"] = {"enabled": True, "epochs": 2}
+    cfg["split_jobs"] = True
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     jobs = planned(tmp_path)
-    assert jobs["shuffled_labels"] == 2 and jobs["adversarial"] == 6 and jobs["invariance"] == 8
+    assert jobs["shuffled_labels"] == 2 and jobs["adversarial"] == 6 and jobs["invariance"] == 8 and jobs["explain"] == 22
     cfg["robustness"] = {"enabled": False}
     cfg["represent"] = {"enabled": False}
     cfg["data_audit"] = {"enabled": False}
@@ -241,7 +244,7 @@ def test_summary_json_follows_its_documented_schema(run):
         summary = json.loads((run / "results" / m / "report" / "summary.json").read_text())
         jsonschema.validate(summary, schema)
         runs = {r["stage"]: r for r in summary["provenance"]["stage_runs"]}
-        assert {"train_model", "evaluate_model", "explain gradcam", "calibrate", "invariance rotate"} <= set(runs)
+        assert {"train_model", "evaluate_model", "explain", "calibrate", "invariance"} <= set(runs)  # one job each
         bench = (run / "benchmarks" / "train_model" / f"{m}.tsv").read_text().splitlines()[1].split("\t")
         assert runs["train_model"]["seconds"] == pytest.approx(float(bench[0]))  # Snakemake's own numbers
         assert summary["failed_stages"] == []

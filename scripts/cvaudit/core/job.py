@@ -113,15 +113,38 @@ def known_failure(e: BaseException) -> str | None:
     return None
 
 
-def record_failure(sm, error: BaseException, log_path) -> dict:
-    """Write a failure record in place of each output of an optional stage (see io.write_failure)."""
-    rec = {"rule": getattr(sm, "rule", "?"), "wildcards": dict(sm.wildcards.items()),
+def record_failure(sm, error: BaseException, log_path, outputs: list | None = None, rule: str | None = None,
+                   wildcards: dict | None = None) -> dict:
+    """Write a failure record in place of each output of an optional stage (see io.write_failure), or of those
+    `outputs` of it, made by `rule` for `wildcards` (default: the job's)."""
+    outputs = list(sm.output) if outputs is None else outputs
+    rec = {"rule": rule or getattr(sm, "rule", "?"), "wildcards": wildcards or dict(sm.wildcards.items()),
            "error": f"{type(error).__name__}: {error}" if not isinstance(error, CvauditError) else str(error),
            "log": str(log_path) if log_path else None, "log_tail": _tail(log_path) if log_path else [],
-           "outputs": [str(o) for o in sm.output]}
-    for out in sm.output:
+           "outputs": [str(o) for o in outputs]}
+    for out in outputs:
         write_failure(out, rec)
     return rec
+
+
+def part_of(sm, rule: str, wildcards: dict, outputs: list, compute) -> bool:
+    """compute(), one of the independent parts of an optional stage's job (a stage's methods in one job): its
+    failure becomes failure records in place of that part's `outputs` alone, recorded as the job of `rule` for
+    `wildcards` that computes that part alone would record it (the traceback in the log, a line on the console),
+    and the job goes on with its next part. True if it worked."""
+    try:
+        compute()
+        return True
+    except Exception as e:
+        known = known_failure(e)
+        if not known and not isinstance(e, CvauditError):
+            traceback.print_exc()  # inside run(), stderr is the job's log
+        log_path = sm.log[0] if len(sm.log) else None
+        rec = record_failure(sm, CvauditError(known) if known else e, log_path, outputs, rule, wildcards)
+        logging.getLogger("cvaudit").error(
+            "stage %s %s FAILED (%s); the report shows it. After fixing the cause, rerun it with: snakemake "
+            "--forcerun %s", rule, ", ".join(f"{k}={v}" for k, v in wildcards.items()), rec["error"], outputs[0])
+        return False
 
 
 def watch_reads(sm):
