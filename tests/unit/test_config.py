@@ -151,8 +151,6 @@ def test_the_config_checker_names_the_line_and_column_snakemake_does_not(tmp_pat
     assert ok.returncode == 0 and "valid (2 model(s), 3 dataset(s), preset quick)" in ok.stdout
 
 
-
-
 def test_one_job_per_stage_is_the_quick_presets_and_excludes_shards():
     base = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     base.pop("split_jobs")
