@@ -259,9 +259,8 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
                            f"explain.trust.sanity_images ({sanity}), which the first shard explains for the "
                            "parameter-randomisation check; raise shard_size or lower sanity_images")
     if config["shard_size"] and not config["split_jobs"]:
-        raise CvauditError(f"config key 'split_jobs' is false (audit.preset quick sets it), which runs each stage in "
-                           f"one job, but shard_size {config['shard_size']} splits each method into jobs; set "
-                           "split_jobs: true, or shard_size: 0")
+        raise CvauditError(f"config key 'split_jobs' is false, which runs each stage in one job, but shard_size "
+                           f"{config['shard_size']} splits each method into jobs; set split_jobs: true, or shard_size: 0")
     return config
 
 
