@@ -11,7 +11,8 @@ min_version("9.27")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from cvaudit import CvauditError
-from cvaudit.config import canonical_order, check_config_file, check_paths, resolve_paths, validate_config
+from cvaudit.config import canonical_order, check_paths, resolve_paths, validate_config
+from cvaudit.config_file import check_config_file
 
 # The demo config is the default. Only when no --configfile/--config is given: Snakemake would
 # otherwise deep-merge it into the user's config (demo models and datasets would leak in). An empty

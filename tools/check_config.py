@@ -14,7 +14,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from cvaudit import CvauditError  # noqa: E402
-from cvaudit.config import check_config_file, validate_config  # noqa: E402
+from cvaudit.config import validate_config  # noqa: E402
+from cvaudit.config_file import check_config_file  # noqa: E402
 
 
 def merge(into: dict, new: dict) -> None:

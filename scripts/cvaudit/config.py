@@ -119,49 +119,6 @@ def _non_finite(node, path=()) -> None:
         raise CvauditError(f"config key '{'.'.join(path)}': {node} is not a number to use; give a finite value")
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """YAML that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
-
-
-def _strict_mapping(loader, node, deep=False):
-    seen = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            hash(key)
-        except TypeError:
-            continue
-        if key in seen:
-            raise CvauditError(f"{key_node.start_mark.name}: key '{key}' is given twice, on line {seen[key] + 1} and on "
-                               f"line {key_node.start_mark.line + 1}; YAML would keep only the last one silently. "
-                               "Merge the two into one.")
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
-
-
-def check_config_file(path: str | Path) -> None:
-    """Read a config file strictly: a YAML error names the file, line and column and shows the line; a key given
-    twice in one mapping names both lines; Snakemake's templating (`__use_yte__`, which evaluates expressions in
-    the file when Snakemake reads it, before cvaudit sees it) is refused."""
-    p = Path(path)
-    text = p.read_text(errors="replace")
-    try:
-        with open(p, errors="replace") as f:  # the marks then name the file
-            data = yaml.load(f, Loader=_StrictLoader) if p.suffix.lower() != ".json" else None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
-        raise CvauditError(f"{p}: not valid YAML at {where}: {e.problem or e.context}\n    {line}\n    "
-                           f"{' ' * (mark.column if mark else 0)}^") from None
-    if isinstance(data, dict) and "__use_yte__" in data:
-        raise CvauditError(f"{p}: uses Snakemake's YAML templating (__use_yte__), which runs the expressions in the "
-                           "file when Snakemake reads it; cvaudit configs are plain settings: write the values out")
-
-
 PRESETS = Path(__file__).resolve().parents[2] / "config" / "presets.yaml"
 # The project's own YAML (the 840-line schema, read by every snakemake invocation): libyaml, 0.03 s against 0.18 s
 _FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

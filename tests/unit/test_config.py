@@ -71,7 +71,8 @@ def test_a_config_file_is_read_strictly_and_its_errors_say_where(tmp_path):
     """A key given twice (two models: blocks) names both lines; a YAML error names the line and column and shows
     the line; Snakemake's templating is refused; NaN and infinity are refused wherever they appear."""
     from cvaudit import CvauditError
-    from cvaudit.config import check_config_file, validate_config
+    from cvaudit.config import validate_config
+    from cvaudit.config_file import check_config_file
     dup = tmp_path / "dup.yaml"
     dup.write_text("seed: 1\nmodels:\n  a: {dataset: d, arch: mlp}\ndatasets:\n  d: {source: foolbox_imagenet}\n"
                    "models:\n  b: {dataset: d, arch: mlp}\n")
